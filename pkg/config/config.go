@@ -1,0 +1,91 @@
+// Package config holds barnacle's configuration: its keys and defaults, and
+// Load, which layers the YAML file, the BARNACLE_* environment and explicit
+// flags, in that order, and reports every bad value at once, each naming the
+// key (or variable, or flag) and what to change.
+//
+// Other modules may import this package, but its API is not stable.
+package config
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Config is barnacle's effective configuration. Load returns it validated;
+// nobody changes it afterwards.
+type Config struct {
+	ClusterName    string
+	StoreEndpoints []string
+	StorePrefix    string
+	BarnaclePrefix string
+
+	StoreCertFile     string
+	StoreKeyFile      string
+	StoreCAFile       string
+	StoreUsername     string
+	StorePasswordFile string
+
+	AgentName           string
+	KeeperUID           string
+	LeaderPolicy        string
+	LeaseTTL            time.Duration
+	LeaderTakeoverDelay time.Duration
+
+	PGHost         string
+	PGPort         int
+	PGUser         string
+	PGPasswordFile string
+	PGDBName       string
+
+	MetricsListenAddress string
+	LogLevel             string
+	LogFormat            string
+
+	// Sources records where each key that is not a default came from
+	// ("file /etc/barnacle.yaml", "env BARNACLE_LEASE_TTL", "flag --lease-ttl"),
+	// for error messages and for the effective-config log line.
+	Sources map[string]string
+}
+
+// Leader policies, DESIGN.md §1.
+const (
+	PolicyFollowMaster = "follow-master"
+	PolicyAny          = "any"
+)
+
+// Default returns the built-in defaults, the first layer of Load.
+func Default() Config {
+	return Config{
+		StorePrefix:          "stolon/cluster",
+		BarnaclePrefix:       "barnacle",
+		LeaderPolicy:         PolicyFollowMaster,
+		LeaseTTL:             10 * time.Second,
+		LeaderTakeoverDelay:  30 * time.Second,
+		PGDBName:             "postgres",
+		MetricsListenAddress: ":9187",
+		LogLevel:             "info",
+		LogFormat:            "text",
+		Sources:              map[string]string{},
+	}
+}
+
+// String renders the configuration for the start-up log line. Secrets never
+// appear: only the names of the files that hold them do.
+func (c Config) String() string {
+	var b strings.Builder
+	for _, k := range keys {
+		v := k.get(&c)
+		if v == "" {
+			continue
+		}
+		fmt.Fprintf(&b, "%s=%s ", k.name, v)
+	}
+	return strings.TrimSpace(b.String())
+}
+
+// ClusterPrefix is the etcd prefix of barnacle's own keys for this cluster,
+// "<barnacle-prefix>/<cluster-name>/".
+func (c Config) ClusterPrefix() string {
+	return strings.TrimSuffix(c.BarnaclePrefix, "/") + "/" + c.ClusterName + "/"
+}

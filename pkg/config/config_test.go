@@ -1,0 +1,149 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func noEnv(string) (string, bool) { return "", false }
+
+func envOf(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+var agentNeeds = Needs{Keys: []string{"cluster-name", "store-endpoints"}, Agent: true}
+
+func TestLoadLayers(t *testing.T) {
+	c, err := Load(Sources{
+		File:  "testdata/good.yaml",
+		Env:   envOf(map[string]string{"BARNACLE_LEASE_TTL": "20s", "BARNACLE_LOG_LEVEL": "debug"}),
+		Flags: map[string]string{"log-level": "warn"},
+	}, agentNeeds)
+	require.NoError(t, err)
+	assert.Equal(t, "stolon-cluster", c.ClusterName)
+	assert.Equal(t, []string{"http://127.0.0.1:2379", "http://127.0.0.2:2379"}, c.StoreEndpoints)
+	assert.Equal(t, 20*time.Second, c.LeaseTTL, "env overrides the file")
+	assert.Equal(t, "warn", c.LogLevel, "a flag overrides env")
+	assert.Equal(t, "json", c.LogFormat)
+	assert.Equal(t, 30*time.Second, c.LeaderTakeoverDelay, "default kept")
+	assert.Equal(t, "stolon/cluster", c.StorePrefix)
+	assert.Equal(t, "env BARNACLE_LEASE_TTL", c.Sources["lease-ttl"])
+	assert.Equal(t, "flag --log-level", c.Sources["log-level"])
+	assert.Equal(t, "file testdata/good.yaml line 1", c.Sources["cluster-name"])
+	assert.Equal(t, "barnacle/stolon-cluster/", c.ClusterPrefix())
+}
+
+func TestBadConfigFiles(t *testing.T) {
+	cases := map[string][]string{
+		"unknown-key.bad.yaml":      {`store_endpoints (file testdata/unknown-key.bad.yaml line 2): unknown key; did you mean "store-endpoints"?`},
+		"typo-key.bad.yaml":         {`lease-tll (file testdata/typo-key.bad.yaml line 2): unknown key; did you mean "lease-ttl"?`},
+		"bad-duration.bad.yaml":     {`lease-ttl (file testdata/bad-duration.bad.yaml line 2): invalid duration "ten seconds"`},
+		"bad-endpoint.bad.yaml":     {`store-endpoints (file testdata/bad-endpoint.bad.yaml line 2): invalid endpoint "127.0.0.1:2379": use http://host:port`},
+		"missing-cluster.bad.yaml":  {`cluster-name: required; set "cluster-name" in the config file, BARNACLE_CLUSTER_NAME, or --cluster-name`},
+		"not-mapping.bad.yaml":      {"the top level must be a mapping"},
+		"nested.bad.yaml":           {"cluster-name (file testdata/nested.bad.yaml line 1): must be a value or a list of values, not a mapping"},
+		"duplicate.bad.yaml":        {"set twice"},
+		"bad-yaml.bad.yaml":         {"not valid YAML"},
+		"bad-address.bad.yaml":      {`metrics-listen-address (file testdata/bad-address.bad.yaml line 2): invalid address "9187": use host:port`},
+		"bad-keeper.bad.yaml":       {`keeper-uid (file testdata/bad-keeper.bad.yaml line 2): invalid keeper UID "Keeper-1"`},
+		"cert-without-key.bad.yaml": {"store-cert-file and store-key go together"},
+		"many.bad.yaml": {
+			`leader-policy (file testdata/many.bad.yaml line 1): invalid value "sometimes": use one of follow-master, any`,
+			"lease-ttl (file testdata/many.bad.yaml line 2): 1s is too short",
+			`pg-port (file testdata/many.bad.yaml line 3): invalid port "99999"`,
+			`log-level (file testdata/many.bad.yaml line 4): invalid value "loud"`,
+			"cluster-name: required",
+			"store-endpoints: required",
+		},
+	}
+	files, err := filepath.Glob("testdata/*.bad.yaml")
+	require.NoError(t, err)
+	require.Len(t, files, len(cases), "every testdata/*.bad.yaml needs a case here")
+	for _, f := range files {
+		name := filepath.Base(f)
+		t.Run(name, func(t *testing.T) {
+			want, ok := cases[name]
+			require.True(t, ok, "no expected errors for %s", name)
+			_, err := Load(Sources{File: f, Env: noEnv}, Needs{Keys: []string{"cluster-name", "store-endpoints"}})
+			require.Error(t, err)
+			assert.True(t, IsConfigError(err), "every problem is a *config.Error")
+			for _, w := range want {
+				assert.Contains(t, err.Error(), w)
+			}
+		})
+	}
+}
+
+func TestEnvAndFlagErrorsNameTheirSource(t *testing.T) {
+	_, err := Load(Sources{
+		Env:   envOf(map[string]string{"BARNACLE_LEADER_TAKEOVER_DELAY": "soon"}),
+		Flags: map[string]string{"pg-port": "x", "cluster-name": "c", "store-endpoints": "http://e:1"},
+	}, Needs{})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `leader-takeover-delay (env BARNACLE_LEADER_TAKEOVER_DELAY): invalid duration "soon"`)
+	assert.Contains(t, err.Error(), `pg-port (flag --pg-port): invalid port "x"`)
+}
+
+func TestFollowMasterNeedsKeeperUID(t *testing.T) {
+	flags := map[string]string{"cluster-name": "c", "store-endpoints": "http://127.0.0.1:2379"}
+	_, err := Load(Sources{Env: noEnv, Flags: flags}, agentNeeds)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "keeper-uid: required with leader-policy follow-master")
+
+	flags["leader-policy"] = "any"
+	_, err = Load(Sources{Env: noEnv, Flags: flags}, agentNeeds)
+	require.NoError(t, err)
+}
+
+func TestMissingSecretFile(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "nope")
+	_, err := Load(Sources{Env: noEnv, Flags: map[string]string{"pg-password-file": missing}}, Needs{})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "pg-password-file (flag --pg-password-file): cannot read "+missing)
+}
+
+func TestStringShowsNoSecrets(t *testing.T) {
+	pw := filepath.Join(t.TempDir(), "pw")
+	require.NoError(t, os.WriteFile(pw, []byte("s3cret"), 0o600))
+	c, err := Load(Sources{Env: noEnv, Flags: map[string]string{"pg-password-file": pw, "cluster-name": "c"}}, Needs{})
+	require.NoError(t, err)
+	s := c.String()
+	assert.NotContains(t, s, "s3cret")
+	assert.Contains(t, s, "pg-password-file="+pw)
+	assert.True(t, strings.HasPrefix(s, "cluster-name=c"))
+}
+
+func TestEveryKeyHasHelpAndEnv(t *testing.T) {
+	for _, k := range Keys() {
+		assert.NotEmpty(t, k.Help, k.Name)
+		assert.Equal(t, k.Name, strings.ToLower(k.Name), "keys are lower-case kebab")
+		assert.True(t, strings.HasPrefix(EnvName(k.Name), "BARNACLE_"))
+	}
+}
+
+func FuzzLoadFile(f *testing.F) {
+	files, _ := filepath.Glob("testdata/*.yaml")
+	for _, file := range files {
+		b, err := os.ReadFile(file)
+		if err == nil {
+			f.Add(b)
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		path := filepath.Join(t.TempDir(), "c.yaml")
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := Load(Sources{File: path, Env: noEnv}, Needs{})
+		if err != nil && !IsConfigError(err) {
+			t.Fatalf("error without a key: %v", err)
+		}
+		_ = c.String()
+	})
+}

@@ -1,0 +1,192 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// key describes one configuration key: its YAML name (flags use the same
+// name, environment variables its upper-snake form), its help text, and how
+// to parse and print it. One table drives the file, the environment, the
+// flags, the docs test and the redacted log line, so they cannot disagree.
+type key struct {
+	name string
+	help string
+	set  func(c *Config, v string) error
+	get  func(c *Config) string
+}
+
+// Key is the public view of a configuration key, for building flags and docs.
+type Key struct {
+	Name    string
+	Help    string
+	Default string
+}
+
+// Keys lists every configuration key in documentation order.
+func Keys() []Key {
+	d := Default()
+	out := make([]Key, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, Key{Name: k.name, Help: k.help, Default: k.get(&d)})
+	}
+	return out
+}
+
+// EnvName returns the environment variable for a key: BARNACLE_ and the key
+// in upper snake case, the way Stolon maps STKEEPER_* to its flags.
+func EnvName(key string) string {
+	return "BARNACLE_" + strings.ToUpper(strings.ReplaceAll(key, "-", "_"))
+}
+
+func lookupKey(name string) (key, bool) {
+	for _, k := range keys {
+		if k.name == name {
+			return k, true
+		}
+	}
+	return key{}, false
+}
+
+func str(field func(*Config) *string) (func(*Config, string) error, func(*Config) string) {
+	return func(c *Config, v string) error { *field(c) = strings.TrimSpace(v); return nil },
+		func(c *Config) string { return *field(c) }
+}
+
+func duration(field func(*Config) *time.Duration) (func(*Config, string) error, func(*Config) string) {
+	return func(c *Config, v string) error {
+			d, err := time.ParseDuration(strings.TrimSpace(v))
+			if err != nil {
+				return fmt.Errorf("invalid duration %q: use a Go duration such as 10s, 1m30s", v)
+			}
+			*field(c) = d
+			return nil
+		}, func(c *Config) string {
+			if *field(c) == 0 {
+				return ""
+			}
+			return field(c).String()
+		}
+}
+
+func oneOf(field func(*Config) *string, allowed ...string) (func(*Config, string) error, func(*Config) string) {
+	set, get := str(field)
+	return func(c *Config, v string) error {
+		v = strings.TrimSpace(v)
+		for _, a := range allowed {
+			if v == a {
+				return set(c, v)
+			}
+		}
+		return fmt.Errorf("invalid value %q: use one of %s", v, strings.Join(allowed, ", "))
+	}, get
+}
+
+var (
+	clusterNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+	keeperUIDRE   = regexp.MustCompile(`^[a-z0-9_]+$`)
+)
+
+var keys = func() []key {
+	var ks []key
+	add := func(name, help string, set func(*Config, string) error, get func(*Config) string) {
+		ks = append(ks, key{name: name, help: help, set: set, get: get})
+	}
+
+	add("cluster-name", "Stolon cluster name (stolon's --cluster-name); required", func(c *Config, v string) error {
+		v = strings.TrimSpace(v)
+		if v != "" && !clusterNameRE.MatchString(v) {
+			return fmt.Errorf("invalid cluster name %q: use letters, digits, '_', '.', '-'", v)
+		}
+		c.ClusterName = v
+		return nil
+	}, func(c *Config) string { return c.ClusterName })
+	add("store-endpoints", "etcd endpoints, comma-separated (http://127.0.0.1:2379)", func(c *Config, v string) error {
+		var eps []string
+		for _, e := range strings.Split(v, ",") {
+			e = strings.TrimSpace(e)
+			if e == "" {
+				continue
+			}
+			u, err := url.Parse(e)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return fmt.Errorf("invalid endpoint %q: use http://host:port or https://host:port", e)
+			}
+			eps = append(eps, e)
+		}
+		c.StoreEndpoints = eps
+		return nil
+	}, func(c *Config) string { return strings.Join(c.StoreEndpoints, ",") })
+	s, g := str(func(c *Config) *string { return &c.StorePrefix })
+	add("store-prefix", "Stolon's etcd prefix (stolon's --store-prefix)", s, g)
+	s, g = str(func(c *Config) *string { return &c.BarnaclePrefix })
+	add("barnacle-prefix", "etcd prefix of barnacle's own keys", s, g)
+	s, g = str(func(c *Config) *string { return &c.StoreCertFile })
+	add("store-cert-file", "etcd client TLS certificate file", s, g)
+	s, g = str(func(c *Config) *string { return &c.StoreKeyFile })
+	add("store-key", "etcd client TLS private key file", s, g)
+	s, g = str(func(c *Config) *string { return &c.StoreCAFile })
+	add("store-ca-file", "etcd server CA certificate file", s, g)
+	s, g = str(func(c *Config) *string { return &c.StoreUsername })
+	add("store-username", "etcd user (password from store-password-file)", s, g)
+	s, g = str(func(c *Config) *string { return &c.StorePasswordFile })
+	add("store-password-file", "file holding the etcd user's password", s, g)
+
+	s, g = str(func(c *Config) *string { return &c.AgentName })
+	add("agent-name", "this agent's name in etcd (default: keeper-uid, else the hostname)", s, g)
+	add("keeper-uid", "UID of the Stolon keeper this agent runs beside (stolon-keeper --uid)", func(c *Config, v string) error {
+		v = strings.TrimSpace(v)
+		if v != "" && !keeperUIDRE.MatchString(v) {
+			return fmt.Errorf("invalid keeper UID %q: Stolon keeper UIDs use only a-z, 0-9 and '_'", v)
+		}
+		c.KeeperUID = v
+		return nil
+	}, func(c *Config) string { return c.KeeperUID })
+	s, g = oneOf(func(c *Config) *string { return &c.LeaderPolicy }, PolicyFollowMaster, PolicyAny)
+	add("leader-policy", "who may lead: follow-master (the master's agent) or any (a dedicated backup host)", s, g)
+	ds, dg := duration(func(c *Config) *time.Duration { return &c.LeaseTTL })
+	add("lease-ttl", "etcd lease TTL of the agent's session; a dead leader is replaced after it", ds, dg)
+	ds, dg = duration(func(c *Config) *time.Duration { return &c.LeaderTakeoverDelay })
+	add("leader-takeover-delay", "how long no agent beside the master may lead before another agent takes over", ds, dg)
+
+	s, g = str(func(c *Config) *string { return &c.PGHost })
+	add("pg-host", "PostgreSQL host of this agent's keeper (default: its address in clusterdata)", s, g)
+	add("pg-port", "PostgreSQL port of this agent's keeper (default: its port in clusterdata)", func(c *Config, v string) error {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("invalid port %q: use a number from 1 to 65535", v)
+		}
+		c.PGPort = n
+		return nil
+	}, func(c *Config) string {
+		if c.PGPort == 0 {
+			return ""
+		}
+		return strconv.Itoa(c.PGPort)
+	})
+	s, g = str(func(c *Config) *string { return &c.PGUser })
+	add("pg-user", "PostgreSQL role with the REPLICATION attribute (Stolon's --pg-repl-username)", s, g)
+	s, g = str(func(c *Config) *string { return &c.PGPasswordFile })
+	add("pg-password-file", "file holding pg-user's password (or use PGPASSFILE / PGPASSWORD)", s, g)
+	s, g = str(func(c *Config) *string { return &c.PGDBName })
+	add("pg-dbname", "database for the agent's SQL connections", s, g)
+
+	add("metrics-listen-address", "address of /metrics, /healthz and /readyz (host:port)", func(c *Config, v string) error {
+		v = strings.TrimSpace(v)
+		if _, port, err := net.SplitHostPort(v); err != nil || port == "" {
+			return fmt.Errorf("invalid address %q: use host:port, such as :9187 or 127.0.0.1:9187", v)
+		}
+		c.MetricsListenAddress = v
+		return nil
+	}, func(c *Config) string { return c.MetricsListenAddress })
+	s, g = oneOf(func(c *Config) *string { return &c.LogLevel }, "trace", "debug", "info", "warn", "error")
+	add("log-level", "log level", s, g)
+	s, g = oneOf(func(c *Config) *string { return &c.LogFormat }, "text", "json")
+	add("log-format", "log format", s, g)
+	return ks
+}()
