@@ -1,0 +1,141 @@
+// Package agent is the barnacle sidecar daemon. It builds the components
+// from the configuration, supervises them in one errgroup, starts and stops
+// leader-only work as the coordinator's election decides, and serves
+// /metrics, /healthz, /readyz and /status.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/barnacle-pg/barnacle/coordinator"
+	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/metrics"
+)
+
+// Agent is one barnacle sidecar. Create it with New, start it with Run.
+type Agent struct {
+	cfg      config.Config
+	log      hclog.Logger
+	version  string
+	name     string
+	registry *prometheus.Registry
+	etcd     *clientv3.Client
+	coord    *coordinator.Coordinator
+	local    *localPostgres
+	listener net.Listener
+}
+
+// New checks the configuration, connects the etcd client (which does not
+// wait for etcd) and binds the metrics listener, so that a port conflict is
+// reported at start-up. It starts no goroutines.
+func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	name := cfg.AgentName
+	if name == "" {
+		name = cfg.KeeperUID
+	}
+	if name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("agent-name is not set and the hostname is unknown: %w", err)
+		}
+		name = h
+	}
+	reg := metrics.NewRegistry()
+	cli, err := coordinator.NewClient(coordinator.ClientOptions{
+		Endpoints:    cfg.StoreEndpoints,
+		CertFile:     cfg.StoreCertFile,
+		KeyFile:      cfg.StoreKeyFile,
+		CAFile:       cfg.StoreCAFile,
+		Username:     cfg.StoreUsername,
+		PasswordFile: cfg.StorePasswordFile,
+	})
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, log: log, version: version, name: name, registry: reg, etcd: cli}
+	a.local = &localPostgres{cfg: cfg, keeperUID: cfg.KeeperUID}
+	a.coord, err = coordinator.New(coordinator.Options{
+		Client:         cli,
+		ClusterName:    cfg.ClusterName,
+		StorePrefix:    cfg.StorePrefix,
+		BarnaclePrefix: cfg.BarnaclePrefix,
+		AgentName:      name,
+		KeeperUID:      cfg.KeeperUID,
+		Policy:         cfg.LeaderPolicy,
+		LeaseTTL:       cfg.LeaseTTL,
+		TakeoverDelay:  cfg.LeaderTakeoverDelay,
+		Version:        version,
+		LocalPrimary:   a.local.isPrimary,
+		Registerer:     reg,
+		Logger:         log,
+	})
+	if err != nil {
+		_ = cli.Close()
+		return nil, err
+	}
+	a.listener, err = net.Listen("tcp", cfg.MetricsListenAddress)
+	if err != nil {
+		_ = cli.Close()
+		return nil, fmt.Errorf("listen on metrics-listen-address %s: %w", cfg.MetricsListenAddress, err)
+	}
+	return a, nil
+}
+
+// Name is the agent's name in etcd.
+func (a *Agent) Name() string { return a.name }
+
+// Run serves and coordinates until ctx ends, then resigns, revokes its
+// lease and returns nil. A component's fatal error stops the others and is
+// returned.
+func (a *Agent) Run(ctx context.Context) error {
+	log := a.log.Named("agent")
+	log.Info("starting", "agent", a.name, "version", a.version, "config", a.cfg.String(), "metrics", a.listener.Addr().String())
+	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 5 * time.Second}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(a.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve metrics: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 2*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	g.Go(func() error {
+		err := a.coord.Run(gctx)
+		a.local.close()
+		return err
+	})
+	err := g.Wait()
+	err = errors.Join(err, a.etcd.Close())
+	log.Info("stopped")
+	return err
+}
+
+func (a *Agent) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", metrics.Handler(a.registry))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", a.readyz)
+	mux.HandleFunc("/status", a.status)
+	return mux
+}

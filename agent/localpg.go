@@ -1,0 +1,118 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/barnacle-pg/barnacle/coordinator"
+	"github.com/barnacle-pg/barnacle/pkg/config"
+)
+
+// localPostgres answers whether the PostgreSQL beside this agent is
+// promoted. It keeps one connection and reconnects when the address
+// changes or the connection breaks. Only the coordinator's role loop calls
+// it, so it needs no lock.
+type localPostgres struct {
+	cfg       config.Config
+	keeperUID string
+	conn      *pgx.Conn
+	addr      string
+}
+
+// address is pg-host/pg-port when set, else the keeper's DB address in
+// clusterdata.
+func (l *localPostgres) address(st coordinator.State) (string, int, error) {
+	host, port := l.cfg.PGHost, l.cfg.PGPort
+	if host == "" || port == 0 {
+		if st.ClusterData == nil {
+			return "", 0, errors.New("clusterdata not read yet")
+		}
+		db, ok := st.ClusterData.DBForKeeper(l.keeperUID)
+		if !ok {
+			return "", 0, fmt.Errorf("clusterdata has no DB for keeper %s", l.keeperUID)
+		}
+		h, p, err := db.Addr()
+		if err != nil {
+			return "", 0, err
+		}
+		if host == "" {
+			host = h
+		}
+		if port == 0 {
+			port = p
+		}
+	}
+	return host, port, nil
+}
+
+func (l *localPostgres) isPrimary(ctx context.Context, st coordinator.State) (bool, error) {
+	host, port, err := l.address(st)
+	if err != nil {
+		return false, err
+	}
+	addr := fmt.Sprintf("%s:%d", host, port)
+	if l.conn != nil && (l.addr != addr || l.conn.IsClosed()) {
+		l.close()
+	}
+	if l.conn == nil {
+		conn, err := connect(ctx, l.cfg, host, port)
+		if err != nil {
+			return false, err
+		}
+		l.conn, l.addr = conn, addr
+	}
+	var inRecovery bool
+	if err := l.conn.QueryRow(ctx, "select pg_is_in_recovery()").Scan(&inRecovery); err != nil {
+		l.close()
+		return false, fmt.Errorf("ask %s whether it is in recovery: %w", addr, err)
+	}
+	return !inRecovery, nil
+}
+
+func (l *localPostgres) close() {
+	if l.conn != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = l.conn.Close(ctx)
+		l.conn = nil
+	}
+}
+
+// connect opens a connection as pg-user to pg-dbname. The password comes from
+// pg-password-file, else the usual PGPASSWORD/PGPASSFILE environment that
+// pgx reads.
+func connect(ctx context.Context, cfg config.Config, host string, port int) (*pgx.Conn, error) {
+	pc, err := pgx.ParseConfig("")
+	if err != nil {
+		return nil, fmt.Errorf("postgres connection settings from the environment: %w", err)
+	}
+	pc.Host, pc.Port = host, uint16(port)
+	if cfg.PGUser != "" {
+		pc.User = cfg.PGUser
+	}
+	if cfg.PGDBName != "" {
+		pc.Database = cfg.PGDBName
+	}
+	if cfg.PGPasswordFile != "" {
+		pw, err := os.ReadFile(cfg.PGPasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("read pg-password-file: %w", err)
+		}
+		pc.Password = strings.TrimRight(string(pw), "\r\n")
+	}
+	if pc.RuntimeParams == nil {
+		pc.RuntimeParams = map[string]string{}
+	}
+	pc.RuntimeParams["application_name"] = "barnacle"
+	conn, err := pgx.ConnectConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("connect to postgres at %s:%d as %s: %w", host, port, pc.User, err)
+	}
+	return conn, nil
+}

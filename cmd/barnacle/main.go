@@ -1,0 +1,63 @@
+// Command barnacle is continuous backup and point-in-time recovery for
+// PostgreSQL clusters managed by Stolon: `barnacle agent` is the sidecar
+// daemon, the other subcommands are the operator's tools.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/barnacle-pg/barnacle/pkg/config"
+)
+
+// Exit codes, DESIGN.md §4.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// Once the first signal has cancelled ctx, restore default handling so
+	// that a second signal kills the process.
+	go func() { <-ctx.Done(); stop() }()
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// usageError marks a mistake in the command line (unknown flag, wrong
+// arguments) so that it maps to exit code 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// run executes one command line and returns the process exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := newRootCommand(stdout, stderr)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintln(stderr, "barnacle:", err)
+	var ue usageError
+	switch {
+	case errors.As(err, &ue):
+		fmt.Fprintln(stderr, "Run 'barnacle --help' for usage.")
+		return exitUsage
+	case config.IsConfigError(err):
+		return exitUsage
+	}
+	return exitFailure
+}

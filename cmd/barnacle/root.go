@@ -1,0 +1,90 @@
+package main
+
+import (
+	"io"
+	"os"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/mattn/go-isatty"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/barnacle-pg/barnacle/pkg/config"
+)
+
+func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "barnacle",
+		Short: "Continuous backup and point-in-time recovery for Stolon-managed PostgreSQL",
+		Long: `barnacle streams WAL from the current Stolon master into an archive, follows the
+master through failovers, and restores to any point in time. Run 'barnacle agent'
+as a sidecar beside every Stolon keeper; the other commands are for operators.
+
+Configuration comes from --config FILE (YAML), then BARNACLE_<KEY> environment
+variables, then flags, later ones winning. Keys and flags share names
+(cluster-name, store-endpoints, ...). Exit codes: 0 success, 1 failure,
+2 bad usage or configuration.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.PersistentFlags().String("config", "", "YAML configuration file")
+	for _, k := range config.Keys() {
+		root.PersistentFlags().String(k.Name, k.Default, k.Help)
+	}
+	root.AddCommand(
+		newAgentCommand(),
+		newStatusCommand(),
+		newVersionCommand(),
+	)
+	for _, c := range root.Commands() {
+		c.Args = wrapArgs(c.Args)
+	}
+	return root
+}
+
+// wrapArgs turns cobra's argument-count errors into usage errors.
+func wrapArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
+	if check == nil {
+		check = cobra.NoArgs
+	}
+	return func(cmd *cobra.Command, args []string) error {
+		if err := check(cmd, args); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
+}
+
+// loadConfig layers the file, the environment and the flags the user set.
+func loadConfig(cmd *cobra.Command, needs config.Needs) (config.Config, error) {
+	file, _ := cmd.Flags().GetString("config")
+	if file == "" {
+		file = os.Getenv("BARNACLE_CONFIG")
+	}
+	flags := map[string]string{}
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		if f.Name != "config" {
+			flags[f.Name] = f.Value.String()
+		}
+	})
+	return config.Load(config.Sources{File: file, Flags: flags}, needs)
+}
+
+// newLogger builds the root logger: text on a terminal (colored), JSON with
+// log-format json.
+func newLogger(cfg config.Config, w io.Writer) hclog.Logger {
+	color := hclog.ColorOff
+	if f, ok := w.(*os.File); ok && isatty.IsTerminal(f.Fd()) && cfg.LogFormat == "text" {
+		color = hclog.AutoColor
+	}
+	return hclog.New(&hclog.LoggerOptions{
+		Name:       "barnacle",
+		Level:      hclog.LevelFromString(cfg.LogLevel),
+		JSONFormat: cfg.LogFormat == "json",
+		Output:     w,
+		Color:      color,
+	})
+}

@@ -1,0 +1,397 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+const (
+	// tick bounds how late the role loop notices a change that comes with
+	// no etcd event: a promotion seen through pg_is_in_recovery(), a stale
+	// lease, the takeover delay running out.
+	tick = 250 * time.Millisecond
+	// localCheckInterval is how often the master's agent asks its
+	// PostgreSQL whether it is promoted.
+	localCheckInterval = 500 * time.Millisecond
+	// recordRefresh is how often an unchanged agent record is rewritten so
+	// that its updatedAt shows the agent is alive.
+	recordRefresh = 5 * time.Second
+	// shutdownTimeout bounds resignation and lease revocation on exit.
+	shutdownTimeout = 3 * time.Second
+)
+
+// leaderWork is a running LeaderWork call.
+type leaderWork struct {
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// role is the role loop's own state. Only roleLoop touches it.
+type role struct {
+	sess     *concurrency.Session
+	ka       <-chan *clientv3.LeaseKeepAliveResponse
+	kaCancel context.CancelFunc
+	election *concurrency.Election
+	// lastRenew is when the lease was last renewed. A leader whose lease
+	// was not renewed for half its TTL stops its work: etcd may expire the
+	// lease before this agent's keep-alive notices, and another agent must
+	// never lead while this one still works.
+	lastRenew time.Time
+
+	campaignReason leadReason
+	campaignCancel context.CancelFunc
+	campaignDone   chan error
+
+	won    bool // the election key is ours
+	reason leadReason
+	term   Term
+
+	work         *leaderWork
+	workRetryAt  time.Time
+	workFailures int
+
+	lastMasterLed  time.Time
+	localPrimary   bool
+	lastLocalCheck time.Time
+
+	lastRecord    AgentStatus
+	lastRecordAt  time.Time
+	sessFailures  int
+	publishedLead bool
+}
+
+func (c *Coordinator) roleLoop(ctx context.Context) error {
+	r := &role{lastMasterLed: time.Now()}
+	defer c.shutdown(ctx, r)
+	ticker := time.NewTicker(tick)
+	defer ticker.Stop()
+	for ctx.Err() == nil {
+		if r.sess == nil {
+			if err := c.startSession(ctx, r); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				r.sessFailures++
+				c.etcdError("session", err)
+				sleepCtx(ctx, backoff(r.sessFailures))
+				continue
+			}
+			r.sessFailures = 0
+		}
+		c.step(ctx, r)
+
+		var sessDone <-chan struct{}
+		if r.sess != nil {
+			sessDone = r.sess.Done()
+		}
+		var workDone chan error
+		if r.work != nil {
+			workDone = r.work.done
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.wake:
+		case <-ticker.C:
+		case err := <-r.campaignDone:
+			c.campaignFinished(r, err)
+		case resp, ok := <-r.ka:
+			if !ok {
+				r.ka = nil
+			} else if resp != nil {
+				r.lastRenew = time.Now()
+			}
+		case <-sessDone:
+			c.log.Warn("etcd session lost; leadership, if any, ends here")
+			c.dropSession(r)
+		case err := <-workDone:
+			r.work = nil
+			if ctx.Err() == nil && err != nil {
+				r.workFailures++
+				r.workRetryAt = time.Now().Add(backoff(r.workFailures + 3))
+				c.log.Error("leader work failed; restarting it while still leader", "error", err)
+			}
+		}
+	}
+	return nil
+}
+
+func (c *Coordinator) startSession(ctx context.Context, r *role) error {
+	sctx, cancel := context.WithTimeout(ctx, c.opts.LeaseTTL)
+	defer cancel()
+	s, err := c.newSession(sctx)
+	if err != nil {
+		return err
+	}
+	// A second listener on the lease's keep-alives tells the role loop when
+	// the lease was last renewed (see role.lastRenew).
+	kctx, kcancel := context.WithCancel(ctx)
+	ka, err := c.cli.KeepAlive(kctx, s.Lease())
+	if err != nil {
+		kcancel()
+		_ = s.Close()
+		return err
+	}
+	r.sess, r.ka, r.kaCancel = s, ka, kcancel
+	r.election = concurrency.NewElection(s, c.keys.Election())
+	r.lastRenew = time.Now()
+	r.lastRecord = AgentStatus{}
+	c.log.Debug("etcd session started", "lease", int64(s.Lease()))
+	return nil
+}
+
+// dropSession forgets a session whose lease is gone (or must be given up).
+func (c *Coordinator) dropSession(r *role) {
+	c.stopWork(r)
+	if r.campaignCancel != nil {
+		r.campaignCancel()
+	}
+	if r.kaCancel != nil {
+		r.kaCancel()
+	}
+	if r.won {
+		c.metrics.leaderChanges.Inc()
+	}
+	r.sess, r.ka, r.kaCancel, r.election = nil, nil, nil, nil
+	r.won, r.reason = false, notLeading
+	r.campaignDone, r.campaignCancel = nil, nil
+}
+
+// step gathers the inputs, decides and acts once.
+func (c *Coordinator) step(ctx context.Context, r *role) {
+	now := time.Now()
+	st := c.view()
+
+	if st.MineIsMaster && c.opts.LocalPrimary != nil {
+		if now.Sub(r.lastLocalCheck) >= localCheckInterval {
+			r.lastLocalCheck = now
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			primary, err := c.opts.LocalPrimary(cctx, st)
+			cancel()
+			switch {
+			case err != nil:
+				// Unknown is not "in recovery": keep what we knew, so a
+				// brief connection failure does not flap leadership.
+				c.log.Debug("local postgres check failed", "error", err)
+			case primary != r.localPrimary:
+				c.log.Info("local postgres promotion state", "primary", primary)
+				r.localPrimary = primary
+			}
+		}
+	} else {
+		r.localPrimary = false
+	}
+	st.LocalPrimary = r.localPrimary
+
+	ma, haveMA := masterAgent(st)
+	if (r.won && r.reason == leadAsMaster) || (haveMA && st.Leader == ma.Name) {
+		r.lastMasterLed = now
+	}
+	in := inputs{
+		policy:               c.opts.Policy,
+		masterKnown:          st.HasMaster,
+		mineIsMaster:         st.MineIsMaster,
+		localPrimary:         r.localPrimary,
+		masterAgentCandidate: haveMA && ma.Candidate && ma.Name != c.opts.AgentName,
+		sinceMasterLed:       now.Sub(r.lastMasterLed),
+		takeoverDelay:        c.opts.TakeoverDelay,
+	}
+	if r.won {
+		in.leading = r.reason
+	}
+	d := decide(in)
+
+	if d.resign && r.won {
+		c.resign(ctx, r, "policy")
+	}
+	switch {
+	case d.campaign != notLeading && r.won:
+		if r.reason != d.campaign {
+			c.log.Info("leading for a new reason", "from", r.reason.String(), "to", d.campaign.String())
+			r.reason = d.campaign
+			r.term.Reason = d.campaign.String()
+		}
+	case d.campaign != notLeading && r.campaignDone == nil && r.election != nil:
+		c.startCampaign(ctx, r, d.campaign)
+	case d.campaign == notLeading && r.campaignCancel != nil:
+		// Withdraw: a cancelled Campaign deletes its key, so we leave the
+		// queue and the agent that should lead gets the election.
+		r.campaignCancel()
+		r.campaignCancel = nil
+	}
+
+	fresh := r.won && now.Sub(r.lastRenew) < c.opts.LeaseTTL/2
+	switch {
+	case fresh && r.work == nil && now.After(r.workRetryAt):
+		c.startWork(ctx, r)
+	case !fresh && r.work != nil:
+		if r.won {
+			c.log.Warn("lease not renewed for half its TTL; stopping leader work until it is", "since_renewal", now.Sub(r.lastRenew).String())
+		}
+		c.stopWork(r)
+	}
+
+	st.Leading = fresh
+	if fresh {
+		st.LeadReason = r.reason.String()
+	}
+	if st.Leading != r.publishedLead {
+		r.publishedLead = st.Leading
+		if st.Leading {
+			c.metrics.isLeader.Set(1)
+		} else {
+			c.metrics.isLeader.Set(0)
+		}
+	}
+	c.publish(st)
+	c.publishRecord(ctx, r, st, in.mineIsMaster && r.localPrimary)
+}
+
+func (c *Coordinator) startCampaign(ctx context.Context, r *role, reason leadReason) {
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	el := r.election
+	go func() { done <- el.Campaign(cctx, c.opts.AgentName) }()
+	r.campaignReason, r.campaignCancel, r.campaignDone = reason, cancel, done
+	c.log.Info("campaigning for leadership", "reason", reason.String())
+}
+
+func (c *Coordinator) campaignFinished(r *role, err error) {
+	reason := r.campaignReason
+	r.campaignDone = nil
+	withdrawn := r.campaignCancel == nil
+	if r.campaignCancel != nil {
+		r.campaignCancel()
+		r.campaignCancel = nil
+	}
+	if err != nil {
+		if !errors.Is(err, context.Canceled) {
+			c.etcdError("campaign", err)
+		}
+		return
+	}
+	if withdrawn {
+		// We won just as we withdrew; the next step resigns if the policy
+		// still says so.
+		c.log.Debug("won a withdrawn campaign")
+	}
+	r.won, r.reason = true, reason
+	r.term = Term{Key: r.election.Key(), Rev: r.election.Rev(), Reason: reason.String()}
+	c.metrics.leaderChanges.Inc()
+	c.log.Info("elected leader", "reason", reason.String(), "rev", r.term.Rev)
+	c.kick()
+}
+
+func (c *Coordinator) resign(ctx context.Context, r *role, why string) {
+	c.stopWork(r)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	if err := r.election.Resign(rctx); err != nil {
+		c.etcdError("resign", err)
+		// The key may still be ours; giving up the session is the only way
+		// to be sure another agent can lead.
+		if r.sess != nil {
+			_ = r.sess.Close()
+		}
+		c.dropSession(r)
+		return
+	}
+	r.won, r.reason = false, notLeading
+	c.metrics.leaderChanges.Inc()
+	c.log.Info("resigned leadership", "why", why)
+}
+
+func (c *Coordinator) startWork(ctx context.Context, r *role) {
+	if c.opts.LeaderWork == nil {
+		r.work = &leaderWork{cancel: func() {}, done: make(chan error)}
+		return
+	}
+	wctx, cancel := context.WithCancel(r.sess.Ctx())
+	stop := context.AfterFunc(ctx, cancel)
+	done := make(chan error, 1)
+	term := r.term
+	go func() {
+		defer stop()
+		done <- c.opts.LeaderWork(wctx, term)
+	}()
+	r.work = &leaderWork{cancel: cancel, done: done}
+}
+
+// stopWork ends the leader work and waits for it, so that leadership is
+// never given up while the work still runs.
+func (c *Coordinator) stopWork(r *role) {
+	if r.work == nil {
+		return
+	}
+	r.work.cancel()
+	if c.opts.LeaderWork != nil {
+		<-r.work.done
+	}
+	r.work = nil
+	if r.publishedLead {
+		r.publishedLead = false
+		c.metrics.isLeader.Set(0)
+		st := c.State()
+		st.Leading, st.LeadReason = false, ""
+		c.publish(st)
+	}
+}
+
+func (c *Coordinator) publishRecord(ctx context.Context, r *role, st State, candidate bool) {
+	if r.sess == nil {
+		return
+	}
+	rec := c.statusRecord(st, candidate)
+	if rec == r.lastRecord && time.Since(r.lastRecordAt) < recordRefresh {
+		return
+	}
+	cmp := rec
+	rec.UpdatedAt = time.Now().UTC()
+	b, err := json.Marshal(rec)
+	if err != nil {
+		panic(err) // AgentStatus always marshals
+	}
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := c.cli.Put(pctx, c.keys.Agent(c.opts.AgentName), string(b), clientv3.WithLease(r.sess.Lease())); err != nil {
+		if ctx.Err() == nil {
+			c.etcdError("put-agent", err)
+		}
+		return
+	}
+	r.lastRecord, r.lastRecordAt = cmp, time.Now()
+}
+
+// shutdown stops the work, resigns and revokes the lease with a fresh,
+// bounded context: the run context is already cancelled.
+func (c *Coordinator) shutdown(ctx context.Context, r *role) {
+	c.stopWork(r)
+	if r.campaignCancel != nil {
+		r.campaignCancel()
+	}
+	if r.sess == nil {
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	if r.won {
+		if err := r.election.Resign(sctx); err != nil {
+			c.log.Warn("resign on shutdown failed; the lease expiry will end leadership", "error", err)
+		} else {
+			c.log.Info("resigned leadership", "why", "shutdown")
+		}
+	}
+	if _, err := c.cli.Revoke(sctx, r.sess.Lease()); err != nil {
+		c.log.Warn("revoke lease on shutdown failed", "error", err)
+	}
+	r.sess.Orphan()
+	if r.kaCancel != nil {
+		r.kaCancel()
+	}
+	c.metrics.isLeader.Set(0)
+}
