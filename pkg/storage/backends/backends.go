@@ -1,0 +1,81 @@
+// Package backends opens the storage.Backend named by an archive URL. It
+// holds an explicit table from URL scheme to constructor rather than letting
+// backends register themselves in init functions, so the set of backends a
+// binary supports is visible in one place.
+//
+// Other modules may import this package, but its API is not stable.
+package backends
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+
+	"github.com/barnacle-pg/barnacle/pkg/storage"
+	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
+)
+
+// scheme is one row of the table: a URL scheme, an example for error
+// messages, and the constructor.
+type scheme struct {
+	name    string
+	example string
+	open    func(ctx context.Context, u *url.URL) (storage.Backend, error)
+}
+
+// schemes lists every supported archive URL scheme.
+var schemes = []scheme{
+	{name: "file", example: "file:///path", open: openFS},
+}
+
+func openFS(_ context.Context, u *url.URL) (storage.Backend, error) {
+	return fs.Open(u)
+}
+
+// Open returns the backend for rawURL, chosen by its scheme (see Schemes).
+// An unknown or missing scheme is an error that lists the supported ones.
+// Errors never contain the URL's password. ctx bounds any network work a
+// backend does while opening.
+func Open(ctx context.Context, rawURL string) (storage.Backend, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		// url.Error repeats the raw URL, which may hold a secret.
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err
+		}
+		return nil, fmt.Errorf("parse archive-url: %w", err)
+	}
+	for _, s := range schemes {
+		if u.Scheme == s.name {
+			b, err := s.open(ctx, u)
+			if err != nil {
+				return nil, fmt.Errorf("open archive-url: %w", err)
+			}
+			return b, nil
+		}
+	}
+	if u.Scheme == "" && strings.HasPrefix(rawURL, "/") {
+		return nil, fmt.Errorf("archive-url %q has no scheme: use file://%s", u.Redacted(), rawURL)
+	}
+	return nil, fmt.Errorf("unsupported archive-url scheme %q: use %s", u.Scheme, examples())
+}
+
+// Schemes returns the supported URL schemes, in table order.
+func Schemes() []string {
+	out := make([]string, len(schemes))
+	for i, s := range schemes {
+		out[i] = s.name
+	}
+	return out
+}
+
+func examples() string {
+	ex := make([]string, len(schemes))
+	for i, s := range schemes {
+		ex[i] = s.example
+	}
+	return strings.Join(ex, " or ")
+}

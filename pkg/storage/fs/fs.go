@@ -1,0 +1,642 @@
+// Package fs is the storage.Backend for a local or shared (NFS, CephFS,
+// ...) directory, opened from a file:///absolute/path archive URL.
+//
+// Objects are plain files under the root, named by their object names. Each
+// file carries its SHA-256 in the user extended attribute
+// user.barnacle.sha256, set on a hidden temporary file before the file
+// becomes visible, so the bytes and their checksum appear together or not
+// at all. The filesystem must therefore support user extended attributes
+// and hard links; New checks both.
+//
+// Other modules may import this package, but its API is not stable.
+package fs
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	iofs "io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/barnacle-pg/barnacle/pkg/storage"
+)
+
+const (
+	// xattrName holds an object's lower-case hex SHA-256.
+	xattrName = "user.barnacle.sha256"
+	// tempPrefix starts the names of files being written. storage.CheckName
+	// forbids object names starting with ".", so these never collide with
+	// objects and List can skip them by name alone.
+	tempPrefix = ".tmp-"
+	// copyChunk is how much Put copies between context checks.
+	copyChunk = 256 << 10
+	// dirMode and fileMode leave the archive readable by the group so that
+	// restores can run as another user of the same group; umask still applies.
+	dirMode  = 0o750
+	fileMode = 0o640
+	// mkdirAttempts bounds Put's retries when a concurrent Delete removes
+	// the (empty) directory Put has just created.
+	mkdirAttempts = 3
+)
+
+// DefaultTempMaxAge is how old a temporary file must be before Cleanup
+// removes it. A Put that takes longer than this to copy its data would lose
+// its temporary file to a concurrent Cleanup, so it is far above the time
+// any single object takes to write.
+const DefaultTempMaxAge = time.Hour
+
+// fsetxattr is a variable so that tests can simulate a filesystem without
+// user extended attributes.
+var fsetxattr = unix.Fsetxattr
+
+// Options configures New. The zero value is ready to use.
+type Options struct {
+	// CreateRoot makes New create the root directory (and its parents)
+	// when it does not exist. It is off by default because a missing root
+	// usually means a shared volume that is not mounted, and writing the
+	// archive to the local disk instead would go unnoticed.
+	CreateRoot bool
+	// TempMaxAge is how old a temporary file must be before Cleanup removes
+	// it; zero means DefaultTempMaxAge.
+	TempMaxAge time.Duration
+}
+
+// Backend stores objects as files under a root directory. It is safe for
+// concurrent use by many goroutines and many processes, including processes
+// on other hosts sharing the directory, provided the filesystem gives
+// rename(2) and link(2) their POSIX atomicity.
+type Backend struct {
+	root       string
+	url        string
+	tempMaxAge time.Duration
+}
+
+var (
+	_ storage.Backend       = (*Backend)(nil)
+	_ storage.SpaceReporter = (*Backend)(nil)
+	_ storage.Cleaner       = (*Backend)(nil)
+)
+
+// Open returns a Backend for a file:///absolute/path URL with default
+// Options. It rejects relative paths, hosts, user information, query
+// parameters and fragments, with an error naming the URL.
+func Open(u *url.URL) (*Backend, error) {
+	shown := u.Redacted()
+	switch {
+	case u.Scheme != "file":
+		return nil, fmt.Errorf("fs: archive URL %q: scheme is %q, not file", shown, u.Scheme)
+	case u.Opaque != "":
+		return nil, fmt.Errorf("fs: archive URL %q has a relative path: use file:///absolute/path", shown)
+	case u.Host != "":
+		return nil, fmt.Errorf("fs: archive URL %q names host %q, but file URLs take no host: use three slashes and an absolute path, as in file:///%s%s",
+			shown, u.Host, u.Host, u.Path)
+	case u.User != nil:
+		return nil, fmt.Errorf("fs: archive URL %q has user information, which file URLs do not take", shown)
+	case u.RawQuery != "" || u.ForceQuery:
+		return nil, fmt.Errorf("fs: archive URL %q has query parameters, but file URLs take none", shown)
+	case u.Fragment != "":
+		return nil, fmt.Errorf("fs: archive URL %q has a fragment, which file URLs do not take", shown)
+	case !filepath.IsAbs(u.Path):
+		return nil, fmt.Errorf("fs: archive URL %q has no absolute path: use file:///absolute/path", shown)
+	}
+	b, err := New(u.Path, Options{})
+	if err != nil {
+		return nil, err
+	}
+	b.url = shown
+	return b, nil
+}
+
+// New returns a Backend rooted at the absolute directory root. It fails if
+// root does not exist (unless opts.CreateRoot) or is not a directory, and,
+// by writing and removing a probe file, if the filesystem does not support
+// user extended attributes or hard links. It starts no goroutines and does
+// not clean up old temporary files (see Cleanup).
+func New(root string, opts Options) (*Backend, error) {
+	if !filepath.IsAbs(root) {
+		return nil, fmt.Errorf("fs: archive directory %q is not an absolute path", root)
+	}
+	root = filepath.Clean(root)
+	fi, err := os.Stat(root)
+	if errors.Is(err, iofs.ErrNotExist) && opts.CreateRoot {
+		if err := os.MkdirAll(root, dirMode); err != nil {
+			return nil, fmt.Errorf("fs: create archive directory: %w", err)
+		}
+		fi, err = os.Stat(root)
+	}
+	switch {
+	case errors.Is(err, iofs.ErrNotExist):
+		return nil, fmt.Errorf("fs: archive directory %s does not exist: create it (or mount the archive volume) first", root)
+	case err != nil:
+		return nil, fmt.Errorf("fs: open archive directory: %w", err)
+	case !fi.IsDir():
+		return nil, fmt.Errorf("fs: archive path %s is not a directory", root)
+	}
+	if err := probe(root); err != nil {
+		return nil, err
+	}
+	maxAge := opts.TempMaxAge
+	if maxAge <= 0 {
+		maxAge = DefaultTempMaxAge
+	}
+	return &Backend{
+		root:       root,
+		url:        (&url.URL{Scheme: "file", Path: root}).String(),
+		tempMaxAge: maxAge,
+	}, nil
+}
+
+// probe checks that root supports what Put relies on: creating files, user
+// extended attributes and hard links.
+func probe(root string) (err error) {
+	name := filepath.Join(root, tempPrefix+"probe-"+randomHex())
+	link := name + "-link"
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fileMode)
+	if err != nil {
+		return fmt.Errorf("fs: archive directory %s is not writable: %w", root, err)
+	}
+	defer func() {
+		err = errors.Join(err, ignoreNotExist(os.Remove(name)), ignoreNotExist(os.Remove(link)))
+	}()
+	xerr := fsetxattr(int(f.Fd()), xattrName, []byte("probe"), 0)
+	if cerr := f.Close(); xerr == nil && cerr != nil {
+		return fmt.Errorf("fs: write probe file in %s: %w", root, cerr)
+	}
+	if errors.Is(xerr, unix.ENOTSUP) {
+		return fmt.Errorf("fs: archive directory %s is on a filesystem without user extended attributes; "+
+			"barnacle stores each object's checksum in the user extended attribute %s "+
+			"(ext4, xfs, btrfs, and tmpfs on Linux 6.6 or later support them; on ext4 mounted with nouser_xattr, remount with user_xattr): %w",
+			root, xattrName, xerr)
+	}
+	if xerr != nil {
+		return fmt.Errorf("fs: set extended attribute %s on a probe file in %s: %w", xattrName, root, xerr)
+	}
+	if err := os.Link(name, link); err != nil {
+		return fmt.Errorf("fs: archive directory %s does not support hard links, which barnacle needs for atomic write-if-absent: %w", root, err)
+	}
+	return nil
+}
+
+// URL returns the file:// URL of the root. It holds no secret.
+func (b *Backend) URL() string { return b.url }
+
+// Root returns the absolute path of the archive directory.
+func (b *Backend) Root() string { return b.root }
+
+func (b *Backend) path(name string) string {
+	return filepath.Join(b.root, filepath.FromSlash(name))
+}
+
+// Put implements storage.Backend. It writes a hidden temporary file in the
+// object's directory (creating directories as needed), hashing and checking
+// the context between chunks, stores the SHA-256 in the file's extended
+// attribute and fsyncs it; then it renames the file over the object (or,
+// with IfAbsent, links it to the object's name, which fails atomically if
+// the name exists) and fsyncs the directory.
+func (b *Backend) Put(ctx context.Context, name string, r io.Reader, opts storage.PutOptions) error {
+	if err := storage.CheckName(name); err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	want := ""
+	if opts.SHA256 != "" {
+		var err error
+		if want, err = storage.NormalizeSHA256(opts.SHA256); err != nil {
+			return fmt.Errorf("put %s: %w", name, err)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	final := b.path(name)
+	dir := filepath.Dir(final)
+	tmp, err := b.createTemp(dir)
+	if err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	tmpName := tmp.Name()
+	closed := false
+	defer func() {
+		if !closed {
+			_ = tmp.Close() // the write already failed; its error is the one to report
+		}
+		_ = os.Remove(tmpName) // gone after a rename; otherwise debris for Cleanup
+	}()
+
+	h := sha256.New()
+	if _, err := io.CopyBuffer(io.MultiWriter(tmp, h), &ctxReader{ctx: ctx, r: r}, make([]byte, copyChunk)); err != nil {
+		return fmt.Errorf("put %s: write: %w", name, err)
+	}
+	got := hex.EncodeToString(h.Sum(nil))
+	if want != "" && got != want {
+		return fmt.Errorf("put %s: %w", name, &storage.ChecksumError{Name: name, Want: want, Got: got})
+	}
+	// Set before the fsync so that one fsync makes data and checksum durable
+	// together, and before the file gets its name so that no reader ever
+	// sees the object without its checksum.
+	if err := fsetxattr(int(tmp.Fd()), xattrName, []byte(got), 0); err != nil {
+		return fmt.Errorf("put %s: store checksum in extended attribute %s: %w", name, xattrName, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("put %s: fsync: %w", name, err)
+	}
+	closed = true
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("put %s: close: %w", name, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+
+	if opts.IfAbsent {
+		// link(2) fails with EEXIST if the name exists, atomically, which a
+		// Stat followed by rename(2) would not.
+		if err := os.Link(tmpName, final); err != nil {
+			if errors.Is(err, iofs.ErrExist) {
+				if fi, serr := os.Lstat(final); serr == nil && fi.IsDir() {
+					return fmt.Errorf("put %s: %s is a directory", name, final)
+				}
+				// The writer that linked the existing object may have died
+				// before its directory fsync. Sync now, so that a caller
+				// who takes ErrExist as "already archived" can rely on it.
+				if err := syncDir(dir); err != nil {
+					return fmt.Errorf("put %s: %w", name, err)
+				}
+				return fmt.Errorf("put %s: %w", name, storage.ErrExist)
+			}
+			return fmt.Errorf("put %s: link into place: %w", name, err)
+		}
+		// The object is in place; a temporary file that fails to go is
+		// debris for Cleanup, not a failed Put.
+		_ = os.Remove(tmpName)
+	} else if err := os.Rename(tmpName, final); err != nil {
+		return fmt.Errorf("put %s: rename into place: %w", name, err)
+	}
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	return nil
+}
+
+// createTemp creates a new temporary file in dir, creating dir first if
+// needed. A concurrent Delete may remove dir as an empty directory between
+// the two steps; the file, once created, keeps dir from being removed.
+func (b *Backend) createTemp(dir string) (*os.File, error) {
+	var err error
+	for range mkdirAttempts {
+		if err = b.mkdirAll(dir); err == nil {
+			var f *os.File
+			f, err = os.OpenFile(filepath.Join(dir, tempPrefix+randomHex()), os.O_WRONLY|os.O_CREATE|os.O_EXCL, fileMode)
+			if err == nil {
+				return f, nil
+			}
+			err = fmt.Errorf("create temporary file: %w", err)
+		}
+		if !errors.Is(err, iofs.ErrNotExist) {
+			break
+		}
+	}
+	return nil, err
+}
+
+// mkdirAll creates dir and its missing parents below the root, fsyncing
+// each parent so that the new entries survive a crash.
+func (b *Backend) mkdirAll(dir string) error {
+	fi, err := os.Stat(dir)
+	if err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("create directory %s: a file is in the way", dir)
+		}
+		return nil
+	}
+	if !errors.Is(err, iofs.ErrNotExist) {
+		return fmt.Errorf("create directory: %w", err)
+	}
+	if len(dir) <= len(b.root) {
+		return fmt.Errorf("archive directory %s has disappeared", b.root)
+	}
+	parent := filepath.Dir(dir)
+	if err := b.mkdirAll(parent); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, dirMode); err != nil && !errors.Is(err, iofs.ErrExist) {
+		return fmt.Errorf("create directory: %w", err)
+	}
+	return syncDir(parent)
+}
+
+// Get implements storage.Backend. The checksum comes from the opened file,
+// so a concurrent overwrite cannot pair new bytes with an old checksum.
+func (b *Backend) Get(ctx context.Context, name string) (io.ReadCloser, error) {
+	if err := storage.CheckName(name); err != nil {
+		return nil, fmt.Errorf("get %s: %w", name, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("get %s: %w", name, err)
+	}
+	f, _, err := openObject(b.path(name))
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", name, err)
+	}
+	sum, err := readSHA256(f)
+	if errors.Is(err, storage.ErrNoChecksum) {
+		_ = f.Close() // read-only; nothing to lose
+		return nil, fmt.Errorf("get %s: %w: %s has no extended attribute %s, so barnacle did not write it and cannot verify it",
+			name, storage.ErrNoChecksum, f.Name(), xattrName)
+	}
+	if err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("get %s: %w", name, err)
+	}
+	return storage.NewVerifyingReader(name, &ctxReadCloser{ctxReader: ctxReader{ctx: ctx, r: f}, c: f}, sum), nil
+}
+
+// Stat implements storage.Backend. ObjectInfo.SHA256 is empty when the file
+// has no valid checksum attribute.
+func (b *Backend) Stat(ctx context.Context, name string) (storage.ObjectInfo, error) {
+	if err := storage.CheckName(name); err != nil {
+		return storage.ObjectInfo{}, fmt.Errorf("stat %s: %w", name, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return storage.ObjectInfo{}, fmt.Errorf("stat %s: %w", name, err)
+	}
+	info, err := statObject(b.path(name), name)
+	if err != nil {
+		return storage.ObjectInfo{}, fmt.Errorf("stat %s: %w", name, err)
+	}
+	return info, nil
+}
+
+// List implements storage.Backend. It walks only the directories that can
+// hold matching names, and skips every file and directory whose name starts
+// with "." (temporary files, and things like NFS filers' .snapshot).
+func (b *Backend) List(ctx context.Context, prefix string) ([]storage.ObjectInfo, error) {
+	dirPart := ""
+	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
+		dirPart = prefix[:i]
+		if err := storage.CheckName(dirPart); err != nil {
+			return nil, fmt.Errorf("list %q: %w", prefix, err)
+		}
+	}
+	if strings.ContainsAny(prefix, "\x00\\") {
+		return nil, fmt.Errorf("list %q: %w: contains NUL or backslash", prefix, storage.ErrInvalidName)
+	}
+	start := b.root
+	if dirPart != "" {
+		start = b.path(dirPart)
+	}
+	var out []storage.ObjectInfo
+	err := filepath.WalkDir(start, func(p string, d iofs.DirEntry, err error) error {
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
+		if err != nil {
+			if errors.Is(err, iofs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
+				return nil // the prefix names nothing, or a concurrent Delete won
+			}
+			return err
+		}
+		if p == start {
+			return nil
+		}
+		if strings.HasPrefix(d.Name(), ".") {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		rel, err := filepath.Rel(b.root, p)
+		if err != nil {
+			return err
+		}
+		rel = filepath.ToSlash(rel)
+		if d.IsDir() {
+			if strings.HasPrefix(rel+"/", prefix) || strings.HasPrefix(prefix, rel+"/") {
+				return nil
+			}
+			return filepath.SkipDir
+		}
+		if !d.Type().IsRegular() || !strings.HasPrefix(rel, prefix) {
+			return nil
+		}
+		info, err := statObject(p, rel)
+		if errors.Is(err, storage.ErrNotExist) {
+			return nil // deleted since the directory was read
+		}
+		if err != nil {
+			return err
+		}
+		out = append(out, info)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list %q: %w", prefix, err)
+	}
+	slices.SortFunc(out, func(a, b storage.ObjectInfo) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// Delete implements storage.Backend. It also removes the object's
+// directories that it leaves empty (never the root), so that deleting old
+// backups does not leave a trail of empty directories.
+func (b *Backend) Delete(ctx context.Context, name string) error {
+	if err := storage.CheckName(name); err != nil {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	p := b.path(name)
+	// unlink(2) rather than os.Remove, which would also rmdir a directory
+	// that happens to share the name.
+	err := unix.Unlink(p)
+	switch {
+	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTDIR), errors.Is(err, unix.EISDIR):
+		return nil // no object by that name
+	case err != nil:
+		return fmt.Errorf("delete %s: %w", name, &os.PathError{Op: "unlink", Path: p, Err: err})
+	}
+	dir := filepath.Dir(p)
+	// A concurrent Delete may already have removed the emptied directory,
+	// taking our entry with it; there is nothing left to sync.
+	if err := syncDir(dir); err != nil && !errors.Is(err, iofs.ErrNotExist) {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	for ; len(dir) > len(b.root); dir = filepath.Dir(dir) {
+		if unix.Rmdir(dir) != nil {
+			break // not empty (or already gone): nothing more to tidy
+		}
+	}
+	return nil
+}
+
+// FreeSpace implements storage.SpaceReporter: the bytes available to an
+// unprivileged user on the root's filesystem.
+func (b *Backend) FreeSpace(ctx context.Context) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("free space: %w", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(b.root, &st); err != nil {
+		return 0, fmt.Errorf("free space: statfs %s: %w", b.root, err)
+	}
+	return st.Bavail * uint64(st.Bsize), nil //nolint:gosec // Bsize is never negative
+}
+
+// Cleanup implements storage.Cleaner: it removes temporary files older than
+// Options.TempMaxAge anywhere under the root, left behind by writers that
+// crashed. It walks the whole archive, so call it at start-up or
+// occasionally, not per operation. It skips hidden directories.
+func (b *Backend) Cleanup(ctx context.Context) error {
+	cutoff := time.Now().Add(-b.tempMaxAge)
+	err := filepath.WalkDir(b.root, func(p string, d iofs.DirEntry, err error) error {
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
+		if err != nil {
+			if errors.Is(err, iofs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if p == b.root || !strings.HasPrefix(d.Name(), ".") {
+			return nil
+		}
+		if d.IsDir() {
+			return filepath.SkipDir
+		}
+		if !strings.HasPrefix(d.Name(), tempPrefix) {
+			return nil
+		}
+		fi, err := d.Info()
+		if errors.Is(err, iofs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if fi.ModTime().Before(cutoff) {
+			return ignoreNotExist(os.Remove(p))
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("clean up temporary files in %s: %w", b.root, err)
+	}
+	return nil
+}
+
+// openObject opens the regular file at p. A missing file, or a directory
+// (which is a prefix, not an object), is storage.ErrNotExist.
+func openObject(p string) (*os.File, iofs.FileInfo, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		if errors.Is(err, iofs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
+			return nil, nil, storage.ErrNotExist
+		}
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		_ = f.Close()
+		return nil, nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		_ = f.Close()
+		return nil, nil, storage.ErrNotExist
+	}
+	return f, fi, nil
+}
+
+// statObject describes the file at p as the object name.
+func statObject(p, name string) (storage.ObjectInfo, error) {
+	f, fi, err := openObject(p)
+	if err != nil {
+		return storage.ObjectInfo{}, err
+	}
+	defer f.Close() //nolint:errcheck // read-only
+	sum, err := readSHA256(f)
+	if err != nil && !errors.Is(err, storage.ErrNoChecksum) && !errors.Is(err, storage.ErrInvalidChecksum) {
+		return storage.ObjectInfo{}, err
+	}
+	return storage.ObjectInfo{Name: name, Size: fi.Size(), ModTime: fi.ModTime(), SHA256: sum}, nil
+}
+
+// readSHA256 returns the checksum stored on f: storage.ErrNoChecksum when
+// there is none, storage.ErrInvalidChecksum when it is not a digest.
+func readSHA256(f *os.File) (string, error) {
+	var buf [128]byte
+	n, err := unix.Fgetxattr(int(f.Fd()), xattrName, buf[:])
+	switch {
+	case errors.Is(err, unix.ENODATA):
+		return "", storage.ErrNoChecksum
+	case errors.Is(err, unix.ERANGE):
+		return "", fmt.Errorf("%w: extended attribute %s on %s is too long", storage.ErrInvalidChecksum, xattrName, f.Name())
+	case err != nil:
+		return "", fmt.Errorf("read extended attribute %s on %s: %w", xattrName, f.Name(), err)
+	}
+	sum, err := storage.NormalizeSHA256(string(buf[:n]))
+	if err != nil {
+		return "", fmt.Errorf("extended attribute %s on %s: %w", xattrName, f.Name(), err)
+	}
+	return sum, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("fsync directory: %w", err)
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fsync directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+func ignoreNotExist(err error) error {
+	if errors.Is(err, iofs.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+func randomHex() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+	return hex.EncodeToString(b[:])
+}
+
+// ctxReader stops reading with the context's error once it ends, so that a
+// long copy notices cancellation between chunks.
+type ctxReader struct {
+	ctx context.Context //nolint:containedctx // bounds the life of one read stream
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+type ctxReadCloser struct {
+	ctxReader
+	c io.Closer
+}
+
+func (c *ctxReadCloser) Close() error { return c.c.Close() }

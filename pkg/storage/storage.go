@@ -1,0 +1,207 @@
+package storage
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// Backend is the storage contract shared by every archive backend. All
+// methods are safe for concurrent use, block until the operation is done,
+// and stop early with an error wrapping ctx.Err() when ctx ends.
+//
+// Names are slash-separated object names relative to the backend's root
+// ("mycluster/wals/000000010000000000000005.zst") and must pass CheckName;
+// methods given an invalid name return an error wrapping ErrInvalidName.
+type Backend interface {
+	// Put stores the bytes of r under name, atomically: a reader sees the
+	// whole object or nothing, never a prefix. The object is durable when
+	// Put returns nil. Without opts.IfAbsent an existing object is replaced
+	// atomically; with it, Put fails with an error wrapping ErrExist if the
+	// object exists, decided atomically by the backend (no check-then-write
+	// race between concurrent writers). If opts.SHA256 is set and the bytes
+	// do not match it, Put stores nothing and returns a *ChecksumError. On
+	// an error an existing object is untouched and the new bytes are not
+	// stored, with one exception: when only the final step that makes the
+	// write durable fails, the object may be visible but must be treated as
+	// not durable (write it again).
+	Put(ctx context.Context, name string, r io.Reader, opts PutOptions) error
+
+	// Get opens the object for reading; the caller closes the reader. It
+	// returns an error wrapping ErrNotExist when the object is missing and
+	// ErrNoChecksum when the backend holds no checksum for it. The reader
+	// hashes the bytes as they pass and, when it reaches the end, returns a
+	// *ChecksumError instead of io.EOF if they do not match the stored
+	// SHA-256; a caller that stops reading early gets no verification. The
+	// reader stops with ctx's error once ctx ends.
+	Get(ctx context.Context, name string) (io.ReadCloser, error)
+
+	// Stat describes the object. It returns an error wrapping ErrNotExist
+	// when the object is missing.
+	Stat(ctx context.Context, name string) (ObjectInfo, error)
+
+	// List returns every object whose name starts with prefix (a plain
+	// string prefix, not necessarily ending in "/"), sorted by name in byte
+	// order. It never returns the backend's internal files (temporary files,
+	// checksum metadata). A prefix that matches nothing gives an empty list
+	// and no error; a prefix whose part before the last "/" is not a valid
+	// name (see CheckName) is an error wrapping ErrInvalidName.
+	List(ctx context.Context, prefix string) ([]ObjectInfo, error)
+
+	// Delete removes the object. It is idempotent: a missing object is
+	// success.
+	Delete(ctx context.Context, name string) error
+
+	// URL returns the URL the backend was opened with, with any secret
+	// redacted, for logs and error messages.
+	URL() string
+}
+
+// PutOptions modifies Put.
+type PutOptions struct {
+	// IfAbsent makes Put fail with ErrExist instead of replacing an
+	// existing object.
+	IfAbsent bool
+	// SHA256, if not empty, is the expected hex digest of the bytes (either
+	// case). Put stores nothing and returns a *ChecksumError when the bytes
+	// differ, and an error wrapping ErrInvalidChecksum when it is not 64
+	// hex digits.
+	SHA256 string
+}
+
+// ObjectInfo describes a stored object.
+type ObjectInfo struct {
+	// Name is the object's full name, as passed to Put.
+	Name string
+	// Size is the object's length in bytes.
+	Size int64
+	// ModTime is when the object was last written.
+	ModTime time.Time
+	// SHA256 is the lower-case hex digest stored with the object, or empty
+	// when the backend holds none (an object written by something other
+	// than barnacle; Get refuses to read it).
+	SHA256 string
+}
+
+// SpaceReporter is implemented by backends that know how much space is
+// left for new objects (fs does; object stores do not).
+type SpaceReporter interface {
+	// FreeSpace returns the number of bytes available to barnacle.
+	FreeSpace(ctx context.Context) (uint64, error)
+}
+
+// Cleaner is implemented by backends that can be left with debris by a
+// crash during Put (fs leaves temporary files). The debris is never visible
+// through List or Get; Cleanup only reclaims the space.
+type Cleaner interface {
+	// Cleanup removes leftovers of interrupted writes that are old enough
+	// not to belong to a write still in progress.
+	Cleanup(ctx context.Context) error
+}
+
+var (
+	// ErrNotExist means the object does not exist.
+	ErrNotExist = errors.New("storage: object does not exist")
+	// ErrExist means Put with IfAbsent found the object already there.
+	ErrExist = errors.New("storage: object already exists")
+	// ErrChecksum means bytes did not match their SHA-256. Errors that
+	// wrap it are *ChecksumError.
+	ErrChecksum = errors.New("storage: checksum mismatch")
+	// ErrNoChecksum means the backend holds no checksum for an object, so
+	// it cannot be read verified; something other than barnacle wrote it.
+	ErrNoChecksum = errors.New("storage: object has no stored checksum")
+	// ErrInvalidChecksum means a SHA-256 given to Put, or one found stored
+	// with an object, is not 64 hex digits.
+	ErrInvalidChecksum = errors.New("storage: invalid sha256 digest")
+	// ErrConflict means PutOnce found the object already stored with
+	// different bytes. Errors that wrap it are *ConflictError.
+	ErrConflict = errors.New("storage: object exists with different content")
+	// ErrInvalidName means an object name breaks CheckName's rules.
+	ErrInvalidName = errors.New("storage: invalid object name")
+)
+
+// ChecksumError reports bytes whose SHA-256 is not the expected one: data
+// given to Put that does not match PutOptions.SHA256, or a stored object
+// that no longer matches the digest stored with it.
+type ChecksumError struct {
+	Name string // object name
+	Want string // expected hex digest
+	Got  string // hex digest of the bytes seen
+}
+
+func (e *ChecksumError) Error() string {
+	return fmt.Sprintf("storage: checksum mismatch for %s: want sha256 %s, got %s", e.Name, e.Want, e.Got)
+}
+
+// Is makes errors.Is(err, ErrChecksum) true.
+func (e *ChecksumError) Is(target error) bool { return target == ErrChecksum }
+
+// ConflictError reports that PutOnce found Name already stored with other
+// bytes (or with the same stored checksum but another size, which means the
+// stored object is damaged). The original is untouched; the new bytes were stored under
+// AsideName so that nothing is lost and an operator can compare them.
+type ConflictError struct {
+	Name           string
+	AsideName      string
+	ExistingSHA256 string // empty if the existing object has no stored checksum
+	NewSHA256      string
+}
+
+func (e *ConflictError) Error() string {
+	if e.ExistingSHA256 == e.NewSHA256 {
+		return fmt.Sprintf("storage: %s exists with the expected sha256 %s stored but a different size, so it is damaged; new bytes stored as %s",
+			e.Name, e.NewSHA256, e.AsideName)
+	}
+	existing := e.ExistingSHA256
+	if existing == "" {
+		existing = "unknown (no stored checksum)"
+	}
+	return fmt.Sprintf("storage: %s already exists with different content (sha256 %s, new %s); new bytes stored as %s",
+		e.Name, existing, e.NewSHA256, e.AsideName)
+}
+
+// Is makes errors.Is(err, ErrConflict) true.
+func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
+
+// CheckName returns an error wrapping ErrInvalidName unless name is a valid
+// object name: not empty, at most 1024 bytes, slash-separated components
+// that are neither empty nor start with "." (so no leading, trailing or
+// doubled slash, no "." or ".." and no hidden files, which backends keep for
+// their internal files), and no NUL or backslash. Every backend applies the
+// same rules, so an archive can move between backends.
+func CheckName(name string) error {
+	if name == "" {
+		return fmt.Errorf("%w: empty name", ErrInvalidName)
+	}
+	if len(name) > 1024 {
+		return fmt.Errorf("%w: name longer than 1024 bytes: %.40q...", ErrInvalidName, name)
+	}
+	if strings.ContainsAny(name, "\x00\\") {
+		return fmt.Errorf("%w: %q contains NUL or backslash", ErrInvalidName, name)
+	}
+	for c := range strings.SplitSeq(name, "/") {
+		if c == "" {
+			return fmt.Errorf("%w: %q has an empty path component", ErrInvalidName, name)
+		}
+		if c[0] == '.' {
+			return fmt.Errorf("%w: %q has a component starting with \".\"", ErrInvalidName, name)
+		}
+	}
+	return nil
+}
+
+// NormalizeSHA256 returns the lower-case form of a hex SHA-256 digest, or an
+// error wrapping ErrInvalidChecksum if s is not 64 hex digits.
+func NormalizeSHA256(s string) (string, error) {
+	if len(s) != 64 {
+		return "", fmt.Errorf("%w: %q is not 64 hex digits", ErrInvalidChecksum, s)
+	}
+	if _, err := hex.DecodeString(s); err != nil {
+		return "", fmt.Errorf("%w: %q is not 64 hex digits", ErrInvalidChecksum, s)
+	}
+	return strings.ToLower(s), nil
+}
