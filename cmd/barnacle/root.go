@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"os"
 
@@ -26,6 +27,15 @@ variables, then flags, later ones winning. Keys and flags share names
 2 bad usage or configuration.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// With Args set, cobra hands an unknown subcommand to the root
+		// instead of failing, so that it becomes a usage error (exit 2).
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageError{fmt.Errorf("unknown command %q", args[0])}
+			}
+			return cmd.Help()
+		},
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -64,9 +74,13 @@ func loadConfig(cmd *cobra.Command, needs config.Needs) (config.Config, error) {
 	if file == "" {
 		file = os.Getenv("BARNACLE_CONFIG")
 	}
+	keys := map[string]bool{}
+	for _, k := range config.Keys() {
+		keys[k.Name] = true
+	}
 	flags := map[string]string{}
 	cmd.Flags().Visit(func(f *pflag.Flag) {
-		if f.Name != "config" {
+		if keys[f.Name] {
 			flags[f.Name] = f.Value.String()
 		}
 	})

@@ -1,0 +1,102 @@
+package barnacle_test
+
+import (
+	"encoding/json"
+	"go/parser"
+	"go/token"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/barnacle-pg/barnacle"
+
+type goPackage struct {
+	ImportPath string
+	Dir        string
+	Name       string
+	GoFiles    []string
+	Imports    []string
+}
+
+func listPackages(t *testing.T) []goPackage {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-json", "./...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	var pkgs []goPackage
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	for dec.More() {
+		var p goPackage
+		if err := dec.Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	return pkgs
+}
+
+// TestLayout enforces STYLE.md §1: imports point downwards only
+// (cmd -> agent -> coordinator -> pkg/*), and the leaves import nothing of
+// ours.
+func TestLayout(t *testing.T) {
+	leaves := []string{"pkg/wal", "pkg/stolon", "pkg/config", "pkg/metrics", "pkg/storage"}
+	for _, p := range listPackages(t) {
+		rel := strings.TrimPrefix(strings.TrimPrefix(p.ImportPath, module), "/")
+		for _, imp := range p.Imports {
+			if !strings.HasPrefix(imp, module+"/") {
+				continue
+			}
+			dep := strings.TrimPrefix(imp, module+"/")
+			var why string
+			switch {
+			case strings.HasPrefix(rel, "pkg/") && (dep == "agent" || dep == "coordinator" || strings.HasPrefix(dep, "cmd/")):
+				why = "pkg/ never imports agent, coordinator or cmd"
+			case rel == "coordinator" && (dep == "agent" || strings.HasPrefix(dep, "cmd/")):
+				why = "coordinator never imports agent or cmd"
+			case rel == "agent" && strings.HasPrefix(dep, "cmd/"):
+				why = "agent never imports cmd"
+			case dep == "internal/testenv":
+				why = "internal/testenv is for tests only"
+			}
+			for _, leaf := range leaves {
+				// storage's own subpackages may import storage.
+				if rel == leaf && !(leaf == "pkg/storage" && strings.HasPrefix(dep, "pkg/storage")) {
+					why = leaf + " is a leaf and imports nothing of ours"
+				}
+				if strings.HasPrefix(rel, "pkg/storage/") && !strings.HasPrefix(dep, "pkg/storage") {
+					why = "storage backends import only pkg/storage"
+				}
+			}
+			if why != "" {
+				t.Errorf("%s imports %s: %s", rel, dep, why)
+			}
+		}
+	}
+}
+
+// TestPackageDocs checks that every package has a doc comment (STYLE.md §13).
+func TestPackageDocs(t *testing.T) {
+	for _, p := range listPackages(t) {
+		if len(p.GoFiles) == 0 {
+			continue
+		}
+		fset := token.NewFileSet()
+		found := false
+		for _, f := range p.GoFiles {
+			af, err := parser.ParseFile(fset, filepath.Join(p.Dir, f), nil, parser.PackageClauseOnly|parser.ParseComments)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if af.Doc != nil && strings.TrimSpace(af.Doc.Text()) != "" {
+				found = true
+				break
+			}
+		}
+		if !found {
+			t.Errorf("package %s has no doc comment", p.ImportPath)
+		}
+	}
+}

@@ -1,0 +1,215 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/barnacle-pg/barnacle/coordinator"
+	"github.com/barnacle-pg/barnacle/internal/testenv"
+)
+
+// leaderSampler asks every running agent every 100 ms whether it believes
+// it leads, and remembers the worst moment.
+type leaderSampler struct {
+	agents []*agentProc
+	mu     sync.Mutex
+	max    int
+	worst  string
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+func sampleLeaders(agents []*agentProc) *leaderSampler {
+	s := &leaderSampler{agents: agents, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		tk := time.NewTicker(100 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-tk.C:
+			}
+			var leading []string
+			for _, a := range s.agents {
+				if st, ok := a.status(); ok && st.Leading {
+					leading = append(leading, a.name)
+				}
+			}
+			s.mu.Lock()
+			if len(leading) > s.max {
+				s.max, s.worst = len(leading), strings.Join(leading, ",")
+			}
+			s.mu.Unlock()
+		}
+	}()
+	return s
+}
+
+func (s *leaderSampler) Stop() (int, string) {
+	close(s.stop)
+	<-s.done
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.max, s.worst
+}
+
+// leaderIs reports whether exactly `want` believes it leads among the
+// running agents and every running agent sees `want` as the leader.
+func leaderIs(agents []*agentProc, want string) bool {
+	for _, a := range agents {
+		if !a.running() {
+			continue
+		}
+		st, ok := a.status()
+		if !ok || st.Leader != want || st.Leading != (a.name == want) {
+			return false
+		}
+	}
+	return true
+}
+
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < within {
+		if cond() {
+			return time.Since(start)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %s waiting for %s", within, what)
+	return 0
+}
+
+// TestAgentsFollowTheMaster runs three agents as processes beside a primary
+// and two standbys and checks the election of DESIGN.md §1 through a
+// failover, a killed leader, and an etcd restart, sampling every 100 ms that
+// never more than one agent believes it leads.
+func TestAgentsFollowTheMaster(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	etcd := testenv.StartEtcd(t)
+	cluster := testenv.NewCluster(t, testenv.ClusterOptions{Standbys: 2})
+	st := testenv.NewStolon(t, etcd, cluster, testenv.StolonOptions{})
+
+	pw := filepath.Join(t.TempDir(), "replpw")
+	require.NoError(t, os.WriteFile(pw, []byte(cluster.ReplPassword()+"\n"), 0o600))
+	const leaseTTL, takeover = 3 * time.Second, 3 * time.Second
+	common := []string{
+		"--cluster-name", "stolon-cluster",
+		"--store-endpoints", strings.Join(etcd.Endpoints(), ","),
+		"--pg-user", testenv.ReplUser, "--pg-password-file", pw,
+		"--lease-ttl", leaseTTL.String(), "--leader-takeover-delay", takeover.String(),
+		"--log-level", "debug",
+	}
+	var agents []*agentProc
+	for _, n := range cluster.Nodes {
+		keeper := st.KeeperUID(n)
+		agents = append(agents, startAgent(t, "agent-"+keeper, append([]string{"--keeper-uid", keeper}, common...)...))
+	}
+	byKeeper := func(keeper string) *agentProc {
+		for _, a := range agents {
+			if a.name == "agent-"+keeper {
+				return a
+			}
+		}
+		t.Fatalf("no agent for %s", keeper)
+		return nil
+	}
+	sampler := sampleLeaders(agents)
+
+	// 1. The master's agent leads.
+	first := st.MasterKeeper()
+	waitFor(t, 20*time.Second, "the master's agent to lead", func() bool { return leaderIs(agents, "agent-"+first) })
+
+	// barnacle status --json on the live cluster.
+	out, stderr, code := barnacle(t, append([]string{"status", "--json"}, common[:4]...)...)
+	require.Equal(t, 0, code, stderr)
+	var report coordinator.Report
+	require.NoError(t, json.Unmarshal([]byte(out), &report), out)
+	require.Equal(t, "agent-"+first, report.Leader)
+	require.NotNil(t, report.Master)
+	require.Equal(t, first, report.Master.KeeperUID)
+	require.Len(t, report.Agents, 3)
+	require.Len(t, report.Keepers, 3)
+	require.Empty(t, report.Problems)
+	for _, k := range report.Keepers {
+		require.Equal(t, "agent-"+k.KeeperUID, k.Agent)
+	}
+
+	// 2. Failover: the master dies, Stolon elects a standby; its agent
+	// leads within 2 s of the promotion.
+	oldPrimary := cluster.Primary()
+	newPrimary := cluster.Standbys()[0]
+	require.NoError(t, oldPrimary.Kill())
+	promoted := make(chan time.Time, 1)
+	go func() {
+		for ctx.Err() == nil {
+			if in, err := newPrimary.IsInRecovery(ctx); err == nil && !in {
+				promoted <- time.Now()
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	require.NoError(t, st.Failover(ctx, newPrimary))
+	second := st.KeeperUID(newPrimary)
+	waitFor(t, 15*time.Second, "the new master's agent to lead", func() bool { return leaderIs(agents, "agent-"+second) })
+	led := time.Now()
+	promotedAt := <-promoted
+	t.Logf("new master's agent leads %s after promotion", led.Sub(promotedAt).Round(10*time.Millisecond))
+	require.Less(t, led.Sub(promotedAt), 2*time.Second+200*time.Millisecond, "lead within 2 s of promotion (plus one sampling period)")
+
+	// 3. kill -9 of the leader: another agent leads within takeover + TTL;
+	// the master's agent takes back over when it is restarted.
+	leader := byKeeper(second)
+	leader.signal(syscall.SIGKILL)
+	_, _ = leader.wait(5 * time.Second)
+	killed := time.Now()
+	took := waitFor(t, takeover+leaseTTL+10*time.Second, "another agent to take over", func() bool {
+		for _, a := range agents {
+			if s, ok := a.status(); ok && s.Leading {
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("takeover %s after kill -9 of the leader (takeover delay %s, lease TTL %s)", time.Since(killed).Round(10*time.Millisecond), takeover, leaseTTL)
+	require.Less(t, took, takeover+leaseTTL+2*time.Second)
+	leader.start(t)
+	waitFor(t, 20*time.Second, "the restarted master's agent to take back over", func() bool { return leaderIs(agents, "agent-"+second) })
+
+	// 4. etcd restart: agents reconnect and one leader remains.
+	require.NoError(t, etcd.Restart(time.Second))
+	waitFor(t, 30*time.Second, "one leader after the etcd restart", func() bool { return leaderIs(agents, "agent-"+second) })
+
+	max, worst := sampler.Stop()
+	require.LessOrEqual(t, max, 1, "agents %s believed they led at the same time", worst)
+
+	// 5. SIGTERM: every agent resigns, revokes its lease and exits 0
+	// within a few seconds; its record disappears at once.
+	for _, a := range agents {
+		start := time.Now()
+		a.signal(syscall.SIGTERM)
+		err, ok := a.wait(5 * time.Second)
+		require.True(t, ok, "agent %s did not exit within 5s of SIGTERM", a.name)
+		require.NoError(t, err, "agent %s exit status", a.name)
+		t.Logf("agent %s stopped %s after SIGTERM", a.name, time.Since(start).Round(10*time.Millisecond))
+	}
+	cli := etcd.Client(t)
+	resp, err := cli.Get(ctx, coordinator.NewKeys("barnacle", "stolon-cluster").Prefix, clientv3.WithPrefix())
+	require.NoError(t, err)
+	require.Empty(t, resp.Kvs, "agent records and election keys are gone after SIGTERM")
+}

@@ -1,0 +1,191 @@
+// Package e2e holds barnacle's black-box scenarios: the built binary, agents
+// as separate processes beside a real PostgreSQL cluster and a real etcd,
+// with Stolon's part played by internal/testenv.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/barnacle-pg/barnacle/agent"
+	"github.com/barnacle-pg/barnacle/internal/testenv"
+)
+
+// binary is the barnacle binary built once for all scenarios.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "barnacle-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "barnacle")
+	_, self, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(self), "..", "..")
+	build := exec.Command("go", "build", "-race", "-o", binary, "./cmd/barnacle")
+	build.Dir = root
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build barnacle:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// agentProc is one `barnacle agent` process.
+type agentProc struct {
+	name    string
+	args    []string
+	metrics string // host:port of /status
+	logPath string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func startAgent(t *testing.T, name string, args ...string) *agentProc {
+	t.Helper()
+	a := &agentProc{
+		name:    name,
+		metrics: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		logPath: filepath.Join(t.TempDir(), name+".log"),
+	}
+	a.args = append([]string{"agent", "--agent-name", name, "--metrics-listen-address", a.metrics}, args...)
+	a.start(t)
+	t.Cleanup(func() {
+		a.signal(syscall.SIGKILL)
+		a.wait(5 * time.Second)
+		if t.Failed() {
+			b, _ := os.ReadFile(a.logPath)
+			t.Logf("--- log of agent %s ---\n%s", name, tail(string(b), 60))
+		}
+	})
+	return a
+}
+
+func (a *agentProc) start(t *testing.T) {
+	t.Helper()
+	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary, a.args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start agent %s: %v", a.name, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait(); logf.Close() }()
+	a.mu.Lock()
+	a.cmd, a.done = cmd, done
+	a.mu.Unlock()
+}
+
+func (a *agentProc) signal(sig syscall.Signal) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cmd != nil && a.cmd.Process != nil {
+		_ = a.cmd.Process.Signal(sig)
+	}
+}
+
+// wait waits for the process to exit and returns its error; ok is false if
+// it did not exit in time.
+func (a *agentProc) wait(d time.Duration) (err error, ok bool) {
+	a.mu.Lock()
+	done := a.done
+	a.mu.Unlock()
+	if done == nil {
+		return nil, true
+	}
+	select {
+	case err := <-done:
+		a.mu.Lock()
+		a.cmd, a.done = nil, nil
+		a.mu.Unlock()
+		return err, true
+	case <-time.After(d):
+		return nil, false
+	}
+}
+
+func (a *agentProc) running() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cmd != nil
+}
+
+var httpClient = &http.Client{Timeout: 500 * time.Millisecond}
+
+// status asks the agent for its own view; ok is false when it does not
+// answer (not started, dead).
+func (a *agentProc) status() (agent.Status, bool) {
+	var s agent.Status
+	resp, err := httpClient.Get("http://" + a.metrics + "/status")
+	if err != nil {
+		return s, false
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		return s, false
+	}
+	return s, true
+}
+
+// barnacle runs the binary to completion and returns stdout, stderr and the
+// exit code.
+func barnacle(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	return barnacleEnv(t, nil, args...)
+}
+
+// barnacleEnv is barnacle with extra environment variables, and without any
+// BARNACLE_* variables of the test's own environment.
+func barnacleEnv(t *testing.T, env []string, args ...string) (string, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "BARNACLE_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			t.Fatalf("run barnacle %v: %v", args, err)
+		}
+		code = ee.ExitCode()
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
