@@ -42,7 +42,11 @@ variables, then flags, later ones winning. Keys and flags share names
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.PersistentFlags().String("config", "", "YAML configuration file")
 	for _, k := range config.Keys() {
-		root.PersistentFlags().String(k.Name, k.Default, k.Help)
+		if k.Boolean {
+			root.PersistentFlags().Bool(k.Name, k.Default == "true", k.Help)
+		} else {
+			root.PersistentFlags().String(k.Name, k.Default, k.Help)
+		}
 	}
 	root.AddCommand(
 		newAgentCommand(),

@@ -38,6 +38,13 @@ type Config struct {
 	PGPasswordFile string
 	PGDBName       string
 
+	ArchiveURL   string
+	SlotName     string
+	SlotMode     string
+	StandbySlots bool
+	Synchronous  bool
+	Compression  string
+
 	MetricsListenAddress string
 	LogLevel             string
 	LogFormat            string
@@ -54,6 +61,24 @@ const (
 	PolicyAny          = "any"
 )
 
+// Slot modes, DESIGN.md §6.
+const (
+	SlotModeOwn    = "own"
+	SlotModeStolon = "stolon"
+)
+
+// StolonSlotPrefix is the prefix Stolon gives the slots it manages.
+const StolonSlotPrefix = "stolon_"
+
+// StreamingSlotName is the slot the leader streams from: slot-name, or
+// Stolon's stolon_<slot-name> in slot-mode stolon.
+func (c Config) StreamingSlotName() string {
+	if c.SlotMode == SlotModeStolon {
+		return StolonSlotPrefix + c.SlotName
+	}
+	return c.SlotName
+}
+
 // Default returns the built-in defaults, the first layer of Load.
 func Default() Config {
 	return Config{
@@ -63,6 +88,10 @@ func Default() Config {
 		LeaseTTL:             10 * time.Second,
 		LeaderTakeoverDelay:  30 * time.Second,
 		PGDBName:             "postgres",
+		SlotName:             "barnacle",
+		SlotMode:             SlotModeOwn,
+		StandbySlots:         true,
+		Compression:          "none",
 		MetricsListenAddress: ":9187",
 		LogLevel:             "info",
 		LogFormat:            "text",

@@ -37,6 +37,10 @@ func TestLoadLayers(t *testing.T) {
 	assert.Equal(t, "flag --log-level", c.Sources["log-level"])
 	assert.Equal(t, "file testdata/good.yaml line 1", c.Sources["cluster-name"])
 	assert.Equal(t, "barnacle/stolon-cluster/", c.ClusterPrefix())
+	assert.Equal(t, "file:///var/lib/barnacle", c.ArchiveURL)
+	assert.Equal(t, "stolon_barnacle", c.StreamingSlotName())
+	assert.False(t, c.StandbySlots)
+	assert.Equal(t, "zstd", c.Compression)
 }
 
 func TestBadConfigFiles(t *testing.T) {
@@ -53,6 +57,14 @@ func TestBadConfigFiles(t *testing.T) {
 		"bad-address.bad.yaml":      {`metrics-listen-address (file testdata/bad-address.bad.yaml line 2): invalid address "9187": use host:port`},
 		"bad-keeper.bad.yaml":       {`keeper-uid (file testdata/bad-keeper.bad.yaml line 2): invalid keeper UID "Keeper-1"`},
 		"cert-without-key.bad.yaml": {"store-cert-file and store-key go together"},
+		"bad-archive.bad.yaml": {
+			`archive-url (file testdata/bad-archive.bad.yaml line 2): unsupported scheme in "s3://bucket/x": use file:///absolute/path`,
+			`slot-name (file testdata/bad-archive.bad.yaml line 3): "stolon_x" starts with stolon_`,
+			`standby-slots (file testdata/bad-archive.bad.yaml line 4): invalid boolean "maybe"`,
+			`compression (file testdata/bad-archive.bad.yaml line 5): invalid value "gzip": use one of none, zstd, lz4`,
+		},
+		"bad-relative-archive.bad.yaml": {`archive-url (file testdata/bad-relative-archive.bad.yaml line 2): invalid file URL "file://var/lib/barnacle"`},
+		"bad-slot.bad.yaml":             {`slot-name (file testdata/bad-slot.bad.yaml line 2): invalid slot name "Barnacle-Slot"`},
 		"many.bad.yaml": {
 			`leader-policy (file testdata/many.bad.yaml line 1): invalid value "sometimes": use one of follow-master, any`,
 			"lease-ttl (file testdata/many.bad.yaml line 2): 1s is too short",

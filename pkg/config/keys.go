@@ -19,6 +19,8 @@ type key struct {
 	help string
 	set  func(c *Config, v string) error
 	get  func(c *Config) string
+	// boolean keys become flags that need no value (--standby-slots).
+	boolean bool
 }
 
 // Key is the public view of a configuration key, for building flags and docs.
@@ -26,6 +28,7 @@ type Key struct {
 	Name    string
 	Help    string
 	Default string
+	Boolean bool
 }
 
 // Keys lists every configuration key in documentation order.
@@ -33,7 +36,7 @@ func Keys() []Key {
 	d := Default()
 	out := make([]Key, 0, len(keys))
 	for _, k := range keys {
-		out = append(out, Key{Name: k.name, Help: k.help, Default: k.get(&d)})
+		out = append(out, Key{Name: k.name, Help: k.help, Default: k.get(&d), Boolean: k.boolean})
 	}
 	return out
 }
@@ -87,7 +90,21 @@ func oneOf(field func(*Config) *string, allowed ...string) (func(*Config, string
 	}, get
 }
 
+func boolean(field func(*Config) *bool) (func(*Config, string) error, func(*Config) string) {
+	return func(c *Config, v string) error {
+			b, err := strconv.ParseBool(strings.TrimSpace(v))
+			if err != nil {
+				return fmt.Errorf("invalid boolean %q: use true or false", v)
+			}
+			*field(c) = b
+			return nil
+		}, func(c *Config) string {
+			return strconv.FormatBool(*field(c))
+		}
+}
+
 var (
+	slotNameRE    = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 	clusterNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 	keeperUIDRE   = regexp.MustCompile(`^[a-z0-9_]+$`)
 )
@@ -96,6 +113,9 @@ var keys = func() []key {
 	var ks []key
 	add := func(name, help string, set func(*Config, string) error, get func(*Config) string) {
 		ks = append(ks, key{name: name, help: help, set: set, get: get})
+	}
+	addBool := func(name, help string, set func(*Config, string) error, get func(*Config) string) {
+		ks = append(ks, key{name: name, help: help, set: set, get: get, boolean: true})
 	}
 
 	add("cluster-name", "Stolon cluster name (stolon's --cluster-name); required", func(c *Config, v string) error {
@@ -175,6 +195,37 @@ var keys = func() []key {
 	add("pg-password-file", "file holding pg-user's password (or use PGPASSFILE / PGPASSWORD)", s, g)
 	s, g = str(func(c *Config) *string { return &c.PGDBName })
 	add("pg-dbname", "database for the agent's SQL connections", s, g)
+
+	add("archive-url", "where the archive lives: file:///absolute/path", func(c *Config, v string) error {
+		v = strings.TrimSpace(v)
+		u, err := url.Parse(v)
+		switch {
+		case err != nil:
+			return fmt.Errorf("invalid URL %q: %v", v, err)
+		case u.Scheme != "file":
+			return fmt.Errorf("unsupported scheme in %q: use file:///absolute/path (s3:// is not supported yet)", v)
+		case u.Host != "" || !strings.HasPrefix(u.Path, "/"):
+			return fmt.Errorf("invalid file URL %q: use three slashes and an absolute path, file:///var/lib/barnacle", v)
+		}
+		c.ArchiveURL = v
+		return nil
+	}, func(c *Config) string { return c.ArchiveURL })
+	add("slot-name", "replication slot barnacle streams from (slot-mode stolon adds Stolon's stolon_ prefix)", func(c *Config, v string) error {
+		v = strings.TrimSpace(v)
+		if !slotNameRE.MatchString(v) {
+			return fmt.Errorf("invalid slot name %q: PostgreSQL slot names use 1 to 63 of a-z, 0-9 and '_'", v)
+		}
+		c.SlotName = v
+		return nil
+	}, func(c *Config) string { return c.SlotName })
+	s, g = oneOf(func(c *Config) *string { return &c.SlotMode }, SlotModeOwn, SlotModeStolon)
+	add("slot-mode", "own: barnacle creates its slot on the master; stolon: use stolon_<slot-name> from additionalMasterReplicationSlots", s, g)
+	bs, bg := boolean(func(c *Config) *bool { return &c.StandbySlots })
+	addBool("standby-slots", "followers keep a slot on their standby, advanced to the archived position, so a promoted standby still has the WAL the archive lacks", bs, bg)
+	bs, bg = boolean(func(c *Config) *bool { return &c.Synchronous })
+	addBool("synchronous", "report the flushed position to PostgreSQL right after every write to the archive (for synchronous_standby_names)", bs, bg)
+	s, g = oneOf(func(c *Config) *string { return &c.Compression }, "none", "zstd", "lz4")
+	add("compression", "compression of archived WAL segments", s, g)
 
 	add("metrics-listen-address", "address of /metrics, /healthz and /readyz (host:port)", func(c *Config, v string) error {
 		v = strings.TrimSpace(v)

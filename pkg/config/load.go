@@ -216,6 +216,14 @@ func (c *Config) validate(needs Needs) []error {
 	if needs.Agent && c.LeaderPolicy == PolicyFollowMaster && c.KeeperUID == "" {
 		errs = append(errs, &Error{Key: "keeper-uid", Problem: "required with leader-policy follow-master: set it to the --uid of the Stolon keeper beside this agent, or use leader-policy any on a dedicated backup host"})
 	}
+	if c.SlotMode == SlotModeStolon && strings.HasPrefix(c.SlotName, StolonSlotPrefix) {
+		errs = append(errs, &Error{Key: "slot-name", Source: c.Sources["slot-name"], Problem: fmt.Sprintf(
+			"%q starts with stolon_; with slot-mode stolon give the name as listed in additionalMasterReplicationSlots, without the prefix", c.SlotName)})
+	}
+	if c.SlotMode == SlotModeOwn && strings.HasPrefix(c.SlotName, StolonSlotPrefix) {
+		errs = append(errs, &Error{Key: "slot-name", Source: c.Sources["slot-name"], Problem: fmt.Sprintf(
+			"%q starts with stolon_, and Stolon's keeper drops every stolon_ slot it does not manage; pick another name or use slot-mode stolon", c.SlotName)})
+	}
 	if c.LeaderTakeoverDelay < 0 {
 		errs = append(errs, &Error{Key: "leader-takeover-delay", Source: c.Sources["leader-takeover-delay"], Problem: "must not be negative"})
 	}

@@ -1,0 +1,78 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/barnacle-pg/barnacle/pkg/storage"
+	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
+)
+
+func newBackend(t *testing.T) storage.Backend {
+	t.Helper()
+	b, err := fs.New(t.TempDir(), fs.Options{})
+	require.NoError(t, err)
+	return b
+}
+
+func TestEnsureIdentity(t *testing.T) {
+	ctx := context.Background()
+	b := newBackend(t)
+	want := Identity{Cluster: "c1", SystemID: "7711797878400204491", WALSegmentSize: 16 << 20}
+
+	first, err := EnsureIdentity(ctx, b, want)
+	require.NoError(t, err)
+	again, err := EnsureIdentity(ctx, b, want)
+	require.NoError(t, err, "the same server again is fine")
+	assert.Equal(t, first.CreatedAt.UTC(), again.CreatedAt.UTC(), "the stored identity is kept")
+
+	other := want
+	other.SystemID = "1234"
+	_, err = EnsureIdentity(ctx, b, other)
+	var mismatch *IdentityMismatchError
+	require.ErrorAs(t, err, &mismatch)
+	assert.True(t, errors.Is(err, ErrIdentityMismatch))
+	assert.Equal(t, "system identifier", mismatch.Field)
+	assert.Contains(t, err.Error(), "has system identifier 7711797878400204491 but the server has 1234")
+	assert.Contains(t, err.Error(), "use another archive-url or cluster-name")
+
+	seg := want
+	seg.WALSegmentSize = 64 << 20
+	_, err = EnsureIdentity(ctx, b, seg)
+	require.ErrorAs(t, err, &mismatch)
+	assert.Equal(t, "WAL segment size", mismatch.Field)
+
+	// Another cluster name is another identity in the same archive.
+	c2 := want
+	c2.Cluster, c2.SystemID = "c2", "99"
+	_, err = EnsureIdentity(ctx, b, c2)
+	require.NoError(t, err)
+
+	_, err = EnsureIdentity(ctx, b, Identity{Cluster: "c3", SystemID: "1", WALSegmentSize: 1000})
+	require.Error(t, err, "an invalid segment size is refused")
+}
+
+func TestRecordGap(t *testing.T) {
+	ctx := context.Background()
+	b := newBackend(t)
+	gaps, err := ReadGaps(ctx, b, "c")
+	require.NoError(t, err)
+	assert.Empty(t, gaps)
+
+	g := Gap{Timeline: 2, StartLSN: "0/5000000", EndLSN: "0/7000000", Reason: "requested WAL segment has already been removed"}
+	require.NoError(t, RecordGap(ctx, b, "c", g))
+	require.NoError(t, RecordGap(ctx, b, "c", g), "recording the same gap twice keeps one")
+	require.NoError(t, RecordGap(ctx, b, "c", Gap{Timeline: 2, StartLSN: "0/9000000", EndLSN: "0/A000000"}))
+	gaps, err = ReadGaps(ctx, b, "c")
+	require.NoError(t, err)
+	require.Len(t, gaps, 2)
+	assert.Equal(t, uint64(0x2000000), gaps[0].Bytes)
+	assert.False(t, gaps[0].DetectedAt.IsZero())
+
+	require.Error(t, RecordGap(ctx, b, "c", Gap{StartLSN: "0/2", EndLSN: "0/1"}), "an empty range is refused")
+	require.Error(t, RecordGap(ctx, b, "c", Gap{StartLSN: "x", EndLSN: "0/1"}))
+}

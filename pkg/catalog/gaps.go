@@ -1,0 +1,87 @@
+package catalog
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/barnacle-pg/barnacle/pkg/storage"
+	"github.com/barnacle-pg/barnacle/pkg/wal"
+)
+
+// Gap is a range of WAL that the archive lacks for good: the server had
+// already removed it when barnacle asked for it. Recovery cannot cross a
+// gap; only a base backup taken after it makes later points recoverable.
+type Gap struct {
+	Timeline   wal.Timeline `json:"timeline"`
+	StartLSN   string       `json:"startLSN"` // first missing byte
+	EndLSN     string       `json:"endLSN"`   // first byte available again
+	Bytes      uint64       `json:"bytes"`
+	DetectedAt time.Time    `json:"detectedAt"`
+	Reason     string       `json:"reason"`
+}
+
+// gapsDoc is gaps.json.
+type gapsDoc struct {
+	Gaps []Gap `json:"gaps"`
+}
+
+// ReadGaps returns the recorded gaps, oldest first; none when gaps.json does
+// not exist.
+func ReadGaps(ctx context.Context, b storage.Backend, cluster string) ([]Gap, error) {
+	name := GapsObject(cluster)
+	data, err := storage.ReadAll(ctx, b, name)
+	if errors.Is(err, storage.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	var doc gapsDoc
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", name, err)
+	}
+	return doc.Gaps, nil
+}
+
+// RecordGap appends g to gaps.json unless the same range is already
+// recorded. Only the leader calls it, so read-modify-write with an atomic
+// replace is enough.
+func RecordGap(ctx context.Context, b storage.Backend, cluster string, g Gap) error {
+	start, err := wal.ParseLSN(g.StartLSN)
+	if err != nil {
+		return fmt.Errorf("gap start: %w", err)
+	}
+	end, err := wal.ParseLSN(g.EndLSN)
+	if err != nil {
+		return fmt.Errorf("gap end: %w", err)
+	}
+	if end <= start {
+		return fmt.Errorf("gap %s..%s is empty", g.StartLSN, g.EndLSN)
+	}
+	g.Bytes = uint64(end - start)
+	if g.DetectedAt.IsZero() {
+		g.DetectedAt = time.Now().UTC()
+	}
+	gaps, err := ReadGaps(ctx, b, cluster)
+	if err != nil {
+		return err
+	}
+	for _, have := range gaps {
+		if have.Timeline == g.Timeline && have.StartLSN == g.StartLSN && have.EndLSN == g.EndLSN {
+			return nil
+		}
+	}
+	data, err := json.MarshalIndent(gapsDoc{Gaps: append(gaps, g)}, "", "  ")
+	if err != nil {
+		return err
+	}
+	name := GapsObject(cluster)
+	if err := b.Put(ctx, name, bytes.NewReader(append(data, '\n')), storage.PutOptions{}); err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	return nil
+}
