@@ -1,0 +1,717 @@
+package walstream
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/barnacle-pg/barnacle/pkg/storage"
+	"github.com/barnacle-pg/barnacle/pkg/wal"
+)
+
+// Defaults for Options.
+const (
+	// DefaultStatusInterval keeps status updates well inside PostgreSQL's
+	// default wal_sender_timeout (60s), like pg_receivewal's 10s
+	// --status-interval.
+	DefaultStatusInterval = 10 * time.Second
+	// DefaultFlushInterval bounds how much received WAL is lost if the
+	// receiver dies: at most this much time's worth is not yet in the
+	// archive. Each flush rewrites the whole .partial (at most one segment).
+	DefaultFlushInterval = time.Second
+)
+
+// finalFlushTimeout bounds the last .partial write after Run's context
+// ended: long enough for one segment-sized Put, short enough not to hold up
+// a shutdown or a leadership hand-over.
+const finalFlushTimeout = 15 * time.Second
+
+// closeTimeout bounds closing the connection (sending Terminate).
+const closeTimeout = 5 * time.Second
+
+// CompressionNone is the only Options.Compression supported so far.
+const CompressionNone = "none"
+
+// Options configures a Receiver.
+type Options struct {
+	// ConnString is a libpq connection string (keyword/value or URL) to the
+	// server to stream from. replication=true is added when missing; any
+	// other replication mode is refused.
+	ConnString string
+	// Slot is the physical replication slot to stream through; it keeps
+	// the server from removing WAL the archive lacks. "" streams without a
+	// slot (tests only: WAL may then be removed before it is archived).
+	// Slot names are lower-case letters, digits and underscores.
+	Slot string
+	// CreateSlot creates Slot, reserving WAL immediately, when it does not
+	// exist. Without it a missing slot makes Run fail with ErrNoSlot.
+	CreateSlot bool
+	// Backend is the archive.
+	Backend storage.Backend
+	// Prefix starts every object name the receiver reads or writes, e.g.
+	// "mycluster/wals/". It is "" or ends with "/".
+	Prefix string
+	// Compression is "" or "none". Compressed segments (".zst", ".lz4"
+	// name suffixes, see wal.SplitFileName) are not written yet.
+	Compression string
+	// StatusInterval is the longest time between two standby status
+	// updates; 0 means DefaultStatusInterval.
+	StatusInterval time.Duration
+	// FlushInterval is how often newly received WAL is written to the
+	// segment's .partial; 0 means DefaultFlushInterval. The .partial is
+	// also written when the server asks for a reply.
+	FlushInterval time.Duration
+	// Logger receives the receiver's logs under the name "walstream"; nil
+	// discards them.
+	Logger hclog.Logger
+	// OnProgress, if set, is called from Run's goroutine after every write
+	// that made WAL durable (a .partial or a complete segment). It must
+	// return quickly: streaming waits for it.
+	OnProgress func(Progress)
+}
+
+// Progress describes the receiver's position after a durable write.
+type Progress struct {
+	// Timeline is the timeline being streamed.
+	Timeline wal.Timeline
+	// Received is the end of the WAL received from the server.
+	Received wal.LSN
+	// Flushed is the end of the WAL durable in the archive, the position
+	// reported to the server. Flushed <= Received.
+	Flushed wal.LSN
+	// LastSegment is the file name (without prefix) of the last complete
+	// segment archived by this Run, "" if none yet.
+	LastSegment string
+	// SegmentSize is the server's wal_segment_size.
+	SegmentSize uint64
+}
+
+// Receiver streams WAL from one server into the archive. Its methods are
+// not safe for concurrent use: run one Run at a time.
+type Receiver struct {
+	opts    Options
+	connCfg *pgconn.Config
+	log     hclog.Logger
+}
+
+// New validates opts and returns a Receiver. It does not connect.
+func New(opts Options) (*Receiver, error) {
+	if opts.Backend == nil {
+		return nil, errors.New("walstream: options: backend is required")
+	}
+	if opts.Prefix != "" {
+		if !strings.HasSuffix(opts.Prefix, "/") {
+			return nil, fmt.Errorf("walstream: options: prefix %q must end with /", opts.Prefix)
+		}
+		if err := storage.CheckName(opts.Prefix + wal.HistoryFileName(1)); err != nil {
+			return nil, fmt.Errorf("walstream: options: prefix %q: %w", opts.Prefix, err)
+		}
+	}
+	if opts.Slot != "" && !slotNamePattern.MatchString(opts.Slot) {
+		return nil, fmt.Errorf("walstream: options: slot name %q: want 1 to 63 lower-case letters, digits or underscores", opts.Slot)
+	}
+	if opts.CreateSlot && opts.Slot == "" {
+		return nil, errors.New("walstream: options: create slot needs a slot name")
+	}
+	switch opts.Compression {
+	case "", CompressionNone:
+	default:
+		return nil, fmt.Errorf("walstream: options: compression %q is not supported (only %q)", opts.Compression, CompressionNone)
+	}
+	if opts.StatusInterval < 0 || opts.FlushInterval < 0 {
+		return nil, errors.New("walstream: options: intervals must not be negative")
+	}
+	if opts.StatusInterval == 0 {
+		opts.StatusInterval = DefaultStatusInterval
+	}
+	if opts.FlushInterval == 0 {
+		opts.FlushInterval = DefaultFlushInterval
+	}
+	cfg, err := replicationConfig(opts.ConnString)
+	if err != nil {
+		return nil, fmt.Errorf("walstream: options: %w", err)
+	}
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	log := opts.Logger.Named("walstream")
+	if opts.Slot != "" {
+		log = log.With("slot", opts.Slot)
+	}
+	return &Receiver{opts: opts, connCfg: cfg, log: log}, nil
+}
+
+// Run connects, works out where the archive ends and streams from there
+// until ctx ends or an error occurs. It blocks.
+//
+// When ctx ends Run writes the WAL received so far to the archive (with a
+// fresh context bounded by a few seconds) and returns nil, or the error of
+// that last write. The same last write is attempted when the connection
+// fails. Otherwise it returns the first error, wrapped with what failed:
+// a *GapError when the server no longer has the WAL the archive needs,
+// ErrNoSlot, a *storage.ConflictError (errors.Is storage.ErrConflict) when
+// the archive holds other bytes under a segment's name, server and network
+// errors. Use IsRetryable to decide whether to run again.
+func (r *Receiver) Run(ctx context.Context) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	r.log.Info("connecting", "host", r.connCfg.Host, "port", r.connCfg.Port)
+	conn, err := pgconn.ConnectConfig(ctx, r.connCfg.Copy())
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closeTimeout)
+		defer cancel()
+		_ = conn.Close(cctx)
+	}()
+	s := &stream{r: r, conn: conn, log: r.log}
+	err = s.run(ctx)
+	if ferr := s.finish(ctx); ferr != nil {
+		err = errors.Join(err, ferr)
+	}
+	if ctx.Err() != nil && IsRetryable(err) {
+		// Cancellation is the normal way to stop, and what failed after it
+		// was most likely interrupted by it; only the final write counts.
+		// An error that needs an operator is reported even so.
+		return s.finishErr
+	}
+	return err
+}
+
+// stream is the state of one Run: one connection, one segment in memory.
+type stream struct {
+	r    *Receiver
+	conn *pgconn.PgConn
+	log  hclog.Logger
+
+	segSize uint64
+	tli     wal.Timeline
+	seg     wal.SegmentNo
+	// buf holds seg's bytes from its start up to the received position;
+	// its capacity is one segment and it is reused.
+	buf []byte
+	// dirty means buf holds bytes that are not in the archive yet.
+	dirty bool
+	// partialStored means seg's .partial exists in the archive.
+	partialStored bool
+	// flushed is the end of the durable WAL: all that may be reported.
+	flushed     wal.LSN
+	lastSegment string
+	streaming   bool
+	// historyStored lists the timelines whose history this Run archived.
+	historyStored map[wal.Timeline]bool
+	// archiveFailed stops the final write; see archiveFailing.
+	archiveFailed bool
+	finishErr     error
+
+	nextStatus time.Time
+	lastFlush  time.Time
+}
+
+func (s *stream) received() wal.LSN {
+	return wal.SegmentStart(s.seg, s.segSize) + wal.LSN(len(s.buf))
+}
+
+func (s *stream) run(ctx context.Context) error {
+	sys, err := identifySystem(ctx, s.conn)
+	if err != nil {
+		return err
+	}
+	if s.segSize, err = segmentSize(ctx, s.conn); err != nil {
+		return err
+	}
+	s.buf = make([]byte, 0, s.segSize)
+	s.log.Debug("server identified", "system_id", sys.SystemID, "timeline", sys.Timeline,
+		"xlog_pos", sys.XLogPos.String(), "segment_size", s.segSize)
+
+	var slot slotInfo
+	if s.r.opts.Slot != "" {
+		if slot, err = s.prepareSlot(ctx); err != nil {
+			return err
+		}
+	}
+	start, err := s.planStart(ctx, sys, slot)
+	if err != nil {
+		return err
+	}
+	if err := s.load(ctx, start); err != nil {
+		return err
+	}
+	return s.streamTimelines(ctx)
+}
+
+// prepareSlot reads the slot, creating it first if asked to.
+func (s *stream) prepareSlot(ctx context.Context) (slotInfo, error) {
+	slot, err := readSlot(ctx, s.conn, s.r.opts.Slot)
+	if err != nil {
+		return slotInfo{}, err
+	}
+	if !slot.Exists {
+		if !s.r.opts.CreateSlot {
+			return slotInfo{}, fmt.Errorf("%w: %s", ErrNoSlot, s.r.opts.Slot)
+		}
+		if err := createSlot(ctx, s.conn, s.r.opts.Slot); err != nil {
+			return slotInfo{}, err
+		}
+		s.log.Info("replication slot created")
+		if slot, err = readSlot(ctx, s.conn, s.r.opts.Slot); err != nil {
+			return slotInfo{}, err
+		}
+		if !slot.Exists {
+			return slotInfo{}, fmt.Errorf("%w: %s (dropped right after it was created)", ErrNoSlot, s.r.opts.Slot)
+		}
+	}
+	if !slot.Physical {
+		return slotInfo{}, fmt.Errorf("replication slot %s is not a physical slot", s.r.opts.Slot)
+	}
+	return slot, nil
+}
+
+// planStart works out where to start: at the end of the archive, or, for
+// an empty archive, at the start of the segment holding the slot's
+// restart_lsn or else the server's current position. Starting at a segment
+// boundary makes the first archived segment complete.
+func (s *stream) planStart(ctx context.Context, sys systemInfo, slot slotInfo) (resumePoint, error) {
+	prefix := s.r.opts.Prefix
+	objs, err := s.r.opts.Backend.List(ctx, prefix)
+	if err != nil {
+		return resumePoint{}, fmt.Errorf("list archive %s: %w", prefix, err)
+	}
+	scan, err := scanArchive(objs, prefix, s.segSize)
+	if err != nil {
+		return resumePoint{}, err
+	}
+	for _, name := range scan.Superseded {
+		if err := s.r.opts.Backend.Delete(ctx, name); err != nil {
+			return resumePoint{}, fmt.Errorf("delete superseded %s: %w", name, err)
+		}
+		s.log.Debug("superseded partial deleted", "object", name)
+	}
+	start, found, err := resumeFromScan(ctx, scan, s.segSize, s.r.archivedSwitchFinder(scan.Histories))
+	if err != nil {
+		return resumePoint{}, err
+	}
+	if !found {
+		start = resumePoint{Timeline: sys.Timeline, Start: sys.XLogPos}
+		if slot.RestartLSN != wal.InvalidLSN {
+			start.Start = slot.RestartLSN
+			if slot.RestartTimeline != 0 {
+				start.Timeline = slot.RestartTimeline
+			}
+		}
+		start.Start = wal.SegmentStart(wal.SegmentOf(start.Start, s.segSize), s.segSize)
+		s.log.Info("archive is empty", "timeline", start.Timeline, "start_lsn", start.Start.String())
+		return start, nil
+	}
+	switch {
+	case start.Timeline > sys.Timeline:
+		return resumePoint{}, fmt.Errorf("archive reaches timeline %d, but the server is on timeline %d: is it an old master?",
+			start.Timeline, sys.Timeline)
+	case start.Timeline < sys.Timeline:
+		return s.checkServerHistory(ctx, sys, start)
+	}
+	return start, nil
+}
+
+// checkServerHistory checks an archive end on an older timeline against the
+// server's history. If the archive holds WAL of that timeline beyond the
+// point where the server's history left it (the old master wrote more than
+// the promoted standby had received), that tail is a dead branch: it stays
+// archived, and streaming continues on the next timeline from the segment
+// holding the switch point.
+func (s *stream) checkServerHistory(ctx context.Context, sys systemInfo, start resumePoint) (resumePoint, error) {
+	data, err := timelineHistory(ctx, s.conn, sys.Timeline)
+	if err != nil {
+		return resumePoint{}, err
+	}
+	hist, err := wal.ParseHistory(data)
+	if err != nil {
+		return resumePoint{}, fmt.Errorf("timeline history %d: %w", sys.Timeline, err)
+	}
+	sp, ok := wal.SwitchPoint(hist, start.Timeline)
+	if !ok {
+		return resumePoint{}, fmt.Errorf("archive timeline %d is not in the history of the server's timeline %d", start.Timeline, sys.Timeline)
+	}
+	if start.Start <= sp {
+		return start, nil
+	}
+	next := nextTimelineAfter(hist, sys.Timeline, start.Timeline)
+	s.log.Warn("archive has wal past the timeline switch; it stays as a dead branch",
+		"timeline", start.Timeline, "switch_point", sp.String(), "archive_end", start.Start.String(), "next_timeline", next)
+	return resumePoint{Timeline: next, Start: wal.SegmentStart(wal.SegmentOf(sp, s.segSize), s.segSize)}, nil
+}
+
+// load sets the in-memory segment to start, pre-filled from its .partial
+// so that the next .partial and the complete segment hold the whole
+// segment.
+func (s *stream) load(ctx context.Context, start resumePoint) error {
+	s.tli = start.Timeline
+	s.seg = wal.SegmentOf(start.Start, s.segSize)
+	s.buf = s.buf[:0]
+	s.dirty, s.partialStored = false, false
+	if start.Partial != "" {
+		data, err := storage.ReadAll(ctx, s.r.opts.Backend, start.Partial)
+		if err != nil {
+			return fmt.Errorf("read %s: %w", start.Partial, err)
+		}
+		if want := wal.SegmentOffset(start.Start, s.segSize); uint64(len(data)) != want {
+			return fmt.Errorf("read %s: %d bytes, listed as %d", start.Partial, len(data), want)
+		}
+		s.buf = append(s.buf, data...)
+		s.partialStored = true
+	}
+	s.flushed = s.received()
+	s.log.Info("start point", "timeline", s.tli, "start_lsn", s.flushed.String(), "partial", start.Partial)
+	if uint64(len(s.buf)) == s.segSize {
+		// A full .partial: the crash came between receiving the last
+		// byte and storing the segment.
+		return s.completeSegment(ctx)
+	}
+	return nil
+}
+
+// streamTimelines runs START_REPLICATION and the receive loop, once per
+// timeline, until ctx ends or an error occurs.
+func (s *stream) streamTimelines(ctx context.Context) error {
+	for {
+		if err := s.storeHistory(ctx, s.tli); err != nil {
+			return err
+		}
+		start := s.received()
+		s.log.Info("streaming", "timeline", s.tli, "start_lsn", start.String())
+		end, err := startReplication(ctx, s.conn, s.r.opts.Slot, start, s.tli)
+		if err != nil {
+			return s.streamError(fmt.Errorf("start replication at %s on timeline %d: %w", start, s.tli, err))
+		}
+		if end == nil {
+			s.streaming = true
+			s.nextStatus = time.Time{} // report our position at once
+			if err := s.receive(ctx); !errors.Is(err, errEndOfTimeline) {
+				return err
+			}
+			s.streaming = false
+			// Finish the protocol exchange first: the walsender waits for
+			// our CopyDone, and the final .partial can take a while.
+			te, err := endCopy(ctx, s.conn)
+			if err != nil {
+				return s.streamError(fmt.Errorf("timeline %d: %w", s.tli, err))
+			}
+			end = &te
+			if err := s.endTimeline(ctx); err != nil {
+				return err
+			}
+		}
+		if err := s.switchTimeline(ctx, *end); err != nil {
+			return err
+		}
+	}
+}
+
+// errEndOfTimeline is receive's signal that the server sent CopyDone.
+var errEndOfTimeline = errors.New("walstream: end of timeline")
+
+// streamError turns the server's "WAL already removed" into a *GapError.
+func (s *stream) streamError(err error) error {
+	if isWALRemoved(err) {
+		from := s.received()
+		return &GapError{
+			Timeline: s.tli,
+			From:     from,
+			Segment:  wal.SegmentFileName(s.tli, wal.SegmentOf(from, s.segSize), s.segSize),
+			Err:      err,
+		}
+	}
+	return err
+}
+
+// receive is the COPY loop. It returns errEndOfTimeline when the server
+// ends the timeline, ctx's error when ctx ends, or the error that stopped
+// it.
+func (s *stream) receive(ctx context.Context) error {
+	opts := s.r.opts
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		now := time.Now()
+		if s.dirty && !now.Before(s.lastFlush.Add(opts.FlushInterval)) {
+			if err := s.flushPartial(ctx); err != nil {
+				return err
+			}
+		}
+		if !now.Before(s.nextStatus) {
+			if err := s.sendStatus(ctx); err != nil {
+				return err
+			}
+		}
+		// Wake up for the next status update, or the next flush when data
+		// is waiting. The deadline only interrupts this read; the
+		// connection stays usable (pgconn.Timeout).
+		deadline := s.nextStatus
+		if next := s.lastFlush.Add(opts.FlushInterval); s.dirty && next.Before(deadline) {
+			deadline = next
+		}
+		rctx, cancel := context.WithDeadline(ctx, deadline)
+		msg, err := s.conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return fmt.Errorf("receive wal on timeline %d at %s: %w", s.tli, s.received(), err)
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.CopyData:
+			if err := s.handleCopyData(ctx, msg.Data); err != nil {
+				return err
+			}
+		case *pgproto3.CopyDone:
+			return errEndOfTimeline
+		case *pgproto3.ErrorResponse:
+			return s.streamError(fmt.Errorf("stream timeline %d at %s: %w", s.tli, s.received(), pgconn.ErrorResponseToPgError(msg)))
+		case *pgproto3.NoticeResponse, *pgproto3.ParameterStatus:
+		default:
+			return fmt.Errorf("stream timeline %d: unexpected message %T", s.tli, msg)
+		}
+	}
+}
+
+func (s *stream) handleCopyData(ctx context.Context, data []byte) error {
+	if len(data) == 0 {
+		return errors.New("stream: empty CopyData message")
+	}
+	switch data[0] {
+	case pglogrepl.XLogDataByteID:
+		xld, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return fmt.Errorf("stream: %w", err)
+		}
+		return s.appendWAL(ctx, wal.LSN(xld.WALStart), xld.WALData)
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		pkm, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return fmt.Errorf("stream: %w", err)
+		}
+		s.log.Trace("keepalive", "server_wal_end", wal.LSN(pkm.ServerWALEnd).String(), "reply_requested", pkm.ReplyRequested)
+		if !pkm.ReplyRequested {
+			return nil
+		}
+		// The server wants to know what we hold (wal_sender_timeout is
+		// near, or it is shutting down): make what we received durable
+		// first, so the answer is as far ahead as it can truthfully be.
+		if s.dirty {
+			if err := s.flushPartial(ctx); err != nil {
+				return err
+			}
+		}
+		return s.sendStatus(ctx)
+	default:
+		return fmt.Errorf("stream: unknown CopyData message type %q", data[0])
+	}
+}
+
+// appendWAL adds WAL that starts at start to the in-memory segment,
+// archiving each segment it completes. The server sends WAL contiguously;
+// anything else is a protocol error, never papered over.
+func (s *stream) appendWAL(ctx context.Context, start wal.LSN, data []byte) error {
+	if want := s.received(); start != want {
+		return fmt.Errorf("stream: wal data starts at %s, want %s", start, want)
+	}
+	for len(data) > 0 {
+		n := min(int(s.segSize)-len(s.buf), len(data))
+		s.buf = append(s.buf, data[:n]...)
+		data = data[n:]
+		s.dirty = true
+		if uint64(len(s.buf)) == s.segSize {
+			if err := s.completeSegment(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// completeSegment stores the full in-memory segment once and then deletes
+// its .partial, in that order, so that a crash in between leaves the
+// segment archived twice rather than not at all.
+func (s *stream) completeSegment(ctx context.Context) error {
+	base := wal.SegmentFileName(s.tli, s.seg, s.segSize)
+	existed, err := storage.PutOnce(ctx, s.r.opts.Backend, s.r.segmentObject(s.tli, s.seg, s.segSize), s.buf)
+	if err != nil {
+		s.archiveFailing(ctx)
+		return fmt.Errorf("archive segment %s: %w", base, err)
+	}
+	if s.partialStored {
+		if err := s.r.opts.Backend.Delete(ctx, s.r.partialObject(s.tli, s.seg, s.segSize)); err != nil {
+			s.archiveFailing(ctx)
+			return fmt.Errorf("delete %s%s after archiving the segment: %w", base, partialSuffix, err)
+		}
+	}
+	s.log.Debug("segment archived", "segment", base, "existed", existed)
+	s.seg++
+	s.buf = s.buf[:0]
+	s.dirty, s.partialStored = false, false
+	s.lastSegment = base
+	s.durable()
+	return nil
+}
+
+// flushPartial writes the in-memory segment to its .partial, replacing the
+// previous one: the object always holds the segment from its start.
+func (s *stream) flushPartial(ctx context.Context) error {
+	if len(s.buf) == 0 {
+		s.dirty = false
+		return nil
+	}
+	name := s.r.partialObject(s.tli, s.seg, s.segSize)
+	if err := s.r.opts.Backend.Put(ctx, name, bytes.NewReader(s.buf), storage.PutOptions{}); err != nil {
+		s.archiveFailing(ctx)
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	s.dirty, s.partialStored = false, true
+	s.durable()
+	return nil
+}
+
+// durable records that everything received is in the archive.
+func (s *stream) durable() {
+	s.flushed = s.received()
+	s.lastFlush = time.Now()
+	// Tell the server soon, so that the slot lets go of the WAL.
+	s.nextStatus = time.Time{}
+	if s.r.opts.OnProgress != nil {
+		s.r.opts.OnProgress(Progress{
+			Timeline:    s.tli,
+			Received:    s.received(),
+			Flushed:     s.flushed,
+			LastSegment: s.lastSegment,
+			SegmentSize: s.segSize,
+		})
+	}
+}
+
+// archiveFailing records a storage error that ctx's end did not cause:
+// then Run makes no final write, which would most likely fail again or, for
+// a conflict, store yet another copy aside.
+func (s *stream) archiveFailing(ctx context.Context) {
+	if ctx.Err() == nil {
+		s.archiveFailed = true
+	}
+}
+
+func (s *stream) sendStatus(ctx context.Context) error {
+	if err := sendStatus(ctx, s.conn, s.flushed); err != nil {
+		return err
+	}
+	s.log.Trace("status sent", "flushed", s.flushed.String())
+	s.nextStatus = time.Now().Add(s.r.opts.StatusInterval)
+	return nil
+}
+
+// endTimeline stores the last segment of a timeline that the server ended
+// as a .partial, where it stays: the next timeline's copy of that segment
+// holds the same bytes up to the switch point, then the new timeline's.
+func (s *stream) endTimeline(ctx context.Context) error {
+	if !s.dirty {
+		return nil
+	}
+	return s.flushPartial(ctx)
+}
+
+// switchTimeline moves to the next timeline after the server ended the
+// current one at end.Start. The new timeline is streamed from the start of
+// the segment holding the switch point, as pg_receivewal does, so that its
+// first segment is archived whole.
+func (s *stream) switchTimeline(ctx context.Context, end timelineEnd) error {
+	received := s.received()
+	if end.Next <= s.tli {
+		return fmt.Errorf("server ended timeline %d and named timeline %d as the next one", s.tli, end.Next)
+	}
+	if received != end.Start {
+		return fmt.Errorf("server ended timeline %d at %s, but the next timeline %d starts at %s", s.tli, received, end.Next, end.Start)
+	}
+	s.log.Info("timeline switch", "timeline", s.tli, "next_timeline", end.Next, "switch_point", end.Start.String())
+	// The history goes before any segment of the new timeline: restore
+	// needs it to know where to leave the old timeline.
+	if err := s.storeHistory(ctx, end.Next); err != nil {
+		return err
+	}
+	s.tli = end.Next
+	s.seg = wal.SegmentOf(end.Start, s.segSize)
+	s.buf = s.buf[:0]
+	s.dirty, s.partialStored = false, false
+	// Nothing of the new timeline is archived yet; the bytes before the
+	// switch point are, in the old timeline's objects, but report no more
+	// than the segment start, which never lies.
+	s.flushed = s.received()
+	return nil
+}
+
+// storeHistory archives tli's history file (write-once; the same bytes
+// again are success) unless tli is 1, which has none.
+func (s *stream) storeHistory(ctx context.Context, tli wal.Timeline) error {
+	if tli <= 1 || s.historyStored[tli] {
+		return nil
+	}
+	data, err := timelineHistory(ctx, s.conn, tli)
+	if err != nil {
+		return err
+	}
+	name := s.r.historyObject(tli)
+	existed, err := storage.PutOnce(ctx, s.r.opts.Backend, name, data)
+	if err != nil {
+		s.archiveFailing(ctx)
+		return fmt.Errorf("archive history %s: %w", wal.HistoryFileName(tli), err)
+	}
+	if !existed {
+		s.log.Info("history archived", "timeline", tli)
+	}
+	if s.historyStored == nil {
+		s.historyStored = map[wal.Timeline]bool{}
+	}
+	s.historyStored[tli] = true
+	return nil
+}
+
+// finish is Run's last step: write what was received and not yet archived,
+// with a fresh, bounded context because ctx may have ended, and tell the
+// server. Errors go to s.finishErr and are returned.
+func (s *stream) finish(ctx context.Context) error {
+	if s.buf == nil || s.archiveFailed {
+		return nil
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalFlushTimeout)
+	defer cancel()
+	var err error
+	switch {
+	case uint64(len(s.buf)) == s.segSize:
+		err = s.completeSegment(fctx)
+	case s.dirty:
+		err = s.flushPartial(fctx)
+	}
+	if err != nil {
+		s.finishErr = fmt.Errorf("final write: %w", err)
+		return s.finishErr
+	}
+	if s.streaming && !s.conn.IsClosed() {
+		// Best effort: the connection may be what failed.
+		_ = sendStatus(fctx, s.conn, s.flushed)
+	}
+	return nil
+}

@@ -1,0 +1,88 @@
+package walstream
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/barnacle-pg/barnacle/pkg/storage"
+	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
+	"github.com/barnacle-pg/barnacle/pkg/wal"
+)
+
+// TestSegmentAssembly drives the in-memory segment without a server: WAL
+// arriving in odd-sized pieces across segment boundaries is archived as
+// whole segments, the .partial holds the segment's start, is replaced as
+// the segment grows and is deleted once the segment is archived, and the
+// reported position never passes what the archive holds.
+func TestSegmentAssembly(t *testing.T) {
+	const segSize = 1 << 20
+	b, err := fs.New(filepath.Join(t.TempDir(), "a"), fs.Options{CreateRoot: true})
+	require.NoError(t, err)
+	var progress []Progress
+	r, err := New(Options{ConnString: "host=127.0.0.1", Backend: b, Prefix: testPrefix, OnProgress: func(p Progress) { progress = append(progress, p) }})
+	require.NoError(t, err)
+	s := &stream{r: r, log: hclog.NewNullLogger(), segSize: segSize, buf: make([]byte, 0, segSize), tli: 3, seg: 7}
+	s.flushed = s.received()
+	ctx := t.Context()
+
+	wantWAL := make([]byte, 2*segSize+12345)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range wantWAL {
+		wantWAL[i] = byte(rng.Uint32())
+	}
+	start := wal.SegmentStart(7, segSize)
+	pos := 0
+	partialSeen := false
+	for pos < len(wantWAL) {
+		n := min(1+rng.IntN(300000), len(wantWAL)-pos)
+		require.NoError(t, s.appendWAL(ctx, start+wal.LSN(pos), wantWAL[pos:pos+n]))
+		pos += n
+		assert.LessOrEqual(t, s.flushed, s.received())
+		if pos < segSize && !partialSeen {
+			// Mid first segment: a .partial with exactly what arrived.
+			require.NoError(t, s.flushPartial(ctx))
+			got, err := storage.ReadAll(ctx, b, testPrefix+"000000030000000000000007.partial")
+			require.NoError(t, err)
+			assert.Equal(t, wantWAL[:pos], got)
+			assert.Equal(t, start+wal.LSN(pos), s.flushed)
+			partialSeen = true
+		}
+	}
+	require.True(t, partialSeen)
+	require.NoError(t, s.flushPartial(ctx))
+
+	for i, name := range []string{"000000030000000000000007", "000000030000000000000008"} {
+		got, err := storage.ReadAll(ctx, b, testPrefix+name)
+		require.NoError(t, err)
+		assert.True(t, bytes.Equal(wantWAL[i*segSize:(i+1)*segSize], got), name)
+	}
+	_, err = b.Stat(ctx, testPrefix+"000000030000000000000007.partial")
+	assert.ErrorIs(t, err, storage.ErrNotExist, "the .partial goes once the segment is archived")
+	got, err := storage.ReadAll(ctx, b, testPrefix+"000000030000000000000009.partial")
+	require.NoError(t, err)
+	assert.Equal(t, wantWAL[2*segSize:], got)
+
+	end := start + wal.LSN(len(wantWAL))
+	assert.Equal(t, end, s.flushed)
+	require.NotEmpty(t, progress)
+	last := progress[len(progress)-1]
+	assert.Equal(t, Progress{Timeline: 3, Received: end, Flushed: end, LastSegment: "000000030000000000000008", SegmentSize: segSize}, last)
+
+	// WAL that does not continue where the stream is refused.
+	assert.Error(t, s.appendWAL(ctx, end+1, []byte{1}))
+	assert.Error(t, s.appendWAL(ctx, end-1, []byte{1}))
+
+	// Archiving a segment again with other bytes is a conflict, not an
+	// overwrite.
+	s2 := &stream{r: r, log: hclog.NewNullLogger(), segSize: segSize, buf: make([]byte, 0, segSize), tli: 3, seg: 7}
+	err = s2.appendWAL(ctx, start, make([]byte, segSize))
+	assert.ErrorIs(t, err, storage.ErrConflict)
+	assert.False(t, IsRetryable(err))
+	assert.True(t, s2.archiveFailed)
+}
