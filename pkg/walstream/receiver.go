@@ -76,6 +76,43 @@ type Options struct {
 	// that made WAL durable (a .partial or a complete segment). It must
 	// return quickly: streaming waits for it.
 	OnProgress func(Progress)
+	// OnConnect, if set, is called once the server is identified and
+	// before anything is read from or written to the archive; an error
+	// stops Run. The caller checks there that the archive belongs to this
+	// server (system identifier, segment size).
+	OnConnect func(ctx context.Context, info ServerInfo) error
+	// OnGap, if set, is called when the server no longer has the WAL where
+	// the archive ends. The receiver has found the oldest WAL the server
+	// still has (Gap.ResumeAt); if OnGap returns nil (it has recorded the
+	// gap durably), streaming continues there. Without OnGap, or when it
+	// returns an error, Run returns a *GapError. WAL is never skipped
+	// without OnGap's consent.
+	OnGap func(ctx context.Context, gap Gap) error
+	// Synchronous writes the .partial and reports the flushed position
+	// after every WAL message instead of every FlushInterval, so that the
+	// receiver can serve as a synchronous standby. Each report costs a
+	// rewrite of the in-progress segment.
+	Synchronous bool
+}
+
+// ServerInfo identifies the server the receiver streams from.
+type ServerInfo struct {
+	SystemID    string
+	Timeline    wal.Timeline
+	XLogPos     wal.LSN
+	SegmentSize uint64
+}
+
+// Gap is WAL the archive lacks for good: from From on Timeline (where the
+// archive ends) to ResumeAt on ResumeTimeline (the oldest WAL the server
+// still has, a segment start).
+type Gap struct {
+	Timeline       wal.Timeline
+	From           wal.LSN
+	ResumeTimeline wal.Timeline
+	ResumeAt       wal.LSN
+	// Err is the server's error that revealed the gap.
+	Err error
 }
 
 // Progress describes the receiver's position after a durable write.
@@ -92,6 +129,9 @@ type Progress struct {
 	LastSegment string
 	// SegmentSize is the server's wal_segment_size.
 	SegmentSize uint64
+	// ServerWALEnd is the end of WAL on the server, as of its last message;
+	// ServerWALEnd - Flushed is what a crash of the server now would lose.
+	ServerWALEnd wal.LSN
 }
 
 // Receiver streams WAL from one server into the archive. Its methods are
@@ -219,6 +259,10 @@ type stream struct {
 
 	nextStatus time.Time
 	lastFlush  time.Time
+	// sys is the server's identity, from IDENTIFY_SYSTEM at connect.
+	sys systemInfo
+	// serverEnd is the server's end of WAL as of its last message.
+	serverEnd wal.LSN
 }
 
 func (s *stream) received() wal.LSN {
@@ -234,8 +278,15 @@ func (s *stream) run(ctx context.Context) error {
 		return err
 	}
 	s.buf = make([]byte, 0, s.segSize)
+	s.sys, s.serverEnd = sys, sys.XLogPos
 	s.log.Debug("server identified", "system_id", sys.SystemID, "timeline", sys.Timeline,
 		"xlog_pos", sys.XLogPos.String(), "segment_size", s.segSize)
+	if s.r.opts.OnConnect != nil {
+		info := ServerInfo{SystemID: sys.SystemID, Timeline: sys.Timeline, XLogPos: sys.XLogPos, SegmentSize: s.segSize}
+		if err := s.r.opts.OnConnect(ctx, info); err != nil {
+			return err
+		}
+	}
 
 	var slot slotInfo
 	if s.r.opts.Slot != "" {
@@ -393,6 +444,12 @@ func (s *stream) streamTimelines(ctx context.Context) error {
 		start := s.received()
 		s.log.Info("streaming", "timeline", s.tli, "start_lsn", start.String())
 		end, err := startReplication(ctx, s.conn, s.r.opts.Slot, start, s.tli)
+		if err != nil && isWALRemoved(err) && s.r.opts.OnGap != nil {
+			if err := s.skipGap(ctx, start, err); err != nil {
+				return err
+			}
+			continue
+		}
 		if err != nil {
 			return s.streamError(fmt.Errorf("start replication at %s on timeline %d: %w", start, s.tli, err))
 		}
@@ -400,6 +457,19 @@ func (s *stream) streamTimelines(ctx context.Context) error {
 			s.streaming = true
 			s.nextStatus = time.Time{} // report our position at once
 			if err := s.receive(ctx); !errors.Is(err, errEndOfTimeline) {
+				// The walsender reports a removed segment only once it opens
+				// it, after the stream has begun.
+				var gap *GapError
+				if errors.As(err, &gap) && s.r.opts.OnGap != nil && s.received() == start {
+					s.streaming = false
+					if _, _, derr := readUntilReady(ctx, s.conn, false); derr != nil {
+						return errors.Join(err, derr)
+					}
+					if err := s.skipGap(ctx, start, gap.Err); err != nil {
+						return err
+					}
+					continue
+				}
 				return err
 			}
 			s.streaming = false
@@ -502,12 +572,23 @@ func (s *stream) handleCopyData(ctx context.Context, data []byte) error {
 		if err != nil {
 			return fmt.Errorf("stream: %w", err)
 		}
-		return s.appendWAL(ctx, wal.LSN(xld.WALStart), xld.WALData)
+		s.serverEnd = max(s.serverEnd, wal.LSN(xld.ServerWALEnd))
+		if err := s.appendWAL(ctx, wal.LSN(xld.WALStart), xld.WALData); err != nil {
+			return err
+		}
+		if s.r.opts.Synchronous && s.dirty {
+			if err := s.flushPartial(ctx); err != nil {
+				return err
+			}
+			return s.sendStatus(ctx)
+		}
+		return nil
 	case pglogrepl.PrimaryKeepaliveMessageByteID:
 		pkm, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
 		if err != nil {
 			return fmt.Errorf("stream: %w", err)
 		}
+		s.serverEnd = max(s.serverEnd, wal.LSN(pkm.ServerWALEnd))
 		s.log.Trace("keepalive", "server_wal_end", wal.LSN(pkm.ServerWALEnd).String(), "reply_requested", pkm.ReplyRequested)
 		if !pkm.ReplyRequested {
 			return nil
@@ -600,8 +681,9 @@ func (s *stream) durable() {
 			Timeline:    s.tli,
 			Received:    s.received(),
 			Flushed:     s.flushed,
-			LastSegment: s.lastSegment,
-			SegmentSize: s.segSize,
+			LastSegment:  s.lastSegment,
+			SegmentSize:  s.segSize,
+			ServerWALEnd: max(s.serverEnd, s.received()),
 		})
 	}
 }

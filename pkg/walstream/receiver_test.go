@@ -3,6 +3,7 @@ package walstream_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -584,6 +585,43 @@ func TestGapAndStartErrors(t *testing.T) {
 		assert.Equal(t, wal.SegmentStart(2, segSize), gap.From)
 		assert.Equal(t, missing, gap.Segment)
 		assert.False(t, walstream.IsRetryable(err))
+	})
+
+	t.Run("gap recorded then skipped", func(t *testing.T) {
+		oldest, err := p.OldestWALFile()
+		require.NoError(t, err)
+		_, oldestSeg, err := wal.ParseSegmentFileName(oldest, segSize)
+		require.NoError(t, err)
+		b := newArchive(t)
+		_, err = storage.PutOnce(ctx, b, prefix+wal.SegmentFileName(1, 1, segSize), make([]byte, segSize))
+		require.NoError(t, err)
+		var gaps []walstream.Gap
+		rec := startReceiver(t, walstream.Options{ConnString: p.ReplConnString(), Backend: b,
+			OnGap: func(_ context.Context, g walstream.Gap) error { gaps = append(gaps, g); return nil }})
+		require.NoError(t, p.Exec(ctx, insert1MB))
+		waitUntil(t, 20*time.Second, "streaming after the gap", func() bool { return rec.progress().Flushed > wal.SegmentStart(oldestSeg, segSize) })
+		require.NoError(t, rec.stop())
+		require.Len(t, gaps, 1, "OnGap is called once")
+		g := gaps[0]
+		assert.Equal(t, wal.SegmentStart(2, segSize), g.From)
+		assert.Equal(t, wal.SegmentStart(oldestSeg, segSize), g.ResumeAt, "resumes at the oldest segment the server still has (%s)", oldest)
+		assert.Equal(t, wal.Timeline(1), g.ResumeTimeline)
+		a := listArchive(t, b, segSize)
+		assert.Contains(t, append(a.segments[1], a.partials[1]...), oldestSeg, "the first segment after the gap is archived")
+		assert.NotContains(t, append(a.segments[1], a.partials[1]...), wal.SegmentNo(2), "nothing is made up inside the gap")
+	})
+
+	t.Run("gap refused by OnGap", func(t *testing.T) {
+		b := newArchive(t)
+		_, err := storage.PutOnce(ctx, b, prefix+wal.SegmentFileName(1, 1, segSize), make([]byte, segSize))
+		require.NoError(t, err)
+		r, err := walstream.New(walstream.Options{ConnString: p.ReplConnString(), Backend: b, Prefix: prefix,
+			OnGap: func(context.Context, walstream.Gap) error { return errors.New("archive not writable") }})
+		require.NoError(t, err)
+		err = r.Run(ctx)
+		var gap *walstream.GapError
+		require.ErrorAs(t, err, &gap, "a gap that cannot be recorded is never skipped")
+		assert.Contains(t, err.Error(), "archive not writable")
 	})
 
 	t.Run("missing slot", func(t *testing.T) {
