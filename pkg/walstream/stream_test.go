@@ -72,7 +72,7 @@ func TestSegmentAssembly(t *testing.T) {
 	assert.Equal(t, end, s.flushed)
 	require.NotEmpty(t, progress)
 	last := progress[len(progress)-1]
-	assert.Equal(t, Progress{Timeline: 3, Received: end, Flushed: end, LastSegment: "000000030000000000000008", SegmentSize: segSize}, last)
+	assert.Equal(t, Progress{Timeline: 3, Received: end, Flushed: end, LastSegment: "000000030000000000000008", SegmentSize: segSize, ServerWALEnd: end}, last)
 
 	// WAL that does not continue where the stream is refused.
 	assert.Error(t, s.appendWAL(ctx, end+1, []byte{1}))
