@@ -33,7 +33,31 @@ type Agent struct {
 	etcd     *clientv3.Client
 	coord    *coordinator.Coordinator
 	local    *localPostgres
+	archiver *archiver
+	standby  *standbySlot
 	listener net.Listener
+}
+
+// fillStatus adds the archiver's state to the leader's record in etcd;
+// followers read ArchivedLSN from it to advance their standby slots.
+func (a *Agent) fillStatus(s *coordinator.AgentStatus) {
+	if a.archiver == nil {
+		return
+	}
+	if s.Role != coordinator.RoleLeader {
+		return
+	}
+	st := a.archiver.snapshot()
+	s.Streaming = st.Streaming
+	s.LastError = st.LastError
+	if st.Flushed == 0 {
+		return
+	}
+	s.Timeline = uint32(st.Timeline)
+	s.ReceivedLSN = st.Received.String()
+	s.FlushedLSN = st.Flushed.String()
+	s.ArchivedLSN = st.Flushed.String()
+	s.LastArchivedSegment = st.LastSegment
 }
 
 // New checks the configuration, connects the etcd client (which does not
@@ -68,6 +92,11 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: log, version: version, name: name, registry: reg, etcd: cli}
 	a.local = &localPostgres{cfg: cfg, keeperUID: cfg.KeeperUID}
+	am := newArchiverMetrics(reg)
+	// The archiver needs the coordinator (state, keys) and the coordinator
+	// runs the archiver as its leader work; leaderWork closes the loop.
+	var arch *archiver
+	leaderWork := func(ctx context.Context, term coordinator.Term) error { return arch.run(ctx, term) }
 	a.coord, err = coordinator.New(coordinator.Options{
 		Client:         cli,
 		ClusterName:    cfg.ClusterName,
@@ -80,6 +109,8 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 		TakeoverDelay:  cfg.LeaderTakeoverDelay,
 		Version:        version,
 		LocalPrimary:   a.local.isPrimary,
+		LeaderWork:     leaderWork,
+		FillStatus:     a.fillStatus,
 		Registerer:     reg,
 		Logger:         log,
 	})
@@ -87,6 +118,10 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 		_ = cli.Close()
 		return nil, err
 	}
+	arch = newArchiver(cfg, name, log, a.coord, cli, am)
+	a.archiver = arch
+	a.standby = &standbySlot{cfg: cfg, log: log.Named("standby-slot"), coord: a.coord, metrics: am,
+		local: &localPostgres{cfg: cfg, keeperUID: cfg.KeeperUID}}
 	a.listener, err = net.Listen("tcp", cfg.MetricsListenAddress)
 	if err != nil {
 		_ = cli.Close()
@@ -123,6 +158,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.local.close()
 		return err
 	})
+	g.Go(func() error { return a.standby.run(gctx) })
 	err := g.Wait()
 	err = errors.Join(err, a.etcd.Close())
 	log.Info("stopped")

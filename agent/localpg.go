@@ -14,10 +14,10 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/config"
 )
 
-// localPostgres answers whether the PostgreSQL beside this agent is
-// promoted. It keeps one connection and reconnects when the address
-// changes or the connection breaks. Only the coordinator's role loop calls
-// it, so it needs no lock.
+// localPostgres is a connection to the PostgreSQL beside this agent. It
+// reconnects when the address changes or the connection breaks. Each user
+// (the role loop, the standby slot keeper) has its own, so it needs no
+// lock.
 type localPostgres struct {
 	cfg       config.Config
 	keeperUID string
@@ -51,10 +51,12 @@ func (l *localPostgres) address(st coordinator.State) (string, int, error) {
 	return host, port, nil
 }
 
-func (l *localPostgres) isPrimary(ctx context.Context, st coordinator.State) (bool, error) {
+// connection returns the open connection to the local PostgreSQL,
+// (re)connecting when there is none or its address changed.
+func (l *localPostgres) connection(ctx context.Context, st coordinator.State) (*pgx.Conn, error) {
 	host, port, err := l.address(st)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	addr := fmt.Sprintf("%s:%d", host, port)
 	if l.conn != nil && (l.addr != addr || l.conn.IsClosed()) {
@@ -63,14 +65,22 @@ func (l *localPostgres) isPrimary(ctx context.Context, st coordinator.State) (bo
 	if l.conn == nil {
 		conn, err := connect(ctx, l.cfg, host, port)
 		if err != nil {
-			return false, err
+			return nil, err
 		}
 		l.conn, l.addr = conn, addr
 	}
+	return l.conn, nil
+}
+
+func (l *localPostgres) isPrimary(ctx context.Context, st coordinator.State) (bool, error) {
+	conn, err := l.connection(ctx, st)
+	if err != nil {
+		return false, err
+	}
 	var inRecovery bool
-	if err := l.conn.QueryRow(ctx, "select pg_is_in_recovery()").Scan(&inRecovery); err != nil {
+	if err := conn.QueryRow(ctx, "select pg_is_in_recovery()").Scan(&inRecovery); err != nil {
 		l.close()
-		return false, fmt.Errorf("ask %s whether it is in recovery: %w", addr, err)
+		return false, fmt.Errorf("ask %s whether it is in recovery: %w", l.addr, err)
 	}
 	return !inRecovery, nil
 }

@@ -21,6 +21,9 @@ const (
 	// recordRefresh is how often an unchanged agent record is rewritten so
 	// that its updatedAt shows the agent is alive.
 	recordRefresh = 5 * time.Second
+	// positionRefresh is how often a record whose only change is the
+	// streaming positions is rewritten.
+	positionRefresh = time.Second
 	// shutdownTimeout bounds resignation and lease revocation on exit.
 	shutdownTimeout = 3 * time.Second
 )
@@ -347,7 +350,13 @@ func (c *Coordinator) publishRecord(ctx context.Context, r *role, st State, cand
 		return
 	}
 	rec := c.statusRecord(st, candidate)
-	if rec == r.lastRecord && time.Since(r.lastRecordAt) < recordRefresh {
+	since := time.Since(r.lastRecordAt)
+	switch {
+	case rec == r.lastRecord && since < recordRefresh:
+		return
+	case positionsOnly(rec, r.lastRecord) && since < positionRefresh:
+		// Streaming positions change all the time; followers only need
+		// them to advance their standby slots, so once a second will do.
 		return
 	}
 	cmp := rec
@@ -394,4 +403,13 @@ func (c *Coordinator) shutdown(ctx context.Context, r *role) {
 		r.kaCancel()
 	}
 	c.metrics.isLeader.Set(0)
+}
+
+// positionsOnly reports whether a and b differ at most in their streaming
+// positions.
+func positionsOnly(a, b AgentStatus) bool {
+	for _, r := range []*AgentStatus{&a, &b} {
+		r.ReceivedLSN, r.FlushedLSN, r.ArchivedLSN, r.LastArchivedSegment = "", "", "", ""
+	}
+	return a == b
 }

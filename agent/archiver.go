@@ -1,0 +1,351 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/barnacle-pg/barnacle/coordinator"
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/storage"
+	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
+	"github.com/barnacle-pg/barnacle/pkg/wal"
+	"github.com/barnacle-pg/barnacle/pkg/walstream"
+)
+
+// archiver runs the WAL receiver against the current master while this
+// agent leads: it is the coordinator's LeaderWork. It restarts the receiver
+// when the master changes, retries failures with backoff, records WAL gaps
+// and asks for a base backup after one.
+type archiver struct {
+	cfg     config.Config
+	agent   string
+	log     hclog.Logger
+	coord   *coordinator.Coordinator
+	etcd    *clientv3.Client
+	keys    coordinator.Keys
+	metrics *archiverMetrics
+	updates <-chan struct{}
+
+	mu      sync.Mutex
+	backend storage.Backend
+	state   archiverState
+}
+
+// archiverState is what the agent record and /status show of the archiver.
+type archiverState struct {
+	Streaming   bool
+	Timeline    wal.Timeline
+	Received    wal.LSN
+	Flushed     wal.LSN
+	ServerEnd   wal.LSN
+	LastSegment string
+	LastError   string
+}
+
+func newArchiver(cfg config.Config, agentName string, log hclog.Logger, coord *coordinator.Coordinator, cli *clientv3.Client, m *archiverMetrics) *archiver {
+	return &archiver{
+		cfg:     cfg,
+		agent:   agentName,
+		log:     log.Named("archiver"),
+		coord:   coord,
+		etcd:    cli,
+		keys:    coord.Keys(),
+		metrics: m,
+		updates: coord.Subscribe(),
+	}
+}
+
+func (a *archiver) snapshot() archiverState {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.state
+}
+
+func (a *archiver) setError(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.state.Streaming = false
+	if err == nil {
+		a.state.LastError = ""
+	} else {
+		a.state.LastError = err.Error()
+	}
+}
+
+// run is the leader work: stream until ctx ends (leadership is over).
+func (a *archiver) run(ctx context.Context, term coordinator.Term) error {
+	a.log.Info("archiving starts", "lead_reason", term.Reason)
+	defer func() {
+		a.mu.Lock()
+		a.state.Streaming = false
+		a.mu.Unlock()
+		a.metrics.streaming.Set(0)
+		a.log.Info("archiving stops")
+	}()
+	failures := 0
+	for ctx.Err() == nil {
+		err := a.streamOnce(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		a.setError(err)
+		if err == nil {
+			failures = 0 // the master changed; follow it at once
+			continue
+		}
+		failures++
+		a.metrics.errors.Inc()
+		delay := backoff(failures)
+		if walstream.IsRetryable(err) {
+			a.log.Warn("streaming failed; retrying", "error", err, "retry_in", delay.String())
+		} else {
+			// An operator must act (permissions, a conflicting archive, a gap
+			// that could not be recorded); keep trying slowly so that the
+			// fix is picked up without a restart.
+			delay = max(delay, 10*time.Second)
+			a.log.Error("streaming failed; fix the cause, barnacle keeps retrying", "error", err, "retry_in", delay.String())
+		}
+		sleepCtx(ctx, delay)
+	}
+	return nil
+}
+
+// streamOnce streams from the current master until the master changes
+// (nil), ctx ends (nil) or the receiver fails.
+func (a *archiver) streamOnce(ctx context.Context) error {
+	b, err := a.openBackend(ctx)
+	if err != nil {
+		return err
+	}
+	st := a.coord.State()
+	if !st.HasMaster {
+		// Wait for clusterdata to name a master.
+		select {
+		case <-ctx.Done():
+		case <-a.updates:
+		case <-time.After(time.Second):
+		}
+		return errors.New("clusterdata names no master yet")
+	}
+	host, port := st.Master.Host, st.Master.Port
+	if st.MineIsMaster && a.cfg.PGHost != "" {
+		host = a.cfg.PGHost
+	}
+	if st.MineIsMaster && a.cfg.PGPort != 0 {
+		port = a.cfg.PGPort
+	}
+	conn, err := replicationConnString(a.cfg, host, port)
+	if err != nil {
+		return err
+	}
+	r, err := walstream.New(walstream.Options{
+		ConnString:  conn,
+		Slot:        a.cfg.StreamingSlotName(),
+		CreateSlot:  a.cfg.SlotMode == config.SlotModeOwn,
+		Backend:     b,
+		Prefix:      catalog.WALPrefix(a.cfg.ClusterName),
+		Compression: a.cfg.Compression,
+		Synchronous: a.cfg.Synchronous,
+		Logger:      a.log,
+		OnConnect:   a.checkIdentity(b),
+		OnGap:       a.recordGap(b),
+		OnProgress:  a.progress,
+	})
+	if err != nil {
+		return err
+	}
+
+	// Stop the receiver when clusterdata names another master: the old
+	// one may still answer (a network partition), and only the new one's
+	// WAL counts from now on.
+	rctx, cancel := context.WithCancel(ctx)
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		for {
+			select {
+			case <-rctx.Done():
+				return
+			case <-a.updates:
+				if now := a.coord.State(); now.HasMaster && now.Master.DBUID != st.Master.DBUID {
+					a.log.Info("master changed; restarting the stream", "from", st.Master.KeeperUID, "to", now.Master.KeeperUID)
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	a.mu.Lock()
+	a.state.Streaming = true
+	a.mu.Unlock()
+	a.metrics.streaming.Set(1)
+	a.log.Info("streaming from the master", "keeper", st.Master.KeeperUID, "address", fmt.Sprintf("%s:%d", host, port), "slot", a.cfg.StreamingSlotName())
+	err = r.Run(rctx)
+	cancel()
+	<-watchDone
+	a.metrics.streaming.Set(0)
+	return err
+}
+
+func (a *archiver) openBackend(ctx context.Context) (storage.Backend, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.backend != nil {
+		return a.backend, nil
+	}
+	if a.cfg.ArchiveURL == "" {
+		return nil, errors.New("archive-url is not set: barnacle cannot archive WAL without it")
+	}
+	b, err := backends.Open(ctx, a.cfg.ArchiveURL)
+	if err != nil {
+		return nil, fmt.Errorf("open archive-url: %w", err)
+	}
+	if c, ok := b.(storage.Cleaner); ok {
+		if err := c.Cleanup(ctx); err != nil {
+			a.log.Warn("removing temporary files left by a crash failed", "error", err)
+		}
+	}
+	a.backend = b
+	gaps, err := catalog.ReadGaps(ctx, b, a.cfg.ClusterName)
+	if err == nil {
+		a.metrics.setGaps(gaps)
+	}
+	return b, nil
+}
+
+// checkIdentity refuses to mix the WAL of two databases in one archive.
+func (a *archiver) checkIdentity(b storage.Backend) func(context.Context, walstream.ServerInfo) error {
+	return func(ctx context.Context, info walstream.ServerInfo) error {
+		_, err := catalog.EnsureIdentity(ctx, b, catalog.Identity{
+			Cluster: a.cfg.ClusterName, SystemID: info.SystemID, WALSegmentSize: info.SegmentSize,
+		})
+		return err
+	}
+}
+
+// recordGap writes the gap to gaps.json before the receiver may skip it,
+// raises the alarm and asks the cluster for a base backup, which is the
+// only way to make points after the gap recoverable.
+func (a *archiver) recordGap(b storage.Backend) func(context.Context, walstream.Gap) error {
+	return func(ctx context.Context, g walstream.Gap) error {
+		gap := catalog.Gap{
+			Timeline: g.Timeline,
+			StartLSN: g.From.String(),
+			EndLSN:   g.ResumeAt.String(),
+			Reason:   fmt.Sprintf("the master no longer had this WAL when barnacle asked for it (timeline %d, resumed on timeline %d): %v", g.Timeline, g.ResumeTimeline, g.Err),
+		}
+		if err := catalog.RecordGap(ctx, b, a.cfg.ClusterName, gap); err != nil {
+			return err
+		}
+		if gaps, err := catalog.ReadGaps(ctx, b, a.cfg.ClusterName); err == nil {
+			a.metrics.setGaps(gaps)
+		}
+		a.log.Error("wal gap: the archive cannot recover points in this range; requesting a new base backup",
+			"timeline", g.Timeline, "from", g.From.String(), "to", g.ResumeAt.String(), "bytes", uint64(g.ResumeAt-g.From))
+		a.mu.Lock()
+		a.state.LastError = fmt.Sprintf("wal gap %s..%s recorded; base backup requested", g.From, g.ResumeAt)
+		a.mu.Unlock()
+		return a.requestBackup(ctx, fmt.Sprintf("after WAL gap %s..%s", g.From, g.ResumeAt))
+	}
+}
+
+// backupRequest is the value of requests/backup/<id> (DESIGN.md §3).
+type backupRequest struct {
+	From        string    `json:"from"`
+	Label       string    `json:"label"`
+	RequestedBy string    `json:"requestedBy"`
+	RequestedAt time.Time `json:"requestedAt"`
+}
+
+func (a *archiver) requestBackup(ctx context.Context, label string) error {
+	now := time.Now().UTC()
+	id := fmt.Sprintf("gap-%s-%04x", now.Format("20060102T150405"), rand.N(1<<16))
+	v, err := json.Marshal(backupRequest{From: "any", Label: label, RequestedBy: a.agent, RequestedAt: now})
+	if err != nil {
+		return err
+	}
+	key := a.keys.Prefix + "requests/backup/" + id
+	if _, err := a.etcd.Put(ctx, key, string(v)); err != nil {
+		return fmt.Errorf("request a base backup at %s: %w", key, err)
+	}
+	a.log.Info("base backup requested", "key", key)
+	return nil
+}
+
+func (a *archiver) progress(p walstream.Progress) {
+	a.mu.Lock()
+	prevSegment := a.state.LastSegment
+	a.state.Streaming = true
+	a.state.Timeline = p.Timeline
+	a.state.Received, a.state.Flushed, a.state.ServerEnd = p.Received, p.Flushed, p.ServerWALEnd
+	if p.LastSegment != "" {
+		a.state.LastSegment = p.LastSegment
+	}
+	a.state.LastError = ""
+	a.mu.Unlock()
+	a.metrics.observe(p, p.LastSegment != "" && p.LastSegment != prevSegment)
+}
+
+// replicationConnString builds the libpq connection string for streaming:
+// pg-user, the password from pg-password-file (else libpq's PGPASSWORD or
+// PGPASSFILE), application_name barnacle (what synchronous_standby_names
+// would list).
+func replicationConnString(cfg config.Config, host string, port int) (string, error) {
+	kv := []string{
+		"host=" + quoteConnValue(host),
+		fmt.Sprintf("port=%d", port),
+		"application_name=barnacle",
+		"replication=true",
+		"connect_timeout=10",
+	}
+	if cfg.PGUser != "" {
+		kv = append(kv, "user="+quoteConnValue(cfg.PGUser))
+	}
+	if cfg.PGPasswordFile != "" {
+		pw, err := os.ReadFile(cfg.PGPasswordFile)
+		if err != nil {
+			return "", fmt.Errorf("read pg-password-file: %w", err)
+		}
+		kv = append(kv, "password="+quoteConnValue(strings.TrimRight(string(pw), "\r\n")))
+	}
+	return strings.Join(kv, " "), nil
+}
+
+// quoteConnValue quotes a keyword/value connection string value the way
+// libpq parses it: in single quotes, with backslash and quote escaped.
+func quoteConnValue(v string) string {
+	r := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
+	return "'" + r.Replace(v) + "'"
+}
+
+// backoff returns an exponential delay with jitter for the n-th
+// consecutive failure, from 500 ms up to 30 s.
+func backoff(n int) time.Duration {
+	d := 500 * time.Millisecond
+	for i := 1; i < n && d < 30*time.Second; i++ {
+		d *= 2
+	}
+	d = min(d, 30*time.Second)
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleepCtx waits for d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

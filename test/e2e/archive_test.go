@@ -1,0 +1,490 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/barnacle-pg/barnacle/coordinator"
+	"github.com/barnacle-pg/barnacle/internal/testenv"
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/storage"
+	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
+	"github.com/barnacle-pg/barnacle/pkg/wal"
+)
+
+const cluster = "stolon-cluster"
+
+// archiveEnv is a harness cluster with an agent beside every node and a
+// file:// archive.
+type archiveEnv struct {
+	t       *testing.T
+	etcd    *testenv.Etcd
+	pg      *testenv.Cluster
+	stolon  *testenv.Stolon
+	dir     string
+	backend storage.Backend
+	agents  map[string]*agentProc // by keeper UID
+	common  []string
+}
+
+func newArchiveEnv(t *testing.T, opts testenv.ClusterOptions, extraArgs ...string) *archiveEnv {
+	t.Helper()
+	e := &archiveEnv{t: t, etcd: testenv.StartEtcd(t), agents: map[string]*agentProc{}}
+	e.pg = testenv.NewCluster(t, opts)
+	e.stolon = testenv.NewStolon(t, e.etcd, e.pg, testenv.StolonOptions{})
+	e.dir = filepath.Join(t.TempDir(), "archive")
+	require.NoError(t, os.MkdirAll(e.dir, 0o755))
+	b, err := fs.New(e.dir, fs.Options{})
+	require.NoError(t, err)
+	e.backend = b
+	pw := filepath.Join(t.TempDir(), "replpw")
+	require.NoError(t, os.WriteFile(pw, []byte(e.pg.ReplPassword()+"\n"), 0o600))
+	e.common = append([]string{
+		"--cluster-name", cluster,
+		"--store-endpoints", strings.Join(e.etcd.Endpoints(), ","),
+		"--pg-user", testenv.ReplUser, "--pg-password-file", pw,
+		"--lease-ttl", "3s", "--leader-takeover-delay", "3s",
+		"--archive-url", "file://" + e.dir,
+		"--log-level", "debug",
+	}, extraArgs...)
+	return e
+}
+
+func (e *archiveEnv) startAgents() {
+	for _, n := range e.pg.Nodes {
+		e.startAgent(e.stolon.KeeperUID(n))
+	}
+}
+
+func (e *archiveEnv) startAgent(keeper string) *agentProc {
+	if a, ok := e.agents[keeper]; ok {
+		a.start(e.t)
+		return a
+	}
+	a := startAgent(e.t, "agent-"+keeper, append([]string{"--keeper-uid", keeper}, e.common...)...)
+	e.agents[keeper] = a
+	return a
+}
+
+func (e *archiveEnv) list() []*agentProc {
+	var out []*agentProc
+	for _, a := range e.agents {
+		out = append(out, a)
+	}
+	return out
+}
+
+func (e *archiveEnv) leaderFor(node *testenv.Node) *agentProc {
+	a := e.agents[e.stolon.KeeperUID(node)]
+	waitFor(e.t, 20*time.Second, a.name+" to lead", func() bool { return leaderIs(e.list(), a.name) })
+	return a
+}
+
+// waitArchived waits until the archive holds node's WAL up to its current
+// position.
+func (e *archiveEnv) waitArchived(node *testenv.Node, within time.Duration) wal.LSN {
+	e.t.Helper()
+	ctx := e.t.Context()
+	cur, err := node.CurrentLSN(ctx)
+	require.NoError(e.t, err)
+	var end wal.LSN
+	waitFor(e.t, within, fmt.Sprintf("the archive to reach %s", wal.LSN(cur)), func() bool {
+		end = archiveEnd(e.t, e.backend)
+		return end >= wal.LSN(cur)
+	})
+	return end
+}
+
+// archived lists the WAL objects by kind.
+type archived struct {
+	segments  map[string]bool // complete segment file names
+	partials  map[string]bool // segment names that have a .partial
+	histories map[string]bool
+}
+
+func listWAL(t *testing.T, b storage.Backend) archived {
+	t.Helper()
+	objs, err := b.List(t.Context(), catalog.WALPrefix(cluster))
+	require.NoError(t, err)
+	a := archived{segments: map[string]bool{}, partials: map[string]bool{}, histories: map[string]bool{}}
+	for _, o := range objs {
+		rel := strings.TrimPrefix(o.Name, catalog.WALPrefix(cluster))
+		switch base, partial, _ := wal.SplitFileName(rel); {
+		case wal.IsHistoryFileName(rel):
+			a.histories[rel] = true
+		case partial:
+			a.partials[base] = true
+		case wal.IsSegmentFileName(base):
+			a.segments[base] = true
+		default:
+			t.Errorf("unexpected object in the archive: %s", o.Name)
+		}
+	}
+	return a
+}
+
+// archiveEnd is the end of the highest timeline's WAL in the archive.
+func archiveEnd(t *testing.T, b storage.Backend) wal.LSN {
+	t.Helper()
+	objs, err := b.List(t.Context(), catalog.WALPrefix(cluster))
+	require.NoError(t, err)
+	var bestTLI wal.Timeline
+	var end wal.LSN
+	for _, o := range objs {
+		rel := strings.TrimPrefix(o.Name, catalog.WALPrefix(cluster))
+		base, partial, _ := wal.SplitFileName(rel)
+		if !wal.IsSegmentFileName(base) {
+			continue
+		}
+		tli, seg, err := wal.ParseSegmentFileName(base, wal.DefaultSegmentSize)
+		require.NoError(t, err)
+		e := wal.SegmentStart(seg+1, wal.DefaultSegmentSize)
+		if partial {
+			e = wal.SegmentStart(seg, wal.DefaultSegmentSize) + wal.LSN(o.Size)
+		}
+		if tli > bestTLI || (tli == bestTLI && e > end) {
+			bestTLI, end = tli, e
+		}
+	}
+	return end
+}
+
+func readObject(t *testing.T, b storage.Backend, name string) []byte {
+	t.Helper()
+	data, err := storage.ReadAll(t.Context(), b, name)
+	require.NoError(t, err, name)
+	return data
+}
+
+// requireSameAsServer checks every complete segment of timeline tli in the
+// archive against node's pg_wal, and the .partial against the file's
+// start. It returns how many segments it compared.
+func requireSameAsServer(t *testing.T, b storage.Backend, a archived, node *testenv.Node, tli wal.Timeline) int {
+	t.Helper()
+	prefix := fmt.Sprintf("%08X", uint32(tli))
+	compared := 0
+	for name := range a.segments {
+		if !strings.HasPrefix(name, prefix) {
+			continue
+		}
+		server, err := os.ReadFile(filepath.Join(node.DataDir, "pg_wal", name))
+		if os.IsNotExist(err) {
+			continue // recycled by the server since
+		}
+		require.NoError(t, err)
+		got := readObject(t, b, catalog.WALPrefix(cluster)+name)
+		require.True(t, bytes.Equal(server, got), "archived segment %s differs from the server's", name)
+		compared++
+	}
+	for name := range a.partials {
+		if !strings.HasPrefix(name, prefix) || a.segments[name] {
+			continue
+		}
+		server, err := os.ReadFile(filepath.Join(node.DataDir, "pg_wal", name))
+		if os.IsNotExist(err) {
+			server, err = os.ReadFile(filepath.Join(node.DataDir, "pg_wal", name+".partial"))
+		}
+		require.NoError(t, err, name)
+		got := readObject(t, b, catalog.WALPrefix(cluster)+name+".partial")
+		require.LessOrEqual(t, len(got), len(server))
+		require.True(t, bytes.Equal(server[:len(got)], got), "archived %s.partial differs from the server's segment", name)
+	}
+	return compared
+}
+
+// requireContiguous checks that timeline tli's segments have no hole.
+func requireContiguous(t *testing.T, a archived, tli wal.Timeline) (first, last wal.SegmentNo) {
+	t.Helper()
+	var segs []int
+	for name := range a.segments {
+		if got, seg, err := wal.ParseSegmentFileName(name, wal.DefaultSegmentSize); err == nil && got == tli {
+			segs = append(segs, int(seg))
+		}
+	}
+	for name := range a.partials {
+		if got, seg, err := wal.ParseSegmentFileName(name, wal.DefaultSegmentSize); err == nil && got == tli && !a.segments[name] {
+			segs = append(segs, int(seg))
+		}
+	}
+	require.NotEmpty(t, segs, "no segments on timeline %d", tli)
+	sort.Ints(segs)
+	for i := 1; i < len(segs); i++ {
+		require.Equal(t, segs[i-1]+1, segs[i], "segment missing on timeline %d after %X", tli, segs[i-1])
+	}
+	return wal.SegmentNo(segs[0]), wal.SegmentNo(segs[len(segs)-1])
+}
+
+// walGenerator writes WAL fast on node until stopped: bulk inserts in a
+// loop, next to testenv's row-per-transaction load.
+type walGenerator struct {
+	stop chan struct{}
+	done chan error
+	once sync.Once
+	err  error
+}
+
+func generateWAL(t *testing.T, node *testenv.Node) *walGenerator {
+	t.Helper()
+	require.NoError(t, node.Exec(t.Context(), "CREATE TABLE IF NOT EXISTS walgen (id int, v text)"))
+	g := &walGenerator{stop: make(chan struct{}), done: make(chan error, 1)}
+	go func() {
+		for {
+			select {
+			case <-g.stop:
+				g.done <- nil
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := node.Exec(ctx, "INSERT INTO walgen SELECT g, repeat('x', 200) FROM generate_series(1, 5000) g")
+			cancel()
+			if err != nil {
+				g.done <- err
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	t.Cleanup(func() { _ = g.Stop() })
+	return g
+}
+
+// Stop ends the generator and returns the error that stopped it early.
+func (g *walGenerator) Stop() error {
+	g.once.Do(func() {
+		close(g.stop)
+		g.err = <-g.done
+	})
+	return g.err
+}
+
+// waldump runs pg_waldump over the archived WAL of timeline tli from
+// start to end, with the .partial files padded as PostgreSQL would read
+// them.
+func waldump(t *testing.T, b storage.Backend, a archived, tli wal.Timeline, start, end wal.LSN) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "pg_wal")
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	prefix := fmt.Sprintf("%08X", uint32(tli))
+	for name := range a.segments {
+		if strings.HasPrefix(name, prefix) {
+			require.NoError(t, os.WriteFile(filepath.Join(dir, name), readObject(t, b, catalog.WALPrefix(cluster)+name), 0o644))
+		}
+	}
+	for name := range a.partials {
+		if strings.HasPrefix(name, prefix) && !a.segments[name] {
+			data := make([]byte, wal.DefaultSegmentSize)
+			copy(data, readObject(t, b, catalog.WALPrefix(cluster)+name+".partial"))
+			require.NoError(t, os.WriteFile(filepath.Join(dir, name), data, 0o644))
+		}
+	}
+	testenv.PGOwn(t, dir)
+	out, err := testenv.PGCommand(t.Context(), t, "pg_waldump", "-q", "-p", dir, "-t", fmt.Sprint(uint32(tli)),
+		"-s", start.String(), "-e", end.String()).CombinedOutput()
+	require.NoError(t, err, "pg_waldump on timeline %d from %s to %s:\n%s", tli, start, end, out)
+}
+
+// TestArchiveAcrossFailover is the WAL archiver end to end: agents as
+// processes archive under a write load, survive a kill -9 of the leader,
+// and follow a failover across the timeline switch.
+func TestArchiveAcrossFailover(t *testing.T) {
+	ctx := t.Context()
+	env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: 2, WALKeepSize: "2GB"})
+	env.startAgents()
+	primary := env.pg.Primary()
+	leader := env.leaderFor(primary)
+
+	load := testenv.StartLoad(t, primary, testenv.LoadOptions{Interval: 5 * time.Millisecond})
+	gen := generateWAL(t, primary)
+	loadFor := 30 * time.Second
+	if testing.Short() {
+		loadFor = 10 * time.Second
+	}
+	// Half way, kill -9 the leader mid-segment and start it again.
+	time.Sleep(loadFor / 2)
+	leader.signal(syscall.SIGKILL)
+	_, _ = leader.wait(5 * time.Second)
+	leader.start(t)
+	env.leaderFor(primary)
+	time.Sleep(loadFor / 2)
+	require.NoError(t, gen.Stop())
+	rows, _, err := load.Stop()
+	require.NoError(t, err)
+	require.NoError(t, primary.Exec(ctx, "CHECKPOINT"))
+	end1 := env.waitArchived(primary, 30*time.Second)
+
+	a := listWAL(t, env.backend)
+	first, last := requireContiguous(t, a, 1)
+	compared := requireSameAsServer(t, env.backend, a, primary, 1)
+	t.Logf("%d rows written; timeline 1 archived from segment %X to %X (%d complete segments byte-identical to pg_wal), end %s",
+		rows, first, last, compared, end1)
+	require.Greater(t, compared, 5, "the load should have filled several segments")
+	id, err := catalog.ReadIdentity(ctx, env.backend, cluster)
+	require.NoError(t, err)
+	sysID, err := primary.SystemID(ctx)
+	require.NoError(t, err)
+	require.Equal(t, sysID, id.SystemID)
+
+	// The leader publishes what it archived; the followers' standby slots
+	// follow it, never past it.
+	standby := env.pg.Standbys()[0]
+	waitFor(t, 15*time.Second, "the standby slot to reach the archived position", func() bool {
+		s, err := standby.QueryString(ctx, "select coalesce(restart_lsn::text, '') from pg_replication_slots where slot_name = 'barnacle'")
+		if err != nil || s == "" {
+			return false
+		}
+		lsn, err := wal.ParseLSN(s)
+		return err == nil && lsn >= wal.SegmentStart(wal.SegmentOf(end1, wal.DefaultSegmentSize), wal.DefaultSegmentSize) && lsn <= end1
+	})
+
+	// Failover: WAL written just before the master dies must be archived
+	// too, then the new master's timeline.
+	load = testenv.StartLoad(t, primary, testenv.LoadOptions{Interval: 5 * time.Millisecond})
+	time.Sleep(2 * time.Second)
+	require.NoError(t, primary.Kill())
+	_, _, _ = load.Stop()
+	require.NoError(t, env.stolon.Failover(ctx, standby))
+	env.leaderFor(standby)
+	require.NoError(t, standby.Exec(ctx, "INSERT INTO walgen SELECT g, repeat('y', 200) FROM generate_series(1, 50000) g"))
+	require.NoError(t, standby.Exec(ctx, "SELECT pg_switch_wal()"))
+	env.waitArchived(standby, 30*time.Second)
+
+	hist, err := standby.TimelineHistory(ctx)
+	require.NoError(t, err)
+	require.NotEmpty(t, hist)
+	switchPoint := wal.LSN(hist[len(hist)-1].SwitchPoint)
+	a = listWAL(t, env.backend)
+	require.True(t, a.histories["00000002.history"], "00000002.history is archived")
+	serverHistory, err := os.ReadFile(filepath.Join(standby.DataDir, "pg_wal", "00000002.history"))
+	require.NoError(t, err)
+	require.Equal(t, serverHistory, readObject(t, env.backend, catalog.WALPrefix(cluster)+"00000002.history"))
+	_, last1 := requireContiguous(t, a, 1)
+	require.Equal(t, wal.SegmentOf(switchPoint, wal.DefaultSegmentSize), last1, "timeline 1 is archived up to the switch point %s", switchPoint)
+	first2, _ := requireContiguous(t, a, 2)
+	require.Equal(t, wal.SegmentOf(switchPoint, wal.DefaultSegmentSize), first2, "timeline 2 starts at the switch segment")
+	compared2 := requireSameAsServer(t, env.backend, a, standby, 2)
+	require.Positive(t, compared2)
+	waldump(t, env.backend, a, 1, wal.SegmentStart(first, wal.DefaultSegmentSize), switchPoint)
+	end2 := archiveEnd(t, env.backend)
+	waldump(t, env.backend, a, 2, switchPoint, end2)
+	gaps, err := catalog.ReadGaps(ctx, env.backend, cluster)
+	require.NoError(t, err)
+	require.Empty(t, gaps)
+
+	// The leader's record says what it archived.
+	resp, err := env.etcd.Client(t).Get(ctx, coordinator.NewKeys("barnacle", cluster).Agent(env.agents[env.stolon.KeeperUID(standby)].name))
+	require.NoError(t, err)
+	require.Len(t, resp.Kvs, 1)
+	var rec coordinator.AgentStatus
+	require.NoError(t, json.Unmarshal(resp.Kvs[0].Value, &rec))
+	assert.Equal(t, "leader", rec.Role)
+	assert.Equal(t, uint32(2), rec.Timeline)
+	assert.NotEmpty(t, rec.ArchivedLSN)
+	t.Logf("after failover: switch point %s, timeline 2 archived to %s; leader record archived=%s", switchPoint, end2, rec.ArchivedLSN)
+}
+
+// TestForcedGap: WAL the archive needs is gone from the new master. With
+// standby slots the promoted standby still has it; without them the gap is
+// recorded, alarmed, a base backup is requested, and archiving goes on.
+func TestForcedGap(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		standbySlots bool
+		wantGap      bool
+	}{
+		{"standby slots keep the wal", true, false},
+		{"without standby slots the gap is recorded", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := t.Context()
+			env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: 1, WALKeepSize: "0",
+				Params: map[string]string{"min_wal_size": "'32MB'", "max_wal_size": "'64MB'"}},
+				fmt.Sprintf("--standby-slots=%t", tc.standbySlots))
+			env.startAgents()
+			primary, standby := env.pg.Primary(), env.pg.Standbys()[0]
+			env.leaderFor(primary)
+			require.NoError(t, primary.Exec(ctx, "CREATE TABLE walgen (id int, v text)"))
+			require.NoError(t, primary.Exec(ctx, "INSERT INTO walgen SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g"))
+			end := env.waitArchived(primary, 20*time.Second)
+			if tc.standbySlots {
+				waitFor(t, 15*time.Second, "the standby slot to follow the archive", func() bool {
+					s, err := standby.QueryString(ctx, "select coalesce(restart_lsn::text, '') from pg_replication_slots where slot_name = 'barnacle'")
+					lsn, perr := wal.ParseLSN(s)
+					return err == nil && perr == nil && lsn >= wal.SegmentStart(wal.SegmentOf(end, wal.DefaultSegmentSize), wal.DefaultSegmentSize)
+				})
+			}
+			// Every agent stops: nothing archives while the master writes
+			// on and both servers recycle their WAL.
+			for _, a := range env.agents {
+				a.signal(syscall.SIGKILL)
+				_, _ = a.wait(5 * time.Second)
+			}
+			for range 6 {
+				require.NoError(t, primary.Exec(ctx, "INSERT INTO walgen SELECT g, repeat('x', 200) FROM generate_series(1, 50000) g"))
+				require.NoError(t, primary.Exec(ctx, "SELECT pg_switch_wal()"))
+			}
+			require.NoError(t, primary.Exec(ctx, "CHECKPOINT"))
+			cur, err := primary.CurrentLSN(ctx)
+			require.NoError(t, err)
+			waitFor(t, 20*time.Second, "the standby to replay", func() bool {
+				replayed, err := standby.QueryInt64(ctx, "select (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint")
+				return err == nil && uint64(replayed) >= cur
+			})
+			require.NoError(t, standby.Exec(ctx, "CHECKPOINT"))
+			require.NoError(t, primary.Kill())
+			require.NoError(t, env.stolon.Failover(ctx, standby))
+			env.startAgents()
+			env.leaderFor(standby)
+			require.NoError(t, standby.Exec(ctx, "INSERT INTO walgen SELECT g, 'after' FROM generate_series(1, 1000) g"))
+			env.waitArchived(standby, 30*time.Second)
+
+			gaps, err := catalog.ReadGaps(ctx, env.backend, cluster)
+			require.NoError(t, err)
+			reqs, err := env.etcd.Client(t).Get(ctx, coordinator.NewKeys("barnacle", cluster).Prefix+"requests/backup/", clientv3.WithPrefix())
+			require.NoError(t, err)
+			metrics := scrape(t, env.agents[env.stolon.KeeperUID(standby)])
+			if !tc.wantGap {
+				require.Empty(t, gaps, "standby slots must keep the WAL the archive lacks")
+				require.Empty(t, reqs.Kvs)
+				require.Contains(t, metrics, "barnacle_wal_gap_bytes 0\n")
+				a := listWAL(t, env.backend)
+				requireContiguous(t, a, 1)
+				return
+			}
+			require.Len(t, gaps, 1, "the gap is recorded in gaps.json")
+			g := gaps[0]
+			assert.Equal(t, wal.Timeline(1), g.Timeline)
+			assert.Equal(t, end.String(), g.StartLSN, "the gap starts where the archive ended")
+			assert.Positive(t, g.Bytes)
+			require.Len(t, reqs.Kvs, 1, "a base backup is requested")
+			assert.Contains(t, string(reqs.Kvs[0].Value), `"from":"any"`)
+			assert.Contains(t, metrics, fmt.Sprintf("barnacle_wal_gap_bytes %g\n", float64(g.Bytes)))
+			t.Logf("gap recorded: %+v; request %s", g, reqs.Kvs[0].Key)
+		})
+	}
+}
+
+func scrape(t *testing.T, a *agentProc) string {
+	t.Helper()
+	resp, err := httpClient.Get("http://" + a.metrics + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	_, err = b.ReadFrom(resp.Body)
+	require.NoError(t, err)
+	return b.String()
+}
