@@ -678,9 +678,9 @@ func (s *stream) durable() {
 	s.nextStatus = time.Time{}
 	if s.r.opts.OnProgress != nil {
 		s.r.opts.OnProgress(Progress{
-			Timeline:    s.tli,
-			Received:    s.received(),
-			Flushed:     s.flushed,
+			Timeline:     s.tli,
+			Received:     s.received(),
+			Flushed:      s.flushed,
 			LastSegment:  s.lastSegment,
 			SegmentSize:  s.segSize,
 			ServerWALEnd: max(s.serverEnd, s.received()),
