@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pgx/v5/pgconn"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/barnacle-pg/barnacle/coordinator"
@@ -98,6 +99,11 @@ func (a *archiver) run(ctx context.Context, term coordinator.Term) error {
 		err := a.streamOnce(ctx)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if err != nil {
+			if h := hint(err, a.cfg); h != "" {
+				err = fmt.Errorf("%w; %s", err, h)
+			}
 		}
 		a.setError(err)
 		if err == nil {
@@ -186,6 +192,13 @@ func (a *archiver) streamOnce(ctx context.Context) error {
 			}
 		}
 	}()
+	if a.cfg.SlotMode == config.SlotModeStolon && a.cfg.StandbySlots {
+		// The promoted standby may still have the slot its agent kept as
+		// a follower (slot-name, without Stolon's prefix, because the
+		// keeper drops stolon_ slots on standbys). Once Stolon's slot
+		// protects the stream, that one would only hold WAL forever.
+		go a.dropStandbySlotOnMaster(rctx, host, port)
+	}
 	a.mu.Lock()
 	a.state.Streaming = true
 	a.mu.Unlock()
@@ -348,4 +361,80 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-t.C:
 	}
+}
+
+// dropStandbySlotOnMaster drops the follower's slot (slot-name) on the new
+// master once Stolon's stolon_<slot-name> is active and holds WAL from at
+// least the same position, in slot-mode stolon. It gives up quietly when
+// the stream ends first; the next stream tries again.
+func (a *archiver) dropStandbySlotOnMaster(ctx context.Context, host string, port int) {
+	tk := time.NewTicker(time.Second)
+	defer tk.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tk.C:
+		}
+		done, err := a.tryDropStandbySlot(ctx, host, port)
+		if err != nil && ctx.Err() == nil {
+			a.log.Debug("dropping the standby slot on the master failed; retrying", "slot", a.cfg.SlotName, "error", err)
+		}
+		if done {
+			return
+		}
+	}
+}
+
+func (a *archiver) tryDropStandbySlot(ctx context.Context, host string, port int) (bool, error) {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := connect(cctx, a.cfg, host, port)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close(context.WithoutCancel(cctx))
+	// Drop only when the stream's slot is active and has a restart_lsn:
+	// it advances only as far as the archive has flushed, so everything
+	// before it is archived and nothing the archive lacks depends on the
+	// old slot any more.
+	tag, err := conn.Exec(cctx, `select pg_drop_replication_slot(old.slot_name)
+		from pg_replication_slots old, pg_replication_slots stream
+		where old.slot_name = $1 and not old.active
+		  and stream.slot_name = $2 and stream.active and stream.restart_lsn is not null`,
+		a.cfg.SlotName, a.cfg.StreamingSlotName())
+	if err != nil {
+		return false, err
+	}
+	if tag.RowsAffected() > 0 {
+		a.log.Info("dropped the standby slot on the new master; Stolon's slot protects the stream now", "slot", a.cfg.SlotName)
+		return true, nil
+	}
+	var exists bool
+	if err := conn.QueryRow(cctx, `select exists (select 1 from pg_replication_slots where slot_name = $1)`, a.cfg.SlotName).Scan(&exists); err != nil {
+		return false, err
+	}
+	return !exists, nil
+}
+
+// hint says what to do about a streaming error an operator must fix, by
+// SQLSTATE (https://www.postgresql.org/docs/15/errcodes-appendix.html).
+func hint(err error, cfg config.Config) string {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return ""
+	}
+	switch pgErr.Code {
+	case "42501":
+		return fmt.Sprintf("the role %q needs the REPLICATION attribute: ALTER ROLE %s REPLICATION, or use Stolon's replication user (pg-user)", cfg.PGUser, cfg.PGUser)
+	case "28000":
+		return fmt.Sprintf("pg_hba.conf has no line for replication connections of %q: add one through Stolon's pgHBA (host replication %s <agent address>/32 md5)", cfg.PGUser, cfg.PGUser)
+	case "28P01":
+		return "the password is wrong: check pg-password-file (or PGPASSWORD/PGPASSFILE)"
+	case "53400":
+		return "max_wal_senders or max_replication_slots is exhausted on the master: raise Stolon's additionalWalSenders or maxStandbys"
+	case "55006":
+		return fmt.Sprintf("the slot %s is in use by another connection: is another barnacle or pg_receivewal streaming from it?", cfg.StreamingSlotName())
+	}
+	return ""
 }

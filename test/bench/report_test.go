@@ -1,0 +1,244 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"text/tabwriter"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+const mb = 1 << 20
+
+// tpsPattern matches pgbench's result line. PostgreSQL 15 prints only the
+// figure without connection time (14 printed "excluding connections
+// establishing" as a second line); that is the one to compare, since
+// connecting is not what a receiver slows down.
+var tpsPattern = regexp.MustCompile(`(?m)^tps = ([0-9.]+) \((?:without initial connection time|excluding connections establishing)\)`)
+
+// parseTPS returns the throughput pgbench reported in out.
+func parseTPS(out string) (float64, error) {
+	m := tpsPattern.FindStringSubmatch(out)
+	if m == nil {
+		return 0, errors.New("pgbench output has no \"tps = ... (without initial connection time)\" line")
+	}
+	return strconv.ParseFloat(m[1], 64)
+}
+
+// lagStats summarises lag samples in bytes.
+type lagStats struct {
+	N             int
+	P50, P99, Max float64
+}
+
+// summarise returns nearest-rank percentiles of samples (bytes). With the
+// ~120 samples of a 60 s phase, p99 is the second largest sample: one
+// unlucky sample does not decide it, two do.
+func summarise(samples []float64) lagStats {
+	if len(samples) == 0 {
+		return lagStats{}
+	}
+	s := slices.Clone(samples)
+	slices.Sort(s)
+	return lagStats{N: len(s), P50: percentile(s, 0.50), P99: percentile(s, 0.99), Max: s[len(s)-1]}
+}
+
+// percentile is the nearest-rank percentile of sorted, which is not empty.
+func percentile(sorted []float64, p float64) float64 {
+	i := int(math.Ceil(p*float64(len(sorted)))) - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
+}
+
+// result is what one phase measured.
+type result struct {
+	Phase phase
+	TPS   float64
+	// WALRate is the WAL the primary generated during pgbench, bytes/s.
+	WALRate float64
+	Lag     lagStats
+	// Missing counts samples in which the receiver was not in
+	// pg_stat_replication or had not reported a flush position yet.
+	Missing int
+}
+
+// report is the benchmark's outcome: the table, and whether the goals of
+// the issue are met.
+type report struct {
+	Results []result
+}
+
+func (r report) find(name string) (result, bool) {
+	for _, res := range r.Results {
+		if res.Phase.Name == name {
+			return res, true
+		}
+	}
+	return result{}, false
+}
+
+// baselineTPS is the mean tps of the runs without a receiver. There are two,
+// first and last, so that drift over the run (table growth, page cache,
+// neighbours on the machine) shows and is averaged out.
+func (r report) baselineTPS() float64 {
+	var sum float64
+	var n int
+	for _, res := range r.Results {
+		if res.Phase.Kind == kindNone {
+			sum += res.TPS
+			n++
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return sum / float64(n)
+}
+
+func ratio(a, b float64) string {
+	if b == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.3f", a/b)
+}
+
+func mbs(v float64) string { return fmt.Sprintf("%.2f", v/mb) }
+
+// write prints the table and the goal checks.
+func (r report) write(w io.Writer) {
+	base := r.baselineTPS()
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "phase\ttps\ttps/none\tWAL MB/s\tlag p50 MB\tlag p99 MB\tlag max MB\tsamples\tp99 vs\tp99 ratio\t")
+	for _, res := range r.Results {
+		if res.Phase.Kind == kindNone {
+			fmt.Fprintf(tw, "%s\t%.1f\t%s\t%.2f\t-\t-\t-\t-\t\t\t\n", res.Phase.Name, res.TPS, ratio(res.TPS, base), res.WALRate/mb)
+			continue
+		}
+		vs, vsRatio := "", ""
+		if c, ok := r.find(res.Phase.CompareWith); ok {
+			vs, vsRatio = c.Phase.Name, ratio(res.Lag.P99, c.Lag.P99)
+		}
+		samples := strconv.Itoa(res.Lag.N)
+		if res.Missing > 0 {
+			samples += fmt.Sprintf(" (+%d none)", res.Missing)
+		}
+		fmt.Fprintf(tw, "%s\t%.1f\t%s\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t\n", res.Phase.Name, res.TPS, ratio(res.TPS, base),
+			res.WALRate/mb, mbs(res.Lag.P50), mbs(res.Lag.P99), mbs(res.Lag.Max), samples, vs, vsRatio)
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(w, "tps/none is against the mean of the runs without a receiver (%.1f tps).\n", base)
+	fmt.Fprintln(w, "lag is pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn) from pg_stat_replication, sampled every 0.5 s: the RPO.")
+	for _, g := range r.goals() {
+		fmt.Fprintln(w, g)
+	}
+}
+
+// goals checks the issue's targets: barnacle's flushed position at most
+// 1 MB behind at p99 with at most 3% tps cost, and in synchronous mode no
+// more tps cost than pg_receivewal --synchronous.
+func (r report) goals() []string {
+	base := r.baselineTPS()
+	var out []string
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "NOT met"
+	}
+	for _, res := range r.Results {
+		if res.Phase.Kind != kindBarnacle || base == 0 {
+			continue
+		}
+		cost := 1 - res.TPS/base
+		if !res.Phase.Sync {
+			ok := res.Lag.N > 0 && res.Lag.P99 <= mb && cost <= 0.03
+			out = append(out, fmt.Sprintf("goal %s: p99 lag %.2f MB (<= 1 MB), tps cost %.1f%% (<= 3%%): %s",
+				res.Phase.Name, res.Lag.P99/mb, 100*cost, verdict(ok)))
+			continue
+		}
+		c, ok := r.find(res.Phase.CompareWith)
+		if !ok {
+			continue
+		}
+		ccost := 1 - c.TPS/base
+		out = append(out, fmt.Sprintf("goal %s: tps cost %.1f%% vs %s %.1f%% (no more): %s",
+			res.Phase.Name, 100*cost, c.Phase.Name, 100*ccost, verdict(cost <= ccost)))
+	}
+	return out
+}
+
+func TestParseTPS(t *testing.T) {
+	for _, tc := range []struct {
+		name, out string
+		want      float64
+		wantErr   bool
+	}{
+		{name: "pg15", out: "latency average = 3.1 ms\ninitial connection time = 5.2 ms\ntps = 1288.412345 (without initial connection time)\n", want: 1288.412345},
+		{name: "pg14", out: "tps = 900.5 (including connections establishing)\ntps = 901.25 (excluding connections establishing)\n", want: 901.25},
+		{name: "missing", out: "pgbench: error: connection failed\n", wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseTPS(tc.out)
+			if tc.wantErr {
+				require.Error(t, err)
+				return
+			}
+			require.NoError(t, err)
+			assert.InDelta(t, tc.want, got, 1e-9)
+		})
+	}
+}
+
+func TestSummarise(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		samples []float64
+		want    lagStats
+	}{
+		{name: "empty", want: lagStats{}},
+		{name: "one", samples: []float64{7}, want: lagStats{N: 1, P50: 7, P99: 7, Max: 7}},
+		{name: "unsorted", samples: []float64{5, 1, 4, 2, 3}, want: lagStats{N: 5, P50: 3, P99: 5, Max: 5}},
+		{
+			// 120 samples, as in a 60 s phase: p99 is the second largest.
+			name: "hundred and twenty",
+			samples: func() []float64 {
+				s := make([]float64, 120)
+				for i := range s {
+					s[i] = float64(i + 1)
+				}
+				return s
+			}(),
+			want: lagStats{N: 120, P50: 60, P99: 119, Max: 120},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, summarise(tc.samples))
+		})
+	}
+}
+
+func TestReportGoals(t *testing.T) {
+	rep := report{Results: []result{
+		{Phase: phase{Name: "none", Kind: kindNone}, TPS: 1000},
+		{Phase: phase{Name: "pg_receivewal --synchronous", Kind: kindPGReceiveWAL, Sync: true}, TPS: 950},
+		{Phase: phase{Name: "barnacle 200ms", Kind: kindBarnacle}, TPS: 980, Lag: lagStats{N: 10, P99: 0.5 * mb}},
+		{Phase: phase{Name: "barnacle 1s", Kind: kindBarnacle}, TPS: 990, Lag: lagStats{N: 10, P99: 3 * mb}},
+		{Phase: phase{Name: "barnacle sync", Kind: kindBarnacle, Sync: true, CompareWith: "pg_receivewal --synchronous"}, TPS: 940},
+		{Phase: phase{Name: "none again", Kind: kindNone}, TPS: 1000},
+	}}
+	got := rep.goals()
+	require.Len(t, got, 3)
+	assert.True(t, strings.HasSuffix(got[0], ": met"), got[0])
+	assert.True(t, strings.HasSuffix(got[1], ": NOT met"), got[1])
+	assert.True(t, strings.HasSuffix(got[2], ": NOT met"), got[2])
+	var b strings.Builder
+	rep.write(&b)
+	assert.Contains(t, b.String(), "tps/none")
+}
