@@ -64,6 +64,13 @@ func ReadReport(ctx context.Context, cli *clientv3.Client, storePrefix, cluster 
 	}
 	if r.Leader == "" {
 		r.Problems = append(r.Problems, "no agent leads: WAL is not being archived; check the agent beside the master (barnacle agent logs)")
+	} else if l, ok := snap.Agents[r.Leader]; ok {
+		if !l.Streaming {
+			r.Problems = append(r.Problems, fmt.Sprintf("leader %s is not streaming WAL", r.Leader))
+		}
+		if l.LastError != "" {
+			r.Problems = append(r.Problems, fmt.Sprintf("leader %s: %s", r.Leader, l.LastError))
+		}
 	}
 	if len(resp.Kvs) == 0 {
 		r.Problems = append(r.Problems, fmt.Sprintf("no clusterdata at %s: check cluster-name and store-prefix", cdKey))

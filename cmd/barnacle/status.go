@@ -82,13 +82,21 @@ func printReport(w io.Writer, r coordinator.Report) error {
 	}
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "AGENT\tKEEPER\tROLE\tSEES MASTER\tVERSION\tUPDATED")
+	fmt.Fprintln(tw, "AGENT\tKEEPER\tROLE\tSEES MASTER\tSTREAMING\tTIMELINE\tARCHIVED\tVERSION\tUPDATED")
 	for _, a := range r.Agents {
 		role := a.Role
 		if a.LeadReason != "" {
 			role += " (" + a.LeadReason + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s ago\n", a.Name, a.KeeperUID, role, a.MasterKeeperUID, a.Version, time.Since(a.UpdatedAt).Round(time.Second))
+		streaming, tli, archived := "-", "-", "-"
+		if a.Role == coordinator.RoleLeader {
+			streaming = fmt.Sprint(a.Streaming)
+			if a.ArchivedLSN != "" {
+				tli, archived = fmt.Sprint(a.Timeline), a.ArchivedLSN
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s ago\n", a.Name, a.KeeperUID, role, a.MasterKeeperUID,
+			streaming, tli, archived, a.Version, time.Since(a.UpdatedAt).Round(time.Second))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

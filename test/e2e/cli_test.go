@@ -26,7 +26,7 @@ func TestCLIUsageAndConfigErrors(t *testing.T) {
 		{name: "unknown flag", args: []string{"status", "--no-such-flag"}, code: 2, stderr: []string{"unknown flag: --no-such-flag", "barnacle --help"}},
 		{name: "extra argument", args: []string{"status", "extra"}, code: 2, stderr: []string{`unknown command "extra"`}},
 		{name: "agent without config", args: []string{"agent"}, code: 2, stderr: []string{
-			"cluster-name: required", "store-endpoints: required", "keeper-uid: required with leader-policy follow-master"}},
+			"cluster-name: required", "store-endpoints: required", "archive-url: required", "keeper-uid: required with leader-policy follow-master"}},
 		{name: "bad file names every key", args: []string{"agent", "--config", bad}, code: 2, stderr: []string{
 			`cluster_name (file ` + bad + ` line 1): unknown key; did you mean "cluster-name"?`,
 			`lease-ttl (file ` + bad + ` line 2): invalid duration "soon"`}},

@@ -12,7 +12,14 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/barnacle-pg/barnacle/internal/testenv"
+	"github.com/barnacle-pg/barnacle/pkg/storage"
+	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
 )
+
+// archiveEnvFor wraps a backend for waitArchived.
+func archiveEnvFor(t *testing.T, b storage.Backend) *archiveEnv {
+	return &archiveEnv{t: t, backend: b}
+}
 
 // TestDemo is what `make demo` runs: the main job on the embedded default
 // (a local etcd, a primary and two standbys, an agent beside each, a
@@ -45,12 +52,14 @@ func TestDemo(t *testing.T) {
 	done()
 
 	done = step("starting a barnacle agent beside each keeper")
+	archive := archiveDir(t)
 	pw := filepath.Join(t.TempDir(), "replpw")
 	require.NoError(t, os.WriteFile(pw, []byte(cluster.ReplPassword()+"\n"), 0o600))
 	store := []string{"--cluster-name", "stolon-cluster", "--store-endpoints", strings.Join(etcd.Endpoints(), ",")}
 	common := append([]string{
 		"--pg-user", testenv.ReplUser, "--pg-password-file", pw,
 		"--lease-ttl", "3s", "--leader-takeover-delay", "5s",
+		"--archive-url", "file://" + archive,
 	}, store...)
 	var agents []*agentProc
 	for _, n := range cluster.Nodes {
@@ -73,14 +82,34 @@ func TestDemo(t *testing.T) {
 	}
 	showStatus()
 
+	b, err := fs.New(archive, fs.Options{})
+	require.NoError(t, err)
+	showArchive := func() {
+		a := listWAL(t, b)
+		var hist []string
+		for h := range a.histories {
+			hist = append(hist, h)
+		}
+		fmt.Printf("    archive %s: %d complete segments, %d .partial, history files %v, archived up to %s\n",
+			archive, len(a.segments), len(a.partials), hist, archiveEnd(t, b))
+	}
+	done = step("writing 200k rows on the master; the leader streams the WAL into the archive")
+	require.NoError(t, cluster.Primary().Exec(ctx, "CREATE TABLE demo (id int, v text); INSERT INTO demo SELECT g, md5(g::text) FROM generate_series(1, 200000) g"))
+	archiveEnvFor(t, b).waitArchived(cluster.Primary(), 30*time.Second)
+	done()
+	showArchive()
+
 	newPrimary := cluster.Standbys()[0]
 	done = step("failover: kill -9 the master's PostgreSQL; Stolon elects %s and promotes it", st.KeeperUID(newPrimary))
 	require.NoError(t, cluster.Primary().Kill())
 	require.NoError(t, st.Failover(ctx, newPrimary))
 	second := "agent-" + st.KeeperUID(newPrimary)
 	waitFor(t, 15*time.Second, "the new master's agent to lead", func() bool { return leaderIs(agents, second) })
+	require.NoError(t, newPrimary.Exec(ctx, "INSERT INTO demo SELECT g, md5(g::text) FROM generate_series(200001, 300000) g"))
+	archiveEnvFor(t, b).waitArchived(newPrimary, 30*time.Second)
 	done()
 	showStatus()
+	showArchive()
 
 	fmt.Printf("==> demo finished in %s; everything it started is stopped now\n", time.Since(began).Round(100*time.Millisecond))
 }

@@ -113,6 +113,7 @@ func TestAgentsFollowTheMaster(t *testing.T) {
 		"--pg-user", testenv.ReplUser, "--pg-password-file", pw,
 		"--lease-ttl", leaseTTL.String(), "--leader-takeover-delay", takeover.String(),
 		"--log-level", "debug",
+		"--archive-url", "file://" + archiveDir(t),
 	}
 	var agents []*agentProc
 	for _, n := range cluster.Nodes {

@@ -182,6 +182,16 @@ func barnacleEnv(t *testing.T, env []string, args ...string) (string, string, in
 	return stdout.String(), stderr.String(), code
 }
 
+// archiveDir makes an empty directory for a file:// archive.
+func archiveDir(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "archive")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 func tail(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(lines) > n {
