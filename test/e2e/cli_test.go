@@ -32,6 +32,8 @@ func TestCLIUsageAndConfigErrors(t *testing.T) {
 			`lease-ttl (file ` + bad + ` line 2): invalid duration "soon"`}},
 		{name: "bad env", args: []string{"status", "--cluster-name", "c", "--store-endpoints", "http://127.0.0.1:1"},
 			env: []string{"BARNACLE_LOG_LEVEL=loud"}, code: 2, stderr: []string{`log-level (env BARNACLE_LOG_LEVEL): invalid value "loud"`}},
+		{name: "slot name PostgreSQL would reject", args: []string{"status", "--cluster-name", "c", "--store-endpoints", "http://127.0.0.1:1", "--slot-name", "Barnacle-1"}, code: 2,
+			stderr: []string{`slot-name (flag --slot-name): invalid slot name "Barnacle-1": PostgreSQL slot names use 1 to 63 of a-z, 0-9 and '_'`}},
 		{name: "bad flag value", args: []string{"status", "--cluster-name", "c", "--store-endpoints", "127.0.0.1:2379"}, code: 2,
 			stderr: []string{`store-endpoints (flag --store-endpoints): invalid endpoint "127.0.0.1:2379"`}},
 	}
