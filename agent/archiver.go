@@ -105,9 +105,12 @@ func (a *archiver) run(ctx context.Context, term coordinator.Term) error {
 				err = fmt.Errorf("%w; %s", err, h)
 			}
 		}
+		if errors.Is(err, errGapFilled) {
+			err = nil
+		}
 		a.setError(err)
 		if err == nil {
-			failures = 0 // the master changed; follow it at once
+			failures = 0 // the master changed, or a gap was filled: go on at once
 			continue
 		}
 		failures++
@@ -247,11 +250,19 @@ func (a *archiver) checkIdentity(b storage.Backend) func(context.Context, walstr
 	}
 }
 
-// recordGap writes the gap to gaps.json before the receiver may skip it,
-// raises the alarm and asks the cluster for a base backup, which is the
-// only way to make points after the gap recoverable.
+// errGapFilled stops the receiver after the WAL the master lacked was
+// fetched from another keeper; streaming restarts from the new archive end.
+var errGapFilled = errors.New("missing wal fetched from another keeper")
+
+// recordGap first tries to fetch the missing WAL from the other keepers;
+// only when none has it does it write the gap to gaps.json before the
+// receiver may skip it, raise the alarm and ask the cluster for a base
+// backup, which is the only way to make points after the gap recoverable.
 func (a *archiver) recordGap(b storage.Backend) func(context.Context, walstream.Gap) error {
 	return func(ctx context.Context, g walstream.Gap) error {
+		if a.fillFromOtherKeepers(ctx, b, g) {
+			return errGapFilled
+		}
 		gap := catalog.Gap{
 			Timeline: g.Timeline,
 			StartLSN: g.From.String(),
@@ -437,4 +448,66 @@ func hint(err error, cfg config.Config) string {
 		return fmt.Sprintf("the slot %s is in use by another connection: is another barnacle or pg_receivewal streaming from it?", cfg.StreamingSlotName())
 	}
 	return ""
+}
+
+// fillFromOtherKeepers streams the WAL the master lacks from another
+// keeper's PostgreSQL: a standby that was on the old timeline may still
+// have it in pg_wal (walsenders serve historic timelines). It streams
+// without a slot, from the archive's end, until that keeper has moved past
+// the gap's timeline, then stops. It reports whether the archive grew past
+// the gap's start.
+func (a *archiver) fillFromOtherKeepers(ctx context.Context, b storage.Backend, g walstream.Gap) bool {
+	st := a.coord.State()
+	if st.ClusterData == nil {
+		return false
+	}
+	for _, uid := range st.ClusterData.KeeperUIDs() {
+		db, ok := st.ClusterData.DBForKeeper(uid)
+		if !ok || db.UID == st.Master.DBUID {
+			continue
+		}
+		host, port, err := db.Addr()
+		if err != nil {
+			continue
+		}
+		log := a.log.With("source_keeper", uid)
+		log.Info("the master lacks wal the archive needs; trying another keeper", "timeline", g.Timeline, "from", g.From.String())
+		conn, err := replicationConnString(a.cfg, host, port)
+		if err != nil {
+			return false
+		}
+		fctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		var reached wal.LSN
+		r, err := walstream.New(walstream.Options{
+			ConnString:  conn,
+			Backend:     b,
+			Prefix:      catalog.WALPrefix(a.cfg.ClusterName),
+			Compression: a.cfg.Compression,
+			Logger:      log,
+			OnConnect:   a.checkIdentity(b),
+			OnProgress: func(p walstream.Progress) {
+				if p.Timeline == g.Timeline {
+					reached = p.Flushed
+				}
+				if p.Timeline > g.Timeline {
+					// That keeper moved on to the next timeline: the old
+					// one is archived up to its switch point.
+					reached = max(reached, g.From+1)
+					cancel()
+				}
+			},
+		})
+		if err != nil {
+			cancel()
+			return false
+		}
+		err = r.Run(fctx)
+		cancel()
+		if reached > g.From {
+			log.Info("fetched missing wal from another keeper", "timeline", g.Timeline, "from", g.From.String(), "to", reached.String())
+			return true
+		}
+		log.Info("that keeper does not have the missing wal either", "error", err)
+	}
+	return false
 }

@@ -407,14 +407,18 @@ func TestForcedGap(t *testing.T) {
 	for _, tc := range []struct {
 		name         string
 		standbySlots bool
-		wantGap      bool
+		// standbys: with 2, the second standby still has the old timeline's
+		// WAL (it makes no restartpoint) and the leader fetches it there.
+		standbys int
+		wantGap  bool
 	}{
-		{"standby slots keep the wal", true, false},
-		{"without standby slots the gap is recorded", false, true},
+		{"standby slots keep the wal", true, 1, false},
+		{"without standby slots the gap is recorded", false, 1, true},
+		{"another standby still has the wal", false, 2, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := t.Context()
-			env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: 1, WALKeepSize: "0",
+			env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: tc.standbys, WALKeepSize: "0",
 				Params: map[string]string{"min_wal_size": "'32MB'", "max_wal_size": "'64MB'"}},
 				fmt.Sprintf("--standby-slots=%t", tc.standbySlots))
 			env.startAgents()
@@ -436,7 +440,11 @@ func TestForcedGap(t *testing.T) {
 				a.signal(syscall.SIGKILL)
 				_, _ = a.wait(5 * time.Second)
 			}
-			for range 6 {
+			rounds := 6
+			if tc.standbys > 1 {
+				rounds = 2 // below max_wal_size: the other standby makes no restartpoint
+			}
+			for range rounds {
 				require.NoError(t, primary.Exec(ctx, "INSERT INTO walgen SELECT g, repeat('x', 200) FROM generate_series(1, 50000) g"))
 				require.NoError(t, primary.Exec(ctx, "SELECT pg_switch_wal()"))
 			}
@@ -466,6 +474,12 @@ func TestForcedGap(t *testing.T) {
 				require.Contains(t, metrics, "barnacle_wal_gap_bytes 0\n")
 				a := listWAL(t, env.backend)
 				requireContiguous(t, a, 1)
+				requireContiguous(t, a, 2)
+				if tc.standbys > 1 {
+					leaderLog, err := os.ReadFile(env.agents[env.stolon.KeeperUID(standby)].logPath)
+					require.NoError(t, err)
+					require.Contains(t, string(leaderLog), "fetched missing wal from another keeper", "the WAL came from the other standby")
+				}
 				return
 			}
 			require.Len(t, gaps, 1, "the gap is recorded in gaps.json")
