@@ -42,7 +42,7 @@ func listPackages(t *testing.T) []goPackage {
 // (cmd -> agent -> coordinator -> pkg/*), and the leaves import nothing of
 // ours.
 func TestLayout(t *testing.T) {
-	leaves := []string{"pkg/wal", "pkg/stolon", "pkg/config", "pkg/metrics", "pkg/storage"}
+	leaves := []string{"pkg/wal", "pkg/stolon", "pkg/config", "pkg/metrics", "pkg/storage", "pkg/compress"}
 	for _, p := range listPackages(t) {
 		rel := strings.TrimPrefix(strings.TrimPrefix(p.ImportPath, module), "/")
 		for _, imp := range p.Imports {

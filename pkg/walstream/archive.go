@@ -48,7 +48,10 @@ type archiveScan struct {
 	Superseded []string
 }
 
-// scanArchive classifies the objects listed under prefix. Objects in
+// scanArchive classifies the objects listed under prefix. A complete
+// segment counts whatever its compression suffix: "X", "X.zst" and "X.lz4"
+// are the same segment, and it supersedes X's .partial under any of them
+// (the compression setting may have changed between runs). Objects in
 // sub-directories and names it does not know (conflict copies kept aside by
 // storage.PutOnce, other tools' files) are ignored.
 func scanArchive(objs []storage.ObjectInfo, prefix string, segSize uint64) (archiveScan, error) {
@@ -187,8 +190,10 @@ func nextTimelineAfter(history []wal.HistoryEntry, current, tli wal.Timeline) wa
 // Object names are made here only, so that a compression suffix (see
 // wal.SplitFileName) has one place to go.
 
-func (r *Receiver) segmentObject(tli wal.Timeline, seg wal.SegmentNo, segSize uint64) string {
-	return r.opts.Prefix + wal.SegmentFileName(tli, seg, segSize)
+// segmentObject names a complete segment, given its file name, as the
+// configured compression stores it.
+func (r *Receiver) segmentObject(file string) string {
+	return r.opts.Prefix + file + r.suffix
 }
 
 func (r *Receiver) partialObject(tli wal.Timeline, seg wal.SegmentNo, segSize uint64) string {

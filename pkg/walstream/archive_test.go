@@ -89,6 +89,30 @@ func TestResumeFromScan(t *testing.T) {
 		{name: "compressed segment counts as complete", objs: map[string]int64{
 			"000000010000000000000005.zst": 1000,
 		}, wantFound: true, want: resumePoint{Timeline: 1, Start: 6 * seg}},
+		{name: "mixed compression names form one sequence", objs: map[string]int64{
+			"000000010000000000000001": seg, "000000010000000000000002.zst": 900, "000000010000000000000003.lz4": 1200, "000000010000000000000004.partial": 0x100,
+		}, wantFound: true, want: resumePoint{Timeline: 1, Start: 4*seg + 0x100, Partial: testPrefix + "000000010000000000000004.partial"}},
+		{name: "lz4 segment is the top", objs: map[string]int64{
+			"000000010000000000000002.zst": 900, "000000010000000000000003.lz4": 1200,
+		}, wantFound: true, want: resumePoint{Timeline: 1, Start: 4 * seg}},
+		{name: "partial superseded by a zst segment", objs: map[string]int64{
+			"000000010000000000000004": seg, "000000010000000000000005.zst": 1000, "000000010000000000000005.partial": 100,
+		}, wantFound: true, want: resumePoint{Timeline: 1, Start: 6 * seg}, superseded: []string{"000000010000000000000005.partial"}},
+		{name: "partial superseded by an lz4 segment", objs: map[string]int64{
+			"000000010000000000000005.lz4": 1000, "000000010000000000000005.partial": seg,
+		}, wantFound: true, want: resumePoint{Timeline: 1, Start: 6 * seg}, superseded: []string{"000000010000000000000005.partial"}},
+		{name: "full partial after compressed segments", objs: map[string]int64{
+			"000000010000000000000004.zst": 1000, "000000010000000000000005.partial": seg,
+		}, wantFound: true, want: resumePoint{Timeline: 1, Start: 6 * seg, Partial: testPrefix + "000000010000000000000005.partial"}},
+		{name: "segment under two names", objs: map[string]int64{
+			"000000010000000000000005": seg, "000000010000000000000005.lz4": 1000, "000000010000000000000005.zst": 900,
+		}, wantFound: true, want: resumePoint{Timeline: 1, Start: 6 * seg}},
+		{name: "compressed partial superseded", objs: map[string]int64{
+			"000000010000000000000005.lz4": 1000, "000000010000000000000005.partial.zst": 100,
+		}, wantFound: true, want: resumePoint{Timeline: 1, Start: 6 * seg}, superseded: []string{"000000010000000000000005.partial.zst"}},
+		{name: "compressed segment reaching the switch point", objs: map[string]int64{
+			"000000010000000000000004.lz4": 1000, "00000002.history": 40,
+		}, switches: map[wal.Timeline][2]uint64{1: {2, 5 * seg}}, wantFound: true, want: resumePoint{Timeline: 2, Start: 5 * seg}},
 		{name: "compressed partial", objs: map[string]int64{
 			"000000010000000000000005.partial.zst": 1000,
 		}, wantErr: true},
@@ -183,7 +207,10 @@ func TestNewValidates(t *testing.T) {
 		{name: "upper-case slot", mod: func(o *Options) { o.Slot = "Barnacle" }, wantErr: true},
 		{name: "slot with a quote", mod: func(o *Options) { o.Slot = `a"b` }, wantErr: true},
 		{name: "create without a slot", mod: func(o *Options) { o.Slot = "" }, wantErr: true},
-		{name: "zstd", mod: func(o *Options) { o.Compression = "zstd" }, wantErr: true},
+		{name: "zstd", mod: func(o *Options) { o.Compression = CompressionZstd }},
+		{name: "lz4", mod: func(o *Options) { o.Compression = CompressionLZ4 }},
+		{name: "zst is a suffix, not a setting", mod: func(o *Options) { o.Compression = "zst" }, wantErr: true},
+		{name: "gzip", mod: func(o *Options) { o.Compression = "gzip" }, wantErr: true},
 		{name: "negative interval", mod: func(o *Options) { o.FlushInterval = -1 }, wantErr: true},
 		{name: "logical connection", mod: func(o *Options) { o.ConnString += " replication=database" }, wantErr: true},
 	} {

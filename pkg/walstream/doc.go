@@ -10,6 +10,11 @@
 // and applied is only ever what the archive holds durably, so a replication
 // slot never lets the server drop WAL that is not archived.
 //
+// Complete segments may be stored compressed (Options.Compression) as
+// "<segment>.zst" or "<segment>.lz4"; a segment is archived under one name
+// only, whatever the setting was when it was written, and OpenSegment reads
+// any of them back. A .partial is always stored as is.
+//
 // At a timeline switch the last segment of the old timeline stays in the
 // archive as a .partial and the new timeline's history file is archived
 // before any of its segments, as in PostgreSQL's own archive.

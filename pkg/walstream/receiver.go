@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/barnacle-pg/barnacle/pkg/compress"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
@@ -37,9 +38,6 @@ const finalFlushTimeout = 15 * time.Second
 // closeTimeout bounds closing the connection (sending Terminate).
 const closeTimeout = 5 * time.Second
 
-// CompressionNone is the only Options.Compression supported so far.
-const CompressionNone = "none"
-
 // Options configures a Receiver.
 type Options struct {
 	// ConnString is a libpq connection string (keyword/value or URL) to the
@@ -59,8 +57,14 @@ type Options struct {
 	// Prefix starts every object name the receiver reads or writes, e.g.
 	// "mycluster/wals/". It is "" or ends with "/".
 	Prefix string
-	// Compression is "" or "none". Compressed segments (".zst", ".lz4"
-	// name suffixes, see wal.SplitFileName) are not written yet.
+	// Compression is how complete segments are stored: "" or
+	// CompressionNone as PostgreSQL wrote them, CompressionZstd as
+	// "<segment>.zst", CompressionLZ4 as "<segment>.lz4" (see
+	// wal.SplitFileName). A .partial is never compressed: it is rewritten
+	// every FlushInterval and read back to resume. The setting may change
+	// between runs: a segment already archived under any of the three
+	// names is not archived again (see FindSegment, OpenSegment).
+	// Compression runs in Run's goroutine as each segment completes.
 	Compression string
 	// StatusInterval is the longest time between two standby status
 	// updates; 0 means DefaultStatusInterval.
@@ -140,6 +144,11 @@ type Receiver struct {
 	opts    Options
 	connCfg *pgconn.Config
 	log     hclog.Logger
+	// encoder compresses complete segments; it keeps its buffers from one
+	// segment to the next (and across Runs, which never overlap).
+	encoder *compress.Encoder
+	// suffix is the name suffix of a complete segment, with its dot, or "".
+	suffix string
 }
 
 // New validates opts and returns a Receiver. It does not connect.
@@ -161,10 +170,19 @@ func New(opts Options) (*Receiver, error) {
 	if opts.CreateSlot && opts.Slot == "" {
 		return nil, errors.New("walstream: options: create slot needs a slot name")
 	}
+	var alg string
 	switch opts.Compression {
 	case "", CompressionNone:
+		alg = CompressionNone
+	case CompressionZstd, CompressionLZ4:
+		alg = opts.Compression
 	default:
-		return nil, fmt.Errorf("walstream: options: compression %q is not supported (only %q)", opts.Compression, CompressionNone)
+		return nil, fmt.Errorf("walstream: options: compression %q is not supported (want %q, %q or %q)",
+			opts.Compression, CompressionNone, CompressionZstd, CompressionLZ4)
+	}
+	enc, err := compress.NewEncoder(alg)
+	if err != nil {
+		return nil, fmt.Errorf("walstream: options: %w", err)
 	}
 	if opts.StatusInterval < 0 || opts.FlushInterval < 0 {
 		return nil, errors.New("walstream: options: intervals must not be negative")
@@ -186,7 +204,7 @@ func New(opts Options) (*Receiver, error) {
 	if opts.Slot != "" {
 		log = log.With("slot", opts.Slot)
 	}
-	return &Receiver{opts: opts, connCfg: cfg, log: log}, nil
+	return &Receiver{opts: opts, connCfg: cfg, log: log, encoder: enc, suffix: suffixOf(alg)}, nil
 }
 
 // Run connects, works out where the archive ends and streams from there
@@ -414,11 +432,19 @@ func (s *stream) load(ctx context.Context, start resumePoint) error {
 	s.buf = s.buf[:0]
 	s.dirty, s.partialStored = false, false
 	if start.Partial != "" {
+		// The .partial names the segment: a full one ends where the next
+		// segment starts, so start.Start alone would point past it.
+		base, _, _ := wal.SplitFileName(strings.TrimPrefix(start.Partial, s.r.opts.Prefix))
+		_, seg, err := wal.ParseSegmentFileName(base, s.segSize)
+		if err != nil {
+			return fmt.Errorf("resume from %s: %w", start.Partial, err)
+		}
+		s.seg = seg
 		data, err := storage.ReadAll(ctx, s.r.opts.Backend, start.Partial)
 		if err != nil {
 			return fmt.Errorf("read %s: %w", start.Partial, err)
 		}
-		if want := wal.SegmentOffset(start.Start, s.segSize); uint64(len(data)) != want {
+		if want := start.Start - wal.SegmentStart(seg, s.segSize); uint64(len(data)) != uint64(want) {
 			return fmt.Errorf("read %s: %d bytes, listed as %d", start.Partial, len(data), want)
 		}
 		s.buf = append(s.buf, data...)
@@ -628,12 +654,12 @@ func (s *stream) appendWAL(ctx context.Context, start wal.LSN, data []byte) erro
 	return nil
 }
 
-// completeSegment stores the full in-memory segment once and then deletes
-// its .partial, in that order, so that a crash in between leaves the
-// segment archived twice rather than not at all.
+// completeSegment stores the full in-memory segment once (storeSegment)
+// and then deletes its .partial, in that order, so that a crash in between
+// leaves the segment archived twice rather than not at all.
 func (s *stream) completeSegment(ctx context.Context) error {
 	base := wal.SegmentFileName(s.tli, s.seg, s.segSize)
-	existed, err := storage.PutOnce(ctx, s.r.opts.Backend, s.r.segmentObject(s.tli, s.seg, s.segSize), s.buf)
+	existed, err := s.storeSegment(ctx, base)
 	if err != nil {
 		s.archiveFailing(ctx)
 		return fmt.Errorf("archive segment %s: %w", base, err)
@@ -644,7 +670,7 @@ func (s *stream) completeSegment(ctx context.Context) error {
 			return fmt.Errorf("delete %s%s after archiving the segment: %w", base, partialSuffix, err)
 		}
 	}
-	s.log.Debug("segment archived", "segment", base, "existed", existed)
+	s.log.Debug("segment archived", "segment", base, "object", s.r.segmentObject(base), "existed", existed)
 	s.seg++
 	s.buf = s.buf[:0]
 	s.dirty, s.partialStored = false, false

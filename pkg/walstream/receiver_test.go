@@ -193,13 +193,19 @@ type archived struct {
 	segments  map[wal.Timeline][]wal.SegmentNo
 	partials  map[wal.Timeline][]wal.SegmentNo
 	histories []wal.Timeline
+	// suffixes counts complete segments by compression suffix ("" for none).
+	suffixes map[string]int
 }
 
+// listArchive lists the archive and checks what must hold whatever the
+// compression: every complete segment is archived under one name only and
+// no .partial is compressed.
 func listArchive(t *testing.T, b storage.Backend, segSize uint64) archived {
 	t.Helper()
 	objs, err := b.List(t.Context(), prefix)
 	require.NoError(t, err)
-	a := archived{segments: map[wal.Timeline][]wal.SegmentNo{}, partials: map[wal.Timeline][]wal.SegmentNo{}}
+	a := archived{segments: map[wal.Timeline][]wal.SegmentNo{}, partials: map[wal.Timeline][]wal.SegmentNo{}, suffixes: map[string]int{}}
+	seen := map[string]string{}
 	for _, o := range objs {
 		rel := strings.TrimPrefix(o.Name, prefix)
 		if wal.IsHistoryFileName(rel) {
@@ -209,14 +215,19 @@ func listArchive(t *testing.T, b storage.Backend, segSize uint64) archived {
 			continue
 		}
 		base, partial, comp := wal.SplitFileName(rel)
-		require.Empty(t, comp, rel)
 		tli, seg, err := wal.ParseSegmentFileName(base, segSize)
 		require.NoError(t, err, "unexpected object %s", o.Name)
 		if partial {
+			require.Empty(t, comp, "a .partial is never compressed: %s", rel)
 			a.partials[tli] = append(a.partials[tli], seg)
-		} else {
-			a.segments[tli] = append(a.segments[tli], seg)
+			continue
 		}
+		if other, ok := seen[base]; ok {
+			t.Fatalf("segment %s archived twice: %s and %s", base, other, rel)
+		}
+		seen[base] = rel
+		a.segments[tli] = append(a.segments[tli], seg)
+		a.suffixes[comp]++
 	}
 	return a
 }
@@ -236,13 +247,27 @@ func readObject(t *testing.T, b storage.Backend, name string) []byte {
 	return data
 }
 
-// requireSameAsServer checks that every complete segment equals the file in
-// dataDir/pg_wal and that a .partial equals its start.
+// readSegment returns the WAL of a complete segment, whatever its
+// compression.
+func readSegment(t *testing.T, b storage.Backend, file string) []byte {
+	t.Helper()
+	info, err := walstream.FindSegment(t.Context(), b, prefix, file)
+	require.NoError(t, err)
+	rc, err := walstream.OpenSegment(t.Context(), b, info.Name)
+	require.NoError(t, err)
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	require.NoError(t, err, "read %s", info.Name)
+	return data
+}
+
+// requireSameAsServer checks that every complete segment, decompressed,
+// equals the file in dataDir/pg_wal and that a .partial equals its start.
 func requireSameAsServer(t *testing.T, b storage.Backend, dataDir string, segSize uint64, tli wal.Timeline, segs, partials []wal.SegmentNo) {
 	t.Helper()
 	for _, seg := range segs {
 		name := wal.SegmentFileName(tli, seg, segSize)
-		got := readObject(t, b, prefix+name)
+		got := readSegment(t, b, name)
 		want, err := os.ReadFile(filepath.Join(dataDir, "pg_wal", name))
 		require.NoError(t, err, "the server no longer has %s", name)
 		require.True(t, bytes.Equal(want, got), "archived %s differs from the server's", name)
@@ -534,7 +559,7 @@ func waldump(t *testing.T, b storage.Backend, segSize uint64, tli wal.Timeline, 
 	require.NoError(t, os.Mkdir(dir, 0o755))
 	for _, seg := range segs {
 		name := wal.SegmentFileName(tli, seg, segSize)
-		require.NoError(t, os.WriteFile(filepath.Join(dir, name), readObject(t, b, prefix+name), 0o644))
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), readSegment(t, b, name), 0o644))
 	}
 	for _, seg := range partials {
 		name := wal.SegmentFileName(tli, seg, segSize)
