@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -29,7 +30,7 @@ func slotState(t *testing.T, n *testenv.Node, slot string) (exists, active bool)
 // and follows a failover to the slot Stolon recreates on the new master.
 func TestStolonSlotMode(t *testing.T) {
 	ctx := t.Context()
-	env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: 1}, "--slot-mode", "stolon")
+	env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: 1}, "--slot-mode", "stolon", "--compression", "zstd")
 	env.startAgents()
 	primary, standby := env.pg.Primary(), env.pg.Standbys()[0]
 	env.leaderFor(primary)
@@ -45,6 +46,7 @@ func TestStolonSlotMode(t *testing.T) {
 		return active
 	})
 	require.NoError(t, primary.Exec(ctx, "CREATE TABLE t (v int); INSERT INTO t SELECT generate_series(1, 10000)"))
+	require.NoError(t, primary.Exec(ctx, "SELECT pg_switch_wal()"))
 	env.waitArchived(primary, 20*time.Second)
 	// The follower keeps its slot on the standby without the stolon_
 	// prefix, which the keeper would drop there.
@@ -70,6 +72,15 @@ func TestStolonSlotMode(t *testing.T) {
 	requireContiguous(t, a, 1)
 	requireContiguous(t, a, 2)
 	require.True(t, a.histories["00000002.history"])
+	objs, err := env.backend.List(ctx, catalog.WALPrefix(cluster))
+	require.NoError(t, err)
+	zst := 0
+	for _, o := range objs {
+		if strings.HasSuffix(o.Name, ".zst") {
+			zst++
+		}
+	}
+	require.Positive(t, zst, "complete segments are stored zstd-compressed")
 	gaps, err := catalog.ReadGaps(ctx, env.backend, cluster)
 	require.NoError(t, err)
 	require.Empty(t, gaps)
