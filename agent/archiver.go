@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/barnacle-pg/barnacle/coordinator"
+	"github.com/barnacle-pg/barnacle/internal/retry"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
@@ -353,26 +354,12 @@ func quoteConnValue(v string) string {
 	return "'" + r.Replace(v) + "'"
 }
 
-// backoff returns an exponential delay with jitter for the n-th
-// consecutive failure, from 500 ms up to 30 s.
-func backoff(n int) time.Duration {
-	d := 500 * time.Millisecond
-	for i := 1; i < n && d < 30*time.Second; i++ {
-		d *= 2
-	}
-	d = min(d, 30*time.Second)
-	return d/2 + rand.N(d/2+1)
-}
+// backoff is the delay before the n-th consecutive retry of the stream:
+// 500 ms doubling up to 30 s.
+func backoff(n int) time.Duration { return retry.Backoff(n, 500*time.Millisecond, 30*time.Second) }
 
 // sleepCtx waits for d or until ctx ends.
-func sleepCtx(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
-}
+func sleepCtx(ctx context.Context, d time.Duration) { retry.Sleep(ctx, d) }
 
 // dropStandbySlotOnMaster drops the follower's slot (slot-name) on the new
 // master once Stolon's stolon_<slot-name> is active and holds WAL from at

@@ -3,10 +3,11 @@ package coordinator
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/barnacle-pg/barnacle/internal/retry"
 )
 
 // follow keeps load up to date with key (or the prefix, with
@@ -58,23 +59,9 @@ func (c *Coordinator) follow(ctx context.Context, what, key string, opts []clien
 	return nil
 }
 
-// backoff returns an exponential delay with jitter for the n-th consecutive
-// failure, from 100 ms up to 5 s.
-func backoff(n int) time.Duration {
-	d := 100 * time.Millisecond
-	for i := 1; i < n && d < 5*time.Second; i++ {
-		d *= 2
-	}
-	d = min(d, 5*time.Second)
-	return d/2 + rand.N(d/2+1)
-}
+// backoff is the delay before the n-th consecutive retry of an etcd
+// request: 100 ms doubling up to 5 s.
+func backoff(n int) time.Duration { return retry.Backoff(n, 100*time.Millisecond, 5*time.Second) }
 
 // sleepCtx waits for d or until ctx ends.
-func sleepCtx(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
-}
+func sleepCtx(ctx context.Context, d time.Duration) { retry.Sleep(ctx, d) }
