@@ -13,7 +13,7 @@ TEST_TIMEOUT ?= 20m
 .PHONY: help build test test-unit test-e2e bench fuzz lint fmt tidy-check cover demo clean
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z0-9_-]+:.*##/ {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## Build bin/barnacle with the version stamped in
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/barnacle
@@ -21,8 +21,8 @@ build: ## Build bin/barnacle with the version stamped in
 test: ## Run every test: unit, integration (real PostgreSQL 15 + etcd) and e2e
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
-test-unit: ## Only the tests that need no PostgreSQL (-short)
-	$(GO) test -race -short -count=1 ./...
+test-unit: ## Only the tests that need no PostgreSQL (embedded etcd is fine), for a quick loop
+	$(GO) test -race -short -count=1 . ./pkg/... ./agent/... ./coordinator/... ./cmd/...
 
 test-e2e: ## Only the black-box scenarios in test/e2e (built binary, agents as processes)
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v ./test/e2e/
