@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"text/tabwriter"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -61,9 +62,13 @@ func percentile(sorted []float64, p float64) float64 {
 type result struct {
 	Phase phase
 	TPS   float64
-	// WALRate is the WAL the primary generated during pgbench, bytes/s.
-	WALRate float64
-	Lag     lagStats
+	// WALBytes is the WAL the primary generated during pgbench, which ran
+	// for Elapsed.
+	WALBytes uint64
+	Elapsed  time.Duration
+	// Writes counts barnacle's archive writes; zero for other phases.
+	Writes writeCounter
+	Lag    lagStats
 	// Missing counts samples in which the receiver was not in
 	// pg_stat_replication or had not reported a flush position yet.
 	Missing int
@@ -102,6 +107,14 @@ func (r report) baselineTPS() float64 {
 	return sum / float64(n)
 }
 
+// walRate is the WAL generated per second during pgbench.
+func (res result) walRate() float64 {
+	if res.Elapsed <= 0 {
+		return 0
+	}
+	return float64(res.WALBytes) / res.Elapsed.Seconds()
+}
+
 func ratio(a, b float64) string {
 	if b == 0 {
 		return "-"
@@ -118,7 +131,7 @@ func (r report) write(w io.Writer) {
 	fmt.Fprintln(tw, "phase\ttps\ttps/none\tWAL MB/s\tlag p50 MB\tlag p99 MB\tlag max MB\tsamples\tp99 vs\tp99 ratio\t")
 	for _, res := range r.Results {
 		if res.Phase.Kind == kindNone {
-			fmt.Fprintf(tw, "%s\t%.1f\t%s\t%.2f\t-\t-\t-\t-\t\t\t\n", res.Phase.Name, res.TPS, ratio(res.TPS, base), res.WALRate/mb)
+			fmt.Fprintf(tw, "%s\t%.1f\t%s\t%.2f\t-\t-\t-\t-\t\t\t\n", res.Phase.Name, res.TPS, ratio(res.TPS, base), res.walRate()/mb)
 			continue
 		}
 		vs, vsRatio := "", ""
@@ -130,11 +143,19 @@ func (r report) write(w io.Writer) {
 			samples += fmt.Sprintf(" (+%d none)", res.Missing)
 		}
 		fmt.Fprintf(tw, "%s\t%.1f\t%s\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t\n", res.Phase.Name, res.TPS, ratio(res.TPS, base),
-			res.WALRate/mb, mbs(res.Lag.P50), mbs(res.Lag.P99), mbs(res.Lag.Max), samples, vs, vsRatio)
+			res.walRate()/mb, mbs(res.Lag.P50), mbs(res.Lag.P99), mbs(res.Lag.Max), samples, vs, vsRatio)
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(w, "tps/none is against the mean of the runs without a receiver (%.1f tps).\n", base)
 	fmt.Fprintln(w, "lag is pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn) from pg_stat_replication, sampled every 0.5 s: the RPO.")
+	for _, res := range r.Results {
+		if wc := res.Writes; wc.count > 0 {
+			secs := res.Elapsed.Seconds()
+			fmt.Fprintf(w, "%s: %d archive writes (%.1f/s), %d complete segments, %.0f MB written (%.1f MB/s) for %.0f MB of WAL: %s times the WAL\n",
+				res.Phase.Name, wc.count, float64(wc.count)/secs, wc.segments, float64(wc.bytes)/mb, float64(wc.bytes)/mb/secs,
+				float64(res.WALBytes)/mb, ratio(float64(wc.bytes), float64(res.WALBytes)))
+		}
+	}
 	for _, g := range r.goals() {
 		fmt.Fprintln(w, g)
 	}
@@ -228,7 +249,8 @@ func TestReportGoals(t *testing.T) {
 	rep := report{Results: []result{
 		{Phase: phase{Name: "none", Kind: kindNone}, TPS: 1000},
 		{Phase: phase{Name: "pg_receivewal --synchronous", Kind: kindPGReceiveWAL, Sync: true}, TPS: 950},
-		{Phase: phase{Name: "barnacle 200ms", Kind: kindBarnacle}, TPS: 980, Lag: lagStats{N: 10, P99: 0.5 * mb}},
+		{Phase: phase{Name: "barnacle 200ms", Kind: kindBarnacle}, TPS: 980, Lag: lagStats{N: 10, P99: 0.5 * mb},
+			WALBytes: 10 * mb, Elapsed: 10 * time.Second, Writes: writeCounter{count: 50, segments: 1, bytes: 40 * mb}},
 		{Phase: phase{Name: "barnacle 1s", Kind: kindBarnacle}, TPS: 990, Lag: lagStats{N: 10, P99: 3 * mb}},
 		{Phase: phase{Name: "barnacle sync", Kind: kindBarnacle, Sync: true, CompareWith: "pg_receivewal --synchronous"}, TPS: 940},
 		{Phase: phase{Name: "none again", Kind: kindNone}, TPS: 1000},
@@ -241,4 +263,5 @@ func TestReportGoals(t *testing.T) {
 	var b strings.Builder
 	rep.write(&b)
 	assert.Contains(t, b.String(), "tps/none")
+	assert.Contains(t, b.String(), "barnacle 200ms: 50 archive writes (5.0/s), 1 complete segments, 40 MB written (4.0 MB/s) for 10 MB of WAL: 4.000 times the WAL")
 }

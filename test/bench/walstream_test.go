@@ -124,12 +124,12 @@ func BenchmarkWALStreaming(b *testing.B) {
 	root := b.TempDir()
 	testenv.PGOwn(b, root)
 
-	b.Logf("pgbench -i -s %d", cfg.Scale)
+	progress("pgbench -i -s %d", cfg.Scale)
 	// Server-side data generation (G) is the quickest way to the data set.
 	if out, err := pgbench(ctx, b, node, "-i", "-s", strconv.Itoa(cfg.Scale), "-I", "dtGvp", "-q"); err != nil {
 		b.Fatalf("pgbench init: %v\n%s", err, out)
 	}
-	b.Logf("initialised in %s; %d phases of %d s, -c %d -j %d", time.Since(start).Round(time.Second), len(phases), cfg.Seconds, cfg.Clients, cfg.Jobs)
+	progress("initialised in %s; %d phases of %d s, -c %d -j %d", time.Since(start).Round(time.Second), len(phases), cfg.Seconds, cfg.Clients, cfg.Jobs)
 
 	// Warm the caches so that the first phase is not the slowest for that
 	// reason alone.
@@ -141,8 +141,8 @@ func BenchmarkWALStreaming(b *testing.B) {
 	var rep report
 	for _, p := range phases {
 		res := runPhase(ctx, b, cfg, node, root, p)
-		b.Logf("%s: %.1f tps, %.2f MB/s WAL, lag p50 %s p99 %s max %s MB (%d samples)",
-			p.Name, res.TPS, res.WALRate/mb, mbs(res.Lag.P50), mbs(res.Lag.P99), mbs(res.Lag.Max), res.Lag.N)
+		progress("%s: %.1f tps, %.2f MB/s WAL, lag p50 %s p99 %s max %s MB (%d samples)",
+			p.Name, res.TPS, res.walRate()/mb, mbs(res.Lag.P50), mbs(res.Lag.P99), mbs(res.Lag.Max), res.Lag.N)
 		rep.Results = append(rep.Results, res)
 	}
 
@@ -227,16 +227,20 @@ func runPhase(ctx context.Context, b *testing.B, cfg benchConfig, node *testenv.
 			b.Fatalf("%s: remove %s: %v", p.Name, dir, err)
 		}
 	}
-	res := result{Phase: p, TPS: tps, WALRate: float64(walEnd-walStart) / elapsed.Seconds()}
+	res := result{Phase: p, TPS: tps, WALBytes: walEnd - walStart, Elapsed: elapsed}
 	if rcv != nil {
 		res.Lag, res.Missing = summarise(samples), missing
 	}
 	if rcv != nil && rcv.writes != nil {
-		w := rcv.writes
-		b.Logf("%s: %d archive writes (%.1f/s), %.1f MB written (%.2f MB/s), %d complete segments",
-			p.Name, w.count, float64(w.count)/elapsed.Seconds(), float64(w.bytes)/mb, float64(w.bytes)/mb/elapsed.Seconds(), w.segments)
+		res.Writes = *rcv.writes
 	}
 	return res
+}
+
+// progress prints a line to stderr at once: b.Log's output appears only
+// when the benchmark ends, and is cut to a few lines without -v.
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s bench: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 }
 
 // pgbench runs pgbench against node's database postgres as superuser and
