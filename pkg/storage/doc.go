@@ -4,9 +4,9 @@
 //
 // Implementations live in subpackages (fs, and later s3); backends maps an
 // archive URL to one of them; storagetest is the conformance suite every
-// implementation must pass. Optional features (SpaceReporter, Cleaner) are
-// one-method interfaces that callers find by type assertion, so the shared
-// contract stays small.
+// implementation must pass. Optional features (SpaceReporter, Cleaner,
+// Appender) are one-method interfaces that callers find by type assertion,
+// so the shared contract stays small.
 //
 // Object names are slash-separated and relative to the backend's root, for
 // example "mycluster/wals/000000010000000000000005.zst"; CheckName states the

@@ -103,6 +103,44 @@ type Cleaner interface {
 	Cleanup(ctx context.Context) error
 }
 
+// Appender is implemented by backends that can grow an object in place,
+// so that a writer extending an object bit by bit (the WAL receiver's
+// .partial segment) writes each byte once instead of rewriting the whole
+// object every time. Callers find it by type assertion and fall back to Put
+// when a backend lacks it or Append fails.
+//
+// Append writes data at offset, which must equal the object's current
+// length; offset 0 creates the object, replacing any existing one
+// atomically, exactly as Put does. sha256 is the hex digest (either case)
+// of the object's first offset+len(data) bytes, old and new together: the
+// caller keeps a running hash (crypto/sha256's Sum does not reset the
+// hash's state, so the caller can go on writing to it). The backend stores
+// that digest as the object's checksum; at offset 0 it verifies it like
+// PutOptions.SHA256, at other offsets it cannot without reading the object
+// back, so a wrong digest shows as a *ChecksumError when the object is
+// read.
+//
+// When Append returns nil, the bytes and their checksum are durable. After
+// a crash at any point the object reads back, verified, exactly as of the
+// previous successful Append (or Put) or as of this one: never a mix of the
+// two, and never bytes whose checksum was not recorded. Get, Stat and List
+// report the recorded length, never bytes written by an Append that did not
+// complete. On an error the object is as before, with the same exception as
+// Put: when only the final step that makes the write durable fails, the new
+// bytes may be visible but must be treated as not durable (write the object
+// again whole). An object written by Put can be appended to at its length.
+//
+// When offset is not the object's length (including offset > 0 for a
+// missing object, whose error also wraps ErrNotExist) Append changes
+// nothing and returns an error wrapping ErrAppendOffset; the caller should
+// rewrite the object whole (Put, or Append at offset 0). An invalid digest
+// is an error wrapping ErrInvalidChecksum. Appends to one object must not
+// run concurrently with each other or with a Put of the same object;
+// concurrent readers are safe and see one of the recorded lengths.
+type Appender interface {
+	Append(ctx context.Context, name string, offset int64, data []byte, sha256 string) error
+}
+
 var (
 	// ErrNotExist means the object does not exist.
 	ErrNotExist = errors.New("storage: object does not exist")
@@ -122,6 +160,9 @@ var (
 	ErrConflict = errors.New("storage: object exists with different content")
 	// ErrInvalidName means an object name breaks CheckName's rules.
 	ErrInvalidName = errors.New("storage: invalid object name")
+	// ErrAppendOffset means Append's offset is not the object's current
+	// length: the object is not what the caller thinks it is.
+	ErrAppendOffset = errors.New("storage: append offset is not the object's length")
 )
 
 // ChecksumError reports bytes whose SHA-256 is not the expected one: data

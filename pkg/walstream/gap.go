@@ -53,8 +53,7 @@ func (s *stream) skipGap(ctx context.Context, from wal.LSN, cause error) error {
 	s.log.Warn("wal gap recorded; streaming continues after it",
 		"timeline", gap.Timeline, "from", gap.From.String(), "resume_timeline", gap.ResumeTimeline, "resume_at", gap.ResumeAt.String())
 	s.tli, s.seg = resumeTLI, oldest
-	s.buf = s.buf[:0]
-	s.dirty, s.partialStored = false, false
+	s.resetSegment()
 	s.flushed = s.received()
 	return nil
 }

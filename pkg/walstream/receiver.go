@@ -3,8 +3,11 @@ package walstream
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"strings"
 	"time"
 
@@ -25,9 +28,23 @@ const (
 	// --status-interval.
 	DefaultStatusInterval = 10 * time.Second
 	// DefaultFlushInterval bounds how much received WAL is lost if the
-	// receiver dies: at most this much time's worth is not yet in the
-	// archive. Each flush rewrites the whole .partial (at most one segment).
-	DefaultFlushInterval = time.Second
+	// receiver dies, and how far the flushed position reported to the
+	// server (which synchronous replication and the slot wait for) trails
+	// what was received: at most this much time's worth. It applies to
+	// backends that implement storage.Appender, where a flush appends only
+	// the new bytes: one pwrite and two syncs, about 0.7 ms on a local ext4
+	// disk (BenchmarkGrowSegment in pkg/storage/fs). Ten flushes a second
+	// then cost about 1% of the receive loop's time, whatever the WAL rate,
+	// and keep the lag under 1.1 MB at 11 MB/s of WAL (a busy pgbench).
+	// pg_receivewal's default 10 s status interval is no model: it fsyncs
+	// only when a segment ends, so its flushed position trails by up to a
+	// segment.
+	DefaultFlushInterval = 100 * time.Millisecond
+	// DefaultRewriteFlushInterval is the default for backends without
+	// storage.Appender, where each flush rewrites the whole .partial (up to
+	// a segment): often enough to bound the loss, rarely enough that the
+	// rewrites do not dominate the archive's write load.
+	DefaultRewriteFlushInterval = time.Second
 )
 
 // finalFlushTimeout bounds the last .partial write after Run's context
@@ -60,8 +77,8 @@ type Options struct {
 	// Compression is how complete segments are stored: "" or
 	// CompressionNone as PostgreSQL wrote them, CompressionZstd as
 	// "<segment>.zst", CompressionLZ4 as "<segment>.lz4" (see
-	// wal.SplitFileName). A .partial is never compressed: it is rewritten
-	// every FlushInterval and read back to resume. The setting may change
+	// wal.SplitFileName). A .partial is never compressed: it grows
+	// every FlushInterval and is read back to resume. The setting may change
 	// between runs: a segment already archived under any of the three
 	// names is not archived again (see FindSegment, OpenSegment).
 	// Compression runs in Run's goroutine as each segment completes.
@@ -70,8 +87,10 @@ type Options struct {
 	// updates; 0 means DefaultStatusInterval.
 	StatusInterval time.Duration
 	// FlushInterval is how often newly received WAL is written to the
-	// segment's .partial; 0 means DefaultFlushInterval. The .partial is
-	// also written when the server asks for a reply.
+	// segment's .partial; 0 means DefaultFlushInterval, or
+	// DefaultRewriteFlushInterval when Backend does not implement
+	// storage.Appender. The .partial is also written when the server asks
+	// for a reply.
 	FlushInterval time.Duration
 	// Logger receives the receiver's logs under the name "walstream"; nil
 	// discards them.
@@ -94,8 +113,9 @@ type Options struct {
 	OnGap func(ctx context.Context, gap Gap) error
 	// Synchronous writes the .partial and reports the flushed position
 	// after every WAL message instead of every FlushInterval, so that the
-	// receiver can serve as a synchronous standby. Each report costs a
-	// rewrite of the in-progress segment.
+	// receiver can serve as a synchronous standby. Each report costs an
+	// append to the .partial (two syncs) or, with a backend without
+	// storage.Appender, a rewrite of the in-progress segment.
 	Synchronous bool
 }
 
@@ -192,6 +212,9 @@ func New(opts Options) (*Receiver, error) {
 	}
 	if opts.FlushInterval == 0 {
 		opts.FlushInterval = DefaultFlushInterval
+		if _, ok := opts.Backend.(storage.Appender); !ok {
+			opts.FlushInterval = DefaultRewriteFlushInterval
+		}
 	}
 	cfg, err := replicationConfig(opts.ConnString)
 	if err != nil {
@@ -265,6 +288,13 @@ type stream struct {
 	dirty bool
 	// partialStored means seg's .partial exists in the archive.
 	partialStored bool
+	// partialLen is how many of buf's bytes the .partial holds, where the
+	// next append goes; meaningful when partialStored.
+	partialLen int
+	// hash is a running SHA-256 of buf[:hashed], which an append stores as
+	// the .partial's checksum; nil until the first append.
+	hash   hash.Hash
+	hashed int
 	// flushed is the end of the durable WAL: all that may be reported.
 	flushed     wal.LSN
 	lastSegment string
@@ -429,8 +459,7 @@ func (s *stream) checkServerHistory(ctx context.Context, sys systemInfo, start r
 func (s *stream) load(ctx context.Context, start resumePoint) error {
 	s.tli = start.Timeline
 	s.seg = wal.SegmentOf(start.Start, s.segSize)
-	s.buf = s.buf[:0]
-	s.dirty, s.partialStored = false, false
+	s.resetSegment()
 	if start.Partial != "" {
 		// The .partial names the segment: a full one ends where the next
 		// segment starts, so start.Start alone would point past it.
@@ -448,7 +477,9 @@ func (s *stream) load(ctx context.Context, start resumePoint) error {
 			return fmt.Errorf("read %s: %d bytes, listed as %d", start.Partial, len(data), want)
 		}
 		s.buf = append(s.buf, data...)
-		s.partialStored = true
+		// The next flush appends after these bytes, hashing them first
+		// (hashed is 0) so that the running hash covers the whole object.
+		s.partialStored, s.partialLen = true, len(data)
 	}
 	s.flushed = s.received()
 	s.log.Info("start point", "timeline", s.tli, "start_lsn", s.flushed.String(), "partial", start.Partial)
@@ -672,28 +703,67 @@ func (s *stream) completeSegment(ctx context.Context) error {
 	}
 	s.log.Debug("segment archived", "segment", base, "object", s.r.segmentObject(base), "existed", existed)
 	s.seg++
-	s.buf = s.buf[:0]
-	s.dirty, s.partialStored = false, false
+	s.resetSegment()
 	s.lastSegment = base
 	s.durable()
 	return nil
 }
 
-// flushPartial writes the in-memory segment to its .partial, replacing the
-// previous one: the object always holds the segment from its start.
+// resetSegment empties the in-memory segment, for a new seg.
+func (s *stream) resetSegment() {
+	s.buf = s.buf[:0]
+	s.dirty, s.partialStored = false, false
+	s.partialLen, s.hashed = 0, 0
+	if s.hash != nil {
+		s.hash.Reset()
+	}
+}
+
+// flushPartial makes the in-memory segment durable as its .partial, which
+// always holds the segment from its start: by appending the bytes the
+// .partial lacks when the backend can (storage.Appender), else by
+// rewriting it whole.
 func (s *stream) flushPartial(ctx context.Context) error {
 	if len(s.buf) == 0 {
 		s.dirty = false
 		return nil
 	}
 	name := s.r.partialObject(s.tli, s.seg, s.segSize)
-	if err := s.r.opts.Backend.Put(ctx, name, bytes.NewReader(s.buf), storage.PutOptions{}); err != nil {
+	if err := s.writePartial(ctx, name); err != nil {
 		s.archiveFailing(ctx)
 		return fmt.Errorf("write %s: %w", name, err)
 	}
-	s.dirty, s.partialStored = false, true
+	s.dirty, s.partialStored, s.partialLen = false, true, len(s.buf)
 	s.durable()
 	return nil
+}
+
+// writePartial appends to the .partial, falling back to a whole rewrite
+// when the append fails for any reason but ctx's end: the .partial may not
+// be what this stream thinks (another writer, a restored archive), or the
+// backend may refuse this object, and a Put replaces whatever is there.
+func (s *stream) writePartial(ctx context.Context, name string) error {
+	if a, ok := s.r.opts.Backend.(storage.Appender); ok {
+		if s.hash == nil {
+			s.hash = sha256.New()
+		}
+		s.hash.Write(s.buf[s.hashed:])
+		s.hashed = len(s.buf)
+		off := 0
+		if s.partialStored {
+			off = s.partialLen
+		}
+		err := a.Append(ctx, name, int64(off), s.buf[off:], hex.EncodeToString(s.hash.Sum(nil)))
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		s.log.Warn("appending to the partial segment failed; rewriting it whole", "object", name, "offset", off, "error", err)
+		// The next append rewrites the object whole, should this Put fail;
+		// partialStored stays, as the object may exist and must be deleted
+		// once its segment is archived.
+		s.partialLen = 0
+	}
+	return s.r.opts.Backend.Put(ctx, name, bytes.NewReader(s.buf), storage.PutOptions{})
 }
 
 // durable records that everything received is in the archive.
@@ -762,8 +832,7 @@ func (s *stream) switchTimeline(ctx context.Context, end timelineEnd) error {
 	}
 	s.tli = end.Next
 	s.seg = wal.SegmentOf(end.Start, s.segSize)
-	s.buf = s.buf[:0]
-	s.dirty, s.partialStored = false, false
+	s.resetSegment()
 	// Nothing of the new timeline is archived yet; the bytes before the
 	// switch point are, in the old timeline's objects, but report no more
 	// than the segment start, which never lies.

@@ -56,21 +56,74 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// recordingBackend remembers the order of successful Puts.
+// recordingBackend remembers the order of successful Puts and Appends and
+// counts the bytes they wrote. It implements storage.Appender when the
+// backend it wraps does (newArchive's fs backend does).
 type recordingBackend struct {
 	storage.Backend
-	mu   sync.Mutex
-	puts []string
+	mu     sync.Mutex
+	puts   []string
+	writes []write
+}
+
+// write is one successful Put or Append.
+type write struct {
+	name   string
+	append bool
+	offset int64 // of an Append
+	bytes  int64
 }
 
 func (b *recordingBackend) Put(ctx context.Context, name string, r io.Reader, opts storage.PutOptions) error {
-	err := b.Backend.Put(ctx, name, r, opts)
+	cr := &countingReader{r: r}
+	err := b.Backend.Put(ctx, name, cr, opts)
 	if err == nil {
 		b.mu.Lock()
 		b.puts = append(b.puts, name)
+		b.writes = append(b.writes, write{name: name, bytes: cr.n})
 		b.mu.Unlock()
 	}
 	return err
+}
+
+func (b *recordingBackend) Append(ctx context.Context, name string, offset int64, data []byte, sha256 string) error {
+	a, ok := b.Backend.(storage.Appender)
+	if !ok {
+		return errors.New("test backend: the wrapped backend cannot append")
+	}
+	err := a.Append(ctx, name, offset, data, sha256)
+	if err == nil {
+		b.mu.Lock()
+		b.puts = append(b.puts, name)
+		b.writes = append(b.writes, write{name: name, append: true, offset: offset, bytes: int64(len(data))})
+		b.mu.Unlock()
+	}
+	return err
+}
+
+// writesTo returns the successful writes to objects whose name ends with
+// suffix.
+func (b *recordingBackend) writesTo(suffix string) []write {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []write
+	for _, w := range b.writes {
+		if strings.HasSuffix(w.name, suffix) {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func (b *recordingBackend) order() []string {
@@ -380,6 +433,115 @@ func TestResume(t *testing.T) {
 	requireContiguous(t, append(slices.Clone(segs), a.partials[1]...))
 	require.GreaterOrEqual(t, segs[len(segs)-1], partialSeg+3)
 	requireSameAsServer(t, b, p.DataDir, segSize, 1, segs, a.partials[1])
+}
+
+// TestResumeAppendsToPartial stops a receiver inside a segment and checks
+// that the next one continues the .partial it left with appends, never
+// rewriting it, and that the result is the server's segment byte for byte.
+func TestResumeAppendsToPartial(t *testing.T) {
+	integration(t)
+	c := testenv.NewCluster(t, testenv.ClusterOptions{WALSegmentSizeMB: 1})
+	p := c.Primary()
+	ctx := t.Context()
+	require.NoError(t, p.Exec(ctx, "CREATE TABLE walgen (id int, v text)"))
+	require.NoError(t, p.Exec(ctx, "SELECT pg_switch_wal()"))
+	const segSize = mb
+	b := newArchive(t)
+	small := "INSERT INTO walgen SELECT g, 'y' FROM generate_series(1, 100) g"
+
+	rec := startReceiver(t, walstream.Options{ConnString: p.ReplConnString(), Backend: b})
+	require.NoError(t, p.Exec(ctx, small))
+	stop1 := waitArchived(t, rec, p)
+	require.NoError(t, rec.stop())
+	seg := wal.SegmentOf(stop1, segSize)
+	name := prefix + wal.SegmentFileName(1, seg, segSize) + ".partial"
+	first := readObject(t, b, name)
+	require.NotEmpty(t, first)
+	require.Less(t, uint64(len(first))+64<<10, uint64(segSize), "the test needs room left in the segment")
+	before := len(b.writesTo(".partial"))
+
+	rec2 := startReceiver(t, walstream.Options{ConnString: p.ReplConnString(), Backend: b})
+	for range 3 {
+		require.NoError(t, p.Exec(ctx, small))
+		end := waitArchived(t, rec2, p)
+		require.Equal(t, seg, wal.SegmentOf(end, segSize), "the test needs to stay inside the segment")
+	}
+	require.NoError(t, rec2.stop())
+
+	writes := b.writesTo(".partial")[before:]
+	require.NotEmpty(t, writes, "the resumed receiver wrote the .partial")
+	offset := int64(len(first))
+	for _, w := range writes {
+		require.Equal(t, name, w.name)
+		require.True(t, w.append, "the .partial was rewritten instead of appended to: %+v", w)
+		require.Equal(t, offset, w.offset, "appends continue where the last one ended")
+		offset += w.bytes
+	}
+	got := readObject(t, b, name)
+	require.Len(t, got, int(offset))
+	require.True(t, bytes.Equal(first, got[:len(first)]), "the resumed .partial keeps its start")
+	a := listArchive(t, b, segSize)
+	require.Equal(t, []wal.SegmentNo{seg}, a.partials[1])
+	requireSameAsServer(t, b, p.DataDir, segSize, 1, nil, a.partials[1])
+
+	// Completing the segment archives it whole and removes the .partial.
+	rec3 := startReceiver(t, walstream.Options{ConnString: p.ReplConnString(), Backend: b})
+	for range 2 {
+		require.NoError(t, p.Exec(ctx, insert1MB))
+	}
+	end := waitArchived(t, rec3, p)
+	require.Greater(t, wal.SegmentOf(end, segSize), seg)
+	require.NoError(t, rec3.stop())
+	a = listArchive(t, b, segSize)
+	require.Contains(t, a.segments[1], seg)
+	require.NotContains(t, a.partials[1], seg)
+	requireSameAsServer(t, b, p.DataDir, segSize, 1, a.segments[1], a.partials[1])
+}
+
+// TestPartialWriteAmplification streams WAL with frequent flushes and
+// counts what went into .partial objects: with appends each byte is
+// written once, not once per flush as whole-object rewrites would.
+func TestPartialWriteAmplification(t *testing.T) {
+	integration(t)
+	c := testenv.NewCluster(t, testenv.ClusterOptions{})
+	p := c.Primary()
+	ctx := t.Context()
+	require.NoError(t, p.Exec(ctx, "CREATE TABLE walgen (id int, v text)"))
+	const segSize = 16 * mb
+	b := newArchive(t)
+	rec := startReceiver(t, walstream.Options{ConnString: p.ReplConnString(), Backend: b, FlushInterval: 50 * time.Millisecond})
+	start := waitArchived(t, rec, p)
+
+	// About 12 MB more, paced over more than a second, so that a segment's
+	// .partial is flushed many times as it grows.
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for range 15 {
+		<-tick.C
+		require.NoError(t, p.Exec(ctx, insert1MB))
+	}
+	end := waitArchived(t, rec, p)
+	require.NoError(t, rec.stop())
+
+	// The receiver started at the start of the segment holding start.
+	streamed := int64(end - wal.SegmentStart(wal.SegmentOf(start, segSize), segSize))
+	var written, appends int64
+	for _, w := range b.writesTo(".partial") {
+		written += w.bytes
+		if w.append {
+			appends++
+		}
+	}
+	t.Logf("streamed %.1f MB; .partial writes: %d (%d appends), %.1f MB", float64(streamed)/mb, len(b.writesTo(".partial")), appends, float64(written)/mb)
+	require.Greater(t, streamed, int64(12*mb))
+	require.GreaterOrEqual(t, appends, int64(10), "the .partial was flushed often")
+	// Each streamed byte reaches a .partial at most once (bytes that complete
+	// a segment before a flush never do). Rewriting the object would have
+	// written about appends/2 times the stream.
+	assert.LessOrEqual(t, written, streamed)
+	assert.Greater(t, written, streamed/4)
+	a := listArchive(t, b, segSize)
+	requireSameAsServer(t, b, p.DataDir, segSize, 1, a.segments[1], a.partials[1])
 }
 
 // TestTimelineSwitch fails the master over to its standby and checks that

@@ -86,3 +86,47 @@ func TestSegmentAssembly(t *testing.T) {
 	assert.False(t, IsRetryable(err))
 	assert.True(t, s2.archiveFailed)
 }
+
+// TestPartialAppendFallback makes the .partial differ from what the stream
+// believes it holds: the failed append falls back to rewriting it whole,
+// and appending resumes after that.
+func TestPartialAppendFallback(t *testing.T) {
+	const segSize = 1 << 20
+	b, err := fs.New(filepath.Join(t.TempDir(), "a"), fs.Options{CreateRoot: true})
+	require.NoError(t, err)
+	r, err := New(Options{ConnString: "host=127.0.0.1", Backend: b, Prefix: testPrefix})
+	require.NoError(t, err)
+	assert.Equal(t, DefaultFlushInterval, r.opts.FlushInterval, "fs appends, so the short default applies")
+	s := &stream{r: r, log: hclog.NewNullLogger(), segSize: segSize, buf: make([]byte, 0, segSize), tli: 1, seg: 3}
+	s.flushed = s.received()
+	ctx := t.Context()
+	name := testPrefix + "000000010000000000000003.partial"
+	data := bytes.Repeat([]byte("0123456789abcdef"), 4096)
+	start := wal.SegmentStart(3, segSize)
+
+	require.NoError(t, s.appendWAL(ctx, start, data[:1000]))
+	require.NoError(t, s.flushPartial(ctx))
+	require.NoError(t, s.appendWAL(ctx, start+1000, data[1000:3000]))
+	require.NoError(t, s.flushPartial(ctx))
+	// Someone else replaced the .partial with a shorter one.
+	require.NoError(t, b.Put(ctx, name, bytes.NewReader(data[:10]), storage.PutOptions{}))
+	require.NoError(t, s.appendWAL(ctx, start+3000, data[3000:5000]))
+	require.NoError(t, s.flushPartial(ctx), "the failed append falls back to a rewrite")
+	got, err := storage.ReadAll(ctx, b, name)
+	require.NoError(t, err)
+	assert.Equal(t, data[:5000], got)
+	require.NoError(t, s.appendWAL(ctx, start+5000, data[5000:]))
+	require.NoError(t, s.flushPartial(ctx))
+	got, err = storage.ReadAll(ctx, b, name)
+	require.NoError(t, err)
+	assert.Equal(t, data, got)
+	assert.Equal(t, start+wal.LSN(len(data)), s.flushed)
+
+	// A backend without Append gets the long default.
+	r2, err := New(Options{ConnString: "host=127.0.0.1", Backend: putOnly{b}})
+	require.NoError(t, err)
+	assert.Equal(t, DefaultRewriteFlushInterval, r2.opts.FlushInterval)
+}
+
+// putOnly hides the backend's optional features.
+type putOnly struct{ storage.Backend }

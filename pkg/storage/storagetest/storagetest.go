@@ -13,8 +13,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -29,7 +31,8 @@ import (
 
 // Run runs the conformance suite as subtests of t. newBackend must return a
 // new, empty backend for each subtest (it is called once per subtest) and
-// arrange its cleanup with t.Cleanup.
+// arrange its cleanup with t.Cleanup. The Append cases run when the backend
+// implements storage.Appender and are skipped otherwise.
 func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 	t.Helper()
 	tests := []struct {
@@ -51,6 +54,11 @@ func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 		{"InvalidNames", testInvalidNames},
 		{"ContextCancelled", testContextCancelled},
 		{"URL", testURL},
+		{"Append", testAppend},
+		{"AppendWrongOffset", testAppendWrongOffset},
+		{"AppendReplaceAndPut", testAppendReplaceAndPut},
+		{"AppendWhileReading", testAppendWhileReading},
+		{"AppendArguments", testAppendArguments},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -539,4 +547,235 @@ func testContextCancelled(t *testing.T, b storage.Backend) {
 
 func testURL(t *testing.T, b storage.Backend) {
 	assert.NotEmpty(t, b.URL())
+}
+
+// appender returns b as a storage.Appender, skipping the test when the
+// backend does not implement that optional feature.
+func appender(t *testing.T, b storage.Backend) storage.Appender {
+	t.Helper()
+	a, ok := b.(storage.Appender)
+	if !ok {
+		t.Skip("backend does not implement storage.Appender")
+	}
+	return a
+}
+
+// growing is an object written by appends, with the running hash its
+// writer keeps.
+type growing struct {
+	t    *testing.T
+	a    storage.Appender
+	name string
+	data []byte
+	h    hash.Hash
+}
+
+func newGrowing(t *testing.T, a storage.Appender, name string) *growing {
+	return &growing{t: t, a: a, name: name, h: sha256.New()}
+}
+
+// add appends chunk at the object's end.
+func (g *growing) add(chunk []byte) {
+	g.t.Helper()
+	g.h.Write(chunk)
+	err := g.a.Append(g.t.Context(), g.name, int64(len(g.data)), chunk, hex.EncodeToString(g.h.Sum(nil)))
+	require.NoError(g.t, err, "append %d bytes at %d", len(chunk), len(g.data))
+	g.data = append(g.data, chunk...)
+}
+
+// requireObject checks that Get, Stat and List all see exactly data.
+func requireObject(t *testing.T, b storage.Backend, name string, data []byte) {
+	t.Helper()
+	requireEqualBytes(t, data, readAll(t, b, name), "read "+name)
+	info, err := b.Stat(t.Context(), name)
+	require.NoError(t, err)
+	assert.Equal(t, int64(len(data)), info.Size, "stat size")
+	assert.Equal(t, sum(data), info.SHA256, "stat sha256")
+	infos, err := b.List(t.Context(), name)
+	require.NoError(t, err)
+	require.Equal(t, []string{name}, names(infos))
+	assert.Equal(t, int64(len(data)), infos[0].Size, "list size")
+	assert.Equal(t, sum(data), infos[0].SHA256, "list sha256")
+}
+
+func testAppend(t *testing.T, b storage.Backend) {
+	a := appender(t, b)
+	cases := []struct {
+		name   string
+		chunks []int
+	}{
+		{"one chunk", []int{100}},
+		{"small chunks", []int{1, 2, 3, 4096, 7, 1}},
+		{"empty first and in between", []int{0, 10, 0, 10}},
+		{"large chunks", []int{1 << 20, 64 << 10, 3<<20 + 5}},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newGrowing(t, a, fmt.Sprintf("append/%d/obj.partial", i))
+			all := randomBytes(sumInts(tc.chunks), uint64(100+i))
+			for _, n := range tc.chunks {
+				g.add(all[len(g.data) : len(g.data)+n])
+				requireObject(t, b, g.name, g.data)
+			}
+			requireEqualBytes(t, all, g.data, "test bookkeeping")
+		})
+	}
+}
+
+func sumInts(s []int) int {
+	n := 0
+	for _, v := range s {
+		n += v
+	}
+	return n
+}
+
+func testAppendWrongOffset(t *testing.T, b storage.Backend) {
+	a := appender(t, b)
+	ctx := t.Context()
+	g := newGrowing(t, a, "obj")
+	g.add([]byte("hello, "))
+	g.add([]byte("world"))
+	n := int64(len(g.data))
+	more := []byte("!")
+	whole := sum(append(slices.Clone(g.data), more...))
+	for _, off := range []int64{n - 1, n + 1, 1, 2 * n} {
+		err := a.Append(ctx, "obj", off, more, whole)
+		require.ErrorIs(t, err, storage.ErrAppendOffset, "offset %d of %d", off, n)
+		requireObject(t, b, "obj", g.data)
+	}
+
+	// A missing object has no length to append at.
+	err := a.Append(ctx, "missing", 5, more, sum(more))
+	require.ErrorIs(t, err, storage.ErrAppendOffset)
+	require.ErrorIs(t, err, storage.ErrNotExist)
+	_, err = b.Stat(ctx, "missing")
+	require.ErrorIs(t, err, storage.ErrNotExist)
+
+	// Right offset after the refusals.
+	g.add(more)
+	requireObject(t, b, "obj", []byte("hello, world!"))
+}
+
+func testAppendReplaceAndPut(t *testing.T, b storage.Backend) {
+	a := appender(t, b)
+	ctx := t.Context()
+	g := newGrowing(t, a, "seg.partial")
+	g.add(randomBytes(100<<10, 9))
+	g.add(randomBytes(10<<10, 10))
+
+	t.Run("offset 0 replaces", func(t *testing.T) {
+		short := []byte("short")
+		require.NoError(t, a.Append(ctx, g.name, 0, short, sum(short)))
+		requireObject(t, b, g.name, short)
+		g.data, g.h = slices.Clone(short), sha256.New()
+		g.h.Write(short)
+		g.add([]byte(" and more"))
+		requireObject(t, b, g.name, []byte("short and more"))
+	})
+	t.Run("offset 0 with wrong checksum stores nothing", func(t *testing.T) {
+		err := a.Append(ctx, g.name, 0, []byte("other"), sum([]byte("not other")))
+		require.ErrorIs(t, err, storage.ErrChecksum)
+		requireObject(t, b, g.name, g.data)
+		err = a.Append(ctx, "never", 0, []byte("other"), sum([]byte("not other")))
+		require.ErrorIs(t, err, storage.ErrChecksum)
+		_, err = b.Stat(ctx, "never")
+		require.ErrorIs(t, err, storage.ErrNotExist)
+	})
+	t.Run("put replaces, append continues after put", func(t *testing.T) {
+		replaced := randomBytes(3000, 11)
+		put(t, b, g.name, replaced)
+		requireObject(t, b, g.name, replaced)
+		err := a.Append(ctx, g.name, int64(len("short and more")), []byte("x"), sum([]byte("short and morex")))
+		require.ErrorIs(t, err, storage.ErrAppendOffset, "the old length after a put")
+		g.data, g.h = slices.Clone(replaced), sha256.New()
+		g.h.Write(replaced)
+		g.add([]byte("tail"))
+		g.add([]byte("tail2"))
+		requireObject(t, b, g.name, g.data)
+		requireEqualBytes(t, append(slices.Clone(replaced), "tailtail2"...), g.data, "bookkeeping")
+	})
+	t.Run("put over appended object with a shorter one", func(t *testing.T) {
+		put(t, b, g.name, []byte("p"))
+		requireObject(t, b, g.name, []byte("p"))
+		require.NoError(t, b.Delete(ctx, g.name))
+		_, err := b.Stat(ctx, g.name)
+		require.ErrorIs(t, err, storage.ErrNotExist)
+	})
+}
+
+// testAppendWhileReading appends while readers read: every read must be a
+// whole, verified version, a prefix that ends where an Append ended.
+func testAppendWhileReading(t *testing.T, b storage.Backend) {
+	a := appender(t, b)
+	const chunk, chunks = 8 << 10, 60
+	all := randomBytes(chunk*chunks, 12)
+	g := newGrowing(t, a, "grow")
+	g.add(all[:chunk])
+
+	var writerDone atomic.Bool
+	var reads atomic.Int64
+	eg, ctx := errgroup.WithContext(t.Context())
+	eg.Go(func() error {
+		defer writerDone.Store(true)
+		h := sha256.New()
+		h.Write(all[:chunk])
+		for i := 1; i < chunks; i++ {
+			part := all[i*chunk : (i+1)*chunk]
+			h.Write(part)
+			if err := a.Append(ctx, "grow", int64(i*chunk), part, hex.EncodeToString(h.Sum(nil))); err != nil {
+				return fmt.Errorf("append %d: %w", i, err)
+			}
+		}
+		return nil
+	})
+	for range 2 {
+		eg.Go(func() error {
+			for !writerDone.Load() || reads.Load() == 0 {
+				got, err := storage.ReadAll(ctx, b, "grow")
+				if err != nil {
+					return err
+				}
+				if len(got)%chunk != 0 || !bytes.Equal(got, all[:len(got)]) {
+					return fmt.Errorf("read %d bytes (sha256 %s) that are no appended version", len(got), sum(got))
+				}
+				info, err := b.Stat(ctx, "grow")
+				if err != nil {
+					return err
+				}
+				if info.Size < int64(len(got)) || info.Size%chunk != 0 {
+					return fmt.Errorf("stat size %d after reading %d bytes", info.Size, len(got))
+				}
+				reads.Add(1)
+			}
+			return nil
+		})
+	}
+	require.NoError(t, eg.Wait())
+	requireObject(t, b, "grow", all)
+	t.Logf("%d verified reads during %d appends", reads.Load(), chunks-1)
+}
+
+func testAppendArguments(t *testing.T, b storage.Backend) {
+	a := appender(t, b)
+	ctx := t.Context()
+	data := []byte("data")
+	for _, n := range []string{"", "/abs", "a//b", ".hidden", "a/.tmp-x"} {
+		require.ErrorIs(t, a.Append(ctx, n, 0, data, sum(data)), storage.ErrInvalidName, "name %q", n)
+	}
+	for _, bad := range []string{"", "xyz", sum(data)[:63], strings.Repeat("g", 64)} {
+		require.ErrorIs(t, a.Append(ctx, "obj", 0, data, bad), storage.ErrInvalidChecksum, "digest %q", bad)
+	}
+	require.ErrorIs(t, a.Append(ctx, "obj", -1, data, sum(data)), storage.ErrAppendOffset)
+
+	// Either case of digest is accepted.
+	require.NoError(t, a.Append(ctx, "obj", 0, data, strings.ToUpper(sum(data))))
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	more := append(slices.Clone(data), "more"...)
+	require.ErrorIs(t, a.Append(cancelled, "obj", 4, []byte("more"), sum(more)), context.Canceled)
+	require.ErrorIs(t, a.Append(cancelled, "new", 0, data, sum(data)), context.Canceled)
+	requireObject(t, b, "obj", data)
+	_, err := b.Stat(ctx, "new")
+	require.ErrorIs(t, err, storage.ErrNotExist)
 }
