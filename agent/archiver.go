@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -155,7 +153,7 @@ func (a *archiver) streamOnce(ctx context.Context) error {
 	if st.MineIsMaster && a.cfg.PGPort != 0 {
 		port = a.cfg.PGPort
 	}
-	conn, err := replicationConnString(a.cfg, host, port)
+	conn, err := a.cfg.PGConnString(host, port, true)
 	if err != nil {
 		return err
 	}
@@ -322,38 +320,6 @@ func (a *archiver) progress(p walstream.Progress) {
 	a.metrics.observe(p, p.LastSegment != "" && p.LastSegment != prevSegment)
 }
 
-// replicationConnString builds the libpq connection string for streaming:
-// pg-user, the password from pg-password-file (else libpq's PGPASSWORD or
-// PGPASSFILE), application_name barnacle (what synchronous_standby_names
-// would list).
-func replicationConnString(cfg config.Config, host string, port int) (string, error) {
-	kv := []string{
-		"host=" + quoteConnValue(host),
-		fmt.Sprintf("port=%d", port),
-		"application_name=barnacle",
-		"replication=true",
-		"connect_timeout=10",
-	}
-	if cfg.PGUser != "" {
-		kv = append(kv, "user="+quoteConnValue(cfg.PGUser))
-	}
-	if cfg.PGPasswordFile != "" {
-		pw, err := os.ReadFile(cfg.PGPasswordFile)
-		if err != nil {
-			return "", fmt.Errorf("read pg-password-file: %w", err)
-		}
-		kv = append(kv, "password="+quoteConnValue(strings.TrimRight(string(pw), "\r\n")))
-	}
-	return strings.Join(kv, " "), nil
-}
-
-// quoteConnValue quotes a keyword/value connection string value the way
-// libpq parses it: in single quotes, with backslash and quote escaped.
-func quoteConnValue(v string) string {
-	r := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
-	return "'" + r.Replace(v) + "'"
-}
-
 // backoff is the delay before the n-th consecutive retry of the stream:
 // 500 ms doubling up to 30 s.
 func backoff(n int) time.Duration { return retry.Backoff(n, 500*time.Millisecond, 30*time.Second) }
@@ -459,7 +425,7 @@ func (a *archiver) fillFromOtherKeepers(ctx context.Context, b storage.Backend, 
 		}
 		log := a.log.With("source_keeper", uid)
 		log.Info("the master lacks wal the archive needs; trying another keeper", "timeline", g.Timeline, "from", g.From.String())
-		conn, err := replicationConnString(a.cfg, host, port)
+		conn, err := a.cfg.PGConnString(host, port, true)
 		if err != nil {
 			return false
 		}

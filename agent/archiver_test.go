@@ -37,15 +37,3 @@ func TestHint(t *testing.T) {
 	}
 	assert.Empty(t, hint(errors.New("connection refused"), cfg))
 }
-
-func TestReplicationConnString(t *testing.T) {
-	cfg := config.Default()
-	cfg.PGUser = `o'brien`
-	got, err := replicationConnString(cfg, "10.0.0.1", 5433)
-	assert.NoError(t, err)
-	assert.Equal(t, `host='10.0.0.1' port=5433 application_name=barnacle replication=true connect_timeout=10 user='o\'brien'`, got)
-	parsed, err := pgconn.ParseConfig(got)
-	assert.NoError(t, err)
-	assert.Equal(t, `o'brien`, parsed.User)
-	assert.Equal(t, uint16(5433), parsed.Port)
-}

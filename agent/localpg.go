@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -94,35 +92,16 @@ func (l *localPostgres) close() {
 	}
 }
 
-// connect opens a connection as pg-user to pg-dbname. The password comes from
-// pg-password-file, else the usual PGPASSWORD/PGPASSFILE environment that
-// pgx reads.
+// connect opens a connection as pg-user to pg-dbname (see
+// config.PGConnString for where the password comes from).
 func connect(ctx context.Context, cfg config.Config, host string, port int) (*pgx.Conn, error) {
-	pc, err := pgx.ParseConfig("")
+	cs, err := cfg.PGConnString(host, port, false)
 	if err != nil {
-		return nil, fmt.Errorf("postgres connection settings from the environment: %w", err)
+		return nil, err
 	}
-	pc.Host, pc.Port = host, uint16(port)
-	if cfg.PGUser != "" {
-		pc.User = cfg.PGUser
-	}
-	if cfg.PGDBName != "" {
-		pc.Database = cfg.PGDBName
-	}
-	if cfg.PGPasswordFile != "" {
-		pw, err := os.ReadFile(cfg.PGPasswordFile)
-		if err != nil {
-			return nil, fmt.Errorf("read pg-password-file: %w", err)
-		}
-		pc.Password = strings.TrimRight(string(pw), "\r\n")
-	}
-	if pc.RuntimeParams == nil {
-		pc.RuntimeParams = map[string]string{}
-	}
-	pc.RuntimeParams["application_name"] = "barnacle"
-	conn, err := pgx.ConnectConfig(ctx, pc)
+	conn, err := pgx.Connect(ctx, cs)
 	if err != nil {
-		return nil, fmt.Errorf("connect to postgres at %s:%d as %s: %w", host, port, pc.User, err)
+		return nil, fmt.Errorf("connect to postgres at %s:%d as %s: %w", host, port, cfg.PGUser, err)
 	}
 	return conn, nil
 }

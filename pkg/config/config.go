@@ -8,6 +8,7 @@ package config
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"time"
 )
@@ -117,4 +118,41 @@ func (c Config) String() string {
 // "<barnacle-prefix>/<cluster-name>/".
 func (c Config) ClusterPrefix() string {
 	return strings.TrimSuffix(c.BarnaclePrefix, "/") + "/" + c.ClusterName + "/"
+}
+
+// PGConnString builds a libpq keyword/value connection string to host:port
+// as pg-user, with the password from pg-password-file (else libpq's
+// PGPASSWORD or PGPASSFILE apply) and application_name barnacle, which is
+// what synchronous_standby_names would list. With replication it is a
+// physical replication connection, otherwise one to pg-dbname.
+func (c Config) PGConnString(host string, port int, replication bool) (string, error) {
+	kv := []string{
+		"host=" + quoteConnValue(host),
+		fmt.Sprintf("port=%d", port),
+		"application_name=barnacle",
+		"connect_timeout=10",
+	}
+	if replication {
+		kv = append(kv, "replication=true")
+	} else if c.PGDBName != "" {
+		kv = append(kv, "dbname="+quoteConnValue(c.PGDBName))
+	}
+	if c.PGUser != "" {
+		kv = append(kv, "user="+quoteConnValue(c.PGUser))
+	}
+	if c.PGPasswordFile != "" {
+		pw, err := os.ReadFile(c.PGPasswordFile)
+		if err != nil {
+			return "", fmt.Errorf("read pg-password-file: %w", err)
+		}
+		kv = append(kv, "password="+quoteConnValue(strings.TrimRight(string(pw), "\r\n")))
+	}
+	return strings.Join(kv, " "), nil
+}
+
+// quoteConnValue quotes a keyword/value connection string value the way
+// libpq parses it: in single quotes, with backslash and quote escaped.
+func quoteConnValue(v string) string {
+	r := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
+	return "'" + r.Replace(v) + "'"
 }

@@ -159,3 +159,17 @@ func FuzzLoadFile(f *testing.F) {
 		_ = c.String()
 	})
 }
+
+func TestPGConnString(t *testing.T) {
+	pw := filepath.Join(t.TempDir(), "pw")
+	require.NoError(t, os.WriteFile(pw, []byte("it's\\secret\n"), 0o600))
+	c := Default()
+	c.PGUser, c.PGPasswordFile = `o'brien`, pw
+	got, err := c.PGConnString("10.0.0.1", 5433, true)
+	require.NoError(t, err)
+	assert.Equal(t, `host='10.0.0.1' port=5433 application_name=barnacle connect_timeout=10 replication=true user='o\'brien' password='it\'s\\secret'`, got)
+	got, err = c.PGConnString("h", 1, false)
+	require.NoError(t, err)
+	assert.Contains(t, got, "dbname='postgres'")
+	assert.NotContains(t, got, "replication")
+}
