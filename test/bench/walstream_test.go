@@ -23,6 +23,7 @@ import (
 
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
+	"github.com/barnacle-pg/barnacle/pkg/wal"
 	"github.com/barnacle-pg/barnacle/pkg/walstream"
 )
 
@@ -63,7 +64,7 @@ var phases = []phase{
 	{Name: "none", Kind: kindNone},
 	{Name: "pg_receivewal", Kind: kindPGReceiveWAL},
 	{Name: "pg_receivewal --synchronous", Kind: kindPGReceiveWAL, Sync: true},
-	{Name: "barnacle 1s", Kind: kindBarnacle, FlushInterval: time.Second, CompareWith: "pg_receivewal"},
+	{Name: "barnacle 100ms (default)", Kind: kindBarnacle, CompareWith: "pg_receivewal"},
 	{Name: "barnacle 200ms", Kind: kindBarnacle, FlushInterval: 200 * time.Millisecond, CompareWith: "pg_receivewal"},
 	{Name: "barnacle synchronous", Kind: kindBarnacle, Sync: true, CompareWith: "pg_receivewal --synchronous"},
 	{Name: "none again", Kind: kindNone},
@@ -273,19 +274,23 @@ type writeCounter struct {
 	count, segments int
 	bytes           uint64
 	lastSegment     string
+	lastFlushed     wal.LSN
 }
 
-// add counts one durable write: a complete segment when LastSegment moved,
-// else a rewrite of the .partial from the segment start to Flushed.
+// add counts one durable write: the bytes appended to the .partial since
+// the last report, plus the whole segment when one was completed (stored
+// as its own object).
 func (w *writeCounter) add(p walstream.Progress) {
 	w.count++
+	if w.lastFlushed != 0 && p.Flushed > w.lastFlushed {
+		w.bytes += uint64(p.Flushed - w.lastFlushed)
+	}
+	w.lastFlushed = p.Flushed
 	if p.LastSegment != w.lastSegment {
 		w.lastSegment = p.LastSegment
 		w.segments++
 		w.bytes += p.SegmentSize
-		return
 	}
-	w.bytes += uint64(p.Flushed) % p.SegmentSize
 }
 
 // startPGReceiveWAL starts pg_receivewal on a new slot reserved now,
