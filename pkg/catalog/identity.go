@@ -1,6 +1,7 @@
 // Package catalog knows what an archive holds and where (DESIGN.md §2): the
-// archive's identity, the WAL prefix, and the recorded WAL gaps. All I/O
-// goes through storage.Backend.
+// archive's identity, the WAL prefix, the recorded WAL gaps, and the base
+// backup documents (IDs, status, keep, deletion, the WAL each backup
+// needs). All I/O goes through storage.Backend.
 //
 // Other modules may import this package, but its API is not stable.
 package catalog

@@ -1,0 +1,140 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/barnacle-pg/barnacle/pkg/storage"
+	"github.com/barnacle-pg/barnacle/pkg/wal"
+)
+
+// WALCheck says whether the WAL a backup needs to become consistent is in
+// the archive.
+type WALCheck struct {
+	// First and Last are the file names of the first and last segment
+	// needed (bare names, no suffix).
+	First, Last string
+	// Missing lists what is absent: bare segment names, oldest first, or
+	// the stop timeline's history file (then alone, because without it the
+	// segments' timelines cannot be known).
+	Missing []string
+	// Present counts the needed segments found.
+	Present int
+}
+
+// OK reports whether everything needed is present.
+func (c WALCheck) OK() bool { return len(c.Missing) == 0 }
+
+// neededSegment is one segment a backup needs; bytes is how much of it,
+// counted from its start.
+type neededSegment struct {
+	name  string
+	bytes uint64
+}
+
+// CheckBackupWAL checks that the archive holds the WAL from doc's StartLSN
+// (on StartTimeline) to its StopLSN (on StopTimeline). StopLSN is the
+// first byte after the backup's end record, so a StopLSN on a segment
+// boundary does not need the segment that starts there (PostgreSQL's
+// XLByteToPrevSeg). A segment counts as present when stored as X, X.zst or
+// X.lz4; the last one also when X.partial (stored uncompressed) holds at
+// least the bytes up to StopLSN. When the timelines differ, the stop
+// timeline's history file says which timeline each segment is read from,
+// as recovery does (the segment holding a switch point is read from the
+// newer timeline). Errors are for a document that makes no sense and for
+// storage failures, not for missing WAL.
+func CheckBackupWAL(ctx context.Context, b storage.Backend, cluster string, doc Backup) (WALCheck, error) {
+	segSize := doc.WALSegmentSize
+	if err := wal.ValidSegmentSize(segSize); err != nil {
+		return WALCheck{}, fmt.Errorf("check wal of backup %s: %w", doc.ID, err)
+	}
+	start, err := wal.ParseLSN(doc.StartLSN)
+	if err != nil {
+		return WALCheck{}, fmt.Errorf("check wal of backup %s: start: %w", doc.ID, err)
+	}
+	stop, err := wal.ParseLSN(doc.StopLSN)
+	if err != nil {
+		return WALCheck{}, fmt.Errorf("check wal of backup %s: stop: %w", doc.ID, err)
+	}
+	if stop <= start || doc.StartTimeline == 0 || doc.StopTimeline < doc.StartTimeline {
+		return WALCheck{}, fmt.Errorf("check wal of backup %s: invalid range %s on timeline %d to %s on timeline %d",
+			doc.ID, doc.StartLSN, doc.StartTimeline, doc.StopLSN, doc.StopTimeline)
+	}
+
+	var history []wal.HistoryEntry
+	if doc.StopTimeline != doc.StartTimeline {
+		name := WALPrefix(cluster) + wal.HistoryFileName(doc.StopTimeline)
+		data, err := storage.ReadAll(ctx, b, name)
+		if errors.Is(err, storage.ErrNotExist) {
+			return WALCheck{Missing: []string{wal.HistoryFileName(doc.StopTimeline)}}, nil
+		}
+		if err != nil {
+			return WALCheck{}, fmt.Errorf("check wal of backup %s: read %s: %w", doc.ID, name, err)
+		}
+		if history, err = wal.ParseHistory(data); err != nil {
+			return WALCheck{}, fmt.Errorf("check wal of backup %s: %s: %w", doc.ID, name, err)
+		}
+		if _, ok := wal.SwitchPoint(history, doc.StartTimeline); !ok {
+			return WALCheck{}, fmt.Errorf("check wal of backup %s: timeline %d is not an ancestor of timeline %d in %s",
+				doc.ID, doc.StartTimeline, doc.StopTimeline, name)
+		}
+	}
+
+	first, last := wal.SegmentOf(start, segSize), wal.SegmentOf(stop-1, segSize)
+	needed := make([]neededSegment, 0, last-first+1)
+	for seg := first; seg <= last; seg++ {
+		tli := doc.StartTimeline
+		if history != nil {
+			// The timeline of the segment's last byte: recovery reads a
+			// segment from the newest timeline that had begun by its end.
+			tli = wal.TimelineOf(history, doc.StopTimeline, wal.SegmentStart(seg+1, segSize)-1)
+		}
+		n := neededSegment{name: wal.SegmentFileName(tli, seg, segSize), bytes: segSize}
+		if seg == last {
+			n.bytes = uint64(stop - wal.SegmentStart(seg, segSize))
+		}
+		needed = append(needed, n)
+	}
+
+	check := WALCheck{First: needed[0].name, Last: needed[len(needed)-1].name}
+	// Segment names sharing their first 16 digits (timeline and high part)
+	// list together, so a check costs one List per 4 GiB of WAL rather than
+	// one per segment or one of the whole WAL prefix.
+	stored := map[string]storage.ObjectInfo{}
+	listed := map[string]bool{}
+	for i, n := range needed {
+		group := n.name[:16]
+		if !listed[group] {
+			listed[group] = true
+			objs, err := b.List(ctx, WALPrefix(cluster)+group)
+			if err != nil {
+				return WALCheck{}, fmt.Errorf("check wal of backup %s: list %s: %w", doc.ID, group, err)
+			}
+			for _, o := range objs {
+				stored[strings.TrimPrefix(o.Name, WALPrefix(cluster))] = o
+			}
+		}
+		if segmentStored(stored, n, i == len(needed)-1) {
+			check.Present++
+		} else {
+			check.Missing = append(check.Missing, n.name)
+		}
+	}
+	return check, nil
+}
+
+// segmentStored applies CheckBackupWAL's presence rule to one segment.
+func segmentStored(stored map[string]storage.ObjectInfo, n neededSegment, last bool) bool {
+	for _, suffix := range []string{"", "." + wal.CompressionZstd, "." + wal.CompressionLZ4} {
+		if _, ok := stored[n.name+suffix]; ok {
+			return true
+		}
+	}
+	if !last {
+		return false
+	}
+	p, ok := stored[n.name+".partial"]
+	return ok && p.Size >= 0 && uint64(p.Size) >= n.bytes
+}
