@@ -64,7 +64,7 @@ var phases = []phase{
 	{Name: "none", Kind: kindNone},
 	{Name: "pg_receivewal", Kind: kindPGReceiveWAL},
 	{Name: "pg_receivewal --synchronous", Kind: kindPGReceiveWAL, Sync: true},
-	{Name: "barnacle 100ms (default)", Kind: kindBarnacle, CompareWith: "pg_receivewal"},
+	{Name: "barnacle 100ms", Kind: kindBarnacle, CompareWith: "pg_receivewal"}, // the default flush interval
 	{Name: "barnacle 200ms", Kind: kindBarnacle, FlushInterval: 200 * time.Millisecond, CompareWith: "pg_receivewal"},
 	{Name: "barnacle synchronous", Kind: kindBarnacle, Sync: true, CompareWith: "pg_receivewal --synchronous"},
 	{Name: "none again", Kind: kindNone},
