@@ -51,6 +51,12 @@ variables, then flags, later ones winning. Keys and flags share names
 	root.AddCommand(
 		newAgentCommand(),
 		newStatusCommand(),
+		newBackupCommand(),
+		newListBackupsCommand(),
+		newShowBackupCommand(),
+		newVerifyBackupCommand(),
+		newDeleteCommand(),
+		newKeepCommand(),
 		newVersionCommand(),
 	)
 	for _, c := range root.Commands() {

@@ -1,0 +1,250 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/barnacle-pg/barnacle/pkg/backup"
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/storage"
+	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
+)
+
+// archiveNeeds is what every catalog command needs: the cluster's archive.
+var archiveNeeds = config.Needs{Keys: []string{"cluster-name", "archive-url"}}
+
+// openArchive loads the configuration and opens archive-url.
+func openArchive(cmd *cobra.Command) (config.Config, storage.Backend, error) {
+	cfg, err := loadConfig(cmd, archiveNeeds)
+	if err != nil {
+		return cfg, nil, err
+	}
+	b, err := backends.Open(cmd.Context(), cfg.ArchiveURL)
+	if err != nil {
+		return cfg, nil, fmt.Errorf("open archive-url: %w", err)
+	}
+	return cfg, b, nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newListBackupsCommand() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list-backups",
+		Short: "List the base backups in the archive, newest first",
+		Long:  "List the base backups of cluster-name in archive-url, newest first, with status, sizes, times, LSNs and timeline.",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, b, err := openArchive(cmd)
+			if err != nil {
+				return err
+			}
+			list, err := catalog.ListBackups(cmd.Context(), b, cfg.ClusterName)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if list == nil {
+					list = []catalog.Backup{}
+				}
+				return printJSON(cmd.OutOrStdout(), list)
+			}
+			w := cmd.OutOrStdout()
+			if len(list) == 0 {
+				fmt.Fprintf(w, "No backups of %s in %s yet: take one with 'barnacle backup --local'.\n", cfg.ClusterName, b.URL())
+				return nil
+			}
+			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tSTATUS\tSIZE\tSTORED\tSTART TIME\tDURATION\tSTART LSN\tSTOP LSN\tTIMELINE\tKEEP")
+			for _, d := range list {
+				dur := "-"
+				if !d.StopTime.IsZero() {
+					dur = d.StopTime.Sub(d.StartTime).Round(time.Second).String()
+				}
+				keep := ""
+				if d.Keep {
+					keep = "keep"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", d.ID, d.Status, humanBytes(d.Bytes), humanBytes(d.StoredBytes),
+					d.StartTime.UTC().Format(time.RFC3339), dur, d.StartLSN, d.StopLSN, d.StartTimeline, keep)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
+	return cmd
+}
+
+// backupDetail is show-backup's answer: the backup document and the WAL it
+// needs.
+type backupDetail struct {
+	Backup catalog.Backup   `json:"backup"`
+	WAL    catalog.WALCheck `json:"wal"`
+	// Restorable: done, and every WAL segment it needs is archived.
+	Restorable bool `json:"restorable"`
+}
+
+func newShowBackupCommand() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "show-backup ID|latest",
+		Short: "Show one backup in full, with the WAL range it needs and whether it is archived",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, b, err := openArchive(cmd)
+			if err != nil {
+				return err
+			}
+			d, err := catalog.ResolveBackup(cmd.Context(), b, cfg.ClusterName, args[0])
+			if err != nil {
+				return err
+			}
+			wc, err := catalog.CheckBackupWAL(cmd.Context(), b, cfg.ClusterName, d)
+			if err != nil && d.Status == catalog.StatusDone {
+				return err
+			}
+			detail := backupDetail{Backup: d, WAL: wc, Restorable: d.Status == catalog.StatusDone && err == nil && len(wc.Missing) == 0}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), detail)
+			}
+			return printBackup(cmd.OutOrStdout(), detail)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
+	return cmd
+}
+
+func printBackup(w io.Writer, d backupDetail) error {
+	b := d.Backup
+	fmt.Fprintf(w, "Backup:       %s (%s)\n", b.ID, b.Status)
+	if b.Error != "" {
+		fmt.Fprintf(w, "Error:        %s\n", b.Error)
+	}
+	if b.Label != "" {
+		fmt.Fprintf(w, "Label:        %s\n", b.Label)
+	}
+	fmt.Fprintf(w, "PostgreSQL:   %d, system identifier %s\n", b.PGVersion, b.SystemID)
+	fmt.Fprintf(w, "Taken from:   %s (%s) by agent %s\n", b.Host, b.From, b.Agent)
+	fmt.Fprintf(w, "Start:        %s at %s, timeline %d\n", b.StartTime.UTC().Format(time.RFC3339), b.StartLSN, b.StartTimeline)
+	if !b.StopTime.IsZero() {
+		fmt.Fprintf(w, "Stop:         %s at %s, timeline %d (%s)\n", b.StopTime.UTC().Format(time.RFC3339), b.StopLSN, b.StopTimeline,
+			b.StopTime.Sub(b.StartTime).Round(time.Second))
+	}
+	fmt.Fprintf(w, "Size:         %s, stored %s (%s)\n", humanBytes(b.Bytes), humanBytes(b.StoredBytes), b.Compression)
+	fmt.Fprintf(w, "Keep:         %t\n", b.Keep)
+	fmt.Fprintln(w, "Files:")
+	for _, f := range b.Files {
+		fmt.Fprintf(w, "  %-24s %10s stored %10s  sha256 %s\n", f.Name, humanBytes(f.Bytes), humanBytes(f.StoredBytes), f.SHA256)
+	}
+	fmt.Fprintf(w, "WAL needed:   %s .. %s: %d present", d.WAL.First, d.WAL.Last, d.WAL.Present)
+	if len(d.WAL.Missing) > 0 {
+		fmt.Fprintf(w, ", MISSING %v", d.WAL.Missing)
+	}
+	fmt.Fprintln(w)
+	if d.Restorable {
+		fmt.Fprintln(w, "Restorable:   yes")
+	} else {
+		fmt.Fprintln(w, "Restorable:   NO (see status, error and missing WAL above)")
+	}
+	return nil
+}
+
+func newDeleteCommand() *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "delete ID",
+		Short: "Delete a backup from the archive",
+		Long:  "Delete a backup and all its files. A kept or running backup is refused unless --force.",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, b, err := openArchive(cmd)
+			if err != nil {
+				return err
+			}
+			if err := catalog.DeleteBackup(cmd.Context(), b, cfg.ClusterName, args[0], force); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "deleted backup %s\n", args[0])
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "also delete a kept or running backup")
+	return cmd
+}
+
+func newKeepCommand() *cobra.Command {
+	var release bool
+	cmd := &cobra.Command{
+		Use:   "keep ID",
+		Short: "Keep a backup (and the WAL it needs) out of retention; --release undoes it",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, b, err := openArchive(cmd)
+			if err != nil {
+				return err
+			}
+			if err := catalog.SetKeep(cmd.Context(), b, cfg.ClusterName, args[0], !release); err != nil {
+				return err
+			}
+			state := "kept"
+			if release {
+				state = "released"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "backup %s %s\n", args[0], state)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&release, "release", false, "release a kept backup")
+	return cmd
+}
+
+func newVerifyBackupCommand() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "verify-backup ID|latest",
+		Short: "Re-read a backup and check every file against its checksums and backup_manifest",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, b, err := openArchive(cmd)
+			if err != nil {
+				return err
+			}
+			d, err := catalog.ResolveBackup(cmd.Context(), b, cfg.ClusterName, args[0])
+			if err != nil {
+				return err
+			}
+			bar := newProgressBar(cmd.OutOrStdout(), "verifying "+d.ID, !asJSON)
+			report, err := backup.Verify(cmd.Context(), b, cfg.ClusterName, d, bar.Update)
+			bar.Done()
+			if err != nil && len(report.Problems) == 0 {
+				return err
+			}
+			if asJSON {
+				if jerr := printJSON(cmd.OutOrStdout(), report); jerr != nil {
+					return jerr
+				}
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "backup %s: %d files, %s checked\n", d.ID, report.Files, humanBytes(report.Bytes))
+				for _, p := range report.Problems {
+					fmt.Fprintf(cmd.OutOrStdout(), "  PROBLEM: %s\n", p)
+				}
+			}
+			if len(report.Problems) > 0 {
+				return fmt.Errorf("backup %s failed verification: %s", d.ID, report.Problems[0])
+			}
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
+	return cmd
+}
