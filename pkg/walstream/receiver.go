@@ -111,9 +111,10 @@ type Options struct {
 	// returns an error, Run returns a *GapError. WAL is never skipped
 	// without OnGap's consent.
 	OnGap func(ctx context.Context, gap Gap) error
-	// Synchronous writes the .partial and reports the flushed position
-	// after every WAL message instead of every FlushInterval, so that the
-	// receiver can serve as a synchronous standby. Each report costs an
+	// Synchronous writes the .partial and reports the flushed position as
+	// soon as the server pauses between WAL messages (at most 10 ms after
+	// the first unwritten byte) instead of every FlushInterval, so that
+	// the receiver can serve as a synchronous standby. Each write is an
 	// append to the .partial (two syncs) or, with a backend without
 	// storage.Appender, a rewrite of the in-progress segment.
 	Synchronous bool
@@ -286,6 +287,9 @@ type stream struct {
 	buf []byte
 	// dirty means buf holds bytes that are not in the archive yet.
 	dirty bool
+	// dirtySince is when buf last became dirty: synchronous mode bounds
+	// how long received WAL waits for the next write.
+	dirtySince time.Time
 	// partialStored means seg's .partial exists in the archive.
 	partialStored bool
 	// partialLen is how many of buf's bytes the .partial holds, where the
@@ -564,17 +568,51 @@ func (s *stream) streamError(err error) error {
 	return err
 }
 
+// Synchronous mode writes what it received as soon as the server pauses
+// (no message for syncGather), as pg_receivewal --synchronous does after
+// draining its socket, and at the latest syncMaxDelay after the first
+// unwritten byte, so that one write and its syncs cover a burst of
+// messages instead of each one.
+const (
+	syncGather   = time.Millisecond
+	syncMaxDelay = 10 * time.Millisecond
+)
+
+// flushBytes bounds the WAL received but not yet durable, whatever the
+// interval: a write burst then costs at most this much RPO.
+const flushBytes = 512 << 10
+
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// flushDue reports whether the received WAL should be written now.
+func (s *stream) flushDue(now time.Time, idle bool) bool {
+	if uint64(s.received()-s.flushed) >= flushBytes {
+		return true
+	}
+	if s.r.opts.Synchronous {
+		return idle || !now.Before(s.dirtySince.Add(syncMaxDelay))
+	}
+	return !now.Before(s.lastFlush.Add(s.r.opts.FlushInterval))
+}
+
 // receive is the COPY loop. It returns errEndOfTimeline when the server
 // ends the timeline, ctx's error when ctx ends, or the error that stopped
 // it.
 func (s *stream) receive(ctx context.Context) error {
 	opts := s.r.opts
+	// idle: the last read found nothing within its deadline.
+	idle := false
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		now := time.Now()
-		if s.dirty && !now.Before(s.lastFlush.Add(opts.FlushInterval)) {
+		if s.dirty && s.flushDue(now, idle) {
 			if err := s.flushPartial(ctx); err != nil {
 				return err
 			}
@@ -588,17 +626,23 @@ func (s *stream) receive(ctx context.Context) error {
 		// is waiting. The deadline only interrupts this read; the
 		// connection stays usable (pgconn.Timeout).
 		deadline := s.nextStatus
-		if next := s.lastFlush.Add(opts.FlushInterval); s.dirty && next.Before(deadline) {
-			deadline = next
+		if s.dirty {
+			next := s.lastFlush.Add(opts.FlushInterval)
+			if opts.Synchronous {
+				next = earliest(now.Add(syncGather), s.dirtySince.Add(syncMaxDelay))
+			}
+			deadline = earliest(deadline, next)
 		}
 		rctx, cancel := context.WithDeadline(ctx, deadline)
 		msg, err := s.conn.ReceiveMessage(rctx)
 		cancel()
+		idle = false
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			if pgconn.Timeout(err) {
+				idle = true
 				continue
 			}
 			return fmt.Errorf("receive wal on timeline %d at %s: %w", s.tli, s.received(), err)
@@ -632,12 +676,6 @@ func (s *stream) handleCopyData(ctx context.Context, data []byte) error {
 		s.serverEnd = max(s.serverEnd, wal.LSN(xld.ServerWALEnd))
 		if err := s.appendWAL(ctx, wal.LSN(xld.WALStart), xld.WALData); err != nil {
 			return err
-		}
-		if s.r.opts.Synchronous && s.dirty {
-			if err := s.flushPartial(ctx); err != nil {
-				return err
-			}
-			return s.sendStatus(ctx)
 		}
 		return nil
 	case pglogrepl.PrimaryKeepaliveMessageByteID:
@@ -675,6 +713,9 @@ func (s *stream) appendWAL(ctx context.Context, start wal.LSN, data []byte) erro
 		n := min(int(s.segSize)-len(s.buf), len(data))
 		s.buf = append(s.buf, data[:n]...)
 		data = data[n:]
+		if !s.dirty {
+			s.dirtySince = time.Now()
+		}
 		s.dirty = true
 		if uint64(len(s.buf)) == s.segSize {
 			if err := s.completeSegment(ctx); err != nil {
