@@ -95,8 +95,16 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 	am := newArchiverMetrics(reg)
 	// The archiver needs the coordinator (state, keys) and the coordinator
 	// runs the archiver as its leader work; leaderWork closes the loop.
-	var arch *archiver
-	leaderWork := func(ctx context.Context, term coordinator.Term) error { return arch.run(ctx, term) }
+	var (
+		arch *archiver
+		bk   *backups
+	)
+	leaderWork := func(ctx context.Context, term coordinator.Term) error {
+		g, gctx := errgroup.WithContext(ctx)
+		g.Go(func() error { return arch.run(gctx, term) })
+		g.Go(func() error { return bk.run(gctx, term) })
+		return g.Wait()
+	}
 	a.coord, err = coordinator.New(coordinator.Options{
 		Client:         cli,
 		ClusterName:    cfg.ClusterName,
@@ -120,6 +128,7 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 	}
 	arch = newArchiver(cfg, name, log, a.coord, cli, am)
 	a.archiver = arch
+	bk = &backups{cfg: cfg, agent: name, log: log.Named("backups"), coord: a.coord, etcd: cli, keys: a.coord.Keys(), arch: arch}
 	a.standby = &standbySlot{cfg: cfg, log: log.Named("standby-slot"), coord: a.coord, metrics: am,
 		local: &localPostgres{cfg: cfg, keeperUID: cfg.KeeperUID}}
 	a.listener, err = net.Listen("tcp", cfg.MetricsListenAddress)

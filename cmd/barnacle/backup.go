@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -23,23 +22,26 @@ import (
 
 func newBackupCommand() *cobra.Command {
 	var (
-		local, fast, asJSON bool
-		label               string
+		local, fast, asJSON, wait bool
+		label, from               string
 	)
 	cmd := &cobra.Command{
-		Use:   "backup --local",
+		Use:   "backup [--wait] [--from master|standby|any] | backup --local",
 		Short: "Take a base backup into the archive",
-		Long: `Take a base backup of the PostgreSQL at pg-host:pg-port into archive-url.
+		Long: `Ask the cluster for a base backup: write a request under
+<barnacle-prefix>/<cluster-name>/requests/backup/<id>; the leading agent claims
+it exactly once and reports in status/backup/<id>. With --wait, follow it to
+the end (a progress bar on a terminal) and exit 0 only when it is done.
+Needs cluster-name and store-endpoints.
 
-With --local the backup runs in this process, with no agent and no etcd: it
-streams the WAL the backup needs into the archive at the same time (through
-slot-name, created when missing in slot-mode own), as pg_basebackup -X stream
-does, so the backup is restorable on its own. It is "done" only once that WAL
-is archived. Asking the agents for a backup through etcd comes with scheduled
-backups; until then --local is required.`,
+With --local the backup runs in this process, with no agent and no etcd,
+against pg-host:pg-port into archive-url: it streams the WAL the backup needs
+into the archive at the same time (through slot-name, created when missing in
+slot-mode own), as pg_basebackup -X stream does, so the backup is restorable
+on its own. Either way a backup is "done" only once that WAL is archived.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !local {
-				return usageError{errors.New("barnacle backup needs --local for now: the agents do not take backups on request yet")}
+				return requestBackup(cmd, from, label, wait, asJSON)
 			}
 			cfg, err := loadConfig(cmd, config.Needs{Keys: []string{"cluster-name", "archive-url", "pg-host"}})
 			if err != nil {
@@ -69,6 +71,8 @@ backups; until then --local is required.`,
 		},
 	}
 	cmd.Flags().BoolVar(&local, "local", false, "run the backup in this process against pg-host:pg-port")
+	cmd.Flags().BoolVar(&wait, "wait", false, "follow the request until it is done, failed or rejected")
+	cmd.Flags().StringVar(&from, "from", "any", "where the backup runs: master, standby or any")
 	cmd.Flags().BoolVar(&fast, "fast", false, "ask for an immediate checkpoint instead of a spread one")
 	cmd.Flags().StringVar(&label, "label", "", "backup label")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the backup document as JSON")

@@ -7,10 +7,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/barnacle-pg/barnacle/agent"
+	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 )
@@ -97,8 +100,68 @@ func TestLocalBackupCatalog(t *testing.T) {
 	require.Equal(t, 0, code)
 	assert.Contains(t, out, "No backups")
 
-	// Without --local: a usage error that says what to do.
+	// Without --local the backup is asked of the agents through etcd.
 	_, stderr, code = barnacle(t, args("backup")...)
 	assert.Equal(t, 2, code)
-	assert.Contains(t, stderr, "--local")
+	assert.Contains(t, stderr, "store-endpoints: required")
+}
+
+// TestBackupRequests: requests written to etcd are claimed exactly once by
+// the leader and run from the master; bad ones are rejected with what to
+// change; barnacle backup --wait follows one to the end.
+func TestBackupRequests(t *testing.T) {
+	ctx := t.Context()
+	env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: 1}, "--compression", "lz4")
+	env.startAgents()
+	primary := env.pg.Primary()
+	leader := env.leaderFor(primary)
+	require.NoError(t, primary.Exec(ctx, "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 50000)"))
+	keys := coordinator.NewKeys("barnacle", cluster)
+	cli := env.etcd.Client(t)
+
+	status := func(id string) agent.RequestStatus {
+		var st agent.RequestStatus
+		waitFor(t, 60*time.Second, "request "+id+" to finish", func() bool {
+			resp, err := cli.Get(ctx, agent.StatusKey(keys, id))
+			if err != nil || len(resp.Kvs) == 0 {
+				return false
+			}
+			require.NoError(t, json.Unmarshal(resp.Kvs[0].Value, &st))
+			return st.State == agent.StateDone || st.State == agent.StateFailed || st.State == agent.StateRejected
+		})
+		return st
+	}
+	for _, tc := range []struct{ id, value, want string }{
+		{"bad-json", `{not json`, "malformed request"},
+		{"bad-from", `{"from":"elsewhere"}`, `unknown from "elsewhere"`},
+		{"bad-field", `{"form":"master"}`, `unknown field "form"`},
+	} {
+		_, err := cli.Put(ctx, agent.RequestKey(keys, tc.id), tc.value)
+		require.NoError(t, err)
+		st := status(tc.id)
+		assert.Equal(t, agent.StateRejected, st.State, tc.id)
+		assert.Contains(t, st.Error, tc.want, tc.id)
+	}
+
+	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json", "--label", "by-request"}, store...)...)
+	require.Equal(t, 0, code, "backup --wait: %s %s", out, stderr)
+	var st agent.RequestStatus
+	require.NoError(t, json.Unmarshal([]byte(out), &st), out)
+	assert.Equal(t, agent.StateDone, st.State)
+	assert.Equal(t, leader.name, st.Agent, "the leader ran it")
+	require.NotNil(t, st.Result)
+
+	list, err := catalog.ListBackups(ctx, env.backend, cluster)
+	require.NoError(t, err)
+	require.Len(t, list, 1, "three agents, one backup")
+	doc := list[0]
+	assert.Equal(t, st.Result.ID, doc.ID)
+	assert.Equal(t, catalog.StatusDone, doc.Status)
+	assert.Equal(t, "by-request", doc.Label)
+	assert.Equal(t, "lz4", doc.Compression)
+	wc, err := catalog.CheckBackupWAL(ctx, env.backend, cluster, doc)
+	require.NoError(t, err)
+	assert.Empty(t, wc.Missing, "a done backup has its WAL archived")
+	t.Logf("backup %s by request: %d bytes (stored %d), WAL %s..%s present", doc.ID, doc.Bytes, doc.StoredBytes, wc.First, wc.Last)
 }

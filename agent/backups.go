@@ -1,0 +1,273 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pgx/v5/pgconn"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/barnacle-pg/barnacle/coordinator"
+	"github.com/barnacle-pg/barnacle/pkg/backup"
+	"github.com/barnacle-pg/barnacle/pkg/basebackup"
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/config"
+)
+
+// Request states in status/backup/<id> (DESIGN.md §3).
+const (
+	StateClaimed  = "claimed"
+	StateRunning  = "running"
+	StateDone     = "done"
+	StateFailed   = "failed"
+	StateRejected = "rejected"
+)
+
+// BackupRequest is the value of requests/backup/<id>.
+type BackupRequest struct {
+	From  string `json:"from"`
+	Label string `json:"label"`
+}
+
+// RequestStatus is the value of status/backup/<id> and status/restore/<id>.
+type RequestStatus struct {
+	State      string          `json:"state"`
+	Agent      string          `json:"agent"`
+	Error      string          `json:"error,omitempty"`
+	Progress   *Progress       `json:"progress,omitempty"`
+	StartedAt  time.Time       `json:"startedAt"`
+	FinishedAt *time.Time      `json:"finishedAt,omitempty"`
+	Result     *BackupResult   `json:"result,omitempty"`
+	Request    json.RawMessage `json:"request,omitempty"`
+}
+
+// Progress is bytes done of total (0 when unknown).
+type Progress struct {
+	Done  int64 `json:"done"`
+	Total int64 `json:"total"`
+}
+
+// BackupResult is what a finished backup request reports.
+type BackupResult struct {
+	ID       string `json:"id"`
+	StartLSN string `json:"startLSN"`
+	StopLSN  string `json:"stopLSN"`
+	Bytes    int64  `json:"bytes"`
+	Stored   int64  `json:"storedBytes"`
+}
+
+// RequestKey and StatusKey lay out the backup request keys.
+func RequestKey(keys coordinator.Keys, id string) string { return keys.Prefix + "requests/backup/" + id }
+
+// StatusKey is the status key of backup request id.
+func StatusKey(keys coordinator.Keys, id string) string { return keys.Prefix + "status/backup/" + id }
+
+// backups serves backup requests while this agent leads: it claims each
+// request exactly once (a transaction that creates the status key only if
+// it does not exist) and takes the backup from the master, done only once
+// the archiver has archived the WAL up to its stop position.
+type backups struct {
+	cfg   config.Config
+	agent string
+	log   hclog.Logger
+	coord *coordinator.Coordinator
+	etcd  *clientv3.Client
+	keys  coordinator.Keys
+	arch  *archiver
+
+	mu sync.Mutex // one backup at a time
+}
+
+func (b *backups) run(ctx context.Context, _ coordinator.Term) error {
+	// A backup left running by a leader that died can never finish: its
+	// stream is gone. The new leader marks it failed so it never looks
+	// usable.
+	if be, err := b.arch.openBackend(ctx); err == nil {
+		ids, err := catalog.MarkStaleRunning(ctx, be, b.cfg.ClusterName, func(catalog.Backup) bool { return true },
+			"the agent taking it stopped before it finished (a new leader found it running)")
+		if err != nil {
+			b.log.Warn("marking abandoned backups failed", "error", err)
+		}
+		for _, id := range ids {
+			b.log.Warn("backup abandoned by a previous leader marked failed", "backup", id)
+		}
+	}
+	prefix := b.keys.Prefix + "requests/backup/"
+	for ctx.Err() == nil {
+		resp, err := b.etcd.Get(ctx, prefix, clientv3.WithPrefix())
+		if err != nil {
+			sleepCtx(ctx, time.Second)
+			continue
+		}
+		for _, kv := range resp.Kvs {
+			id := strings.TrimPrefix(string(kv.Key), prefix)
+			b.serve(ctx, id, kv.Value)
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		wch := b.etcd.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+		for wr := range wch {
+			if wr.Err() != nil {
+				break
+			}
+			for _, ev := range wr.Events {
+				if ev.Type == clientv3.EventTypePut {
+					b.serve(ctx, strings.TrimPrefix(string(ev.Kv.Key), prefix), ev.Kv.Value)
+				}
+			}
+		}
+		cancel()
+		sleepCtx(ctx, 200*time.Millisecond)
+	}
+	return nil
+}
+
+// serve claims and runs one request, unless another agent already did.
+func (b *backups) serve(ctx context.Context, id string, value []byte) {
+	key := StatusKey(b.keys, id)
+	st := RequestStatus{State: StateClaimed, Agent: b.agent, StartedAt: time.Now().UTC()}
+	if json.Valid(value) {
+		st.Request = value
+	}
+	claimed, err := b.putStatus(ctx, key, st, true)
+	if err != nil || !claimed {
+		return
+	}
+	req, rejectErr := parseBackupRequest(value)
+	if rejectErr != nil {
+		st.State, st.Error = StateRejected, rejectErr.Error()
+		b.finish(ctx, key, st)
+		b.log.Warn("backup request rejected", "request", id, "error", rejectErr)
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st.State = StateRunning
+	_, _ = b.putStatus(ctx, key, st, false)
+	b.log.Info("backup request claimed", "request", id, "from", req.From, "label", req.Label)
+	var lastProgress time.Time
+	doc, err := b.take(ctx, req, func(done, total int64) {
+		// The status key carries the same numbers as a progress bar, at
+		// most once a second.
+		if time.Since(lastProgress) < time.Second {
+			return
+		}
+		lastProgress = time.Now()
+		st.Progress = &Progress{Done: done, Total: max(total, 0)}
+		_, _ = b.putStatus(ctx, key, st, false)
+	})
+	if err != nil {
+		st.State, st.Error = StateFailed, err.Error()
+	} else {
+		st.State = StateDone
+		st.Result = &BackupResult{ID: doc.ID, StartLSN: doc.StartLSN, StopLSN: doc.StopLSN, Bytes: doc.Bytes, Stored: doc.StoredBytes}
+	}
+	b.finish(ctx, key, st)
+	b.log.Info("backup request finished", "request", id, "state", st.State, "backup", doc.ID, "error", st.Error)
+}
+
+// parseBackupRequest checks a request and says what to change when it
+// cannot run.
+func parseBackupRequest(value []byte) (BackupRequest, error) {
+	var req BackupRequest
+	dec := json.NewDecoder(strings.NewReader(string(value)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return req, fmt.Errorf(`malformed request: %v; write JSON such as {"from":"master","label":"nightly"}`, err)
+	}
+	switch req.From {
+	case "", "master", "any":
+		req.From = "master"
+	case "standby":
+		return req, errors.New(`from "standby" is not supported yet: backups run on the master; use "master" or "any"`)
+	default:
+		return req, fmt.Errorf(`unknown from %q: use "master", "standby" or "any"`, req.From)
+	}
+	return req, nil
+}
+
+func (b *backups) finish(ctx context.Context, key string, st RequestStatus) {
+	now := time.Now().UTC()
+	st.FinishedAt = &now
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_, _ = b.putStatus(fctx, key, st, false)
+}
+
+// putStatus writes the status key; with create, only if it does not exist
+// yet (the claim), reporting whether it wrote.
+func (b *backups) putStatus(ctx context.Context, key string, st RequestStatus, create bool) (bool, error) {
+	v, err := json.Marshal(st)
+	if err != nil {
+		return false, err
+	}
+	if !create {
+		_, err := b.etcd.Put(ctx, key, string(v))
+		return err == nil, err
+	}
+	resp, err := b.etcd.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(clientv3.OpPut(key, string(v))).Commit()
+	if err != nil {
+		return false, err
+	}
+	return resp.Succeeded, nil
+}
+
+// take runs the backup against the master and waits for the archiver to
+// have the WAL up to the stop position.
+func (b *backups) take(ctx context.Context, req BackupRequest, progress func(done, total int64)) (catalog.Backup, error) {
+	be, err := b.arch.openBackend(ctx)
+	if err != nil {
+		return catalog.Backup{}, err
+	}
+	st := b.coord.State()
+	if !st.HasMaster {
+		return catalog.Backup{}, errors.New("clusterdata names no master")
+	}
+	host, port := st.Master.Host, st.Master.Port
+	if st.MineIsMaster && b.cfg.PGHost != "" {
+		host = b.cfg.PGHost
+	}
+	if st.MineIsMaster && b.cfg.PGPort != 0 {
+		port = b.cfg.PGPort
+	}
+	cs, err := b.cfg.PGConnString(host, port, true)
+	if err != nil {
+		return catalog.Backup{}, err
+	}
+	conn, err := pgconn.Connect(ctx, cs)
+	if err != nil {
+		return catalog.Backup{}, fmt.Errorf("connect to the master for the base backup: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return backup.Take(ctx, conn, backup.Options{
+		Backend:     be,
+		Cluster:     b.cfg.ClusterName,
+		Compression: b.cfg.Compression,
+		Label:       req.Label,
+		Fast:        true,
+		Agent:       b.agent,
+		KeeperUID:   st.Master.KeeperUID,
+		Host:        fmt.Sprintf("%s:%d", host, port),
+		From:        "master",
+		Logger:      b.log,
+		OnProgress:  progress,
+		WaitWAL: func(ctx context.Context, stop basebackup.Position) error {
+			for {
+				a := b.arch.snapshot()
+				if a.Timeline > stop.Timeline || (a.Timeline == stop.Timeline && a.Flushed >= stop.LSN) {
+					return nil
+				}
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+		},
+	})
+}
