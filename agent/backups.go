@@ -63,7 +63,9 @@ type BackupResult struct {
 }
 
 // RequestKey and StatusKey lay out the backup request keys.
-func RequestKey(keys coordinator.Keys, id string) string { return keys.Prefix + "requests/backup/" + id }
+func RequestKey(keys coordinator.Keys, id string) string {
+	return keys.Prefix + "requests/backup/" + id
+}
 
 // StatusKey is the status key of backup request id.
 func StatusKey(keys coordinator.Keys, id string) string { return keys.Prefix + "status/backup/" + id }
@@ -97,6 +99,14 @@ func (b *backups) run(ctx context.Context, _ coordinator.Term) error {
 		for _, id := range ids {
 			b.log.Warn("backup abandoned by a previous leader marked failed", "backup", id)
 		}
+	}
+	if b.cfg.BackupSchedule > 0 {
+		done := make(chan struct{})
+		defer func() { <-done }()
+		go func() {
+			defer close(done)
+			b.schedule(ctx)
+		}()
 	}
 	prefix := b.keys.Prefix + "requests/backup/"
 	for ctx.Err() == nil {
@@ -270,4 +280,61 @@ func (b *backups) take(ctx context.Context, req BackupRequest, progress func(don
 			}
 		},
 	})
+}
+
+// schedule requests a backup whenever the newest backup (done or running)
+// is older than backup-schedule, through the same request path as a user,
+// so that it is claimed once and shows in etcd.
+func (b *backups) schedule(ctx context.Context) {
+	check := min(max(b.cfg.BackupSchedule/10, time.Second), 30*time.Second)
+	var pending string // the request we wrote and that has not finished yet
+	for {
+		if pending != "" {
+			resp, err := b.etcd.Get(ctx, StatusKey(b.keys, pending))
+			if err == nil && len(resp.Kvs) == 1 {
+				var st RequestStatus
+				if json.Unmarshal(resp.Kvs[0].Value, &st) == nil && st.FinishedAt != nil {
+					pending = ""
+				}
+			}
+		}
+		if pending == "" {
+			if due, err := b.backupDue(ctx); err != nil {
+				b.log.Warn("checking the backup schedule failed", "error", err)
+			} else if due {
+				id := "scheduled-" + time.Now().UTC().Format("20060102T150405")
+				v, _ := json.Marshal(BackupRequest{From: "any", Label: "scheduled"})
+				if _, err := b.etcd.Put(ctx, RequestKey(b.keys, id), string(v)); err != nil {
+					b.log.Warn("requesting a scheduled backup failed", "error", err)
+				} else {
+					b.log.Info("scheduled backup requested", "request", id, "schedule", b.cfg.BackupSchedule.String())
+					pending = id
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(check):
+		}
+	}
+}
+
+// backupDue reports whether the newest backup started more than
+// backup-schedule ago, or there is none.
+func (b *backups) backupDue(ctx context.Context) (bool, error) {
+	be, err := b.arch.openBackend(ctx)
+	if err != nil {
+		return false, err
+	}
+	list, err := catalog.ListBackups(ctx, be, b.cfg.ClusterName)
+	if err != nil {
+		return false, err
+	}
+	for _, d := range list {
+		if d.Status == catalog.StatusDone || d.Status == catalog.StatusRunning {
+			return time.Since(d.StartTime) >= b.cfg.BackupSchedule, nil
+		}
+	}
+	return true, nil
 }

@@ -46,6 +46,8 @@ type Config struct {
 	Synchronous  bool
 	Compression  string
 
+	BackupSchedule time.Duration
+
 	MetricsListenAddress string
 	LogLevel             string
 	LogFormat            string

@@ -225,7 +225,9 @@ var keys = func() []key {
 	bs, bg = boolean(func(c *Config) *bool { return &c.Synchronous })
 	addBool("synchronous", "report the flushed position to PostgreSQL right after every write to the archive (for synchronous_standby_names)", bs, bg)
 	s, g = oneOf(func(c *Config) *string { return &c.Compression }, "none", "zstd", "lz4")
-	add("compression", "compression of archived WAL segments", s, g)
+	add("compression", "compression of archived WAL segments and base backups", s, g)
+	ds, dg = duration(func(c *Config) *time.Duration { return &c.BackupSchedule })
+	add("backup-schedule", "take a base backup when the newest one is older than this (Go duration, e.g. 24h); empty: only on request", ds, dg)
 
 	add("metrics-listen-address", "address of /metrics, /healthz and /readyz (host:port)", func(c *Config, v string) error {
 		v = strings.TrimSpace(v)

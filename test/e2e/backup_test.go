@@ -165,3 +165,29 @@ func TestBackupRequests(t *testing.T) {
 	assert.Empty(t, wc.Missing, "a done backup has its WAL archived")
 	t.Logf("backup %s by request: %d bytes (stored %d), WAL %s..%s present", doc.ID, doc.Bytes, doc.StoredBytes, wc.First, wc.Last)
 }
+
+// TestScheduledBackups: the leader requests a backup whenever the newest
+// one is older than backup-schedule.
+func TestScheduledBackups(t *testing.T) {
+	ctx := t.Context()
+	env := newArchiveEnv(t, testenv.ClusterOptions{}, "--backup-schedule", "5s")
+	env.startAgents()
+	env.leaderFor(env.pg.Primary())
+	var done []catalog.Backup
+	waitFor(t, 60*time.Second, "two scheduled backups", func() bool {
+		list, err := catalog.ListBackups(ctx, env.backend, cluster)
+		if err != nil {
+			return false
+		}
+		done = done[:0]
+		for _, d := range list {
+			if d.Status == catalog.StatusDone && d.Label == "scheduled" {
+				done = append(done, d)
+			}
+		}
+		return len(done) >= 2
+	})
+	gap := done[0].StartTime.Sub(done[1].StartTime)
+	assert.GreaterOrEqual(t, gap, 5*time.Second, "backups follow the schedule, not faster")
+	t.Logf("scheduled backups %s and %s, %s apart", done[1].ID, done[0].ID, gap.Round(100*time.Millisecond))
+}
