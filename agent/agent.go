@@ -35,6 +35,7 @@ type Agent struct {
 	local    *localPostgres
 	archiver *archiver
 	standby  *standbySlot
+	backups  *backups
 	listener net.Listener
 }
 
@@ -102,7 +103,7 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 	leaderWork := func(ctx context.Context, term coordinator.Term) error {
 		g, gctx := errgroup.WithContext(ctx)
 		g.Go(func() error { return arch.run(gctx, term) })
-		g.Go(func() error { return bk.run(gctx, term) })
+		g.Go(func() error { return bk.leaderDuties(gctx, term) })
 		return g.Wait()
 	}
 	a.coord, err = coordinator.New(coordinator.Options{
@@ -129,6 +130,7 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 	arch = newArchiver(cfg, name, log, a.coord, cli, am)
 	a.archiver = arch
 	bk = &backups{cfg: cfg, agent: name, log: log.Named("backups"), coord: a.coord, etcd: cli, keys: a.coord.Keys(), arch: arch}
+	a.backups = bk
 	a.standby = &standbySlot{cfg: cfg, log: log.Named("standby-slot"), coord: a.coord, metrics: am,
 		local: &localPostgres{cfg: cfg, keeperUID: cfg.KeeperUID}}
 	a.listener, err = net.Listen("tcp", cfg.MetricsListenAddress)
@@ -168,6 +170,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	})
 	g.Go(func() error { return a.standby.run(gctx) })
+	g.Go(func() error { return a.backups.serveRequests(gctx) })
 	err := g.Wait()
 	err = errors.Join(err, a.etcd.Close())
 	log.Info("stopped")

@@ -18,6 +18,8 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/basebackup"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/stolon"
+	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
 // Request states in status/backup/<id> (DESIGN.md §3).
@@ -70,10 +72,11 @@ func RequestKey(keys coordinator.Keys, id string) string {
 // StatusKey is the status key of backup request id.
 func StatusKey(keys coordinator.Keys, id string) string { return keys.Prefix + "status/backup/" + id }
 
-// backups serves backup requests while this agent leads: it claims each
-// request exactly once (a transaction that creates the status key only if
-// it does not exist) and takes the backup from the master, done only once
-// the archiver has archived the WAL up to its stop position.
+// backups serves backup requests: the leader takes those from the master,
+// a follower beside a healthy standby those from a standby. Each request
+// is claimed exactly once (a transaction that creates the status key only
+// if it does not exist); a backup is done only once the leader has
+// archived the WAL up to its stop position.
 type backups struct {
 	cfg   config.Config
 	agent string
@@ -86,28 +89,36 @@ type backups struct {
 	mu sync.Mutex // one backup at a time
 }
 
-func (b *backups) run(ctx context.Context, _ coordinator.Term) error {
-	// A backup left running by a leader that died can never finish: its
-	// stream is gone. The new leader marks it failed so it never looks
-	// usable.
+// leaderDuties is the backups' share of the leader work: mark backups
+// abandoned by dead agents failed, and keep the schedule.
+func (b *backups) leaderDuties(ctx context.Context, _ coordinator.Term) error {
+	// A backup whose agent is gone can never finish. The new leader marks
+	// it failed so it never looks usable; a backup a live follower is
+	// taking from its standby is left alone.
 	if be, err := b.arch.openBackend(ctx); err == nil {
-		ids, err := catalog.MarkStaleRunning(ctx, be, b.cfg.ClusterName, func(catalog.Backup) bool { return true },
-			"the agent taking it stopped before it finished (a new leader found it running)")
+		agents := b.coord.State().Agents
+		ids, err := catalog.MarkStaleRunning(ctx, be, b.cfg.ClusterName, func(d catalog.Backup) bool {
+			_, alive := agents[d.Agent]
+			return !alive || d.Agent == b.agent
+		}, "the agent taking it stopped before it finished (a new leader found it running)")
 		if err != nil {
 			b.log.Warn("marking abandoned backups failed", "error", err)
 		}
 		for _, id := range ids {
-			b.log.Warn("backup abandoned by a previous leader marked failed", "backup", id)
+			b.log.Warn("backup abandoned by a dead agent marked failed", "backup", id)
 		}
 	}
 	if b.cfg.BackupSchedule > 0 {
-		done := make(chan struct{})
-		defer func() { <-done }()
-		go func() {
-			defer close(done)
-			b.schedule(ctx)
-		}()
+		b.schedule(ctx)
 	}
+	<-ctx.Done()
+	return nil
+}
+
+// serveRequests runs on every agent: the leader serves requests from the
+// master (and "any"), a follower beside a healthy standby serves requests
+// from a standby. Each request is claimed exactly once.
+func (b *backups) serveRequests(ctx context.Context) error {
 	prefix := b.keys.Prefix + "requests/backup/"
 	for ctx.Err() == nil {
 		resp, err := b.etcd.Get(ctx, prefix, clientv3.WithPrefix())
@@ -116,30 +127,43 @@ func (b *backups) run(ctx context.Context, _ coordinator.Term) error {
 			continue
 		}
 		for _, kv := range resp.Kvs {
-			id := strings.TrimPrefix(string(kv.Key), prefix)
-			b.serve(ctx, id, kv.Value)
+			b.serve(ctx, strings.TrimPrefix(string(kv.Key), prefix), kv.Value)
 		}
-		wctx, cancel := context.WithCancel(ctx)
-		wch := b.etcd.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
-		for wr := range wch {
-			if wr.Err() != nil {
-				break
-			}
-			for _, ev := range wr.Events {
-				if ev.Type == clientv3.EventTypePut {
-					b.serve(ctx, strings.TrimPrefix(string(ev.Kv.Key), prefix), ev.Kv.Value)
-				}
-			}
+		// Wait for a new request, or look again in a while: who may claim
+		// a request depends on roles, which change without an event here.
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		for range b.etcd.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
+			break
 		}
 		cancel()
-		sleepCtx(ctx, 200*time.Millisecond)
 	}
 	return nil
 }
 
-// serve claims and runs one request, unless another agent already did.
+// serve claims and runs one request if this agent is the one to run it
+// and no agent has claimed it yet.
 func (b *backups) serve(ctx context.Context, id string, value []byte) {
 	key := StatusKey(b.keys, id)
+	if resp, err := b.etcd.Get(ctx, key, clientv3.WithCountOnly()); err != nil || resp.Count > 0 {
+		return
+	}
+	req, rejectErr := parseBackupRequest(value)
+	leading := b.coord.State().Leading
+	switch {
+	case rejectErr != nil && !leading:
+		return // the leader rejects bad requests
+	case rejectErr == nil && req.From == "standby" && !b.onStandby():
+		if !leading {
+			return
+		}
+		if !b.standbyAvailable() {
+			rejectErr = errors.New(`no eligible standby: no healthy standby has a running barnacle agent; use "from":"master" or "any"`)
+		} else {
+			return // a follower beside a standby takes it
+		}
+	case rejectErr == nil && req.From != "standby" && !leading:
+		return
+	}
 	st := RequestStatus{State: StateClaimed, Agent: b.agent, StartedAt: time.Now().UTC()}
 	if json.Valid(value) {
 		st.Request = value
@@ -148,7 +172,6 @@ func (b *backups) serve(ctx context.Context, id string, value []byte) {
 	if err != nil || !claimed {
 		return
 	}
-	req, rejectErr := parseBackupRequest(value)
 	if rejectErr != nil {
 		st.State, st.Error = StateRejected, rejectErr.Error()
 		b.finish(ctx, key, st)
@@ -194,7 +217,6 @@ func parseBackupRequest(value []byte) (BackupRequest, error) {
 	case "", "master", "any":
 		req.From = "master"
 	case "standby":
-		return req, errors.New(`from "standby" is not supported yet: backups run on the master; use "master" or "any"`)
 	default:
 		return req, fmt.Errorf(`unknown from %q: use "master", "standby" or "any"`, req.From)
 	}
@@ -227,23 +249,72 @@ func (b *backups) putStatus(ctx context.Context, key string, st RequestStatus, c
 	return resp.Succeeded, nil
 }
 
-// take runs the backup against the master and waits for the archiver to
-// have the WAL up to the stop position.
+// onStandby reports whether this agent is a follower beside a healthy
+// standby, which may serve requests from a standby.
+func (b *backups) onStandby() bool {
+	st := b.coord.State()
+	if st.Leading || st.ClusterData == nil || b.cfg.KeeperUID == "" {
+		return false
+	}
+	db, ok := st.ClusterData.DBForKeeper(b.cfg.KeeperUID)
+	return ok && db.Spec.Role == stolon.RoleStandby && db.Status.Healthy
+}
+
+// standbyAvailable reports whether a live agent runs beside a healthy
+// standby.
+func (b *backups) standbyAvailable() bool {
+	st := b.coord.State()
+	if st.ClusterData == nil {
+		return false
+	}
+	for _, a := range st.Agents {
+		if db, ok := st.ClusterData.DBForKeeper(a.KeeperUID); ok && a.Name != b.agent &&
+			db.Spec.Role == stolon.RoleStandby && db.Status.Healthy {
+			return true
+		}
+	}
+	return false
+}
+
+// take runs the backup against the master, or against this agent's own
+// standby for a request from a standby, and waits until the leader has
+// archived the WAL up to the stop position (the leader publishes what it
+// archived in its agent record).
 func (b *backups) take(ctx context.Context, req BackupRequest, progress func(done, total int64)) (catalog.Backup, error) {
 	be, err := b.arch.openBackend(ctx)
 	if err != nil {
 		return catalog.Backup{}, err
 	}
 	st := b.coord.State()
-	if !st.HasMaster {
+	var host string
+	var port int
+	keeper := ""
+	switch {
+	case req.From == "standby":
+		db, ok := st.ClusterData.DBForKeeper(b.cfg.KeeperUID)
+		if !ok {
+			return catalog.Backup{}, errors.New("this agent's keeper has no DB in clusterdata")
+		}
+		if host, port, err = db.Addr(); err != nil {
+			return catalog.Backup{}, err
+		}
+		keeper = b.cfg.KeeperUID
+		if b.cfg.PGHost != "" {
+			host = b.cfg.PGHost
+		}
+		if b.cfg.PGPort != 0 {
+			port = b.cfg.PGPort
+		}
+	case !st.HasMaster:
 		return catalog.Backup{}, errors.New("clusterdata names no master")
-	}
-	host, port := st.Master.Host, st.Master.Port
-	if st.MineIsMaster && b.cfg.PGHost != "" {
-		host = b.cfg.PGHost
-	}
-	if st.MineIsMaster && b.cfg.PGPort != 0 {
-		port = b.cfg.PGPort
+	default:
+		host, port, keeper = st.Master.Host, st.Master.Port, st.Master.KeeperUID
+		if st.MineIsMaster && b.cfg.PGHost != "" {
+			host = b.cfg.PGHost
+		}
+		if st.MineIsMaster && b.cfg.PGPort != 0 {
+			port = b.cfg.PGPort
+		}
 	}
 	cs, err := b.cfg.PGConnString(host, port, true)
 	if err != nil {
@@ -251,7 +322,7 @@ func (b *backups) take(ctx context.Context, req BackupRequest, progress func(don
 	}
 	conn, err := pgconn.Connect(ctx, cs)
 	if err != nil {
-		return catalog.Backup{}, fmt.Errorf("connect to the master for the base backup: %w", err)
+		return catalog.Backup{}, fmt.Errorf("connect to %s:%d for the base backup: %w", host, port, err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	return backup.Take(ctx, conn, backup.Options{
@@ -261,25 +332,33 @@ func (b *backups) take(ctx context.Context, req BackupRequest, progress func(don
 		Label:       req.Label,
 		Fast:        true,
 		Agent:       b.agent,
-		KeeperUID:   st.Master.KeeperUID,
+		KeeperUID:   keeper,
 		Host:        fmt.Sprintf("%s:%d", host, port),
-		From:        "master",
+		From:        req.From,
 		Logger:      b.log,
 		OnProgress:  progress,
-		WaitWAL: func(ctx context.Context, stop basebackup.Position) error {
-			for {
-				a := b.arch.snapshot()
-				if a.Timeline > stop.Timeline || (a.Timeline == stop.Timeline && a.Flushed >= stop.LSN) {
-					return nil
-				}
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-time.After(200 * time.Millisecond):
-				}
-			}
-		},
+		WaitWAL:     b.waitArchived,
 	})
+}
+
+// waitArchived waits until the leader's record says the archive holds the
+// WAL up to stop.
+func (b *backups) waitArchived(ctx context.Context, stop basebackup.Position) error {
+	for {
+		st := b.coord.State()
+		if l, ok := st.Agents[st.Leader]; ok && l.ArchivedLSN != "" {
+			lsn, err := wal.ParseLSN(l.ArchivedLSN)
+			tli := wal.Timeline(l.Timeline)
+			if err == nil && (tli > stop.Timeline || (tli == stop.Timeline && lsn >= stop.LSN)) {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // schedule requests a backup whenever the newest backup (done or running)

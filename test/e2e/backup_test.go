@@ -164,6 +164,24 @@ func TestBackupRequests(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, wc.Missing, "a done backup has its WAL archived")
 	t.Logf("backup %s by request: %d bytes (stored %d), WAL %s..%s present", doc.ID, doc.Bytes, doc.StoredBytes, wc.First, wc.Last)
+
+	// From a standby: the agent beside the standby takes it, and it is
+	// done once the leader has archived the WAL up to its stop position.
+	require.NoError(t, primary.Exec(ctx, "INSERT INTO t SELECT generate_series(1, 50000)"))
+	_, err = cli.Put(ctx, agent.RequestKey(keys, "from-standby"), `{"from":"standby","label":"standby"}`)
+	require.NoError(t, err)
+	sst := status("from-standby")
+	require.Equal(t, agent.StateDone, sst.State, sst.Error)
+	standbyAgent := env.agents[env.stolon.KeeperUID(env.pg.Standbys()[0])].name
+	assert.Equal(t, standbyAgent, sst.Agent, "the standby's agent ran it")
+	sdoc, err := catalog.ReadBackup(ctx, env.backend, cluster, sst.Result.ID)
+	require.NoError(t, err)
+	assert.Equal(t, "standby", sdoc.From)
+	assert.Equal(t, env.stolon.KeeperUID(env.pg.Standbys()[0]), sdoc.KeeperUID)
+	swc, err := catalog.CheckBackupWAL(ctx, env.backend, cluster, sdoc)
+	require.NoError(t, err)
+	assert.Empty(t, swc.Missing)
+	t.Logf("backup %s from the standby: %s..%s on timeline %d", sdoc.ID, sdoc.StartLSN, sdoc.StopLSN, sdoc.StopTimeline)
 }
 
 // TestScheduledBackups: the leader requests a backup whenever the newest
@@ -186,6 +204,19 @@ func TestScheduledBackups(t *testing.T) {
 			}
 		}
 		return len(done) >= 2
+	})
+	// No standby in this cluster: a request from a standby is rejected.
+	keys := coordinator.NewKeys("barnacle", cluster)
+	_, err := env.etcd.Client(t).Put(ctx, agent.RequestKey(keys, "no-standby"), `{"from":"standby"}`)
+	require.NoError(t, err)
+	waitFor(t, 20*time.Second, "the request to be rejected", func() bool {
+		resp, err := env.etcd.Client(t).Get(ctx, agent.StatusKey(keys, "no-standby"))
+		if err != nil || len(resp.Kvs) == 0 {
+			return false
+		}
+		var st agent.RequestStatus
+		return json.Unmarshal(resp.Kvs[0].Value, &st) == nil && st.State == agent.StateRejected &&
+			strings.Contains(st.Error, "no eligible standby")
 	})
 	gap := done[0].StartTime.Sub(done[1].StartTime)
 	assert.GreaterOrEqual(t, gap, 5*time.Second, "backups follow the schedule, not faster")
