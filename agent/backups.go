@@ -87,6 +87,9 @@ type backups struct {
 	arch  *archiver
 
 	mu sync.Mutex // one backup at a time
+
+	curMu   sync.Mutex
+	current string // ID of the backup this agent is taking, if any
 }
 
 // leaderDuties is the backups' share of the leader work: mark backups
@@ -95,24 +98,79 @@ func (b *backups) leaderDuties(ctx context.Context, _ coordinator.Term) error {
 	// A backup whose agent is gone can never finish. The new leader marks
 	// it failed so it never looks usable; a backup a live follower is
 	// taking from its standby is left alone.
-	if be, err := b.arch.openBackend(ctx); err == nil {
-		agents := b.coord.State().Agents
-		ids, err := catalog.MarkStaleRunning(ctx, be, b.cfg.ClusterName, func(d catalog.Backup) bool {
-			_, alive := agents[d.Agent]
-			return !alive || d.Agent == b.agent
-		}, "the agent taking it stopped before it finished (a new leader found it running)")
-		if err != nil {
-			b.log.Warn("marking abandoned backups failed", "error", err)
-		}
-		for _, id := range ids {
-			b.log.Warn("backup abandoned by a dead agent marked failed", "backup", id)
-		}
-	}
 	if b.cfg.BackupSchedule > 0 {
-		b.schedule(ctx)
+		done := make(chan struct{})
+		defer func() { <-done }()
+		go func() {
+			defer close(done)
+			b.schedule(ctx)
+		}()
 	}
-	<-ctx.Done()
-	return nil
+	for {
+		b.markAbandoned(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(staleCheckInterval):
+		}
+	}
+}
+
+// staleCheckInterval is how often the leader looks for backups whose agent
+// died while taking them.
+const staleCheckInterval = 10 * time.Second
+
+// markAbandoned marks failed every running backup whose agent is gone, or
+// that this agent's own earlier life left behind.
+func (b *backups) markAbandoned(ctx context.Context) {
+	be, err := b.arch.openBackend(ctx)
+	if err != nil {
+		return
+	}
+	agents := b.coord.State().Agents
+	b.curMu.Lock()
+	current := b.current
+	b.curMu.Unlock()
+	ids, err := catalog.MarkStaleRunning(ctx, be, b.cfg.ClusterName, func(d catalog.Backup) bool {
+		if d.Agent == b.agent {
+			return d.ID != current
+		}
+		_, alive := agents[d.Agent]
+		return !alive
+	}, "the agent taking it stopped before it finished")
+	if err != nil && ctx.Err() == nil {
+		b.log.Warn("marking abandoned backups failed", "error", err)
+	}
+	for _, id := range ids {
+		b.log.Warn("backup abandoned by a dead agent marked failed", "backup", id)
+	}
+	// Their requests too, so that whoever follows them learns the outcome.
+	prefix := b.keys.Prefix + "status/backup/"
+	resp, err := b.etcd.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return
+	}
+	for _, kv := range resp.Kvs {
+		var st RequestStatus
+		if json.Unmarshal(kv.Value, &st) != nil || (st.State != StateClaimed && st.State != StateRunning) {
+			continue
+		}
+		_, alive := agents[st.Agent]
+		if alive && st.Agent != b.agent {
+			continue
+		}
+		if st.Agent == b.agent && current != "" {
+			continue // ours, and still running
+		}
+		st.State, st.Error = StateFailed, fmt.Sprintf("agent %s stopped before the backup finished; request it again", st.Agent)
+		now := time.Now().UTC()
+		st.FinishedAt = &now
+		v, _ := json.Marshal(st)
+		// Only if nobody changed it meanwhile.
+		_, _ = b.etcd.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
+			Then(clientv3.OpPut(string(kv.Key), string(v))).Commit()
+		b.log.Warn("backup request abandoned by a dead agent marked failed", "key", string(kv.Key))
+	}
 }
 
 // serveRequests runs on every agent: the leader serves requests from the
@@ -194,6 +252,7 @@ func (b *backups) serve(ctx context.Context, id string, value []byte) {
 		st.Progress = &Progress{Done: done, Total: max(total, 0)}
 		_, _ = b.putStatus(ctx, key, st, false)
 	})
+	b.setCurrent("")
 	if err != nil {
 		st.State, st.Error = StateFailed, err.Error()
 	} else {
@@ -337,8 +396,15 @@ func (b *backups) take(ctx context.Context, req BackupRequest, progress func(don
 		From:        req.From,
 		Logger:      b.log,
 		OnProgress:  progress,
+		OnCreate:    b.setCurrent,
 		WaitWAL:     b.waitArchived,
 	})
+}
+
+func (b *backups) setCurrent(id string) {
+	b.curMu.Lock()
+	b.current = id
+	b.curMu.Unlock()
 }
 
 // waitArchived waits until the leader's record says the archive holds the

@@ -78,6 +78,10 @@ type Options struct {
 	// estimate does not reach Take), and done at the last call. It must
 	// return quickly: the backup waits for it.
 	OnProgress func(done, total int64)
+	// OnCreate, if set, is called with the backup's ID once its running
+	// document is written, so that the caller knows which running backup
+	// is its own.
+	OnCreate func(id string)
 	// Logger receives the logs under the name "backup"; nil discards them.
 	Logger hclog.Logger
 	// Now is the clock for backup IDs and start and stop times; nil means
@@ -163,6 +167,9 @@ func Take(ctx context.Context, conn *pgconn.PgConn, opts Options) (catalog.Backu
 	}, now)
 	if err != nil {
 		return catalog.Backup{}, fmt.Errorf("backup: %w", err)
+	}
+	if opts.OnCreate != nil {
+		opts.OnCreate(doc.ID)
 	}
 	if doc.Label == "" {
 		doc.Label = "barnacle " + doc.ID

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -221,4 +222,57 @@ func TestScheduledBackups(t *testing.T) {
 	gap := done[0].StartTime.Sub(done[1].StartTime)
 	assert.GreaterOrEqual(t, gap, 5*time.Second, "backups follow the schedule, not faster")
 	t.Logf("scheduled backups %s and %s, %s apart", done[1].ID, done[0].ID, gap.Round(100*time.Millisecond))
+}
+
+// TestBackupAgentKilled: kill -9 of the agent mid-backup; the backup and
+// its request end failed, and the next one succeeds.
+func TestBackupAgentKilled(t *testing.T) {
+	ctx := t.Context()
+	env := newArchiveEnv(t, testenv.ClusterOptions{})
+	env.startAgents()
+	primary := env.pg.Primary()
+	a := env.leaderFor(primary)
+	// Big enough that the backup takes a few seconds here.
+	require.NoError(t, primary.Exec(ctx, "CREATE TABLE big (id int, v text); INSERT INTO big SELECT g, md5(g::text) || repeat('x', 300) FROM generate_series(1, 800000) g"))
+	keys := coordinator.NewKeys("barnacle", cluster)
+	cli := env.etcd.Client(t)
+	_, err := cli.Put(ctx, agent.RequestKey(keys, "first"), `{"from":"any"}`)
+	require.NoError(t, err)
+	waitFor(t, 30*time.Second, "the backup to be running", func() bool {
+		resp, err := cli.Get(ctx, agent.StatusKey(keys, "first"))
+		if err != nil || len(resp.Kvs) == 0 {
+			return false
+		}
+		var st agent.RequestStatus
+		return json.Unmarshal(resp.Kvs[0].Value, &st) == nil && st.State == agent.StateRunning
+	})
+	a.signal(syscall.SIGKILL)
+	_, _ = a.wait(5 * time.Second)
+	a.start(t)
+	env.leaderFor(primary)
+
+	var first catalog.Backup
+	waitFor(t, 30*time.Second, "the interrupted backup to be marked failed", func() bool {
+		list, err := catalog.ListBackups(ctx, env.backend, cluster)
+		if err != nil || len(list) == 0 {
+			return false
+		}
+		first = list[0]
+		return first.Status == catalog.StatusFailed
+	})
+	assert.Contains(t, first.Error, "stopped before it finished")
+	waitFor(t, 20*time.Second, "the request to be marked failed", func() bool {
+		resp, err := cli.Get(ctx, agent.StatusKey(keys, "first"))
+		var st agent.RequestStatus
+		return err == nil && len(resp.Kvs) == 1 && json.Unmarshal(resp.Kvs[0].Value, &st) == nil && st.State == agent.StateFailed
+	})
+
+	_, err = cli.Put(ctx, agent.RequestKey(keys, "second"), `{"from":"any"}`)
+	require.NoError(t, err)
+	waitFor(t, 90*time.Second, "the next backup to be done", func() bool {
+		resp, err := cli.Get(ctx, agent.StatusKey(keys, "second"))
+		var st agent.RequestStatus
+		return err == nil && len(resp.Kvs) == 1 && json.Unmarshal(resp.Kvs[0].Value, &st) == nil && st.State == agent.StateDone
+	})
+	t.Logf("interrupted backup %s: %s", first.ID, first.Error)
 }
