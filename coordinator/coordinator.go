@@ -104,6 +104,11 @@ type Coordinator struct {
 	started time.Time
 
 	wake chan struct{}
+	// bg tracks the background revocations of dropped sessions; bgCtx
+	// ends them at shutdown.
+	bg       sync.WaitGroup
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
 
 	mu          sync.Mutex
 	state       State
@@ -147,13 +152,16 @@ func New(opts Options) (*Coordinator, error) {
 	if err != nil {
 		return nil, err
 	}
+	bgCtx, bgCancel := context.WithCancel(context.Background())
 	return &Coordinator{
-		opts:    opts,
-		cli:     opts.Client,
-		keys:    NewKeys(opts.BarnaclePrefix, opts.ClusterName),
-		log:     opts.Logger.Named("coordinator").With("agent", opts.AgentName),
-		metrics: m,
-		wake:    make(chan struct{}, 1),
+		bgCtx:    bgCtx,
+		bgCancel: bgCancel,
+		opts:     opts,
+		cli:      opts.Client,
+		keys:     NewKeys(opts.BarnaclePrefix, opts.ClusterName),
+		log:      opts.Logger.Named("coordinator").With("agent", opts.AgentName),
+		metrics:  m,
+		wake:     make(chan struct{}, 1),
 	}, nil
 }
 

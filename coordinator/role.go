@@ -6,6 +6,7 @@ import (
 	"errors"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
@@ -149,7 +150,26 @@ func (c *Coordinator) startSession(ctx context.Context, r *role) error {
 }
 
 // dropSession forgets a session whose lease is gone (or must be given up).
+// The lease may still be alive on the server (an etcd restart refreshes
+// every lease), holding our old election key ahead of any new campaign of
+// ours; it is revoked in the background as soon as etcd answers.
 func (c *Coordinator) dropSession(r *role) {
+	if r.sess != nil {
+		lease := r.sess.Lease()
+		r.sess.Orphan() // stop its keep-alive, if it still runs
+		c.bg.Add(1)
+		go func() {
+			defer c.bg.Done()
+			ctx, cancel := context.WithTimeout(c.bgCtx, 2*c.opts.LeaseTTL)
+			defer cancel()
+			for ctx.Err() == nil {
+				if _, err := c.cli.Revoke(ctx, lease); err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) {
+					return
+				}
+				sleepCtx(ctx, 200*time.Millisecond)
+			}
+		}()
+	}
 	c.stopWork(r)
 	if r.campaignCancel != nil {
 		r.campaignCancel()
@@ -379,6 +399,9 @@ func (c *Coordinator) publishRecord(ctx context.Context, r *role, st State, cand
 // shutdown stops the work, resigns and revokes the lease with a fresh,
 // bounded context: the run context is already cancelled.
 func (c *Coordinator) shutdown(ctx context.Context, r *role) {
+	// Revocations of dropped sessions give up now; their leases expire.
+	c.bgCancel()
+	defer c.bg.Wait()
 	c.stopWork(r)
 	if r.campaignCancel != nil {
 		r.campaignCancel()

@@ -239,12 +239,8 @@ func TestBackupAgentKilled(t *testing.T) {
 	_, err := cli.Put(ctx, agent.RequestKey(keys, "first"), `{"from":"any"}`)
 	require.NoError(t, err)
 	waitFor(t, 30*time.Second, "the backup to be running", func() bool {
-		resp, err := cli.Get(ctx, agent.StatusKey(keys, "first"))
-		if err != nil || len(resp.Kvs) == 0 {
-			return false
-		}
-		var st agent.RequestStatus
-		return json.Unmarshal(resp.Kvs[0].Value, &st) == nil && st.State == agent.StateRunning
+		list, err := catalog.ListBackups(ctx, env.backend, cluster)
+		return err == nil && len(list) == 1 && list[0].Status == catalog.StatusRunning
 	})
 	a.signal(syscall.SIGKILL)
 	_, _ = a.wait(5 * time.Second)
