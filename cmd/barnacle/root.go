@@ -18,8 +18,9 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		Use:   "barnacle",
 		Short: "Continuous backup and point-in-time recovery for Stolon-managed PostgreSQL",
 		Long: `barnacle streams WAL from the current Stolon master into an archive, follows the
-master through failovers, and restores to any point in time. Run 'barnacle agent'
-as a sidecar beside every Stolon keeper; the other commands are for operators.
+master through failovers, and takes and verifies base backups (restore is not
+built yet). Run 'barnacle agent' as a sidecar beside every Stolon keeper; the
+other commands are for operators.
 
 Configuration comes from --config FILE (YAML), then BARNACLE_<KEY> environment
 variables, then flags, later ones winning. Keys and flags share names
