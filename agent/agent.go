@@ -92,7 +92,7 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: log, version: version, name: name, registry: reg, etcd: cli}
-	a.local = &localPostgres{cfg: cfg, keeperUID: cfg.KeeperUID}
+	a.local = &localPostgres{cfg: cfg}
 	am := newArchiverMetrics(reg)
 	// The archiver needs the coordinator (state, keys) and the coordinator
 	// runs the archiver as its leader work; leaderWork closes the loop.
@@ -132,7 +132,7 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 	bk = &backups{cfg: cfg, agent: name, log: log.Named("backups"), coord: a.coord, etcd: cli, keys: a.coord.Keys(), arch: arch}
 	a.backups = bk
 	a.standby = &standbySlot{cfg: cfg, log: log.Named("standby-slot"), coord: a.coord, metrics: am,
-		local: &localPostgres{cfg: cfg, keeperUID: cfg.KeeperUID}}
+		local: &localPostgres{cfg: cfg}}
 	a.listener, err = net.Listen("tcp", cfg.MetricsListenAddress)
 	if err != nil {
 		_ = cli.Close()

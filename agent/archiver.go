@@ -146,13 +146,7 @@ func (a *archiver) streamOnce(ctx context.Context) error {
 		}
 		return errors.New("clusterdata names no master yet")
 	}
-	host, port := st.Master.Host, st.Master.Port
-	if st.MineIsMaster && a.cfg.PGHost != "" {
-		host = a.cfg.PGHost
-	}
-	if st.MineIsMaster && a.cfg.PGPort != 0 {
-		port = a.cfg.PGPort
-	}
+	host, port := masterAddress(a.cfg, st)
 	conn, err := a.cfg.PGConnString(host, port, true)
 	if err != nil {
 		return err

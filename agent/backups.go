@@ -350,30 +350,15 @@ func (b *backups) take(ctx context.Context, req BackupRequest, progress func(don
 	keeper := ""
 	switch {
 	case req.From == "standby":
-		db, ok := st.ClusterData.DBForKeeper(b.cfg.KeeperUID)
-		if !ok {
-			return catalog.Backup{}, errors.New("this agent's keeper has no DB in clusterdata")
-		}
-		if host, port, err = db.Addr(); err != nil {
+		if host, port, err = localAddress(b.cfg, st); err != nil {
 			return catalog.Backup{}, err
 		}
 		keeper = b.cfg.KeeperUID
-		if b.cfg.PGHost != "" {
-			host = b.cfg.PGHost
-		}
-		if b.cfg.PGPort != 0 {
-			port = b.cfg.PGPort
-		}
 	case !st.HasMaster:
 		return catalog.Backup{}, errors.New("clusterdata names no master")
 	default:
-		host, port, keeper = st.Master.Host, st.Master.Port, st.Master.KeeperUID
-		if st.MineIsMaster && b.cfg.PGHost != "" {
-			host = b.cfg.PGHost
-		}
-		if st.MineIsMaster && b.cfg.PGPort != 0 {
-			port = b.cfg.PGPort
-		}
+		host, port = masterAddress(b.cfg, st)
+		keeper = st.Master.KeeperUID
 	}
 	cs, err := b.cfg.PGConnString(host, port, true)
 	if err != nil {

@@ -17,23 +17,22 @@ import (
 // (the role loop, the standby slot keeper) has its own, so it needs no
 // lock.
 type localPostgres struct {
-	cfg       config.Config
-	keeperUID string
-	conn      *pgx.Conn
-	addr      string
+	cfg  config.Config
+	conn *pgx.Conn
+	addr string
 }
 
-// address is pg-host/pg-port when set, else the keeper's DB address in
-// clusterdata.
-func (l *localPostgres) address(st coordinator.State) (string, int, error) {
-	host, port := l.cfg.PGHost, l.cfg.PGPort
+// localAddress is where this agent's own PostgreSQL listens: pg-host and
+// pg-port when set, else its keeper's DB address in clusterdata.
+func localAddress(cfg config.Config, st coordinator.State) (string, int, error) {
+	host, port := cfg.PGHost, cfg.PGPort
 	if host == "" || port == 0 {
 		if st.ClusterData == nil {
 			return "", 0, errors.New("clusterdata not read yet")
 		}
-		db, ok := st.ClusterData.DBForKeeper(l.keeperUID)
+		db, ok := st.ClusterData.DBForKeeper(cfg.KeeperUID)
 		if !ok {
-			return "", 0, fmt.Errorf("clusterdata has no DB for keeper %s", l.keeperUID)
+			return "", 0, fmt.Errorf("clusterdata has no DB for keeper %s", cfg.KeeperUID)
 		}
 		h, p, err := db.Addr()
 		if err != nil {
@@ -49,10 +48,23 @@ func (l *localPostgres) address(st coordinator.State) (string, int, error) {
 	return host, port, nil
 }
 
+// masterAddress is where the master listens: its address in clusterdata,
+// or, when it is this agent's own PostgreSQL, pg-host/pg-port where set.
+func masterAddress(cfg config.Config, st coordinator.State) (string, int) {
+	host, port := st.Master.Host, st.Master.Port
+	if st.MineIsMaster && cfg.PGHost != "" {
+		host = cfg.PGHost
+	}
+	if st.MineIsMaster && cfg.PGPort != 0 {
+		port = cfg.PGPort
+	}
+	return host, port
+}
+
 // connection returns the open connection to the local PostgreSQL,
 // (re)connecting when there is none or its address changed.
 func (l *localPostgres) connection(ctx context.Context, st coordinator.State) (*pgx.Conn, error) {
-	host, port, err := l.address(st)
+	host, port, err := localAddress(l.cfg, st)
 	if err != nil {
 		return nil, err
 	}
