@@ -162,7 +162,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 2*time.Second)
 		defer cancel()
-		return srv.Shutdown(sctx)
+		if err := srv.Shutdown(sctx); err != nil {
+			// A scraper still holding a request must not turn a clean
+			// SIGTERM into a failed exit: cut it off.
+			log.Debug("closing metrics connections that did not finish", "error", err)
+			_ = srv.Close()
+		}
+		return nil
 	})
 	g.Go(func() error {
 		err := a.coord.Run(gctx)
