@@ -98,7 +98,7 @@ func (b *backups) leaderDuties(ctx context.Context, _ coordinator.Term) error {
 	// A backup whose agent is gone can never finish. The new leader marks
 	// it failed so it never looks usable; a backup a live follower is
 	// taking from its standby is left alone.
-	if b.cfg.BackupSchedule > 0 {
+	if !b.cfg.BackupSchedule.IsZero() {
 		done := make(chan struct{})
 		defer func() { <-done }()
 		go func() {
@@ -412,11 +412,16 @@ func (b *backups) waitArchived(ctx context.Context, stop basebackup.Position) er
 	}
 }
 
-// schedule requests a backup whenever the newest backup (done or running)
-// is older than backup-schedule, through the same request path as a user,
-// so that it is claimed once and shows in etcd.
+// schedule requests a backup whenever backup-schedule says the newest
+// backup (done or running) is due for a successor, through the same request
+// path as a user, so that it is claimed once and shows in etcd.
 func (b *backups) schedule(ctx context.Context) {
-	check := min(max(b.cfg.BackupSchedule/10, time.Second), 30*time.Second)
+	// Look often enough to start within a tenth of an interval, and within
+	// 10 s of a cron time (cron's resolution is a minute).
+	check := 10 * time.Second
+	if every := b.cfg.BackupSchedule.Interval(); every > 0 {
+		check = min(max(every/10, time.Second), 30*time.Second)
+	}
 	var pending string // the request we wrote and that has not finished yet
 	for {
 		if pending != "" {
@@ -433,7 +438,7 @@ func (b *backups) schedule(ctx context.Context) {
 				b.log.Warn("checking the backup schedule failed", "error", err)
 			} else if due {
 				id := "scheduled-" + time.Now().UTC().Format("20060102T150405")
-				v, _ := json.Marshal(BackupRequest{From: "any", Label: "scheduled"})
+				v, _ := json.Marshal(BackupRequest{From: b.cfg.BackupFrom, Label: "scheduled"})
 				if _, err := b.etcd.Put(ctx, RequestKey(b.keys, id), string(v)); err != nil {
 					b.log.Warn("requesting a scheduled backup failed", "error", err)
 				} else {
@@ -450,8 +455,8 @@ func (b *backups) schedule(ctx context.Context) {
 	}
 }
 
-// backupDue reports whether the newest backup started more than
-// backup-schedule ago, or there is none.
+// backupDue reports whether backup-schedule's next time after the newest
+// backup's start has come, or there is no backup.
 func (b *backups) backupDue(ctx context.Context) (bool, error) {
 	be, err := b.arch.openBackend(ctx)
 	if err != nil {
@@ -463,7 +468,7 @@ func (b *backups) backupDue(ctx context.Context) (bool, error) {
 	}
 	for _, d := range list {
 		if d.Status == catalog.StatusDone || d.Status == catalog.StatusRunning {
-			return time.Since(d.StartTime) >= b.cfg.BackupSchedule, nil
+			return !time.Now().Before(b.cfg.BackupSchedule.Next(d.StartTime)), nil
 		}
 	}
 	return true, nil

@@ -72,7 +72,7 @@ on its own. Either way a backup is "done" only once that WAL is archived.`,
 	}
 	cmd.Flags().BoolVar(&local, "local", false, "run the backup in this process against pg-host:pg-port")
 	cmd.Flags().BoolVar(&wait, "wait", false, "follow the request until it is done, failed or rejected")
-	cmd.Flags().StringVar(&from, "from", "any", "where the backup runs: master, standby or any")
+	cmd.Flags().StringVar(&from, "from", "", "where the backup runs: master, standby or any (default: backup-from)")
 	cmd.Flags().BoolVar(&fast, "fast", false, "ask for an immediate checkpoint instead of a spread one")
 	cmd.Flags().StringVar(&label, "label", "", "backup label")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the backup document as JSON")

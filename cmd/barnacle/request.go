@@ -23,8 +23,11 @@ func requestBackup(cmd *cobra.Command, from, label string, wait, asJSON bool) er
 	if err != nil {
 		return err
 	}
+	if from == "" {
+		from = cfg.BackupFrom
+	}
 	switch from {
-	case "master", "standby", "any":
+	case config.BackupFromMaster, config.BackupFromStandby, config.BackupFromAny:
 	default:
 		return usageError{fmt.Errorf("--from %q: use master, standby or any", from)}
 	}

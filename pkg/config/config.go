@@ -46,7 +46,15 @@ type Config struct {
 	Synchronous  bool
 	Compression  string
 
-	BackupSchedule time.Duration
+	BackupSchedule Schedule
+	BackupFrom     string
+
+	RetentionPolicy      RetentionPolicy
+	MinimumRedundancy    int
+	LastBackupMaximumAge time.Duration
+	CheckMaxLag          int64
+
+	RestoreRoot string
 
 	MetricsListenAddress string
 	LogLevel             string
@@ -68,6 +76,13 @@ const (
 const (
 	SlotModeOwn    = "own"
 	SlotModeStolon = "stolon"
+)
+
+// Where a backup runs (backup-from, and the "from" of a backup request).
+const (
+	BackupFromMaster  = "master"
+	BackupFromStandby = "standby"
+	BackupFromAny     = "any"
 )
 
 // StolonSlotPrefix is the prefix Stolon gives the slots it manages.
@@ -95,6 +110,8 @@ func Default() Config {
 		SlotMode:             SlotModeOwn,
 		StandbySlots:         true,
 		Compression:          "none",
+		BackupFrom:           BackupFromMaster,
+		CheckMaxLag:          64 << 20,
 		MetricsListenAddress: ":9187",
 		LogLevel:             "info",
 		LogFormat:            "text",

@@ -196,14 +196,21 @@ var keys = func() []key {
 	s, g = str(func(c *Config) *string { return &c.PGDBName })
 	add("pg-dbname", "database for the agent's SQL connections", s, g)
 
-	add("archive-url", "where the archive lives: file:///absolute/path", func(c *Config, v string) error {
+	add("archive-url", "where the archive lives: file:///absolute/path or s3://bucket/prefix?endpoint=https://host:port&region=r", func(c *Config, v string) error {
 		v = strings.TrimSpace(v)
 		u, err := url.Parse(v)
 		switch {
 		case err != nil:
 			return fmt.Errorf("invalid URL %q: %v", v, err)
+		case u.Scheme == "s3":
+			if u.Host == "" {
+				return fmt.Errorf("invalid S3 URL %q: name the bucket, s3://bucket/prefix?endpoint=https://host:port&region=r", u.Redacted())
+			}
+			if u.User != nil {
+				return fmt.Errorf("invalid S3 URL %q: credentials do not belong in the URL; use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a credentials file", u.Redacted())
+			}
 		case u.Scheme != "file":
-			return fmt.Errorf("unsupported scheme in %q: use file:///absolute/path (s3:// is not supported yet)", v)
+			return fmt.Errorf("unsupported scheme in %q: use file:///absolute/path or s3://bucket/prefix", v)
 		case u.Host != "" || !strings.HasPrefix(u.Path, "/"):
 			return fmt.Errorf("invalid file URL %q: use three slashes and an absolute path, file:///var/lib/barnacle", v)
 		}
@@ -226,8 +233,55 @@ var keys = func() []key {
 	addBool("synchronous", "report the flushed position to PostgreSQL right after every write to the archive (for synchronous_standby_names)", bs, bg)
 	s, g = oneOf(func(c *Config) *string { return &c.Compression }, "none", "zstd", "lz4")
 	add("compression", "compression of archived WAL segments and base backups", s, g)
-	ds, dg = duration(func(c *Config) *time.Duration { return &c.BackupSchedule })
-	add("backup-schedule", "take a base backup when the newest one is older than this (Go duration, e.g. 24h); empty: only on request", ds, dg)
+	add("backup-schedule", "when the leader takes base backups: an interval (24h: when the newest backup is older) or a cron expression in UTC (\"0 2 * * *\", @daily); empty: only on request", func(c *Config, v string) error {
+		sc, err := ParseSchedule(v)
+		if err != nil {
+			return err
+		}
+		c.BackupSchedule = sc
+		return nil
+	}, func(c *Config) string { return c.BackupSchedule.String() })
+	s, g = oneOf(func(c *Config) *string { return &c.BackupFrom }, BackupFromMaster, BackupFromStandby, BackupFromAny)
+	add("backup-from", "where scheduled backups and barnacle backup run by default: master, standby (a healthy standby's agent) or any (the leader)", s, g)
+	add("retention-policy", "which backups to keep, Barman's grammar: REDUNDANCY 3 or RECOVERY WINDOW OF 7 DAYS (DAYS, WEEKS, MONTHS); empty: keep all", func(c *Config, v string) error {
+		p, err := ParseRetentionPolicy(v)
+		if err != nil {
+			return err
+		}
+		c.RetentionPolicy = p
+		return nil
+	}, func(c *Config) string { return c.RetentionPolicy.String() })
+	add("minimum-redundancy", "retention never leaves fewer done backups than this", func(c *Config, v string) error {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 0 {
+			return fmt.Errorf("invalid number %q: use 0 or more", v)
+		}
+		c.MinimumRedundancy = n
+		return nil
+	}, func(c *Config) string {
+		if c.MinimumRedundancy == 0 {
+			return ""
+		}
+		return strconv.Itoa(c.MinimumRedundancy)
+	})
+	ds, dg = duration(func(c *Config) *time.Duration { return &c.LastBackupMaximumAge })
+	add("last-backup-maximum-age", "barnacle check fails when the newest done backup is older than this (e.g. 26h); empty: not checked", ds, dg)
+	add("check-max-lag", "barnacle check fails when the archive is further than this behind the master (PostgreSQL units: 64MB)", func(c *Config, v string) error {
+		n, err := ParseSize(v)
+		if err != nil {
+			return err
+		}
+		c.CheckMaxLag = n
+		return nil
+	}, func(c *Config) string { return FormatSize(c.CheckMaxLag) })
+	add("restore-root", "restore requests through etcd may only write below this directory (absolute; symlinks are resolved); empty: such requests are refused", func(c *Config, v string) error {
+		v = strings.TrimSpace(v)
+		if v != "" && !strings.HasPrefix(v, "/") {
+			return fmt.Errorf("invalid directory %q: use an absolute path", v)
+		}
+		c.RestoreRoot = v
+		return nil
+	}, func(c *Config) string { return c.RestoreRoot })
 
 	add("metrics-listen-address", "address of /metrics, /healthz and /readyz (host:port)", func(c *Config, v string) error {
 		v = strings.TrimSpace(v)

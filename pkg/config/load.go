@@ -224,8 +224,9 @@ func (c *Config) validate(needs Needs) []error {
 		errs = append(errs, &Error{Key: "slot-name", Source: c.Sources["slot-name"], Problem: fmt.Sprintf(
 			"%q starts with stolon_, and Stolon's keeper drops every stolon_ slot it does not manage; pick another name or use slot-mode stolon", c.SlotName)})
 	}
-	if c.BackupSchedule < 0 || (c.BackupSchedule > 0 && c.BackupSchedule < time.Second) {
-		errs = append(errs, &Error{Key: "backup-schedule", Source: c.Sources["backup-schedule"], Problem: fmt.Sprintf("%s is not a useful interval: use 1s or more, e.g. 24h", c.BackupSchedule)})
+	if c.MinimumRedundancy > 0 && c.RetentionPolicy.Redundancy > 0 && c.MinimumRedundancy > c.RetentionPolicy.Redundancy {
+		errs = append(errs, &Error{Key: "minimum-redundancy", Source: c.Sources["minimum-redundancy"], Problem: fmt.Sprintf(
+			"%d is more than the %d backups retention-policy %q keeps; lower it or raise the policy", c.MinimumRedundancy, c.RetentionPolicy.Redundancy, c.RetentionPolicy.String())})
 	}
 	if c.LeaderTakeoverDelay < 0 {
 		errs = append(errs, &Error{Key: "leader-takeover-delay", Source: c.Sources["leader-takeover-delay"], Problem: "must not be negative"})
