@@ -104,6 +104,7 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 		g, gctx := errgroup.WithContext(ctx)
 		g.Go(func() error { return arch.run(gctx, term) })
 		g.Go(func() error { return bk.leaderDuties(gctx, term) })
+		g.Go(func() error { return bk.retentionLoop(gctx) })
 		return g.Wait()
 	}
 	a.coord, err = coordinator.New(coordinator.Options{

@@ -58,6 +58,7 @@ variables, then flags, later ones winning. Keys and flags share names
 		newVerifyBackupCommand(),
 		newDeleteCommand(),
 		newKeepCommand(),
+		newRetentionCommand(),
 		newVersionCommand(),
 	)
 	for _, c := range root.Commands() {

@@ -1,0 +1,122 @@
+package agent
+
+import (
+	"context"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/retention"
+)
+
+// Retention timing. A new done backup is noticed within
+// retentionCheckInterval (the backup may have been taken by a follower
+// from its standby, so the leader looks at the catalog rather than at its
+// own work); without one, the plan is applied once a day, so that a
+// recovery window moves on. A failed run is retried sooner.
+const (
+	retentionCheckInterval = time.Minute
+	retentionDailyInterval = 24 * time.Hour
+	retentionRetryInterval = 15 * time.Minute
+)
+
+// retentionLoop applies retention-policy while this agent leads: when it
+// starts leading, after each new done backup, and daily. It returns nil
+// when ctx ends, at once when no policy is set, and never fails: errors
+// are logged and retried.
+func (b *backups) retentionLoop(ctx context.Context) error {
+	if b.cfg.RetentionPolicy.IsZero() {
+		return nil
+	}
+	log := b.log.Named("retention")
+	var (
+		lastNewest string    // newest done backup at the last successful run
+		next       time.Time // when the next run is due regardless
+	)
+	for {
+		newest, err := b.newestDoneBackup(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			log.Warn("listing backups for retention failed", "error", err)
+		case newest != lastNewest || !time.Now().Before(next):
+			if err := b.applyRetention(ctx, log); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				log.Warn("applying retention-policy failed; retrying", "error", err, "retry_in", retentionRetryInterval)
+				next = time.Now().Add(retentionRetryInterval)
+			} else {
+				lastNewest, next = newest, time.Now().Add(retentionDailyInterval)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(retentionCheckInterval):
+		}
+	}
+}
+
+// newestDoneBackup returns the ID of the newest done backup, "" when none.
+func (b *backups) newestDoneBackup(ctx context.Context) (string, error) {
+	be, err := b.arch.openBackend(ctx)
+	if err != nil {
+		return "", err
+	}
+	list, err := catalog.ListBackups(ctx, be, b.cfg.ClusterName)
+	if err != nil {
+		return "", err
+	}
+	for _, d := range list {
+		if d.Status == catalog.StatusDone {
+			return d.ID, nil
+		}
+	}
+	return "", nil
+}
+
+// applyRetention plans and applies retention-policy once, logging what it
+// deleted and what it left alone.
+func (b *backups) applyRetention(ctx context.Context, log hclog.Logger) error {
+	be, err := b.arch.openBackend(ctx)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	pol := retention.Policy{
+		Redundancy:        b.cfg.RetentionPolicy.Redundancy,
+		WindowStart:       b.cfg.RetentionPolicy.WindowStart(now),
+		MinimumRedundancy: b.cfg.MinimumRedundancy,
+		Text:              b.cfg.RetentionPolicy.String(),
+	}
+	in, err := retention.ReadInput(ctx, be, b.cfg.ClusterName, pol)
+	if err != nil {
+		return err
+	}
+	plan := retention.MakePlan(in)
+	for _, n := range plan.Notes {
+		log.Warn("retention note", "note", n)
+	}
+	res, err := retention.Apply(ctx, be, b.cfg.ClusterName, plan)
+	for _, d := range res.Deleted {
+		log.Info("backup deleted by retention", "backup", d.ID, "status", d.Status, "reason", d.Reason)
+	}
+	for _, s := range res.Skipped {
+		log.Warn("retention left a planned backup alone", "backup", s.ID, "reason", s.Reason)
+	}
+	if res.WALSkipped != "" {
+		log.Warn("retention deleted no WAL", "reason", res.WALSkipped)
+	}
+	if len(res.Deleted) > 0 || res.DeletedWAL > 0 {
+		var first, last string
+		if res.DeletedWAL > 0 {
+			first, last = plan.WAL.Delete[0].Name, plan.WAL.Delete[res.DeletedWAL-1].Name
+		}
+		log.Info("retention applied", "policy", pol.Text, "deleted_backups", len(res.Deleted), "deleted_wal_files", res.DeletedWAL,
+			"deleted_wal_bytes", res.DeletedWALBytes, "first_wal", first, "last_wal", last, "kept_backups", len(plan.Keep))
+	}
+	return err
+}
