@@ -42,6 +42,22 @@ type usageError struct{ err error }
 func (e usageError) Error() string { return e.err.Error() }
 func (e usageError) Unwrap() error { return e.err }
 
+// exitCodeError ends a command with a given exit code: a Nagios CRITICAL
+// (2), or wal-fetch's quiet "no such file" (1) that PostgreSQL expects past
+// the end of the archive. With a nil err nothing is printed.
+type exitCodeError struct {
+	code int
+	err  error
+}
+
+func (e exitCodeError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit code %d", e.code)
+	}
+	return e.err.Error()
+}
+func (e exitCodeError) Unwrap() error { return e.err }
+
 // run executes one command line and returns the process exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root := newRootCommand(stdout, stderr)
@@ -49,6 +65,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return exitOK
+	}
+	var ec exitCodeError
+	if errors.As(err, &ec) {
+		if ec.err != nil {
+			fmt.Fprintln(stderr, "barnacle:", ec.err)
+		}
+		return ec.code
 	}
 	fmt.Fprintln(stderr, "barnacle:", err)
 	var ue usageError

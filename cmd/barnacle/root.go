@@ -52,6 +52,7 @@ variables, then flags, later ones winning. Keys and flags share names
 	root.AddCommand(
 		newAgentCommand(),
 		newStatusCommand(),
+		newCheckCommand(),
 		newBackupCommand(),
 		newListBackupsCommand(),
 		newShowBackupCommand(),

@@ -1,0 +1,333 @@
+package check
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/wal"
+)
+
+// WALArchive is what the WAL continuity check looks at: the archive's WAL
+// listing, the contents of its history files, its recorded gaps, and where
+// the oldest done backup starts.
+type WALArchive struct {
+	// Files are the object names under the WAL prefix, without it
+	// ("000000010000000000000003.zst", "00000002.history"). Names that are
+	// neither segments nor history files (conflict copies) are ignored.
+	Files []string
+	// Histories holds the bytes of every history file listed in Files, by
+	// timeline. A listed history file absent from the map counts as
+	// unreadable.
+	Histories map[wal.Timeline][]byte
+	// Gaps are the recorded gaps (catalog.ReadGaps).
+	Gaps []catalog.Gap
+	// SegmentSize is the archive's WAL segment size.
+	SegmentSize uint64
+	// StartTimeline and StartLSN are the oldest done backup's start. With a
+	// zero StartTimeline (no done backup) the check starts at the first
+	// segment of the lowest timeline in the archive.
+	StartTimeline wal.Timeline
+	StartLSN      wal.LSN
+}
+
+// Continuity is the outcome of CheckContinuity.
+type Continuity struct {
+	// Ranges are the segment ranges checked, per timeline, oldest first.
+	Ranges []TimelineRange
+	// Missing are the absent files: history files first, then segment
+	// names in timeline and segment order.
+	Missing []string
+	// Unreadable describes history files that could not be parsed.
+	Unreadable []string
+	// Gaps are the recorded gaps that end after the start.
+	Gaps []catalog.Gap
+}
+
+// TimelineRange is the segments of one timeline that recovery from the
+// start may read, First to Last inclusive.
+type TimelineRange struct {
+	Timeline    wal.Timeline
+	First, Last string
+}
+
+// OK reports whether the WAL is continuous.
+func (c Continuity) OK() bool {
+	return len(c.Missing) == 0 && len(c.Unreadable) == 0 && len(c.Gaps) == 0
+}
+
+// walFiles is an archive listing sorted by kind.
+type walFiles struct {
+	complete  map[wal.Timeline]map[wal.SegmentNo]bool
+	partial   map[wal.Timeline]map[wal.SegmentNo]bool
+	histories map[wal.Timeline]bool
+	timelines []wal.Timeline // with a segment or a history file, sorted
+}
+
+func parseWALFiles(files []string, segSize uint64) walFiles {
+	f := walFiles{
+		complete:  map[wal.Timeline]map[wal.SegmentNo]bool{},
+		partial:   map[wal.Timeline]map[wal.SegmentNo]bool{},
+		histories: map[wal.Timeline]bool{},
+	}
+	seen := map[wal.Timeline]bool{}
+	for _, name := range files {
+		if tli, err := wal.ParseHistoryFileName(name); err == nil {
+			f.histories[tli], seen[tli] = true, true
+			continue
+		}
+		base, partial, _ := wal.SplitFileName(name)
+		tli, seg, err := wal.ParseSegmentFileName(base, segSize)
+		if err != nil {
+			continue
+		}
+		m := f.complete
+		if partial {
+			m = f.partial
+		}
+		if m[tli] == nil {
+			m[tli] = map[wal.SegmentNo]bool{}
+		}
+		m[tli][seg], seen[tli] = true, true
+	}
+	for tli := range seen {
+		f.timelines = append(f.timelines, tli)
+	}
+	slices.Sort(f.timelines)
+	return f
+}
+
+// bounds returns the lowest and highest segment stored on tli, complete
+// or partial.
+func (f walFiles) bounds(tli wal.Timeline) (lo, hi wal.SegmentNo, ok bool) {
+	for _, m := range []map[wal.SegmentNo]bool{f.complete[tli], f.partial[tli]} {
+		for seg := range m {
+			if !ok || seg < lo {
+				lo = seg
+			}
+			if !ok || seg > hi {
+				hi = seg
+			}
+			ok = true
+		}
+	}
+	return lo, hi, ok
+}
+
+// CheckContinuity says whether recovery from the oldest done backup's
+// start can replay WAL to the archive's end on every timeline that
+// descends from the backup's:
+//
+//   - every timeline above 1 that the archive holds, or that a reachable
+//     timeline's history passes through, has its history file;
+//   - on each reachable timeline T, every segment from where T begins (the
+//     backup's start, or T's switch point from its parent) to where it ends
+//     is stored: up to the segment before the switch point of a child
+//     (recovery reads the segment holding a switch point from the newer
+//     timeline, see catalog.CheckBackupWAL), or else to the last segment
+//     stored on T. A .partial counts only as the last segment of a timeline
+//     without children: in the middle it means missing bytes;
+//   - no recorded gap ends after the start.
+//
+// A timeline that branched off before the start, or from a timeline the
+// backup is not on, is not needed and not checked.
+func CheckContinuity(a WALArchive) Continuity {
+	segSize := a.SegmentSize
+	if wal.ValidSegmentSize(segSize) != nil {
+		segSize = wal.DefaultSegmentSize
+	}
+	f := parseWALFiles(a.Files, segSize)
+	var c Continuity
+
+	startTLI, startLSN := a.StartTimeline, a.StartLSN
+	if startTLI == 0 {
+		for _, tli := range f.timelines {
+			if lo, _, ok := f.bounds(tli); ok {
+				startTLI, startLSN = tli, wal.SegmentStart(lo, segSize)
+				break
+			}
+		}
+		if startTLI == 0 {
+			return c // no WAL and no backup: nothing to be continuous
+		}
+	}
+	startSeg := wal.SegmentOf(startLSN, segSize)
+
+	// The history of each timeline from startTLI on, where known.
+	histories := map[wal.Timeline][]wal.HistoryEntry{}
+	missingHistory := map[wal.Timeline]bool{}
+	for _, tli := range f.timelines {
+		if tli <= startTLI || tli == 1 {
+			continue
+		}
+		if !f.histories[tli] {
+			missingHistory[tli] = true
+			continue
+		}
+		data, ok := a.Histories[tli]
+		if !ok {
+			c.Unreadable = append(c.Unreadable, wal.HistoryFileName(tli)+": not read")
+			continue
+		}
+		h, err := wal.ParseHistory(data)
+		if err != nil {
+			c.Unreadable = append(c.Unreadable, fmt.Sprintf("%s: %v", wal.HistoryFileName(tli), err))
+			continue
+		}
+		histories[tli] = h
+	}
+
+	// Required segment range per timeline, from every reachable timeline's
+	// path back to startTLI. A timeline with a child ends before the
+	// child's switch segment; one without ends at its last stored segment.
+	type span struct {
+		first                    wal.SegmentNo
+		childLast, leafLast      wal.SegmentNo
+		firstSet, childSet, leaf bool
+		hasChild                 bool
+	}
+	need := map[wal.Timeline]*span{}
+	get := func(tli wal.Timeline, first wal.SegmentNo) *span {
+		s := need[tli]
+		if s == nil {
+			s = &span{}
+			need[tli] = s
+		}
+		if !s.firstSet || first < s.first {
+			s.first, s.firstSet = first, true
+		}
+		return s
+	}
+	leaf := func(tli wal.Timeline, first wal.SegmentNo) {
+		s := get(tli, first)
+		if _, hi, ok := f.bounds(tli); ok && hi >= first && (!s.leaf || hi > s.leafLast) {
+			s.leafLast, s.leaf = hi, true
+		}
+	}
+	leaf(startTLI, startSeg)
+	for _, tli := range f.timelines {
+		if tli <= startTLI {
+			continue
+		}
+		h, known := histories[tli]
+		if !known {
+			// Without its history the timeline's start is unknown: check
+			// what it holds from its first stored segment.
+			if lo, _, ok := f.bounds(tli); ok {
+				leaf(tli, lo)
+			}
+			continue
+		}
+		// Reachable only if the backup's timeline is an ancestor and the
+		// branch happened after the backup started.
+		sp, ok := wal.SwitchPoint(h, startTLI)
+		if !ok || sp <= startLSN {
+			continue
+		}
+		begin := startSeg
+		for _, e := range h {
+			if e.Timeline < startTLI {
+				continue
+			}
+			end := wal.SegmentOf(e.SwitchPoint, segSize)
+			s := get(e.Timeline, begin)
+			s.hasChild = true
+			if end > begin && (!s.childSet || end-1 > s.childLast) {
+				s.childLast, s.childSet = end-1, true
+			}
+			if e.Timeline > startTLI && e.Timeline != 1 && !f.histories[e.Timeline] {
+				missingHistory[e.Timeline] = true
+			}
+			begin = end
+		}
+		leaf(tli, begin)
+	}
+
+	var missingHist []wal.Timeline
+	for tli := range missingHistory {
+		missingHist = append(missingHist, tli)
+	}
+	slices.Sort(missingHist)
+	for _, tli := range missingHist {
+		c.Missing = append(c.Missing, wal.HistoryFileName(tli))
+	}
+
+	var tlis []wal.Timeline
+	for tli := range need {
+		tlis = append(tlis, tli)
+	}
+	slices.Sort(tlis)
+	for _, tli := range tlis {
+		s := need[tli]
+		var last wal.SegmentNo
+		switch {
+		case s.hasChild && s.childSet:
+			last = s.childLast
+		case s.hasChild:
+			continue // the child's first segment holds all of it
+		case s.leaf:
+			last = s.leafLast
+		case tli == startTLI:
+			last = s.first // the backup's first segment, not stored
+		default:
+			continue
+		}
+		c.Ranges = append(c.Ranges, TimelineRange{
+			Timeline: tli,
+			First:    wal.SegmentFileName(tli, s.first, segSize),
+			Last:     wal.SegmentFileName(tli, last, segSize),
+		})
+		for seg := s.first; seg <= last; seg++ {
+			if f.complete[tli][seg] || (seg == last && !s.hasChild && f.partial[tli][seg]) {
+				continue
+			}
+			c.Missing = append(c.Missing, wal.SegmentFileName(tli, seg, segSize))
+		}
+	}
+
+	for _, g := range a.Gaps {
+		end, err := wal.ParseLSN(g.EndLSN)
+		if err != nil || (g.Timeline >= startTLI && end > startLSN) {
+			c.Gaps = append(c.Gaps, g)
+		}
+	}
+	return c
+}
+
+// WALContinuity turns a Continuity into the check's result. backupID names
+// the oldest done backup ("" for none).
+func WALContinuity(c Continuity, backupID string) Result {
+	from := "the oldest done backup " + backupID
+	if backupID == "" {
+		from = "the start of the archive (no done backup)"
+	}
+	if c.OK() {
+		var parts []string
+		for _, r := range c.Ranges {
+			parts = append(parts, fmt.Sprintf("timeline %d: %s..%s", r.Timeline, r.First, r.Last))
+		}
+		return Pass(NameWALContinuity, "from "+from+"; "+strings.Join(parts, ", "))
+	}
+	var problems []string
+	if n := len(c.Missing); n > 0 {
+		shown := c.Missing
+		if n > 3 {
+			shown = shown[:3]
+		}
+		p := "missing " + strings.Join(shown, ", ")
+		if n > 3 {
+			p += fmt.Sprintf(" and %d more", n-3)
+		}
+		problems = append(problems, p)
+	}
+	if len(c.Unreadable) > 0 {
+		problems = append(problems, "unreadable "+strings.Join(c.Unreadable, "; "))
+	}
+	for _, g := range c.Gaps {
+		problems = append(problems, fmt.Sprintf("recorded WAL gap on timeline %d from %s to %s", g.Timeline, g.StartLSN, g.EndLSN))
+	}
+	return Failf(NameWALContinuity, "%s after %s: recovery cannot replay past it; take a new base backup "+
+		"(barnacle backup), and delete the backups older than the hole once it is done (barnacle delete)",
+		strings.Join(problems, "; "), from)
+}
