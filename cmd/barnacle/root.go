@@ -61,6 +61,7 @@ variables, then flags, later ones winning. Keys and flags share names
 		newKeepCommand(),
 		newRetentionCommand(),
 		newVersionCommand(),
+		newWALFetchCommand(),
 	)
 	for _, c := range root.Commands() {
 		c.Args = wrapArgs(c.Args)

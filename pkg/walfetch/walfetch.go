@@ -1,0 +1,497 @@
+// Package walfetch serves PostgreSQL's restore_command: it copies one WAL
+// file (a segment or a timeline history file) from the archive to the path
+// PostgreSQL names, and can prefetch the segments that recovery will ask for
+// next into a local spool directory, so that replay does not wait for the
+// archive once per segment.
+//
+// # What is served
+//
+// For a segment name ("000000020000000000000005") Fetch writes the complete
+// segment, whatever its compression ("X", "X.zst" or "X.lz4" in the
+// archive), decompressed. If the archive holds the segment only as
+// "X.partial", Fetch serves it padded with zeros to the segment size when,
+// and only when, it is the end of the archive's newest timeline: its
+// timeline is the highest one in the archive (counting .history files as
+// well as segments) and no other segment or .partial of that timeline comes
+// after it. PostgreSQL then replays up to the last archived byte and takes
+// the zeros as the end of WAL, as it does with a segment that a crashed
+// server was writing.
+//
+// A .partial of any older timeline is not served under the segment's name:
+// Fetch reports ErrNotFound. At a timeline switch the receiver (see
+// pkg/walstream) leaves the old timeline's last segment as a .partial for
+// good and streams the new timeline from the start of that same segment, so
+// the new timeline's copy holds the same bytes up to the switch point and
+// PostgreSQL, recovering towards the newest timeline, reads that copy. The
+// old .partial may also hold WAL past the switch point that the old master
+// wrote and the new one never had (a dead branch); serving it would replay
+// that WAL. PostgreSQL's own archiver keeps the old timeline's last segment
+// as .partial for the same reason: restore_command must not find it. A name
+// asked for literally ("X.partial") is copied verbatim, for an operator who
+// wants it.
+//
+// For a history name ("00000002.history") Fetch copies the file verbatim.
+// Other names are an error.
+//
+// Everything served is verified against the SHA-256 stored with it in the
+// archive (the object is read to its end) and written to the destination
+// atomically: a temporary file in the destination's directory, fsynced and
+// renamed over it, so that PostgreSQL never sees a partly written file, even
+// when wal-fetch is killed.
+//
+// # Prefetch
+//
+// Prefetch fetches the segments after a requested one into Options.SpoolDir,
+// several at once; the next Fetch takes its segment from there (a rename,
+// after checking its digest) instead of from the archive. The CLI runs
+// Prefetch in a detached child process after Fetch has served a segment, so
+// that the downloads overlap with PostgreSQL's replay of that segment.
+//
+// Other modules may import this package, but its API is not stable.
+package walfetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/storage"
+	"github.com/barnacle-pg/barnacle/pkg/wal"
+	"github.com/barnacle-pg/barnacle/pkg/walstream"
+)
+
+// ErrNotFound means the archive does not hold the requested WAL file (or
+// holds it only in a form that must not be served, such as an old
+// timeline's .partial). PostgreSQL asks for files past the end of the
+// archive on purpose, so this is the normal end of archive recovery, not a
+// failure to report.
+var ErrNotFound = errors.New("walfetch: wal file not in the archive")
+
+// DefaultSpoolWait is how long Fetch waits, when Options.SpoolWait is 0,
+// for a prefetcher that is downloading the requested segment before it
+// downloads the segment itself.
+const DefaultSpoolWait = 30 * time.Second
+
+// Options modifies Fetch and Prefetch. The zero value fetches without a
+// spool and prefetches nothing.
+type Options struct {
+	// SpoolDir is the prefetch spool. "" disables it: Fetch goes to the
+	// archive and Prefetch does nothing. It must be private to one
+	// PostgreSQL server, and on the same filesystem as Fetch's destination
+	// for the cheap path (a rename; another filesystem costs a copy).
+	// Fetch and Prefetch create it (mode 0700) and keep their files in a
+	// sub-directory named after the archive URL and cluster, so that a
+	// spool left over from another archive is never served.
+	SpoolDir string
+	// Prefetch is how many segments after the requested one Prefetch
+	// fetches, all at once; 0 disables prefetching.
+	Prefetch int
+	// SpoolWait bounds how long Fetch waits for a prefetcher that holds
+	// the requested segment's lock (it is downloading it) before fetching
+	// the segment itself; 0 means DefaultSpoolWait.
+	SpoolWait time.Duration
+	// Logger receives debug messages (per file: where it came from, why a
+	// .partial was not served, spool hits and misses). nil discards them.
+	Logger hclog.Logger
+}
+
+func (o Options) withDefaults() Options {
+	if o.Logger == nil {
+		o.Logger = hclog.NewNullLogger()
+	}
+	o.Logger = o.Logger.Named("walfetch")
+	if o.SpoolWait <= 0 {
+		o.SpoolWait = DefaultSpoolWait
+	}
+	if o.Prefetch < 0 {
+		o.Prefetch = 0
+	}
+	return o
+}
+
+// Fetch writes the WAL file walName of cluster, as the archive b holds it
+// (see the package documentation for what is served for segments, .partial
+// and .history names), to dest, atomically: dest either keeps its old
+// content or holds the whole file, never part of it. It blocks until dest
+// is durable or an error occurs; ctx's end stops it with ctx's error and
+// leaves dest untouched.
+//
+// It returns an error wrapping ErrNotFound when the archive has no such
+// file; other errors (a missing archive.json, damaged objects, storage
+// failures, an invalid name) are failures that PostgreSQL must not take for
+// the end of the archive. A segment found in opts.SpoolDir is verified and
+// moved into place without reading the archive; when a prefetcher is
+// downloading it, Fetch waits for it up to opts.SpoolWait. Fetch is safe for
+// concurrent use with other Fetch and Prefetch calls on the same spool, but
+// not with another Fetch to the same dest.
+func Fetch(ctx context.Context, b storage.Backend, cluster, walName, dest string, opts Options) error {
+	opts = opts.withDefaults()
+	f := &fetcher{b: b, cluster: cluster, prefix: catalog.WALPrefix(cluster), opts: opts, log: opts.Logger.With("file", walName)}
+	if err := CheckName(walName); err != nil {
+		return err
+	}
+	if wal.IsSegmentFileName(walName) {
+		return f.segment(ctx, walName, dest)
+	}
+	return f.verbatim(ctx, walName, dest)
+}
+
+// CheckName returns an error unless walName is a name Fetch serves: a
+// segment ("000000010000000000000005"), a .partial of one, or a timeline
+// history file ("00000002.history"). The segment number is checked
+// against the archive's segment size by Fetch.
+func CheckName(walName string) error {
+	switch {
+	case wal.IsSegmentFileName(walName), isPlainPartial(walName):
+		if walName[:8] == "00000000" {
+			return fmt.Errorf("walfetch: %q names timeline 0", walName)
+		}
+		return nil
+	case wal.IsHistoryFileName(walName):
+		_, err := wal.ParseHistoryFileName(walName)
+		return err
+	}
+	return fmt.Errorf("walfetch: %q is not a WAL segment, .partial or .history file name", walName)
+}
+
+// isPlainPartial reports whether name is "<segment>.partial" exactly: the
+// receiver never compresses a .partial.
+func isPlainPartial(name string) bool {
+	base, ok := strings.CutSuffix(name, ".partial")
+	return ok && wal.IsSegmentFileName(base)
+}
+
+type fetcher struct {
+	b       storage.Backend
+	cluster string
+	prefix  string
+	opts    Options
+	log     hclog.Logger
+}
+
+// withIdentity runs fn while it reads archive.json, and returns the
+// archive's segment size once both are done; fn's result is only used
+// after the identity checked out. Reading the identity on every call costs
+// no extra round trip (it runs alongside fn) and turns a wrong cluster-name
+// or archive-url into an error instead of an archive that looks empty,
+// which PostgreSQL would take for the end of recovery.
+func (f *fetcher) withIdentity(ctx context.Context, fn func(ctx context.Context) error) (uint64, error) {
+	ictx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		segSize uint64
+		err     error
+	}
+	done := make(chan result, 1)
+	go func() {
+		id, err := catalog.ReadIdentity(ictx, f.b, f.cluster)
+		if err == nil {
+			err = wal.ValidSegmentSize(id.WALSegmentSize)
+		}
+		done <- result{id.WALSegmentSize, err}
+	}()
+	ferr := fn(ctx)
+	if ferr != nil {
+		cancel()
+	}
+	r := <-done
+	if r.err != nil && ferr == nil {
+		return 0, fmt.Errorf("read the archive's identity: %w", r.err)
+	}
+	return r.segSize, ferr
+}
+
+// verbatim copies the object walName as is (verified) to dest.
+func (f *fetcher) verbatim(ctx context.Context, walName, dest string) error {
+	name := f.prefix + walName
+	var rc io.ReadCloser
+	_, err := f.withIdentity(ctx, func(ctx context.Context) error {
+		var err error
+		rc, err = f.b.Get(ctx, name)
+		if errors.Is(err, storage.ErrNotExist) {
+			f.log.Debug("not in the archive")
+			return fmt.Errorf("%s: %w", name, ErrNotFound)
+		}
+		if err != nil {
+			return fmt.Errorf("get %s: %w", name, err)
+		}
+		return nil
+	})
+	if rc != nil {
+		defer rc.Close()
+	}
+	if err != nil {
+		return err
+	}
+	if err := writeAtomic(dest, func(w io.Writer) error {
+		if _, err := io.Copy(w, rc); err != nil {
+			return fmt.Errorf("read %s: %w", name, err)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	f.log.Debug("served from the archive", "object", name)
+	return nil
+}
+
+// segmentObjects is what the archive holds under one segment's name.
+type segmentObjects struct {
+	complete *storage.ObjectInfo // first of "X", "X.zst", "X.lz4"
+	partial  *storage.ObjectInfo // "X.partial"
+}
+
+// lookup lists the objects named after segment file: one List call finds
+// every compression variant and the .partial, where Stat would need one
+// round trip each.
+func lookup(ctx context.Context, b storage.Backend, prefix, file string) (segmentObjects, error) {
+	objs, err := b.List(ctx, prefix+file)
+	if err != nil {
+		return segmentObjects{}, fmt.Errorf("list %s%s: %w", prefix, file, err)
+	}
+	var found segmentObjects
+	rank := 99
+	for i := range objs {
+		o := &objs[i]
+		switch strings.TrimPrefix(o.Name, prefix) {
+		case file:
+			found.complete, rank = o, 0
+		case file + "." + wal.CompressionZstd:
+			if rank > 1 {
+				found.complete, rank = o, 1
+			}
+		case file + "." + wal.CompressionLZ4:
+			if rank > 2 {
+				found.complete, rank = o, 2
+			}
+		case file + ".partial":
+			found.partial = o
+		}
+	}
+	return found, nil
+}
+
+func (f *fetcher) segment(ctx context.Context, file, dest string) error {
+	var sp *spool
+	if f.opts.SpoolDir != "" {
+		var err error
+		if sp, err = openSpool(f.opts.SpoolDir, f.b.URL(), f.cluster, f.log); err != nil {
+			return err
+		}
+		sp.setPosition(file)
+		sp.removeStale(file)
+		unlock, err := sp.lockWait(ctx, file, f.opts.SpoolWait)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		if ok, err := sp.take(file, dest); err != nil || ok {
+			return err
+		}
+	}
+	var found segmentObjects
+	segSize, err := f.withIdentity(ctx, func(ctx context.Context) error {
+		var err error
+		found, err = lookup(ctx, f.b, f.prefix, file)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	tli, seg, err := wal.ParseSegmentFileName(file, segSize)
+	if err != nil {
+		return err
+	}
+	if sp != nil {
+		sp.setSegmentSize(segSize)
+	}
+	if found.complete != nil {
+		if err := writeAtomic(dest, func(w io.Writer) error {
+			return copySegment(ctx, f.b, found.complete.Name, segSize, w)
+		}); err != nil {
+			return err
+		}
+		f.log.Debug("served from the archive", "object", found.complete.Name)
+		return nil
+	}
+	if found.partial == nil {
+		f.log.Debug("not in the archive")
+		return fmt.Errorf("%s%s: %w", f.prefix, file, ErrNotFound)
+	}
+	if why, err := f.partialServable(ctx, tli, seg, segSize); err != nil {
+		return err
+	} else if why != "" {
+		f.log.Debug("partial segment not served", "object", found.partial.Name, "reason", why)
+		return fmt.Errorf("%s%s: only %s exists, and %s: %w", f.prefix, file, found.partial.Name, why, ErrNotFound)
+	}
+	if err := writeAtomic(dest, func(w io.Writer) error {
+		return copyPadded(ctx, f.b, found.partial.Name, segSize, w)
+	}); err != nil {
+		return err
+	}
+	f.log.Debug("served a partial segment padded with zeros", "object", found.partial.Name)
+	return nil
+}
+
+// partialServable decides whether the .partial of segment seg on timeline
+// tli is the end of the newest timeline (see the package documentation).
+// It returns "" if so, else the reason it is not. It lists the whole WAL
+// prefix: this happens once per recovery (or per retry in standby mode), at
+// the archive's end only.
+func (f *fetcher) partialServable(ctx context.Context, tli wal.Timeline, seg wal.SegmentNo, segSize uint64) (string, error) {
+	objs, err := f.b.List(ctx, f.prefix)
+	if err != nil {
+		return "", fmt.Errorf("list %s: %w", f.prefix, err)
+	}
+	for _, o := range objs {
+		rel := strings.TrimPrefix(o.Name, f.prefix)
+		if h, err := wal.ParseHistoryFileName(rel); err == nil {
+			if h > tli {
+				return fmt.Sprintf("timeline %d is not the newest (the archive has %s)", tli, rel), nil
+			}
+			continue
+		}
+		base, _, _ := wal.SplitFileName(rel)
+		if !wal.IsSegmentFileName(base) {
+			continue
+		}
+		t, s, err := wal.ParseSegmentFileName(base, segSize)
+		if err != nil {
+			continue // another tool's file; walstream refuses such archives anyway
+		}
+		switch {
+		case t > tli:
+			return fmt.Sprintf("timeline %d is not the newest (the archive has %s)", tli, rel), nil
+		case t == tli && s > seg:
+			return fmt.Sprintf("it is not the end of timeline %d (the archive has %s)", tli, rel), nil
+		}
+	}
+	return "", nil
+}
+
+// copySegment writes the complete segment object name, decompressed and
+// verified (read to its end), to w. Its decompressed length must be the
+// segment size: anything else is a damaged or foreign object.
+func copySegment(ctx context.Context, b storage.Backend, name string, segSize uint64, w io.Writer) error {
+	rc, err := walstream.OpenSegment(ctx, b, name)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	// One byte more than a segment tells an overlong object from an exact one.
+	n, err := io.Copy(w, io.LimitReader(rc, int64(segSize)+1))
+	if err != nil {
+		return err
+	}
+	if uint64(n) != segSize {
+		return fmt.Errorf("segment %s holds %d bytes once decompressed, want the segment size %d", name, n, segSize)
+	}
+	// The limit stopped short of the verifying reader's end.
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		return err
+	}
+	return nil
+}
+
+// copyPadded writes the .partial object name, verified, then zeros up to
+// segSize, to w.
+func copyPadded(ctx context.Context, b storage.Backend, name string, segSize uint64, w io.Writer) error {
+	rc, err := b.Get(ctx, name)
+	if err != nil {
+		return fmt.Errorf("get %s: %w", name, err)
+	}
+	defer rc.Close()
+	n, err := io.Copy(w, io.LimitReader(rc, int64(segSize)+1))
+	if err != nil {
+		return fmt.Errorf("read %s: %w", name, err)
+	}
+	if uint64(n) > segSize {
+		return fmt.Errorf("partial segment %s is longer than the segment size %d", name, segSize)
+	}
+	if _, err := io.Copy(w, io.LimitReader(zeros{}, int64(segSize)-n)); err != nil {
+		return err
+	}
+	return nil
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
+
+// tempPrefix starts the names of the temporary files Fetch writes next to
+// dest; PostgreSQL ignores such names in pg_wal.
+const tempPrefix = ".barnacle-tmp-"
+
+// staleTempAge is how old a temporary file next to dest must be before a
+// later Fetch removes it as debris of a killed one: far longer than any
+// fetch takes, so that a running one never loses its file.
+const staleTempAge = time.Hour
+
+// writeAtomic creates dest with the bytes fill writes: into a temporary
+// file in dest's directory, fsynced, renamed over dest, and the directory
+// fsynced. On any error dest is untouched and the temporary file removed.
+func writeAtomic(dest string, fill func(w io.Writer) error) (err error) {
+	dir, base := filepath.Split(dest)
+	if dir == "" {
+		dir = "."
+	}
+	removeStaleTemps(dir, tempPrefix+base+"-")
+	tmp, err := os.CreateTemp(dir, tempPrefix+base+"-*")
+	if err != nil {
+		return fmt.Errorf("create a temporary file for %s: %w", dest, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tmp.Close()
+			_ = os.Remove(tmp.Name())
+		}
+	}()
+	if err := fill(tmp); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("write %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", tmp.Name(), err)
+	}
+	if err := os.Chmod(tmp.Name(), 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", tmp.Name(), err)
+	}
+	if err := os.Rename(tmp.Name(), dest); err != nil {
+		return fmt.Errorf("write %s: %w", dest, err)
+	}
+	return syncDir(dir)
+}
+
+func removeStaleTemps(dir, prefix string) {
+	matches, _ := filepath.Glob(filepath.Join(dir, prefix+"*"))
+	for _, m := range matches {
+		if isOld(m) {
+			_ = os.Remove(m)
+		}
+	}
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}
