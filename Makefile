@@ -10,7 +10,7 @@ FUZZ_TIME ?= 30s
 # stops a hung test.
 TEST_TIMEOUT ?= 20m
 
-.PHONY: help build test test-unit test-e2e bench fuzz lint fmt tidy-check cover demo clean
+.PHONY: help build test test-unit test-e2e bench fuzz lint fmt tidy-check cover demo clean versitygw
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z0-9_-]+:.*##/ {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -18,10 +18,13 @@ help: ## List the targets
 build: ## Build bin/barnacle with the version stamped in
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/barnacle
 
-test: ## Run every test: unit, integration (real PostgreSQL 15 + etcd) and e2e
+test: versitygw ## Run every test: unit, integration (real PostgreSQL 15 + etcd + S3) and e2e
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
-test-unit: ## Only the tests that need no PostgreSQL (embedded etcd is fine), for a quick loop
+versitygw: ## Build the S3 server the tests run against, once, into ~/.cache/barnacle
+	scripts/versitygw.sh
+
+test-unit: versitygw ## Only the tests that need no PostgreSQL (embedded etcd is fine), for a quick loop
 	$(GO) test -race -short -count=1 . ./pkg/... ./agent/... ./coordinator/... ./cmd/...
 
 test-e2e: ## Only the black-box scenarios in test/e2e (built binary, agents as processes)

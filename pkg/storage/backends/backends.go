@@ -15,6 +15,7 @@ import (
 
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
+	"github.com/barnacle-pg/barnacle/pkg/storage/s3"
 )
 
 // scheme is one row of the table: a URL scheme, an example for error
@@ -28,10 +29,15 @@ type scheme struct {
 // schemes lists every supported archive URL scheme.
 var schemes = []scheme{
 	{name: "file", example: "file:///path", open: openFS},
+	{name: "s3", example: "s3://bucket/prefix?endpoint=https://host&region=us-east-1", open: openS3},
 }
 
 func openFS(_ context.Context, u *url.URL) (storage.Backend, error) {
 	return fs.Open(u)
+}
+
+func openS3(ctx context.Context, u *url.URL) (storage.Backend, error) {
+	return s3.Open(ctx, u)
 }
 
 // Open returns the backend for rawURL, chosen by its scheme (see Schemes).

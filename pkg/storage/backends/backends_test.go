@@ -8,7 +8,16 @@ import (
 
 	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
 	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
+	"github.com/barnacle-pg/barnacle/pkg/storage/s3"
 )
+
+// setCredentials gives the s3 backend credentials through the environment,
+// so that its credential chain never reaches the IAM provider (which would
+// query the instance metadata address).
+func setCredentials(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "examplesecret")
+}
 
 func TestOpen(t *testing.T) {
 	dir := t.TempDir()
@@ -16,16 +25,25 @@ func TestOpen(t *testing.T) {
 	require.NoError(t, err)
 	require.IsType(t, &fs.Backend{}, b)
 	assert.Equal(t, "file://"+dir, b.URL())
+
+	setCredentials(t)
+	u := "s3://bucket/prefix?endpoint=http%3A%2F%2F127.0.0.1%3A7070&path-style=true&region=us-east-1"
+	b, err = backends.Open(t.Context(), u)
+	require.NoError(t, err)
+	require.IsType(t, &s3.Backend{}, b)
+	assert.Equal(t, u, b.URL())
 }
 
 func TestOpenErrors(t *testing.T) {
+	setCredentials(t)
 	cases := []struct {
 		url  string
 		want string
 	}{
-		{"s3://bucket/prefix", `unsupported archive-url scheme "s3": use file:///path`},
-		{"ftp://user:secret@host/x", `unsupported archive-url scheme "ftp": use file:///path`},
-		{"", `unsupported archive-url scheme "": use file:///path`},
+		{"s3://user:secret@bucket/prefix", `open archive-url: s3: archive URL "s3://user:xxxxx@bucket/prefix" has user information`},
+		{"s3://bucket/prefix?acl=private", `open archive-url: s3: archive URL "s3://bucket/prefix?acl=private": unknown query parameter "acl"`},
+		{"ftp://user:secret@host/x", `unsupported archive-url scheme "ftp": use file:///path or s3://bucket/prefix?endpoint=https://host&region=us-east-1`},
+		{"", `unsupported archive-url scheme "": use file:///path or s3://`},
 		{"/var/lib/barnacle", `archive-url "/var/lib/barnacle" has no scheme: use file:///var/lib/barnacle`},
 		{"file://var/lib/barnacle", `open archive-url: fs: archive URL "file://var/lib/barnacle" names host "var"`},
 		{"s3://user:secret@bucket/%zz", `parse archive-url: invalid URL escape "%zz"`},
@@ -40,5 +58,5 @@ func TestOpenErrors(t *testing.T) {
 }
 
 func TestSchemes(t *testing.T) {
-	assert.Equal(t, []string{"file"}, backends.Schemes())
+	assert.Equal(t, []string{"file", "s3"}, backends.Schemes())
 }
