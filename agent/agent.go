@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -37,6 +38,14 @@ type Agent struct {
 	standby  *standbySlot
 	backups  *backups
 	listener net.Listener
+
+	// live holds the reloadable configuration (reload.go); reloader is
+	// set by EnableReload.
+	live     *reloadable
+	reloader *reloader
+	// leadStart is when the current or last term began (UnixNano), for
+	// /readyz's grace period.
+	leadStart atomic.Int64
 }
 
 // fillStatus adds the archiver's state to the leader's record in etcd;
@@ -91,7 +100,7 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: log, version: version, name: name, registry: reg, etcd: cli}
+	a := &Agent{cfg: cfg, log: log, version: version, name: name, registry: reg, etcd: cli, live: newReloadable(cfg)}
 	a.local = &localPostgres{cfg: cfg}
 	am := newArchiverMetrics(reg)
 	// The archiver needs the coordinator (state, keys) and the coordinator
@@ -101,8 +110,10 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 		bk   *backups
 	)
 	leaderWork := func(ctx context.Context, term coordinator.Term) error {
+		a.leadStart.Store(time.Now().UnixNano())
 		g, gctx := errgroup.WithContext(ctx)
 		g.Go(func() error { return arch.run(gctx, term) })
+		g.Go(func() error { return a.refreshCatalogMetrics(gctx) })
 		g.Go(func() error { return bk.leaderDuties(gctx, term) })
 		g.Go(func() error { return bk.retentionLoop(gctx) })
 		return g.Wait()
@@ -130,7 +141,7 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 	}
 	arch = newArchiver(cfg, name, log, a.coord, cli, am)
 	a.archiver = arch
-	bk = &backups{cfg: cfg, agent: name, log: log.Named("backups"), coord: a.coord, etcd: cli, keys: a.coord.Keys(), arch: arch}
+	bk = &backups{cfg: cfg, live: a.live, agent: name, log: log.Named("backups"), coord: a.coord, etcd: cli, keys: a.coord.Keys(), arch: arch}
 	a.backups = bk
 	a.standby = &standbySlot{cfg: cfg, log: log.Named("standby-slot"), coord: a.coord, metrics: am,
 		local: &localPostgres{cfg: cfg}}
@@ -178,6 +189,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { return a.standby.run(gctx) })
 	g.Go(func() error { return a.backups.serveRequests(gctx) })
+	g.Go(func() error { return a.watchConfig(gctx) })
 	err := g.Wait()
 	err = errors.Join(err, a.etcd.Close())
 	log.Info("stopped")

@@ -220,6 +220,7 @@ func (a *archiver) openBackend(ctx context.Context) (storage.Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open archive-url: %w", err)
 	}
+	b = a.metrics.storage.Wrap(b) // latency and errors per operation
 	if c, ok := b.(storage.Cleaner); ok {
 		if err := c.Cleanup(ctx); err != nil {
 			a.log.Warn("removing temporary files left by a crash failed", "error", err)

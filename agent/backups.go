@@ -85,6 +85,7 @@ type backups struct {
 	etcd  *clientv3.Client
 	keys  coordinator.Keys
 	arch  *archiver
+	live  *reloadable // backup-schedule and backup-from, as reloaded
 
 	mu sync.Mutex // one backup at a time
 
@@ -98,14 +99,12 @@ func (b *backups) leaderDuties(ctx context.Context, _ coordinator.Term) error {
 	// A backup whose agent is gone can never finish. The new leader marks
 	// it failed so it never looks usable; a backup a live follower is
 	// taking from its standby is left alone.
-	if !b.cfg.BackupSchedule.IsZero() {
-		done := make(chan struct{})
-		defer func() { <-done }()
-		go func() {
-			defer close(done)
-			b.schedule(ctx)
-		}()
-	}
+	done := make(chan struct{})
+	defer func() { <-done }()
+	go func() {
+		defer close(done)
+		b.schedule(ctx)
+	}()
 	for {
 		b.markAbandoned(ctx)
 		select {
@@ -418,12 +417,15 @@ func (b *backups) waitArchived(ctx context.Context, stop basebackup.Position) er
 func (b *backups) schedule(ctx context.Context) {
 	// Look often enough to start within a tenth of an interval, and within
 	// 10 s of a cron time (cron's resolution is a minute).
-	check := 10 * time.Second
-	if every := b.cfg.BackupSchedule.Interval(); every > 0 {
-		check = min(max(every/10, time.Second), 30*time.Second)
-	}
 	var pending string // the request we wrote and that has not finished yet
 	for {
+		// backup-schedule and backup-from are live (reload.go): read them
+		// afresh each round; without a schedule, look again in a while.
+		cfg := b.live.Config()
+		check := 10 * time.Second
+		if every := cfg.BackupSchedule.Interval(); every > 0 {
+			check = min(max(every/10, time.Second), 30*time.Second)
+		}
 		if pending != "" {
 			resp, err := b.etcd.Get(ctx, StatusKey(b.keys, pending))
 			if err == nil && len(resp.Kvs) == 1 {
@@ -433,16 +435,16 @@ func (b *backups) schedule(ctx context.Context) {
 				}
 			}
 		}
-		if pending == "" {
-			if due, err := b.backupDue(ctx); err != nil {
+		if pending == "" && !cfg.BackupSchedule.IsZero() {
+			if due, err := b.backupDue(ctx, cfg.BackupSchedule); err != nil {
 				b.log.Warn("checking the backup schedule failed", "error", err)
 			} else if due {
 				id := "scheduled-" + time.Now().UTC().Format("20060102T150405")
-				v, _ := json.Marshal(BackupRequest{From: b.cfg.BackupFrom, Label: "scheduled"})
+				v, _ := json.Marshal(BackupRequest{From: cfg.BackupFrom, Label: "scheduled"})
 				if _, err := b.etcd.Put(ctx, RequestKey(b.keys, id), string(v)); err != nil {
 					b.log.Warn("requesting a scheduled backup failed", "error", err)
 				} else {
-					b.log.Info("scheduled backup requested", "request", id, "schedule", b.cfg.BackupSchedule.String())
+					b.log.Info("scheduled backup requested", "request", id, "schedule", cfg.BackupSchedule.String())
 					pending = id
 				}
 			}
@@ -457,7 +459,7 @@ func (b *backups) schedule(ctx context.Context) {
 
 // backupDue reports whether backup-schedule's next time after the newest
 // backup's start has come, or there is no backup.
-func (b *backups) backupDue(ctx context.Context) (bool, error) {
+func (b *backups) backupDue(ctx context.Context, sched config.Schedule) (bool, error) {
 	be, err := b.arch.openBackend(ctx)
 	if err != nil {
 		return false, err
@@ -468,7 +470,7 @@ func (b *backups) backupDue(ctx context.Context) (bool, error) {
 	}
 	for _, d := range list {
 		if d.Status == catalog.StatusDone || d.Status == catalog.StatusRunning {
-			return !time.Now().Before(b.cfg.BackupSchedule.Next(d.StartTime)), nil
+			return !time.Now().Before(sched.Next(d.StartTime)), nil
 		}
 	}
 	return true, nil

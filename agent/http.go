@@ -2,7 +2,9 @@ package agent
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"time"
 )
 
 // Status is what GET /status returns: this agent's own view, for people and
@@ -43,16 +45,82 @@ func (a *Agent) status(w http.ResponseWriter, _ *http.Request) {
 	_ = json.NewEncoder(w).Encode(a.currentStatus())
 }
 
-// readyz answers 200 once the agent has read usable clusterdata; otherwise
-// 503 with the reason, so that an orchestrator shows why it is not ready.
+// streamingDownGrace is how long the leader may be without a stream
+// before /readyz fails: long enough for a reconnect or a master switch,
+// short enough that an orchestrator shows a stuck archiver within a minute.
+const streamingDownGrace = 30 * time.Second
+
+// readiness is what /readyz decides on.
+type readiness struct {
+	now                 time.Time
+	clusterDataRevision int64
+	clusterDataErr      string
+	leading             bool
+	leadingSince        time.Time
+	streaming           bool
+	streamingSince      time.Time // when streaming last started or stopped
+	lastError           string
+	lagBytes            int64
+	maxLag              int64 // check-max-lag; 0 means no limit
+}
+
+// notReady returns why the agent is not ready, or "" when it is. A
+// follower is ready once it has usable clusterdata; the leader also while
+// it streams with lag at most check-max-lag, or has not streamed for less
+// than streamingDownGrace since it began to lead or last streamed.
+func notReady(r readiness) string {
+	switch {
+	case r.clusterDataRevision == 0 && r.clusterDataErr == "":
+		return "clusterdata not read yet (is etcd reachable?)"
+	case r.clusterDataErr != "":
+		return r.clusterDataErr
+	case !r.leading:
+		return ""
+	case !r.streaming:
+		from := r.streamingSince
+		if r.leadingSince.After(from) {
+			from = r.leadingSince
+		}
+		down := r.now.Sub(from)
+		if down <= streamingDownGrace {
+			return ""
+		}
+		why := fmt.Sprintf("leader has not streamed WAL for %s", down.Round(time.Second))
+		if r.lastError != "" {
+			why += ": " + r.lastError
+		}
+		return why
+	case r.maxLag > 0 && r.lagBytes > r.maxLag:
+		return fmt.Sprintf("archive lag %d bytes is above check-max-lag %d bytes", r.lagBytes, r.maxLag)
+	}
+	return ""
+}
+
+// readyz answers 200 when notReady finds nothing, else 503 with the
+// reason, so that an orchestrator shows why the agent is not ready.
 func (a *Agent) readyz(w http.ResponseWriter, _ *http.Request) {
 	st := a.coord.State()
-	switch {
-	case st.ClusterDataRevision == 0 && st.ClusterDataErr == "":
-		http.Error(w, "not ready: clusterdata not read yet (is etcd reachable?)", http.StatusServiceUnavailable)
-	case st.ClusterDataErr != "":
-		http.Error(w, "not ready: "+st.ClusterDataErr, http.StatusServiceUnavailable)
-	default:
-		_, _ = w.Write([]byte("ok\n"))
+	r := readiness{
+		now:                 time.Now(),
+		clusterDataRevision: st.ClusterDataRevision,
+		clusterDataErr:      st.ClusterDataErr,
+		leading:             st.Leading,
+		maxLag:              a.liveConfig().CheckMaxLag,
 	}
+	if ns := a.leadStart.Load(); ns != 0 {
+		r.leadingSince = time.Unix(0, ns)
+	}
+	if a.archiver != nil {
+		r.streaming, r.streamingSince = a.archiver.metrics.streaming.state()
+		s := a.archiver.snapshot()
+		r.lastError = s.LastError
+		if s.ServerEnd > s.Flushed {
+			r.lagBytes = int64(s.ServerEnd - s.Flushed) //nolint:gosec // an LSN difference fits
+		}
+	}
+	if why := notReady(r); why != "" {
+		http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = w.Write([]byte("ok\n"))
 }

@@ -26,19 +26,20 @@ const (
 // when ctx ends, at once when no policy is set, and never fails: errors
 // are logged and retried.
 func (b *backups) retentionLoop(ctx context.Context) error {
-	if b.cfg.RetentionPolicy.IsZero() {
-		return nil
-	}
 	log := b.log.Named("retention")
 	var (
 		lastNewest string    // newest done backup at the last successful run
 		next       time.Time // when the next run is due regardless
 	)
 	for {
+		// retention-policy is live (reload.go): without one, do nothing
+		// until a reload sets it.
+		noPolicy := b.live.Config().RetentionPolicy.IsZero()
 		newest, err := b.newestDoneBackup(ctx)
 		switch {
 		case ctx.Err() != nil:
 			return nil
+		case noPolicy:
 		case err != nil:
 			log.Warn("listing backups for retention failed", "error", err)
 		case newest != lastNewest || !time.Now().Before(next):
@@ -50,6 +51,7 @@ func (b *backups) retentionLoop(ctx context.Context) error {
 				next = time.Now().Add(retentionRetryInterval)
 			} else {
 				lastNewest, next = newest, time.Now().Add(retentionDailyInterval)
+				b.arch.metrics.catalog.retentionSucceeded(time.Now())
 			}
 		}
 		select {
@@ -86,11 +88,12 @@ func (b *backups) applyRetention(ctx context.Context, log hclog.Logger) error {
 		return err
 	}
 	now := time.Now()
+	cfg := b.live.Config() // retention-policy and minimum-redundancy are live
 	pol := retention.Policy{
-		Redundancy:        b.cfg.RetentionPolicy.Redundancy,
-		WindowStart:       b.cfg.RetentionPolicy.WindowStart(now),
-		MinimumRedundancy: b.cfg.MinimumRedundancy,
-		Text:              b.cfg.RetentionPolicy.String(),
+		Redundancy:        cfg.RetentionPolicy.Redundancy,
+		WindowStart:       cfg.RetentionPolicy.WindowStart(now),
+		MinimumRedundancy: cfg.MinimumRedundancy,
+		Text:              cfg.RetentionPolicy.String(),
 	}
 	in, err := retention.ReadInput(ctx, be, b.cfg.ClusterName, pol)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -25,7 +26,10 @@ type ClientOptions struct {
 }
 
 // NewClient connects to etcd with TLS and authentication as configured. It
-// does not wait for the cluster to answer: the caller's requests do.
+// does not wait for the cluster to answer: the caller's requests do. The
+// client certificate and key files are read again when they change (each
+// new connection checks), so that a rotated certificate is used without a
+// restart; the CA file and the password are read once.
 func NewClient(opts ClientOptions) (*clientv3.Client, error) {
 	cfg := clientv3.Config{
 		Endpoints:            opts.Endpoints,
@@ -42,11 +46,11 @@ func NewClient(opts ClientOptions) (*clientv3.Client, error) {
 	if opts.CertFile != "" || opts.CAFile != "" {
 		tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
 		if opts.CertFile != "" {
-			cert, err := tls.LoadX509KeyPair(opts.CertFile, opts.KeyFile)
+			kp, err := newKeyPairFiles(opts.CertFile, opts.KeyFile)
 			if err != nil {
-				return nil, fmt.Errorf("load etcd client certificate (store-cert-file, store-key): %w", err)
+				return nil, err
 			}
-			tlsCfg.Certificates = []tls.Certificate{cert}
+			tlsCfg.GetClientCertificate = kp.get
 		}
 		if opts.CAFile != "" {
 			pem, err := os.ReadFile(opts.CAFile)
@@ -76,4 +80,56 @@ func NewClient(opts ClientOptions) (*clientv3.Client, error) {
 		return nil, fmt.Errorf("etcd client for %s: %w", strings.Join(opts.Endpoints, ","), err)
 	}
 	return cli, nil
+}
+
+// keyPairFiles serves the client certificate from its files, loading them
+// again when either file's size or modification time changes: cert-manager
+// and Kubernetes secrets rotate them in place. A pair that fails to load
+// (the two files caught half-way through a rotation) leaves the previous
+// one in use until the files are consistent again.
+type keyPairFiles struct {
+	certFile, keyFile string
+
+	mu    sync.Mutex
+	cert  *tls.Certificate
+	stamp string
+}
+
+func newKeyPairFiles(certFile, keyFile string) (*keyPairFiles, error) {
+	kp := &keyPairFiles{certFile: certFile, keyFile: keyFile}
+	if err := kp.load(); err != nil {
+		return nil, err
+	}
+	return kp, nil
+}
+
+// stamp identifies the files' current versions.
+func (kp *keyPairFiles) currentStamp() string {
+	var b strings.Builder
+	for _, f := range []string{kp.certFile, kp.keyFile} {
+		if fi, err := os.Stat(f); err == nil {
+			fmt.Fprintf(&b, "%d/%d;", fi.Size(), fi.ModTime().UnixNano())
+		}
+	}
+	return b.String()
+}
+
+func (kp *keyPairFiles) load() error {
+	stamp := kp.currentStamp()
+	cert, err := tls.LoadX509KeyPair(kp.certFile, kp.keyFile)
+	if err != nil {
+		return fmt.Errorf("load etcd client certificate (store-cert-file, store-key): %w", err)
+	}
+	kp.cert, kp.stamp = &cert, stamp
+	return nil
+}
+
+// get is tls.Config.GetClientCertificate.
+func (kp *keyPairFiles) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	if kp.currentStamp() != kp.stamp {
+		_ = kp.load() // on failure the previous pair stays
+	}
+	return kp.cert, nil
 }

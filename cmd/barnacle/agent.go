@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+
 	"github.com/spf13/cobra"
 
 	"github.com/barnacle-pg/barnacle/agent"
@@ -19,9 +21,16 @@ state under <barnacle-prefix>/<cluster-name>/agents/<agent-name>, and serve
 Needs cluster-name, store-endpoints, archive-url and, with leader-policy
 follow-master, keeper-uid. The leader streams WAL from the master through the
 slot slot-name into archive-url; followers keep a slot on their standby
-(standby-slots) so that a promoted standby still has what the archive lacks. On SIGTERM it resigns, revokes its etcd lease and exits 0.`,
+(standby-slots) so that a promoted standby still has what the archive lacks. On SIGTERM it resigns, revokes its etcd lease and exits 0.
+
+The agent reloads its configuration when the --config file changes and on
+SIGHUP: log-level, backup-schedule, backup-from, retention-policy,
+minimum-redundancy, last-backup-maximum-age and check-max-lag apply at once;
+a change to another key is logged as needing a restart; a file with errors
+keeps the running configuration and the error is logged.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(cmd, config.Needs{Keys: []string{"cluster-name", "store-endpoints", "archive-url"}, Agent: true})
+			needs := config.Needs{Keys: []string{"cluster-name", "store-endpoints", "archive-url"}, Agent: true}
+			cfg, err := loadConfig(cmd, needs)
 			if err != nil {
 				return err
 			}
@@ -30,6 +39,11 @@ slot slot-name into archive-url; followers keep a slot on their standby
 			if err != nil {
 				return err
 			}
+			file, _ := cmd.Flags().GetString("config")
+			if file == "" {
+				file = os.Getenv("BARNACLE_CONFIG")
+			}
+			a.EnableReload(agent.ReloadOptions{File: file, Load: func() (config.Config, error) { return loadConfig(cmd, needs) }})
 			return a.Run(cmd.Context())
 		},
 	}

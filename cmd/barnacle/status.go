@@ -3,15 +3,24 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/cobra"
 
 	"github.com/barnacle-pg/barnacle/coordinator"
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/retention"
+	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
+	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
 func newStatusCommand() *cobra.Command {
@@ -20,7 +29,12 @@ func newStatusCommand() *cobra.Command {
 		Use:   "status",
 		Short: "Show the cluster, its master, the leader and every agent",
 		Long: `Show Stolon's master and keepers beside barnacle's leader and agents, and the
-problems to act on. Reads etcd only; needs cluster-name and store-endpoints.`,
+problems to act on, then what the archive can recover: the window per
+timeline (from the oldest done backup's stop point to the end of the WAL
+archived without a hole), the last backup, recorded WAL gaps, and how far
+the archive is behind the master. Needs cluster-name and store-endpoints;
+the archive part needs archive-url, and the lag asks the master with the
+pg-* settings (else it uses the leader's record).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(cmd, config.Needs{Keys: []string{"cluster-name", "store-endpoints"}})
 			if err != nil {
@@ -40,12 +54,16 @@ problems to act on. Reads etcd only; needs cluster-name and store-endpoints.`,
 			if err != nil {
 				return fmt.Errorf("%w (is etcd reachable at %v?)", err, cfg.StoreEndpoints)
 			}
+			out := statusOutput{Report: r, Archive: readArchiveStatus(ctx, cfg, r)}
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
-				return enc.Encode(r)
+				return enc.Encode(out)
 			}
-			return printReport(cmd.OutOrStdout(), r)
+			if err := printReport(cmd.OutOrStdout(), r); err != nil {
+				return err
+			}
+			return printArchiveStatus(cmd.OutOrStdout(), out.Archive)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
@@ -108,4 +126,354 @@ func printReport(w io.Writer, r coordinator.Report) error {
 		}
 	}
 	return nil
+}
+
+// statusOutput is `barnacle status --json`: the etcd report's fields, and
+// the archive's under "archive".
+type statusOutput struct {
+	coordinator.Report
+	Archive archiveStatus `json:"archive"`
+}
+
+func printArchiveStatus(w io.Writer, a archiveStatus) error {
+	fmt.Fprintln(w)
+	switch {
+	case a.Lag == nil:
+		fmt.Fprintln(w, "Lag:      unknown (no leader has archived yet)")
+	case a.Lag.Source == "master":
+		fmt.Fprintf(w, "Lag:      %d bytes (master at %s, archived %s)\n", a.Lag.Bytes, a.Lag.MasterLSN, a.Lag.Archived)
+	default:
+		fmt.Fprintf(w, "Lag:      %d bytes received but not archived (master unreachable; archived %s)\n", a.Lag.Bytes, a.Lag.Archived)
+	}
+	if a.Error != "" {
+		fmt.Fprintf(w, "Archive:  %s\n", a.Error)
+		return nil
+	}
+	if a.LastBackup != nil {
+		fmt.Fprintf(w, "Last backup: %s, %s, %s ago\n", a.LastBackup.ID, a.LastBackup.Status, a.LastBackup.Age)
+	} else {
+		fmt.Fprintln(w, "Last backup: none")
+	}
+	if len(a.Windows) == 0 {
+		fmt.Fprintln(w, "Recoverable: nothing (no done backup with its WAL)")
+	} else {
+		fmt.Fprintln(w, "Recoverable:")
+		for _, win := range a.Windows {
+			from := win.From
+			if win.FromTime != nil {
+				from += " (" + win.FromTime.UTC().Format(time.RFC3339) + ")"
+			}
+			line := fmt.Sprintf("  timeline %d: %s .. %s", win.Timeline, from, win.To)
+			if win.StopsAt != "" {
+				line += " (stops at " + win.StopsAt + ")"
+			}
+			fmt.Fprintln(w, line)
+		}
+	}
+	if len(a.Gaps) > 0 {
+		fmt.Fprintln(w, "WAL gaps:")
+		for _, g := range a.Gaps {
+			fmt.Fprintf(w, "  timeline %d: %s .. %s, detected %s\n", g.Timeline, g.StartLSN, g.EndLSN, g.DetectedAt.UTC().Format(time.RFC3339))
+		}
+	}
+	return nil
+}
+
+// archiveStatus is what `barnacle status` adds from the archive and the
+// master: the recoverable window per timeline, the lag, the last backup
+// and the recorded gaps.
+type archiveStatus struct {
+	// Error says why the archive part is missing (archive-url not set, or
+	// unreadable); the other fields are then empty.
+	Error      string           `json:"error,omitempty"`
+	Windows    []timelineWindow `json:"recoverableWindows"`
+	LastBackup *lastBackup      `json:"lastBackup,omitempty"`
+	Gaps       []catalog.Gap    `json:"gaps"`
+	Lag        *archiveLag      `json:"lag,omitempty"`
+}
+
+// timelineWindow is the range of WAL positions on one timeline that the
+// oldest done backup and the archived WAL can recover to.
+type timelineWindow struct {
+	Timeline wal.Timeline `json:"timeline"`
+	// From is where recovery on this timeline can begin: the oldest done
+	// backup's stop point on its own timeline, the switch point on a later
+	// one. FromTime is the backup's stop time (only on its timeline).
+	From     string     `json:"from"`
+	FromTime *time.Time `json:"fromTime,omitempty"`
+	// To is the end of the WAL archived without a hole from From on.
+	To string `json:"to"`
+	// StopsAt says why the window ends before the timeline's archived end:
+	// the first missing segment or a recorded gap. Empty when it reaches
+	// the end.
+	StopsAt string `json:"stopsAt,omitempty"`
+}
+
+// lastBackup is the newest backup of any status.
+type lastBackup struct {
+	ID     string    `json:"id"`
+	Status string    `json:"status"`
+	Time   time.Time `json:"time"` // stop time, or start time while running
+	Age    string    `json:"age"`
+}
+
+// archiveLag is how far the archive is behind the master, in bytes.
+type archiveLag struct {
+	Bytes int64 `json:"bytes"`
+	// Source is "master" (its current position minus the leader's
+	// archived one) or "leader record" (received minus archived, when the
+	// master could not be asked).
+	Source    string `json:"source"`
+	MasterLSN string `json:"masterLSN,omitempty"`
+	Archived  string `json:"archivedLSN"`
+}
+
+// readArchiveStatus reads the archive and asks the master for its
+// position. It does not fail: what it cannot read, it reports.
+func readArchiveStatus(ctx context.Context, cfg config.Config, r coordinator.Report) archiveStatus {
+	st := archiveStatus{Windows: []timelineWindow{}, Gaps: []catalog.Gap{}}
+	st.Lag = readLag(ctx, cfg, r)
+	if cfg.ArchiveURL == "" {
+		st.Error = "archive-url is not set: set it to show the recoverable window, the last backup and gaps"
+		return st
+	}
+	b, err := backends.Open(ctx, cfg.ArchiveURL)
+	if err != nil {
+		st.Error = fmt.Sprintf("open archive-url: %v", err)
+		return st
+	}
+	in, err := retention.ReadInput(ctx, b, cfg.ClusterName, retention.Policy{})
+	if err != nil {
+		st.Error = err.Error()
+		return st
+	}
+	gaps, err := catalog.ReadGaps(ctx, b, cfg.ClusterName)
+	if err != nil {
+		st.Error = err.Error()
+		return st
+	}
+	st.Gaps = append(st.Gaps, gaps...)
+	st.Windows = recoverableWindows(in, gaps)
+	if len(in.Backups) > 0 {
+		d := in.Backups[0] // newest first
+		at := d.StopTime
+		if at.IsZero() {
+			at = d.StartTime
+		}
+		st.LastBackup = &lastBackup{ID: d.ID, Status: string(d.Status), Time: at, Age: time.Since(at).Round(time.Second).String()}
+	}
+	return st
+}
+
+// readLag asks the master for its current position (IDENTIFY_SYSTEM over a
+// replication connection, as the agents connect) and subtracts the
+// leader's archived position; without the master, the leader's own record
+// gives received minus archived. Nil when no leader archives.
+func readLag(ctx context.Context, cfg config.Config, r coordinator.Report) *archiveLag {
+	var leader *coordinator.AgentStatus
+	for i := range r.Agents {
+		if r.Agents[i].Name == r.Leader {
+			leader = &r.Agents[i]
+		}
+	}
+	if leader == nil || leader.ArchivedLSN == "" {
+		return nil
+	}
+	archived, err := wal.ParseLSN(leader.ArchivedLSN)
+	if err != nil {
+		return nil
+	}
+	if r.Master != nil {
+		if pos, err := masterPosition(ctx, cfg, r.Master.Address); err == nil {
+			return &archiveLag{Bytes: lagBytes(pos, archived), Source: "master", MasterLSN: pos.String(), Archived: archived.String()}
+		}
+	}
+	received, err := wal.ParseLSN(leader.ReceivedLSN)
+	if err != nil {
+		return nil
+	}
+	return &archiveLag{Bytes: lagBytes(received, archived), Source: "leader record", Archived: archived.String()}
+}
+
+func lagBytes(ahead, behind wal.LSN) int64 {
+	if ahead <= behind {
+		return 0
+	}
+	return int64(ahead - behind) //nolint:gosec // an LSN difference fits
+}
+
+func masterPosition(ctx context.Context, cfg config.Config, address string) (wal.LSN, error) {
+	host, port := cfg.PGHost, cfg.PGPort
+	if host == "" || port == 0 {
+		h, p, err := splitHostPort(address)
+		if err != nil {
+			return 0, err
+		}
+		if host == "" {
+			host = h
+		}
+		if port == 0 {
+			port = p
+		}
+	}
+	cs, err := cfg.PGConnString(host, port, true)
+	if err != nil {
+		return 0, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := pgconn.Connect(cctx, cs)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(context.WithoutCancel(cctx))
+	sys, err := pglogrepl.IdentifySystem(cctx, conn)
+	if err != nil {
+		return 0, err
+	}
+	return wal.LSN(sys.XLogPos), nil
+}
+
+func splitHostPort(address string) (string, int, error) {
+	i := strings.LastIndex(address, ":")
+	if i < 0 {
+		return "", 0, errors.New("no port in " + address)
+	}
+	var port int
+	if _, err := fmt.Sscanf(address[i+1:], "%d", &port); err != nil {
+		return "", 0, fmt.Errorf("bad port in %s", address)
+	}
+	return strings.Trim(address[:i], "[]"), port, nil
+}
+
+// recoverableWindows computes, for the oldest done backup, the window on
+// its stop timeline and on every archived timeline that branched from it
+// after the backup's stop point. Each window runs from its start as long
+// as the segments are stored without a hole and no recorded gap
+// intervenes. It is pure.
+func recoverableWindows(in retention.Input, gaps []catalog.Gap) []timelineWindow {
+	out := []timelineWindow{}
+	var oldest *catalog.Backup
+	for i := range in.Backups {
+		if in.Backups[i].Status == catalog.StatusDone {
+			oldest = &in.Backups[i]
+		}
+	}
+	segSize := in.WALSegmentSize
+	if oldest == nil || wal.ValidSegmentSize(segSize) != nil {
+		return out
+	}
+	stop, err := wal.ParseLSN(oldest.StopLSN)
+	if err != nil {
+		return out
+	}
+	// What is stored per timeline: complete segments, and the bytes of
+	// each .partial (stored uncompressed, so its size is its length).
+	complete := map[wal.Timeline]map[wal.SegmentNo]bool{}
+	partial := map[wal.Timeline]map[wal.SegmentNo]uint64{}
+	var timelines []wal.Timeline
+	for _, f := range in.WAL {
+		base, isPartial, compression := wal.SplitFileName(f.Name)
+		tli, seg, err := wal.ParseSegmentFileName(base, segSize)
+		if err != nil {
+			continue
+		}
+		if !slices.Contains(timelines, tli) {
+			timelines = append(timelines, tli)
+		}
+		if isPartial {
+			if compression == "" && f.Size > 0 {
+				if partial[tli] == nil {
+					partial[tli] = map[wal.SegmentNo]uint64{}
+				}
+				partial[tli][seg] = uint64(f.Size)
+			}
+			continue
+		}
+		if complete[tli] == nil {
+			complete[tli] = map[wal.SegmentNo]bool{}
+		}
+		complete[tli][seg] = true
+	}
+	for tli := range in.Histories {
+		if !slices.Contains(timelines, tli) {
+			timelines = append(timelines, tli)
+		}
+	}
+	slices.Sort(timelines)
+
+	for _, tli := range timelines {
+		var from wal.LSN
+		w := timelineWindow{Timeline: tli}
+		switch {
+		case tli == oldest.StopTimeline:
+			from = stop
+			t := oldest.StopTime
+			w.FromTime = &t
+		case tli > oldest.StopTimeline:
+			h, ok := in.Histories[tli]
+			if !ok || len(h) == 0 {
+				continue
+			}
+			sp, ok := wal.SwitchPoint(h, oldest.StopTimeline)
+			if !ok || sp <= stop {
+				continue // branched before the backup was consistent
+			}
+			from = h[len(h)-1].SwitchPoint
+		default:
+			continue
+		}
+		// Walk the stored WAL from the segment holding from (or, when from
+		// is a segment boundary, the one before it, which recovery reads).
+		seg := wal.SegmentOf(from, segSize)
+		to := from
+		for {
+			if complete[tli][seg] {
+				to = max(to, wal.SegmentStart(seg+1, segSize))
+				seg++
+				continue
+			}
+			if n, ok := partial[tli][seg]; ok {
+				to = max(to, wal.SegmentStart(seg, segSize)+wal.LSN(n))
+				break
+			}
+			// Nothing at all from the start, or a hole before later WAL;
+			// otherwise this is simply the archive's end.
+			if to == from || hasLater(complete[tli], partial[tli], seg) {
+				w.StopsAt = "missing " + wal.SegmentFileName(tli, seg, segSize)
+			}
+			break
+		}
+		for _, g := range gaps {
+			start, err := wal.ParseLSN(g.StartLSN)
+			if err != nil || g.Timeline != tli || start >= to {
+				continue
+			}
+			end, err := wal.ParseLSN(g.EndLSN)
+			if err != nil || end <= from {
+				continue
+			}
+			to = max(from, start)
+			w.StopsAt = fmt.Sprintf("recorded gap %s..%s", g.StartLSN, g.EndLSN)
+		}
+		w.From, w.To = from.String(), to.String()
+		out = append(out, w)
+	}
+	return out
+}
+
+// hasLater reports whether anything is stored on the timeline after seg,
+// which makes seg a hole rather than the archive's end.
+func hasLater(complete map[wal.SegmentNo]bool, partial map[wal.SegmentNo]uint64, seg wal.SegmentNo) bool {
+	for s := range complete {
+		if s > seg {
+			return true
+		}
+	}
+	for s := range partial {
+		if s > seg {
+			return true
+		}
+	}
+	return false
 }

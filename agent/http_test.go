@@ -1,0 +1,51 @@
+package agent
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+)
+
+func TestNotReady(t *testing.T) {
+	now := time.Date(2026, 11, 24, 17, 0, 0, 0, time.UTC)
+	ok := readiness{now: now, clusterDataRevision: 7}
+	leader := ok
+	leader.leading, leader.leadingSince = true, now.Add(-time.Hour)
+	cases := []struct {
+		name string
+		mod  func(r *readiness)
+		base readiness
+		want string // substring; "" means ready
+	}{
+		{"no clusterdata yet", func(r *readiness) { r.clusterDataRevision = 0 }, ok, "clusterdata not read yet"},
+		{"bad clusterdata", func(r *readiness) { r.clusterDataErr = "no master" }, ok, "no master"},
+		{"follower", func(*readiness) {}, ok, ""},
+		{"follower ignores streaming", func(r *readiness) { r.lagBytes, r.maxLag = 100, 1 }, ok, ""},
+		{"leader streaming", func(r *readiness) { r.streaming, r.streamingSince = true, now.Add(-time.Minute) }, leader, ""},
+		{"leader down briefly", func(r *readiness) { r.streamingSince = now.Add(-10 * time.Second) }, leader, ""},
+		{"leader down long", func(r *readiness) {
+			r.streamingSince, r.lastError = now.Add(-45*time.Second), "connection refused"
+		}, leader, "has not streamed WAL for 45s: connection refused"},
+		{"new leader within grace", func(r *readiness) {
+			r.streamingSince, r.leadingSince = now.Add(-time.Hour), now.Add(-5*time.Second)
+		}, leader, ""},
+		{"lag above check-max-lag", func(r *readiness) {
+			r.streaming, r.lagBytes, r.maxLag = true, 2<<20, 1<<20
+		}, leader, "archive lag 2097152 bytes is above check-max-lag 1048576 bytes"},
+		{"lag at check-max-lag", func(r *readiness) { r.streaming, r.lagBytes, r.maxLag = true, 1<<20, 1<<20 }, leader, ""},
+		{"no lag limit", func(r *readiness) { r.streaming, r.lagBytes = true, 1<<40 }, leader, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := tc.base
+			tc.mod(&r)
+			got := notReady(r)
+			if tc.want == "" {
+				assert.Empty(t, got)
+			} else {
+				assert.Contains(t, got, tc.want)
+			}
+		})
+	}
+}

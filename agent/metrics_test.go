@@ -1,0 +1,120 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
+)
+
+func TestCatalogMetricsExposition(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := newArchiverMetrics(reg)
+	t0 := time.Date(2026, 11, 24, 17, 0, 0, 0, time.UTC)
+	// ListBackups order: newest first.
+	list := []catalog.Backup{
+		{ID: "20261124T200000", Status: catalog.StatusRunning, StartTime: t0.Add(3 * time.Hour)},
+		{ID: "20261124T190000", Status: catalog.StatusDone, StartTime: t0.Add(2 * time.Hour), StopTime: t0.Add(2*time.Hour + 90*time.Second), StopLSN: "0/5000100"},
+		{ID: "20261124T180000", Status: catalog.StatusFailed, StartTime: t0.Add(time.Hour)},
+		{ID: "20261124T170000", Status: catalog.StatusDone, StartTime: t0, StopTime: t0.Add(30 * time.Second), StopLSN: "0/3000100"},
+	}
+	m.catalog.observeCatalog(list, t0.Add(4*time.Hour))
+	m.catalog.retentionSucceeded(t0.Add(5 * time.Hour))
+	want := `
+# HELP barnacle_catalog_backups Base backups in the archive, by status (running, done, failed).
+# TYPE barnacle_catalog_backups gauge
+barnacle_catalog_backups{status="done"} 2
+barnacle_catalog_backups{status="failed"} 1
+barnacle_catalog_backups{status="running"} 1
+# HELP barnacle_catalog_first_recoverable_point_position_bytes Earliest WAL position the archive can restore to: the stop LSN of the oldest done backup, in bytes; 0 without one.
+# TYPE barnacle_catalog_first_recoverable_point_position_bytes gauge
+barnacle_catalog_first_recoverable_point_position_bytes 5.0331904e+07
+# HELP barnacle_catalog_first_recoverable_point_timestamp_seconds Earliest time the archive can restore to: the stop time of the oldest done backup; 0 without one.
+# TYPE barnacle_catalog_first_recoverable_point_timestamp_seconds gauge
+barnacle_catalog_first_recoverable_point_timestamp_seconds 1.79553963e+09
+# HELP barnacle_catalog_last_backup_duration_seconds How long the newest done base backup took, from its start to its stop time.
+# TYPE barnacle_catalog_last_backup_duration_seconds gauge
+barnacle_catalog_last_backup_duration_seconds 90
+# HELP barnacle_catalog_last_backup_timestamp_seconds Stop time of the newest done base backup; 0 without one.
+# TYPE barnacle_catalog_last_backup_timestamp_seconds gauge
+barnacle_catalog_last_backup_timestamp_seconds 1.79554689e+09
+# HELP barnacle_catalog_last_refresh_timestamp_seconds When this agent, as leader, last read the catalog for these metrics.
+# TYPE barnacle_catalog_last_refresh_timestamp_seconds gauge
+barnacle_catalog_last_refresh_timestamp_seconds 1.795554e+09
+# HELP barnacle_retention_last_success_timestamp_seconds When retention-policy was last applied without error by this agent.
+# TYPE barnacle_retention_last_success_timestamp_seconds gauge
+barnacle_retention_last_success_timestamp_seconds 1.7955576e+09
+`
+	names := []string{
+		"barnacle_catalog_backups",
+		"barnacle_catalog_first_recoverable_point_position_bytes",
+		"barnacle_catalog_first_recoverable_point_timestamp_seconds",
+		"barnacle_catalog_last_backup_duration_seconds",
+		"barnacle_catalog_last_backup_timestamp_seconds",
+		"barnacle_catalog_last_refresh_timestamp_seconds",
+		"barnacle_retention_last_success_timestamp_seconds",
+	}
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want), names...))
+
+	// An empty catalog resets everything: no stale recoverability point.
+	m.catalog.observeCatalog(nil, t0)
+	assert.Equal(t, float64(0), testutil.ToFloat64(m.catalog.firstPointTime))
+	assert.Equal(t, float64(0), testutil.ToFloat64(m.catalog.backups.WithLabelValues("done")))
+}
+
+// Every metric the agent registers, with its type and labels: a renamed or
+// dropped series breaks dashboards and alerts, so it must be deliberate.
+func TestAgentMetricNames(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	newArchiverMetrics(reg)
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	got := map[string]string{}
+	for _, mf := range mfs {
+		got[mf.GetName()] = mf.GetType().String()
+	}
+	want := map[string]string{
+		"barnacle_wal_streaming":                                     "GAUGE",
+		"barnacle_wal_received_position_bytes":                       "GAUGE",
+		"barnacle_wal_flushed_position_bytes":                        "GAUGE",
+		"barnacle_wal_archive_lag_bytes":                             "GAUGE",
+		"barnacle_wal_archive_lag_seconds":                           "GAUGE",
+		"barnacle_wal_timeline":                                      "GAUGE",
+		"barnacle_wal_segments_archived_total":                       "COUNTER",
+		"barnacle_wal_last_archived_segment_timestamp_seconds":       "GAUGE",
+		"barnacle_wal_last_flush_timestamp_seconds":                  "GAUGE",
+		"barnacle_wal_archive_errors_total":                          "COUNTER",
+		"barnacle_wal_gap_bytes":                                     "GAUGE",
+		"barnacle_wal_gaps":                                          "GAUGE",
+		"barnacle_wal_standby_slot_restart_position_bytes":           "GAUGE",
+		"barnacle_wal_standby_slot_errors_total":                     "COUNTER",
+		"barnacle_catalog_backups":                                   "GAUGE",
+		"barnacle_catalog_first_recoverable_point_timestamp_seconds": "GAUGE",
+		"barnacle_catalog_first_recoverable_point_position_bytes":    "GAUGE",
+		"barnacle_catalog_last_backup_timestamp_seconds":             "GAUGE",
+		"barnacle_catalog_last_backup_duration_seconds":              "GAUGE",
+		"barnacle_catalog_last_refresh_timestamp_seconds":            "GAUGE",
+		"barnacle_retention_last_success_timestamp_seconds":          "GAUGE",
+	}
+	assert.Equal(t, want, got)
+}
+
+func TestStreamingGaugeRemembersChanges(t *testing.T) {
+	m := newArchiverMetrics(prometheus.NewRegistry())
+	up, since0 := m.streaming.state()
+	assert.False(t, up)
+	m.streaming.Set(1)
+	up, since1 := m.streaming.state()
+	assert.True(t, up)
+	assert.False(t, since1.Before(since0))
+	m.streaming.Set(1) // no change: the time stays
+	_, again := m.streaming.state()
+	assert.Equal(t, since1, again)
+	assert.Equal(t, float64(1), testutil.ToFloat64(m.streaming))
+}
