@@ -378,3 +378,16 @@ func TestStolonHonoursExternalSpecPatch(t *testing.T) {
 		return nil
 	})
 }
+
+func TestExpandDataDir(t *testing.T) {
+	for in, want := range map[string]string{
+		"barnacle restore --target-dir %d":    "barnacle restore --target-dir /data/postgres",
+		"echo 100%% > %d/x":                   "echo 100% > /data/postgres/x",
+		"trailing %":                          "trailing %",
+		"%f stays for restore_command, %d ok": "%f stays for restore_command, /data/postgres ok",
+	} {
+		if got := expandDataDir(in, "/data/postgres"); got != want {
+			t.Errorf("expandDataDir(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -1,0 +1,613 @@
+package restore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/compress"
+	"github.com/barnacle-pg/barnacle/pkg/storage"
+)
+
+// DefaultParallel is how many stored archives Restore fetches and unpacks
+// at once when Options.Parallel is 0: the base archive and one tablespace
+// typically, without starving a small machine.
+const DefaultParallel = 2
+
+// manifestName is PostgreSQL's backup manifest, stored beside the archives
+// and restored into the data directory as pg_basebackup does.
+const manifestName = "backup_manifest"
+
+// Options configures Restore.
+type Options struct {
+	// Backend and Cluster locate the archive (catalog.BackupPrefix).
+	Backend storage.Backend
+	Cluster string
+	// Backup is the backup to restore, as the catalog holds it (see
+	// ChooseBackup, catalog.ResolveBackup); its status must be done.
+	Backup catalog.Backup
+	// TargetDir is the data directory to restore into (absolute). It is
+	// created (mode 0700) when missing.
+	TargetDir string
+	// TablespaceMap maps a tablespace OID to the directory to restore it
+	// into; a tablespace not in the map goes to the location the backup
+	// recorded. Directories must be absolute; an OID that the backup does
+	// not have is an error.
+	TablespaceMap map[uint32]string
+	// Force allows non-empty destinations: their old contents are moved to
+	// a sibling "<dir>.barnacle-old-<UTC time>" (renamed, never deleted).
+	// A directory in use by a running server is refused even with Force.
+	Force bool
+	// Parallel is how many archives are fetched and unpacked at once;
+	// 0 means DefaultParallel.
+	Parallel int
+	// Recovery, when not nil, makes the data directory start archive
+	// recovery: recovery.signal is written and the settings are appended
+	// to postgresql.auto.conf. nil restores the data only (Stolon's keeper
+	// writes recovery.signal and the settings itself).
+	Recovery *Recovery
+	// Owner, when not nil, is given every file and directory restored
+	// (lchown); Restore run as root uses it for the postgres OS user.
+	Owner *Owner
+	// OnProgress, if set, is called with the uncompressed bytes read so far
+	// and the backup's total (the sum of its files' Bytes), about every MiB
+	// and once at the end. Calls come from Restore's worker goroutines one
+	// at a time; it must return quickly.
+	OnProgress func(done, total int64)
+	// Logger receives the logs under the name "restore"; nil discards them.
+	Logger hclog.Logger
+	// Now is the clock for moved-aside names and the settings' comment;
+	// nil means time.Now.
+	Now func() time.Time
+}
+
+// Result is what Restore did.
+type Result struct {
+	BackupID  string
+	TargetDir string
+	// Tablespaces maps each tablespace OID to the directory it was
+	// restored into.
+	Tablespaces map[uint32]string
+	// MovedAside maps each destination that was not empty (Force) to the
+	// directory its old contents were moved to.
+	MovedAside map[string]string
+	// Bytes is the uncompressed archive bytes read; Files the regular
+	// files written.
+	Bytes int64
+	Files int
+	// Notes are things the operator should know, e.g. that the
+	// postgresql.auto.conf symbolic link was replaced by a file.
+	Notes []string
+}
+
+// ObjectError is a failure to fetch, verify, decompress or unpack one stored
+// object of a backup. Member is the tar member being written, when known.
+type ObjectError struct {
+	Object string
+	Member string
+	Err    error
+}
+
+// Error names the object and, when known, the member.
+func (e *ObjectError) Error() string {
+	if e.Member != "" {
+		return fmt.Sprintf("restore: object %s: member %q: %v", e.Object, e.Member, e.Err)
+	}
+	return fmt.Sprintf("restore: object %s: %v", e.Object, e.Err)
+}
+
+// Unwrap returns the cause, e.g. a *storage.ChecksumError.
+func (e *ObjectError) Unwrap() error { return e.Err }
+
+// Restore restores opts.Backup into opts.TargetDir and its tablespace
+// directories, and blocks until done. It checks every destination first
+// (refusing, before it changes anything, one in use by a running server,
+// and a non-empty one without Force), moves non-empty ones aside with
+// Force, then fetches the stored archives, opts.Parallel at a time. Each is
+// read to its end, so the backend verifies its SHA-256; Restore also checks
+// it against the digest and size that backup.json recorded. Data files are
+// fsynced as written and directories at the end. Members a restore must not
+// bring back (postmaster.pid and .opts, standby.signal and recovery.signal,
+// pg_internal.init, WAL in pg_wal) are left out; tablespace links and
+// tablespace_map point at the restore directories.
+//
+// Any failure returns an error: an *ObjectError naming the object (and
+// member) for damaged or unreadable data, wrapping storage.ErrChecksum when
+// the bytes do not match their checksum; an error wrapping ErrInUse or
+// ErrNotEmpty for refused destinations; ctx's error when it ends. A failed
+// restore leaves what it wrote, without global/pg_control, so PostgreSQL
+// will not start on it; Result.MovedAside is set even then.
+func Restore(ctx context.Context, opts Options) (Result, error) {
+	now := time.Now
+	if opts.Now != nil {
+		now = opts.Now
+	}
+	log := opts.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	log = log.Named("restore")
+	doc := opts.Backup
+	res := Result{BackupID: doc.ID, Tablespaces: map[uint32]string{}, MovedAside: map[string]string{}}
+
+	plan, err := planRestore(opts)
+	if err != nil {
+		return res, err
+	}
+	res.TargetDir = plan.target
+	if opts.Recovery != nil {
+		if _, err := RenderRecoverySettings(*opts.Recovery); err != nil {
+			return res, err
+		}
+	}
+
+	// Check every destination before changing any.
+	dests := []destination{}
+	d, err := inspectDir(plan.target, "target directory", opts.Force, false)
+	if err != nil {
+		return res, err
+	}
+	dests = append(dests, d)
+	tsDest := map[uint32]int{} // OID -> index in dests
+	for _, a := range plan.archives {
+		if a.tablespace == 0 {
+			continue
+		}
+		d, err := inspectDir(a.dir, "directory of tablespace "+strconv.FormatUint(uint64(a.tablespace), 10), opts.Force, true)
+		if err != nil {
+			return res, err
+		}
+		tsDest[a.tablespace] = len(dests)
+		dests = append(dests, d)
+	}
+	if err := checkOverlap(dests); err != nil {
+		return res, err
+	}
+	t := now()
+	for _, d := range dests {
+		aside, err := makeReady(d, t, opts.Owner)
+		if aside != "" {
+			res.MovedAside[d.path] = aside
+			log.Info("moved old contents aside", "directory", d.path, "moved_to", aside)
+		}
+		if err != nil {
+			return res, err
+		}
+	}
+	// The resolved paths (symbolic links followed) are what links point to.
+	res.TargetDir = dests[0].path
+	for oid, i := range tsDest {
+		res.Tablespaces[oid] = dests[i].path
+	}
+
+	roots := map[string]*os.Root{}
+	defer func() {
+		for _, r := range roots {
+			_ = r.Close()
+		}
+	}()
+	openRoot := func(dir string) (*os.Root, error) {
+		if r, ok := roots[dir]; ok {
+			return r, nil
+		}
+		r, err := os.OpenRoot(dir)
+		if err != nil {
+			return nil, fmt.Errorf("restore: open %s: %w", dir, err)
+		}
+		roots[dir] = r
+		return r, nil
+	}
+
+	var total int64
+	for _, f := range doc.Files {
+		total += f.Bytes
+	}
+	prog := &progress{fn: opts.OnProgress, total: total}
+
+	log.Info("restore started", "backup", doc.ID, "target_dir", res.TargetDir, "archives", len(plan.archives))
+	var unpackers []*unpacker
+	var base *unpacker
+	g, gctx := errgroup.WithContext(ctx)
+	parallel := opts.Parallel
+	if parallel <= 0 {
+		parallel = DefaultParallel
+	}
+	g.SetLimit(parallel)
+	for _, a := range plan.archives {
+		dir := res.TargetDir
+		if a.tablespace != 0 {
+			dir = res.Tablespaces[a.tablespace]
+		}
+		root, err := openRoot(dir)
+		if err != nil {
+			return res, err
+		}
+		var u *unpacker
+		if a.file.Name != manifestName {
+			u = newUnpacker(root, a.tablespace == 0, res.Tablespaces, opts.Owner)
+			unpackers = append(unpackers, u)
+			if a.tablespace == 0 {
+				base = u
+			}
+		}
+		g.Go(func() error {
+			return fetchObject(gctx, opts.Backend, catalog.BackupPrefix(opts.Cluster, doc.ID), a, root, u, opts.Owner, prog)
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return res, err
+	}
+	for _, u := range unpackers {
+		res.Files += u.files
+	}
+	res.Bytes = prog.done
+	if !base.sawControl {
+		return res, fmt.Errorf("restore: object %s has no %s: it is not a base backup of a data directory", plan.archives[0].file.Name, pgControlName)
+	}
+
+	baseRoot := roots[res.TargetDir]
+	if opts.Recovery != nil {
+		notes, err := writeRecovery(baseRoot, *opts.Recovery, doc.ID, now(), opts.Owner)
+		res.Notes = append(res.Notes, notes...)
+		if err != nil {
+			return res, err
+		}
+	}
+	for _, u := range unpackers {
+		if err := u.finish(); err != nil {
+			return res, fmt.Errorf("restore: %w", err)
+		}
+	}
+	// Last, and durable only after everything else is: the control file
+	// makes the directory startable.
+	if err := baseRoot.Rename(pgControlTempName, pgControlName); err != nil {
+		return res, fmt.Errorf("restore: put %s in place: %w", pgControlName, err)
+	}
+	if err := syncDir(filepath.Join(res.TargetDir, "global")); err != nil {
+		return res, err
+	}
+	for _, d := range dests {
+		if err := syncDir(filepath.Dir(d.path)); err != nil {
+			return res, err
+		}
+	}
+	prog.final()
+	log.Info("restore done", "backup", doc.ID, "target_dir", res.TargetDir, "bytes", res.Bytes, "files", res.Files)
+	return res, nil
+}
+
+// archive is one stored object to restore and where it goes.
+type archive struct {
+	file catalog.BackupFile
+	// tablespace is the OID for a tablespace archive, 0 for base.tar and
+	// the manifest.
+	tablespace uint32
+	dir        string
+	// compression is the algorithm for compress.NewReader.
+	compression string
+}
+
+type restorePlan struct {
+	target string
+	// archives has base.tar first.
+	archives []archive
+}
+
+// planRestore checks the options and the backup document and decides
+// where each stored object goes.
+func planRestore(opts Options) (restorePlan, error) {
+	doc := opts.Backup
+	var p restorePlan
+	if opts.Backend == nil {
+		return p, errors.New("restore: options: backend is required")
+	}
+	if opts.Cluster == "" {
+		return p, errors.New("restore: options: cluster is required")
+	}
+	if opts.TargetDir == "" {
+		return p, errors.New("restore: options: target directory is required")
+	}
+	if doc.Status != catalog.StatusDone {
+		return p, fmt.Errorf("restore: backup %s has status %q; only a done backup can be restored", doc.ID, doc.Status)
+	}
+	target, err := filepath.Abs(opts.TargetDir)
+	if err != nil {
+		return p, fmt.Errorf("restore: target directory: %w", err)
+	}
+	p.target = target
+	var base *archive
+	seen := map[uint32]bool{}
+	var rest []archive
+	for _, f := range doc.Files {
+		name, alg, err := splitArchiveName(f.Name)
+		if err != nil {
+			return p, fmt.Errorf("restore: backup %s: %w", doc.ID, err)
+		}
+		a := archive{file: f, compression: alg}
+		switch {
+		case name == manifestName:
+		case name == "base.tar":
+			if base != nil {
+				return p, fmt.Errorf("restore: backup %s lists two base archives", doc.ID)
+			}
+			base = &a
+			continue
+		default:
+			oid, err := strconv.ParseUint(strings.TrimSuffix(name, ".tar"), 10, 32)
+			if err != nil || oid == 0 || !strings.HasSuffix(name, ".tar") || f.TablespaceOID != uint32(oid) {
+				return p, fmt.Errorf("restore: backup %s: object %s is neither base.tar nor <tablespace OID>.tar of its recorded tablespace", doc.ID, f.Name)
+			}
+			if seen[uint32(oid)] {
+				return p, fmt.Errorf("restore: backup %s lists tablespace %d twice", doc.ID, oid)
+			}
+			seen[uint32(oid)] = true
+			a.tablespace = uint32(oid)
+			a.dir = f.TablespaceLocation
+			if m, ok := opts.TablespaceMap[a.tablespace]; ok {
+				a.dir = m
+			}
+			if !filepath.IsAbs(a.dir) {
+				return p, fmt.Errorf("restore: directory %q of tablespace %d is not an absolute path", a.dir, oid)
+			}
+			a.dir = filepath.Clean(a.dir)
+		}
+		rest = append(rest, a)
+	}
+	if base == nil {
+		return p, fmt.Errorf("restore: backup %s has no base archive (base.tar) among its files", doc.ID)
+	}
+	for oid := range opts.TablespaceMap {
+		if !seen[oid] {
+			return p, fmt.Errorf("restore: tablespace map names tablespace %d, which backup %s does not have", oid, doc.ID)
+		}
+	}
+	p.archives = append([]archive{*base}, rest...)
+	return p, nil
+}
+
+// splitArchiveName returns the name without its compression suffix and
+// the algorithm that suffix means.
+func splitArchiveName(name string) (string, string, error) {
+	switch {
+	case strings.HasSuffix(name, ".zst"):
+		return strings.TrimSuffix(name, ".zst"), compress.Zstd, nil
+	case strings.HasSuffix(name, ".lz4"):
+		return strings.TrimSuffix(name, ".lz4"), compress.LZ4, nil
+	case strings.Contains(name, "/") || name == "":
+		return "", "", fmt.Errorf("object name %q is not a backup file name", name)
+	}
+	return name, compress.None, nil
+}
+
+// fetchObject streams one stored object: through a SHA-256 (checked
+// against backup.json), a decompressor and the unpacker, or for the
+// manifest into a file in root. It reads the stored object to its end so
+// that the backend verifies its checksum too.
+func fetchObject(ctx context.Context, b storage.Backend, prefix string, a archive, root *os.Root, u *unpacker, owner *Owner, prog *progress) (err error) {
+	f := a.file
+	objErr := func(member string, err error) error { return &ObjectError{Object: f.Name, Member: member, Err: err} }
+	rc, err := b.Get(ctx, prefix+f.Name)
+	if err != nil {
+		return objErr("", err)
+	}
+	defer rc.Close()
+	h := sha256.New()
+	raw := &countingReader{r: io.TeeReader(rc, h)}
+	// drainRaw reads the rest of the stored object: a damaged object
+	// often breaks decompression or tar parsing first, and its checksum
+	// error (the cause) only shows at its end.
+	drainRaw := func(cause error) error {
+		if _, err := io.Copy(io.Discard, raw); err != nil {
+			if errors.Is(err, storage.ErrChecksum) || cause == nil {
+				return objErr("", err)
+			}
+		}
+		return nil
+	}
+	dec, err := compress.NewReader(a.compression, raw)
+	if err != nil {
+		return objErr("", err)
+	}
+	defer dec.Close()
+	plain := &countingReader{r: dec, onRead: prog.add}
+
+	var member string
+	if u == nil {
+		err = writeManifest(ctx, root, plain, owner)
+	} else {
+		err = u.unpack(ctx, plain)
+		if err != nil {
+			member, err = splitMember(err)
+		}
+	}
+	if err == nil {
+		// Trailing bytes after the tar end marker (padding) and the end of
+		// the compressed stream, where the decompressor checks its frame.
+		if _, err = io.Copy(io.Discard, plain); err != nil {
+			member = ""
+		}
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return objErr(member, err)
+		}
+		if cerr := drainRaw(err); cerr != nil {
+			return errors.Join(cerr, objErr(member, err))
+		}
+		return objErr(member, err)
+	}
+	if err := drainRaw(nil); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); f.SHA256 != "" && !strings.EqualFold(got, f.SHA256) {
+		return objErr("", &storage.ChecksumError{Name: prefix + f.Name, Want: f.SHA256, Got: got})
+	}
+	if f.StoredBytes > 0 && raw.n != f.StoredBytes {
+		return objErr("", fmt.Errorf("stored size is %d bytes, backup.json records %d", raw.n, f.StoredBytes))
+	}
+	if f.Bytes > 0 && plain.n != f.Bytes {
+		return objErr("", fmt.Errorf("uncompressed size is %d bytes, backup.json records %d", plain.n, f.Bytes))
+	}
+	return nil
+}
+
+// splitMember takes the tar member name out of an unpacker error.
+func splitMember(err error) (string, error) {
+	var me *memberErr
+	if errors.As(err, &me) {
+		return me.name, me.err
+	}
+	return "", err
+}
+
+// memberErr carries the tar member name out of the unpacker.
+type memberErr struct {
+	name string
+	err  error
+}
+
+func (e *memberErr) Error() string { return fmt.Sprintf("member %q: %v", e.name, e.err) }
+func (e *memberErr) Unwrap() error { return e.err }
+
+func writeManifest(ctx context.Context, root *os.Root, r io.Reader, owner *Owner) error {
+	f, err := root.OpenFile(manifestName, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, ctxReader{ctx, r})
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && owner != nil {
+		err = root.Lchown(manifestName, owner.UID, owner.GID)
+	}
+	return err
+}
+
+// writeRecovery writes recovery.signal and appends the settings to
+// postgresql.auto.conf, replacing a symbolic link there (Stolon points it
+// at /dev/null) by a regular file.
+func writeRecovery(root *os.Root, r Recovery, backupID string, now time.Time, owner *Owner) ([]string, error) {
+	settings, err := RenderRecoverySettings(r)
+	if err != nil {
+		return nil, err
+	}
+	var notes []string
+	existing := []byte(nil)
+	st, err := root.Lstat(autoConfName)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		existing = []byte("# Do not edit this file manually!\n# It will be overwritten by the ALTER SYSTEM command.\n")
+	case err != nil:
+		return nil, fmt.Errorf("restore: %s: %w", autoConfName, err)
+	case st.Mode()&fs.ModeSymlink != 0:
+		link, _ := root.Readlink(autoConfName)
+		notes = append(notes, fmt.Sprintf("%s was a symbolic link to %s; it is now a regular file holding the recovery settings", autoConfName, link))
+	case !st.Mode().IsRegular():
+		return nil, fmt.Errorf("restore: %s is not a regular file", autoConfName)
+	default:
+		if existing, err = root.ReadFile(autoConfName); err != nil {
+			return nil, fmt.Errorf("restore: read %s: %w", autoConfName, err)
+		}
+		if len(existing) > 0 && existing[len(existing)-1] != '\n' {
+			existing = append(existing, '\n')
+		}
+	}
+	content := append(existing, []byte(settingsHeader(backupID, now)+settings)...)
+	// Written beside and renamed over, so a crash leaves the old file or
+	// the new one, and a symbolic link is replaced, not followed.
+	tmp := autoConfName + ".barnacle-tmp"
+	if err := writeFileSync(root, tmp, content, owner); err != nil {
+		return notes, fmt.Errorf("restore: write %s: %w", autoConfName, err)
+	}
+	if err := root.Rename(tmp, autoConfName); err != nil {
+		return notes, fmt.Errorf("restore: write %s: %w", autoConfName, err)
+	}
+	if err := writeFileSync(root, recoverySignal, nil, owner); err != nil {
+		return notes, fmt.Errorf("restore: write %s: %w", recoverySignal, err)
+	}
+	return notes, nil
+}
+
+func writeFileSync(root *os.Root, name string, data []byte, owner *Owner) error {
+	_ = root.Remove(name)
+	f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && owner != nil {
+		err = root.Lchown(name, owner.UID, owner.GID)
+	}
+	return err
+}
+
+// countingReader counts the bytes read and reports them.
+type countingReader struct {
+	r      io.Reader
+	n      int64
+	onRead func(int64)
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	if c.onRead != nil && n > 0 {
+		c.onRead(int64(n))
+	}
+	return n, err
+}
+
+// progress sums the bytes of all workers and calls the callback about
+// every MiB, one call at a time.
+type progress struct {
+	fn    func(done, total int64)
+	total int64
+
+	mu       sync.Mutex
+	done     int64
+	reported int64
+}
+
+const progressStep = 1 << 20
+
+func (p *progress) add(n int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.done += n
+	if p.fn != nil && p.done-p.reported >= progressStep {
+		p.reported = p.done
+		p.fn(p.done, p.total)
+	}
+}
+
+func (p *progress) final() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.fn != nil {
+		p.fn(p.done, p.total)
+	}
+}

@@ -1,0 +1,491 @@
+package restore
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Names inside a data directory that restore treats specially.
+const (
+	pgControlName     = "global/pg_control"
+	pgControlTempName = "global/pg_control.barnacle-restoring"
+	tablespaceMapName = "tablespace_map"
+	autoConfName      = "postgresql.auto.conf"
+	recoverySignal    = "recovery.signal"
+	devNull           = "/dev/null"
+	// maxTablespaceMap bounds the tablespace_map read into memory.
+	maxTablespaceMap = 1 << 20
+)
+
+// skippedTopLevel are files of a data directory that a restore must not
+// bring back: a lock file and options of the server that was backed up,
+// and signal files that would start it in the wrong mode (PostgreSQL's
+// BASE_BACKUP excludes most of them already; a restore is defensive).
+var skippedTopLevel = map[string]bool{
+	"postmaster.pid":  true,
+	"postmaster.opts": true,
+	"standby.signal":  true,
+	"recovery.signal": true,
+}
+
+// Owner is the OS user and group that restored files get; Restore run as
+// root uses it to give the data directory to the user PostgreSQL runs as.
+type Owner struct {
+	UID, GID int
+}
+
+// unpacker writes one tar archive into one directory through an os.Root,
+// so that no name and no symbolic link in the archive can make it write
+// outside that directory.
+type unpacker struct {
+	root *os.Root
+	// base is set for base.tar: the data directory's own rules apply.
+	base bool
+	// tablespaces maps a tablespace OID to the directory it is restored
+	// into; base.tar's pg_tblspc links and tablespace_map are rewritten to
+	// it.
+	tablespaces map[uint32]string
+	owner       *Owner
+	// noSync skips the fsyncs; only the fuzz test sets it, for speed.
+	noSync bool
+
+	mu sync.Mutex
+	// dirs are the directories created or written into, with the mtime
+	// their tar member gave (zero when none did).
+	dirs map[string]time.Time
+	// files counts regular files written; sawControl whether
+	// global/pg_control came by.
+	files      int
+	sawControl bool
+}
+
+func newUnpacker(root *os.Root, base bool, tablespaces map[uint32]string, owner *Owner) *unpacker {
+	return &unpacker{root: root, base: base, tablespaces: tablespaces, owner: owner, dirs: map[string]time.Time{".": {}}}
+}
+
+// unpack reads the tar stream r to its end-of-archive marker and writes
+// every member. Errors name the member.
+func (u *unpacker) unpack(ctx context.Context, r io.Reader) error {
+	tr := tar.NewReader(r)
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read tar header: %w", err)
+		}
+		if err := u.member(ctx, hdr, tr); err != nil {
+			return &memberErr{name: hdr.Name, err: err}
+		}
+	}
+}
+
+// cleanName turns a tar member name into a name relative to the root, or
+// fails for names that could leave it. "" means the root itself.
+func cleanName(name string) (string, error) {
+	if name == "" {
+		return "", errors.New("empty name")
+	}
+	if strings.ContainsRune(name, 0) {
+		return "", errors.New("name contains NUL")
+	}
+	if strings.HasPrefix(name, "/") {
+		return "", errors.New("absolute name")
+	}
+	for _, part := range strings.Split(name, "/") {
+		if part == ".." {
+			return "", errors.New("name contains ..")
+		}
+	}
+	c := path.Clean(name)
+	if c == "." {
+		return "", nil
+	}
+	return c, nil
+}
+
+// skip reports whether a member of base.tar must not be restored.
+func (u *unpacker) skip(name string, isDir bool) bool {
+	if path.Base(name) == "pg_internal.init" {
+		return true // relcache init files are rebuilt; stale ones are harmful
+	}
+	if !u.base {
+		return false
+	}
+	if skippedTopLevel[name] {
+		return true
+	}
+	// WAL comes from the archive through restore_command; a segment left
+	// in pg_wal would be replayed before it. Keep the directories.
+	if strings.HasPrefix(name, "pg_wal/") {
+		return !isDir || (name != "pg_wal/archive_status")
+	}
+	return false
+}
+
+func (u *unpacker) member(ctx context.Context, hdr *tar.Header, r io.Reader) error {
+	name, err := cleanName(hdr.Name)
+	if err != nil {
+		return err
+	}
+	isDir := hdr.Typeflag == tar.TypeDir
+	if name == "" {
+		if !isDir {
+			return errors.New("names the directory itself but is not a directory")
+		}
+		u.noteDir(".", hdr.ModTime)
+		return nil
+	}
+	if u.skip(name, isDir) {
+		return nil
+	}
+	switch hdr.Typeflag {
+	case tar.TypeDir:
+		return u.mkdir(name, hdr)
+	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old tar writers use TypeRegA
+		return u.regular(ctx, name, hdr, r)
+	case tar.TypeSymlink:
+		return u.symlink(name, hdr)
+	case tar.TypeLink:
+		return u.hardlink(name, hdr)
+	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+		return errors.New("device files and FIFOs are not restored")
+	default:
+		return fmt.Errorf("unsupported tar entry type %q", hdr.Typeflag)
+	}
+}
+
+// dirMode is the mode of a restored directory: the owner always has full
+// access and others none, as PostgreSQL requires; group read and search
+// stay if the archive had them (initdb --allow-group-access).
+func dirMode(m int64) fs.FileMode { return fs.FileMode(m)&0o750 | 0o700 }
+
+// fileMode is the mode of a restored file, in the same spirit.
+func fileMode(m int64) fs.FileMode { return fs.FileMode(m)&0o640 | 0o600 }
+
+func (u *unpacker) noteDir(name string, mtime time.Time) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if t, ok := u.dirs[name]; !ok || !mtime.IsZero() || t.IsZero() {
+		if mtime.IsZero() {
+			mtime = t
+		}
+		u.dirs[name] = mtime
+	}
+}
+
+// parent creates the directories above name that are missing.
+func (u *unpacker) parent(name string) error {
+	dir := path.Dir(name)
+	if dir == "." {
+		return nil
+	}
+	u.mu.Lock()
+	_, known := u.dirs[dir]
+	u.mu.Unlock()
+	if known {
+		return nil
+	}
+	// Walk down so that each created directory gets its owner and is
+	// remembered for the final fsync.
+	parts := strings.Split(dir, "/")
+	for i := range parts {
+		d := strings.Join(parts[:i+1], "/")
+		st, err := u.root.Lstat(d)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			if err := u.root.Mkdir(d, 0o700); err != nil {
+				return err
+			}
+			if err := u.chown(d); err != nil {
+				return err
+			}
+		case err != nil:
+			return err
+		case st.Mode()&fs.ModeSymlink != 0:
+			return fmt.Errorf("parent %s is a symbolic link; restore does not write through links", d)
+		case !st.IsDir():
+			return fmt.Errorf("parent %s is not a directory", d)
+		}
+		u.noteDir(d, time.Time{})
+	}
+	return nil
+}
+
+func (u *unpacker) chown(name string) error {
+	if u.owner == nil {
+		return nil
+	}
+	return u.root.Lchown(name, u.owner.UID, u.owner.GID)
+}
+
+// clear removes what stands at name before a member replaces it, as tar
+// does; a directory is only replaced by a directory.
+func (u *unpacker) clear(name string) error {
+	st, err := u.root.Lstat(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if st.IsDir() {
+		return errors.New("a directory already exists there")
+	}
+	return u.root.Remove(name)
+}
+
+func (u *unpacker) mkdir(name string, hdr *tar.Header) error {
+	if err := u.parent(name); err != nil {
+		return err
+	}
+	st, err := u.root.Lstat(name)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := u.root.Mkdir(name, 0o700); err != nil {
+			return err
+		}
+		if err := u.chown(name); err != nil {
+			return err
+		}
+	case err != nil:
+		return err
+	case !st.IsDir():
+		return errors.New("something other than a directory already exists there")
+	}
+	if err := u.root.Chmod(name, dirMode(hdr.Mode)); err != nil {
+		return err
+	}
+	u.noteDir(name, hdr.ModTime)
+	return nil
+}
+
+func (u *unpacker) regular(ctx context.Context, name string, hdr *tar.Header, r io.Reader) error {
+	if err := u.parent(name); err != nil {
+		return err
+	}
+	dest := name
+	if u.base {
+		switch name {
+		case pgControlName:
+			// Written under another name and renamed last: a restore that
+			// fails leaves a directory PostgreSQL refuses to start on.
+			dest = pgControlTempName
+			u.mu.Lock()
+			u.sawControl = true
+			u.mu.Unlock()
+		case tablespaceMapName:
+			data, err := io.ReadAll(io.LimitReader(r, maxTablespaceMap+1))
+			if err != nil {
+				return err
+			}
+			if len(data) > maxTablespaceMap {
+				return errors.New("tablespace_map is larger than 1 MiB")
+			}
+			mapped, err := rewriteTablespaceMap(data, u.tablespaces)
+			if err != nil {
+				return err
+			}
+			r = bytes.NewReader(mapped)
+		}
+	}
+	if err := u.clear(dest); err != nil {
+		return err
+	}
+	f, err := u.root.OpenFile(dest, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, ctxReader{ctx, r})
+	if err == nil && !u.noSync {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := u.root.Chmod(dest, fileMode(hdr.Mode)); err != nil {
+		return err
+	}
+	if err := u.chown(dest); err != nil {
+		return err
+	}
+	if err := u.root.Chtimes(dest, hdr.ModTime, hdr.ModTime); err != nil {
+		return err
+	}
+	u.mu.Lock()
+	u.files++
+	u.mu.Unlock()
+	return nil
+}
+
+// symlink restores a symbolic link if it is one of the few a data
+// directory legitimately holds: pg_tblspc/<oid> (pointed at where that
+// tablespace is restored), a link to /dev/null (Stolon's
+// postgresql.auto.conf), and relative links that stay inside the
+// directory. Every other link is refused.
+func (u *unpacker) symlink(name string, hdr *tar.Header) error {
+	target := hdr.Linkname
+	switch {
+	case u.base && path.Dir(name) == "pg_tblspc":
+		oid, err := strconv.ParseUint(path.Base(name), 10, 32)
+		if err != nil {
+			return fmt.Errorf("pg_tblspc entry %q is not a tablespace OID", path.Base(name))
+		}
+		dir, ok := u.tablespaces[uint32(oid)]
+		if !ok {
+			return fmt.Errorf("tablespace %d is linked but the backup has no archive for it", oid)
+		}
+		target = dir
+	case target == devNull:
+	case target == "" || strings.HasPrefix(target, "/") || strings.ContainsRune(target, 0):
+		return fmt.Errorf("symbolic link to %q points outside the directory", target)
+	default:
+		resolved := path.Join(path.Dir(name), target)
+		if resolved == ".." || strings.HasPrefix(resolved, "../") {
+			return fmt.Errorf("symbolic link to %q points outside the directory", target)
+		}
+	}
+	if err := u.parent(name); err != nil {
+		return err
+	}
+	if err := u.clear(name); err != nil {
+		return err
+	}
+	if err := u.root.Symlink(target, name); err != nil {
+		return err
+	}
+	return u.chown(name)
+}
+
+// hardlink restores a hard link to a regular file restored earlier from the
+// same archive.
+func (u *unpacker) hardlink(name string, hdr *tar.Header) error {
+	old, err := cleanName(hdr.Linkname)
+	if err != nil || old == "" {
+		return fmt.Errorf("hard link to %q: target is not a name inside the directory", hdr.Linkname)
+	}
+	st, err := u.root.Lstat(old)
+	if err != nil {
+		return fmt.Errorf("hard link to %q: %w", hdr.Linkname, err)
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("hard link to %q: target is not a regular file", hdr.Linkname)
+	}
+	if err := u.parent(name); err != nil {
+		return err
+	}
+	if err := u.clear(name); err != nil {
+		return err
+	}
+	return u.root.Link(old, name)
+}
+
+// finish sets the directories' modification times (deepest first, since
+// creating entries changes a directory's time) and fsyncs every directory
+// written, so that the restore is durable when it returns.
+func (u *unpacker) finish() error {
+	u.mu.Lock()
+	names := make([]string, 0, len(u.dirs))
+	for d := range u.dirs {
+		names = append(names, d)
+	}
+	u.mu.Unlock()
+	slices.SortFunc(names, func(a, b string) int { return strings.Compare(b, a) })
+	for _, d := range names {
+		if t := u.dirs[d]; !t.IsZero() {
+			if err := u.root.Chtimes(d, t, t); err != nil {
+				return fmt.Errorf("set the time of %s: %w", d, err)
+			}
+		}
+	}
+	if u.noSync {
+		return nil
+	}
+	for _, d := range names {
+		f, err := u.root.Open(d)
+		if err != nil {
+			return fmt.Errorf("sync %s: %w", d, err)
+		}
+		err = f.Sync()
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("sync %s: %w", d, err)
+		}
+	}
+	return nil
+}
+
+// rewriteTablespaceMap replaces the location of every tablespace in a
+// tablespace_map file ("<oid> <path>" lines; PostgreSQL escapes \n, \r and
+// \ in the path with a backslash) by its restore directory. An OID
+// without a directory is an error.
+func rewriteTablespaceMap(data []byte, dirs map[uint32]string) ([]byte, error) {
+	var out bytes.Buffer
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 0, 4096), maxTablespaceMap)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" {
+			continue
+		}
+		oidStr, _, ok := strings.Cut(line, " ")
+		if !ok {
+			return nil, fmt.Errorf("tablespace_map line %q has no path", line)
+		}
+		oid, err := strconv.ParseUint(oidStr, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("tablespace_map line %q: bad OID", line)
+		}
+		dir, ok := dirs[uint32(oid)]
+		if !ok {
+			return nil, fmt.Errorf("tablespace_map names tablespace %d but the backup has no archive for it", oid)
+		}
+		var esc strings.Builder
+		for _, c := range []byte(dir) {
+			if c == '\n' || c == '\r' || c == '\\' {
+				esc.WriteByte('\\')
+			}
+			esc.WriteByte(c)
+		}
+		fmt.Fprintf(&out, "%d %s\n", oid, esc.String())
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read tablespace_map: %w", err)
+	}
+	return out.Bytes(), nil
+}
+
+// ctxReader stops a long copy when ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
