@@ -2,9 +2,14 @@ package walstream
 
 import (
 	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
 	"math/rand/v2"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
@@ -130,3 +135,83 @@ func TestPartialAppendFallback(t *testing.T) {
 
 // putOnly hides the backend's optional features.
 type putOnly struct{ storage.Backend }
+
+// TestFlushDue: a backend that appends flushes every 512 KiB as well as
+// every interval; one that rewrites the whole .partial waits for the
+// interval, counted from the end of the previous write, whatever is
+// waiting.
+func TestFlushDue(t *testing.T) {
+	const segSize = 16 << 20
+	b, err := fs.New(filepath.Join(t.TempDir(), "a"), fs.Options{CreateRoot: true})
+	require.NoError(t, err)
+	last := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name    string
+		backend storage.Backend
+		sync    bool
+		waiting int
+		since   time.Duration // since the end of the last write
+		idle    bool
+		want    bool
+	}{
+		{"append: little waiting, interval not over", b, false, 1000, 50 * time.Millisecond, false, false},
+		{"append: interval over", b, false, 1000, DefaultFlushInterval, false, true},
+		{"append: 512 KiB waiting", b, false, flushBytes, time.Millisecond, false, true},
+		{"rewrite: 512 KiB waiting, interval not over", putOnly{b}, false, flushBytes, time.Second, false, false},
+		{"rewrite: most of a segment waiting", putOnly{b}, false, segSize - 1, DefaultRewriteFlushInterval - time.Millisecond, false, false},
+		{"rewrite: interval over", putOnly{b}, false, 1, DefaultRewriteFlushInterval, false, true},
+		{"rewrite synchronous: server pauses", putOnly{b}, true, 1000, time.Millisecond, true, true},
+		{"rewrite synchronous: server busy", putOnly{b}, true, 1000, time.Millisecond, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := New(Options{ConnString: "host=127.0.0.1", Backend: tc.backend, Synchronous: tc.sync})
+			require.NoError(t, err)
+			s := &stream{r: r, segSize: segSize, buf: make([]byte, tc.waiting, segSize), seg: 1}
+			s.flushed = wal.SegmentStart(1, segSize)
+			s.lastFlush, s.dirty = last, true
+			now := last.Add(tc.since)
+			s.dirtySince = now
+			assert.Equal(t, tc.want, s.flushDue(now, tc.idle))
+		})
+	}
+}
+
+// TestPartialRewrite: without storage.Appender every write replaces the
+// .partial whole, with the digest of what it holds.
+func TestPartialRewrite(t *testing.T) {
+	const segSize = 1 << 20
+	fsb, err := fs.New(filepath.Join(t.TempDir(), "a"), fs.Options{CreateRoot: true})
+	require.NoError(t, err)
+	b := &digestRecorder{Backend: fsb}
+	r, err := New(Options{ConnString: "host=127.0.0.1", Backend: b, Prefix: testPrefix})
+	require.NoError(t, err)
+	s := &stream{r: r, log: hclog.NewNullLogger(), segSize: segSize, buf: make([]byte, 0, segSize), tli: 1, seg: 3}
+	s.flushed = s.received()
+	ctx := t.Context()
+	name := testPrefix + "000000010000000000000003.partial"
+	data := bytes.Repeat([]byte("0123456789abcdef"), 4096)
+	start := wal.SegmentStart(3, segSize)
+	for _, end := range []int{1000, 3000, len(data)} {
+		require.NoError(t, s.appendWAL(ctx, s.received(), data[s.received()-start:end]))
+		require.NoError(t, s.flushPartial(ctx))
+		got, err := storage.ReadAll(ctx, fsb, name)
+		require.NoError(t, err)
+		assert.Equal(t, data[:end], got)
+		sum := sha256.Sum256(data[:end])
+		assert.Equal(t, hex.EncodeToString(sum[:]), b.digests[len(b.digests)-1])
+		assert.Equal(t, start+wal.LSN(end), s.flushed)
+	}
+	assert.Len(t, b.digests, 3)
+}
+
+// digestRecorder is a backend without storage.Appender that remembers the
+// digests Put was given.
+type digestRecorder struct {
+	storage.Backend
+	digests []string
+}
+
+func (b *digestRecorder) Put(ctx context.Context, name string, r io.Reader, opts storage.PutOptions) error {
+	b.digests = append(b.digests, opts.SHA256)
+	return b.Backend.Put(ctx, name, r, opts)
+}

@@ -1,0 +1,175 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/barnacle-pg/barnacle/agent"
+	"github.com/barnacle-pg/barnacle/internal/testenv"
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
+	"github.com/barnacle-pg/barnacle/pkg/wal"
+)
+
+// newS3ArchiveEnv is newArchiveEnv with an s3:// archive on srv. The
+// credentials reach the agents and the CLI through the environment
+// (S3Server.SetEnv; the processes inherit it), never through flags, so the
+// test must not run in parallel.
+func newS3ArchiveEnv(t *testing.T, srv *testenv.S3Server, opts testenv.ClusterOptions) (*archiveEnv, string) {
+	t.Helper()
+	srv.SetEnv(t)
+	url := srv.URL("archive", "")
+	e := &archiveEnv{t: t, etcd: testenv.StartEtcd(t), agents: map[string]*agentProc{}}
+	e.pg = testenv.NewCluster(t, opts)
+	e.stolon = testenv.NewStolon(t, e.etcd, e.pg, testenv.StolonOptions{})
+	b, err := backends.Open(t.Context(), url)
+	require.NoError(t, err)
+	e.backend = b
+	pw := filepath.Join(t.TempDir(), "replpw")
+	require.NoError(t, os.WriteFile(pw, []byte(e.pg.ReplPassword()+"\n"), 0o600))
+	e.common = []string{
+		"--cluster-name", cluster,
+		"--store-endpoints", strings.Join(e.etcd.Endpoints(), ","),
+		"--pg-user", testenv.ReplUser, "--pg-password-file", pw,
+		"--lease-ttl", "3s", "--leader-takeover-delay", "3s",
+		"--archive-url", url,
+		"--log-level", "debug",
+	}
+	return e, url
+}
+
+// TestS3Archive runs the archiver with an s3:// archive end to end, on one
+// cluster: streaming under load through a 20 s outage of the S3 server, a
+// base backup through the agents that verifies, wal-fetch from S3, and a
+// failover across the timeline switch.
+func TestS3Archive(t *testing.T) {
+	ctx := t.Context()
+	srv := testenv.StartS3(t)
+	env, url := newS3ArchiveEnv(t, srv, testenv.ClusterOptions{Standbys: 1, WALKeepSize: "64MB"})
+	env.startAgents()
+	primary := env.pg.Primary()
+	leader := env.leaderFor(primary)
+	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+
+	load := testenv.StartLoad(t, primary, testenv.LoadOptions{Interval: 5 * time.Millisecond})
+	gen := generateWAL(t, primary)
+	time.Sleep(2 * time.Second)
+	require.NoError(t, gen.Stop())
+	before := env.waitArchived(primary, 30*time.Second)
+
+	// The object store goes away for 20 s while WAL is written (small
+	// transactions and a few segments' worth of bulk inserts): the slot
+	// keeps it on the server, the leader retries.
+	srv.Stop()
+	stopped := time.Now()
+	var outageErr string
+	waitFor(t, 20*time.Second, "the leader to report a storage error", func() bool {
+		outageErr = leaderRecord(t, env, leader.name).LastError
+		return outageErr != ""
+	})
+	for range 2 {
+		require.NoError(t, primary.Exec(ctx, "INSERT INTO walgen SELECT g, repeat('x', 200) FROM generate_series(1, 100000) g"))
+	}
+	time.Sleep(20*time.Second - time.Since(stopped))
+	slotRestart, err := primary.QueryString(ctx, "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = 'barnacle'")
+	require.NoError(t, err)
+	require.NoError(t, srv.Start())
+	back := time.Now()
+	_, _, err = load.Stop()
+	require.NoError(t, err)
+	end := env.waitArchived(primary, 60*time.Second)
+	recovery := time.Since(back)
+	a := listWAL(t, env.backend)
+	first, last := requireContiguous(t, a, 1)
+	compared := requireSameAsServer(t, env.backend, a, primary, 1)
+	t.Logf("S3 down for %s (archive end before %s, slot restart_lsn held at %s); archive reached %s %s after it came back; "+
+		"timeline 1 segments %X..%X contiguous, %d byte-identical to pg_wal",
+		back.Sub(stopped).Round(time.Millisecond), before, slotRestart, end, recovery.Round(time.Millisecond), first, last, compared)
+	t.Logf("leader's error during the outage: %s", outageErr)
+	logRetries(t, leader)
+	require.Greater(t, compared, 2)
+
+	// A base backup through the agents, verified from S3.
+	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
+	require.Equal(t, 0, code, "backup --wait: %s %s", out, stderr)
+	var st agent.RequestStatus
+	require.NoError(t, json.Unmarshal([]byte(out), &st), out)
+	require.Equal(t, agent.StateDone, st.State, st.Error)
+	out, stderr, code = barnacle(t, "verify-backup", "latest", "--cluster-name", cluster, "--archive-url", url)
+	require.Equal(t, 0, code, "verify-backup: %s %s", out, stderr)
+	doc, err := catalog.ReadBackup(ctx, env.backend, cluster, st.Result.ID)
+	require.NoError(t, err)
+	assert.Equal(t, catalog.StatusDone, doc.Status)
+
+	// wal-fetch from S3 gives pg_wal's bytes.
+	var seg string
+	for name := range a.segments {
+		if _, err := os.Stat(filepath.Join(primary.DataDir, "pg_wal", name)); err == nil && name > seg {
+			seg = name
+		}
+	}
+	require.NotEmpty(t, seg, "an archived segment still in pg_wal")
+	dest := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+	out, stderr, code = barnacle(t, "wal-fetch", "--cluster-name", cluster, "--archive-url", url, seg, dest)
+	require.Equal(t, 0, code, "wal-fetch %s: %s %s", seg, out, stderr)
+	got, err := os.ReadFile(dest)
+	require.NoError(t, err)
+	server, err := os.ReadFile(filepath.Join(primary.DataDir, "pg_wal", seg))
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(server, got), "wal-fetch %s from s3 differs from pg_wal", seg)
+
+	// Failover: timeline 1 up to the switch, the history, then timeline 2.
+	standby := env.pg.Standbys()[0]
+	require.NoError(t, primary.Exec(ctx, "INSERT INTO walgen SELECT g, repeat('z', 200) FROM generate_series(1, 20000) g"))
+	env.waitArchived(primary, 30*time.Second)
+	require.NoError(t, primary.Kill())
+	require.NoError(t, env.stolon.Failover(ctx, standby))
+	env.leaderFor(standby)
+	require.NoError(t, standby.Exec(ctx, "INSERT INTO walgen SELECT g, repeat('y', 200) FROM generate_series(1, 50000) g"))
+	require.NoError(t, standby.Exec(ctx, "SELECT pg_switch_wal()"))
+	env.waitArchived(standby, 30*time.Second)
+	hist, err := standby.TimelineHistory(ctx)
+	require.NoError(t, err)
+	require.NotEmpty(t, hist)
+	switchPoint := wal.LSN(hist[len(hist)-1].SwitchPoint)
+	a = listWAL(t, env.backend)
+	require.True(t, a.histories["00000002.history"], "00000002.history is archived")
+	serverHistory, err := os.ReadFile(filepath.Join(standby.DataDir, "pg_wal", "00000002.history"))
+	require.NoError(t, err)
+	require.Equal(t, serverHistory, readObject(t, env.backend, catalog.WALPrefix(cluster)+"00000002.history"))
+	_, last1 := requireContiguous(t, a, 1)
+	require.Equal(t, wal.SegmentOf(switchPoint, wal.DefaultSegmentSize), last1, "timeline 1 is archived up to the switch point %s", switchPoint)
+	first2, last2 := requireContiguous(t, a, 2)
+	require.Equal(t, wal.SegmentOf(switchPoint, wal.DefaultSegmentSize), first2, "timeline 2 starts at the switch segment")
+	require.Positive(t, requireSameAsServer(t, env.backend, a, standby, 2))
+	gaps, err := catalog.ReadGaps(ctx, env.backend, cluster)
+	require.NoError(t, err)
+	require.Empty(t, gaps)
+	t.Logf("failover: switch point %s; timeline 2 archived %X..%X", switchPoint, first2, last2)
+}
+
+// logRetries logs the retry delays the agent chose after streaming
+// failures, from its log.
+func logRetries(t *testing.T, a *agentProc) {
+	t.Helper()
+	data, err := os.ReadFile(a.logPath)
+	require.NoError(t, err)
+	var delays []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if !strings.Contains(line, "streaming failed") {
+			continue
+		}
+		if _, rest, ok := strings.Cut(line, "retry_in="); ok {
+			delays = append(delays, strings.Fields(rest)[0])
+		}
+	}
+	t.Logf("%s: %d streaming failures, retried after %s", a.name, len(delays), strings.Join(delays, ", "))
+}
