@@ -9,7 +9,7 @@
 // checksums and its manifest, as pg_verifybackup does for a directory.
 //
 // Memory use does not depend on the size of the backup: the bytes of an
-// archive pass through an io.Pipe and the compressor's buffers on their way
+// archive pass through a few MiB of buffers and the compressor's on their way
 // to the backend, and Verify hashes each file as it streams past.
 //
 // Other modules may import this package, but its API is not stable.

@@ -18,6 +18,13 @@ import (
 // archive is one long stream, not a 16 MiB segment, and an 8 MiB window
 // finds the repeats between table pages that a 1 MiB one misses, for 7 MiB
 // more encoder memory per archive being written (one at a time).
+//
+// Literals are stored without entropy (Huffman) coding: on table data the
+// matches do nearly all the work (it costs about 0.5% in size on pgbench
+// data), while on incompressible data, such as encrypted or already
+// compressed columns, the encoder otherwise spends most of its time building
+// Huffman tables it then throws away. Measured on the base backup benchmark
+// (test/bench), the encoder runs about twice as fast with it.
 const (
 	zstdLevel       = zstd.SpeedFastest
 	zstdConcurrency = 2
@@ -74,6 +81,7 @@ func newEncoder(algorithm string, w io.Writer) (io.WriteCloser, error) {
 			zstd.WithEncoderLevel(zstdLevel),
 			zstd.WithEncoderConcurrency(zstdConcurrency),
 			zstd.WithWindowSize(zstdWindow),
+			zstd.WithNoEntropyCompression(true),
 			zstd.WithEncoderCRC(true))
 		if err != nil {
 			return nil, fmt.Errorf("new zstd encoder: %w", err)

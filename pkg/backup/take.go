@@ -74,9 +74,11 @@ type Options struct {
 	WALTimeout time.Duration
 	// OnProgress, if set, is called from Take's goroutine about every MiB
 	// of archive data with the bytes received so far, and once at the end.
-	// total is -1 while the size of the backup is unknown (the server's
-	// estimate does not reach Take), and done at the last call. It must
-	// return quickly: the backup waits for it.
+	// total is the server's estimate of the backup's size, taken before it
+	// sends anything (the sum of its tablespaces' sizes), so done may end a
+	// little above it when files grow meanwhile; it is -1 if the server
+	// sent no estimate, and done at the last call. It must return quickly:
+	// the backup waits for it.
 	OnProgress func(done, total int64)
 	// OnCreate, if set, is called with the backup's ID once its running
 	// document is written, so that the caller knows which running backup
@@ -204,20 +206,27 @@ type taker struct {
 
 	doc catalog.Backup
 	// done counts archive bytes received; reported is done at the last
-	// OnProgress call.
-	done, reported int64
+	// OnProgress call; total is the server's estimate, -1 if unknown.
+	done, reported, total int64
 }
 
-var _ basebackup.Consumer = (*taker)(nil)
+var (
+	_ basebackup.Consumer = (*taker)(nil)
+	_ basebackup.Planner  = (*taker)(nil)
+)
 
 // run takes the backup and waits for its WAL; any error fails the backup.
 func (t *taker) run(ctx context.Context, conn *pgconn.PgConn) error {
-	t.ctx = ctx
+	t.ctx, t.total = ctx, -1
+	// PROGRESS costs the server one pass of stat calls over the data
+	// directory before it sends anything, no reads: small beside the
+	// backup, and it gives the progress bar and status key their total.
 	res, err := basebackup.Run(ctx, conn, basebackup.Options{
 		Label:    t.doc.Label,
 		Fast:     t.opts.Fast,
 		Manifest: true,
 		MaxRate:  t.opts.MaxRate,
+		Progress: true,
 	}, t)
 	if err != nil {
 		return err
@@ -316,6 +325,14 @@ func (t *taker) Begin(start basebackup.Position) error {
 	return nil
 }
 
+// Plan implements basebackup.Planner: it keeps the server's estimate of
+// the backup's size for OnProgress.
+func (t *taker) Plan(tablespaces []basebackup.Tablespace) error {
+	t.total = basebackup.EstimatedBytes(tablespaces)
+	t.log.Debug("tablespaces", "count", len(tablespaces), "estimated_bytes", t.total)
+	return nil
+}
+
 // NewArchive implements basebackup.Consumer.
 func (t *taker) NewArchive(name, tablespaceLocation string) (io.WriteCloser, error) {
 	f := catalog.BackupFile{Name: name + suffix(t.algorithm), TablespaceLocation: tablespaceLocation}
@@ -346,14 +363,14 @@ func (t *taker) wrote(n int) {
 	t.done += int64(n)
 	if t.opts.OnProgress != nil && t.done-t.reported >= progressStep {
 		t.reported = t.done
-		t.opts.OnProgress(t.done, -1)
+		t.opts.OnProgress(t.done, t.total)
 	}
 }
 
 // upload starts storing one object: Put reads from a pipe that the
 // returned writer feeds through the compressor.
 func (t *taker) upload(f catalog.BackupFile, algorithm string) (*upload, error) {
-	pr, pw := io.Pipe()
+	pw := newBufferedPipe()
 	u := &upload{t: t, f: f, object: t.prefix + f.Name, pw: pw, w: pw, done: make(chan error, 1)}
 	enc, err := newEncoder(algorithm, pw)
 	if err != nil {
@@ -363,13 +380,9 @@ func (t *taker) upload(f catalog.BackupFile, algorithm string) (*upload, error) 
 		u.enc, u.w = enc, enc
 	}
 	go func() {
-		err := t.opts.Backend.Put(t.ctx, u.object, pr, storage.PutOptions{IfAbsent: true})
+		err := t.opts.Backend.Put(t.ctx, u.object, pipeReader{pw}, storage.PutOptions{IfAbsent: true})
 		// Put has stopped reading: writes must fail rather than block.
-		if err != nil {
-			pr.CloseWithError(err)
-		} else {
-			pr.CloseWithError(io.ErrClosedPipe)
-		}
+		pw.CloseReader(err)
 		u.done <- err
 	}()
 	t.log.Debug("storing archive", "object", u.object)
@@ -382,7 +395,7 @@ type upload struct {
 	t      *taker
 	f      catalog.BackupFile
 	object string
-	pw     *io.PipeWriter
+	pw     *bufferedPipe
 	enc    io.WriteCloser // nil without compression
 	w      io.Writer      // enc or pw
 	n      int64
@@ -420,8 +433,8 @@ func (u *upload) Close() error {
 	}
 	if err != nil {
 		u.pw.CloseWithError(err)
-	} else {
-		_ = u.pw.Close()
+	} else if cerr := u.pw.Close(); cerr != nil {
+		err = fmt.Errorf("store %s: %w", u.f.Name, cerr)
 	}
 	if perr := <-u.done; perr != nil {
 		return errors.Join(perr, err) // Put's error is the cause of the compressor's

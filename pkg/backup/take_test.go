@@ -271,14 +271,18 @@ func testDone(t *testing.T, env *testEnv, alg string) catalog.Backup {
 	read.UpdatedAt, doc.UpdatedAt = time.Time{}, time.Time{}
 	assert.Equal(t, doc, read)
 
-	// Progress grows about every MiB and ends at the total.
-	require.NotEmpty(t, progress)
+	// Progress grows about every MiB, with the server's estimate as its
+	// total from the start, and ends at the real total.
+	require.Greater(t, len(progress), 1)
 	for i, p := range progress[:len(progress)-1] {
-		assert.Equal(t, int64(-1), p[1])
+		assert.Equal(t, progress[0][1], p[1], "the estimate does not change")
 		if i > 0 {
 			assert.Greater(t, p[0], progress[i-1][0])
 		}
 	}
+	assert.Positive(t, progress[0][1])
+	t.Logf("server's estimate %d bytes, backup %d bytes", progress[0][1], doc.Bytes)
+	assert.InEpsilon(t, doc.Bytes, progress[0][1], 0.1, "estimate %d, backup %d bytes", progress[0][1], doc.Bytes)
 	assert.Equal(t, [2]int64{doc.Bytes, doc.Bytes}, progress[len(progress)-1])
 
 	// The WAL the backup needs is archived.

@@ -94,6 +94,34 @@ type Consumer interface {
 	Progress(done int64)
 }
 
+// Planner is an optional interface of a Consumer: Run calls Plan once,
+// after Begin and before the first NewArchive, with the server's
+// tablespace list (the data directory included), so that the consumer
+// knows the archives to expect and, with Options.Progress, their estimated
+// sizes (see EstimatedBytes). An error aborts the backup.
+type Planner interface {
+	Plan(tablespaces []Tablespace) error
+}
+
+// EstimatedBytes returns the server's estimate of the bytes its archives
+// will hold, the sum of the tablespaces' sizes, or -1 when a size is
+// unknown (Options.Progress was off). The estimate is taken before the
+// server sends anything: files that grow or appear meanwhile, and the
+// manifest, are not in it, so the real count may end somewhat above.
+func EstimatedBytes(tablespaces []Tablespace) int64 {
+	if len(tablespaces) == 0 {
+		return -1
+	}
+	var sum int64
+	for _, ts := range tablespaces {
+		if ts.Size < 0 {
+			return -1
+		}
+		sum += ts.Size
+	}
+	return sum
+}
+
 // Aborter is an optional interface of the writers a Consumer returns:
 // Abort(err) is called, before Close, when the backup failed with err while
 // the writer was open, so that Close can discard the partial data rather
@@ -208,6 +236,11 @@ func (s *session) receive(ctx context.Context) error {
 			return fmt.Errorf("%w: tablespace list: %w", ErrProtocol, err)
 		}
 		s.res.Tablespaces = append(s.res.Tablespaces, ts)
+	}
+	if p, ok := s.c.(Planner); ok {
+		if err := p.Plan(s.res.Tablespaces); err != nil {
+			return fmt.Errorf("plan: %w", err)
+		}
 	}
 	if err := s.copyStream(ctx); err != nil {
 		return err

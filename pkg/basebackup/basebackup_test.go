@@ -33,6 +33,8 @@ type dirConsumer struct {
 
 	mu       sync.Mutex
 	start    *Position
+	plan     []Tablespace
+	planned  int
 	progress []int64
 	files    []*fileWriter
 	// onWrite, when set, runs before every write.
@@ -47,9 +49,21 @@ func (c *dirConsumer) Begin(start Position) error {
 	return nil
 }
 
+func (c *dirConsumer) Plan(ts []Tablespace) error {
+	if c.start == nil {
+		return errors.New("Plan before Begin")
+	}
+	c.plan = append([]Tablespace(nil), ts...)
+	c.planned++
+	return nil
+}
+
 func (c *dirConsumer) NewArchive(name, location string) (io.WriteCloser, error) {
 	if c.start == nil {
 		return nil, errors.New("NewArchive before Begin")
+	}
+	if c.planned == 0 {
+		return nil, errors.New("NewArchive before Plan")
 	}
 	return c.create(name)
 }
@@ -212,6 +226,8 @@ func testVerifiedBackup(t *testing.T, tc *testCluster) {
 	assert.Positive(t, res.Tablespaces[0].Size)
 	assert.Equal(t, uint32(0), res.Tablespaces[1].OID)
 	assert.Positive(t, res.Tablespaces[1].Size)
+	assert.Equal(t, 1, c.planned)
+	assert.Equal(t, res.Tablespaces, c.plan)
 	var names []string
 	var total int64
 	for _, a := range res.Archives {
@@ -229,6 +245,11 @@ func testVerifiedBackup(t *testing.T, tc *testCluster) {
 		assert.Equal(t, 1, f.closed)
 		assert.NoError(t, f.aborted)
 	}
+
+	// The server's estimate, taken before it sent anything, is close to
+	// what it sent (the inserts meanwhile add little).
+	est := EstimatedBytes(res.Tablespaces)
+	assert.InEpsilon(t, total, est, 0.1, "estimate %d bytes, sent %d", est, total)
 
 	// Progress reports never decrease and end at the archives' total.
 	// The server reports at least at the end of every archive, and about
@@ -292,6 +313,7 @@ func testTablespaceMap(t *testing.T, tc *testCluster) {
 	for _, ts := range res.Tablespaces {
 		assert.Equal(t, int64(-1), ts.Size, "size without PROGRESS")
 	}
+	assert.Equal(t, int64(-1), EstimatedBytes(res.Tablespaces))
 	_, err = os.Stat(filepath.Join(out, "backup_manifest"))
 	assert.ErrorIs(t, err, os.ErrNotExist)
 	// With TABLESPACE_MAP the link is described in a file, not archived.
@@ -418,5 +440,22 @@ func extractTar(t *testing.T, path, dir string) {
 		default:
 			t.Fatalf("%s: unexpected tar entry type %q for %s", path, h.Typeflag, h.Name)
 		}
+	}
+}
+
+func TestEstimatedBytes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ts   []Tablespace
+		want int64
+	}{
+		{name: "none", want: -1},
+		{name: "data directory", ts: []Tablespace{{Size: 4096}}, want: 4096},
+		{name: "sum", ts: []Tablespace{{OID: 16384, Location: "/ts", Size: 1024}, {Size: 2048}}, want: 3072},
+		{name: "unknown", ts: []Tablespace{{OID: 16384, Location: "/ts", Size: 1024}, {Size: -1}}, want: -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, EstimatedBytes(tc.ts))
+		})
 	}
 }
