@@ -37,6 +37,7 @@ type Agent struct {
 	archiver *archiver
 	standby  *standbySlot
 	backups  *backups
+	restores *restores
 	listener net.Listener
 
 	// live holds the reloadable configuration (reload.go); reloader is
@@ -143,6 +144,7 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 	a.archiver = arch
 	bk = &backups{cfg: cfg, live: a.live, agent: name, log: log.Named("backups"), coord: a.coord, etcd: cli, keys: a.coord.Keys(), arch: arch}
 	a.backups = bk
+	a.restores = &restores{cfg: cfg, agent: name, log: log.Named("restores"), coord: a.coord, etcd: cli, keys: a.coord.Keys(), arch: arch}
 	a.standby = &standbySlot{cfg: cfg, log: log.Named("standby-slot"), coord: a.coord, metrics: am,
 		local: &localPostgres{cfg: cfg}}
 	a.listener, err = net.Listen("tcp", cfg.MetricsListenAddress)
@@ -189,6 +191,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { return a.standby.run(gctx) })
 	g.Go(func() error { return a.backups.serveRequests(gctx) })
+	g.Go(func() error { return a.restores.serveRequests(gctx) })
 	g.Go(func() error { return a.watchConfig(gctx) })
 	err := g.Wait()
 	err = errors.Join(err, a.etcd.Close())

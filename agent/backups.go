@@ -37,17 +37,21 @@ type BackupRequest struct {
 	Label string `json:"label"`
 }
 
-// RequestStatus is the value of status/backup/<id> and status/restore/<id>.
-type RequestStatus struct {
+// RequestStatusOf is the value of status/backup/<id> and status/restore/<id>; R is
+// what a finished request reports.
+type RequestStatusOf[R any] struct {
 	State      string          `json:"state"`
 	Agent      string          `json:"agent"`
 	Error      string          `json:"error,omitempty"`
 	Progress   *Progress       `json:"progress,omitempty"`
 	StartedAt  time.Time       `json:"startedAt"`
 	FinishedAt *time.Time      `json:"finishedAt,omitempty"`
-	Result     *BackupResult   `json:"result,omitempty"`
+	Result     *R              `json:"result,omitempty"`
 	Request    json.RawMessage `json:"request,omitempty"`
 }
+
+// RequestStatus is the value of status/backup/<id>.
+type RequestStatus = RequestStatusOf[BackupResult]
 
 // Progress is bytes done of total (0 when unknown).
 type Progress struct {
@@ -225,31 +229,31 @@ func (b *backups) serve(ctx context.Context, id string, value []byte) {
 	if json.Valid(value) {
 		st.Request = value
 	}
-	claimed, err := b.putStatus(ctx, key, st, true)
+	claimed, err := putStatus(ctx, b.etcd, key, st, true)
 	if err != nil || !claimed {
 		return
 	}
 	if rejectErr != nil {
 		st.State, st.Error = StateRejected, rejectErr.Error()
-		b.finish(ctx, key, st)
+		finishStatus(ctx, b.etcd, key, st)
 		b.log.Warn("backup request rejected", "request", id, "error", rejectErr)
 		return
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	st.State = StateRunning
-	_, _ = b.putStatus(ctx, key, st, false)
+	_, _ = putStatus(ctx, b.etcd, key, st, false)
 	b.log.Info("backup request claimed", "request", id, "from", req.From, "label", req.Label)
 	var lastProgress time.Time
 	doc, err := b.take(ctx, req, func(done, total int64) {
 		// The status key carries the same numbers as a progress bar, at
-		// most once a second.
-		if time.Since(lastProgress) < time.Second {
+		// most once a second, and the last call's (done == total).
+		if time.Since(lastProgress) < time.Second && done != total {
 			return
 		}
 		lastProgress = time.Now()
 		st.Progress = &Progress{Done: done, Total: max(total, 0)}
-		_, _ = b.putStatus(ctx, key, st, false)
+		_, _ = putStatus(ctx, b.etcd, key, st, false)
 	})
 	b.setCurrent("")
 	if err != nil {
@@ -258,7 +262,7 @@ func (b *backups) serve(ctx context.Context, id string, value []byte) {
 		st.State = StateDone
 		st.Result = &BackupResult{ID: doc.ID, StartLSN: doc.StartLSN, StopLSN: doc.StopLSN, Bytes: doc.Bytes, Stored: doc.StoredBytes}
 	}
-	b.finish(ctx, key, st)
+	finishStatus(ctx, b.etcd, key, st)
 	b.log.Info("backup request finished", "request", id, "state", st.State, "backup", doc.ID, "error", st.Error)
 }
 
@@ -281,26 +285,28 @@ func parseBackupRequest(value []byte) (BackupRequest, error) {
 	return req, nil
 }
 
-func (b *backups) finish(ctx context.Context, key string, st RequestStatus) {
+// finishStatus writes a request's final status with the finish time, even
+// when ctx has just ended (the agent is stopping).
+func finishStatus[R any](ctx context.Context, cli *clientv3.Client, key string, st RequestStatusOf[R]) {
 	now := time.Now().UTC()
 	st.FinishedAt = &now
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	_, _ = b.putStatus(fctx, key, st, false)
+	_, _ = putStatus(fctx, cli, key, st, false)
 }
 
-// putStatus writes the status key; with create, only if it does not exist
-// yet (the claim), reporting whether it wrote.
-func (b *backups) putStatus(ctx context.Context, key string, st RequestStatus, create bool) (bool, error) {
+// putStatus writes a request's status key; with create, only if it does
+// not exist yet (the claim, exactly once), reporting whether it wrote.
+func putStatus[R any](ctx context.Context, cli *clientv3.Client, key string, st RequestStatusOf[R], create bool) (bool, error) {
 	v, err := json.Marshal(st)
 	if err != nil {
 		return false, err
 	}
 	if !create {
-		_, err := b.etcd.Put(ctx, key, string(v))
+		_, err := cli.Put(ctx, key, string(v))
 		return err == nil, err
 	}
-	resp, err := b.etcd.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(clientv3.OpPut(key, string(v))).Commit()
+	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(clientv3.OpPut(key, string(v))).Commit()
 	if err != nil {
 		return false, err
 	}

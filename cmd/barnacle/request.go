@@ -56,8 +56,8 @@ func requestBackup(cmd *cobra.Command, from, label string, wait, asJSON bool) er
 		fmt.Fprintf(cmd.OutOrStdout(), "backup requested: %s\nfollow it with: etcdctl get %s\n", id, agent.StatusKey(keys, id))
 		return nil
 	}
-	st, err := followStatus(cmd, cli, agent.StatusKey(keys, id), asJSON)
-	if err != nil {
+	var st agent.RequestStatus
+	if err := followStatus(cmd, cli, agent.StatusKey(keys, id), "backup", asJSON, &st); err != nil {
 		return err
 	}
 	if asJSON {
@@ -77,29 +77,29 @@ func requestBackup(cmd *cobra.Command, from, label string, wait, asJSON bool) er
 	}
 }
 
-// followStatus watches a request's status key until it reaches a final
-// state. It waits as long as the command's context lets it.
-func followStatus(cmd *cobra.Command, cli *clientv3.Client, key string, quiet bool) (agent.RequestStatus, error) {
+// followStatus watches a request's status key (a backup's or a
+// restore's) into st until it reaches a final state, with a progress bar
+// labelled what. It waits as long as the command's context lets it.
+func followStatus[R any](cmd *cobra.Command, cli *clientv3.Client, key, what string, quiet bool, st *agent.RequestStatusOf[R]) error {
 	ctx := cmd.Context()
-	bar := newProgressBar(cmd.OutOrStdout(), "backup", !quiet)
+	bar := newProgressBar(cmd.OutOrStdout(), what, !quiet)
 	defer bar.Done()
-	var st agent.RequestStatus
 	for {
 		resp, err := cli.Get(ctx, key)
 		if err != nil {
-			return st, fmt.Errorf("read %s: %w", key, err)
+			return fmt.Errorf("read %s: %w", key, err)
 		}
 		rev := resp.Header.Revision
 		if len(resp.Kvs) == 1 {
-			if err := json.Unmarshal(resp.Kvs[0].Value, &st); err != nil {
-				return st, fmt.Errorf("read %s: %w", key, err)
+			if err := json.Unmarshal(resp.Kvs[0].Value, st); err != nil {
+				return fmt.Errorf("read %s: %w", key, err)
 			}
 			if st.Progress != nil {
 				bar.Update(st.Progress.Done, st.Progress.Total)
 			}
 			switch st.State {
 			case agent.StateDone, agent.StateFailed, agent.StateRejected:
-				return st, nil
+				return nil
 			}
 		}
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -108,7 +108,7 @@ func followStatus(cmd *cobra.Command, cli *clientv3.Client, key string, quiet bo
 		}
 		cancel()
 		if ctx.Err() != nil {
-			return st, ctx.Err()
+			return ctx.Err()
 		}
 	}
 }

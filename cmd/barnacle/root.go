@@ -59,6 +59,7 @@ variables, then flags, later ones winning. Keys and flags share names
 		newVerifyBackupCommand(),
 		newDeleteCommand(),
 		newKeepCommand(),
+		newRestoreCommand(),
 		newRetentionCommand(),
 		newVersionCommand(),
 		newWALFetchCommand(),

@@ -184,6 +184,9 @@ type Window struct {
 	// means unknown, and time targets are then not checked against it.
 	ToLSN  wal.LSN
 	ToTime time.Time
+	// StopsAt says why the window ends before its timeline's archived end:
+	// the first missing segment or a recorded gap; empty when it reaches it.
+	StopsAt string
 }
 
 // String renders the window for messages.
@@ -243,7 +246,9 @@ func (e *OutsideWindowError) Is(target error) bool { return target == ErrOutside
 // timeline (latest: the highest timeline among the windows; current: any
 // window), after its start and not after its end, and for an LSN target no
 // gap on that timeline may lie between the window's start and the target
-// (a gap cuts a window short). Other kinds of target cannot be placed in
+// (a gap cuts a window short). An LSN before the start of the target
+// timeline's window is checked against the older timelines' windows, whose
+// WAL that timeline's history includes. Other kinds of target cannot be placed in
 // WAL and always pass. It is pure; a target outside is an
 // *OutsideWindowError, an invalid target or gap another error.
 func CheckTarget(target Target, tt TimelineTarget, windows []Window, gaps []catalog.Gap) error {
@@ -280,9 +285,20 @@ func CheckTarget(target Target, tt TimelineTarget, windows []Window, gaps []cata
 		}
 		gr = append(gr, gapRange{g.Timeline, s, e})
 	}
+	// A target timeline's window without a start time begins at the
+	// point where it branched off (RecoverableWindows); an LSN before that
+	// lies in an ancestor's part of its history, in an older timeline's
+	// window that reaches the branch point.
+	branchStart := wal.LSN(0)
+	for _, w := range windows {
+		if w.Timeline == tli && w.FromTime.IsZero() {
+			branchStart = w.FromLSN
+		}
+	}
 	reason := "no window on that timeline"
 	for _, w := range windows {
-		if tt.Mode != TimelineCurrent && w.Timeline != tli {
+		ancestorPart := w.Timeline < tli && target.Kind == TargetLSN && target.LSN < branchStart && w.ToLSN >= branchStart
+		if tt.Mode != TimelineCurrent && w.Timeline != tli && !ancestorPart {
 			continue
 		}
 		to := w.ToLSN

@@ -164,11 +164,17 @@ func TestCheckTarget(t *testing.T) {
 	}
 	gaps := []catalog.Gap{{Timeline: 2, StartLSN: "0/A000000", EndLSN: "0/A800000"}}
 	tl1 := TimelineTarget{Mode: TimelineExplicit, Timeline: 1}
+	// Timeline 3 branched off timeline 1 at 0/6000000, after the backup.
+	branched := []Window{
+		{Timeline: 1, FromLSN: lsn("0/3000100"), FromTime: at("08:05"), ToLSN: lsn("0/6000200")},
+		{Timeline: 3, FromLSN: lsn("0/6000000"), ToLSN: lsn("0/7000000")},
+	}
 	tests := []struct {
 		name     string
 		target   Target
 		timeline TimelineTarget
 		gaps     []catalog.Gap
+		windows  []Window
 		wantErr  string
 	}{
 		{name: "LSN inside", target: Target{Kind: TargetLSN, LSN: lsn("0/5000000")}, timeline: tl1},
@@ -178,6 +184,10 @@ func TestCheckTarget(t *testing.T) {
 		{name: "LSN after", target: Target{Kind: TargetLSN, LSN: lsn("0/9000000")}, timeline: tl1, wantErr: "it is after the end of the archived WAL"},
 		{name: "latest is timeline 2", target: Target{Kind: TargetLSN, LSN: lsn("0/9500000")}},
 		{name: "latest: timeline 1's LSN is not on it", target: Target{Kind: TargetLSN, LSN: lsn("0/5000000")}, wantErr: "on timeline 2 is not recoverable"},
+		{name: "latest: an LSN before timeline 3 branched off timeline 1", target: Target{Kind: TargetLSN, LSN: lsn("0/5000000")},
+			windows: branched},
+		{name: "latest: an LSN after timeline 3 branched off", target: Target{Kind: TargetLSN, LSN: lsn("0/7F00000")},
+			windows: branched, wantErr: "on timeline 3 is not recoverable"},
 		{name: "current accepts any window", target: Target{Kind: TargetLSN, LSN: lsn("0/5000000")}, timeline: TimelineTarget{Mode: TimelineCurrent}},
 		{name: "LSN behind a gap", target: Target{Kind: TargetLSN, LSN: lsn("0/B000000")}, gaps: gaps, wantErr: "a WAL gap starting at 0/A000000 lies between the backup and the target"},
 		{name: "LSN before the gap", target: Target{Kind: TargetLSN, LSN: lsn("0/9F00000")}, gaps: gaps},
@@ -196,7 +206,11 @@ func TestCheckTarget(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := CheckTarget(tc.target, tc.timeline, windows, tc.gaps)
+			ws := windows
+			if tc.windows != nil {
+				ws = tc.windows
+			}
+			err := CheckTarget(tc.target, tc.timeline, ws, tc.gaps)
 			if tc.wantErr == "" {
 				require.NoError(t, err)
 				return
@@ -204,7 +218,7 @@ func TestCheckTarget(t *testing.T) {
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tc.wantErr)
 			var ow *OutsideWindowError
-			if errors.As(err, &ow) {
+			if errors.As(err, &ow) && tc.windows == nil {
 				assert.ErrorIs(t, err, ErrOutsideWindow)
 				// Every window is listed, for the user to pick from.
 				assert.Contains(t, err.Error(), "timeline 1: 0/3000100 (2026-11-25T08:05:00Z) to 0/8000000 (2026-11-25T13:00:00Z); timeline 2: 0/9000100 (2026-11-25T14:05:00Z) to 0/C000000")

@@ -1,0 +1,315 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/barnacle-pg/barnacle/agent"
+	"github.com/barnacle-pg/barnacle/coordinator"
+	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/restore"
+	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
+	"github.com/barnacle-pg/barnacle/pkg/wal"
+)
+
+// restoreFlags are barnacle restore's own flags.
+type restoreFlags struct {
+	targetDir, backup                string
+	time, lsn, xid, name             string
+	immediate                        bool
+	timeline, action                 string
+	force, dataOnly, viaEtcd, asJSON bool
+	keeper                           string
+	tablespaceMap                    []string
+	parallel                         int
+}
+
+func newRestoreCommand() *cobra.Command {
+	var f restoreFlags
+	cmd := &cobra.Command{
+		Use:   "restore --target-dir DIR [--backup ID|latest] [--target-time T|--target-lsn L|--target-xid X|--target-name N|--target-immediate]",
+		Short: "Restore a base backup and prepare point-in-time recovery",
+		Long: `Restore a base backup from archive-url into --target-dir and write
+recovery.signal with the recovery settings, restore_command running
+barnacle wal-fetch; then start PostgreSQL on the directory and it recovers to
+the target (no target: to the end of the archived WAL, including the newest
+.partial segment).
+
+Without --backup the newest done backup that precedes the target on a timeline
+leading to --target-timeline is chosen. A time or LSN target outside the
+recoverable window is refused with the window of each timeline. The checksums
+of every stored object are verified while it is unpacked; nothing in a backup
+can write outside the target directories.
+
+The target directory must be empty or absent; --force moves its contents aside
+to <dir>.barnacle-old-<time> (never deletes them). A directory that a running
+PostgreSQL uses is always refused.
+
+With Stolon's PITR init:
+  stolonctl init '{"initMode":"pitr","pitrConfig":{
+    "dataRestoreCommand":"barnacle restore --config /etc/barnacle.yaml --target-dir %d --data-only",
+    "archiveRecoverySettings":{"restoreCommand":"barnacle wal-fetch --config /etc/barnacle.yaml %f %p"},
+    "recoveryTargetSettings":{"recoveryTargetTime":"2026-11-25 10:00:00+00"}}}'
+--data-only leaves recovery.signal and the settings to Stolon's keeper.
+
+With --via-etcd --keeper K the restore is asked of the agent beside keeper K
+(into a directory under its restore-root) through
+<barnacle-prefix>/<cluster-name>/requests/restore/<id>, and followed to the end.
+
+Time targets: RFC 3339 (2026-11-25T10:00:00Z) or PostgreSQL's
+'2026-11-25 10:00:00+00'.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.viaEtcd {
+				return restoreViaEtcd(cmd, f)
+			}
+			if f.keeper != "" {
+				return usageError{errors.New("--keeper goes with --via-etcd")}
+			}
+			req, err := f.request()
+			if err != nil {
+				return usageError{err}
+			}
+			cfg, err := loadConfig(cmd, config.Needs{Keys: []string{"cluster-name", "archive-url"}})
+			if err != nil {
+				return err
+			}
+			req.Cluster = cfg.ClusterName
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("find the barnacle executable for restore_command: %w", err)
+			}
+			configFile, _ := cmd.Flags().GetString("config")
+			if configFile != "" {
+				if configFile, err = filepath.Abs(configFile); err != nil {
+					return err
+				}
+			}
+			req.RestoreCommand = restore.WALFetchCommand(exe, configFile, cfg.ClusterName, cfg.ArchiveURL)
+			if req.TargetDir, err = filepath.Abs(req.TargetDir); err != nil {
+				return err
+			}
+			log := newLogger(cfg, cmd.ErrOrStderr())
+			b, err := backends.Open(cmd.Context(), cfg.ArchiveURL)
+			if err != nil {
+				return fmt.Errorf("open archive-url: %w", err)
+			}
+			p, err := restore.Prepare(cmd.Context(), b, req)
+			if err != nil {
+				return err
+			}
+			bar := newProgressBar(cmd.OutOrStdout(), "restore", !f.asJSON)
+			res, err := p.Run(cmd.Context(), b, log, bar.Update)
+			bar.Done()
+			if err != nil {
+				return err
+			}
+			if f.asJSON {
+				return printJSON(cmd.OutOrStdout(), res)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "restored backup %s into %s: %s in %d files\n", res.BackupID, res.TargetDir, humanBytes(res.Bytes), res.Files)
+			for old, moved := range res.MovedAside {
+				fmt.Fprintf(w, "  the old contents of %s are in %s\n", old, moved)
+			}
+			for oid, dir := range res.Tablespaces {
+				fmt.Fprintf(w, "  tablespace %d in %s\n", oid, dir)
+			}
+			for _, n := range res.Notes {
+				fmt.Fprintf(w, "  note: %s\n", n)
+			}
+			if f.dataOnly {
+				fmt.Fprintln(w, "next: the caller writes recovery.signal and restore_command (Stolon's keeper does)")
+			} else {
+				fmt.Fprintf(w, "next: start PostgreSQL on %s; it recovers to %s and then %s\n", res.TargetDir, req.Target, actionText(req.Action, req.Target))
+			}
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.targetDir, "target-dir", "", "data directory to restore into (empty or absent; see --force)")
+	fl.StringVar(&f.backup, "backup", "", "backup ID or latest (default: the newest that precedes the target)")
+	fl.StringVar(&f.time, "target-time", "", "recover to this time (recovery_target_time)")
+	fl.StringVar(&f.lsn, "target-lsn", "", "recover to this WAL position, like 0/3000060 (recovery_target_lsn)")
+	fl.StringVar(&f.xid, "target-xid", "", "recover to this transaction ID (recovery_target_xid)")
+	fl.StringVar(&f.name, "target-name", "", "recover to this restore point (pg_create_restore_point)")
+	fl.BoolVar(&f.immediate, "target-immediate", false, "stop as soon as the backup is consistent")
+	fl.StringVar(&f.timeline, "target-timeline", "latest", "timeline to recover along: latest, current or a number")
+	fl.StringVar(&f.action, "target-action", "", "what PostgreSQL does at the target: pause (default), promote or shutdown")
+	fl.BoolVar(&f.force, "force", false, "move a non-empty target directory aside first (never deleted)")
+	fl.BoolVar(&f.dataOnly, "data-only", false, "restore only the files: no recovery.signal or settings (Stolon's dataRestoreCommand)")
+	fl.StringArrayVar(&f.tablespaceMap, "tablespace-map", nil, "restore tablespace OID into DIR instead of its recorded location (OID=DIR, repeatable)")
+	fl.IntVar(&f.parallel, "parallel", restore.DefaultParallel, "archives unpacked at once")
+	fl.BoolVar(&f.viaEtcd, "via-etcd", false, "ask the agent beside --keeper to restore, through an etcd request")
+	fl.StringVar(&f.keeper, "keeper", "", "with --via-etcd: the Stolon keeper UID whose agent restores")
+	fl.BoolVar(&f.asJSON, "json", false, "print the result as JSON")
+	return cmd
+}
+
+// actionText says what PostgreSQL does once recovery reached the target.
+func actionText(action string, t restore.Target) string {
+	if t.Kind == restore.TargetEnd {
+		return "promotes"
+	}
+	switch action {
+	case restore.ActionPromote:
+		return "promotes"
+	case restore.ActionShutdown:
+		return "shuts down"
+	}
+	return "pauses (SELECT pg_wal_replay_resume() to promote)"
+}
+
+// request turns the flags into a restore.Request, checking them.
+func (f restoreFlags) request() (restore.Request, error) {
+	req := restore.Request{Backup: f.backup, TargetDir: f.targetDir, Action: f.action, Force: f.force, DataOnly: f.dataOnly, Parallel: f.parallel}
+	if f.targetDir == "" {
+		return req, errors.New("--target-dir is required")
+	}
+	set := 0
+	for _, v := range []bool{f.time != "", f.lsn != "", f.xid != "", f.name != "", f.immediate} {
+		if v {
+			set++
+		}
+	}
+	if set > 1 {
+		return req, errors.New("give at most one of --target-time, --target-lsn, --target-xid, --target-name, --target-immediate")
+	}
+	var err error
+	switch {
+	case f.time != "":
+		req.Target.Kind = restore.TargetTime
+		if req.Target.Time, err = parseTargetTime(f.time); err != nil {
+			return req, err
+		}
+	case f.lsn != "":
+		req.Target.Kind = restore.TargetLSN
+		if req.Target.LSN, err = wal.ParseLSN(f.lsn); err != nil {
+			return req, fmt.Errorf("--target-lsn %q: use PostgreSQL's form, like 0/3000060", f.lsn)
+		}
+	case f.xid != "":
+		req.Target = restore.Target{Kind: restore.TargetXID, XID: f.xid}
+	case f.name != "":
+		req.Target = restore.Target{Kind: restore.TargetName, Name: f.name}
+	case f.immediate:
+		req.Target.Kind = restore.TargetImmediate
+	}
+	if err := req.Target.Validate(); err != nil {
+		return req, err
+	}
+	if req.Timeline, err = restore.ParseTimelineTarget(f.timeline); err != nil {
+		return req, fmt.Errorf("--target-timeline: %w", err)
+	}
+	switch f.action {
+	case "", restore.ActionPause, restore.ActionPromote, restore.ActionShutdown:
+	default:
+		return req, fmt.Errorf("--target-action %q: use pause, promote or shutdown", f.action)
+	}
+	if req.TablespaceMap, err = parseTablespaceMap(f.tablespaceMap); err != nil {
+		return req, err
+	}
+	return req, nil
+}
+
+// parseTargetTime reads RFC 3339 or PostgreSQL's timestamptz output form;
+// a time without a zone is refused, as its meaning would depend on the
+// server's TimeZone.
+func parseTargetTime(s string) (time.Time, error) {
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999Z07", "2006-01-02 15:04:05.999999999-07"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("--target-time %q: use RFC 3339 with a zone, like 2026-11-25T10:00:00Z or '2026-11-25 10:00:00+00'", s)
+}
+
+// parseTablespaceMap reads OID=DIR pairs.
+func parseTablespaceMap(pairs []string) (map[uint32]string, error) {
+	if len(pairs) == 0 {
+		return nil, nil
+	}
+	m := map[uint32]string{}
+	for _, p := range pairs {
+		oid, dir, ok := strings.Cut(p, "=")
+		n, err := strconv.ParseUint(oid, 10, 32)
+		if !ok || err != nil || n == 0 || !filepath.IsAbs(dir) {
+			return nil, fmt.Errorf("--tablespace-map %q: use OID=/absolute/dir, OID as in show-backup", p)
+		}
+		m[uint32(n)] = dir
+	}
+	return m, nil
+}
+
+// restoreViaEtcd writes a restore request for the agent beside --keeper
+// and follows its status to the end.
+func restoreViaEtcd(cmd *cobra.Command, f restoreFlags) error {
+	if f.keeper == "" {
+		return usageError{errors.New("--via-etcd needs --keeper, the Stolon keeper UID whose agent restores")}
+	}
+	if _, err := f.request(); err != nil {
+		return usageError{err}
+	}
+	cfg, err := loadConfig(cmd, config.Needs{Keys: []string{"cluster-name", "store-endpoints"}})
+	if err != nil {
+		return err
+	}
+	rr := agent.RestoreRequest{
+		Keeper: f.keeper, Backup: f.backup, TargetDir: f.targetDir, TargetTimeline: f.timeline,
+		TargetAction: f.action, Force: f.force, DataOnly: f.dataOnly,
+		Target: agent.RestoreTarget{Time: f.time, LSN: f.lsn, XID: f.xid, Name: f.name, Immediate: f.immediate},
+	}
+	if len(f.tablespaceMap) > 0 {
+		rr.TablespaceMap = map[string]string{}
+		for _, p := range f.tablespaceMap {
+			oid, dir, _ := strings.Cut(p, "=")
+			rr.TablespaceMap[oid] = dir
+		}
+	}
+	cli, err := coordinator.NewClient(coordinator.ClientOptions{
+		Endpoints: cfg.StoreEndpoints, CertFile: cfg.StoreCertFile, KeyFile: cfg.StoreKeyFile,
+		CAFile: cfg.StoreCAFile, Username: cfg.StoreUsername, PasswordFile: cfg.StorePasswordFile,
+	})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	keys := coordinator.NewKeys(cfg.BarnaclePrefix, cfg.ClusterName)
+	rnd := make([]byte, 3)
+	_, _ = rand.Read(rnd)
+	id := time.Now().UTC().Format("20060102T150405") + "-" + hex.EncodeToString(rnd)
+	v, err := json.Marshal(rr)
+	if err != nil {
+		return err
+	}
+	if _, err := cli.Put(cmd.Context(), agent.RestoreRequestKey(keys, id), string(v)); err != nil {
+		return fmt.Errorf("write the restore request: %w", err)
+	}
+	if !f.asJSON {
+		fmt.Fprintf(cmd.ErrOrStderr(), "restore request %s written; following %s\n", id, agent.RestoreStatusKey(keys, id))
+	}
+	var st agent.RestoreStatus
+	if err := followStatus(cmd, cli, agent.RestoreStatusKey(keys, id), "restore", f.asJSON, &st); err != nil {
+		return err
+	}
+	if f.asJSON {
+		if err := printJSON(cmd.OutOrStdout(), st); err != nil {
+			return err
+		}
+	}
+	if st.State != agent.StateDone {
+		return fmt.Errorf("restore request %s %s: %s", id, st.State, st.Error)
+	}
+	if !f.asJSON && st.Result != nil {
+		fmt.Fprintf(cmd.OutOrStdout(), "restored backup %s into %s on %s's host (%s)\n", st.Result.BackupID, st.Result.TargetDir, f.keeper, st.Agent)
+	}
+	return nil
+}
