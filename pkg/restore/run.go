@@ -179,7 +179,8 @@ func (p Prepared) Run(ctx context.Context, b storage.Backend, log hclog.Logger, 
 }
 
 // ShellQuote quotes s for /bin/sh, which runs restore_command and Stolon's
-// dataRestoreCommand: in single quotes, each ' written as '\”.
+// dataRestoreCommand: in single quotes, each single quote inside closed,
+// escaped with a backslash and reopened.
 func ShellQuote(s string) string {
 	if s != "" && strings.IndexFunc(s, func(r rune) bool {
 		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/-_.,:=@+", r))
