@@ -90,14 +90,7 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 		name = h
 	}
 	reg := metrics.NewRegistry()
-	cli, err := coordinator.NewClient(coordinator.ClientOptions{
-		Endpoints:    cfg.StoreEndpoints,
-		CertFile:     cfg.StoreCertFile,
-		KeyFile:      cfg.StoreKeyFile,
-		CAFile:       cfg.StoreCAFile,
-		Username:     cfg.StoreUsername,
-		PasswordFile: cfg.StorePasswordFile,
-	})
+	cli, err := coordinator.NewClient(coordinator.ClientOptionsFor(cfg))
 	if err != nil {
 		return nil, err
 	}

@@ -180,25 +180,30 @@ func (b *backups) markAbandoned(ctx context.Context) {
 // master (and "any"), a follower beside a healthy standby serves requests
 // from a standby. Each request is claimed exactly once.
 func (b *backups) serveRequests(ctx context.Context) error {
-	prefix := b.keys.Prefix + "requests/backup/"
+	watchRequests(ctx, b.etcd, b.keys.Prefix+"requests/backup/", b.serve)
+	return nil
+}
+
+// watchRequests calls serve for every request under prefix, now and
+// whenever one is written, until ctx ends. It also looks again every
+// 2 s: who may claim a request depends on roles, which change without an
+// event here.
+func watchRequests(ctx context.Context, cli *clientv3.Client, prefix string, serve func(ctx context.Context, id string, value []byte)) {
 	for ctx.Err() == nil {
-		resp, err := b.etcd.Get(ctx, prefix, clientv3.WithPrefix())
+		resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix())
 		if err != nil {
 			sleepCtx(ctx, time.Second)
 			continue
 		}
 		for _, kv := range resp.Kvs {
-			b.serve(ctx, strings.TrimPrefix(string(kv.Key), prefix), kv.Value)
+			serve(ctx, strings.TrimPrefix(string(kv.Key), prefix), kv.Value)
 		}
-		// Wait for a new request, or look again in a while: who may claim
-		// a request depends on roles, which change without an event here.
 		wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		for range b.etcd.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
+		for range cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
 			break
 		}
 		cancel()
 	}
-	return nil
 }
 
 // serve claims and runs one request if this agent is the one to run it

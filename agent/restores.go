@@ -90,22 +90,7 @@ type restores struct {
 
 // serveRequests runs on every agent until ctx ends.
 func (r *restores) serveRequests(ctx context.Context) error {
-	prefix := r.keys.Prefix + "requests/restore/"
-	for ctx.Err() == nil {
-		resp, err := r.etcd.Get(ctx, prefix, clientv3.WithPrefix())
-		if err != nil {
-			sleepCtx(ctx, time.Second)
-			continue
-		}
-		for _, kv := range resp.Kvs {
-			r.serve(ctx, strings.TrimPrefix(string(kv.Key), prefix), kv.Value)
-		}
-		wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		for range r.etcd.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
-			break
-		}
-		cancel()
-	}
+	watchRequests(ctx, r.etcd, r.keys.Prefix+"requests/restore/", r.serve)
 	return nil
 }
 

@@ -11,6 +11,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/barnacle-pg/barnacle/pkg/config"
 )
 
 // ClientOptions configure the etcd client. File names, not secrets, are
@@ -23,6 +25,15 @@ type ClientOptions struct {
 	Username     string
 	PasswordFile string
 	DialTimeout  time.Duration
+}
+
+// ClientOptionsFor takes the etcd endpoints, TLS files and credentials
+// from the configuration's store-* keys.
+func ClientOptionsFor(cfg config.Config) ClientOptions {
+	return ClientOptions{
+		Endpoints: cfg.StoreEndpoints, CertFile: cfg.StoreCertFile, KeyFile: cfg.StoreKeyFile,
+		CAFile: cfg.StoreCAFile, Username: cfg.StoreUsername, PasswordFile: cfg.StorePasswordFile,
+	}
 }
 
 // NewClient connects to etcd with TLS and authentication as configured. It

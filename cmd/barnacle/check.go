@@ -105,11 +105,9 @@ type clusterFacts struct {
 
 func gatherCluster(ctx context.Context, cfg config.Config) clusterFacts {
 	var f clusterFacts
-	cli, err := coordinator.NewClient(coordinator.ClientOptions{
-		Endpoints: cfg.StoreEndpoints, CertFile: cfg.StoreCertFile, KeyFile: cfg.StoreKeyFile,
-		CAFile: cfg.StoreCAFile, Username: cfg.StoreUsername, PasswordFile: cfg.StorePasswordFile,
-		DialTimeout: checkTimeout,
-	})
+	opts := coordinator.ClientOptionsFor(cfg)
+	opts.DialTimeout = checkTimeout
+	cli, err := coordinator.NewClient(opts)
 	if err != nil {
 		f.err = err
 		return f

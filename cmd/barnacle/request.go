@@ -31,10 +31,7 @@ func requestBackup(cmd *cobra.Command, from, label string, wait, asJSON bool) er
 	default:
 		return usageError{fmt.Errorf("--from %q: use master, standby or any", from)}
 	}
-	cli, err := coordinator.NewClient(coordinator.ClientOptions{
-		Endpoints: cfg.StoreEndpoints, CertFile: cfg.StoreCertFile, KeyFile: cfg.StoreKeyFile,
-		CAFile: cfg.StoreCAFile, Username: cfg.StoreUsername, PasswordFile: cfg.StorePasswordFile,
-	})
+	cli, err := coordinator.NewClient(coordinator.ClientOptionsFor(cfg))
 	if err != nil {
 		return err
 	}

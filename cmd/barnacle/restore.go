@@ -274,10 +274,7 @@ func restoreViaEtcd(cmd *cobra.Command, f restoreFlags) error {
 			rr.TablespaceMap[oid] = dir
 		}
 	}
-	cli, err := coordinator.NewClient(coordinator.ClientOptions{
-		Endpoints: cfg.StoreEndpoints, CertFile: cfg.StoreCertFile, KeyFile: cfg.StoreKeyFile,
-		CAFile: cfg.StoreCAFile, Username: cfg.StoreUsername, PasswordFile: cfg.StorePasswordFile,
-	})
+	cli, err := coordinator.NewClient(coordinator.ClientOptionsFor(cfg))
 	if err != nil {
 		return err
 	}

@@ -40,10 +40,7 @@ pg-* settings (else it uses the leader's record).`,
 			if err != nil {
 				return err
 			}
-			cli, err := coordinator.NewClient(coordinator.ClientOptions{
-				Endpoints: cfg.StoreEndpoints, CertFile: cfg.StoreCertFile, KeyFile: cfg.StoreKeyFile,
-				CAFile: cfg.StoreCAFile, Username: cfg.StoreUsername, PasswordFile: cfg.StorePasswordFile,
-			})
+			cli, err := coordinator.NewClient(coordinator.ClientOptionsFor(cfg))
 			if err != nil {
 				return err
 			}
