@@ -31,7 +31,7 @@ func TestCompressedStreaming(t *testing.T) {
 		t.Run(tc.compression, func(t *testing.T) {
 			b := newArchive(t)
 			rec := startReceiver(t, walstream.Options{ConnString: p.ReplConnString(), Backend: b, Compression: tc.compression})
-			for range 6 {
+			for range 8 {
 				require.NoError(t, p.Exec(ctx, insert1MB))
 			}
 			// End mid-segment, so that a .partial is left too.
@@ -41,7 +41,10 @@ func TestCompressedStreaming(t *testing.T) {
 
 			a := listArchive(t, b, segSize)
 			segs := a.segments[1]
-			require.GreaterOrEqual(t, len(segs), 3, "archive: %+v", a)
+			// At least two complete segments to compare (how many depends
+			// on how much WAL the server wrote before the receiver
+			// connected, which a loaded machine varies).
+			require.GreaterOrEqual(t, len(segs), 2, "archive: %+v", a)
 			assert.Equal(t, map[string]int{tc.suffix: len(segs)}, a.suffixes, "every complete segment is compressed")
 			requireContiguous(t, append(slices.Clone(segs), a.partials[1]...))
 			require.Len(t, a.partials[1], 1)
