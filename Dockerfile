@@ -20,14 +20,15 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates wget \
     && rm -rf /var/lib/apt/lists/*
-# A fixed UID/GID, so that volumes and secrets can be given to it. /archive is created
-# owned by it: Docker copies that ownership into a new named volume mounted there, which
-# makes a fresh shared archive volume writable by every sidecar.
+# A fixed UID/GID, so that volumes and secrets can be given to it. /archive and /restores
+# are created owned by it: Docker copies that ownership into a new named volume mounted
+# there, which makes a fresh shared archive volume (and a restore-root volume) writable by
+# every sidecar.
 RUN groupadd --system --gid 10001 barnacle \
     && useradd --system --uid 10001 --gid barnacle --home-dir /nonexistent --no-create-home \
        --shell /usr/sbin/nologin barnacle \
-    && mkdir -p /archive \
-    && chown barnacle:barnacle /archive
+    && mkdir -p /archive /restores \
+    && chown barnacle:barnacle /archive /restores
 COPY --from=build /out/barnacle /usr/local/bin/barnacle
 USER 10001:10001
 EXPOSE 9187

@@ -684,25 +684,42 @@ func TestHealthcheck(t *testing.T) {
 			test := words(hc["test"])
 			require.NotEmpty(t, test, "sidecar %s: empty healthcheck test", s)
 			require.Contains(t, []string{"CMD", "CMD-SHELL"}, test[0], "sidecar %s: healthcheck test must start with CMD or CMD-SHELL", s)
-			tool := path.Base(test[1])
-			if !strings.Contains(final.text(), tool) {
-				t.Errorf("sidecar %s: the healthcheck runs %s, which the Dockerfile's final stage does not install", s, tool)
-			}
-			var target *url.URL
-			for _, w := range test[1:] {
-				if u, err := url.Parse(w); err == nil && u.Scheme == "http" {
-					target = u
+			// CMD runs test[1:] as is; CMD-SHELL runs test[1] with sh -c, commands
+			// joined by && (the image is Debian slim, so it has sh).
+			cmds := [][]string{test[1:]}
+			if test[0] == "CMD-SHELL" {
+				require.Len(t, test, 2, "sidecar %s: CMD-SHELL takes one shell string", s)
+				cmds = nil
+				for _, c := range strings.Split(test[1], "&&") {
+					cmds = append(cmds, strings.Fields(c))
 				}
 			}
-			require.NotNil(t, target, "sidecar %s: the healthcheck %v fetches no http:// URL", s, test)
-			if !slices.Contains(served, target.Path) {
-				t.Errorf("sidecar %s: the healthcheck asks for %s; the agent serves %v", s, target.Path, served)
+			var targets []*url.URL
+			for _, cmd := range cmds {
+				require.NotEmpty(t, cmd, "sidecar %s: empty command in the healthcheck %v", s, test)
+				if tool := path.Base(cmd[0]); !strings.Contains(final.text(), tool) {
+					t.Errorf("sidecar %s: the healthcheck runs %s, which the Dockerfile's final stage does not install", s, tool)
+				}
+				for _, w := range cmd[1:] {
+					if u, err := url.Parse(w); err == nil && u.Scheme == "http" {
+						targets = append(targets, u)
+					}
+				}
 			}
-			if p := metricsPort(t, c, s); target.Port() != p {
-				t.Errorf("sidecar %s: the healthcheck asks port %s but the agent listens on port %s (metrics-listen-address)", s, target.Port(), p)
+			require.NotEmpty(t, targets, "sidecar %s: the healthcheck %v fetches no http:// URL", s, test)
+			var paths []string
+			for _, target := range targets {
+				paths = append(paths, target.Path)
+				if p := metricsPort(t, c, s); target.Port() != p {
+					t.Errorf("sidecar %s: the healthcheck asks port %s but the agent listens on port %s (metrics-listen-address)", s, target.Port(), p)
+				}
+				if h := target.Hostname(); h != "127.0.0.1" && h != "localhost" {
+					t.Errorf("sidecar %s: the healthcheck asks host %s; the check runs in the agent's own network namespace, use 127.0.0.1", s, h)
+				}
 			}
-			if h := target.Hostname(); h != "127.0.0.1" && h != "localhost" {
-				t.Errorf("sidecar %s: the healthcheck asks host %s; the check runs in the agent's own network namespace, use 127.0.0.1", s, h)
+			sort.Strings(paths)
+			if !slices.Equal(paths, served) {
+				t.Errorf("sidecar %s: the healthcheck asks for %v; want both %v (alive, and ready)", s, paths, served)
 			}
 		})
 	}
