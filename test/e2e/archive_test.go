@@ -325,7 +325,7 @@ func TestArchiveAcrossFailover(t *testing.T) {
 	rows, _, err := load.Stop()
 	require.NoError(t, err)
 	require.NoError(t, primary.Exec(ctx, "CHECKPOINT"))
-	end1 := env.waitArchived(primary, 30*time.Second)
+	end1 := env.waitArchived(primary, 60*time.Second)
 
 	a := listWAL(t, env.backend)
 	first, last := requireContiguous(t, a, 1)
