@@ -85,7 +85,9 @@ func (m *archiverMetrics) observe(p walstream.Progress, newSegment bool) {
 	}
 	m.lagBytes.Set(lag)
 	m.timeline.Set(float64(p.Timeline))
-	m.lastFlushTime.Set(float64(now.UnixNano()) / 1e9)
+	if p.Durable {
+		m.lastFlushTime.Set(float64(now.UnixNano()) / 1e9)
+	}
 	if newSegment {
 		m.segments.Inc()
 		m.lastSegmentTime.Set(float64(now.UnixNano()) / 1e9)

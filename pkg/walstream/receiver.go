@@ -172,7 +172,17 @@ type Progress struct {
 	// ServerWALEnd is the end of WAL on the server, as of its last message;
 	// ServerWALEnd - Flushed is what a crash of the server now would lose.
 	ServerWALEnd wal.LSN
+	// Durable is true when the report follows a write to the archive (then
+	// Flushed == Received). Between writes the receiver also reports what
+	// it received, at most every progressInterval, so that the lag between
+	// the server and the archive is seen while it exists, not only at the
+	// moments it is zero.
+	Durable bool
 }
+
+// progressInterval bounds how often WAL arriving between archive writes is
+// reported.
+const progressInterval = 50 * time.Millisecond
 
 // Receiver streams WAL from one server into the archive. Its methods are
 // not safe for concurrent use: run one Run at a time.
@@ -334,6 +344,8 @@ type stream struct {
 	sys systemInfo
 	// serverEnd is the server's end of WAL as of its last message.
 	serverEnd wal.LSN
+	// lastReport is when OnProgress was last called.
+	lastReport time.Time
 }
 
 func (s *stream) received() wal.LSN {
@@ -700,6 +712,9 @@ func (s *stream) handleCopyData(ctx context.Context, data []byte) error {
 		if err := s.appendWAL(ctx, wal.LSN(xld.WALStart), xld.WALData); err != nil {
 			return err
 		}
+		if s.received() > s.flushed && time.Since(s.lastReport) >= progressInterval {
+			s.report(false)
+		}
 		return nil
 	case pglogrepl.PrimaryKeepaliveMessageByteID:
 		pkm, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
@@ -839,16 +854,24 @@ func (s *stream) durable() {
 	s.lastFlush = time.Now()
 	// Tell the server soon, so that the slot lets go of the WAL.
 	s.nextStatus = time.Time{}
-	if s.r.opts.OnProgress != nil {
-		s.r.opts.OnProgress(Progress{
-			Timeline:     s.tli,
-			Received:     s.received(),
-			Flushed:      s.flushed,
-			LastSegment:  s.lastSegment,
-			SegmentSize:  s.segSize,
-			ServerWALEnd: max(s.serverEnd, s.received()),
-		})
+	s.report(true)
+}
+
+// report calls OnProgress with the stream's positions.
+func (s *stream) report(durable bool) {
+	if s.r.opts.OnProgress == nil {
+		return
 	}
+	s.lastReport = time.Now()
+	s.r.opts.OnProgress(Progress{
+		Timeline:     s.tli,
+		Received:     s.received(),
+		Flushed:      s.flushed,
+		LastSegment:  s.lastSegment,
+		SegmentSize:  s.segSize,
+		ServerWALEnd: max(s.serverEnd, s.received()),
+		Durable:      durable,
+	})
 }
 
 // archiveFailing records a storage error that ctx's end did not cause:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"io"
 	"math/rand/v2"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pglogrepl"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -77,7 +79,7 @@ func TestSegmentAssembly(t *testing.T) {
 	assert.Equal(t, end, s.flushed)
 	require.NotEmpty(t, progress)
 	last := progress[len(progress)-1]
-	assert.Equal(t, Progress{Timeline: 3, Received: end, Flushed: end, LastSegment: "000000030000000000000008", SegmentSize: segSize, ServerWALEnd: end}, last)
+	assert.Equal(t, Progress{Timeline: 3, Received: end, Flushed: end, LastSegment: "000000030000000000000008", SegmentSize: segSize, ServerWALEnd: end, Durable: true}, last)
 
 	// WAL that does not continue where the stream is refused.
 	assert.Error(t, s.appendWAL(ctx, end+1, []byte{1}))
@@ -214,4 +216,37 @@ type digestRecorder struct {
 func (b *digestRecorder) Put(ctx context.Context, name string, r io.Reader, opts storage.PutOptions) error {
 	b.digests = append(b.digests, opts.SHA256)
 	return b.Backend.Put(ctx, name, r, opts)
+}
+
+// TestProgressBetweenWrites: WAL that arrived but is not yet durable is
+// reported (Durable false, Flushed unchanged), so the lag between server
+// and archive is visible while it exists.
+func TestProgressBetweenWrites(t *testing.T) {
+	const segSize = 1 << 20
+	b, err := fs.New(filepath.Join(t.TempDir(), "a"), fs.Options{CreateRoot: true})
+	require.NoError(t, err)
+	var progress []Progress
+	r, err := New(Options{ConnString: "host=127.0.0.1", Backend: b, Prefix: testPrefix, FlushInterval: time.Hour,
+		OnProgress: func(p Progress) { progress = append(progress, p) }})
+	require.NoError(t, err)
+	s := &stream{r: r, log: hclog.NewNullLogger(), segSize: segSize, buf: make([]byte, 0, segSize), tli: 3, seg: 7}
+	s.flushed = s.received()
+	start := wal.SegmentStart(7, segSize)
+	msg := func(at wal.LSN, serverEnd wal.LSN, n int) []byte {
+		m := []byte{pglogrepl.XLogDataByteID}
+		m = binary.BigEndian.AppendUint64(m, uint64(at))
+		m = binary.BigEndian.AppendUint64(m, uint64(serverEnd))
+		m = binary.BigEndian.AppendUint64(m, 0)
+		return append(m, make([]byte, n)...)
+	}
+	require.NoError(t, s.handleCopyData(t.Context(), msg(start, start+3000, 1000)))
+	require.Len(t, progress, 1)
+	p := progress[0]
+	assert.False(t, p.Durable)
+	assert.Equal(t, start, p.Flushed, "nothing is durable yet")
+	assert.Equal(t, start+1000, p.Received)
+	assert.Equal(t, start+3000, p.ServerWALEnd)
+	// The next message within progressInterval is not reported.
+	require.NoError(t, s.handleCopyData(t.Context(), msg(start+1000, start+3000, 1000)))
+	assert.Len(t, progress, 1)
 }

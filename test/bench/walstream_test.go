@@ -281,6 +281,9 @@ type writeCounter struct {
 // the last report, plus the whole segment when one was completed (stored
 // as its own object).
 func (w *writeCounter) add(p walstream.Progress) {
+	if !p.Durable {
+		return
+	}
 	w.count++
 	if w.lastFlushed != 0 && p.Flushed > w.lastFlushed {
 		w.bytes += uint64(p.Flushed - w.lastFlushed)
