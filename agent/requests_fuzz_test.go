@@ -1,0 +1,113 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/barnacle-pg/barnacle/pkg/config"
+)
+
+// FuzzParseBackupRequest: any bytes under requests/backup/ give a request
+// that names a known place to run, or an error; never a panic.
+func FuzzParseBackupRequest(f *testing.F) {
+	for _, s := range []string{
+		`{"from":"master","label":"nightly"}`, `{"from":"standby"}`, `{"from":"any","label":"x"}`, `{}`,
+		`{"from":"elsewhere"}`, `{"from":"master","extra":1}`, `{"from":`, `null`, `[]`, `{"label":"\u0000"}`,
+		`{"from":"master","requestedBy":"agent-keeper1","requestedAt":"2026-11-25T10:00:00Z"}`, ``,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, value []byte) {
+		req, err := parseBackupRequest(value)
+		if err != nil {
+			if !strings.Contains(err.Error(), "malformed request") && !strings.Contains(err.Error(), "unknown from") {
+				t.Fatalf("error does not say what to change: %v", err)
+			}
+			return
+		}
+		if req.From != "master" && req.From != "standby" {
+			t.Fatalf("accepted from %q", req.From)
+		}
+	})
+}
+
+// FuzzParseRestoreRequest: any bytes under requests/restore/ either are
+// rejected or become a restore.Request whose every directory lies strictly
+// below restore-root, with symlinks resolved (the root holds a link that
+// points outside), and with at most one recovery target.
+func FuzzParseRestoreRequest(f *testing.F) {
+	base := f.TempDir()
+	root := filepath.Join(base, "root")
+	outside := filepath.Join(base, "outside")
+	for _, d := range []string{root, outside, filepath.Join(root, "sub")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			f.Fatal(err)
+		}
+	}
+	if err := os.Symlink(outside, filepath.Join(root, "escape")); err != nil {
+		f.Fatal(err)
+	}
+	rroot, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		f.Fatal(err)
+	}
+	r := &restores{cfg: config.Config{ClusterName: "stolon-cluster", ArchiveURL: "file:///var/lib/barnacle", RestoreRoot: root}}
+	for _, s := range []string{
+		`{"keeper":"keeper1","backup":"latest","targetDir":"ROOT/pitr","target":{"time":"2026-11-24T17:00:00Z"},"targetTimeline":"latest","targetAction":"pause","force":false}`,
+		`{"keeper":"keeper1","targetDir":"ROOT/sub/x","target":{"lsn":"0/3000060"}}`,
+		`{"keeper":"keeper1","targetDir":"ROOT/x","target":{"xid":"1234"},"targetTimeline":"2"}`,
+		`{"keeper":"keeper1","targetDir":"ROOT/x","target":{"name":"after_100","immediate":true}}`,
+		`{"keeper":"keeper1","targetDir":"ROOT/x","tablespaceMap":{"16385":"ROOT/ts","0":"ROOT/y"}}`,
+		`{"keeper":"keeper1","targetDir":"ROOT/escape/x"}`,
+		`{"keeper":"keeper1","targetDir":"ROOT/../outside"}`,
+		`{"keeper":"keeper1","targetDir":"ROOT"}`,
+		`{"keeper":"keeper1","targetDir":"relative/dir"}`,
+		`{"keeper":"keeper1","targetDir":"ROOT/x","tablespaceMap":{"16385":"ROOT/escape"}}`,
+		`{"keeper":"keeper1","targetDir":"ROOT/x","dataOnly":true,"unknown":1}`,
+		`{"keeper":`, `null`, ``,
+	} {
+		f.Add([]byte(strings.ReplaceAll(s, "ROOT", root)))
+	}
+	// below checks independently of underRoot: the accepted directory is
+	// clean, strictly below the resolved root, and no existing component
+	// of it is a symlink (what the restore writes through stays there).
+	below := func(t *testing.T, field, dir string) {
+		t.Helper()
+		if dir != filepath.Clean(dir) || !strings.HasPrefix(dir, rroot+string(filepath.Separator)) {
+			t.Fatalf("%s %q accepted outside restore-root %s", field, dir, rroot)
+		}
+		for p := dir; p != rroot; p = filepath.Dir(p) {
+			if st, err := os.Lstat(p); err == nil && st.Mode()&os.ModeSymlink != 0 {
+				t.Fatalf("%s %q accepted through the symlink %s", field, dir, p)
+			}
+		}
+	}
+	f.Fuzz(func(t *testing.T, value []byte) {
+		req, err := parseRestoreRequest(value)
+		if err != nil {
+			return
+		}
+		out, err := r.toRequest(req)
+		if err != nil {
+			return
+		}
+		below(t, "targetDir", out.TargetDir)
+		for oid, dir := range out.TablespaceMap {
+			if oid == 0 {
+				t.Fatalf("tablespace OID 0 accepted")
+			}
+			below(t, "tablespaceMap", dir)
+		}
+		set := 0
+		for _, v := range []bool{req.Target.Time != "", req.Target.LSN != "", req.Target.XID != "", req.Target.Name != "", req.Target.Immediate} {
+			if v {
+				set++
+			}
+		}
+		if set > 1 {
+			t.Fatalf("request with %d targets accepted", set)
+		}
+	})
+}
