@@ -10,14 +10,27 @@
 #    pg_basebackup -Ft -X stream (none, client-lz4, client-zstd:1) of pgbench
 #    plus a table of random bytes of the same size, reporting MB/s, output
 #    size, the ratios and peak RSS; at the defaults about 6 minutes and
-#    8 GB of disk.
+#    8 GB of disk;
+#  - restore: the same database backed up by pg_basebackup -Ft (none,
+#    client-zstd:1) and barnacle backup --local (none, lz4, zstd into
+#    file://; none, zstd into s3:// on a local versitygw), then restored:
+#    tar -x and zstd -d | tar -x, each with sync -f, beside barnacle
+#    restore, reporting MB/s, the ratios to tar, peak RSS, and backup and
+#    restore rates of file:// and s3:// side by side; at the defaults
+#    about 12 minutes and 18 GB of disk (needs zstd and `make versitygw`);
+#  - replay: PostgreSQL's archive recovery of BENCH_SEGMENTS segments with
+#    restore_command = barnacle wal-fetch --prefetch 0 and with the default
+#    prefetch, from file:// and s3:// archives; about 6 minutes.
 #
 # Knobs (environment): BENCH_SCALE (pgbench scale, default 100),
 # BENCH_SECONDS (per WAL phase, default 60), BENCH_CLIENTS (default 4),
-# BENCH_JOBS (default 2), BENCH_ROUNDS (base backup series, fastest kept,
-# default 1), BENCH_BARNACLE (a barnacle binary to measure instead of one
-# built from this tree), BENCH_SKIP_MICRO=1, BENCH_SKIP_WAL=1,
-# BENCH_SKIP_BASEBACKUP=1 to leave a part out.
+# BENCH_JOBS (default 2), BENCH_ROUNDS (base backup and restore series,
+# fastest kept, default 1), BENCH_SEGMENTS (WAL segments replayed, default
+# 64), BENCH_BARNACLE (a barnacle binary to measure instead of one built
+# from this tree), BENCH_BARNACLE_ALT (a second binary whose restores and
+# replays are measured beside, as "(alt)" rows), BENCH_SKIP_MICRO=1,
+# BENCH_SKIP_WAL=1, BENCH_SKIP_BASEBACKUP=1, BENCH_SKIP_RESTORE=1,
+# BENCH_SKIP_REPLAY=1 to leave a part out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${BENCH_SKIP_MICRO:-}" != 1 ]]; then
@@ -28,4 +41,10 @@ if [[ "${BENCH_SKIP_WAL:-}" != 1 ]]; then
 fi
 if [[ "${BENCH_SKIP_BASEBACKUP:-}" != 1 ]]; then
 	go test -run '^$' -bench BaseBackup -benchtime 1x -timeout 60m ./test/bench
+fi
+if [[ "${BENCH_SKIP_RESTORE:-}" != 1 ]]; then
+	go test -run '^$' -bench 'Restore$' -benchtime 1x -timeout 60m ./test/bench
+fi
+if [[ "${BENCH_SKIP_REPLAY:-}" != 1 ]]; then
+	go test -run '^$' -bench ReplayPrefetch -benchtime 1x -timeout 60m ./test/bench
 fi

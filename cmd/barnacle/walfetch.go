@@ -104,6 +104,9 @@ segments N+1 to N+--prefetch in parallel into the spool directory (by default
 .barnacle-prefetch next to DEST, i.e. inside pg_wal), where the next wal-fetch
 finds them, verifies them and moves them into place. --prefetch 0 turns that off.
 
+DEST is written under a temporary name and renamed, but not fsynced: PostgreSQL
+makes the files it keeps durable itself and fetches the others again.
+
 Exit codes: 0 the file was written; 1 the file is not in the archive (no output,
 unless log-level is debug: PostgreSQL asks for files past the end on purpose);
 2 bad usage or configuration; 255 the file exists but could not be fetched (a

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -400,13 +401,25 @@ func splitArchiveName(name string) (string, string, error) {
 func fetchObject(ctx context.Context, b storage.Backend, prefix string, a archive, root *os.Root, u *unpacker, owner *Owner, prog *progress) (err error) {
 	f := a.file
 	objErr := func(member string, err error) error { return &ObjectError{Object: f.Name, Member: member, Err: err} }
+	// The backend verifies the bytes against the digest stored with the
+	// object as they are read; when that digest is backup.json's, hashing
+	// them a second time here would only cost CPU.
+	var h hash.Hash
+	if info, err := b.Stat(ctx, prefix+f.Name); err != nil {
+		return objErr("", err)
+	} else if f.SHA256 == "" || !strings.EqualFold(info.SHA256, f.SHA256) {
+		h = sha256.New()
+	}
 	rc, err := b.Get(ctx, prefix+f.Name)
 	if err != nil {
 		return objErr("", err)
 	}
 	defer rc.Close()
-	h := sha256.New()
-	raw := &countingReader{r: io.TeeReader(rc, h)}
+	var src io.Reader = rc
+	if h != nil {
+		src = io.TeeReader(rc, h)
+	}
+	raw := &countingReader{r: src}
 	// drainRaw reads the rest of the stored object: a damaged object
 	// often breaks decompression or tar parsing first, and its checksum
 	// error (the cause) only shows at its end.
@@ -423,7 +436,11 @@ func fetchObject(ctx context.Context, b storage.Backend, prefix string, a archiv
 		return objErr("", err)
 	}
 	defer dec.Close()
-	plain := &countingReader{r: dec, onRead: prog.add}
+	// Decompression (and hashing) run ahead in their own goroutine while
+	// this one parses the tar stream and writes files.
+	ra := newReadAhead(dec)
+	defer ra.stop()
+	plain := &countingReader{r: ra, onRead: prog.add}
 
 	var member string
 	if u == nil {
@@ -442,6 +459,7 @@ func fetchObject(ctx context.Context, b storage.Backend, prefix string, a archiv
 		}
 	}
 	if err != nil {
+		ra.stop() // drainRaw reads raw, which the read-ahead must not any more
 		if ctx.Err() != nil {
 			return objErr(member, err)
 		}
@@ -453,8 +471,10 @@ func fetchObject(ctx context.Context, b storage.Backend, prefix string, a archiv
 	if err := drainRaw(nil); err != nil {
 		return err
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); f.SHA256 != "" && !strings.EqualFold(got, f.SHA256) {
-		return objErr("", &storage.ChecksumError{Name: prefix + f.Name, Want: f.SHA256, Got: got})
+	if h != nil {
+		if got := hex.EncodeToString(h.Sum(nil)); f.SHA256 != "" && !strings.EqualFold(got, f.SHA256) {
+			return objErr("", &storage.ChecksumError{Name: prefix + f.Name, Want: f.SHA256, Got: got})
+		}
 	}
 	if f.StoredBytes > 0 && raw.n != f.StoredBytes {
 		return objErr("", fmt.Errorf("stored size is %d bytes, backup.json records %d", raw.n, f.StoredBytes))
@@ -609,5 +629,82 @@ func (p *progress) final() {
 	defer p.mu.Unlock()
 	if p.fn != nil {
 		p.fn(p.done, p.total)
+	}
+}
+
+// readAheadChunk and readAheadDepth size the buffer between the
+// decompressing goroutine and the writing one: 8 MiB in flight.
+const (
+	readAheadChunk = 1 << 20
+	readAheadDepth = 8
+)
+
+// readAhead reads r in its own goroutine into a bounded queue of chunks.
+type readAhead struct {
+	ch   chan []byte
+	free chan []byte
+	done chan struct{}
+	err  error  // set before ch is closed
+	buf  []byte // the chunk being read from, whole
+	cur  []byte // its unread rest
+	once sync.Once
+}
+
+func newReadAhead(r io.Reader) *readAhead {
+	ra := &readAhead{ch: make(chan []byte, readAheadDepth), free: make(chan []byte, readAheadDepth+2), done: make(chan struct{})}
+	go func() {
+		defer close(ra.ch)
+		for {
+			var buf []byte
+			select {
+			case buf = <-ra.free:
+			default:
+				buf = make([]byte, readAheadChunk)
+			}
+			n, err := io.ReadFull(r, buf[:cap(buf)])
+			if n > 0 {
+				select {
+				case ra.ch <- buf[:n]:
+				case <-ra.done:
+					return
+				}
+			}
+			if err != nil {
+				if errors.Is(err, io.ErrUnexpectedEOF) {
+					err = io.EOF
+				}
+				ra.err = err
+				return
+			}
+		}
+	}()
+	return ra
+}
+
+func (ra *readAhead) Read(p []byte) (int, error) {
+	for len(ra.cur) == 0 {
+		buf, ok := <-ra.ch
+		if !ok {
+			return 0, ra.err
+		}
+		ra.buf, ra.cur = buf, buf
+	}
+	n := copy(p, ra.cur)
+	ra.cur = ra.cur[n:]
+	if len(ra.cur) == 0 {
+		select {
+		case ra.free <- ra.buf[:cap(ra.buf)]:
+		default:
+		}
+	}
+	return n, nil
+}
+
+// stop ends the goroutine and waits for it, so that r can be closed; a
+// read of r in progress must end (ctx's end makes the backend's reader
+// return).
+func (ra *readAhead) stop() {
+	ra.once.Do(func() { close(ra.done) })
+	for range ra.ch {
 	}
 }

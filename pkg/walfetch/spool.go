@@ -327,7 +327,7 @@ func checkSpooled(p string) error {
 	if got := hex.EncodeToString(h.Sum(nil)); got != want {
 		return fmt.Errorf("sha256 %s, want %s", got, want)
 	}
-	return f.Sync()
+	return nil
 }
 
 // moveInto renames the verified spooled file p to dest, or copies it there
@@ -352,8 +352,7 @@ func moveInto(p, dest string) error {
 	if err != nil {
 		return fmt.Errorf("move the prefetched segment to %s: %w", dest, err)
 	}
-	dir := filepath.Dir(dest)
-	return syncDir(dir)
+	return nil
 }
 
 // store writes file into the spool with the bytes fill writes: a

@@ -460,9 +460,10 @@ func writeAtomic(dest string, fill func(w io.Writer) error) (err error) {
 	if err := fill(tmp); err != nil {
 		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
+	// No fsync: PostgreSQL unlinks RECOVERYXLOG before every
+	// restore_command and makes a file it keeps durable itself
+	// (durable_rename in KeepFileRestoredFromArchive), so a crash can
+	// only lose a file that would be fetched again.
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("write %s: %w", tmp.Name(), err)
 	}
@@ -472,7 +473,7 @@ func writeAtomic(dest string, fill func(w io.Writer) error) (err error) {
 	if err := os.Rename(tmp.Name(), dest); err != nil {
 		return fmt.Errorf("write %s: %w", dest, err)
 	}
-	return syncDir(dir)
+	return nil
 }
 
 func removeStaleTemps(dir, prefix string) {
