@@ -37,9 +37,7 @@ func requestBackup(cmd *cobra.Command, from, label string, wait, asJSON bool) er
 	}
 	defer cli.Close()
 	keys := coordinator.NewKeys(cfg.BarnaclePrefix, cfg.ClusterName)
-	rnd := make([]byte, 3)
-	_, _ = rand.Read(rnd)
-	id := time.Now().UTC().Format("20060102T150405") + "-" + hex.EncodeToString(rnd)
+	id := newRequestID()
 	v, err := json.Marshal(agent.BackupRequest{From: from, Label: label})
 	if err != nil {
 		return err
@@ -72,6 +70,14 @@ func requestBackup(cmd *cobra.Command, from, label string, wait, asJSON bool) er
 	default:
 		return fmt.Errorf("backup request %s %s by %s: %s", id, st.State, st.Agent, st.Error)
 	}
+}
+
+// newRequestID names a request: its UTC time, sortable, and 6 random hex
+// digits so that two written in the same second differ.
+func newRequestID() string {
+	rnd := make([]byte, 3)
+	_, _ = rand.Read(rnd)
+	return time.Now().UTC().Format("20060102T150405") + "-" + hex.EncodeToString(rnd)
 }
 
 // followStatus watches a request's status key (a backup's or a

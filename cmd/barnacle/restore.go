@@ -1,8 +1,7 @@
 package main
 
 import (
-	"crypto/rand"
-	"encoding/hex"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -280,15 +279,15 @@ func restoreViaEtcd(cmd *cobra.Command, f restoreFlags) error {
 	}
 	defer cli.Close()
 	keys := coordinator.NewKeys(cfg.BarnaclePrefix, cfg.ClusterName)
-	rnd := make([]byte, 3)
-	_, _ = rand.Read(rnd)
-	id := time.Now().UTC().Format("20060102T150405") + "-" + hex.EncodeToString(rnd)
+	id := newRequestID()
 	v, err := json.Marshal(rr)
 	if err != nil {
 		return err
 	}
-	if _, err := cli.Put(cmd.Context(), agent.RestoreRequestKey(keys, id), string(v)); err != nil {
-		return fmt.Errorf("write the restore request: %w", err)
+	ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, agent.RestoreRequestKey(keys, id), string(v)); err != nil {
+		return fmt.Errorf("write the restore request (is etcd reachable at %v?): %w", cfg.StoreEndpoints, err)
 	}
 	if !f.asJSON {
 		fmt.Fprintf(cmd.ErrOrStderr(), "restore request %s written; following %s\n", id, agent.RestoreStatusKey(keys, id))

@@ -298,6 +298,30 @@ func waldump(t *testing.T, b storage.Backend, a archived, tli wal.Timeline, star
 	require.NoError(t, err, "pg_waldump on timeline %d from %s to %s:\n%s", tli, start, end, out)
 }
 
+// requireArchivedAcrossSwitch checks the archive after a failover to
+// newMaster (timeline 2): 00000002.history archived and identical to the
+// server's, timeline 1 contiguous up to the switch segment, timeline 2
+// contiguous from it and byte-identical to the server's pg_wal. It returns
+// the switch point, the listing and timeline 2's last segment.
+func requireArchivedAcrossSwitch(t *testing.T, b storage.Backend, newMaster *testenv.Node) (wal.LSN, archived, wal.SegmentNo) {
+	t.Helper()
+	hist, err := newMaster.TimelineHistory(t.Context())
+	require.NoError(t, err)
+	require.NotEmpty(t, hist)
+	switchPoint := wal.LSN(hist[len(hist)-1].SwitchPoint)
+	a := listWAL(t, b)
+	require.True(t, a.histories["00000002.history"], "00000002.history is archived")
+	serverHistory, err := os.ReadFile(filepath.Join(newMaster.DataDir, "pg_wal", "00000002.history"))
+	require.NoError(t, err)
+	require.Equal(t, serverHistory, readObject(t, b, catalog.WALPrefix(cluster)+"00000002.history"))
+	_, last1 := requireContiguous(t, a, 1)
+	require.Equal(t, wal.SegmentOf(switchPoint, wal.DefaultSegmentSize), last1, "timeline 1 is archived up to the switch point %s", switchPoint)
+	first2, last2 := requireContiguous(t, a, 2)
+	require.Equal(t, wal.SegmentOf(switchPoint, wal.DefaultSegmentSize), first2, "timeline 2 starts at the switch segment")
+	require.Positive(t, requireSameAsServer(t, b, a, newMaster, 2))
+	return switchPoint, a, last2
+}
+
 // TestArchiveAcrossFailover is the WAL archiver end to end: agents as
 // processes archive under a write load, survive a kill -9 of the leader,
 // and follow a failover across the timeline switch.
@@ -366,21 +390,7 @@ func TestArchiveAcrossFailover(t *testing.T) {
 	require.NoError(t, standby.Exec(ctx, "SELECT pg_switch_wal()"))
 	env.waitArchived(standby, 30*time.Second)
 
-	hist, err := standby.TimelineHistory(ctx)
-	require.NoError(t, err)
-	require.NotEmpty(t, hist)
-	switchPoint := wal.LSN(hist[len(hist)-1].SwitchPoint)
-	a = listWAL(t, env.backend)
-	require.True(t, a.histories["00000002.history"], "00000002.history is archived")
-	serverHistory, err := os.ReadFile(filepath.Join(standby.DataDir, "pg_wal", "00000002.history"))
-	require.NoError(t, err)
-	require.Equal(t, serverHistory, readObject(t, env.backend, catalog.WALPrefix(cluster)+"00000002.history"))
-	_, last1 := requireContiguous(t, a, 1)
-	require.Equal(t, wal.SegmentOf(switchPoint, wal.DefaultSegmentSize), last1, "timeline 1 is archived up to the switch point %s", switchPoint)
-	first2, _ := requireContiguous(t, a, 2)
-	require.Equal(t, wal.SegmentOf(switchPoint, wal.DefaultSegmentSize), first2, "timeline 2 starts at the switch segment")
-	compared2 := requireSameAsServer(t, env.backend, a, standby, 2)
-	require.Positive(t, compared2)
+	switchPoint, a, _ := requireArchivedAcrossSwitch(t, env.backend, standby)
 	waldump(t, env.backend, a, 1, wal.SegmentStart(first, wal.DefaultSegmentSize), switchPoint)
 	// The archive keeps growing: take its end first, then a listing that
 	// holds everything up to that end.
