@@ -394,7 +394,10 @@ func (n *Node) startRetryingPort(ctx context.Context) error {
 // standby: until it reached a consistent state). The postmaster is a child
 // of the test process and gets SIGKILL if the test process dies. Start on a
 // running node does nothing.
-func (n *Node) Start() error {
+func (n *Node) Start() error { return n.start(nil) }
+
+// start is Start with extra postgres command-line arguments (-c name=value).
+func (n *Node) start(args []string) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.proc != nil {
@@ -405,7 +408,7 @@ func (n *Node) Start() error {
 		return fmt.Errorf("start %s: open log: %w", n.Name, err)
 	}
 	defer logf.Close()
-	cmd := n.c.env.command(context.Background(), "postgres", "-D", n.DataDir)
+	cmd := n.c.env.command(context.Background(), "postgres", append([]string{"-D", n.DataDir}, args...)...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	// Its own process group, so that signals sent to the test's group (^C)

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -124,39 +123,7 @@ func restoredTablespaces(t testing.TB, dataDir string) []string {
 // Start starts the server again with the address overrides StartRestored
 // chose, and waits as StartRestored does. Start on a running server does
 // nothing.
-func (r *Restored) Start() error {
-	n := r.Node
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.proc != nil {
-		return nil
-	}
-	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		return fmt.Errorf("start %s: open log: %w", n.Name, err)
-	}
-	defer logf.Close()
-	cmd := n.c.env.command(context.Background(), "postgres", append([]string{"-D", n.DataDir}, r.args...)...)
-	cmd.Stdout = logf
-	cmd.Stderr = logf
-	cmd.SysProcAttr.Setpgid = true
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", n.Name, err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
-	if err := n.waitReady(cmd.Process.Pid, exited); err != nil {
-		_ = syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
-		<-exited
-		return fmt.Errorf("start %s on port %d: %w\n--- last lines of %s ---\n%s", n.Name, n.Port, err, n.logPath, n.LogTail(50))
-	}
-	n.proc = cmd.Process
-	n.exited = exited
-	return nil
-}
+func (r *Restored) Start() error { return r.Node.start(r.args) }
 
 // WaitRecoveryEnd polls until archive recovery has ended: the server was
 // promoted (pg_is_in_recovery() is false), paused at its target
