@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/barnacle-pg/barnacle/pkg/config"
@@ -25,7 +26,16 @@ const (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
+// defaultMemoryLimit is the Go heap's soft limit unless GOMEMLIMIT is set:
+// the uploads hold at most part size × concurrency (64 MiB by default)
+// live, but with the default GC pacing a heap may grow to twice its live
+// size before a collection, which took a backup to S3 past 250 MB of RSS.
+const defaultMemoryLimit = 150 << 20
+
 func main() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(defaultMemoryLimit)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// Once the first signal has cancelled ctx, restore default handling so
 	// that a second signal kills the process.
