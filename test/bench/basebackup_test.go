@@ -58,41 +58,7 @@ func BenchmarkBaseBackup(b *testing.B) {
 	ctx := b.Context()
 	start := time.Now()
 	bin := buildBarnacle(b)
-	c := testenv.NewCluster(b, testenv.ClusterOptions{Params: map[string]string{
-		// Loading writes about twice the database in WAL; no checkpoint
-		// should interrupt it, and the one after it writes everything once.
-		"shared_buffers":     "'256MB'",
-		"max_wal_size":       "'16GB'",
-		"checkpoint_timeout": "'30min'",
-	}})
-	node := c.Primary()
-	root := b.TempDir()
-	testenv.PGOwn(b, root)
-
-	progress("pgbench -i -s %d", scale)
-	if out, err := pgbench(ctx, b, node, "-i", "-s", strconv.Itoa(scale), "-I", "dtGvp", "-q"); err != nil {
-		b.Fatalf("pgbench init: %v\n%s", err, out)
-	}
-	pgbenchBytes, err := node.QueryInt64(ctx, "SELECT pg_database_size('postgres')")
-	if err != nil {
-		b.Fatal(err)
-	}
-	progress("pgbench database: %.0f MB in %s; filling a table of random bytes of the same size",
-		float64(pgbenchBytes)/mb, time.Since(start).Round(time.Second))
-	fillRandom(ctx, b, node, pgbenchBytes)
-	for _, sql := range []string{"VACUUM (ANALYZE) random_bytes", "CHECKPOINT"} {
-		if err := node.Exec(ctx, sql); err != nil {
-			b.Fatalf("%s: %v", sql, err)
-		}
-	}
-	dbSize, err := node.QueryInt64(ctx, "SELECT pg_database_size('postgres')")
-	if err != nil {
-		b.Fatal(err)
-	}
-	kept := checkIncompressible(ctx, b, node)
-	progress("database: %.0f MB, loaded in %s; zstd keeps %.1f%% of the random table", float64(dbSize)/mb,
-		time.Since(start).Round(time.Second), 100*kept)
-
+	c, node, root, dbSize, pgbenchBytes := benchDatabase(b, scale, start)
 	pw := filepath.Join(root, "password")
 	if err := os.WriteFile(pw, []byte(c.ReplPassword()), 0o600); err != nil {
 		b.Fatal(err)
@@ -431,4 +397,50 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// benchDatabase starts the benchmarks' one database: pgbench at scale plus
+// a table of random, incompressible bytes of the same size, vacuumed and
+// checkpointed, with a temporary directory the postgres user can write.
+// It returns the cluster, its primary, that directory, the database size
+// and the pgbench part of it.
+func benchDatabase(b *testing.B, scale int, start time.Time) (*testenv.Cluster, *testenv.Node, string, int64, int64) {
+	b.Helper()
+	ctx := b.Context()
+	c := testenv.NewCluster(b, testenv.ClusterOptions{Params: map[string]string{
+		// Loading writes about twice the database in WAL; no checkpoint
+		// should interrupt it, and the one after it writes everything once.
+		"shared_buffers":     "'256MB'",
+		"max_wal_size":       "'16GB'",
+		"checkpoint_timeout": "'30min'",
+	}})
+	node := c.Primary()
+	root := b.TempDir()
+	testenv.PGOwn(b, root)
+
+	progress("pgbench -i -s %d", scale)
+	if out, err := pgbench(ctx, b, node, "-i", "-s", strconv.Itoa(scale), "-I", "dtGvp", "-q"); err != nil {
+		b.Fatalf("pgbench init: %v\n%s", err, out)
+	}
+	pgbenchBytes, err := node.QueryInt64(ctx, "SELECT pg_database_size('postgres')")
+	if err != nil {
+		b.Fatal(err)
+	}
+	progress("pgbench database: %.0f MB in %s; filling a table of random bytes of the same size",
+		float64(pgbenchBytes)/mb, time.Since(start).Round(time.Second))
+	fillRandom(ctx, b, node, pgbenchBytes)
+	for _, sql := range []string{"VACUUM (ANALYZE) random_bytes", "CHECKPOINT"} {
+		if err := node.Exec(ctx, sql); err != nil {
+			b.Fatalf("%s: %v", sql, err)
+		}
+	}
+	dbSize, err := node.QueryInt64(ctx, "SELECT pg_database_size('postgres')")
+	if err != nil {
+		b.Fatal(err)
+	}
+	kept := checkIncompressible(ctx, b, node)
+	progress("database: %.0f MB, loaded in %s; zstd keeps %.1f%% of the random table", float64(dbSize)/mb,
+		time.Since(start).Round(time.Second), 100*kept)
+
+	return c, node, root, dbSize, pgbenchBytes
 }

@@ -49,36 +49,7 @@ func BenchmarkRestore(b *testing.B) {
 	start := time.Now()
 	bin := buildBarnacle(b)
 	s3 := testenv.StartS3(b)
-	c := testenv.NewCluster(b, testenv.ClusterOptions{Params: map[string]string{
-		"shared_buffers":     "'256MB'",
-		"max_wal_size":       "'16GB'",
-		"checkpoint_timeout": "'30min'",
-	}})
-	node := c.Primary()
-	root := b.TempDir()
-	testenv.PGOwn(b, root)
-
-	progress("pgbench -i -s %d", scale)
-	if out, err := pgbench(ctx, b, node, "-i", "-s", strconv.Itoa(scale), "-I", "dtGvp", "-q"); err != nil {
-		b.Fatalf("pgbench init: %v\n%s", err, out)
-	}
-	pgbenchBytes, err := node.QueryInt64(ctx, "SELECT pg_database_size('postgres')")
-	if err != nil {
-		b.Fatal(err)
-	}
-	fillRandom(ctx, b, node, pgbenchBytes)
-	for _, sql := range []string{"VACUUM (ANALYZE) random_bytes", "CHECKPOINT"} {
-		if err := node.Exec(ctx, sql); err != nil {
-			b.Fatalf("%s: %v", sql, err)
-		}
-	}
-	dbSize, err := node.QueryInt64(ctx, "SELECT pg_database_size('postgres')")
-	if err != nil {
-		b.Fatal(err)
-	}
-	kept := checkIncompressible(ctx, b, node)
-	progress("database: %.0f MB, loaded in %s; zstd keeps %.1f%% of the random table", float64(dbSize)/mb,
-		time.Since(start).Round(time.Second), 100*kept)
+	c, node, root, dbSize, pgbenchBytes := benchDatabase(b, scale, start)
 	pw := filepath.Join(root, "password")
 	if err := os.WriteFile(pw, []byte(c.ReplPassword()), 0o600); err != nil {
 		b.Fatal(err)
