@@ -12,38 +12,15 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/barnacle-pg/barnacle/pkg/stolon"
 )
 
 // StolonInit is the JSON a user passes to `stolonctl init`, the parts a
 // point-in-time recovery uses (Stolon's cluster.ClusterSpec field names).
 type StolonInit struct {
-	InitMode   string      `json:"initMode"`
-	PITRConfig *PITRConfig `json:"pitrConfig,omitempty"`
-}
-
-// PITRConfig is Stolon's pitrConfig.
-type PITRConfig struct {
-	// DataRestoreCommand is run with /bin/sh -c after the keeper removed
-	// the data directory; %d is the data directory, %% a percent sign.
-	DataRestoreCommand      string                   `json:"dataRestoreCommand,omitempty"`
-	ArchiveRecoverySettings *ArchiveRecoverySettings `json:"archiveRecoverySettings,omitempty"`
-	RecoveryTargetSettings  *RecoveryTargetSettings  `json:"recoveryTargetSettings,omitempty"`
-}
-
-// ArchiveRecoverySettings is Stolon's archiveRecoverySettings: restoreCommand
-// becomes restore_command (%f, %p as PostgreSQL expands them).
-type ArchiveRecoverySettings struct {
-	RestoreCommand string `json:"restoreCommand,omitempty"`
-}
-
-// RecoveryTargetSettings is Stolon's recoveryTargetSettings.
-type RecoveryTargetSettings struct {
-	RecoveryTarget         string `json:"recoveryTarget,omitempty"`
-	RecoveryTargetLsn      string `json:"recoveryTargetLsn,omitempty"`
-	RecoveryTargetName     string `json:"recoveryTargetName,omitempty"`
-	RecoveryTargetTime     string `json:"recoveryTargetTime,omitempty"`
-	RecoveryTargetXid      string `json:"recoveryTargetXid,omitempty"`
-	RecoveryTargetTimeline string `json:"recoveryTargetTimeline,omitempty"`
+	InitMode   string             `json:"initMode"`
+	PITRConfig *stolon.PITRConfig `json:"pitrConfig,omitempty"`
 }
 
 // InitPITR plays `stolonctl init '<initJSON>'` with initMode pitr, the way
