@@ -246,3 +246,21 @@ func NormalizeSHA256(s string) (string, error) {
 	}
 	return strings.ToLower(s), nil
 }
+
+// CheckPut is what every backend's Put checks before it writes: a valid
+// name, a well-formed expected digest (returned normalized, "" when none)
+// and a live ctx. Its errors name the object.
+func CheckPut(ctx context.Context, name string, opts PutOptions) (want string, err error) {
+	if err := CheckName(name); err != nil {
+		return "", fmt.Errorf("put %s: %w", name, err)
+	}
+	if opts.SHA256 != "" {
+		if want, err = NormalizeSHA256(opts.SHA256); err != nil {
+			return "", fmt.Errorf("put %s: %w", name, err)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return "", fmt.Errorf("put %s: %w", name, err)
+	}
+	return want, nil
+}

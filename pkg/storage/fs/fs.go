@@ -223,18 +223,9 @@ func (b *Backend) path(name string) string {
 // with IfAbsent, links it to the object's name, which fails atomically if
 // the name exists) and fsyncs the directory.
 func (b *Backend) Put(ctx context.Context, name string, r io.Reader, opts storage.PutOptions) error {
-	if err := storage.CheckName(name); err != nil {
-		return fmt.Errorf("put %s: %w", name, err)
-	}
-	want := ""
-	if opts.SHA256 != "" {
-		var err error
-		if want, err = storage.NormalizeSHA256(opts.SHA256); err != nil {
-			return fmt.Errorf("put %s: %w", name, err)
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("put %s: %w", name, err)
+	want, err := storage.CheckPut(ctx, name, opts)
+	if err != nil {
+		return err
 	}
 	return b.put(ctx, name, r, want, opts.IfAbsent, false)
 }

@@ -41,18 +41,9 @@ const (
 // that is aborted if Put fails or ctx ends, so nothing becomes visible.
 func (b *Backend) Put(ctx context.Context, name string, r io.Reader, opts storage.PutOptions) error {
 	b.stats.puts.Add(1)
-	if err := storage.CheckName(name); err != nil {
-		return fmt.Errorf("put %s: %w", name, err)
-	}
-	want := ""
-	if opts.SHA256 != "" {
-		var err error
-		if want, err = storage.NormalizeSHA256(opts.SHA256); err != nil {
-			return fmt.Errorf("put %s: %w", name, err)
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("put %s: %w", name, err)
+	want, err := storage.CheckPut(ctx, name, opts)
+	if err != nil {
+		return err
 	}
 	if err := b.put(ctx, name, r, want, opts.IfAbsent); err != nil {
 		b.stats.putErrors.Add(1)
