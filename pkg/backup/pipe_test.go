@@ -78,6 +78,38 @@ func TestBufferedPipe(t *testing.T) {
 			_, err := io.ReadAll(pipeReader{p})
 			assert.ErrorIs(t, err, boom)
 		}},
+		{name: "WriteTo: all bytes in order, after a Read", run: func(t *testing.T, p *bufferedPipe) {
+			errc := make(chan error, 1)
+			go func() {
+				err := writeAll(p)
+				errc <- errors.Join(err, p.Close())
+			}()
+			head := make([]byte, 777)
+			_, err := io.ReadFull(pipeReader{p}, head)
+			require.NoError(t, err)
+			var rest bytes.Buffer
+			n, err := pipeReader{p}.WriteTo(&rest)
+			require.NoError(t, err)
+			require.NoError(t, <-errc)
+			assert.Equal(t, int64(len(data)-len(head)), n)
+			assert.True(t, bytes.Equal(data, append(head, rest.Bytes()...)), "the bytes read are the bytes written")
+		}},
+		{name: "WriteTo: writer's error reaches it", run: func(t *testing.T, p *bufferedPipe) {
+			go func() {
+				_, _ = p.Write(data[:100])
+				p.CloseWithError(boom)
+			}()
+			_, err := pipeReader{p}.WriteTo(io.Discard)
+			assert.ErrorIs(t, err, boom)
+		}},
+		{name: "WriteTo: destination's error ends it", run: func(t *testing.T, p *bufferedPipe) {
+			errc := make(chan error, 1)
+			go func() { errc <- writeAll(p) }()
+			_, err := pipeReader{p}.WriteTo(failingDest{boom})
+			assert.ErrorIs(t, err, boom)
+			p.CloseReader(err) // as upload does when Put returns
+			assert.ErrorIs(t, <-errc, boom)
+		}},
 		{name: "reader closed without error", run: func(t *testing.T, p *bufferedPipe) {
 			p.CloseReader(nil)
 			assert.ErrorIs(t, writeAll(p), io.ErrClosedPipe)
@@ -86,3 +118,7 @@ func TestBufferedPipe(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) { tc.run(t, newBufferedPipe()) })
 	}
 }
+
+type failingDest struct{ err error }
+
+func (f failingDest) Write([]byte) (int, error) { return 0, f.err }

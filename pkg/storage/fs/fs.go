@@ -39,6 +39,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/barnacle-pg/barnacle/internal/writeback"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 )
 
@@ -251,7 +252,7 @@ func (b *Backend) put(ctx context.Context, name string, r io.Reader, want string
 	}()
 
 	h := sha256.New()
-	n, err := io.CopyBuffer(io.MultiWriter(tmp, h), &ctxReader{ctx: ctx, r: r}, make([]byte, copyChunk))
+	n, err := copyInto(ctx, io.MultiWriter(writeback.New(tmp), h), r)
 	if err != nil {
 		return fmt.Errorf("put %s: write: %w", name, err)
 	}
@@ -810,6 +811,29 @@ func randomHex() string {
 
 // ctxReader stops reading with the context's error once it ends, so that a
 // long copy notices cancellation between chunks.
+// copyInto copies r into w until EOF, checking ctx between chunks. A
+// reader that can write itself (io.WriterTo, such as a pipe of large
+// buffers) hands its buffers to w directly, saving a copy of every byte.
+func copyInto(ctx context.Context, w io.Writer, r io.Reader) (int64, error) {
+	if wt, ok := r.(io.WriterTo); ok {
+		return wt.WriteTo(&ctxWriter{ctx: ctx, w: w})
+	}
+	return io.CopyBuffer(w, &ctxReader{ctx: ctx, r: r}, make([]byte, copyChunk))
+}
+
+// ctxWriter fails writes once its context is done.
+type ctxWriter struct {
+	ctx context.Context //nolint:containedctx // bounds the life of one write stream
+	w   io.Writer
+}
+
+func (c *ctxWriter) Write(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.w.Write(p)
+}
+
 type ctxReader struct {
 	ctx context.Context //nolint:containedctx // bounds the life of one read stream
 	r   io.Reader
