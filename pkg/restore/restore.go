@@ -431,15 +431,11 @@ func fetchObject(ctx context.Context, b storage.Backend, prefix string, a archiv
 		}
 		return nil
 	}
-	dec, err := compress.NewReader(a.compression, raw)
+	ra, err := decompressAhead(a.compression, raw)
 	if err != nil {
 		return objErr("", err)
 	}
-	defer dec.Close()
-	// Decompression (and hashing) run ahead in their own goroutine while
-	// this one parses the tar stream and writes files.
-	ra := newReadAhead(dec)
-	defer ra.stop()
+	defer ra.Close()
 	plain := &countingReader{r: ra, onRead: prog.add}
 
 	var member string
@@ -459,7 +455,7 @@ func fetchObject(ctx context.Context, b storage.Backend, prefix string, a archiv
 		}
 	}
 	if err != nil {
-		ra.stop() // drainRaw reads raw, which the read-ahead must not any more
+		_ = ra.Close() // drainRaw reads raw, which the read-ahead must not any more
 		if ctx.Err() != nil {
 			return objErr(member, err)
 		}
@@ -630,6 +626,39 @@ func (p *progress) final() {
 	if p.fn != nil {
 		p.fn(p.done, p.total)
 	}
+}
+
+// decodeWorkers is how many goroutines decode the frames of one zstd
+// archive (compress.FrameReader); DefaultParallel archives are restored at
+// once.
+const decodeWorkers = 2
+
+// decompressAhead returns the decompressed content of raw, read (and so
+// hashed) and decompressed in other goroutines than the caller's, which
+// parses the tar stream and writes files. Close stops them and waits until
+// raw is no longer read, so that the caller may read it itself.
+func decompressAhead(algorithm string, raw io.Reader) (io.ReadCloser, error) {
+	if algorithm == compress.Zstd {
+		// Archives of compress.FrameWriter decode on several cores and
+		// read ahead by themselves; others fall back to one stream.
+		return compress.NewFrameReader(raw, decodeWorkers)
+	}
+	dec, err := compress.NewReader(algorithm, raw)
+	if err != nil {
+		return nil, err
+	}
+	return &decoderAhead{readAhead: newReadAhead(dec), dec: dec}, nil
+}
+
+// decoderAhead is a decompressor read ahead by a readAhead.
+type decoderAhead struct {
+	*readAhead
+	dec io.Closer
+}
+
+func (d *decoderAhead) Close() error {
+	d.stop()
+	return d.dec.Close()
 }
 
 // readAheadChunk and readAheadDepth size the buffer between the
