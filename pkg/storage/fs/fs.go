@@ -27,6 +27,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	iofs "io/fs"
 	"net/url"
@@ -252,7 +253,7 @@ func (b *Backend) put(ctx context.Context, name string, r io.Reader, want string
 	}()
 
 	h := sha256.New()
-	n, err := copyInto(ctx, io.MultiWriter(writeback.New(tmp), h), r)
+	n, err := copyInto(ctx, &hashingWriter{w: writeback.New(tmp), h: h}, r)
 	if err != nil {
 		return fmt.Errorf("put %s: write: %w", name, err)
 	}
@@ -819,6 +820,43 @@ func copyInto(ctx context.Context, w io.Writer, r io.Reader) (int64, error) {
 		return wt.WriteTo(&ctxWriter{ctx: ctx, w: w})
 	}
 	return io.CopyBuffer(w, &ctxReader{ctx: ctx, r: r}, make([]byte, copyChunk))
+}
+
+// hashingWriter writes to w and hashes what it writes into h. Large
+// writes are hashed on another goroutine while w writes them: SHA-256 and
+// the copy into the page cache each take about as long, and a base backup
+// archive that streams through Put otherwise waits for both in turn.
+type hashingWriter struct {
+	w    io.Writer
+	h    hash.Hash
+	done chan struct{}
+}
+
+// parallelHashSize is the write size from which hashingWriter hashes on
+// another goroutine; below it the hand-off costs more than it saves.
+const parallelHashSize = 256 << 10
+
+func (hw *hashingWriter) Write(p []byte) (int, error) {
+	if len(p) < parallelHashSize {
+		n, err := hw.w.Write(p)
+		hw.h.Write(p[:n])
+		return n, err
+	}
+	if hw.done == nil {
+		hw.done = make(chan struct{})
+	}
+	go func() {
+		hw.h.Write(p)
+		hw.done <- struct{}{}
+	}()
+	n, err := hw.w.Write(p)
+	<-hw.done
+	// After a short write the hash covers bytes that were not written;
+	// Put fails on the error and discards the file, hash and all.
+	if err == nil && n < len(p) {
+		err = io.ErrShortWrite
+	}
+	return n, err
 }
 
 // ctxWriter fails writes once its context is done.

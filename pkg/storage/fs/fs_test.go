@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
 	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -231,6 +233,41 @@ func TestChecksumStoredInXattr(t *testing.T) {
 	n, err := unix.Getxattr(filepath.Join(b.Root(), "obj"), fs.XattrName, buf)
 	require.NoError(t, err)
 	assert.Equal(t, sum(data), string(buf[:n]))
+}
+
+// TestLargePutsHashEveryByte covers Put's paths for large objects: a
+// reader copied in chunks (hashed beside the write), a reader that writes
+// itself in one piece, and tiny reads (hashed in line), each past several
+// writeback steps.
+func TestLargePutsHashEveryByte(t *testing.T) {
+	data := make([]byte, 17<<20+12345)
+	for i := range data {
+		data[i] = byte(i*7 + i>>13)
+	}
+	for name, r := range map[string]func() io.Reader{
+		"chunks":          func() io.Reader { return struct{ io.Reader }{bytes.NewReader(data)} },
+		"one WriteTo":     func() io.Reader { return bytes.NewReader(data) },
+		"odd small reads": func() io.Reader { return iotest.HalfReader(struct{ io.Reader }{bytes.NewReader(data[:1<<20+3])}) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			b := newBackend(t)
+			src := r()
+			want := data
+			if name == "odd small reads" {
+				want = data[:1<<20+3]
+			}
+			require.NoError(t, b.Put(t.Context(), "obj", src, storage.PutOptions{SHA256: sum(want)}))
+			info, err := b.Stat(t.Context(), "obj")
+			require.NoError(t, err)
+			assert.Equal(t, sum(want), info.SHA256)
+			rc, err := b.Get(t.Context(), "obj")
+			require.NoError(t, err)
+			got, err := io.ReadAll(rc)
+			require.NoError(t, err)
+			require.NoError(t, rc.Close())
+			assert.True(t, bytes.Equal(want, got))
+		})
+	}
 }
 
 func TestDeleteRemovesEmptyDirectories(t *testing.T) {
