@@ -287,7 +287,7 @@ func (v *verifier) archive(f catalog.BackupFile) error {
 	var members []string // problems of files in the archive
 	var tarBytes int64
 	state, readErr, err := v.object(f, func(r io.Reader) error {
-		dec, err := compress.NewReader(algorithmOfName(f.Name), r)
+		dec, err := compress.NewParallelReader(algorithmOfName(f.Name), r, zstdWorkers)
 		if err != nil {
 			return err
 		}

@@ -276,6 +276,18 @@ const skippedFrame = -2
 // a stream that FrameReader decodes in parallel.
 var errFrameTooLarge = errors.New("frame larger than 32 MiB in a stream of small frames")
 
+// NewParallelReader is NewReader, except that zstd streams are read by
+// NewFrameReader with workers goroutines: FrameWriter's output then decodes
+// on several cores, ahead of the reads, while the caller works on what it
+// read. Like NewReader's, its Close does not close r; unlike it, it also
+// waits until r is no longer being read.
+func NewParallelReader(algorithm string, r io.Reader, workers int) (io.ReadCloser, error) {
+	if algorithm == Zstd {
+		return NewFrameReader(r, workers)
+	}
+	return NewReader(algorithm, r)
+}
+
 // NewFrameReader returns a reader of the zstd stream r. When r starts with
 // a frame that records a content size of at most 32 MiB, as FrameWriter's
 // do, frames are split off by their headers and decoded on workers

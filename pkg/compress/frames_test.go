@@ -172,6 +172,23 @@ func TestFrameReaderParallel(t *testing.T) {
 	for _, workers := range []int{0, 1, 4} {
 		assert.Equal(t, data, frameDecompress(t, compressed, workers))
 	}
+
+	// NewParallelReader picks it for zstd, NewReader's otherwise.
+	r, err = NewParallelReader(Zstd, bytes.NewReader(compressed), 2)
+	require.NoError(t, err)
+	_, parallel = r.(*FrameReader)
+	assert.True(t, parallel)
+	require.NoError(t, r.Close())
+	enc, err := NewEncoder(LZ4)
+	require.NoError(t, err)
+	lz, err := enc.Compress(data[:100_000])
+	require.NoError(t, err)
+	r, err = NewParallelReader(LZ4, bytes.NewReader(lz), 2)
+	require.NoError(t, err)
+	got, err := io.ReadAll(r)
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
+	assert.Equal(t, data[:100_000], got)
 }
 
 func TestFrameReaderSkippableFramesAndChecksums(t *testing.T) {
