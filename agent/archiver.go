@@ -218,7 +218,7 @@ func (a *archiver) openBackend(ctx context.Context) (storage.Backend, error) {
 	}
 	b, err := backends.Open(ctx, a.cfg.ArchiveURL)
 	if err != nil {
-		return nil, fmt.Errorf("open archive-url: %w", err)
+		return nil, err // names archive-url
 	}
 	b = a.metrics.storage.Wrap(b) // latency and errors per operation
 	if c, ok := b.(storage.Cleaner); ok {

@@ -50,7 +50,7 @@ on its own. Either way a backup is "done" only once that WAL is archived.`,
 			log := newLogger(cfg, cmd.ErrOrStderr())
 			b, err := backends.Open(cmd.Context(), cfg.ArchiveURL)
 			if err != nil {
-				return fmt.Errorf("open archive-url: %w", err)
+				return err // names archive-url
 			}
 			bar := newProgressBar(cmd.OutOrStdout(), "backup", !asJSON)
 			doc, err := takeLocalBackup(cmd.Context(), cfg, b, log, label, fast, bar.Update)

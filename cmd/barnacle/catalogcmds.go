@@ -27,7 +27,7 @@ func openArchive(cmd *cobra.Command) (config.Config, storage.Backend, error) {
 	}
 	b, err := backends.Open(cmd.Context(), cfg.ArchiveURL)
 	if err != nil {
-		return cfg, nil, fmt.Errorf("open archive-url: %w", err)
+		return cfg, nil, err // names archive-url
 	}
 	return cfg, b, nil
 }

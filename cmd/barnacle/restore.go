@@ -100,7 +100,7 @@ Time targets: RFC 3339 (2026-11-25T10:00:00Z) or PostgreSQL's
 			log := newLogger(cfg, cmd.ErrOrStderr())
 			b, err := backends.Open(cmd.Context(), cfg.ArchiveURL)
 			if err != nil {
-				return fmt.Errorf("open archive-url: %w", err)
+				return err // names archive-url
 			}
 			p, err := restore.Prepare(cmd.Context(), b, req)
 			if err != nil {

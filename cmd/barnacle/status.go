@@ -236,7 +236,7 @@ func readArchiveStatus(ctx context.Context, cfg config.Config, r coordinator.Rep
 	}
 	b, err := backends.Open(ctx, cfg.ArchiveURL)
 	if err != nil {
-		st.Error = fmt.Sprintf("open archive-url: %v", err)
+		st.Error = err.Error() // names archive-url
 		return st
 	}
 	in, err := retention.ReadInput(ctx, b, cfg.ClusterName, retention.Policy{})

@@ -131,7 +131,7 @@ such a failure exits 1 instead, and the standby retries later.`,
 			log := newLogger(cfg, cmd.ErrOrStderr()).Named("wal-fetch")
 			b, err := backends.Open(cmd.Context(), cfg.ArchiveURL)
 			if err != nil {
-				return fmt.Errorf("open archive-url: %w", err)
+				return err // names archive-url
 			}
 			if spoolDir == "" {
 				spoolDir = filepath.Join(filepath.Dir(dest), defaultSpoolName)
