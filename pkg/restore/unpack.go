@@ -19,7 +19,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/barnacle-pg/barnacle/internal/writeback"
+	"github.com/barnacle-pg/barnacle/pkg/storage/writeback"
 )
 
 // copyBuffers are the buffers files are written from: large enough that a

@@ -40,8 +40,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/barnacle-pg/barnacle/internal/writeback"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
+	"github.com/barnacle-pg/barnacle/pkg/storage/writeback"
 )
 
 const (
