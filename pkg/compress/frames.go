@@ -38,12 +38,10 @@ const FrameSize = 4 << 20
 // called concurrently. Close must be called also when the stream is
 // abandoned: it ends the goroutines.
 type FrameWriter struct {
-	w     io.Writer
-	cur   *frameJob      // the frame being filled
-	jobs  chan *frameJob // to the encoders
-	order chan *frameJob // to the writer, in input order
-	free  chan *frameJob // recycled by the writer
-	wrote chan struct{}  // closed when the writer goroutine ends
+	frameQueue // jobs go to the encoders, order to the writer goroutine
+	w          io.Writer
+	cur        *frameJob     // the frame being filled
+	wrote      chan struct{} // closed when the writer goroutine ends
 
 	encoders sync.WaitGroup
 	closed   bool
@@ -62,18 +60,34 @@ type frameJob struct {
 	err     error         // FrameReader: what went wrong with this frame
 }
 
+// frameQueue carries frames through a FrameWriter or a FrameReader: free
+// holds the jobs not in use, jobs takes each frame to a worker and order,
+// in stream order, to whoever writes or reads it out, who puts it back in
+// free. Each channel holds every job there is (the workers' plus one
+// being filled and one being drained), so sending on one never blocks and
+// taking from free is what bounds memory.
+type frameQueue struct {
+	jobs, order, free chan *frameJob
+}
+
+func newFrameQueue(workers int) frameQueue {
+	slots := workers + 2
+	q := frameQueue{
+		jobs:  make(chan *frameJob, slots),
+		order: make(chan *frameJob, slots),
+		free:  make(chan *frameJob, slots),
+	}
+	for range slots {
+		q.free <- &frameJob{done: make(chan struct{}, 1)} // buffers allocated when first used
+	}
+	return q
+}
+
 // NewFrameWriter returns a FrameWriter into w that compresses on workers
 // goroutines (at least 1).
 func NewFrameWriter(w io.Writer, workers int) (*FrameWriter, error) {
 	workers = max(workers, 1)
-	slots := workers + 2 // every encoder busy, one frame filling, one writing
-	fw := &FrameWriter{
-		w:     w,
-		jobs:  make(chan *frameJob, slots),
-		order: make(chan *frameJob, slots),
-		free:  make(chan *frameJob, slots),
-		wrote: make(chan struct{}),
-	}
+	fw := &FrameWriter{frameQueue: newFrameQueue(workers), w: w, wrote: make(chan struct{})}
 	encs := make([]frameEncoder, workers)
 	for i := range encs {
 		for _, literals := range []struct {
@@ -92,9 +106,6 @@ func NewFrameWriter(w io.Writer, workers int) (*FrameWriter, error) {
 			}
 			*literals.enc = enc
 		}
-	}
-	for range slots {
-		fw.free <- &frameJob{done: make(chan struct{}, 1)} // buffers allocated when first used
 	}
 	for _, enc := range encs {
 		fw.encoders.Add(1)
@@ -308,14 +319,7 @@ func NewFrameReader(r io.Reader, workers int) (io.ReadCloser, error) {
 		return NewReader(Zstd, br)
 	}
 	workers = max(workers, 1)
-	slots := workers + 2
-	fr := &FrameReader{
-		r:     br,
-		jobs:  make(chan *frameJob, slots),
-		order: make(chan *frameJob, slots),
-		free:  make(chan *frameJob, slots),
-		quit:  make(chan struct{}),
-	}
+	fr := &FrameReader{frameQueue: newFrameQueue(workers), r: br, quit: make(chan struct{})}
 	decs := make([]*zstd.Decoder, workers)
 	for i := range decs {
 		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxParallelFrame))
@@ -326,9 +330,6 @@ func NewFrameReader(r io.Reader, workers int) (io.ReadCloser, error) {
 			return nil, fmt.Errorf("compress: new zstd decoder: %w", err)
 		}
 		decs[i] = d
-	}
-	for range slots {
-		fr.free <- &frameJob{done: make(chan struct{}, 1)}
 	}
 	fr.running.Add(1 + workers)
 	go fr.split()
@@ -341,11 +342,9 @@ func NewFrameReader(r io.Reader, workers int) (io.ReadCloser, error) {
 // FrameReader is the parallel reader NewFrameReader returns. It is not
 // safe for concurrent use.
 type FrameReader struct {
-	r     *bufio.Reader
-	jobs  chan *frameJob // frames to decode
-	order chan *frameJob // the same frames, in stream order, to Read
-	free  chan *frameJob
-	quit  chan struct{} // closed by Close
+	frameQueue // jobs go to the decoders, order to Read
+	r          *bufio.Reader
+	quit       chan struct{} // closed by Close
 
 	running sync.WaitGroup
 	cur     *frameJob // the frame Read is serving
