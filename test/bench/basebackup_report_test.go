@@ -63,21 +63,11 @@ type bbReport struct {
 }
 
 func (r bbReport) find(name string) (bbResult, bool) {
-	for _, res := range r.Results {
-		if res.Tool.Name == name {
-			return res, true
-		}
-	}
-	return bbResult{}, false
+	return findRow(r.Results, name, func(res bbResult) string { return res.Tool.Name })
 }
 
 // rate is the database bytes moved per second.
-func (r bbReport) rate(res bbResult) float64 {
-	if res.Elapsed <= 0 {
-		return 0
-	}
-	return float64(r.DBBytes) / res.Elapsed.Seconds()
-}
+func (r bbReport) rate(res bbResult) float64 { return rateOf(r.DBBytes, res.Elapsed) }
 
 // write prints the table and the goal checks.
 func (r bbReport) write(w io.Writer) {
@@ -105,12 +95,6 @@ func (r bbReport) write(w io.Writer) {
 // pg_basebackup's rate; zstd at least as fast as client-zstd:1 and no
 // larger; every barnacle run under rssLimit.
 func (r bbReport) goals() []string {
-	verdict := func(ok bool) string {
-		if ok {
-			return "met"
-		}
-		return "NOT met"
-	}
 	var out []string
 	for _, res := range r.Results {
 		if !res.Tool.Barnacle {

@@ -81,12 +81,35 @@ type report struct {
 }
 
 func (r report) find(name string) (result, bool) {
-	for _, res := range r.Results {
-		if res.Phase.Name == name {
-			return res, true
+	return findRow(r.Results, name, func(res result) string { return res.Phase.Name })
+}
+
+// findRow returns the first of rows whose nameOf is name; the benchmarks'
+// reports look up the row each one is compared with by its name.
+func findRow[T any](rows []T, name string, nameOf func(T) string) (T, bool) {
+	for _, row := range rows {
+		if nameOf(row) == name {
+			return row, true
 		}
 	}
-	return result{}, false
+	var zero T
+	return zero, false
+}
+
+// verdict words a goal check.
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "NOT met"
+}
+
+// rateOf is bytes per second over elapsed, 0 for a run that took no time.
+func rateOf(bytes int64, elapsed time.Duration) float64 {
+	if elapsed <= 0 {
+		return 0
+	}
+	return float64(bytes) / elapsed.Seconds()
 }
 
 // baselineTPS is the mean tps of the runs without a receiver. There are two,
@@ -167,12 +190,6 @@ func (r report) write(w io.Writer) {
 func (r report) goals() []string {
 	base := r.baselineTPS()
 	var out []string
-	verdict := func(ok bool) string {
-		if ok {
-			return "met"
-		}
-		return "NOT met"
-	}
 	for _, res := range r.Results {
 		if res.Phase.Kind != kindBarnacle || base == 0 {
 			continue

@@ -75,20 +75,10 @@ type rsReport struct {
 }
 
 func findResult(rs []rsResult, name string) (rsResult, bool) {
-	for _, r := range rs {
-		if r.Tool.Name == name {
-			return r, true
-		}
-	}
-	return rsResult{}, false
+	return findRow(rs, name, func(r rsResult) string { return r.Tool.Name })
 }
 
-func (r rsReport) rate(res rsResult) float64 {
-	if res.Elapsed <= 0 {
-		return 0
-	}
-	return float64(r.DBBytes) / res.Elapsed.Seconds()
-}
+func (r rsReport) rate(res rsResult) float64 { return rateOf(r.DBBytes, res.Elapsed) }
 
 // write prints the restore table, the file:// vs s3:// table and the goal
 // checks.
@@ -142,12 +132,6 @@ func (r rsReport) write(w io.Writer) {
 // faster than tar -x, as fast as pgBackRest with two processes (see
 // pgBackRestOverTar), and peak RSS under rssLimit.
 func (r rsReport) goals() []string {
-	verdict := func(ok bool) string {
-		if ok {
-			return "met"
-		}
-		return "NOT met"
-	}
 	tar, ok := findResult(r.Results, rowTar)
 	var out []string
 	for _, res := range r.Results {
