@@ -2,6 +2,7 @@ package writeback
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -33,6 +34,34 @@ func TestWriterWritesEverything(t *testing.T) {
 	got, err := os.ReadFile(path)
 	require.NoError(t, err)
 	assert.Equal(t, data, got)
+}
+
+func TestWriterSplitsLargeWrites(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+	require.NoError(t, err)
+	defer f.Close()
+	w := New(f)
+	var sizes []int
+	w.write = func(p []byte) (int, error) {
+		sizes = append(sizes, len(p))
+		return f.Write(p)
+	}
+	n, err := w.Write(make([]byte, 3*MaxWrite+100))
+	require.NoError(t, err)
+	assert.Equal(t, 3*MaxWrite+100, n)
+	assert.Equal(t, []int{MaxWrite, MaxWrite, MaxWrite, 100}, sizes, "no write(2) above MaxWrite")
+
+	sizes = nil
+	_, err = w.Write(make([]byte, 10))
+	require.NoError(t, err)
+	assert.Equal(t, []int{10}, sizes, "small writes pass as they are")
+}
+
+func TestWriterReportsShortWrites(t *testing.T) {
+	w := &Writer{fd: -1, write: func(p []byte) (int, error) { return len(p) / 2, io.ErrShortWrite }}
+	n, err := w.Write(make([]byte, 2*MaxWrite))
+	require.ErrorIs(t, err, io.ErrShortWrite)
+	assert.Equal(t, MaxWrite/2, n, "the count stops at the failed write")
 }
 
 func TestWriterReportsWriteErrors(t *testing.T) {
