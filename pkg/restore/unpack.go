@@ -22,10 +22,11 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/storage/writeback"
 )
 
-// copyBuffers are the buffers files are written from: large enough that a
-// gigabyte-sized relation file is written in few system calls (io.Copy
-// would use 32 KiB), pooled since a data directory has thousands of small
-// files.
+// copyBuffers are the buffers files are copied through: large enough that
+// a gigabyte-sized relation file takes few reads from the tar stream (the
+// writeback.Writer then passes each to the kernel in pieces of
+// writeback.MaxWrite), pooled since a data directory has thousands of
+// small files.
 var copyBuffers = sync.Pool{New: func() any {
 	b := make([]byte, 256<<10)
 	return &b
