@@ -25,7 +25,9 @@
 # Knobs (environment): BENCH_SCALE (pgbench scale, default 100),
 # BENCH_SECONDS (per WAL phase, default 60), BENCH_CLIENTS (default 4),
 # BENCH_JOBS (default 2), BENCH_ROUNDS (base backup and restore series,
-# fastest kept, default 1), BENCH_SEGMENTS (WAL segments replayed, default
+# fastest kept for the table and the goals; from 2 rounds on, each barnacle
+# row also gets its speed-up over its comparison in every round, with the
+# median, default 1), BENCH_SEGMENTS (WAL segments replayed, default
 # 64), BENCH_BARNACLE (a barnacle binary to measure instead of one built
 # from this tree), BENCH_BARNACLE_ALT (a second binary whose restores and
 # replays are measured beside, as "(alt)" rows), BENCH_SKIP_MICRO=1,

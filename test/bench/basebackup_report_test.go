@@ -60,6 +60,8 @@ type bbResult struct {
 type bbReport struct {
 	DBBytes int64
 	Results []bbResult
+	// Rounds are every round's times, for the paired ratios.
+	Rounds roundTimes
 }
 
 func (r bbReport) find(name string) (bbResult, bool) {
@@ -86,6 +88,11 @@ func (r bbReport) write(w io.Writer) {
 	_ = tw.Flush()
 	fmt.Fprintf(w, "MB/s is %.0f MB of uncompressed archives over the wall time of the process (connect, checkpoint, data, WAL, fsync).\n",
 		float64(r.DBBytes)/mb)
+	for _, res := range r.Results {
+		if line := r.Rounds.pairedLine(res.Tool.Name, res.Tool.CompareWith); res.Tool.Barnacle && line != "" {
+			fmt.Fprintln(w, line)
+		}
+	}
 	for _, g := range r.goals() {
 		fmt.Fprintln(w, g)
 	}
@@ -137,4 +144,14 @@ func TestBBReportGoals(t *testing.T) {
 	assert.Contains(t, b.String(), "peak RSS MB")
 	assert.Contains(t, b.String(), "barnacle zstd")
 	assert.Contains(t, b.String(), "1000 MB of uncompressed archives")
+	assert.NotContains(t, b.String(), "per round", "one round has no paired ratios")
+
+	rep.Rounds.add(0, "pg_basebackup -Ft", 12*time.Second)
+	rep.Rounds.add(0, "barnacle none", 6*time.Second)
+	rep.Rounds.add(1, "pg_basebackup -Ft", 10*time.Second)
+	rep.Rounds.add(1, "barnacle none", 10*time.Second)
+	b.Reset()
+	rep.write(&b)
+	assert.Contains(t, b.String(), "per round, barnacle none vs pg_basebackup -Ft: 2.00 1.00 (median 1.50)")
+	assert.NotContains(t, b.String(), "per round, barnacle zstd", "no rounds recorded for it")
 }

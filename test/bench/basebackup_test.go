@@ -80,6 +80,7 @@ func BenchmarkBaseBackup(b *testing.B) {
 			if rep.DBBytes == 0 {
 				rep.DBBytes = dataBytes // the first run is uncompressed pg_basebackup
 			}
+			rep.Rounds.add(round, tool.Name, res.Elapsed)
 			progress("round %d: %s: %.1f s, %.0f MB/s, output %.0f MB, peak RSS %.1f MB", round+1, tool.Name,
 				res.Elapsed.Seconds(), float64(rep.DBBytes)/mb/res.Elapsed.Seconds(), float64(res.OutputBytes)/mb, float64(res.MaxRSS)/mb)
 			if err := os.RemoveAll(dir); err != nil {

@@ -96,6 +96,64 @@ func findRow[T any](rows []T, name string, nameOf func(T) string) (T, bool) {
 	return zero, false
 }
 
+// roundTimes holds each round's elapsed time of every tool, by name. The
+// tools of a round run one after the other, each barnacle run right after
+// the run it is compared with, so the ratio within a round compares two
+// runs that saw the same state of the machine; across rounds that state
+// moves by more than the difference between the tools (the page cache's
+// warmth, the host's neighbours).
+type roundTimes []map[string]time.Duration
+
+// add records tool's time in round (0-based), growing rt as needed.
+func (rt *roundTimes) add(round int, tool string, elapsed time.Duration) {
+	for len(*rt) <= round {
+		*rt = append(*rt, map[string]time.Duration{})
+	}
+	(*rt)[round][tool] = elapsed
+}
+
+// speedups returns, for each round with both tools, how many times faster
+// tool ran than base (base's time over tool's).
+func (rt roundTimes) speedups(tool, base string) []float64 {
+	var out []float64
+	for _, times := range rt {
+		t, ok1 := times[tool]
+		b, ok2 := times[base]
+		if ok1 && ok2 && t > 0 {
+			out = append(out, b.Seconds()/t.Seconds())
+		}
+	}
+	return out
+}
+
+// pairedLine words the per-round speed-ups of tool over base with their
+// median, or returns "" for fewer than two rounds.
+func (rt roundTimes) pairedLine(tool, base string) string {
+	s := rt.speedups(tool, base)
+	if len(s) < 2 {
+		return ""
+	}
+	words := make([]string, len(s))
+	for i, v := range s {
+		words[i] = fmt.Sprintf("%.2f", v)
+	}
+	return fmt.Sprintf("per round, %s vs %s: %s (median %.2f)", tool, base, strings.Join(words, " "), median(s))
+}
+
+// median of values (the mean of the middle two for an even count).
+func median(values []float64) float64 {
+	s := slices.Clone(values)
+	slices.Sort(s)
+	n := len(s)
+	if n == 0 {
+		return 0
+	}
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
 // verdict words a goal check.
 func verdict(ok bool) string {
 	if ok {

@@ -72,6 +72,8 @@ type rsReport struct {
 	// Backups are the `barnacle backup --local` runs that made the
 	// archives, for the file:// vs s3:// table.
 	Backups []rsResult
+	// Rounds are every round's restore times, for the paired ratios.
+	Rounds roundTimes
 }
 
 func findResult(rs []rsResult, name string) (rsResult, bool) {
@@ -122,6 +124,11 @@ func (r rsReport) write(w io.Writer) {
 			}
 		}
 		_ = tw.Flush()
+	}
+	for _, res := range r.Results {
+		if line := r.Rounds.pairedLine(res.Tool.Name, rowTar); res.Tool.Barnacle && line != "" {
+			fmt.Fprintln(w, line)
+		}
 	}
 	for _, g := range r.goals() {
 		fmt.Fprintln(w, g)
@@ -174,6 +181,23 @@ func TestRestoreReportGoals(t *testing.T) {
 	assert.Contains(t, b.String(), "file:// vs s3://")
 	assert.Contains(t, b.String(), "backup --local")
 	assert.Contains(t, b.String(), "0.500") // s3/file rate of backup and restore
+
+	for round, times := range [][2]time.Duration{{4 * time.Second, 2 * time.Second}, {6 * time.Second, 4 * time.Second}, {5 * time.Second, 5 * time.Second}} {
+		rep.Rounds.add(round, rowTar, times[0])
+		rep.Rounds.add(round, rsTools[2].Name, times[1])
+	}
+	b.Reset()
+	rep.write(&b)
+	assert.Contains(t, b.String(), "per round, "+rsTools[2].Name+" vs tar -x: 2.00 1.50 1.00 (median 1.50)")
+}
+
+func TestMedian(t *testing.T) {
+	assert.InDelta(t, 2.0, median([]float64{3, 1, 2}), 1e-9)
+	assert.InDelta(t, 2.5, median([]float64{4, 1, 3, 2}), 1e-9)
+	assert.Zero(t, median(nil))
+	in := []float64{3, 1, 2}
+	median(in)
+	assert.Equal(t, []float64{3, 1, 2}, in, "the caller's slice is not sorted")
 }
 
 // rpResult is one measured archive recovery.

@@ -132,6 +132,7 @@ func BenchmarkRestore(b *testing.B) {
 				res = shellRestore(ctx, b, dest, fmt.Sprintf("zstd -dcq %s | tar -xf - -C %s", filepath.Join(pgDirs[rowZstdTar], "base.tar.zst"), dest))
 			}
 			res.Tool = tool
+			rep.Rounds.add(round, tool.Name, res.Elapsed)
 			progress("round %d: restore %s: %.2f s, %.0f MB/s, peak RSS %.1f MB", round+1, tool.Name, res.Elapsed.Seconds(),
 				float64(rep.DBBytes)/mb/res.Elapsed.Seconds(), float64(res.MaxRSS)/mb)
 			if err := os.RemoveAll(dest); err != nil {
