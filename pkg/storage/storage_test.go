@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"testing/iotest"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
@@ -109,6 +111,53 @@ func TestVerifyingReader(t *testing.T) {
 			require.NoError(t, rc.Close())
 		})
 	}
+}
+
+// TestVerifyingReaderLargeReads reads megabytes through a verifying reader
+// in a mix of small and large reads: the digest must cover every byte in
+// order, one flipped bit must fail it, and Close before EOF must leave
+// nothing running.
+func TestVerifyingReaderLargeReads(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	rng := rand.New(rand.NewPCG(1, 2))
+	data := make([]byte, 5<<20+12345)
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	// readSizes cycle through small reads (hashed inline before the first
+	// large one), large ones and sizes that straddle the hash buffers.
+	readSizes := []int{100, 32 << 10, 1 << 20, 7, 300 << 10, 3 << 20, 1}
+	readAll := func(rc io.Reader) ([]byte, error) {
+		var got []byte
+		for i := 0; ; i++ {
+			buf := make([]byte, readSizes[i%len(readSizes)])
+			n, err := rc.Read(buf)
+			got = append(got, buf[:n]...)
+			if err != nil {
+				return got, err
+			}
+		}
+	}
+
+	rc := storage.NewVerifyingReader("obj", io.NopCloser(bytes.NewReader(data)), sum(data))
+	got, err := readAll(rc)
+	require.ErrorIs(t, err, io.EOF)
+	assert.True(t, bytes.Equal(data, got))
+	require.NoError(t, rc.Close())
+
+	damaged := bytes.Clone(data)
+	damaged[4<<20+1] ^= 1
+	rc = storage.NewVerifyingReader("obj", io.NopCloser(bytes.NewReader(damaged)), sum(data))
+	_, err = readAll(rc)
+	var cerr *storage.ChecksumError
+	require.ErrorAs(t, err, &cerr, "one flipped bit past the first large read")
+	assert.Equal(t, sum(damaged), cerr.Got)
+	require.NoError(t, rc.Close())
+
+	rc = storage.NewVerifyingReader("obj", io.NopCloser(bytes.NewReader(data)), sum(data))
+	_, err = rc.Read(make([]byte, 2<<20))
+	require.NoError(t, err)
+	require.NoError(t, rc.Close(), "Close before EOF")
 }
 
 func TestErrorMessages(t *testing.T) {

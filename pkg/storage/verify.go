@@ -13,6 +13,13 @@ import (
 // when their SHA-256 is not want (lower-case hex). Once it has reported the
 // mismatch it keeps returning the same error. Close closes rc. Backends use
 // it to implement Get's verification.
+//
+// The hash runs inline, in the caller's Read. A version that copied large
+// reads into buffers hashed by another goroutine was measured and dropped:
+// on the project's 2-core machine an uncompressed 3 GB restore took
+// 3.1-3.6 s with it against 3.0 s inline, and 1.1 s more CPU, since both
+// cores are busy anyway and the copy and the hand-off cost more than the
+// overlap gained.
 func NewVerifyingReader(name string, rc io.ReadCloser, want string) io.ReadCloser {
 	return &verifyingReader{name: name, rc: rc, want: want, h: sha256.New()}
 }
