@@ -124,8 +124,8 @@ func TestVerifyingReaderLargeReads(t *testing.T) {
 	for i := range data {
 		data[i] = byte(rng.Uint32())
 	}
-	// readSizes cycle through small reads (hashed inline before the first
-	// large one), large ones and sizes that straddle the hash buffers.
+	// readSizes cycle through small and large reads, some of them larger
+	// than the 1 MiB buffers restore reads with.
 	readSizes := []int{100, 32 << 10, 1 << 20, 7, 300 << 10, 3 << 20, 1}
 	readAll := func(rc io.Reader) ([]byte, error) {
 		var got []byte
@@ -150,7 +150,7 @@ func TestVerifyingReaderLargeReads(t *testing.T) {
 	rc = storage.NewVerifyingReader("obj", io.NopCloser(bytes.NewReader(damaged)), sum(data))
 	_, err = readAll(rc)
 	var cerr *storage.ChecksumError
-	require.ErrorAs(t, err, &cerr, "one flipped bit past the first large read")
+	require.ErrorAs(t, err, &cerr, "one flipped bit, 4 MiB in")
 	assert.Equal(t, sum(damaged), cerr.Got)
 	require.NoError(t, rc.Close())
 
