@@ -36,6 +36,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -61,9 +62,10 @@ const (
 	// appendReserve is the granularity at which Append extends a file
 	// ahead of the object; see Append.
 	appendReserve = 1 << 20
-	// mkdirAttempts bounds Put's retries when a concurrent Delete removes
-	// the (empty) directory Put has just created.
-	mkdirAttempts = 3
+	// mkdirAttempts bounds Put's retries when a Delete in another process
+	// removes the (empty) directory Put has just created (within one
+	// process, Backend.tidying rules that out).
+	mkdirAttempts = 10
 )
 
 // DefaultTempMaxAge is how old a temporary file must be before Cleanup
@@ -99,6 +101,12 @@ type Backend struct {
 	root       string
 	url        string
 	tempMaxAge time.Duration
+	// tidying keeps Delete from removing a directory that a Put in this
+	// process has just created and not yet put its temporary file in:
+	// createTemp holds it for reading from mkdir to open, Delete for
+	// writing while it removes emptied directories. Another process
+	// sharing the archive can still win that race; createTemp retries.
+	tidying sync.RWMutex
 }
 
 var (
@@ -440,19 +448,30 @@ func (b *Backend) Append(ctx context.Context, name string, offset int64, data []
 func (b *Backend) createTemp(dir string) (*os.File, error) {
 	var err error
 	for range mkdirAttempts {
-		if err = b.mkdirAll(dir); err == nil {
-			var f *os.File
-			f, err = os.OpenFile(filepath.Join(dir, tempPrefix+randomHex()), os.O_WRONLY|os.O_CREATE|os.O_EXCL, fileMode)
-			if err == nil {
-				return f, nil
-			}
-			err = fmt.Errorf("create temporary file: %w", err)
+		var f *os.File
+		f, err = b.mkdirAndCreate(dir)
+		if err == nil {
+			return f, nil
 		}
 		if !errors.Is(err, iofs.ErrNotExist) {
 			break
 		}
 	}
 	return nil, err
+}
+
+// mkdirAndCreate is one attempt of createTemp, under b.tidying.
+func (b *Backend) mkdirAndCreate(dir string) (*os.File, error) {
+	b.tidying.RLock()
+	defer b.tidying.RUnlock()
+	if err := b.mkdirAll(dir); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, tempPrefix+randomHex()), os.O_WRONLY|os.O_CREATE|os.O_EXCL, fileMode)
+	if err != nil {
+		return nil, fmt.Errorf("create temporary file: %w", err)
+	}
+	return f, nil
 }
 
 // mkdirAll creates dir and its missing parents below the root, fsyncing
@@ -626,6 +645,8 @@ func (b *Backend) Delete(ctx context.Context, name string) error {
 	if err := syncDir(dir); err != nil && !errors.Is(err, iofs.ErrNotExist) {
 		return fmt.Errorf("delete %s: %w", name, err)
 	}
+	b.tidying.Lock()
+	defer b.tidying.Unlock()
 	for ; len(dir) > len(b.root); dir = filepath.Dir(dir) {
 		if unix.Rmdir(dir) != nil {
 			break // not empty (or already gone): nothing more to tidy
