@@ -16,9 +16,10 @@
 // the write: one 1 MiB write(2) takes a 1 MiB folio, physically contiguous
 // memory, which in a virtual machine whose balloon reports free memory to
 // the host (Firecracker, the project's machines) is memory the host has
-// taken back, so that the first touch of each page faults in the host. On those machines writing 3.1 GB into the page cache took 7.0-7.6 s
-// in 1 MiB writes, 4.2 s in 256 KiB, 2.4-2.8 s in 64-128 KiB and 0.9-1.8 s
-// in 32 KiB writes (dd after freeing as much memory); pg_basebackup writes
+// taken back, so that the first touch of each page faults in the host.
+// On those machines writing 3.1 GB into the page cache took 7.0-7.6 s in
+// 1 MiB writes, 4.2 s in 256 KiB, 2.4-2.8 s in 64-128 KiB and 0.9-1.8 s in
+// 32 KiB writes (dd after freeing as much memory); pg_basebackup writes
 // 32 KiB at a time. On other machines 32 KiB writes cost only the extra
 // system calls, about 100,000 for 3 GB.
 package writeback
