@@ -380,19 +380,20 @@ func (b *backups) take(ctx context.Context, req BackupRequest, progress func(don
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	return backup.Take(ctx, conn, backup.Options{
-		Backend:     be,
-		Cluster:     b.cfg.ClusterName,
-		Compression: b.cfg.Compression,
-		Label:       req.Label,
-		Fast:        true,
-		Agent:       b.agent,
-		KeeperUID:   keeper,
-		Host:        fmt.Sprintf("%s:%d", host, port),
-		From:        req.From,
-		Logger:      b.log,
-		OnProgress:  progress,
-		OnCreate:    b.setCurrent,
-		WaitWAL:     b.waitArchived,
+		Backend:           be,
+		Cluster:           b.cfg.ClusterName,
+		Compression:       b.cfg.Compression,
+		ManifestChecksums: b.live.Config().ManifestChecksums,
+		Label:             req.Label,
+		Fast:              true,
+		Agent:             b.agent,
+		KeeperUID:         keeper,
+		Host:              fmt.Sprintf("%s:%d", host, port),
+		From:              req.From,
+		Logger:            b.log,
+		OnProgress:        progress,
+		OnCreate:          b.setCurrent,
+		WaitWAL:           b.waitArchived,
 	})
 }
 

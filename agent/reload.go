@@ -89,6 +89,8 @@ var reloadKeys = []reloadKey{
 		func(dst, src *config.Config) { dst.BackupSchedule = src.BackupSchedule }),
 	live("backup-from", func(c *config.Config) any { return c.BackupFrom },
 		func(dst, src *config.Config) { dst.BackupFrom = src.BackupFrom }),
+	live("manifest-checksums", func(c *config.Config) any { return c.ManifestChecksums },
+		func(dst, src *config.Config) { dst.ManifestChecksums = src.ManifestChecksums }),
 	live("retention-policy", func(c *config.Config) any { return c.RetentionPolicy.String() },
 		func(dst, src *config.Config) { dst.RetentionPolicy = src.RetentionPolicy }),
 	live("minimum-redundancy", func(c *config.Config) any { return c.MinimumRedundancy },

@@ -146,16 +146,17 @@ func takeLocalBackup(ctx context.Context, cfg config.Config, b storage.Backend, 
 	defer conn.Close(context.WithoutCancel(ctx))
 
 	doc, err := backup.Take(ctx, conn, backup.Options{
-		Backend:     b,
-		Cluster:     cfg.ClusterName,
-		Compression: cfg.Compression,
-		Label:       label,
-		Fast:        fast,
-		Host:        cfg.PGHost,
-		From:        "local",
-		Agent:       "barnacle backup --local",
-		Logger:      log,
-		OnProgress:  progress,
+		Backend:           b,
+		Cluster:           cfg.ClusterName,
+		Compression:       cfg.Compression,
+		ManifestChecksums: cfg.ManifestChecksums,
+		Label:             label,
+		Fast:              fast,
+		Host:              cfg.PGHost,
+		From:              "local",
+		Agent:             "barnacle backup --local",
+		Logger:            log,
+		OnProgress:        progress,
 		WaitWAL: func(ctx context.Context, stop basebackup.Position) error {
 			for {
 				mu.Lock()

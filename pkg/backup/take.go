@@ -52,6 +52,11 @@ type Options struct {
 	// "zstd" (base.tar.zst) or "lz4" (base.tar.lz4). The manifest is always
 	// stored as it is.
 	Compression string
+	// ManifestChecksums is the algorithm of the manifest's per-file
+	// checksums, one of basebackup.ManifestChecksumAlgorithms in any case;
+	// empty means CRC32C, as pg_basebackup does. verify-backup checks any
+	// of them.
+	ManifestChecksums string
 	// Label is the backup label PostgreSQL writes into backup_label; empty
 	// means "barnacle <ID>".
 	Label string
@@ -98,7 +103,7 @@ type Options struct {
 //
 // Take creates backup.json with status running before BASE_BACKUP starts,
 // streams each archive as <name>.tar[.zst|.lz4] and the manifest (with
-// SHA-256 file checksums) as backup_manifest, all written if absent, since a
+// the file checksums of Options.ManifestChecksums) as backup_manifest, all written if absent, since a
 // backup ID is never reused. Once all are durable it waits for the WAL up to
 // the stop position (Options.WaitWAL) and only then writes status done.
 //
@@ -120,6 +125,9 @@ func Take(ctx context.Context, conn *pgconn.PgConn, opts Options) (catalog.Backu
 	}
 	alg, err := checkCompression(opts.Compression)
 	if err != nil {
+		return catalog.Backup{}, fmt.Errorf("backup: options: %w", err)
+	}
+	if _, err := basebackup.ParseManifestChecksums(opts.ManifestChecksums); err != nil {
 		return catalog.Backup{}, fmt.Errorf("backup: options: %w", err)
 	}
 	if opts.MaxRate != 0 && (opts.MaxRate < 32 || opts.MaxRate > 1048576) {
@@ -222,11 +230,12 @@ func (t *taker) run(ctx context.Context, conn *pgconn.PgConn) error {
 	// directory before it sends anything, no reads: small beside the
 	// backup, and it gives the progress bar and status key their total.
 	res, err := basebackup.Run(ctx, conn, basebackup.Options{
-		Label:    t.doc.Label,
-		Fast:     t.opts.Fast,
-		Manifest: true,
-		MaxRate:  t.opts.MaxRate,
-		Progress: true,
+		Label:             t.doc.Label,
+		Fast:              t.opts.Fast,
+		Manifest:          true,
+		ManifestChecksums: t.opts.ManifestChecksums,
+		MaxRate:           t.opts.MaxRate,
+		Progress:          true,
 	}, t)
 	if err != nil {
 		return err

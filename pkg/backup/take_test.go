@@ -176,8 +176,11 @@ func (e *testEnv) writeWhile(t *testing.T) (stop func() error) {
 func TestTake(t *testing.T) {
 	env := newTestEnv(t)
 	taken := map[string]catalog.Backup{}
-	for _, alg := range []string{"zstd", "none"} {
-		t.Run("Done/"+alg, func(t *testing.T) { taken[alg] = testDone(t, env, alg) })
+	// The uncompressed backup has the default CRC32C manifest checksums,
+	// which FileInTarDamaged needs to catch a damaged file; the zstd one
+	// has SHA256.
+	for alg, checksums := range map[string]string{"zstd": "sha256", "none": ""} {
+		t.Run("Done/"+alg, func(t *testing.T) { taken[alg] = testDone(t, env, alg, checksums) })
 	}
 	t.Run("StoredObjectDamaged", func(t *testing.T) { testStoredObjectDamaged(t, env, taken["zstd"]) })
 	t.Run("FileInTarDamaged", func(t *testing.T) { testFileInTarDamaged(t, env, taken["none"]) })
@@ -188,23 +191,24 @@ func TestTake(t *testing.T) {
 	}
 }
 
-func testDone(t *testing.T, env *testEnv, alg string) catalog.Backup {
+func testDone(t *testing.T, env *testEnv, alg, manifestChecksums string) catalog.Backup {
 	ctx := t.Context()
 	conn := env.replConn(t)
 	var progress [][2]int64
 	stopWrites := env.writeWhile(t)
 	start := time.Now()
 	doc, err := Take(ctx, conn, Options{
-		Backend:     env.main.b,
-		Cluster:     testCluster,
-		Compression: alg,
-		Fast:        true,
-		Agent:       "agent-test",
-		KeeperUID:   "keeper0",
-		Host:        "host0",
-		From:        "master",
-		WaitWAL:     env.wal.wait,
-		OnProgress:  func(done, total int64) { progress = append(progress, [2]int64{done, total}) },
+		Backend:           env.main.b,
+		Cluster:           testCluster,
+		Compression:       alg,
+		ManifestChecksums: manifestChecksums,
+		Fast:              true,
+		Agent:             "agent-test",
+		KeeperUID:         "keeper0",
+		Host:              "host0",
+		From:              "master",
+		WaitWAL:           env.wal.wait,
+		OnProgress:        func(done, total int64) { progress = append(progress, [2]int64{done, total}) },
 	})
 	took := time.Since(start)
 	require.NoError(t, stopWrites())
@@ -264,6 +268,16 @@ func testDone(t *testing.T, env *testEnv, alg string) catalog.Backup {
 	objs, err := env.main.b.List(ctx, catalog.BackupPrefix(testCluster, doc.ID))
 	require.NoError(t, err)
 	assert.Len(t, objs, len(doc.Files)+1, "the files and backup.json")
+
+	// The manifest's checksums are of the algorithm asked for.
+	mdata, err := storage.ReadAll(ctx, env.main.b, catalog.BackupPrefix(testCluster, doc.ID)+ManifestName)
+	require.NoError(t, err)
+	m, err := parseManifest(mdata)
+	require.NoError(t, err)
+	wantAlg := map[string]string{"": "CRC32C", "sha256": "SHA256"}[manifestChecksums]
+	for _, f := range m.Files {
+		require.Equal(t, wantAlg, f.Algorithm, f.path())
+	}
 
 	// backup.json holds the document.
 	read, err := catalog.ReadBackup(ctx, env.main.b, testCluster, doc.ID)
@@ -344,7 +358,8 @@ func flipByte(t *testing.T, path string) {
 }
 
 // testFileInTarDamaged stores a base.tar whose pg_control differs from the
-// manifest, with a valid stored checksum.
+// manifest, with a valid stored checksum. doc's manifest has CRC32C
+// checksums.
 func testFileInTarDamaged(t *testing.T, env *testEnv, doc catalog.Backup) {
 	require.NotEmpty(t, doc.ID, "the uncompressed backup failed")
 	ctx := t.Context()
@@ -388,7 +403,7 @@ func testFileInTarDamaged(t *testing.T, env *testEnv, doc catalog.Backup) {
 	require.ErrorIs(t, err, ErrVerifyFailed)
 	t.Logf("Verify: %v", err)
 	require.Len(t, rep.Problems, 1, "%q", rep.Problems)
-	assert.True(t, strings.HasPrefix(rep.Problems[0], "base.tar: global/pg_control: checksum mismatch: "), rep.Problems[0])
+	assert.True(t, strings.HasPrefix(rep.Problems[0], "base.tar: global/pg_control: checksum mismatch: crc32c "), rep.Problems[0])
 	assert.Greater(t, rep.Files, 500, "the other files were checked")
 
 	// Against the original backup.json the object itself is reported first.

@@ -5,11 +5,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
+	"hash/crc32"
 	"io"
 	"path"
 	"strconv"
@@ -359,12 +362,8 @@ func (v *verifier) members(object, key string, tr *tar.Reader, problems *[]strin
 			*problems = append(*problems, fmt.Sprintf("%s: %s: in the archives twice", object, p))
 		}
 		mf.seen = true
-		var hsh hash.Hash
-		switch strings.ToUpper(mf.Algorithm) {
-		case "SHA256":
-			hsh = sha256.New()
-		case "", "NONE":
-		default:
+		hsh, known := manifestHash(mf.Algorithm)
+		if !known {
 			*problems = append(*problems, fmt.Sprintf("%s: %s: checksum algorithm %s is not supported, only the size was checked", object, p, mf.Algorithm))
 		}
 		var w io.Writer = io.Discard
@@ -383,11 +382,40 @@ func (v *verifier) members(object, key string, tr *tar.Reader, problems *[]strin
 		}
 		if hsh != nil {
 			if got := hex.EncodeToString(hsh.Sum(nil)); !strings.EqualFold(got, mf.Checksum) {
-				*problems = append(*problems, fmt.Sprintf("%s: %s: checksum mismatch: sha256 %s, %s says %s", object, p, got, ManifestName, mf.Checksum))
+				*problems = append(*problems, fmt.Sprintf("%s: %s: checksum mismatch: %s %s, %s says %s", object, p, strings.ToLower(mf.Algorithm), got, ManifestName, mf.Checksum))
 			}
 		}
 	}
 }
+
+// manifestHash returns a hash for a manifest file's Checksum-Algorithm,
+// whose hex-encoded Sum is what the manifest records, or nil for none; known
+// is false for an algorithm it does not know.
+func manifestHash(algorithm string) (h hash.Hash, known bool) {
+	switch strings.ToUpper(algorithm) {
+	case "", "NONE":
+		return nil, true
+	case "CRC32C":
+		return crc32cHash{crc32.New(crc32.MakeTable(crc32.Castagnoli))}, true
+	case "SHA224":
+		return sha256.New224(), true
+	case "SHA256":
+		return sha256.New(), true
+	case "SHA384":
+		return sha512.New384(), true
+	case "SHA512":
+		return sha512.New(), true
+	}
+	return nil, false
+}
+
+// crc32cHash is CRC-32C as a backup manifest records it: the server copies
+// the final pg_crc32c out of memory as it lies there (pg_checksum_final in
+// checksum_helper.c), so in the server's byte order: little-endian on amd64
+// and arm64, the platforms barnacle is built for. Go's Sum is big-endian.
+type crc32cHash struct{ hash.Hash32 }
+
+func (c crc32cHash) Sum(b []byte) []byte { return binary.LittleEndian.AppendUint32(b, c.Sum32()) }
 
 // countingReader counts (and, with h, hashes) what passes; with v it
 // reports Verify's progress.

@@ -93,3 +93,31 @@ func TestParseSize(t *testing.T) {
 		assert.Error(t, err, s)
 	}
 }
+
+// TestManifestHash checks each algorithm against a known value for
+// "123456789". PostgreSQL's CRC32C (0xe3069283) is recorded in memory order,
+// little-endian; real servers' manifests are checked in TestTake.
+func TestManifestHash(t *testing.T) {
+	tests := map[string]string{
+		"CRC32C": "839206e3",
+		"crc32c": "839206e3",
+		"SHA224": "9b3e61bf29f17c75572fae2e86e17809a4513d07c8a18152acf34521",
+		"SHA256": "15e2b0d3c33891ebb0f1ef609ec419420c20e320ce94c65fbc8c3312448eb225",
+		"SHA384": "eb455d56d2c1a69de64e832011f3393d45f3fa31d6842f21af92d2fe469c499da5e3179847334a18479c8d1dedea1be3",
+		"SHA512": "d9e6762dd1c8eaf6d61b3c6192fc408d4d6d5f1176d0c29169bc24e71c3f274ad27fcd5811b313d681f7e55ec02d73d499c95455b6b5bb503acf574fba8ffe85",
+	}
+	for alg, want := range tests {
+		h, known := manifestHash(alg)
+		require.True(t, known, alg)
+		h.Write([]byte("123456789"))
+		assert.Equal(t, want, hex.EncodeToString(h.Sum(nil)), alg)
+	}
+	for _, alg := range []string{"", "NONE", "none"} {
+		h, known := manifestHash(alg)
+		assert.True(t, known, alg)
+		assert.Nil(t, h, alg)
+	}
+	h, known := manifestHash("MD5")
+	assert.False(t, known)
+	assert.Nil(t, h)
+}

@@ -24,7 +24,7 @@ func TestOptionsSQL(t *testing.T) {
 		{
 			name: "everything on 15",
 			opts: Options{Label: "barnacle 2024-01-01", Fast: true, Manifest: true, MaxRate: 1024,
-				TablespaceMap: true, Progress: true},
+				TablespaceMap: true, Progress: true, ManifestChecksums: "SHA256"},
 			version: 15,
 			want: "BASE_BACKUP (LABEL 'barnacle 2024-01-01', PROGRESS, CHECKPOINT 'fast', WAIT false, " +
 				"MAX_RATE 1024, TABLESPACE_MAP, MANIFEST 'yes', MANIFEST_CHECKSUMS 'SHA256')",
@@ -33,7 +33,7 @@ func TestOptionsSQL(t *testing.T) {
 			name:    "same syntax on 17",
 			opts:    Options{Fast: true, Manifest: true},
 			version: 17,
-			want:    "BASE_BACKUP (CHECKPOINT 'fast', WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'SHA256')",
+			want:    "BASE_BACKUP (CHECKPOINT 'fast', WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C')",
 		},
 		{
 			name:    "label quoting",
@@ -46,6 +46,18 @@ func TestOptionsSQL(t *testing.T) {
 			opts:    Options{MaxRate: 32},
 			version: 16,
 			want:    "BASE_BACKUP (CHECKPOINT 'spread', WAIT false, MAX_RATE 32, MANIFEST 'no')",
+		},
+		{
+			name:    "checksum algorithm in any case",
+			opts:    Options{Manifest: true, ManifestChecksums: "sha512"},
+			version: 15,
+			want:    "BASE_BACKUP (CHECKPOINT 'spread', WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'SHA512')",
+		},
+		{
+			name:    "unknown checksum algorithm",
+			opts:    Options{Manifest: true, ManifestChecksums: "md5"},
+			version: 15,
+			wantErr: `manifest checksum algorithm "md5" is unknown: use one of NONE, CRC32C, SHA224, SHA256, SHA384, SHA512`,
 		},
 		{name: "max rate too low", opts: Options{MaxRate: 31}, version: 15, wantErr: "max rate 31 kB/s is outside 32..1048576"},
 		{name: "max rate too high", opts: Options{MaxRate: 1048577}, version: 15, wantErr: "outside"},

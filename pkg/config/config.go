@@ -46,8 +46,9 @@ type Config struct {
 	Synchronous  bool
 	Compression  string
 
-	BackupSchedule Schedule
-	BackupFrom     string
+	BackupSchedule    Schedule
+	BackupFrom        string
+	ManifestChecksums string
 
 	RetentionPolicy      RetentionPolicy
 	MinimumRedundancy    int
@@ -111,6 +112,7 @@ func Default() Config {
 		StandbySlots:         true,
 		Compression:          "none",
 		BackupFrom:           BackupFromMaster,
+		ManifestChecksums:    "crc32c",
 		CheckMaxLag:          64 << 20,
 		MetricsListenAddress: ":9187",
 		LogLevel:             "info",

@@ -41,6 +41,16 @@ func TestLoadLayers(t *testing.T) {
 	assert.Equal(t, "stolon_barnacle", c.StreamingSlotName())
 	assert.False(t, c.StandbySlots)
 	assert.Equal(t, "zstd", c.Compression)
+	assert.Equal(t, "crc32c", c.ManifestChecksums, "default kept")
+}
+
+func TestManifestChecksumsAnyCase(t *testing.T) {
+	c, err := Load(Sources{
+		File:  "testdata/good.yaml",
+		Flags: map[string]string{"manifest-checksums": "SHA256"},
+	}, agentNeeds)
+	require.NoError(t, err)
+	assert.Equal(t, "sha256", c.ManifestChecksums, "as pg_basebackup takes it")
 }
 
 func TestBadConfigFiles(t *testing.T) {
@@ -72,6 +82,7 @@ func TestBadConfigFiles(t *testing.T) {
 			`restore-root (file testdata/bad-operations.bad.yaml line 6): invalid directory "restores": use an absolute path`,
 			`backup-from (file testdata/bad-operations.bad.yaml line 7): invalid value "replica": use one of master, standby, any`,
 			`archive-url (file testdata/bad-operations.bad.yaml line 8): invalid S3 URL "s3:///prefix": name the bucket`,
+			`manifest-checksums (file testdata/bad-operations.bad.yaml line 9): invalid value "md5": use one of crc32c, sha224, sha256, sha384, sha512, none`,
 		},
 		"redundancy-below-minimum.bad.yaml": {`minimum-redundancy (file testdata/redundancy-below-minimum.bad.yaml line 3): 3 is more than the 2 backups retention-policy "REDUNDANCY 2" keeps`},
 		"bad-slot.bad.yaml":                 {`slot-name (file testdata/bad-slot.bad.yaml line 2): invalid slot name "Barnacle-Slot"`},

@@ -243,6 +243,10 @@ var keys = func() []key {
 	}, func(c *Config) string { return c.BackupSchedule.String() })
 	s, g = oneOf(func(c *Config) *string { return &c.BackupFrom }, BackupFromMaster, BackupFromStandby, BackupFromAny)
 	add("backup-from", "where scheduled backups and barnacle backup run by default: master, standby (a healthy standby's agent) or any (the leader)", s, g)
+	// In any case, as pg_basebackup --manifest-checksums takes it.
+	setOne, g := oneOf(func(c *Config) *string { return &c.ManifestChecksums }, "crc32c", "sha224", "sha256", "sha384", "sha512", "none")
+	setChecksums := func(c *Config, v string) error { return setOne(c, strings.ToLower(v)) }
+	add("manifest-checksums", "algorithm of the per-file checksums PostgreSQL puts in a base backup's manifest: crc32c (pg_basebackup's default), sha224, sha256, sha384, sha512 (each costs the server about 0.6 s more CPU per GB than crc32c) or none", setChecksums, g)
 	add("retention-policy", "which backups to keep, Barman's grammar: REDUNDANCY 3 or RECOVERY WINDOW OF 7 DAYS (DAYS, WEEKS, MONTHS); empty: keep all", func(c *Config, v string) error {
 		p, err := ParseRetentionPolicy(v)
 		if err != nil {

@@ -88,6 +88,7 @@ func (r bbReport) write(w io.Writer) {
 	_ = tw.Flush()
 	fmt.Fprintf(w, "MB/s is %.0f MB of uncompressed archives over the wall time of the process (connect, checkpoint, data, WAL, fsync).\n",
 		float64(r.DBBytes)/mb)
+	fmt.Fprintf(w, "Both tools ask PostgreSQL for %s manifest checksums.\n", strings.ToUpper(benchManifestChecksums))
 	for _, res := range r.Results {
 		if line := r.Rounds.pairedLine(res.Tool.Name, res.Tool.CompareWith); res.Tool.Barnacle && line != "" {
 			fmt.Fprintln(w, line)
