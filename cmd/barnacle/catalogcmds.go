@@ -144,7 +144,7 @@ func printBackup(w io.Writer, d backupDetail) error {
 	fmt.Fprintf(w, "Keep:         %t\n", b.Keep)
 	fmt.Fprintln(w, "Files:")
 	for _, f := range b.Files {
-		fmt.Fprintf(w, "  %-24s %10s stored %10s  sha256 %s\n", f.Name, humanBytes(f.Bytes), humanBytes(f.StoredBytes), f.SHA256)
+		fmt.Fprintf(w, "  %-24s %10s stored %10s  %s\n", f.Name, humanBytes(f.Bytes), humanBytes(f.StoredBytes), storage.DescribeChecksum(f.Checksum))
 	}
 	fmt.Fprintf(w, "WAL needed:   %s .. %s: %d present", d.WAL.First, d.WAL.Last, d.WAL.Present)
 	if len(d.WAL.Missing) > 0 {

@@ -93,7 +93,7 @@ With Stolon, in the cluster specification used for a point-in-time recovery:
     "restoreCommand": "barnacle wal-fetch --config /etc/barnacle.yaml %f %p"
   }
 
-Segments are served decompressed, and everything is checked against the SHA-256
+Segments are served decompressed, and everything is checked against the checksum
 stored in the archive before DEST appears; DEST is written atomically. The
 newest timeline's last segment, archived only as .partial while the master is
 streaming, is served padded with zeros so that recovery replays every archived

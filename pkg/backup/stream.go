@@ -23,7 +23,7 @@ import (
 //
 // Neither format carries a content checksum (zstd's XXH64, LZ4's XXH32),
 // as pg_basebackup's client compression writes them: the stored object's
-// SHA-256 is verified on every read and every file inside against the
+// checksum is verified on every read and every file inside against the
 // server's backup_manifest, so a third checksum only cost CPU (2% of a
 // zstd backup's samples).
 const (

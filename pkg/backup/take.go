@@ -455,7 +455,7 @@ func (u *upload) Close() error {
 	if err != nil {
 		return fmt.Errorf("stat stored %s: %w", u.object, err)
 	}
-	u.f.Bytes, u.f.StoredBytes, u.f.SHA256 = u.n, info.Size, info.SHA256
+	u.f.Bytes, u.f.StoredBytes, u.f.Checksum = u.n, info.Size, info.Checksum
 	u.t.doc.Files = append(u.t.doc.Files, u.f)
 	u.t.doc.Bytes += u.f.Bytes
 	u.t.doc.StoredBytes += u.f.StoredBytes

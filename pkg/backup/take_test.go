@@ -246,7 +246,7 @@ func testDone(t *testing.T, env *testEnv, alg, manifestChecksums string) catalog
 		info, err := env.main.b.Stat(ctx, catalog.BackupPrefix(testCluster, doc.ID)+f.Name)
 		require.NoError(t, err)
 		assert.Equal(t, info.Size, f.StoredBytes, f.Name)
-		assert.Equal(t, info.SHA256, f.SHA256, f.Name)
+		assert.Equal(t, info.Checksum, f.Checksum, f.Name)
 		if f.Name == tsName {
 			assert.Equal(t, env.tsOID, f.TablespaceOID)
 			assert.Equal(t, env.tsDir, f.TablespaceLocation)
@@ -396,7 +396,7 @@ func testFileInTarDamaged(t *testing.T, env *testEnv, doc catalog.Backup) {
 	updated.Files = append([]catalog.BackupFile(nil), doc.Files...)
 	for i, f := range updated.Files {
 		if f.Name == "base.tar" {
-			updated.Files[i].SHA256, updated.Files[i].StoredBytes, updated.Files[i].Bytes = info.SHA256, info.Size, info.Size
+			updated.Files[i].Checksum, updated.Files[i].StoredBytes, updated.Files[i].Bytes = info.Checksum, info.Size, info.Size
 		}
 	}
 	rep, err := Verify(ctx, env.main.b, testCluster, updated, nil)

@@ -60,13 +60,13 @@ type VerifyReport struct {
 }
 
 // Verify re-reads every stored file of backup doc and checks it:
-//   - each object's bytes against the SHA-256 stored with it (the backend
-//     checks at the end of the object) and against the size and SHA-256
+//   - each object's bytes against the checksum stored with it (the backend
+//     checks at the end of the object) and against the size and checksum
 //     recorded in doc.Files;
 //   - each archive's uncompressed length against doc.Files;
 //   - backup_manifest's own checksum, and its WAL range against doc's;
 //   - every regular file inside the tar archives against the manifest's
-//     size and SHA-256 checksum (tablespace files are
+//     size and checksum (CRC-32C or SHA-2; tablespace files are
 //     pg_tblspc/<oid>/<path> in the manifest), with files in the manifest
 //     but in no archive, and files in an archive but not in the manifest,
 //     reported, except those pg_verifybackup ignores (pg_wal/, the
@@ -177,7 +177,7 @@ const (
 	// objectIntact: the bytes match the backend's checksum and backup.json.
 	objectIntact objectState = iota
 	// objectOther: the bytes match the backend's checksum, but backup.json
-	// lists another object (size or SHA-256).
+	// lists another object (size or checksum).
 	objectOther
 	// objectDamaged: missing, or its bytes do not match the backend's checksum.
 	objectDamaged
@@ -203,7 +203,12 @@ func (v *verifier) object(f catalog.BackupFile, fn func(r io.Reader) error) (sta
 		return objectDamaged, nil, fmt.Errorf("open %s: %w", name, err)
 	}
 	defer rc.Close()
-	cr := &countingReader{r: rc, h: sha256.New(), v: v}
+	h, err := storage.HashFor(f.Checksum)
+	if err != nil {
+		v.problem("%s: backup.json: %v", f.Name, err)
+		return objectOther, nil, nil
+	}
+	cr := &countingReader{r: rc, h: h, v: v}
 	fnErr = fn(cr)
 	_, rawErr := io.Copy(io.Discard, cr)
 	if cerr := v.ctx.Err(); cerr != nil {
@@ -217,9 +222,9 @@ func (v *verifier) object(f catalog.BackupFile, fn func(r io.Reader) error) (sta
 	case rawErr != nil:
 		return objectDamaged, nil, fmt.Errorf("read %s: %w", name, rawErr)
 	}
-	if got := hex.EncodeToString(cr.h.Sum(nil)); cr.n != f.StoredBytes || !strings.EqualFold(got, f.SHA256) {
-		v.problem("%s: stored object (%d bytes, sha256 %s) is not the one backup.json lists (%d bytes, sha256 %s)",
-			f.Name, cr.n, got, f.StoredBytes, f.SHA256)
+	if got := h.Checksum(); cr.n != f.StoredBytes || !strings.EqualFold(got, f.Checksum) {
+		v.problem("%s: stored object (%d bytes, %s) is not the one backup.json lists (%d bytes, %s)",
+			f.Name, cr.n, storage.DescribeChecksum(got), f.StoredBytes, storage.DescribeChecksum(f.Checksum))
 		return objectOther, fnErr, nil
 	}
 	return objectIntact, fnErr, nil

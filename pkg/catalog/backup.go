@@ -107,13 +107,31 @@ type BackupFile struct {
 	Name        string `json:"name"`
 	Bytes       int64  `json:"bytes"` // uncompressed
 	StoredBytes int64  `json:"storedBytes"`
-	// SHA256 is the hex digest of the stored object (as stored, so after
-	// compression).
-	SHA256 string `json:"sha256"`
+	// Checksum is the stored object's checksum (as stored, so after
+	// compression), in the form storage.Algorithm describes.
+	Checksum string `json:"checksum"`
 	// TablespaceOID and TablespaceLocation are set for a tablespace
 	// archive; zero and empty for base.tar and the manifest.
 	TablespaceOID      uint32 `json:"tablespaceOID,omitempty"`
 	TablespaceLocation string `json:"tablespaceLocation,omitempty"`
+}
+
+// UnmarshalJSON also reads the field "sha256", which held the checksum
+// (always SHA-256) before BLAKE3 checksums came.
+func (f *BackupFile) UnmarshalJSON(data []byte) error {
+	type plain BackupFile
+	var v struct {
+		plain
+		SHA256 string `json:"sha256"`
+	}
+	if err := json.Unmarshal(data, &v); err != nil {
+		return err
+	}
+	*f = BackupFile(v.plain)
+	if f.Checksum == "" {
+		f.Checksum = v.SHA256
+	}
+	return nil
 }
 
 // BackupsPrefix is the prefix of all of the cluster's backups.

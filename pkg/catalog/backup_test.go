@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -220,9 +221,9 @@ func TestReadBackup(t *testing.T) {
 		StartTime: t0, StopTime: t0.Add(time.Minute), PGVersion: 150010, SystemID: "7711797878400204491",
 		WALSegmentSize: 16 << 20, Compression: "zstd",
 		Files: []BackupFile{
-			{Name: "base.tar.zst", Bytes: 100, StoredBytes: 40, SHA256: "ab"},
-			{Name: "16385.tar.zst", Bytes: 10, StoredBytes: 4, SHA256: "cd", TablespaceOID: 16385, TablespaceLocation: "/ts"},
-			{Name: "backup_manifest", Bytes: 5, StoredBytes: 5, SHA256: "ef"},
+			{Name: "base.tar.zst", Bytes: 100, StoredBytes: 40, Checksum: "ab"},
+			{Name: "16385.tar.zst", Bytes: 10, StoredBytes: 4, Checksum: "cd", TablespaceOID: 16385, TablespaceLocation: "/ts"},
+			{Name: "backup_manifest", Bytes: 5, StoredBytes: 5, Checksum: "ef"},
 		},
 		Bytes: 115, StoredBytes: 49, Agent: "a1", KeeperUID: "keeper1", Host: "h1", From: "master", Keep: true,
 	}
@@ -240,6 +241,19 @@ func TestReadBackup(t *testing.T) {
 	require.NotErrorIs(t, err, ErrNoBackup)
 	require.Error(t, PutBackup(ctx, b, "c", Backup{ID: "20261124T170007", Status: "bogus"}))
 	require.Error(t, PutBackup(ctx, b, "c", Backup{ID: "a/b", Status: StatusDone}))
+}
+
+// TestBackupFileChecksumField reads backup.json files of both versions:
+// "checksum" now, "sha256" before BLAKE3 checksums came.
+func TestBackupFileChecksumField(t *testing.T) {
+	var f BackupFile
+	require.NoError(t, json.Unmarshal([]byte(`{"name":"base.tar","bytes":1,"storedBytes":1,"sha256":"ab"}`), &f))
+	assert.Equal(t, BackupFile{Name: "base.tar", Bytes: 1, StoredBytes: 1, Checksum: "ab"}, f)
+	require.NoError(t, json.Unmarshal([]byte(`{"name":"base.tar","checksum":"blake3:cd","tablespaceOID":5}`), &f))
+	assert.Equal(t, BackupFile{Name: "base.tar", Checksum: "blake3:cd", TablespaceOID: 5}, f)
+	out, err := json.Marshal(BackupFile{Name: "n", Checksum: "blake3:cd"})
+	require.NoError(t, err)
+	assert.Equal(t, `{"name":"n","bytes":0,"storedBytes":0,"checksum":"blake3:cd"}`, string(out))
 }
 
 func TestResolveBackup(t *testing.T) {

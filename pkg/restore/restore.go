@@ -2,11 +2,8 @@ package restore
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -119,8 +116,8 @@ func (e *ObjectError) Unwrap() error { return e.Err }
 // (refusing, before it changes anything, one in use by a running server,
 // and a non-empty one without Force), moves non-empty ones aside with
 // Force, then fetches the stored archives, opts.Parallel at a time. Each is
-// read to its end, so the backend verifies its SHA-256; Restore also checks
-// it against the digest and size that backup.json recorded. Data files are
+// read to its end, so the backend verifies its checksum; Restore also checks
+// it against the checksum and size that backup.json recorded. Data files are
 // fsynced as written and directories at the end. Members a restore must not
 // bring back (postmaster.pid and .opts, standby.signal and recovery.signal,
 // pg_internal.init, WAL in pg_wal) are left out; tablespace links and
@@ -394,8 +391,8 @@ func splitArchiveName(name string) (string, string, error) {
 	return name, compress.None, nil
 }
 
-// fetchObject streams one stored object: through a SHA-256 (checked
-// against backup.json), a decompressor and the unpacker, or for the
+// fetchObject streams one stored object: through a hash (checked against
+// backup.json's checksum, when the backend holds another one), a decompressor and the unpacker, or for the
 // manifest into a file in root. It reads the stored object to its end so
 // that the backend verifies its checksum too.
 func fetchObject(ctx context.Context, b storage.Backend, prefix string, a archive, root *os.Root, u *unpacker, owner *Owner, prog *progress) (err error) {
@@ -404,11 +401,13 @@ func fetchObject(ctx context.Context, b storage.Backend, prefix string, a archiv
 	// The backend verifies the bytes against the digest stored with the
 	// object as they are read; when that digest is backup.json's, hashing
 	// them a second time here would only cost CPU.
-	var h hash.Hash
+	var h *storage.Hash
 	if info, err := b.Stat(ctx, prefix+f.Name); err != nil {
 		return objErr("", err)
-	} else if f.SHA256 == "" || !strings.EqualFold(info.SHA256, f.SHA256) {
-		h = sha256.New()
+	} else if f.Checksum != "" && !strings.EqualFold(info.Checksum, f.Checksum) {
+		if h, err = storage.HashFor(f.Checksum); err != nil {
+			return objErr("", fmt.Errorf("backup.json: %w", err))
+		}
 	}
 	rc, err := b.Get(ctx, prefix+f.Name)
 	if err != nil {
@@ -468,8 +467,8 @@ func fetchObject(ctx context.Context, b storage.Backend, prefix string, a archiv
 		return err
 	}
 	if h != nil {
-		if got := hex.EncodeToString(h.Sum(nil)); f.SHA256 != "" && !strings.EqualFold(got, f.SHA256) {
-			return objErr("", &storage.ChecksumError{Name: prefix + f.Name, Want: f.SHA256, Got: got})
+		if got := h.Checksum(); !strings.EqualFold(got, f.Checksum) {
+			return objErr("", &storage.ChecksumError{Name: prefix + f.Name, Want: f.Checksum, Got: got})
 		}
 	}
 	if f.StoredBytes > 0 && raw.n != f.StoredBytes {

@@ -10,8 +10,9 @@
 //
 // Object names are slash-separated and relative to the backend's root, for
 // example "mycluster/wals/000000010000000000000005.zst"; CheckName states the
-// rules. Every stored object carries the SHA-256 of its bytes, recorded
-// atomically with the data and verified when the object is read back.
+// rules. Every stored object carries a checksum of its bytes (BLAKE3, or
+// SHA-256 for older objects; see Algorithm), recorded atomically with the
+// data and verified when the object is read back.
 //
 // Other modules may import this package, but its API is not stable: it
 // changes whenever barnacle needs it to.

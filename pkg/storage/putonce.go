@@ -3,8 +3,6 @@ package storage
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -25,7 +23,8 @@ const putOnceAttempts = 3
 // history files, backup files):
 //
 //   - the object is absent: data is stored; existed is false.
-//   - it exists with the same SHA-256: nothing is written and the result is
+//   - it exists with the same checksum (in the algorithm stored with it,
+//     which may not be the one a new object gets): nothing is written and the result is
 //     success (existed is true, err is nil), so a retried upload is harmless.
 //   - it exists with other bytes, with no stored checksum, or with the same
 //     stored checksum but another size (damaged on disk): the original
@@ -36,10 +35,9 @@ const putOnceAttempts = 3
 // PutOnce is safe for concurrent use, including concurrent calls for the
 // same name: the backend's atomic IfAbsent decides the winner.
 func PutOnce(ctx context.Context, b Backend, name string, data []byte) (existed bool, err error) {
-	sum := sha256.Sum256(data)
-	want := hex.EncodeToString(sum[:])
+	want := ChecksumOf(DefaultAlgorithm, data)
 	for range putOnceAttempts {
-		err := b.Put(ctx, name, bytes.NewReader(data), PutOptions{IfAbsent: true, SHA256: want})
+		err := b.Put(ctx, name, bytes.NewReader(data), PutOptions{IfAbsent: true, Checksum: want})
 		if err == nil {
 			return false, nil
 		}
@@ -53,15 +51,20 @@ func PutOnce(ctx context.Context, b Backend, name string, data []byte) (existed 
 		if err != nil {
 			return true, fmt.Errorf("put once %s: stat existing object: %w", name, err)
 		}
-		if info.SHA256 == want && info.Size == int64(len(data)) {
+		newSum := want
+		if h, err := HashFor(info.Checksum); err == nil {
+			h.Write(data)
+			newSum = h.Checksum()
+		}
+		if info.Checksum == newSum && info.Size == int64(len(data)) {
 			return true, nil
 		}
 		aside, err := putAside(ctx, b, name, data, want)
 		if err != nil {
-			return true, fmt.Errorf("put once %s: existing object differs (sha256 %s, new %s) and storing the new bytes aside failed: %w",
-				name, info.SHA256, want, err)
+			return true, fmt.Errorf("put once %s: existing object differs (%s, new %s) and storing the new bytes aside failed: %w",
+				name, DescribeChecksum(info.Checksum), DescribeChecksum(newSum), err)
 		}
-		return true, &ConflictError{Name: name, AsideName: aside, ExistingSHA256: info.SHA256, NewSHA256: want}
+		return true, &ConflictError{Name: name, AsideName: aside, ExistingChecksum: info.Checksum, NewChecksum: newSum}
 	}
 	return false, fmt.Errorf("put once %s: object kept appearing and disappearing after %d attempts", name, putOnceAttempts)
 }
@@ -71,7 +74,7 @@ func putAside(ctx context.Context, b Backend, name string, data []byte, sum stri
 	var err error
 	for range putOnceAttempts {
 		aside := name + ".conflict-" + time.Now().UTC().Format(conflictTimeFormat)
-		err = b.Put(ctx, aside, bytes.NewReader(data), PutOptions{IfAbsent: true, SHA256: sum})
+		err = b.Put(ctx, aside, bytes.NewReader(data), PutOptions{IfAbsent: true, Checksum: sum})
 		if err == nil {
 			return aside, nil
 		}
@@ -82,7 +85,7 @@ func putAside(ctx context.Context, b Backend, name string, data []byte, sum stri
 	return "", err
 }
 
-// ReadAll returns the whole object, verified against its stored SHA-256:
+// ReadAll returns the whole object, verified against its stored checksum:
 // the error wraps ErrNotExist when it is missing, ErrNoChecksum when it has
 // no stored checksum, and is a *ChecksumError when the bytes do not match.
 func ReadAll(ctx context.Context, b Backend, name string) ([]byte, error) {

@@ -2,7 +2,6 @@ package storage
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -23,8 +22,8 @@ type Backend interface {
 	// Put returns nil. Without opts.IfAbsent an existing object is replaced
 	// atomically; with it, Put fails with an error wrapping ErrExist if the
 	// object exists, decided atomically by the backend (no check-then-write
-	// race between concurrent writers). If opts.SHA256 is set and the bytes
-	// do not match it, Put stores nothing and returns a *ChecksumError. On
+	// race between concurrent writers). If opts.Checksum is set and the
+	// bytes do not match it, Put stores nothing and returns a *ChecksumError. On
 	// an error an existing object is untouched and the new bytes are not
 	// stored, with one exception: when only the final step that makes the
 	// write durable fails, the object may be visible but must be treated as
@@ -36,7 +35,7 @@ type Backend interface {
 	// ErrNoChecksum when the backend holds no checksum for it. The reader
 	// hashes the bytes as they pass and, when it reaches the end, returns a
 	// *ChecksumError instead of io.EOF if they do not match the stored
-	// SHA-256; a caller that stops reading early gets no verification. The
+	// checksum; a caller that stops reading early gets no verification. The
 	// reader stops with ctx's error once ctx ends.
 	Get(ctx context.Context, name string) (io.ReadCloser, error)
 
@@ -66,11 +65,13 @@ type PutOptions struct {
 	// IfAbsent makes Put fail with ErrExist instead of replacing an
 	// existing object.
 	IfAbsent bool
-	// SHA256, if not empty, is the expected hex digest of the bytes (either
-	// case). Put stores nothing and returns a *ChecksumError when the bytes
-	// differ, and an error wrapping ErrInvalidChecksum when it is not 64
-	// hex digits.
-	SHA256 string
+	// Checksum, if not empty, is the expected checksum of the bytes, of
+	// either algorithm (see Algorithm; hex digits in either case), and the
+	// one stored with them. Put stores nothing and returns a *ChecksumError
+	// when the bytes differ, and an error wrapping ErrInvalidChecksum when
+	// it is not well formed. Empty means Put computes a checksum of
+	// DefaultAlgorithm.
+	Checksum string
 }
 
 // ObjectInfo describes a stored object.
@@ -81,10 +82,10 @@ type ObjectInfo struct {
 	Size int64
 	// ModTime is when the object was last written.
 	ModTime time.Time
-	// SHA256 is the lower-case hex digest stored with the object, or empty
-	// when the backend holds none (an object written by something other
-	// than barnacle; Get refuses to read it).
-	SHA256 string
+	// Checksum is the checksum stored with the object (see Algorithm), or
+	// empty when the backend holds none (an object written by something
+	// other than barnacle; Get refuses to read it).
+	Checksum string
 }
 
 // SpaceReporter is implemented by backends that know how much space is
@@ -111,12 +112,12 @@ type Cleaner interface {
 //
 // Append writes data at offset, which must equal the object's current
 // length; offset 0 creates the object, replacing any existing one
-// atomically, exactly as Put does. sha256 is the hex digest (either case)
+// atomically, exactly as Put does. checksum is the checksum (see Algorithm)
 // of the object's first offset+len(data) bytes, old and new together: the
-// caller keeps a running hash (crypto/sha256's Sum does not reset the
-// hash's state, so the caller can go on writing to it). The backend stores
-// that digest as the object's checksum; at offset 0 it verifies it like
-// PutOptions.SHA256, at other offsets it cannot without reading the object
+// caller keeps a running Hash (its Checksum does not reset the hash's
+// state, so the caller can go on writing to it). The backend stores it as
+// the object's checksum; at offset 0 it verifies it like
+// PutOptions.Checksum, at other offsets it cannot without reading the object
 // back, so a wrong digest shows as a *ChecksumError when the object is
 // read.
 //
@@ -138,7 +139,7 @@ type Cleaner interface {
 // run concurrently with each other or with a Put of the same object;
 // concurrent readers are safe and see one of the recorded lengths.
 type Appender interface {
-	Append(ctx context.Context, name string, offset int64, data []byte, sha256 string) error
+	Append(ctx context.Context, name string, offset int64, data []byte, checksum string) error
 }
 
 var (
@@ -146,15 +147,15 @@ var (
 	ErrNotExist = errors.New("storage: object does not exist")
 	// ErrExist means Put with IfAbsent found the object already there.
 	ErrExist = errors.New("storage: object already exists")
-	// ErrChecksum means bytes did not match their SHA-256. Errors that
+	// ErrChecksum means bytes did not match their checksum. Errors that
 	// wrap it are *ChecksumError.
 	ErrChecksum = errors.New("storage: checksum mismatch")
 	// ErrNoChecksum means the backend holds no checksum for an object, so
 	// it cannot be read verified; something other than barnacle wrote it.
 	ErrNoChecksum = errors.New("storage: object has no stored checksum")
-	// ErrInvalidChecksum means a SHA-256 given to Put, or one found stored
-	// with an object, is not 64 hex digits.
-	ErrInvalidChecksum = errors.New("storage: invalid sha256 digest")
+	// ErrInvalidChecksum means a checksum given to Put, or one found stored
+	// with an object, is in neither of the forms Algorithm describes.
+	ErrInvalidChecksum = errors.New("storage: invalid checksum")
 	// ErrConflict means PutOnce found the object already stored with
 	// different bytes. Errors that wrap it are *ConflictError.
 	ErrConflict = errors.New("storage: object exists with different content")
@@ -165,17 +166,17 @@ var (
 	ErrAppendOffset = errors.New("storage: append offset is not the object's length")
 )
 
-// ChecksumError reports bytes whose SHA-256 is not the expected one: data
-// given to Put that does not match PutOptions.SHA256, or a stored object
-// that no longer matches the digest stored with it.
+// ChecksumError reports bytes whose checksum is not the expected one: data
+// given to Put that does not match PutOptions.Checksum, or a stored object
+// that no longer matches the checksum stored with it.
 type ChecksumError struct {
 	Name string // object name
-	Want string // expected hex digest
-	Got  string // hex digest of the bytes seen
+	Want string // expected checksum
+	Got  string // checksum of the bytes seen, of the same algorithm
 }
 
 func (e *ChecksumError) Error() string {
-	return fmt.Sprintf("storage: checksum mismatch for %s: want sha256 %s, got %s", e.Name, e.Want, e.Got)
+	return fmt.Sprintf("storage: checksum mismatch for %s: want %s, got %s", e.Name, DescribeChecksum(e.Want), digestOf(e.Got))
 }
 
 // Is makes errors.Is(err, ErrChecksum) true.
@@ -186,23 +187,23 @@ func (e *ChecksumError) Is(target error) bool { return target == ErrChecksum }
 // stored object is damaged). The original is untouched; the new bytes were stored under
 // AsideName so that nothing is lost and an operator can compare them.
 type ConflictError struct {
-	Name           string
-	AsideName      string
-	ExistingSHA256 string // empty if the existing object has no stored checksum
-	NewSHA256      string
+	Name             string
+	AsideName        string
+	ExistingChecksum string // empty if the existing object has no stored checksum
+	NewChecksum      string // of the algorithm of ExistingChecksum, when that is set
 }
 
 func (e *ConflictError) Error() string {
-	if e.ExistingSHA256 == e.NewSHA256 {
-		return fmt.Sprintf("storage: %s exists with the expected sha256 %s stored but a different size, so it is damaged; new bytes stored as %s",
-			e.Name, e.NewSHA256, e.AsideName)
+	if e.ExistingChecksum == e.NewChecksum {
+		return fmt.Sprintf("storage: %s exists with the expected checksum (%s) stored but a different size, so it is damaged; new bytes stored as %s",
+			e.Name, DescribeChecksum(e.NewChecksum), e.AsideName)
 	}
-	existing := e.ExistingSHA256
-	if existing == "" {
+	existing := DescribeChecksum(e.ExistingChecksum)
+	if e.ExistingChecksum == "" {
 		existing = "unknown (no stored checksum)"
 	}
-	return fmt.Sprintf("storage: %s already exists with different content (sha256 %s, new %s); new bytes stored as %s",
-		e.Name, existing, e.NewSHA256, e.AsideName)
+	return fmt.Sprintf("storage: %s already exists with different content (%s, new %s); new bytes stored as %s",
+		e.Name, existing, DescribeChecksum(e.NewChecksum), e.AsideName)
 }
 
 // Is makes errors.Is(err, ErrConflict) true.
@@ -235,18 +236,6 @@ func CheckName(name string) error {
 	return nil
 }
 
-// NormalizeSHA256 returns the lower-case form of a hex SHA-256 digest, or an
-// error wrapping ErrInvalidChecksum if s is not 64 hex digits.
-func NormalizeSHA256(s string) (string, error) {
-	if len(s) != 64 {
-		return "", fmt.Errorf("%w: %q is not 64 hex digits", ErrInvalidChecksum, s)
-	}
-	if _, err := hex.DecodeString(s); err != nil {
-		return "", fmt.Errorf("%w: %q is not 64 hex digits", ErrInvalidChecksum, s)
-	}
-	return strings.ToLower(s), nil
-}
-
 // CheckPut is what every backend's Put checks before it writes: a valid
 // name, a well-formed expected digest (returned normalized, "" when none)
 // and a live ctx. Its errors name the object.
@@ -254,8 +243,8 @@ func CheckPut(ctx context.Context, name string, opts PutOptions) (want string, e
 	if err := CheckName(name); err != nil {
 		return "", fmt.Errorf("put %s: %w", name, err)
 	}
-	if opts.SHA256 != "" {
-		if want, err = NormalizeSHA256(opts.SHA256); err != nil {
+	if opts.Checksum != "" {
+		if want, err = NormalizeChecksum(opts.Checksum); err != nil {
 			return "", fmt.Errorf("put %s: %w", name, err)
 		}
 	}

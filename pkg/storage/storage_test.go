@@ -21,7 +21,12 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
 )
 
-func sum(data []byte) string {
+// sum is the checksum Put stores when it is given none.
+func sum(data []byte) string { return storage.ChecksumOf(storage.DefaultAlgorithm, data) }
+
+// sha256Sum is a checksum of the older form, which archives written before
+// BLAKE3 hold and which callers may still give.
+func sha256Sum(data []byte) string {
 	s := sha256.Sum256(data)
 	return hex.EncodeToString(s[:])
 }
@@ -65,11 +70,11 @@ func TestCheckName(t *testing.T) {
 
 func TestNormalizeSHA256(t *testing.T) {
 	good := sum([]byte("x"))
-	got, err := storage.NormalizeSHA256(strings.ToUpper(good))
+	got, err := storage.NormalizeChecksum(strings.ToUpper(good))
 	require.NoError(t, err)
 	assert.Equal(t, good, got)
 	for _, bad := range []string{"", "abc", good[:63], good + "a", "z" + good[1:]} {
-		_, err := storage.NormalizeSHA256(bad)
+		_, err := storage.NormalizeChecksum(bad)
 		require.ErrorIs(t, err, storage.ErrInvalidChecksum, "%q", bad)
 	}
 }
@@ -162,19 +167,23 @@ func TestVerifyingReaderLargeReads(t *testing.T) {
 
 func TestErrorMessages(t *testing.T) {
 	a, b := sum([]byte("a")), sum([]byte("b"))
+	ha, hb := a[len("blake3:"):], b[len("blake3:"):]
+	s := sha256Sum([]byte("a"))
 	cases := []struct {
 		err  error
 		is   error
 		want string
 	}{
 		{&storage.ChecksumError{Name: "n", Want: a, Got: b}, storage.ErrChecksum,
-			"storage: checksum mismatch for n: want sha256 " + a + ", got " + b},
-		{&storage.ConflictError{Name: "n", AsideName: "n.conflict-x", ExistingSHA256: a, NewSHA256: b}, storage.ErrConflict,
-			"storage: n already exists with different content (sha256 " + a + ", new " + b + "); new bytes stored as n.conflict-x"},
-		{&storage.ConflictError{Name: "n", AsideName: "n.conflict-x", NewSHA256: b}, storage.ErrConflict,
-			"storage: n already exists with different content (sha256 unknown (no stored checksum), new " + b + "); new bytes stored as n.conflict-x"},
-		{&storage.ConflictError{Name: "n", AsideName: "n.conflict-x", ExistingSHA256: b, NewSHA256: b}, storage.ErrConflict,
-			"storage: n exists with the expected sha256 " + b + " stored but a different size, so it is damaged; new bytes stored as n.conflict-x"},
+			"storage: checksum mismatch for n: want blake3 " + ha + ", got " + hb},
+		{&storage.ChecksumError{Name: "n", Want: s, Got: s}, storage.ErrChecksum,
+			"storage: checksum mismatch for n: want sha256 " + s + ", got " + s},
+		{&storage.ConflictError{Name: "n", AsideName: "n.conflict-x", ExistingChecksum: a, NewChecksum: b}, storage.ErrConflict,
+			"storage: n already exists with different content (blake3 " + ha + ", new blake3 " + hb + "); new bytes stored as n.conflict-x"},
+		{&storage.ConflictError{Name: "n", AsideName: "n.conflict-x", NewChecksum: b}, storage.ErrConflict,
+			"storage: n already exists with different content (unknown (no stored checksum), new blake3 " + hb + "); new bytes stored as n.conflict-x"},
+		{&storage.ConflictError{Name: "n", AsideName: "n.conflict-x", ExistingChecksum: b, NewChecksum: b}, storage.ErrConflict,
+			"storage: n exists with the expected checksum (blake3 " + hb + ") stored but a different size, so it is damaged; new bytes stored as n.conflict-x"},
 	}
 	for _, tc := range cases {
 		assert.Equal(t, tc.want, tc.err.Error())

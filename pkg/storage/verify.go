@@ -1,17 +1,17 @@
 package storage
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
-	"hash"
+	"fmt"
 	"io"
 )
 
 // NewVerifyingReader returns a reader over rc that hashes the bytes as they
 // pass and, at the end, returns a *ChecksumError for name instead of io.EOF
-// when their SHA-256 is not want (lower-case hex). Once it has reported the
-// mismatch it keeps returning the same error. Close closes rc. Backends use
+// when their checksum is not want (normalized, see NormalizeChecksum), of
+// want's algorithm; a want that is not well formed fails the first Read
+// with an error wrapping ErrInvalidChecksum. Once it has reported an error
+// it keeps returning the same error. Close closes rc. Backends use
 // it to implement Get's verification.
 //
 // The hash runs inline, in the caller's Read. A version that copied large
@@ -21,14 +21,18 @@ import (
 // cores are busy anyway and the copy and the hand-off cost more than the
 // overlap gained.
 func NewVerifyingReader(name string, rc io.ReadCloser, want string) io.ReadCloser {
-	return &verifyingReader{name: name, rc: rc, want: want, h: sha256.New()}
+	h, err := HashFor(want)
+	if err != nil {
+		return &verifyingReader{name: name, rc: rc, err: fmt.Errorf("%s: %w", name, err)}
+	}
+	return &verifyingReader{name: name, rc: rc, want: want, h: h}
 }
 
 type verifyingReader struct {
 	name string
 	rc   io.ReadCloser
 	want string
-	h    hash.Hash
+	h    *Hash
 	err  error // sticky: the first terminal error (checksum or EOF)
 }
 
@@ -39,7 +43,7 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 	n, err := v.rc.Read(p)
 	v.h.Write(p[:n])
 	if errors.Is(err, io.EOF) {
-		if got := hex.EncodeToString(v.h.Sum(nil)); got != v.want {
+		if got := v.h.Checksum(); got != v.want {
 			v.err = &ChecksumError{Name: v.name, Want: v.want, Got: got}
 		} else {
 			v.err = io.EOF

@@ -25,8 +25,11 @@ import (
 // The spool holds, per archive, one directory of files named after the
 // segment they concern:
 //
-//	<segment>.<sha256>   a prefetched segment, complete: the name carries
-//	                     the SHA-256 of its bytes, checked before use
+//	<segment>.<blake3>   a prefetched segment, complete: the name carries
+//	                     the BLAKE3-256 of its bytes (hex), checked before
+//	                     use (fast, on replay's critical path; a spool file
+//	                     from a version that named SHA-256 there fails the
+//	                     check and is fetched again)
 //	<segment>.lock       flock(2)ed by whoever is fetching the segment
 //	<segment>.tmp-*      a download in progress (or the debris of a
 //	                     killed one, removed by the next lock holder)
@@ -320,12 +323,12 @@ func checkSpooled(p string) error {
 		return err
 	}
 	defer f.Close()
-	h := sha256.New()
+	h := storage.NewHash(storage.BLAKE3)
 	if _, err := io.Copy(h, f); err != nil {
 		return err
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != want {
-		return fmt.Errorf("sha256 %s, want %s", got, want)
+		return fmt.Errorf("blake3 %s, want %s", got, want)
 	}
 	return nil
 }
@@ -370,7 +373,7 @@ func (sp *spool) store(file string, fill func(w io.Writer) error) (err error) {
 			_ = os.Remove(tmp.Name())
 		}
 	}()
-	h := sha256.New()
+	h := storage.NewHash(storage.BLAKE3)
 	if err := fill(io.MultiWriter(tmp, h)); err != nil {
 		return err
 	}

@@ -33,7 +33,7 @@
 // For a history name ("00000002.history") Fetch copies the file verbatim.
 // Other names are an error.
 //
-// Everything served is verified against the SHA-256 stored with it in the
+// Everything served is verified against the checksum stored with it in the
 // archive (the object is read to its end) and written to the destination
 // atomically: a temporary file in the destination's directory, fsynced and
 // renamed over it, so that PostgreSQL never sees a partly written file, even

@@ -3,11 +3,8 @@ package walstream
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"strings"
 	"time"
 
@@ -324,9 +321,9 @@ type stream struct {
 	// partialLen is how many of buf's bytes the .partial holds, where the
 	// next append goes; meaningful when partialStored.
 	partialLen int
-	// hash is a running SHA-256 of buf[:hashed], which a write of the
+	// hash is a running checksum of buf[:hashed], which a write of the
 	// .partial passes as its checksum; nil until the first write.
-	hash   hash.Hash
+	hash   *storage.Hash
 	hashed int
 	// flushed is the end of the durable WAL: all that may be reported.
 	flushed     wal.LSN
@@ -823,11 +820,11 @@ func (s *stream) flushPartial(ctx context.Context) error {
 // backend may refuse this object, and a Put replaces whatever is there.
 func (s *stream) writePartial(ctx context.Context, name string) error {
 	if s.hash == nil {
-		s.hash = sha256.New()
+		s.hash = storage.NewHash(storage.DefaultAlgorithm)
 	}
 	s.hash.Write(s.buf[s.hashed:])
 	s.hashed = len(s.buf)
-	sum := hex.EncodeToString(s.hash.Sum(nil))
+	sum := s.hash.Checksum()
 	if a, ok := s.r.opts.Backend.(storage.Appender); ok {
 		off := 0
 		if s.partialStored {
@@ -845,7 +842,7 @@ func (s *stream) writePartial(ctx context.Context, name string) error {
 	}
 	// The digest lets the backend stream the bytes without hashing them
 	// first, and catches a buffer changed under the write.
-	return s.r.opts.Backend.Put(ctx, name, bytes.NewReader(s.buf), storage.PutOptions{SHA256: sum})
+	return s.r.opts.Backend.Put(ctx, name, bytes.NewReader(s.buf), storage.PutOptions{Checksum: sum})
 }
 
 // durable records that everything received is in the archive.

@@ -3,8 +3,6 @@ package walstream
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -78,7 +76,7 @@ func Decompress(compression string, r io.Reader) (io.ReadCloser, error) {
 //
 // The reader verifies what the backend stores: at the end of the WAL it
 // reads the object to its end, so that the backend checks the stored
-// SHA-256, and fails on bytes after the compressed data. It returns
+// checksum, and fails on bytes after the compressed data. It returns
 // io.EOF only once both checks passed; a caller that stops early gets no
 // verification. Errors wrap storage.ErrNotExist when the object is missing
 // and storage.ErrChecksum when its bytes are damaged.
@@ -265,9 +263,8 @@ func (s *stream) storeSegment(ctx context.Context, file string) (existed bool, e
 	if len(copies) == 0 {
 		return storage.PutOnce(ctx, b, name, data)
 	}
-	sum := sha256.Sum256(data)
 	for _, c := range copies {
-		if c.Name == name && c.SHA256 == hex.EncodeToString(sum[:]) && c.Size == int64(len(data)) {
+		if c.Name == name && c.Size == int64(len(data)) && storage.Matches(c.Checksum, data) {
 			continue
 		}
 		same, err := sameSegment(ctx, b, c.Name, s.buf)

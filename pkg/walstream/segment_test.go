@@ -217,7 +217,7 @@ func TestStoreSegment(t *testing.T) {
 			assert.Equal(t, wal.SegmentNo(6), s2.seg)
 			after, err := b.Stat(t.Context(), testPrefix+name)
 			require.NoError(t, err)
-			assert.Equal(t, info.SHA256, after.SHA256)
+			assert.Equal(t, info.Checksum, after.Checksum)
 
 			others := slices.DeleteFunc([]string{CompressionNone, CompressionZstd, CompressionLZ4}, func(c string) bool { return c == comp })
 
@@ -268,7 +268,7 @@ func TestStoreSegment(t *testing.T) {
 		assert.Equal(t, []string{unitSegment + ".zst"}, listNames(t, b))
 		after, err := b.Stat(t.Context(), name)
 		require.NoError(t, err)
-		assert.Equal(t, before.SHA256, after.SHA256)
+		assert.Equal(t, before.Checksum, after.Checksum)
 	})
 
 	t.Run("damaged copy is a conflict", func(t *testing.T) {

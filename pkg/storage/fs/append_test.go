@@ -3,7 +3,6 @@ package fs_test
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -29,11 +28,11 @@ func xattr(t *testing.T, p string) string {
 // appendAll appends chunks to name from offset 0 and returns the object.
 func appendAll(t *testing.T, b *fs.Backend, name string, chunks ...[]byte) []byte {
 	t.Helper()
-	h := sha256.New()
+	h := storage.NewHash(storage.DefaultAlgorithm)
 	var data []byte
 	for _, c := range chunks {
 		h.Write(c)
-		require.NoError(t, b.Append(t.Context(), name, int64(len(data)), c, hex.EncodeToString(h.Sum(nil))))
+		require.NoError(t, b.Append(t.Context(), name, int64(len(data)), c, h.Checksum()))
 		data = append(data, c...)
 	}
 	return data
@@ -91,7 +90,7 @@ func TestAppendCrashBeforeChecksum(t *testing.T) {
 			info, err := b.Stat(ctx, "c/seg.partial")
 			require.NoError(t, err)
 			assert.Equal(t, int64(len(data)), info.Size)
-			assert.Equal(t, sum(data), info.SHA256)
+			assert.Equal(t, sum(data), info.Checksum)
 			infos, err := b.List(ctx, "c/")
 			require.NoError(t, err)
 			require.Len(t, infos, 1)
@@ -149,7 +148,7 @@ func TestInvalidRecordedLength(t *testing.T) {
 		require.ErrorIs(t, err, storage.ErrInvalidChecksum, "attribute %q", v)
 		info, err := b.Stat(ctx, "obj")
 		require.NoError(t, err)
-		assert.Empty(t, info.SHA256, "attribute %q", v)
+		assert.Empty(t, info.Checksum, "attribute %q", v)
 		assert.Equal(t, int64(3), info.Size, "attribute %q: the file size", v)
 		require.ErrorIs(t, b.Append(ctx, "obj", 3, []byte("d"), sum([]byte("abcd"))), storage.ErrInvalidChecksum)
 	}
@@ -201,10 +200,10 @@ func BenchmarkGrowSegment(b *testing.B) {
 		b.Run(fmt.Sprintf("append/%dKiB", chunk>>10), func(b *testing.B) {
 			b.SetBytes(total)
 			for b.Loop() {
-				h := sha256.New()
+				h := storage.NewHash(storage.DefaultAlgorithm)
 				for off := 0; off < total; off += chunk {
 					h.Write(data[off : off+chunk])
-					if err := be.Append(ctx, "seg.partial", int64(off), data[off:off+chunk], hex.EncodeToString(h.Sum(nil))); err != nil {
+					if err := be.Append(ctx, "seg.partial", int64(off), data[off:off+chunk], h.Checksum()); err != nil {
 						b.Fatal(err)
 					}
 				}

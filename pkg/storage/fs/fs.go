@@ -2,18 +2,21 @@
 // ...) directory, opened from a file:///absolute/path archive URL.
 //
 // Objects are plain files under the root, named by their object names. Each
-// file carries its SHA-256 in the user extended attribute
-// user.barnacle.sha256, set on a hidden temporary file before the file
-// becomes visible, so the bytes and their checksum appear together or not
-// at all. The filesystem must therefore support user extended attributes
-// and hard links; New checks both.
+// file carries its checksum (storage.Algorithm: BLAKE3 for what Put hashes
+// itself, SHA-256 for older objects and for checksums given by the writer)
+// in the user extended attribute user.barnacle.sha256, which is named after
+// the only algorithm of the first versions. It is set on a hidden temporary
+// file before the file becomes visible, so the bytes and their checksum
+// appear together or not at all. The filesystem must therefore support user
+// extended attributes and hard links; New checks both.
 //
-// The attribute holds the lower-case hex digest ("<hex>") for objects written
-// by Put, and the digest and the object's length ("<hex>:<length>", length
-// in decimal) for objects written by Append, which grows the file in place:
-// the file may then be longer than the object, by zeroes reserved for the
-// next appends (up to 1 MiB) or bytes of an Append that a crash
-// interrupted, and readers use only the recorded length. Both forms are
+// The attribute holds the checksum ("<hex>" or "blake3:<hex>") for objects
+// written by Put, and the checksum and the object's length
+// ("<checksum>:<length>", length in decimal) for objects written by
+// Append, which grows the file in place: the file may then be longer than
+// the object, by zeroes reserved for the next appends (up to 1 MiB) or
+// bytes of an Append that a crash interrupted, and readers use only the
+// recorded length. Both forms are
 // read everywhere.
 //
 // Other modules may import this package, but its API is not stable.
@@ -23,7 +26,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -46,8 +48,9 @@ import (
 )
 
 const (
-	// xattrName holds an object's lower-case hex SHA-256, followed for
-	// appended objects by ":" and the object's length in decimal.
+	// xattrName holds an object's checksum (see storage.Algorithm),
+	// followed for appended objects by ":" and the object's length in
+	// decimal.
 	xattrName = "user.barnacle.sha256"
 	// tempPrefix starts the names of files being written. storage.CheckName
 	// forbids object names starting with ".", so these never collide with
@@ -228,7 +231,7 @@ func (b *Backend) path(name string) string {
 
 // Put implements storage.Backend. It writes a hidden temporary file in the
 // object's directory (creating directories as needed), hashing and checking
-// the context between chunks, stores the SHA-256 in the file's extended
+// the context between chunks, stores the checksum in the file's extended
 // attribute and fsyncs it; then it renames the file over the object (or,
 // with IfAbsent, links it to the object's name, which fails atomically if
 // the name exists) and fsyncs the directory.
@@ -241,9 +244,9 @@ func (b *Backend) Put(ctx context.Context, name string, r io.Reader, opts storag
 }
 
 // put is Put after the argument checks, with want the normalized expected
-// digest or "". recordLength stores the length with the digest, as Append
-// does, so that the object can grow in place without first converting its
-// attribute. Errors start with "put <name>:".
+// checksum or "" (then the object gets one of storage.DefaultAlgorithm).
+// recordLength stores the length with the checksum, as Append does, so that
+// the object can grow in place without first converting its attribute. Errors start with "put <name>:".
 func (b *Backend) put(ctx context.Context, name string, r io.Reader, want string, ifAbsent, recordLength bool) error {
 	final := b.path(name)
 	dir := filepath.Dir(final)
@@ -260,12 +263,17 @@ func (b *Backend) put(ctx context.Context, name string, r io.Reader, want string
 		_ = os.Remove(tmpName) // gone after a rename; otherwise debris for Cleanup
 	}()
 
-	h := sha256.New()
+	h := storage.NewHash(storage.DefaultAlgorithm)
+	if want != "" {
+		if h, err = storage.HashFor(want); err != nil {
+			return fmt.Errorf("put %s: %w", name, err)
+		}
+	}
 	n, err := copyInto(ctx, &hashingWriter{w: writeback.New(tmp), h: h}, r)
 	if err != nil {
 		return fmt.Errorf("put %s: write: %w", name, err)
 	}
-	got := hex.EncodeToString(h.Sum(nil))
+	got := h.Checksum()
 	if want != "" && got != want {
 		return fmt.Errorf("put %s: %w", name, &storage.ChecksumError{Name: name, Want: want, Got: got})
 	}
@@ -346,11 +354,11 @@ func (b *Backend) put(ctx context.Context, name string, r io.Reader, want string
 // An object written by Put has no recorded length; the first Append records
 // its file size (one extra fsync), because otherwise a crash after the
 // bytes were written would leave a file longer than its plain digest covers.
-func (b *Backend) Append(ctx context.Context, name string, offset int64, data []byte, sha string) (err error) {
+func (b *Backend) Append(ctx context.Context, name string, offset int64, data []byte, sum string) (err error) {
 	if err := storage.CheckName(name); err != nil {
 		return fmt.Errorf("append %s: %w", name, err)
 	}
-	want, err := storage.NormalizeSHA256(sha)
+	want, err := storage.NormalizeChecksum(sum)
 	if err != nil {
 		return fmt.Errorf("append %s: %w", name, err)
 	}
@@ -534,7 +542,7 @@ func (b *Backend) Get(ctx context.Context, name string) (io.ReadCloser, error) {
 	return storage.NewVerifyingReader(name, &ctxReadCloser{ctxReader: ctxReader{ctx: ctx, r: r}, c: f}, cs.sum), nil
 }
 
-// Stat implements storage.Backend. ObjectInfo.SHA256 is empty when the file
+// Stat implements storage.Backend. ObjectInfo.Checksum is empty when the file
 // has no valid checksum attribute.
 func (b *Backend) Stat(ctx context.Context, name string) (storage.ObjectInfo, error) {
 	if err := storage.CheckName(name); err != nil {
@@ -748,12 +756,12 @@ func statObject(p, name string) (storage.ObjectInfo, error) {
 	if err == nil && cs.length >= 0 {
 		size = cs.length
 	}
-	return storage.ObjectInfo{Name: name, Size: size, ModTime: fi.ModTime(), SHA256: cs.sum}, nil
+	return storage.ObjectInfo{Name: name, Size: size, ModTime: fi.ModTime(), Checksum: cs.sum}, nil
 }
 
 // checksum is the value of the checksum attribute.
 type checksum struct {
-	sum string // lower-case hex SHA-256
+	sum string // normalized, see storage.Algorithm
 	// length is the object's length for appended objects, whose file may
 	// be longer; -1 for objects written by Put, whose file is the object.
 	length int64
@@ -767,8 +775,8 @@ func (c checksum) encode() []byte {
 }
 
 // readChecksum returns the checksum stored on f: storage.ErrNoChecksum when
-// there is none, storage.ErrInvalidChecksum when it is not "<hex>" or
-// "<hex>:<length>".
+// there is none, storage.ErrInvalidChecksum when it is not "<checksum>" or
+// "<checksum>:<length>".
 func readChecksum(f *os.File) (checksum, error) {
 	var buf [128]byte
 	n, err := unix.Fgetxattr(int(f.Fd()), xattrName, buf[:])
@@ -788,8 +796,13 @@ func readChecksum(f *os.File) (checksum, error) {
 }
 
 func parseChecksum(v string) (checksum, error) {
-	hexPart, lenPart, hasLen := strings.Cut(v, ":")
-	sum, err := storage.NormalizeSHA256(hexPart)
+	// A tag ("blake3:") uses the separator of the length: strip it first.
+	tag, rest := "", v
+	if t, r, ok := strings.Cut(v, ":"); ok && strings.EqualFold(t, string(storage.BLAKE3)) {
+		tag, rest = t+":", r
+	}
+	hexPart, lenPart, hasLen := strings.Cut(rest, ":")
+	sum, err := storage.NormalizeChecksum(tag + hexPart)
 	if err != nil {
 		return checksum{}, err
 	}
@@ -844,8 +857,8 @@ func copyInto(ctx context.Context, w io.Writer, r io.Reader) (int64, error) {
 }
 
 // hashingWriter writes to w and hashes what it writes into h. Large
-// writes are hashed on another goroutine while w writes them: SHA-256 and
-// the copy into the page cache each take about as long, and a base backup
+// writes are hashed on another goroutine while w writes them: the hash and
+// the copy into the page cache each take a while, and a base backup
 // archive that streams through Put otherwise waits for both in turn.
 type hashingWriter struct {
 	w    io.Writer

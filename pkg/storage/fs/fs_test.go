@@ -33,7 +33,12 @@ func newBackend(t *testing.T) *fs.Backend {
 	return b
 }
 
-func sum(data []byte) string {
+// sum is the checksum Put stores when it is given none.
+func sum(data []byte) string { return storage.ChecksumOf(storage.DefaultAlgorithm, data) }
+
+// sha256Sum is a checksum of the older form, which archives written before
+// BLAKE3 hold and which callers may still give.
+func sha256Sum(data []byte) string {
 	s := sha256.Sum256(data)
 	return hex.EncodeToString(s[:])
 }
@@ -106,7 +111,7 @@ func TestNoTempFilesLeftBehind(t *testing.T) {
 	require.NoError(t, b.Put(ctx, "a/x", bytes.NewReader([]byte("2")), storage.PutOptions{}))
 	require.NoError(t, b.Put(ctx, "a/y", bytes.NewReader([]byte("3")), storage.PutOptions{IfAbsent: true}))
 	require.ErrorIs(t, b.Put(ctx, "a/y", bytes.NewReader([]byte("4")), storage.PutOptions{IfAbsent: true}), storage.ErrExist)
-	require.ErrorIs(t, b.Put(ctx, "a/z", bytes.NewReader([]byte("5")), storage.PutOptions{SHA256: sum([]byte("6"))}), storage.ErrChecksum)
+	require.ErrorIs(t, b.Put(ctx, "a/z", bytes.NewReader([]byte("5")), storage.PutOptions{Checksum: sum([]byte("6"))}), storage.ErrChecksum)
 	assert.ElementsMatch(t, []string{"a", "a/x", "a/y"}, dirEntries(t, b.Root()))
 }
 
@@ -162,7 +167,7 @@ func TestCorruptionDetected(t *testing.T) {
 			// Stat reports the checksum as stored, not as recomputed.
 			info, err := b.Stat(ctx, "c/obj")
 			require.NoError(t, err)
-			assert.Equal(t, sum(data), info.SHA256)
+			assert.Equal(t, sum(data), info.Checksum)
 
 			// PutOnce of the original bytes goes by the stored checksum and
 			// size: a changed size is reported as damage, a changed byte is
@@ -197,7 +202,7 @@ func TestObjectWithoutChecksum(t *testing.T) {
 
 	info, err := b.Stat(ctx, "foreign")
 	require.NoError(t, err)
-	assert.Empty(t, info.SHA256)
+	assert.Empty(t, info.Checksum)
 	assert.Equal(t, int64(len("copied by hand")), info.Size)
 
 	infos, err := b.List(ctx, "")
@@ -209,7 +214,7 @@ func TestObjectWithoutChecksum(t *testing.T) {
 	assert.True(t, existed)
 	var cerr *storage.ConflictError
 	require.ErrorAs(t, err, &cerr)
-	assert.Empty(t, cerr.ExistingSHA256)
+	assert.Empty(t, cerr.ExistingChecksum)
 	assert.Contains(t, err.Error(), "no stored checksum")
 }
 
@@ -222,7 +227,7 @@ func TestInvalidStoredChecksum(t *testing.T) {
 	require.ErrorIs(t, err, storage.ErrInvalidChecksum)
 	info, err := b.Stat(ctx, "obj")
 	require.NoError(t, err)
-	assert.Empty(t, info.SHA256)
+	assert.Empty(t, info.Checksum)
 }
 
 func TestChecksumStoredInXattr(t *testing.T) {
@@ -256,10 +261,10 @@ func TestLargePutsHashEveryByte(t *testing.T) {
 			if name == "odd small reads" {
 				want = data[:1<<20+3]
 			}
-			require.NoError(t, b.Put(t.Context(), "obj", src, storage.PutOptions{SHA256: sum(want)}))
+			require.NoError(t, b.Put(t.Context(), "obj", src, storage.PutOptions{Checksum: sum(want)}))
 			info, err := b.Stat(t.Context(), "obj")
 			require.NoError(t, err)
-			assert.Equal(t, sum(want), info.SHA256)
+			assert.Equal(t, sum(want), info.Checksum)
 			rc, err := b.Get(t.Context(), "obj")
 			require.NoError(t, err)
 			got, err := io.ReadAll(rc)

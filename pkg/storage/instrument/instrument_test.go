@@ -67,7 +67,7 @@ func TestMetricsExposition(t *testing.T) {
 	require.NoError(t, rc.Close())
 	_, err = w.List(ctx, "c/")
 	require.NoError(t, err)
-	err = w.Put(ctx, "c/bad", strings.NewReader("x"), storage.PutOptions{SHA256: strings.Repeat("0", 64)})
+	err = w.Put(ctx, "c/bad", strings.NewReader("x"), storage.PutOptions{Checksum: strings.Repeat("0", 64)})
 	require.True(t, errors.Is(err, storage.ErrChecksum))
 
 	want := `

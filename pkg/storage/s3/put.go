@@ -3,11 +3,8 @@ package s3
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"net/http"
 	"slices"
@@ -64,8 +61,15 @@ type upload struct {
 }
 
 func (b *Backend) put(ctx context.Context, name string, r io.Reader, want string, ifAbsent bool) error {
+	h := storage.NewHash(storage.DefaultAlgorithm)
+	if want != "" {
+		var err error
+		if h, err = storage.HashFor(want); err != nil {
+			return err
+		}
+	}
 	u := &upload{b: b, name: name, key: b.key(name), want: want, ifAbsent: ifAbsent, token: randomHex(),
-		src: &partReader{ctx: ctx, r: r, h: sha256.New()}}
+		src: &partReader{ctx: ctx, r: r, h: h}}
 	first := b.getBuf()
 	n, last, err := u.src.fill(*first)
 	if err != nil || last {
@@ -90,7 +94,7 @@ func (b *Backend) putBuf(p *[]byte) { b.bufs.Put(p) }
 // checkDigest returns a *ChecksumError when the bytes read differ from
 // the expected digest.
 func (u *upload) checkDigest() (string, error) {
-	got := hex.EncodeToString(u.src.h.Sum(nil))
+	got := u.src.h.Checksum()
 	if u.want != "" && got != u.want {
 		return "", &storage.ChecksumError{Name: u.name, Want: u.want, Got: got}
 	}
@@ -385,7 +389,7 @@ func (b *Backend) abort(ctx context.Context, key, uploadID string) {
 type partReader struct {
 	ctx  context.Context
 	r    io.Reader
-	h    hash.Hash
+	h    *storage.Hash
 	peek []byte // 0 or 1 byte read ahead
 	eof  bool
 }

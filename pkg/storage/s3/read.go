@@ -69,7 +69,7 @@ func digestOf(oi minio.ObjectInfo) (string, error) {
 	if v == "" {
 		return "", storage.ErrNoChecksum
 	}
-	return storage.NormalizeSHA256(v)
+	return storage.NormalizeChecksum(v)
 }
 
 // ctxReader ends reads with ctx's error once ctx has ended, whatever the
@@ -121,7 +121,7 @@ func (b *Backend) stat(ctx context.Context, name string) (storage.ObjectInfo, er
 		return storage.ObjectInfo{}, err
 	}
 	info := storage.ObjectInfo{Name: name, Size: oi.Size, ModTime: oi.LastModified}
-	info.SHA256, _ = digestOf(oi)
+	info.Checksum, _ = digestOf(oi)
 	return info, nil
 }
 
@@ -172,8 +172,8 @@ func (b *Backend) list(ctx context.Context, prefix string) ([]storage.ObjectInfo
 			continue
 		}
 		info := storage.ObjectInfo{Name: name, Size: oi.Size, ModTime: oi.LastModified}
-		info.SHA256, _ = digestOf(oi)
-		if info.SHA256 == "" {
+		info.Checksum, _ = digestOf(oi)
+		if info.Checksum == "" {
 			missing = append(missing, len(infos))
 		}
 		infos = append(infos, info)

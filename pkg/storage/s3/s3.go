@@ -13,11 +13,13 @@
 //
 // # Checksums
 //
-// Every object carries its SHA-256 (lower-case hex) in the user metadata
-// x-amz-meta-barnacle-sha256, set in the same request that creates the
+// Every object carries its checksum (storage.Algorithm: "blake3:<hex>", or
+// "<hex>" for SHA-256) in the user metadata x-amz-meta-barnacle-sha256,
+// named after the only algorithm of the first versions, set in the same
+// request that creates the
 // object (PUT or CreateMultipartUpload), so the bytes and their checksum
 // appear together. Get verifies the bytes against it at EOF. When Put is
-// given the digest (PutOptions.SHA256) the data streams straight to the
+// given the digest (PutOptions.Checksum) the data streams straight to the
 // final name and the upload is aborted, storing nothing, if the bytes turn
 // out not to match. When the digest is unknown and the data fits in one
 // part, Put hashes the buffered part before sending it. When it is unknown

@@ -85,7 +85,11 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-func sum(b []byte) string {
+// sum is the checksum Put stores when it is given none.
+func sum(b []byte) string { return storage.ChecksumOf(storage.DefaultAlgorithm, b) }
+
+// sha256Sum is a checksum of the older form, which callers may still give.
+func sha256Sum(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
 }
@@ -110,8 +114,9 @@ func TestS3(t *testing.T) {
 			name string
 			opts storage.PutOptions
 		}{
-			{"digest given", storage.PutOptions{SHA256: sum(data)}},
-			{"digest given if absent", storage.PutOptions{SHA256: sum(data), IfAbsent: true}},
+			{"digest given", storage.PutOptions{Checksum: sum(data)}},
+			{"digest given if absent", storage.PutOptions{Checksum: sum(data), IfAbsent: true}},
+			{"sha256 digest given", storage.PutOptions{Checksum: sha256Sum(data)}},
 			{"digest unknown", storage.PutOptions{}},
 			{"digest unknown if absent", storage.PutOptions{IfAbsent: true}},
 		}
@@ -129,7 +134,11 @@ func TestS3(t *testing.T) {
 				info, err := b.Stat(t.Context(), name)
 				require.NoError(t, err)
 				assert.Equal(t, int64(len(data)), info.Size)
-				assert.Equal(t, sum(data), info.SHA256)
+				want := tc.opts.Checksum
+				if want == "" {
+					want = sum(data)
+				}
+				assert.Equal(t, want, info.Checksum)
 				if tc.opts.IfAbsent {
 					err := b.Put(t.Context(), name, bytes.NewReader(data), tc.opts)
 					require.ErrorIs(t, err, storage.ErrExist)
@@ -137,7 +146,7 @@ func TestS3(t *testing.T) {
 			})
 		}
 		t.Run("wrong digest stores nothing", func(t *testing.T) {
-			err := b.Put(t.Context(), "big/wrong", bytes.NewReader(data), storage.PutOptions{SHA256: sum([]byte("other"))})
+			err := b.Put(t.Context(), "big/wrong", bytes.NewReader(data), storage.PutOptions{Checksum: sum([]byte("other"))})
 			require.ErrorIs(t, err, storage.ErrChecksum)
 			_, err = b.Stat(t.Context(), "big/wrong")
 			require.ErrorIs(t, err, storage.ErrNotExist)
@@ -160,7 +169,7 @@ func TestS3(t *testing.T) {
 		// up. Nothing may be visible, and the upload must be aborted.
 		b := open(t, "part-size=5MB&concurrency=2")
 		data := randomBytes(40<<20, 2)
-		for _, opts := range []storage.PutOptions{{}, {SHA256: sum([]byte("x"))}, {IfAbsent: true}} {
+		for _, opts := range []storage.PutOptions{{}, {Checksum: sum([]byte("x"))}, {IfAbsent: true}} {
 			ctx, cancel := context.WithCancel(t.Context())
 			r := &cancelAfter{r: bytes.NewReader(data), after: 12 << 20, cancel: cancel}
 			err := b.Put(ctx, "wals/000000010000000000000001", r, opts)
@@ -206,7 +215,7 @@ func TestS3(t *testing.T) {
 					g.Go(func() error {
 						opts := storage.PutOptions{IfAbsent: true}
 						if tc.hash {
-							opts.SHA256 = sum(datas[i])
+							opts.Checksum = sum(datas[i])
 						}
 						err := b.Put(t.Context(), name, bytes.NewReader(datas[i]), opts)
 						switch {
@@ -255,7 +264,7 @@ func TestS3(t *testing.T) {
 		require.ErrorIs(t, err, storage.ErrNoChecksum)
 		info, err := b.Stat(t.Context(), "foreign")
 		require.NoError(t, err)
-		assert.Empty(t, info.SHA256)
+		assert.Empty(t, info.Checksum)
 	})
 
 	t.Run("ServerDown", func(t *testing.T) {

@@ -13,7 +13,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"math/rand/v2"
 	"slices"
@@ -40,7 +39,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 		fn   func(t *testing.T, b storage.Backend)
 	}{
 		{"RoundTrip", testRoundTrip},
-		{"ExpectedSHA256", testExpectedSHA256},
+		{"ExpectedChecksum", testExpectedChecksum},
 		{"Overwrite", testOverwrite},
 		{"OverwriteIsAtomicForReaders", testOverwriteAtomic},
 		{"IfAbsent", testIfAbsent},
@@ -67,7 +66,12 @@ func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 	}
 }
 
-func sum(data []byte) string {
+// sum is the checksum Put stores when it is given none.
+func sum(data []byte) string { return storage.ChecksumOf(storage.DefaultAlgorithm, data) }
+
+// sha256Sum is a checksum of the older form, which archives written before
+// BLAKE3 hold and which callers may still give.
+func sha256Sum(data []byte) string {
 	s := sha256.Sum256(data)
 	return hex.EncodeToString(s[:])
 }
@@ -136,53 +140,66 @@ func testRoundTrip(t *testing.T, b storage.Backend) {
 			require.NoError(t, err)
 			assert.Equal(t, name, info.Name)
 			assert.Equal(t, int64(len(tc.data)), info.Size)
-			assert.Equal(t, sum(tc.data), info.SHA256)
+			assert.Equal(t, sum(tc.data), info.Checksum)
 			// Object stores keep whole seconds; allow for that and for clock skew.
 			assert.WithinRange(t, info.ModTime, before.Add(-time.Minute), after.Add(time.Minute))
 		})
 	}
 }
 
-func testExpectedSHA256(t *testing.T, b storage.Backend) {
+// testExpectedChecksum gives Put checksums of both algorithms: BLAKE3, and
+// SHA-256, which older archives hold and callers may still give.
+func testExpectedChecksum(t *testing.T, b storage.Backend) {
+	for alg, sum := range map[string]func([]byte) string{"blake3": sum, "sha256": sha256Sum} {
+		t.Run(alg, func(t *testing.T) { testExpectedChecksumOf(t, b, alg+"-", sum) })
+	}
+	infos, err := b.List(t.Context(), "")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"blake3-existing", "blake3-match", "sha256-existing", "sha256-match"}, names(infos))
+}
+
+func testExpectedChecksumOf(t *testing.T, b storage.Backend, prefix string, sum func([]byte) string) {
 	ctx := t.Context()
 	data := []byte("expected checksum")
 	other := []byte("something else")
 
 	t.Run("match", func(t *testing.T) {
-		// Either case is accepted.
-		err := b.Put(ctx, "match", bytes.NewReader(data), storage.PutOptions{SHA256: strings.ToUpper(sum(data))})
+		// Either case is accepted, and the checksum is stored normalized.
+		err := b.Put(ctx, prefix+"match", bytes.NewReader(data), storage.PutOptions{Checksum: strings.ToUpper(sum(data))})
 		require.NoError(t, err)
-		requireEqualBytes(t, data, readAll(t, b, "match"), "read back")
+		requireEqualBytes(t, data, readAll(t, b, prefix+"match"), "read back")
+		info, err := b.Stat(ctx, prefix+"match")
+		require.NoError(t, err)
+		assert.Equal(t, sum(data), info.Checksum)
 	})
 	t.Run("mismatch stores nothing", func(t *testing.T) {
 		for _, ifAbsent := range []bool{false, true} {
-			err := b.Put(ctx, "mismatch", bytes.NewReader(data), storage.PutOptions{SHA256: sum(other), IfAbsent: ifAbsent})
+			err := b.Put(ctx, prefix+"mismatch", bytes.NewReader(data), storage.PutOptions{Checksum: sum(other), IfAbsent: ifAbsent})
 			require.ErrorIs(t, err, storage.ErrChecksum, "if-absent %v", ifAbsent)
 			var cerr *storage.ChecksumError
 			require.ErrorAs(t, err, &cerr)
 			assert.Equal(t, sum(other), cerr.Want)
 			assert.Equal(t, sum(data), cerr.Got)
-			_, err = b.Stat(ctx, "mismatch")
+			_, err = b.Stat(ctx, prefix+"mismatch")
 			require.ErrorIs(t, err, storage.ErrNotExist, "if-absent %v", ifAbsent)
 		}
 	})
 	t.Run("mismatch keeps existing object", func(t *testing.T) {
-		put(t, b, "existing", data)
-		err := b.Put(ctx, "existing", bytes.NewReader(other), storage.PutOptions{SHA256: sum(data)})
+		put(t, b, prefix+"existing", data)
+		err := b.Put(ctx, prefix+"existing", bytes.NewReader(other), storage.PutOptions{Checksum: sum(data)})
 		require.ErrorIs(t, err, storage.ErrChecksum)
-		requireEqualBytes(t, data, readAll(t, b, "existing"), "original")
+		requireEqualBytes(t, data, readAll(t, b, prefix+"existing"), "original")
 	})
 	t.Run("invalid digest", func(t *testing.T) {
-		for _, bad := range []string{"xyz", sum(data)[:63], sum(data) + "0", strings.Repeat("g", 64)} {
-			err := b.Put(ctx, "invalid", bytes.NewReader(data), storage.PutOptions{SHA256: bad})
+		good := sum(data)
+		for _, bad := range []string{"xyz", good[:len(good)-1], good + "0", strings.Repeat("g", 64),
+			"blake3:" + strings.Repeat("g", 64), "md5:" + strings.Repeat("0", 64), "blake3" + strings.Repeat("0", 64)} {
+			err := b.Put(ctx, prefix+"invalid", bytes.NewReader(data), storage.PutOptions{Checksum: bad})
 			require.ErrorIs(t, err, storage.ErrInvalidChecksum, "digest %q", bad)
 		}
-		_, err := b.Stat(ctx, "invalid")
+		_, err := b.Stat(ctx, prefix+"invalid")
 		require.ErrorIs(t, err, storage.ErrNotExist)
 	})
-	infos, err := b.List(ctx, "")
-	require.NoError(t, err)
-	assert.Equal(t, []string{"existing", "match"}, names(infos))
 }
 
 func testOverwrite(t *testing.T, b storage.Backend) {
@@ -193,7 +210,7 @@ func testOverwrite(t *testing.T, b storage.Backend) {
 	info, err := b.Stat(t.Context(), "obj")
 	require.NoError(t, err)
 	assert.Equal(t, int64(len(c)), info.Size)
-	assert.Equal(t, sum(c), info.SHA256)
+	assert.Equal(t, sum(c), info.Checksum)
 	put(t, b, "obj", nil)
 	requireEqualBytes(t, nil, readAll(t, b, "obj"), "after overwrite with empty")
 }
@@ -245,7 +262,7 @@ func testIfAbsent(t *testing.T, b storage.Backend) {
 	requireEqualBytes(t, orig, readAll(t, b, "once"), "original after refused put")
 	info, err := b.Stat(ctx, "once")
 	require.NoError(t, err)
-	assert.Equal(t, sum(orig), info.SHA256)
+	assert.Equal(t, sum(orig), info.Checksum)
 
 	// Same bytes again are refused too: IfAbsent is about the name.
 	err = b.Put(ctx, "once", bytes.NewReader(orig), storage.PutOptions{IfAbsent: true})
@@ -275,8 +292,8 @@ func testPutOnce(t *testing.T, b storage.Backend) {
 	var cerr *storage.ConflictError
 	require.ErrorAs(t, err, &cerr)
 	assert.Equal(t, name, cerr.Name)
-	assert.Equal(t, sum(orig), cerr.ExistingSHA256)
-	assert.Equal(t, sum(other), cerr.NewSHA256)
+	assert.Equal(t, sum(orig), cerr.ExistingChecksum)
+	assert.Equal(t, sum(other), cerr.NewChecksum)
 	require.True(t, strings.HasPrefix(cerr.AsideName, name+".conflict-"), "aside name %q", cerr.AsideName)
 
 	requireEqualBytes(t, orig, readAll(t, b, name), "original after conflict")
@@ -292,6 +309,19 @@ func testPutOnce(t *testing.T, b storage.Backend) {
 	require.NoError(t, err)
 	assert.Len(t, infos, 3)
 	requireEqualBytes(t, orig, readAll(t, b, name), "original after second conflict")
+
+	// An object stored with a SHA-256 checksum, as older versions stored
+	// every object: the same bytes are recognized as such, in its algorithm.
+	older := "cluster/wals/000000010000000000000006"
+	require.NoError(t, b.Put(ctx, older, bytes.NewReader(orig), storage.PutOptions{Checksum: sha256Sum(orig), IfAbsent: true}))
+	existed, err = storage.PutOnce(ctx, b, older, orig)
+	require.NoError(t, err, "same bytes as a SHA-256 object")
+	assert.True(t, existed, "same bytes as a SHA-256 object")
+	_, err = storage.PutOnce(ctx, b, older, other)
+	require.ErrorAs(t, err, &cerr)
+	assert.Equal(t, sha256Sum(orig), cerr.ExistingChecksum)
+	assert.Equal(t, sha256Sum(other), cerr.NewChecksum, "compared in the existing object's algorithm")
+	requireEqualBytes(t, orig, readAll(t, b, older), "SHA-256 original after conflict")
 }
 
 func testPutOnceConcurrent(t *testing.T, b storage.Backend) {
@@ -349,7 +379,7 @@ func testList(t *testing.T, b storage.Backend) {
 				i := indexOf(all, info.Name)
 				data := []byte(strings.Repeat("x", i))
 				assert.Equal(t, int64(len(data)), info.Size, info.Name)
-				assert.Equal(t, sum(data), info.SHA256, info.Name)
+				assert.Equal(t, sum(data), info.Checksum, info.Name)
 				assert.False(t, info.ModTime.IsZero(), info.Name)
 			}
 		})
@@ -567,18 +597,18 @@ type growing struct {
 	a    storage.Appender
 	name string
 	data []byte
-	h    hash.Hash
+	h    *storage.Hash
 }
 
 func newGrowing(t *testing.T, a storage.Appender, name string) *growing {
-	return &growing{t: t, a: a, name: name, h: sha256.New()}
+	return &growing{t: t, a: a, name: name, h: storage.NewHash(storage.DefaultAlgorithm)}
 }
 
 // add appends chunk at the object's end.
 func (g *growing) add(chunk []byte) {
 	g.t.Helper()
 	g.h.Write(chunk)
-	err := g.a.Append(g.t.Context(), g.name, int64(len(g.data)), chunk, hex.EncodeToString(g.h.Sum(nil)))
+	err := g.a.Append(g.t.Context(), g.name, int64(len(g.data)), chunk, g.h.Checksum())
 	require.NoError(g.t, err, "append %d bytes at %d", len(chunk), len(g.data))
 	g.data = append(g.data, chunk...)
 }
@@ -590,12 +620,12 @@ func requireObject(t *testing.T, b storage.Backend, name string, data []byte) {
 	info, err := b.Stat(t.Context(), name)
 	require.NoError(t, err)
 	assert.Equal(t, int64(len(data)), info.Size, "stat size")
-	assert.Equal(t, sum(data), info.SHA256, "stat sha256")
+	assert.Equal(t, sum(data), info.Checksum, "stat sha256")
 	infos, err := b.List(t.Context(), name)
 	require.NoError(t, err)
 	require.Equal(t, []string{name}, names(infos))
 	assert.Equal(t, int64(len(data)), infos[0].Size, "list size")
-	assert.Equal(t, sum(data), infos[0].SHA256, "list sha256")
+	assert.Equal(t, sum(data), infos[0].Checksum, "list sha256")
 }
 
 func testAppend(t *testing.T, b storage.Backend) {
@@ -668,7 +698,7 @@ func testAppendReplaceAndPut(t *testing.T, b storage.Backend) {
 		short := []byte("short")
 		require.NoError(t, a.Append(ctx, g.name, 0, short, sum(short)))
 		requireObject(t, b, g.name, short)
-		g.data, g.h = slices.Clone(short), sha256.New()
+		g.data, g.h = slices.Clone(short), storage.NewHash(storage.DefaultAlgorithm)
 		g.h.Write(short)
 		g.add([]byte(" and more"))
 		requireObject(t, b, g.name, []byte("short and more"))
@@ -688,7 +718,7 @@ func testAppendReplaceAndPut(t *testing.T, b storage.Backend) {
 		requireObject(t, b, g.name, replaced)
 		err := a.Append(ctx, g.name, int64(len("short and more")), []byte("x"), sum([]byte("short and morex")))
 		require.ErrorIs(t, err, storage.ErrAppendOffset, "the old length after a put")
-		g.data, g.h = slices.Clone(replaced), sha256.New()
+		g.data, g.h = slices.Clone(replaced), storage.NewHash(storage.DefaultAlgorithm)
 		g.h.Write(replaced)
 		g.add([]byte("tail"))
 		g.add([]byte("tail2"))
@@ -718,12 +748,12 @@ func testAppendWhileReading(t *testing.T, b storage.Backend) {
 	eg, ctx := errgroup.WithContext(t.Context())
 	eg.Go(func() error {
 		defer writerDone.Store(true)
-		h := sha256.New()
+		h := storage.NewHash(storage.DefaultAlgorithm)
 		h.Write(all[:chunk])
 		for i := 1; i < chunks; i++ {
 			part := all[i*chunk : (i+1)*chunk]
 			h.Write(part)
-			if err := a.Append(ctx, "grow", int64(i*chunk), part, hex.EncodeToString(h.Sum(nil))); err != nil {
+			if err := a.Append(ctx, "grow", int64(i*chunk), part, h.Checksum()); err != nil {
 				return fmt.Errorf("append %d: %w", i, err)
 			}
 		}
