@@ -183,9 +183,9 @@ type appendOp struct {
 	a storage.Appender
 }
 
-func (o appendOp) Append(ctx context.Context, name string, offset int64, data []byte, sha256 string) error {
+func (o appendOp) Append(ctx context.Context, name string, offset int64, data []byte, checksum string) error {
 	start := time.Now()
-	err := o.a.Append(ctx, name, offset, data, sha256)
+	err := o.a.Append(ctx, name, offset, data, checksum)
 	o.i.observe(OpAppend, start, err)
 	return err
 }

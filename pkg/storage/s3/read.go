@@ -92,7 +92,7 @@ func (r *ctxReader) Read(p []byte) (int, error) {
 
 func (r *ctxReader) Close() error { return r.rc.Close() }
 
-// Stat implements storage.Backend with one HEAD request. SHA256 is empty
+// Stat implements storage.Backend with one HEAD request. Checksum is empty
 // for an object that carries no (valid) digest.
 func (b *Backend) Stat(ctx context.Context, name string) (storage.ObjectInfo, error) {
 	b.stats.stats.Add(1)
