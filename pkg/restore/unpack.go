@@ -28,9 +28,11 @@ import (
 // writeback.MaxWrite), pooled since a data directory has thousands of
 // small files.
 var copyBuffers = sync.Pool{New: func() any {
-	b := make([]byte, 256<<10)
+	b := make([]byte, copyBufferSize)
 	return &b
 }}
+
+const copyBufferSize = 256 << 10
 
 // syncWorkers is how many files finish fsyncs at once: the device queues
 // them, and their writeback mostly ran already.
@@ -338,9 +340,13 @@ func (u *unpacker) regular(ctx context.Context, name string, hdr *tar.Header, r 
 	if !u.noSync {
 		w = wb
 	}
-	buf := copyBuffers.Get().(*[]byte) //nolint:forcetypeassert // the pool holds nothing else
-	_, err = io.CopyBuffer(w, ctxReader{ctx, r}, *buf)
-	copyBuffers.Put(buf)
+	if hdr.Size >= pipelineMinSize {
+		_, err = copyPipelined(w, ctxReader{ctx, r})
+	} else {
+		buf := copyBuffers.Get().(*[]byte) //nolint:forcetypeassert // the pool holds nothing else
+		_, err = io.CopyBuffer(w, ctxReader{ctx, r}, *buf)
+		copyBuffers.Put(buf)
+	}
 	if err == nil && !u.noSync {
 		// The writeback runs while the rest is unpacked; Finish fsyncs
 		// every file, by then mostly clean, in parallel.
