@@ -126,3 +126,23 @@ func TestUnpackLargeFiles(t *testing.T) {
 	require.Error(t, err)
 	assert.ErrorIs(t, err, io.ErrUnexpectedEOF)
 }
+
+// TestReadAheadKeepsErrors checks that the read-ahead of decompressed
+// archives passes on the end of its input as io.EOF and every error as
+// itself, io.ErrUnexpectedEOF included (a decompressor's "cut short").
+func TestReadAheadKeepsErrors(t *testing.T) {
+	data := patterned(3*readAheadChunk + 5)
+	ra := newReadAhead(bytes.NewReader(data))
+	got, err := io.ReadAll(ra)
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(data, got))
+	ra.stop()
+
+	for _, rerr := range []error{io.ErrUnexpectedEOF, errors.New("lz4: invalid block")} {
+		ra := newReadAhead(io.MultiReader(bytes.NewReader(data[:readAheadChunk+7]), iotest.ErrReader(rerr)))
+		got, err := io.ReadAll(ra)
+		require.ErrorIs(t, err, rerr)
+		assert.Len(t, got, readAheadChunk+7)
+		ra.stop()
+	}
+}

@@ -689,7 +689,9 @@ func newReadAhead(r io.Reader) *readAhead {
 			default:
 				buf = make([]byte, readAheadChunk)
 			}
-			n, err := io.ReadFull(r, buf[:cap(buf)])
+			// Not io.ReadFull: it would turn a decompressor's
+			// io.ErrUnexpectedEOF (a stream cut short) into a clean end.
+			n, err := fill(r, buf[:cap(buf)])
 			if n > 0 {
 				select {
 				case ra.ch <- buf[:n]:
@@ -698,9 +700,6 @@ func newReadAhead(r io.Reader) *readAhead {
 				}
 			}
 			if err != nil {
-				if errors.Is(err, io.ErrUnexpectedEOF) {
-					err = io.EOF
-				}
 				ra.err = err
 				return
 			}
