@@ -19,9 +19,9 @@ const (
 	pipelineBuffers = 3
 )
 
-// pipelineSets holds sets of pipelineBuffers buffers of copyBufferSize; a
-// pool of sets, one per file being
-// copied, so that a restore allocates them once per concurrent archive.
+// pipelineSets pools sets of pipelineBuffers buffers of copyBufferSize, one
+// set per file being copied, so that a restore allocates them once per
+// archive it unpacks at the same time.
 var pipelineSets = sync.Pool{New: func() any {
 	set := make([][]byte, pipelineBuffers)
 	for i := range set {

@@ -70,6 +70,15 @@ func HashFor(checksum string) (*Hash, error) {
 	return NewHash(alg), nil
 }
 
+// HashForPut returns the Hash a Put computes: of want's algorithm when
+// want, the caller's expected checksum, is set, else of DefaultAlgorithm.
+func HashForPut(want string) (*Hash, error) {
+	if want == "" {
+		return NewHash(DefaultAlgorithm), nil
+	}
+	return HashFor(want)
+}
+
 // Algorithm returns the hash's algorithm.
 func (h *Hash) Algorithm() Algorithm { return h.alg }
 
@@ -120,19 +129,23 @@ func DescribeChecksum(checksum string) string {
 	return string(alg) + " " + digest
 }
 
+// splitTag returns a checksum's algorithm, by its tag, and the rest, not
+// checked.
+func splitTag(checksum string) (Algorithm, string) {
+	if len(checksum) >= len(blake3Prefix) && strings.EqualFold(checksum[:len(blake3Prefix)], blake3Prefix) {
+		return BLAKE3, checksum[len(blake3Prefix):]
+	}
+	return SHA256, checksum
+}
+
 // digestOf returns the hex digits of a checksum of either form.
 func digestOf(checksum string) string {
-	if len(checksum) > len(blake3Prefix) && strings.EqualFold(checksum[:len(blake3Prefix)], blake3Prefix) {
-		return checksum[len(blake3Prefix):]
-	}
-	return checksum
+	_, digest := splitTag(checksum)
+	return digest
 }
 
 func parseChecksum(s string) (alg Algorithm, digest string, err error) {
-	alg, digest = SHA256, s
-	if strings.HasPrefix(strings.ToLower(s), blake3Prefix) {
-		alg, digest = BLAKE3, s[len(blake3Prefix):]
-	}
+	alg, digest = splitTag(s)
 	if len(digest) != 64 {
 		return "", "", fmt.Errorf("%w: %q is not 64 hex digits, optionally after %q", ErrInvalidChecksum, s, blake3Prefix)
 	}

@@ -263,11 +263,9 @@ func (b *Backend) put(ctx context.Context, name string, r io.Reader, want string
 		_ = os.Remove(tmpName) // gone after a rename; otherwise debris for Cleanup
 	}()
 
-	h := storage.NewHash(storage.DefaultAlgorithm)
-	if want != "" {
-		if h, err = storage.HashFor(want); err != nil {
-			return fmt.Errorf("put %s: %w", name, err)
-		}
+	h, err := storage.HashForPut(want)
+	if err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
 	}
 	n, err := copyInto(ctx, &hashingWriter{w: writeback.New(tmp), h: h}, r)
 	if err != nil {

@@ -61,12 +61,9 @@ type upload struct {
 }
 
 func (b *Backend) put(ctx context.Context, name string, r io.Reader, want string, ifAbsent bool) error {
-	h := storage.NewHash(storage.DefaultAlgorithm)
-	if want != "" {
-		var err error
-		if h, err = storage.HashFor(want); err != nil {
-			return err
-		}
+	h, err := storage.HashForPut(want)
+	if err != nil {
+		return err
 	}
 	u := &upload{b: b, name: name, key: b.key(name), want: want, ifAbsent: ifAbsent, token: randomHex(),
 		src: &partReader{ctx: ctx, r: r, h: h}}
