@@ -32,6 +32,20 @@ func openArchive(cmd *cobra.Command) (config.Config, storage.Backend, error) {
 	return cfg, b, nil
 }
 
+// openArchiveToRead is openArchive for commands that only read the
+// archive: a user who may read but not write it can run them.
+func openArchiveToRead(cmd *cobra.Command) (config.Config, storage.Backend, error) {
+	cfg, err := loadConfig(cmd, archiveNeeds)
+	if err != nil {
+		return cfg, nil, err
+	}
+	b, err := backends.OpenReadOnly(cmd.Context(), cfg.ArchiveURL)
+	if err != nil {
+		return cfg, nil, err // names archive-url
+	}
+	return cfg, b, nil
+}
+
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -45,7 +59,7 @@ func newListBackupsCommand() *cobra.Command {
 		Short: "List the base backups in the archive, newest first",
 		Long:  "List the base backups of cluster-name in archive-url, newest first, with status, sizes, times, LSNs and timeline.",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, b, err := openArchive(cmd)
+			cfg, b, err := openArchiveToRead(cmd)
 			if err != nil {
 				return err
 			}
@@ -101,7 +115,7 @@ func newShowBackupCommand() *cobra.Command {
 		Short: "Show one backup in full, with the WAL range it needs and whether it is archived",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, b, err := openArchive(cmd)
+			cfg, b, err := openArchiveToRead(cmd)
 			if err != nil {
 				return err
 			}
@@ -215,7 +229,7 @@ func newVerifyBackupCommand() *cobra.Command {
 		Short: "Re-read a backup and check every file against its checksums and backup_manifest",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, b, err := openArchive(cmd)
+			cfg, b, err := openArchiveToRead(cmd)
 			if err != nil {
 				return err
 			}
