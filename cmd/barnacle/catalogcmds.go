@@ -14,6 +14,7 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
+	"github.com/barnacle-pg/barnacle/pkg/walfetch"
 )
 
 // archiveNeeds is what every catalog command needs: the cluster's archive.
@@ -226,7 +227,7 @@ func newVerifyBackupCommand() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "verify-backup ID|latest",
-		Short: "Re-read a backup and check every file against its checksums and backup_manifest",
+		Short: "Re-read a backup and check every file against its checksums and backup_manifest, and the WAL it needs",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, b, err := openArchiveToRead(cmd)
@@ -243,12 +244,29 @@ func newVerifyBackupCommand() *cobra.Command {
 			if err != nil && len(report.Problems) == 0 {
 				return err
 			}
+			// The WAL from the backup's start to its consistency point: a
+			// restore cannot start without it.
+			var walReport walfetch.Report
+			if d.Status == catalog.StatusDone {
+				walBar := newProgressBar(cmd.OutOrStdout(), "verifying the WAL of "+d.ID, !asJSON)
+				walReport, err = walfetch.VerifyBackupWAL(cmd.Context(), b, cfg.ClusterName, d, walBar.Update)
+				walBar.Done()
+				if err != nil {
+					return err
+				}
+				for _, p := range walReport.Problems {
+					report.Problems = append(report.Problems, "wals/"+p.String())
+				}
+			}
 			if asJSON {
 				if jerr := printJSON(cmd.OutOrStdout(), report); jerr != nil {
 					return jerr
 				}
 			} else {
 				fmt.Fprintf(cmd.OutOrStdout(), "backup %s: %d files, %s checked\n", d.ID, report.Files, humanBytes(report.Bytes))
+				if d.Status == catalog.StatusDone {
+					fmt.Fprintf(cmd.OutOrStdout(), "WAL to consistency: %d files, %s checked\n", walReport.Files, humanBytes(walReport.Bytes))
+				}
 				for _, p := range report.Problems {
 					fmt.Fprintf(cmd.OutOrStdout(), "  PROBLEM: %s\n", p)
 				}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -230,5 +231,51 @@ exec %q wal-fetch --cluster-name %q --archive-url %q "$1" "$2"
 		requireStoppedShort(t, r)
 		comeBack(t)
 		requireAllRows(t, r, dir)
+	})
+
+	// Last: it damages the archive. A flipped byte in a segment the backup
+	// needs and in a later one: names-only checks stay green, the reading
+	// ones must not.
+	t.Run("flipped byte in archived segments", func(t *testing.T) {
+		out, stderr, code := barnacleAsPostgres(t, append([]string{"show-backup", "latest", "--json"}, archiveArgs...)...)
+		require.Equal(t, 0, code, "%s %s", out, stderr)
+		var detail struct {
+			WAL struct{ First string } `json:"wal"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(out), &detail), out)
+		require.NotEmpty(t, detail.WAL.First)
+		flip := func(segment string) string {
+			matches, err := filepath.Glob(filepath.Join(env.dir, cluster, "wals", segment+"*"))
+			require.NoError(t, err)
+			require.Len(t, matches, 1, segment)
+			f, err := os.OpenFile(matches[0], os.O_RDWR, 0)
+			require.NoError(t, err)
+			defer f.Close()
+			fi, err := f.Stat()
+			require.NoError(t, err)
+			b := make([]byte, 1)
+			at := fi.Size() / 2
+			_, err = f.ReadAt(b, at)
+			require.NoError(t, err)
+			b[0] ^= 0x01
+			_, err = f.WriteAt(b, at)
+			require.NoError(t, err)
+			return filepath.Base(matches[0])
+		}
+		needed, later := flip(detail.WAL.First), flip(vanishAt)
+
+		out, stderr, code = barnacleAsPostgres(t, append([]string{"verify-backup", "latest"}, archiveArgs...)...)
+		assert.Equal(t, 1, code, "verify-backup:\n%s\n%s", out, stderr)
+		assert.Contains(t, out, "PROBLEM: wals/"+needed+": ")
+		assert.NotContains(t, out, later, "after the consistency point: not the backup's")
+
+		out, stderr, code = barnacleAsPostgres(t, append([]string{"verify-wal"}, archiveArgs...)...)
+		assert.Equal(t, 1, code, "verify-wal:\n%s\n%s", out, stderr)
+		assert.Contains(t, out, "PROBLEM: "+needed+": ")
+		assert.Contains(t, out, "PROBLEM: "+later+": ")
+		out, stderr, code = barnacleAsPostgres(t, append([]string{"verify-wal", "--from", vanishAt}, archiveArgs...)...)
+		assert.Equal(t, 1, code, "verify-wal --from:\n%s\n%s", out, stderr)
+		assert.NotContains(t, out, needed)
+		assert.Contains(t, out, "PROBLEM: "+later+": ")
 	})
 }
