@@ -39,9 +39,11 @@ const exitAbortRecovery = 255
 //   - nil: 0, the file is in place.
 //   - ErrNotFound: 1, the archive was read and has no such file.
 //   - interrupted by sig: 128+sig, what a shell reports for a command
-//     killed by sig. PostgreSQL reads 128+SIGTERM as its own fast shutdown
-//     reaching restore_command and exits without an error; any other
-//     128+n is above 125 and stops recovery. Neither reads "not found".
+//     killed by sig. PostgreSQL (xlogarchive.c) reads 128+SIGTERM as its
+//     fast shutdown reaching restore_command and ends the startup process
+//     (when no shutdown was under way, the postmaster takes that for a
+//     crash and stops); any other 128+n is above 125 and stops recovery.
+//     Neither reads "not found".
 //   - any other failure on a standby (standby.signal): 1. A standby retries
 //     restore_command (and streams meanwhile) and never promotes on its
 //     own, so a passing archive failure costs it nothing, where 255 would
