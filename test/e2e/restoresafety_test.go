@@ -128,6 +128,13 @@ func TestRestoreArchiveVanishes(t *testing.T) {
 			assert.Equal(t, 0, code, "%v:\n%s\n%s", args, out, stderr)
 			assert.NotContains(t, stderr, "not writable", args)
 		}
+		// check reads the archive as well and keeps its own line for
+		// write access.
+		out, stderr, _ := barnacleAsPostgres(t, append(append([]string{"check"}, store...), archiveArgs[2:]...)...)
+		lines := checkLines(out)
+		assert.Contains(t, lines["archive writable"], "FAILED", "%s\n%s", out, stderr)
+		assert.Contains(t, lines["archive identity"], "OK", out)
+		assert.Contains(t, lines["WAL continuity"], "OK", out)
 	})
 
 	// restoreAsPostgres restores the latest backup, to the end of WAL, as
