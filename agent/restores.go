@@ -273,6 +273,7 @@ func (r *restores) toRequest(req RestoreRequest) (restore.Request, error) {
 		return out, fmt.Errorf("find the barnacle executable for restore_command: %w", err)
 	}
 	out.RestoreCommand = restore.WALFetchCommand(exe, "", r.cfg.ClusterName, r.cfg.ArchiveURL)
+	out.RecoveryEndCommand = restore.RemoveSpoolCommand(exe)
 	return out, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
+	"github.com/barnacle-pg/barnacle/pkg/walfetch"
 )
 
 // archiveNeeds is what every catalog command needs: the cluster's archive.
@@ -26,6 +27,20 @@ func openArchive(cmd *cobra.Command) (config.Config, storage.Backend, error) {
 		return cfg, nil, err
 	}
 	b, err := backends.Open(cmd.Context(), cfg.ArchiveURL)
+	if err != nil {
+		return cfg, nil, err // names archive-url
+	}
+	return cfg, b, nil
+}
+
+// openArchiveToRead is openArchive for commands that only read the
+// archive: a user who may read but not write it can run them.
+func openArchiveToRead(cmd *cobra.Command) (config.Config, storage.Backend, error) {
+	cfg, err := loadConfig(cmd, archiveNeeds)
+	if err != nil {
+		return cfg, nil, err
+	}
+	b, err := backends.OpenReadOnly(cmd.Context(), cfg.ArchiveURL)
 	if err != nil {
 		return cfg, nil, err // names archive-url
 	}
@@ -45,7 +60,7 @@ func newListBackupsCommand() *cobra.Command {
 		Short: "List the base backups in the archive, newest first",
 		Long:  "List the base backups of cluster-name in archive-url, newest first, with status, sizes, times, LSNs and timeline.",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, b, err := openArchive(cmd)
+			cfg, b, err := openArchiveToRead(cmd)
 			if err != nil {
 				return err
 			}
@@ -101,7 +116,7 @@ func newShowBackupCommand() *cobra.Command {
 		Short: "Show one backup in full, with the WAL range it needs and whether it is archived",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, b, err := openArchive(cmd)
+			cfg, b, err := openArchiveToRead(cmd)
 			if err != nil {
 				return err
 			}
@@ -212,10 +227,10 @@ func newVerifyBackupCommand() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "verify-backup ID|latest",
-		Short: "Re-read a backup and check every file against its checksums and backup_manifest",
+		Short: "Re-read a backup and check every file against its checksums and backup_manifest, and the WAL it needs",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, b, err := openArchive(cmd)
+			cfg, b, err := openArchiveToRead(cmd)
 			if err != nil {
 				return err
 			}
@@ -229,12 +244,29 @@ func newVerifyBackupCommand() *cobra.Command {
 			if err != nil && len(report.Problems) == 0 {
 				return err
 			}
+			// The WAL from the backup's start to its consistency point: a
+			// restore cannot start without it.
+			var walReport walfetch.Report
+			if d.Status == catalog.StatusDone {
+				walBar := newProgressBar(cmd.OutOrStdout(), "verifying the WAL of "+d.ID, !asJSON)
+				walReport, err = walfetch.VerifyBackupWAL(cmd.Context(), b, cfg.ClusterName, d, walBar.Update)
+				walBar.Done()
+				if err != nil {
+					return err
+				}
+				for _, p := range walReport.Problems {
+					report.Problems = append(report.Problems, "wals/"+p.String())
+				}
+			}
 			if asJSON {
 				if jerr := printJSON(cmd.OutOrStdout(), report); jerr != nil {
 					return jerr
 				}
 			} else {
 				fmt.Fprintf(cmd.OutOrStdout(), "backup %s: %d files, %s checked\n", d.ID, report.Files, humanBytes(report.Bytes))
+				if d.Status == catalog.StatusDone {
+					fmt.Fprintf(cmd.OutOrStdout(), "WAL to consistency: %d files, %s checked\n", walReport.Files, humanBytes(walReport.Bytes))
+				}
 				for _, p := range report.Problems {
 					fmt.Fprintf(cmd.OutOrStdout(), "  PROBLEM: %s\n", p)
 				}

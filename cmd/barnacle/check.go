@@ -283,7 +283,7 @@ type archiveFacts struct {
 func gatherArchive(ctx context.Context, cfg config.Config) archiveFacts {
 	var f archiveFacts
 	octx, cancel := context.WithTimeout(ctx, checkTimeout)
-	b, err := backends.Open(octx, cfg.ArchiveURL)
+	b, err := backends.OpenReadOnly(octx, cfg.ArchiveURL)
 	cancel()
 	if err != nil {
 		f.err = err

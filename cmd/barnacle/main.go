@@ -72,11 +72,16 @@ func (e exitCodeError) Unwrap() error { return e.err }
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root := newRootCommand(stdout, stderr)
 	root.SetArgs(args)
-	err := root.ExecuteContext(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return exitOK
 	}
 	var ec exitCodeError
+	if cmd != nil && cmd.Annotations[abortOnFailure] != "" && !errors.As(err, &ec) {
+		// wal-fetch's flags or arguments are wrong: exit 2 would tell
+		// PostgreSQL that the file does not exist.
+		err = walFetchError(err, 0)
+	}
 	if errors.As(err, &ec) {
 		if ec.err != nil {
 			fmt.Fprintln(stderr, "barnacle:", ec.err)

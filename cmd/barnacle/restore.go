@@ -94,11 +94,12 @@ Time targets: RFC 3339 (2026-11-25T10:00:00Z) or PostgreSQL's
 				}
 			}
 			req.RestoreCommand = restore.WALFetchCommand(exe, configFile, cfg.ClusterName, cfg.ArchiveURL)
+			req.RecoveryEndCommand = restore.RemoveSpoolCommand(exe)
 			if req.TargetDir, err = filepath.Abs(req.TargetDir); err != nil {
 				return err
 			}
 			log := newLogger(cfg, cmd.ErrOrStderr())
-			b, err := backends.Open(cmd.Context(), cfg.ArchiveURL)
+			b, err := backends.OpenReadOnly(cmd.Context(), cfg.ArchiveURL)
 			if err != nil {
 				return err // names archive-url
 			}

@@ -57,6 +57,7 @@ variables, then flags, later ones winning. Keys and flags share names
 		newListBackupsCommand(),
 		newShowBackupCommand(),
 		newVerifyBackupCommand(),
+		newVerifyWALCommand(),
 		newDeleteCommand(),
 		newKeepCommand(),
 		newRestoreCommand(),

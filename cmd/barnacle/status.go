@@ -234,7 +234,7 @@ func readArchiveStatus(ctx context.Context, cfg config.Config, r coordinator.Rep
 		st.Error = "archive-url is not set: set it to show the recoverable window, the last backup and gaps"
 		return st
 	}
-	b, err := backends.Open(ctx, cfg.ArchiveURL)
+	b, err := backends.OpenReadOnly(ctx, cfg.ArchiveURL)
 	if err != nil {
 		st.Error = err.Error() // names archive-url
 		return st

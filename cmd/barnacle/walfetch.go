@@ -6,13 +6,16 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
@@ -21,13 +24,58 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/walfetch"
 )
 
-// exitAbortRecovery is wal-fetch's exit code for a file that exists but
-// could not be fetched (archive unreachable, checksum mismatch) during
-// archive recovery: PostgreSQL treats an exit code above 125 as fatal and
-// stops, where exit 1 would make it take the end of the archive for the
-// end of WAL and, without a target, promote at that point: a restore
-// silently short of the data the archive holds.
+// exitAbortRecovery is wal-fetch's exit code for every failure other than
+// "looked, and it is not there": the archive could not be opened, listed
+// or read, an object is damaged, the configuration or command line is
+// wrong, a panic. PostgreSQL treats an exit code above 125 as fatal and
+// stops recovery, where any code from 1 to 125 makes it take the end of
+// the archive for the end of WAL and, without a target, promote at that
+// point: a restore silently short of the data the archive holds. This is
+// why wal-fetch never exits 2 (usage, and the Go runtime's panic code).
 const exitAbortRecovery = 255
+
+// walFetchExitCode maps the outcome of wal-fetch to its exit code, the
+// contract with PostgreSQL's restore_command (see --help):
+//   - nil: 0, the file is in place.
+//   - ErrNotFound: 1, the archive was read and has no such file.
+//   - interrupted by sig: 128+sig, what a shell reports for a command
+//     killed by sig. PostgreSQL (xlogarchive.c) reads 128+SIGTERM as its
+//     fast shutdown reaching restore_command and ends the startup process
+//     (when no shutdown was under way, the postmaster takes that for a
+//     crash and stops); any other 128+n is above 125 and stops recovery.
+//     Neither reads "not found".
+//   - any other failure on a standby (standby.signal): 1. A standby retries
+//     restore_command (and streams meanwhile) and never promotes on its
+//     own, so a passing archive failure costs it nothing, where 255 would
+//     make PostgreSQL stop the whole standby.
+//   - any other failure: exitAbortRecovery.
+func walFetchExitCode(err error, standby bool, sig syscall.Signal) int {
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, walfetch.ErrNotFound):
+		return exitFailure
+	case sig != 0:
+		return 128 + int(sig)
+	case standby:
+		return exitFailure
+	}
+	return exitAbortRecovery
+}
+
+// walFetchError turns err, wal-fetch's failure, into the exitCodeError
+// that run reports: quiet for ErrNotFound (PostgreSQL asks for files past
+// the end on purpose), with err's message otherwise.
+func walFetchError(err error, sig syscall.Signal) error {
+	code := walFetchExitCode(err, inStandbyMode(), sig)
+	if code == exitFailure && errors.Is(err, walfetch.ErrNotFound) {
+		return exitCodeError{code: code}
+	}
+	if sig != 0 {
+		err = fmt.Errorf("interrupted by %s: %w", unix.SignalName(sig), err)
+	}
+	return exitCodeError{code: code, err: err}
+}
 
 // inStandbyMode reports whether the server running restore_command is a
 // standby (standby.signal in its data directory, the working directory of
@@ -36,6 +84,28 @@ const exitAbortRecovery = 255
 func inStandbyMode() bool {
 	_, err := os.Stat("standby.signal")
 	return err == nil
+}
+
+// interruptSignal returns the signal that interrupted wal-fetch (one of
+// those sigs is notified of), or 0 when ctx is not done: not interrupted,
+// or the signal was not seen in time (then the failure exits 255, which
+// also stops recovery).
+func interruptSignal(ctx context.Context, sigs <-chan os.Signal) syscall.Signal {
+	if ctx.Err() == nil {
+		return 0
+	}
+	// The signal reaches every channel in one pass; the one that cancelled
+	// ctx may have been served a moment before sigs.
+	t := time.NewTimer(100 * time.Millisecond)
+	defer t.Stop()
+	select {
+	case s := <-sigs:
+		if sig, ok := s.(syscall.Signal); ok {
+			return sig
+		}
+	case <-t.C:
+	}
+	return 0
 }
 
 const (
@@ -75,9 +145,10 @@ var startPrefetcher = func(args []string) error {
 
 func newWALFetchCommand() *cobra.Command {
 	var (
-		spoolDir string
-		prefetch int
-		worker   bool
+		spoolDir    string
+		prefetch    int
+		worker      bool
+		removeSpool bool
 	)
 	cmd := &cobra.Command{
 		Use:   "wal-fetch WALNAME DEST",
@@ -107,74 +178,146 @@ finds them, verifies them and moves them into place. --prefetch 0 turns that off
 DEST is written under a temporary name and renamed, but not fsynced: PostgreSQL
 makes the files it keeps durable itself and fetches the others again.
 
-Exit codes: 0 the file was written; 1 the file is not in the archive (no output,
-unless log-level is debug: PostgreSQL asks for files past the end on purpose);
-2 bad usage or configuration; 255 the file exists but could not be fetched (a
-message on stderr names the file and the archive), after ` + fmt.Sprint(fetchAttempts) + ` attempts:
-PostgreSQL stops recovery on it rather than taking the end of the archive for
-the end of WAL and promoting short of the data. On a standby (standby.signal in
-the working directory, which is the data directory when PostgreSQL runs it)
-such a failure exits 1 instead, and the standby retries later.`,
-		Args: cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			name, dest := args[0], args[1]
-			if err := walfetch.CheckName(name); err != nil {
-				return usageError{err}
+The prefetch spool is removed by 'barnacle wal-fetch --remove-spool', which
+barnacle restore writes as recovery_end_command; PostgreSQL runs it in the data
+directory once recovery has ended.
+
+The archive is opened read-only: PostgreSQL's OS user needs read access only.
+
+Exit codes, the contract with PostgreSQL (which reads 1 to 125 as "no such
+file" and ends recovery there, and anything above 125 as fatal):
+  0    the file was written to DEST.
+  1    the archive was read and holds no such file (quiet unless log-level is
+       debug: PostgreSQL asks for files past the end on purpose).
+  255  any other failure, after ` + fmt.Sprint(fetchAttempts) + ` attempts where retrying can help: the
+       archive cannot be opened (volume not mounted, directory missing, no
+       permission, S3 unreachable), listed or read, an object is damaged
+       (checksum, decompression, length), bad configuration or usage, an
+       internal error. A message on stderr (the server log) names the cause;
+       PostgreSQL stops recovery instead of promoting short of the data. Fix
+       the cause and start the server again: recovery resumes.
+  128+N  interrupted by signal N (SIGINT, SIGTERM), as a shell reports it:
+       PostgreSQL takes 143 (SIGTERM) for its own shutdown, any other for a
+       fatal error, never for "no such file".
+On a standby (standby.signal in the working directory, which is the data
+directory when PostgreSQL runs it) a failure exits 1 instead of 255: a standby
+never promotes on its own; it retries later and streams meanwhile. A panic
+dies by SIGABRT, which PostgreSQL also takes as fatal.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if removeSpool {
+				return cobra.NoArgs(cmd, args)
 			}
-			if prefetch < 0 {
-				return usageError{fmt.Errorf("--prefetch %d: must be 0 or more", prefetch)}
+			return cobra.ExactArgs(2)(cmd, args)
+		},
+		// Errors before RunE (flags, arguments) are mapped by run with
+		// walFetchExitCode too.
+		Annotations: map[string]string{abortOnFailure: "true"},
+		RunE: func(cmd *cobra.Command, args []string) (err error) {
+			if removeSpool {
+				return removeWALSpool(spoolDir)
 			}
-			cfg, err := loadConfig(cmd, config.Needs{Keys: []string{"cluster-name", "archive-url"}})
-			if err != nil {
-				return err
-			}
-			log := newLogger(cfg, cmd.ErrOrStderr()).Named("wal-fetch")
-			b, err := backends.Open(cmd.Context(), cfg.ArchiveURL)
-			if err != nil {
-				return err // names archive-url
-			}
-			if spoolDir == "" {
-				spoolDir = filepath.Join(filepath.Dir(dest), defaultSpoolName)
-			}
-			opts := walfetch.Options{Prefetch: prefetch, Logger: log}
-			if prefetch > 0 {
-				opts.SpoolDir = spoolDir
-			}
-			if worker {
-				ctx, cancel := context.WithTimeout(cmd.Context(), prefetchWorkerTimeout)
-				defer cancel()
-				return walfetch.Prefetch(ctx, b, cfg.ClusterName, name, opts)
-			}
-			err = fetchWithRetry(cmd.Context(), log, func(ctx context.Context) error {
-				return walfetch.Fetch(ctx, b, cfg.ClusterName, name, dest, opts)
-			})
-			if errors.Is(err, walfetch.ErrNotFound) {
-				log.Debug("not in the archive", "file", name, "archive", b.URL(), "cluster", cfg.ClusterName)
-				// Quiet: PostgreSQL asks for files past the end on purpose.
-				return exitCodeError{code: exitFailure}
-			}
-			if err != nil {
-				err = fmt.Errorf("wal-fetch %s from %s (cluster %s): %w", name, b.URL(), cfg.ClusterName, err)
-				if !inStandbyMode() && !errors.Is(err, context.Canceled) {
-					return exitCodeError{code: exitAbortRecovery, err: err}
+			// An unrecovered panic in another goroutine, or a fatal runtime
+			// error, exits 2 by default, which PostgreSQL would read as "not
+			// found"; with crash the runtime dies by SIGABRT instead, which
+			// stops recovery.
+			debug.SetTraceback("crash")
+			sigs := make(chan os.Signal, 1)
+			signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+			defer signal.Stop(sigs)
+			defer func() {
+				if r := recover(); r != nil {
+					err = fmt.Errorf("wal-fetch %s: panic: %v\n%s", args[0], r, debug.Stack())
 				}
-				return err
-			}
-			if prefetch > 0 && wal.IsSegmentFileName(name) {
-				if err := startPrefetcher(prefetcherArgs(cmd, name, dest)); err != nil {
-					// The segment is served; without prefetch the next
-					// ones only take longer.
-					log.Warn("could not start the prefetcher", "error", err)
+				if err != nil {
+					err = walFetchError(err, interruptSignal(cmd.Context(), sigs))
 				}
-			}
-			return nil
+			}()
+			return fetchWAL(cmd, args[0], args[1], spoolDir, prefetch, worker)
 		},
 	}
 	cmd.Flags().StringVar(&spoolDir, "spool-dir", "", "prefetch spool directory, private to this server (default: "+defaultSpoolName+" in DEST's directory)")
 	cmd.Flags().IntVar(&prefetch, "prefetch", defaultPrefetch, "how many segments after WALNAME to download in the background (0: none)")
 	cmd.Flags().BoolVar(&worker, "prefetch-worker", false, "run as the prefetcher that wal-fetch starts")
 	_ = cmd.Flags().MarkHidden("prefetch-worker")
+	cmd.Flags().BoolVar(&removeSpool, "remove-spool", false, "remove the prefetch spool and exit, as recovery_end_command (no WALNAME, DEST; default spool: pg_wal/"+defaultSpoolName+" in the working directory)")
 	return cmd
+}
+
+// removeWALSpool is wal-fetch --remove-spool: PostgreSQL runs it as
+// recovery_end_command in the data directory. Its failure exits 1, never
+// above 125: PostgreSQL takes that for a crash of recovery_end_command and
+// stops the server that has just finished recovery, for a few leftover
+// files.
+func removeWALSpool(spoolDir string) error {
+	if spoolDir == "" {
+		spoolDir = filepath.Join("pg_wal", defaultSpoolName)
+	}
+	if err := walfetch.RemoveSpool(spoolDir); err != nil {
+		return exitCodeError{code: exitFailure, err: err}
+	}
+	return nil
+}
+
+// abortOnFailure is the annotation of commands whose every failure, usage
+// errors included, run maps with walFetchExitCode.
+const abortOnFailure = "barnacle-abort-on-failure"
+
+// walFetchHook, when set by a test, runs before the fetch.
+var walFetchHook func()
+
+// fetchWAL is wal-fetch's work; its errors are mapped to exit codes by
+// walFetchError.
+func fetchWAL(cmd *cobra.Command, name, dest, spoolDir string, prefetch int, worker bool) error {
+	if err := walfetch.CheckName(name); err != nil {
+		return usageError{err}
+	}
+	if prefetch < 0 {
+		return usageError{fmt.Errorf("--prefetch %d: must be 0 or more", prefetch)}
+	}
+	cfg, err := loadConfig(cmd, config.Needs{Keys: []string{"cluster-name", "archive-url"}})
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, cmd.ErrOrStderr()).Named("wal-fetch")
+	// Read-only: restore_command runs as the PostgreSQL OS user, who may
+	// only read the archive.
+	b, err := backends.OpenReadOnly(cmd.Context(), cfg.ArchiveURL)
+	if err != nil {
+		return fmt.Errorf("wal-fetch %s: %w", name, err) // names archive-url
+	}
+	if spoolDir == "" {
+		spoolDir = filepath.Join(filepath.Dir(dest), defaultSpoolName)
+	}
+	opts := walfetch.Options{Prefetch: prefetch, Logger: log}
+	if prefetch > 0 {
+		opts.SpoolDir = spoolDir
+	}
+	if worker {
+		ctx, cancel := context.WithTimeout(cmd.Context(), prefetchWorkerTimeout)
+		defer cancel()
+		return walfetch.Prefetch(ctx, b, cfg.ClusterName, name, opts)
+	}
+	if walFetchHook != nil {
+		walFetchHook()
+	}
+	err = fetchWithRetry(cmd.Context(), log, func(ctx context.Context) error {
+		return walfetch.Fetch(ctx, b, cfg.ClusterName, name, dest, opts)
+	})
+	if errors.Is(err, walfetch.ErrNotFound) {
+		log.Debug("not in the archive", "file", name, "archive", b.URL(), "cluster", cfg.ClusterName)
+		return err
+	}
+	if err != nil {
+		return fmt.Errorf("wal-fetch %s from %s (cluster %s): %w", name, b.URL(), cfg.ClusterName, err)
+	}
+	if prefetch > 0 && wal.IsSegmentFileName(name) {
+		if err := startPrefetcher(prefetcherArgs(cmd, name, dest)); err != nil {
+			// The segment is served; without prefetch the next
+			// ones only take longer.
+			log.Warn("could not start the prefetcher", "error", err)
+		}
+	}
+	return nil
 }
 
 // prefetcherArgs is the command line of the prefetcher for the segments

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -141,10 +142,27 @@ func TestWALFetchErrors(t *testing.T) {
 			code: exitFailure, contains: []string{"checksum"}},
 		{name: "wrong cluster", args: []string{"--cluster-name=nope", archive, "000000010000000000000001"},
 			code: exitAbortRecovery, contains: []string{"000000010000000000000001", "file://" + root, "nope/archive.json"}},
-		{name: "one argument", args: []string{"--cluster-name=c1", archive}, code: 2},
-		{name: "bad wal name", args: []string{"--cluster-name=c1", archive, "pg_wal/xyz"}, code: 2, contains: []string{"pg_wal/xyz"}},
-		{name: "negative prefetch", args: []string{"--cluster-name=c1", archive, "--prefetch=-1", "000000010000000000000001"}, code: 2},
-		{name: "no archive-url", args: []string{"--cluster-name=c1", "000000010000000000000001"}, code: 2, contains: []string{"archive-url"}},
+		// Exit 2, every other command's usage code, would read "no such
+		// file" to PostgreSQL.
+		{name: "one argument", args: []string{"--cluster-name=c1", archive}, code: exitAbortRecovery},
+		{name: "unknown flag", args: []string{"--cluster-name=c1", archive, "--prefetchh=2", "000000010000000000000001"}, code: exitAbortRecovery, contains: []string{"prefetchh"}},
+		{name: "bad wal name", args: []string{"--cluster-name=c1", archive, "pg_wal/xyz"}, code: exitAbortRecovery, contains: []string{"pg_wal/xyz"}},
+		{name: "negative prefetch", args: []string{"--cluster-name=c1", archive, "--prefetch=-1", "000000010000000000000001"}, code: exitAbortRecovery},
+		{name: "no archive-url", args: []string{"--cluster-name=c1", "000000010000000000000001"}, code: exitAbortRecovery, contains: []string{"archive-url"}},
+		{name: "no archive-url on a standby", args: []string{"--cluster-name=c1", "000000010000000000000001"}, code: exitFailure, contains: []string{"archive-url"}},
+		{name: "bad config file", args: []string{"--config=/nonexistent/barnacle.yaml", "--cluster-name=c1", archive, "000000010000000000000001"}, code: exitAbortRecovery, contains: []string{"/nonexistent/barnacle.yaml"}},
+		// The archive cannot be opened: it was never there, or went away
+		// (unmounted, renamed). It used to exit 1, and PostgreSQL promoted.
+		{name: "archive directory missing", args: []string{"--cluster-name=c1", "--archive-url=file://" + root + "-gone", "000000010000000000000003"},
+			code: exitAbortRecovery, contains: []string{root + "-gone", "does not exist", "000000010000000000000003"}},
+		{name: "archive directory missing, history file", args: []string{"--cluster-name=c1", "--archive-url=file://" + root + "-gone", "00000002.history"},
+			code: exitAbortRecovery, contains: []string{root + "-gone", "00000002.history"}},
+		{name: "archive directory is a file", args: []string{"--cluster-name=c1", "--archive-url=file://" + root + "/c1/archive.json", "00000002.history"},
+			code: exitAbortRecovery, contains: []string{"not a directory"}},
+		{name: "archive directory missing on a standby", args: []string{"--cluster-name=c1", "--archive-url=file://" + root + "-gone", "000000010000000000000003"},
+			code: exitFailure, contains: []string{"does not exist"}},
+		{name: "unsupported archive-url", args: []string{"--cluster-name=c1", "--archive-url=ftp://host/x", "000000010000000000000001"},
+			code: exitAbortRecovery, contains: []string{"ftp"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -199,4 +217,89 @@ func TestRetryable(t *testing.T) {
 			assert.Equal(t, tt.want, retryable(tt.err))
 		})
 	}
+}
+
+func TestWALFetchExitCode(t *testing.T) {
+	notFound := fmt.Errorf("c1/wals/000000010000000000000009: %w", walfetch.ErrNotFound)
+	failed := errors.New("open archive-url: fs: archive directory /a does not exist")
+	tests := []struct {
+		name    string
+		err     error
+		standby bool
+		sig     syscall.Signal
+		want    int
+	}{
+		{"served", nil, false, 0, 0},
+		{"not in the archive", notFound, false, 0, 1},
+		{"not in the archive on a standby", notFound, true, 0, 1},
+		{"archive failure", failed, false, 0, 255},
+		{"archive failure on a standby", failed, true, 0, 1},
+		{"usage", usageError{errors.New("bad name")}, false, 0, 255},
+		{"config", fmt.Errorf("config: %w", storage.ErrNotExist), false, 0, 255},
+		{"cancelled without a known signal", fmt.Errorf("get: %w", context.Canceled), false, 0, 255},
+		{"SIGTERM: PostgreSQL's shutdown", fmt.Errorf("get: %w", context.Canceled), false, syscall.SIGTERM, 143},
+		{"SIGTERM on a standby", fmt.Errorf("get: %w", context.Canceled), true, syscall.SIGTERM, 143},
+		{"SIGINT", fmt.Errorf("get: %w", context.Canceled), false, syscall.SIGINT, 130},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := walFetchExitCode(tt.err, tt.standby, tt.sig)
+			assert.Equal(t, tt.want, got)
+			if tt.err != nil && !errors.Is(tt.err, walfetch.ErrNotFound) && !tt.standby {
+				assert.Greater(t, got, 125, "PostgreSQL must stop recovery, not take the end of the archive")
+			}
+		})
+	}
+}
+
+// TestWALFetchPanicStopsRecovery: a panic's exit code 2 would read "no
+// such file" to PostgreSQL.
+func TestWALFetchPanicStopsRecovery(t *testing.T) {
+	root, _ := walFetchArchive(t)
+	noPrefetcher(t)
+	walFetchHook = func() { panic("boom") }
+	t.Cleanup(func() { walFetchHook = nil })
+	dest := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+	code, _, stderr := runWALFetch(t, "wal-fetch", "--cluster-name=c1", "--archive-url=file://"+root, "000000010000000000000001", dest)
+	assert.Equal(t, exitAbortRecovery, code)
+	assert.Contains(t, stderr, "panic: boom")
+	assert.NoFileExists(t, dest)
+}
+
+// TestWALFetchInterrupted: SIGTERM while fetching exits 143, what a shell
+// reports for a command killed by SIGTERM; it used to exit 1, "no such
+// file".
+func TestWALFetchInterrupted(t *testing.T) {
+	root, _ := walFetchArchive(t)
+	noPrefetcher(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	walFetchHook = func() {
+		// What main's signal context does on SIGTERM; the signal itself
+		// reaches wal-fetch's own channel (Notify is in place, so it does
+		// not kill the test).
+		require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGTERM))
+		cancel()
+	}
+	t.Cleanup(func() { walFetchHook = nil })
+	dest := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+	var out, errOut bytes.Buffer
+	code := run(ctx, []string{"wal-fetch", "--cluster-name=c1", "--archive-url=file://" + root, "000000010000000000000001", dest}, &out, &errOut)
+	assert.Equal(t, 128+int(syscall.SIGTERM), code, errOut.String())
+	assert.Contains(t, errOut.String(), "interrupted by SIGTERM")
+	assert.NoFileExists(t, dest)
+}
+
+func TestWALFetchRemoveSpool(t *testing.T) {
+	pgdata := t.TempDir()
+	spool := filepath.Join(pgdata, "pg_wal", ".barnacle-prefetch", "0123456789abcdef")
+	require.NoError(t, os.MkdirAll(spool, 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(spool, "000000010000000000000002.lock"), nil, 0o600))
+	t.Chdir(pgdata) // PostgreSQL runs recovery_end_command in the data directory
+	code, _, stderr := runWALFetch(t, "wal-fetch", "--remove-spool")
+	require.Equal(t, 0, code, stderr)
+	assert.NoDirExists(t, filepath.Join(pgdata, "pg_wal", ".barnacle-prefetch"))
+	assert.DirExists(t, filepath.Join(pgdata, "pg_wal"))
+	code, _, stderr = runWALFetch(t, "wal-fetch", "--remove-spool")
+	require.Equal(t, 0, code, stderr)
 }

@@ -48,6 +48,24 @@ const (
 // does not start; the failure shows the end of the server log.
 func StartRestored(t testing.TB, dataDir string) *Restored {
 	t.Helper()
+	r := NewRestored(t, dataDir)
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		if err = r.Start(); err == nil || !strings.Contains(err.Error(), "could not bind") {
+			break
+		}
+		r.pickPort(t)
+	}
+	if err != nil {
+		t.Fatalf("start PostgreSQL on restored %s: %v", dataDir, err)
+	}
+	return r
+}
+
+// NewRestored is StartRestored without the start: for a test that expects
+// the start to fail (Start returns the error, with the end of the log).
+func NewRestored(t testing.TB, dataDir string) *Restored {
+	t.Helper()
 	env := loadPGEnv(t)
 	PGOwn(t, dataDir)
 	for _, ts := range restoredTablespaces(t, dataDir) {
@@ -72,27 +90,25 @@ func StartRestored(t testing.TB, dataDir string) *Restored {
 	c.Nodes = []*Node{n}
 	r := &Restored{Node: n}
 	t.Cleanup(n.stopImmediate)
-	var err error
-	for attempt := 0; attempt < 3; attempt++ {
-		n.Port = FreePort(t)
-		n.socketDir = ""
-		if len(filepath.Join(dir, fmt.Sprintf(".s.PGSQL.%d", n.Port))) <= 100 {
-			n.socketDir = dir
-		}
-		r.args = []string{
-			"-c", "listen_addresses=127.0.0.1",
-			"-c", "port=" + strconv.Itoa(n.Port),
-			"-c", "unix_socket_directories=" + n.socketDir,
-			"-c", "hot_standby=on",
-		}
-		if err = r.Start(); err == nil || !strings.Contains(err.Error(), "could not bind") {
-			break
-		}
-	}
-	if err != nil {
-		t.Fatalf("start PostgreSQL on restored %s: %v", dataDir, err)
-	}
+	r.pickPort(t)
 	return r
+}
+
+// pickPort chooses a free port (and the socket directory) for the next
+// Start.
+func (r *Restored) pickPort(t testing.TB) {
+	n := r.Node
+	n.Port = FreePort(t)
+	n.socketDir = ""
+	if len(filepath.Join(n.dir, fmt.Sprintf(".s.PGSQL.%d", n.Port))) <= 100 {
+		n.socketDir = n.dir
+	}
+	r.args = []string{
+		"-c", "listen_addresses=127.0.0.1",
+		"-c", "port=" + strconv.Itoa(n.Port),
+		"-c", "unix_socket_directories=" + n.socketDir,
+		"-c", "hot_standby=on",
+	}
 }
 
 // restoredTablespaces lists the directories a restored data directory's

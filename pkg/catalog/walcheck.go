@@ -22,6 +22,19 @@ type WALCheck struct {
 	Missing []string
 	// Present counts the needed segments found.
 	Present int
+	// Stored are the objects that hold the needed segments found, oldest
+	// first, for a caller that reads them (not part of the JSON shape).
+	Stored []StoredSegment `json:"-"`
+}
+
+// StoredSegment is the object holding one segment a backup needs.
+type StoredSegment struct {
+	// Name is the object's name under the WAL prefix, with its suffix.
+	Name string
+	Size int64
+	// Need is, for a .partial, how many of its bytes the backup needs
+	// (0 for a complete segment).
+	Need uint64
 }
 
 // OK reports whether everything needed is present.
@@ -116,8 +129,9 @@ func CheckBackupWAL(ctx context.Context, b storage.Backend, cluster string, doc 
 				stored[strings.TrimPrefix(o.Name, WALPrefix(cluster))] = o
 			}
 		}
-		if segmentStored(stored, n, i == len(needed)-1) {
+		if o, ok := segmentStored(stored, n, i == len(needed)-1); ok {
 			check.Present++
+			check.Stored = append(check.Stored, o)
 		} else {
 			check.Missing = append(check.Missing, n.name)
 		}
@@ -125,16 +139,20 @@ func CheckBackupWAL(ctx context.Context, b storage.Backend, cluster string, doc 
 	return check, nil
 }
 
-// segmentStored applies CheckBackupWAL's presence rule to one segment.
-func segmentStored(stored map[string]storage.ObjectInfo, n neededSegment, last bool) bool {
+// segmentStored applies CheckBackupWAL's presence rule to one segment and
+// returns the object that holds it.
+func segmentStored(stored map[string]storage.ObjectInfo, n neededSegment, last bool) (StoredSegment, bool) {
 	for _, suffix := range []string{"", "." + wal.CompressionZstd, "." + wal.CompressionLZ4} {
-		if _, ok := stored[n.name+suffix]; ok {
-			return true
+		if o, ok := stored[n.name+suffix]; ok {
+			return StoredSegment{Name: n.name + suffix, Size: o.Size}, true
 		}
 	}
 	if !last {
-		return false
+		return StoredSegment{}, false
 	}
 	p, ok := stored[n.name+".partial"]
-	return ok && p.Size >= 0 && uint64(p.Size) >= n.bytes
+	if ok && p.Size >= 0 && uint64(p.Size) >= n.bytes {
+		return StoredSegment{Name: n.name + ".partial", Size: p.Size, Need: n.bytes}, true
+	}
+	return StoredSegment{}, false
 }

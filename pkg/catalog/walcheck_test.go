@@ -143,6 +143,8 @@ func TestCheckBackupWAL(t *testing.T) {
 				return
 			}
 			require.NoError(t, err)
+			assert.Len(t, got.Stored, got.Present, "one stored object per present segment")
+			got.Stored = nil
 			assert.Equal(t, tt.want, got)
 			assert.Equal(t, len(tt.want.Missing) == 0, got.OK())
 		})
@@ -164,6 +166,12 @@ func TestCheckBackupWALSmallSegments(t *testing.T) {
 		StartTimeline: 1, StopTimeline: 1, WALSegmentSize: small,
 	})
 	require.NoError(t, err)
+	var stored []string
+	for _, o := range got.Stored {
+		stored = append(stored, o.Name)
+	}
+	assert.Equal(t, []string{"000000010000000000000FFE", "000000010000000000000FFF", "000000010000000100000001"}, stored)
+	got.Stored = nil
 	assert.Equal(t, WALCheck{
 		First: "000000010000000000000FFE", Last: "000000010000000100000001",
 		Present: 3, Missing: []string{"000000010000000100000000"},

@@ -36,8 +36,11 @@ type Request struct {
 	DataOnly bool
 	// RestoreCommand is restore_command (required unless DataOnly).
 	RestoreCommand string
-	Owner          *Owner
-	Parallel       int
+	// RecoveryEndCommand is recovery_end_command, "" for none
+	// (RemoveSpoolCommand removes wal-fetch's prefetch spool).
+	RecoveryEndCommand string
+	Owner              *Owner
+	Parallel           int
 }
 
 // RejectedError says that a request cannot run as asked, and what to
@@ -168,11 +171,12 @@ func (p Prepared) Run(ctx context.Context, b storage.Backend, log hclog.Logger, 
 	}
 	if !p.DataOnly {
 		opts.Recovery = &Recovery{
-			RestoreCommand: p.RestoreCommand,
-			Target:         p.Target,
-			Timeline:       p.Timeline,
-			Action:         p.Action,
-			Inclusive:      p.Inclusive,
+			RestoreCommand:     p.RestoreCommand,
+			RecoveryEndCommand: p.RecoveryEndCommand,
+			Target:             p.Target,
+			Timeline:           p.Timeline,
+			Action:             p.Action,
+			Inclusive:          p.Inclusive,
 		}
 	}
 	return Restore(ctx, opts)
@@ -202,4 +206,11 @@ func WALFetchCommand(executable, configFile, cluster, archiveURL string) string 
 	}
 	parts = append(parts, "--cluster-name", arg(cluster), "--archive-url", arg(archiveURL), "%f", "%p")
 	return strings.Join(parts, " ")
+}
+
+// RemoveSpoolCommand is the recovery_end_command that removes the prefetch
+// spool wal-fetch keeps in pg_wal: PostgreSQL runs it in the data
+// directory once recovery has ended, when no wal-fetch will follow.
+func RemoveSpoolCommand(executable string) string {
+	return strings.ReplaceAll(ShellQuote(executable), "%", "%%") + " wal-fetch --remove-spool"
 }

@@ -20,6 +20,8 @@ type Recovery struct {
 	// RestoreCommand is restore_command, e.g.
 	// "barnacle wal-fetch --config /etc/barnacle.yaml %f %p". Required.
 	RestoreCommand string
+	// RecoveryEndCommand is recovery_end_command; "" writes none.
+	RecoveryEndCommand string
 	// Target is where recovery stops; the zero value is the end of WAL.
 	Target Target
 	// Timeline is recovery_target_timeline; the zero value is latest.
@@ -101,6 +103,12 @@ func RenderRecoverySettings(r Recovery) (string, error) {
 		line(name, value)
 	}
 	line("recovery_target_timeline", r.Timeline.String())
+	if r.RecoveryEndCommand != "" {
+		if err := checkConfValue(r.RecoveryEndCommand); err != nil {
+			return "", fmt.Errorf("restore: recovery settings: recovery end command: %w", err)
+		}
+		line("recovery_end_command", r.RecoveryEndCommand)
+	}
 	if r.Target.Kind != TargetEnd && r.Action != "" {
 		line("recovery_target_action", r.Action)
 	}

@@ -63,6 +63,13 @@ func TestRenderRecoverySettings(t *testing.T) {
 				"recovery_target = ''\nrecovery_target_lsn = ''\nrecovery_target_name = ''\nrecovery_target_time = ''\n" +
 				"recovery_target_xid = '4294967299'\nrecovery_target_timeline = 'latest'\nrecovery_target_action = 'promote'\n",
 		},
+		{
+			name: "recovery end command removes the prefetch spool",
+			r:    Recovery{RestoreCommand: "x %f %p", RecoveryEndCommand: RemoveSpoolCommand("/opt/50%/barnacle")},
+			want: "restore_command = 'x %f %p'\n" + resets +
+				"recovery_target_timeline = 'latest'\nrecovery_end_command = '''/opt/50%%/barnacle'' wal-fetch --remove-spool'\n",
+		},
+		{name: "newline in recovery end command", r: Recovery{RestoreCommand: "x", RecoveryEndCommand: "rm\nx"}, wantErr: "recovery end command"},
 		{name: "empty command", r: Recovery{RestoreCommand: "  "}, wantErr: "restore command is empty"},
 		{name: "newline in command", r: Recovery{RestoreCommand: "cp %f %p\nrm -rf /"}, wantErr: "newline"},
 		{name: "newline in name", r: Recovery{RestoreCommand: "x", Target: Target{Kind: TargetName, Name: "a\nb"}}, wantErr: "newline"},

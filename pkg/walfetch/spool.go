@@ -63,12 +63,20 @@ type spool struct {
 
 // openSpool creates the spool directory for the archive at url and
 // cluster. The key keeps a spool left in the data directory by a restore
-// from another archive from ever being served.
-func openSpool(root, url, cluster string, log hclog.Logger) (*spool, error) {
+// from another archive from ever being served. Only Fetch (createRoot)
+// creates root: a prefetcher still running once RemoveSpool has removed
+// root at the end of recovery must not bring it back.
+func openSpool(root, url, cluster string, log hclog.Logger, createRoot bool) (*spool, error) {
 	sum := sha256.Sum256([]byte(url + "\x00" + cluster))
 	sp := &spool{root: root, dir: filepath.Join(root, hex.EncodeToString(sum[:])[:spoolKeyLen]), log: log}
-	if err := os.MkdirAll(sp.dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create the prefetch spool: %w", err)
+	if createRoot {
+		if err := os.MkdirAll(sp.dir, 0o700); err != nil {
+			return nil, fmt.Errorf("create the prefetch spool: %w", err)
+		}
+		return sp, nil
+	}
+	if err := os.Mkdir(sp.dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, fmt.Errorf("open the prefetch spool (removed at the end of recovery?): %w", err)
 	}
 	return sp, nil
 }
@@ -408,7 +416,7 @@ func Prefetch(ctx context.Context, b storage.Backend, cluster, walName string, o
 		return fmt.Errorf("walfetch: prefetch after %q: not a WAL segment name", walName)
 	}
 	log := opts.Logger.With("after", walName)
-	sp, err := openSpool(opts.SpoolDir, b.URL(), cluster, log)
+	sp, err := openSpool(opts.SpoolDir, b.URL(), cluster, log, false)
 	if err != nil {
 		return err
 	}
@@ -474,27 +482,22 @@ func prefetchOne(ctx context.Context, b storage.Backend, sp *spool, prefix, file
 	return nil
 }
 
-// RemoveSpool deletes what Fetch and Prefetch stored under spoolDir (the
-// per-archive directories), and spoolDir itself if that leaves it empty.
-// Run it once recovery has ended; a prefetcher still running then may
-// leave a few segments behind. A missing spoolDir is not an error.
+// RemoveSpool deletes the spool directory spoolDir and everything in it.
+// Run it once recovery has ended (barnacle restore makes it PostgreSQL's
+// recovery_end_command): no Fetch comes after that. spoolDir is renamed
+// away first, atomically, so that a prefetcher still downloading cannot
+// put a segment back: its writes go to paths under the old name, which no
+// longer exists, and it does not create spoolDir again (see openSpool). A
+// missing spoolDir is not an error.
 func RemoveSpool(spoolDir string) error {
-	entries, err := os.ReadDir(spoolDir)
-	if errors.Is(err, os.ErrNotExist) {
+	doomed := fmt.Sprintf("%s.removed-%d", spoolDir, os.Getpid())
+	if err := os.Rename(spoolDir, doomed); errors.Is(err, os.ErrNotExist) {
 		return nil
-	}
-	if err != nil {
+	} else if err != nil {
 		return fmt.Errorf("remove the prefetch spool: %w", err)
 	}
-	var errs []error
-	for _, e := range entries {
-		if e.IsDir() && isSpoolKey(e.Name()) {
-			errs = append(errs, os.RemoveAll(filepath.Join(spoolDir, e.Name())))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := os.RemoveAll(doomed); err != nil {
 		return fmt.Errorf("remove the prefetch spool: %w", err)
 	}
-	_ = os.Remove(spoolDir) // fails, as it should, when other files are there
 	return nil
 }

@@ -183,6 +183,11 @@ type fetcher struct {
 // no extra round trip (it runs alongside fn) and turns a wrong cluster-name
 // or archive-url into an error instead of an archive that looks empty,
 // which PostgreSQL would take for the end of recovery.
+//
+// fn's ErrNotFound counts only once the identity has been read: an archive
+// that vanished (a volume unmounted, a directory renamed) answers "no such
+// file" for everything, archive.json included, and that must stop
+// recovery, not end it.
 func (f *fetcher) withIdentity(ctx context.Context, fn func(ctx context.Context) error) (uint64, error) {
 	ictx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -199,11 +204,12 @@ func (f *fetcher) withIdentity(ctx context.Context, fn func(ctx context.Context)
 		done <- result{id.WALSegmentSize, err}
 	}()
 	ferr := fn(ctx)
-	if ferr != nil {
+	notFound := errors.Is(ferr, ErrNotFound)
+	if ferr != nil && !notFound {
 		cancel()
 	}
 	r := <-done
-	if r.err != nil && ferr == nil {
+	if r.err != nil && (ferr == nil || notFound) {
 		return 0, fmt.Errorf("read the archive's identity: %w", r.err)
 	}
 	return r.segSize, ferr
@@ -283,7 +289,7 @@ func (f *fetcher) segment(ctx context.Context, file, dest string) error {
 	var sp *spool
 	if f.opts.SpoolDir != "" {
 		var err error
-		if sp, err = openSpool(f.opts.SpoolDir, f.b.URL(), f.cluster, f.log); err != nil {
+		if sp, err = openSpool(f.opts.SpoolDir, f.b.URL(), f.cluster, f.log, true); err != nil {
 			return err
 		}
 		sp.setPosition(file)

@@ -235,6 +235,27 @@ func TestFetchWithoutIdentityFails(t *testing.T) {
 	requireNoFile(t, dest)
 }
 
+// TestFetchVanishedArchiveIsNoEndOfWAL: an archive directory that is
+// renamed or unmounted after the backend was opened answers "no such file"
+// for every name. That must be a failure, never ErrNotFound, which
+// PostgreSQL takes for the end of the archive and promotes on.
+func TestFetchVanishedArchiveIsNoEndOfWAL(t *testing.T) {
+	a := newArchive(t)
+	a.put(t, seg(1, 5), segmentData(5))
+	a.put(t, "00000002.history", []byte("1\t0/5000000\tno recovery target specified\n"))
+	require.NoError(t, os.Rename(a.root, a.root+".moved"))
+	t.Cleanup(func() { _ = os.Rename(a.root+".moved", a.root) })
+	for _, name := range []string{seg(1, 5), seg(1, 6), "00000002.history", "00000003.history", seg(1, 5) + ".partial"} {
+		t.Run(name, func(t *testing.T) {
+			dest, err := fetch(t, a.b, name, walfetch.Options{})
+			require.ErrorIs(t, err, storage.ErrNotExist)
+			require.ErrorContains(t, err, "archive's identity")
+			require.NotErrorIs(t, err, walfetch.ErrNotFound)
+			requireNoFile(t, dest)
+		})
+	}
+}
+
 func TestFetchKeepsOldDestOnFailure(t *testing.T) {
 	a := newArchive(t)
 	a.put(t, seg(1, 5), segmentData(5))
@@ -558,4 +579,31 @@ func (c *countingBackend) getsOf(name string) int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.perName[name]
+}
+
+// TestRemoveSpoolKeepsPrefetchersOut: once recovery has ended and the
+// spool is removed, a prefetcher that was started before does not bring it
+// back (it used to leave up to Prefetch segments, 64 MiB by default, in
+// pg_wal for good).
+func TestRemoveSpoolKeepsPrefetchersOut(t *testing.T) {
+	a := newArchive(t)
+	for i := wal.SegmentNo(1); i <= 3; i++ {
+		a.put(t, seg(1, i), segmentData(uint64(i)))
+	}
+	opts := walfetch.Options{SpoolDir: filepath.Join(t.TempDir(), ".barnacle-prefetch"), Prefetch: 2}
+	_, err := fetch(t, a.b, seg(1, 1), opts)
+	require.NoError(t, err)
+	require.NoError(t, walfetch.Prefetch(t.Context(), a.b, cluster, seg(1, 1), opts))
+	require.Equal(t, []string{seg(1, 2), seg(1, 3)}, spooledSegments(t, opts.SpoolDir))
+
+	require.NoError(t, walfetch.RemoveSpool(opts.SpoolDir))
+	require.NoDirExists(t, opts.SpoolDir)
+	entries, err := os.ReadDir(filepath.Dir(opts.SpoolDir))
+	require.NoError(t, err)
+	require.Empty(t, entries, "nothing is left beside the spool either")
+
+	err = walfetch.Prefetch(t.Context(), a.b, cluster, seg(1, 1), opts)
+	require.Error(t, err, "a late prefetcher finds no spool")
+	require.NoDirExists(t, opts.SpoolDir)
+	require.NoError(t, walfetch.RemoveSpool(opts.SpoolDir), "removing a removed spool is no error")
 }

@@ -23,7 +23,7 @@ import (
 type scheme struct {
 	name    string
 	example string
-	open    func(ctx context.Context, u *url.URL) (storage.Backend, error)
+	open    func(ctx context.Context, u *url.URL, readOnly bool) (storage.Backend, error)
 }
 
 // schemes lists every supported archive URL scheme.
@@ -32,19 +32,33 @@ var schemes = []scheme{
 	{name: "s3", example: "s3://bucket/prefix?endpoint=https://host&region=us-east-1", open: openS3},
 }
 
-func openFS(_ context.Context, u *url.URL) (storage.Backend, error) {
-	return fs.Open(u)
+func openFS(_ context.Context, u *url.URL, readOnly bool) (storage.Backend, error) {
+	return fs.OpenWith(u, fs.Options{ReadOnly: readOnly})
 }
 
-func openS3(ctx context.Context, u *url.URL) (storage.Backend, error) {
+// openS3 needs no read-only mode: s3.Open makes no request, so read-only
+// credentials open a bucket as well as any.
+func openS3(ctx context.Context, u *url.URL, _ bool) (storage.Backend, error) {
 	return s3.Open(ctx, u)
 }
 
-// Open returns the backend for rawURL, chosen by its scheme (see Schemes).
-// An unknown or missing scheme is an error that lists the supported ones.
-// Errors never contain the URL's password. ctx bounds any network work a
-// backend does while opening.
+// Open returns the backend for rawURL, chosen by its scheme (see Schemes),
+// for reading and writing: a backend that can check on opening that it may
+// write (the file backend) does. An unknown or missing scheme is an error
+// that lists the supported ones. Errors never contain the URL's password.
+// ctx bounds any network work a backend does while opening.
 func Open(ctx context.Context, rawURL string) (storage.Backend, error) {
+	return open(ctx, rawURL, false)
+}
+
+// OpenReadOnly is Open for a caller that only reads the archive (restore,
+// wal-fetch, list-backups, ...): it checks nothing that needs write
+// access, so a user who may only read the archive can open it.
+func OpenReadOnly(ctx context.Context, rawURL string) (storage.Backend, error) {
+	return open(ctx, rawURL, true)
+}
+
+func open(ctx context.Context, rawURL string, readOnly bool) (storage.Backend, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		// url.Error repeats the raw URL, which may hold a secret.
@@ -56,7 +70,7 @@ func Open(ctx context.Context, rawURL string) (storage.Backend, error) {
 	}
 	for _, s := range schemes {
 		if u.Scheme == s.name {
-			b, err := s.open(ctx, u)
+			b, err := s.open(ctx, u, readOnly)
 			if err != nil {
 				return nil, fmt.Errorf("open archive-url: %w", err)
 			}

@@ -59,7 +59,12 @@ const (
 	// copyChunk is how much Put copies between context checks.
 	copyChunk = 256 << 10
 	// dirMode and fileMode leave the archive readable by the group so that
-	// restores can run as another user of the same group; umask still applies.
+	// restores can run as another user of the same group (PostgreSQL's OS
+	// user runs restore_command). They are set explicitly after creation,
+	// so a restrictive umask (077 under some service managers) does not
+	// take the group's read access away. The group is the directory's when
+	// it has the setgid bit (chmod g+s on the root passes it down), else
+	// the writer's primary group.
 	dirMode  = 0o750
 	fileMode = 0o640
 	// appendReserve is the granularity at which Append extends a file
@@ -94,6 +99,12 @@ type Options struct {
 	// TempMaxAge is how old a temporary file must be before Cleanup removes
 	// it; zero means DefaultTempMaxAge.
 	TempMaxAge time.Duration
+	// ReadOnly opens the archive for reading only: New does not write its
+	// probe file, so that a user who may read but not write the archive
+	// (PostgreSQL's OS user running restore_command, a read-only mount)
+	// can restore from it. Writes are not refused by the Backend, but
+	// nothing checked that they can work; writers leave it off.
+	ReadOnly bool
 }
 
 // Backend stores objects as files under a root directory. It is safe for
@@ -122,7 +133,10 @@ var (
 // Open returns a Backend for a file:///absolute/path URL with default
 // Options. It rejects relative paths, hosts, user information, query
 // parameters and fragments, with an error naming the URL.
-func Open(u *url.URL) (*Backend, error) {
+func Open(u *url.URL) (*Backend, error) { return OpenWith(u, Options{}) }
+
+// OpenWith is Open with opts (CreateRoot, ReadOnly, ...).
+func OpenWith(u *url.URL, opts Options) (*Backend, error) {
 	shown := u.Redacted()
 	switch {
 	case u.Scheme != "file":
@@ -141,7 +155,7 @@ func Open(u *url.URL) (*Backend, error) {
 	case !filepath.IsAbs(u.Path):
 		return nil, fmt.Errorf("fs: archive URL %q has no absolute path: use file:///absolute/path", shown)
 	}
-	b, err := New(u.Path, Options{})
+	b, err := New(u.Path, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -152,7 +166,8 @@ func Open(u *url.URL) (*Backend, error) {
 // New returns a Backend rooted at the absolute directory root. It fails if
 // root does not exist (unless opts.CreateRoot) or is not a directory, and,
 // by writing and removing a probe file, if the filesystem does not support
-// user extended attributes or hard links. It starts no goroutines and does
+// user extended attributes or hard links (with opts.ReadOnly: if root
+// cannot be listed and entered instead). It starts no goroutines and does
 // not clean up old temporary files (see Cleanup).
 func New(root string, opts Options) (*Backend, error) {
 	if !filepath.IsAbs(root) {
@@ -174,7 +189,13 @@ func New(root string, opts Options) (*Backend, error) {
 	case !fi.IsDir():
 		return nil, fmt.Errorf("fs: archive path %s is not a directory", root)
 	}
-	if err := probe(root); err != nil {
+	if opts.ReadOnly {
+		// Reading needs to list the root; say so now rather than on the
+		// first read, for an archive the user may not read.
+		if err := listable(root); err != nil {
+			return nil, fmt.Errorf("fs: archive directory %s is not readable: %w", root, err)
+		}
+	} else if err := probe(root); err != nil {
 		return nil, err
 	}
 	maxAge := opts.TempMaxAge
@@ -186,6 +207,19 @@ func New(root string, opts Options) (*Backend, error) {
 		url:        (&url.URL{Scheme: "file", Path: root}).String(),
 		tempMaxAge: maxAge,
 	}, nil
+}
+
+// listable reads one entry of the directory dir.
+func listable(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.Readdirnames(1); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
 }
 
 // probe checks that root supports what Put relies on: creating files, user
@@ -477,6 +511,11 @@ func (b *Backend) mkdirAndCreate(dir string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create temporary file: %w", err)
 	}
+	if err := f.Chmod(fileMode); err != nil { // past the umask; see fileMode
+		_ = f.Close()
+		_ = os.Remove(f.Name())
+		return nil, fmt.Errorf("set the mode of a temporary file: %w", err)
+	}
 	return f, nil
 }
 
@@ -500,10 +539,27 @@ func (b *Backend) mkdirAll(dir string) error {
 	if err := b.mkdirAll(parent); err != nil {
 		return err
 	}
-	if err := os.Mkdir(dir, dirMode); err != nil && !errors.Is(err, iofs.ErrExist) {
-		return fmt.Errorf("create directory: %w", err)
+	if err := os.Mkdir(dir, dirMode); err != nil {
+		if !errors.Is(err, iofs.ErrExist) {
+			return fmt.Errorf("create directory: %w", err)
+		}
+	} else if err := setDirMode(dir); err != nil {
+		return err
 	}
 	return syncDir(parent)
+}
+
+// setDirMode gives the new directory dir dirMode past the umask, keeping
+// the setgid bit it inherited from its parent (chmod would clear it).
+func setDirMode(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("create directory: %w", err)
+	}
+	if err := os.Chmod(dir, fi.Mode()&os.ModeSetgid|dirMode); err != nil {
+		return fmt.Errorf("set the mode of directory %s: %w", dir, err)
+	}
+	return nil
 }
 
 // Get implements storage.Backend. The checksum comes from the opened file,
