@@ -590,6 +590,9 @@ func waitBackupFinished(ctx context.Context, cli *clientv3.Client, keys coordina
 			}
 		}
 	}
+	// The watch ended early (rev compacted, etcd unreachable): the caller
+	// looks again, but not in a tight loop.
+	sleepCtx(wctx, time.Second)
 }
 
 // lagPollInterval is how often the leader asks the master for its position
