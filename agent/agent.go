@@ -60,7 +60,7 @@ func (a *Agent) fillStatus(s *coordinator.AgentStatus) {
 	}
 	st := a.archiver.snapshot()
 	s.Streaming = st.Streaming
-	s.LastError = st.LastError
+	s.LastError = joinProblems(st.LastError, st.Gap)
 	if st.Flushed == 0 {
 		return
 	}
@@ -69,6 +69,17 @@ func (a *Agent) fillStatus(s *coordinator.AgentStatus) {
 	s.FlushedLSN = st.Flushed.String()
 	s.ArchivedLSN = st.Flushed.String()
 	s.LastArchivedSegment = st.LastSegment
+}
+
+// joinProblems joins the non-empty ones with "; ".
+func joinProblems(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	}
+	return a + "; " + b
 }
 
 // New checks the configuration, connects the etcd client (which does not

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -51,6 +52,10 @@ type archiverState struct {
 	ServerEnd   wal.LSN
 	LastSegment string
 	LastError   string
+	// Gap describes the newest recorded WAL gap that no done base backup
+	// follows yet; "" when there is none. Unlike LastError, progress does
+	// not clear it: only a backup after the gap ends the alarm.
+	Gap string
 }
 
 func newArchiver(cfg config.Config, agentName string, log hclog.Logger, coord *coordinator.Coordinator, cli *clientv3.Client, m *archiverMetrics) *archiver {
@@ -86,6 +91,10 @@ func (a *archiver) setError(err error) {
 // run is the leader work: stream until ctx ends (leadership is over).
 func (a *archiver) run(ctx context.Context, term coordinator.Term) error {
 	a.log.Info("archiving starts", "lead_reason", term.Reason)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { a.watchGaps(ctx) })
+	wg.Go(func() { a.trackMasterWhileDown(ctx) })
 	defer func() {
 		a.mu.Lock()
 		a.state.Streaming = false
@@ -266,39 +275,35 @@ func (a *archiver) recordGap(b storage.Backend) func(context.Context, walstream.
 		if err := catalog.RecordGap(ctx, b, a.cfg.ClusterName, gap); err != nil {
 			return err
 		}
-		if gaps, err := catalog.ReadGaps(ctx, b, a.cfg.ClusterName); err == nil {
-			a.metrics.setGaps(gaps)
-		}
 		a.log.Error("wal gap: the archive cannot recover points in this range; requesting a new base backup",
 			"timeline", g.Timeline, "from", g.From.String(), "to", g.ResumeAt.String(), "bytes", uint64(g.ResumeAt-g.From))
 		a.mu.Lock()
-		a.state.LastError = fmt.Sprintf("wal gap %s..%s recorded; base backup requested", g.From, g.ResumeAt)
+		a.state.Gap = gapAlarm(gap)
 		a.mu.Unlock()
+		a.checkGaps(ctx, b) // the metrics; and the alarm, should a backup already follow
 		return a.requestBackup(ctx, fmt.Sprintf("after WAL gap %s..%s", g.From, g.ResumeAt))
 	}
-}
-
-// backupRequest is the value of requests/backup/<id> (DESIGN.md §3).
-type backupRequest struct {
-	From        string    `json:"from"`
-	Label       string    `json:"label"`
-	RequestedBy string    `json:"requestedBy"`
-	RequestedAt time.Time `json:"requestedAt"`
 }
 
 func (a *archiver) requestBackup(ctx context.Context, label string) error {
 	now := time.Now().UTC()
 	id := fmt.Sprintf("gap-%s-%04x", now.Format("20060102T150405"), rand.N(1<<16))
-	v, err := json.Marshal(backupRequest{From: "any", Label: label, RequestedBy: a.agent, RequestedAt: now})
+	v, err := json.Marshal(gapBackupRequest(a.agent, label, now))
 	if err != nil {
 		return err
 	}
-	key := a.keys.Prefix + "requests/backup/" + id
+	key := RequestKey(a.keys, id)
 	if _, err := a.etcd.Put(ctx, key, string(v)); err != nil {
 		return fmt.Errorf("request a base backup at %s: %w", key, err)
 	}
 	a.log.Info("base backup requested", "key", key)
 	return nil
+}
+
+// gapBackupRequest is the request the leader writes after recording a WAL
+// gap: from any server, since any backup after the gap ends it.
+func gapBackupRequest(agent, label string, now time.Time) BackupRequest {
+	return BackupRequest{From: "any", Label: label, RequestedBy: agent, RequestedAt: now}
 }
 
 func (a *archiver) progress(p walstream.Progress) {
@@ -399,11 +404,13 @@ func hint(err error, cfg config.Config) string {
 }
 
 // fillFromOtherKeepers streams the WAL the master lacks from another
-// keeper's PostgreSQL: a standby that was on the old timeline may still
-// have it in pg_wal (walsenders serve historic timelines). It streams
-// without a slot, from the archive's end, until that keeper has moved past
-// the gap's timeline, then stops. It reports whether the archive grew past
-// the gap's start.
+// keeper's PostgreSQL: a standby may still have it in pg_wal (walsenders
+// serve historic timelines too). It streams without a slot, from the
+// archive's end, until the archive reaches what the master still has
+// (backfillDone), then stops so that streaming from the master resumes at
+// once. Its progress is the archiver's like the master stream's: state,
+// metrics, the agent record, and the archived position that backups wait
+// for. It reports whether the archive grew past the gap's start.
 func (a *archiver) fillFromOtherKeepers(ctx context.Context, b storage.Backend, g walstream.Gap) bool {
 	st := a.coord.State()
 	if st.ClusterData == nil {
@@ -419,13 +426,19 @@ func (a *archiver) fillFromOtherKeepers(ctx context.Context, b storage.Backend, 
 			continue
 		}
 		log := a.log.With("source_keeper", uid)
-		log.Info("the master lacks wal the archive needs; trying another keeper", "timeline", g.Timeline, "from", g.From.String())
+		log.Info("the master lacks wal the archive needs; trying another keeper", "timeline", g.Timeline, "from", g.From.String(),
+			"until_timeline", g.ResumeTimeline, "until", g.ResumeAt.String())
 		conn, err := a.cfg.PGConnString(host, port, true)
 		if err != nil {
 			return false
 		}
-		fctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-		var reached wal.LSN
+		// The bound is for a source that stalls; one that sends WAL ends
+		// the backfill as soon as it reaches the master's oldest WAL.
+		fctx, cancel := context.WithTimeout(ctx, backfillTimeout)
+		var (
+			grew  bool
+			where walstream.Progress
+		)
 		r, err := walstream.New(walstream.Options{
 			ConnString:  conn,
 			Backend:     b,
@@ -434,13 +447,12 @@ func (a *archiver) fillFromOtherKeepers(ctx context.Context, b storage.Backend, 
 			Logger:      log,
 			OnConnect:   a.checkIdentity(b),
 			OnProgress: func(p walstream.Progress) {
-				if p.Timeline == g.Timeline {
-					reached = p.Flushed
+				a.progress(p)
+				where = p
+				if p.Timeline > g.Timeline || p.Flushed > g.From {
+					grew = true
 				}
-				if p.Timeline > g.Timeline {
-					// That keeper moved on to the next timeline: the old
-					// one is archived up to its switch point.
-					reached = max(reached, g.From+1)
+				if backfillDone(g, p) {
 					cancel()
 				}
 			},
@@ -450,12 +462,199 @@ func (a *archiver) fillFromOtherKeepers(ctx context.Context, b storage.Backend, 
 			return false
 		}
 		err = r.Run(fctx)
+		timedOut := errors.Is(fctx.Err(), context.DeadlineExceeded)
 		cancel()
-		if reached > g.From {
-			log.Info("fetched missing wal from another keeper", "timeline", g.Timeline, "from", g.From.String(), "to", reached.String())
+		if grew {
+			log.Info("fetched missing wal from another keeper", "timeline", g.Timeline, "from", g.From.String(),
+				"to_timeline", where.Timeline, "to", where.Flushed.String(), "complete", backfillDone(g, where), "timed_out", timedOut)
 			return true
 		}
 		log.Info("that keeper does not have the missing wal either", "error", err)
 	}
 	return false
+}
+
+// backfillTimeout bounds a backfill from another keeper that stops sending
+// WAL before the archive reaches what the master has.
+const backfillTimeout = 5 * time.Minute
+
+// backfillDone reports whether a backfill for gap g that reached p has
+// fetched all the master lacks: the archive reaches the oldest WAL the
+// master still has (ResumeAt on ResumeTimeline), or the source moved on to
+// a later timeline than the gap's before the master's, so the gap's
+// timeline is archived to its end and the master can be asked again.
+func backfillDone(g walstream.Gap, p walstream.Progress) bool {
+	switch {
+	case p.Timeline == g.ResumeTimeline:
+		return p.Flushed >= g.ResumeAt
+	case p.Timeline > g.ResumeTimeline:
+		return true
+	}
+	return p.Timeline > g.Timeline
+}
+
+// gapAlarm is what the agent record's lastError and /readyz say about a
+// recorded gap until a backup after it is done.
+func gapAlarm(g catalog.Gap) string {
+	return fmt.Sprintf("wal gap %s..%s on timeline %d recorded: points in it and after it are not recoverable until a base backup after it is done (one was requested)",
+		g.StartLSN, g.EndLSN, g.Timeline)
+}
+
+// unresolvedGap returns the newest recorded gap that no done backup
+// follows: a backup that starts at or after the gap's end makes the points
+// after the gap recoverable.
+func unresolvedGap(gaps []catalog.Gap, backups []catalog.Backup) (catalog.Gap, bool) {
+	for i := len(gaps) - 1; i >= 0; i-- {
+		g := gaps[i]
+		end, err := wal.ParseLSN(g.EndLSN)
+		if err != nil {
+			return g, true // unreadable: keep the alarm
+		}
+		resolved := false
+		for _, d := range backups {
+			start, err := wal.ParseLSN(d.StartLSN)
+			if err == nil && d.Status == catalog.StatusDone && d.StartTimeline >= g.Timeline && start >= end {
+				resolved = true
+				break
+			}
+		}
+		if !resolved {
+			return g, true
+		}
+	}
+	return catalog.Gap{}, false
+}
+
+// checkGaps reads gaps.json and the catalog, sets the gap metrics and
+// raises or ends the gap alarm. A failed read changes nothing.
+func (a *archiver) checkGaps(ctx context.Context, b storage.Backend) {
+	gaps, err := catalog.ReadGaps(ctx, b, a.cfg.ClusterName)
+	if err != nil {
+		return
+	}
+	a.metrics.setGaps(gaps)
+	var list []catalog.Backup
+	if len(gaps) > 0 {
+		if list, err = catalog.ListBackups(ctx, b, a.cfg.ClusterName); err != nil {
+			return
+		}
+	}
+	alarm := ""
+	if g, ok := unresolvedGap(gaps, list); ok {
+		alarm = gapAlarm(g)
+	}
+	a.mu.Lock()
+	prev := a.state.Gap
+	a.state.Gap = alarm
+	a.mu.Unlock()
+	if prev != "" && alarm == "" {
+		a.log.Info("a base backup after the wal gap is done; points after the gap are recoverable")
+	}
+}
+
+// gapRecheck is how often, while a gap alarm is up, the catalog is read
+// again for a backup after it, besides every finished backup request.
+const gapRecheck = 30 * time.Second
+
+// watchGaps is leader work: it raises the gap alarm for a gap recorded
+// earlier (by this or another leader) and ends it once a backup after the
+// gap is done, looking whenever a backup request finishes.
+func (a *archiver) watchGaps(ctx context.Context) {
+	for ctx.Err() == nil {
+		rev, err := a.etcd.Get(ctx, a.keys.Prefix+"status/backup/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			sleepCtx(ctx, time.Second)
+			continue
+		}
+		if b, err := a.openBackend(ctx); err == nil {
+			a.checkGaps(ctx, b)
+		}
+		wait := gapRecheck
+		if a.snapshot().Gap == "" {
+			wait = time.Hour // recordGap raises a new alarm itself
+		}
+		waitBackupFinished(ctx, a.etcd, a.keys, rev.Header.Revision, wait)
+	}
+}
+
+// waitBackupFinished returns when a backup request's status written after
+// etcd revision rev says done, after d, or when ctx ends.
+func waitBackupFinished(ctx context.Context, cli *clientv3.Client, keys coordinator.Keys, rev int64, d time.Duration) {
+	wctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	for resp := range cli.Watch(wctx, keys.Prefix+"status/backup/", clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+		for _, ev := range resp.Events {
+			var st RequestStatus
+			if ev.Kv != nil && json.Unmarshal(ev.Kv.Value, &st) == nil && st.State == StateDone {
+				return
+			}
+		}
+	}
+	// The watch ended early (rev compacted, etcd unreachable): the caller
+	// looks again, but not in a tight loop.
+	sleepCtx(wctx, time.Second)
+}
+
+// lagPollInterval is how often the leader asks the master for its position
+// while it does not stream, so that the archive lag grows as the master
+// writes instead of showing its last streamed value.
+const lagPollInterval = 5 * time.Second
+
+// trackMasterWhileDown is leader work: while streaming is down, it asks
+// the master for its end of WAL (IDENTIFY_SYSTEM over a replication
+// connection, as the stream connects) and sets the lag from the archived
+// position the archiver last knew.
+func (a *archiver) trackMasterWhileDown(ctx context.Context) {
+	tk := time.NewTicker(lagPollInterval)
+	defer tk.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tk.C:
+		}
+		if up, _ := a.metrics.streaming.state(); up {
+			continue
+		}
+		st := a.coord.State()
+		flushed := a.snapshot().Flushed
+		if !st.HasMaster || flushed == 0 {
+			continue // no known archived position: the lag is unknown
+		}
+		host, port := masterAddress(a.cfg, st)
+		pos, err := walPosition(ctx, a.cfg, host, port)
+		if err != nil {
+			a.log.Debug("asking the master for its wal position failed", "error", err)
+			continue
+		}
+		a.mu.Lock()
+		if a.state.Streaming {
+			a.mu.Unlock()
+			continue // streaming resumed meanwhile: its reports are fresher
+		}
+		a.state.ServerEnd = max(a.state.ServerEnd, pos)
+		serverEnd, flushed := a.state.ServerEnd, a.state.Flushed
+		a.mu.Unlock()
+		a.metrics.observeLag(serverEnd, flushed, time.Now())
+	}
+}
+
+// walPosition asks the server at host:port for its end of WAL.
+func walPosition(ctx context.Context, cfg config.Config, host string, port int) (wal.LSN, error) {
+	cs, err := cfg.PGConnString(host, port, true)
+	if err != nil {
+		return 0, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := pgconn.Connect(cctx, cs)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(context.WithoutCancel(cctx))
+	sys, err := pglogrepl.IdentifySystem(cctx, conn)
+	if err != nil {
+		return 0, err
+	}
+	return wal.LSN(sys.XLogPos), nil
 }

@@ -31,10 +31,16 @@ const (
 	StateRejected = "rejected"
 )
 
-// BackupRequest is the value of requests/backup/<id>.
+// BackupRequest is the value of requests/backup/<id> (DESIGN.md §3), for
+// every writer (barnacle backup, the schedule, the leader after a WAL gap)
+// and the one reader, parseBackupRequest, which refuses unknown fields.
 type BackupRequest struct {
 	From  string `json:"from"`
 	Label string `json:"label"`
+	// RequestedBy and RequestedAt say which agent asked and when, for
+	// requests an agent writes on its own (after a WAL gap).
+	RequestedBy string    `json:"requestedBy,omitempty"`
+	RequestedAt time.Time `json:"requestedAt,omitzero"`
 }
 
 // RequestStatusOf is the value of status/backup/<id> and status/restore/<id>; R is

@@ -60,6 +60,7 @@ type readiness struct {
 	streaming           bool
 	streamingSince      time.Time // when streaming last started or stopped
 	lastError           string
+	gap                 string // archiverState.Gap: an unresolved WAL gap
 	lagBytes            int64
 	maxLag              int64 // check-max-lag; 0 means no limit
 }
@@ -67,7 +68,8 @@ type readiness struct {
 // notReady returns why the agent is not ready, or "" when it is. A
 // follower is ready once it has usable clusterdata; the leader also while
 // it streams with lag at most check-max-lag, or has not streamed for less
-// than streamingDownGrace since it began to lead or last streamed.
+// than streamingDownGrace since it began to lead or last streamed, and no
+// recorded WAL gap waits for a base backup after it.
 func notReady(r readiness) string {
 	switch {
 	case r.clusterDataRevision == 0 && r.clusterDataErr == "":
@@ -83,7 +85,7 @@ func notReady(r readiness) string {
 		}
 		down := r.now.Sub(from)
 		if down <= streamingDownGrace {
-			return ""
+			return r.gap
 		}
 		why := fmt.Sprintf("leader has not streamed WAL for %s", down.Round(time.Second))
 		if r.lastError != "" {
@@ -92,6 +94,8 @@ func notReady(r readiness) string {
 		return why
 	case r.maxLag > 0 && r.lagBytes > r.maxLag:
 		return fmt.Sprintf("archive lag %d bytes is above check-max-lag %d bytes", r.lagBytes, r.maxLag)
+	case r.gap != "":
+		return r.gap
 	}
 	return ""
 }
@@ -113,7 +117,7 @@ func (a *Agent) readyz(w http.ResponseWriter, _ *http.Request) {
 	if a.archiver != nil {
 		r.streaming, r.streamingSince = a.archiver.metrics.streaming.state()
 		s := a.archiver.snapshot()
-		r.lastError = s.LastError
+		r.lastError, r.gap = joinProblems(s.LastError, s.Gap), s.Gap
 		if s.ServerEnd > s.Flushed {
 			r.lagBytes = int64(s.ServerEnd - s.Flushed) //nolint:gosec // an LSN difference fits
 		}

@@ -35,6 +35,13 @@ func TestNotReady(t *testing.T) {
 		}, leader, "archive lag 2097152 bytes is above check-max-lag 1048576 bytes"},
 		{"lag at check-max-lag", func(r *readiness) { r.streaming, r.lagBytes, r.maxLag = true, 1<<20, 1<<20 }, leader, ""},
 		{"no lag limit", func(r *readiness) { r.streaming, r.lagBytes = true, 1<<40 }, leader, ""},
+		{"unresolved gap while streaming", func(r *readiness) {
+			r.streaming, r.gap = true, "wal gap 0/3000000..0/9000000 on timeline 1 recorded"
+		}, leader, "wal gap 0/3000000..0/9000000"},
+		{"unresolved gap within the streaming grace", func(r *readiness) {
+			r.streamingSince, r.gap = now.Add(-time.Second), "wal gap 0/3000000..0/9000000 on timeline 1 recorded"
+		}, leader, "wal gap 0/3000000..0/9000000"},
+		{"gap on a follower", func(r *readiness) { r.gap = "wal gap" }, ok, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -79,11 +79,6 @@ func (m *archiverMetrics) observe(p walstream.Progress, newSegment bool) {
 	now := time.Now()
 	m.received.Set(float64(p.Received))
 	m.flushed.Set(float64(p.Flushed))
-	lag := float64(0)
-	if p.ServerWALEnd > p.Flushed {
-		lag = float64(p.ServerWALEnd - p.Flushed)
-	}
-	m.lagBytes.Set(lag)
 	m.timeline.Set(float64(p.Timeline))
 	if p.Durable {
 		m.lastFlushTime.Set(float64(now.UnixNano()) / 1e9)
@@ -92,6 +87,18 @@ func (m *archiverMetrics) observe(p walstream.Progress, newSegment bool) {
 		m.segments.Inc()
 		m.lastSegmentTime.Set(float64(now.UnixNano()) / 1e9)
 	}
+	m.observeLag(p.ServerWALEnd, p.Flushed, now)
+}
+
+// observeLag sets the archive lag from the server's end of WAL and the
+// archived end: from the stream's reports while it runs, from the master's
+// position while it does not (trackMasterWhileDown).
+func (m *archiverMetrics) observeLag(serverEnd, flushed wal.LSN, now time.Time) {
+	lag := float64(0)
+	if serverEnd > flushed {
+		lag = float64(serverEnd - flushed)
+	}
+	m.lagBytes.Set(lag)
 	m.mu.Lock()
 	m.behind = lag > 0
 	if !m.behind {

@@ -5,16 +5,18 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/retention"
 )
 
-// Retention timing. A new done backup is noticed within
-// retentionCheckInterval (the backup may have been taken by a follower
-// from its standby, so the leader looks at the catalog rather than at its
-// own work); without one, the plan is applied once a day, so that a
-// recovery window moves on. A failed run is retried sooner.
+// Retention timing. A backup request that finishes done wakes the loop at
+// once (whoever took it: a follower may take one from its standby, so the
+// leader watches the request statuses rather than its own work); a done
+// backup that came another way (barnacle backup --local) is noticed within
+// retentionCheckInterval. Without a new backup the plan is applied once a
+// day, so that a recovery window moves on. A failed run is retried sooner.
 const (
 	retentionCheckInterval = time.Minute
 	retentionDailyInterval = 24 * time.Hour
@@ -32,6 +34,12 @@ func (b *backups) retentionLoop(ctx context.Context) error {
 		next       time.Time // when the next run is due regardless
 	)
 	for {
+		// The revision before the catalog is read: a backup that finishes
+		// after it wakes the wait below.
+		var rev int64
+		if resp, err := b.etcd.Get(ctx, b.keys.Prefix+"status/backup/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err == nil {
+			rev = resp.Header.Revision
+		}
 		// retention-policy is live (reload.go): without one, do nothing
 		// until a reload sets it.
 		noPolicy := b.live.Config().RetentionPolicy.IsZero()
@@ -54,10 +62,13 @@ func (b *backups) retentionLoop(ctx context.Context) error {
 				b.arch.metrics.catalog.retentionSucceeded(time.Now())
 			}
 		}
-		select {
-		case <-ctx.Done():
+		if rev == 0 {
+			sleepCtx(ctx, retentionCheckInterval)
+		} else {
+			waitBackupFinished(ctx, b.etcd, b.keys, rev, retentionCheckInterval)
+		}
+		if ctx.Err() != nil {
 			return nil
-		case <-time.After(retentionCheckInterval):
 		}
 	}
 }

@@ -140,7 +140,11 @@ func printArchiveStatus(w io.Writer, a archiveStatus) error {
 	case a.Lag.Source == "master":
 		fmt.Fprintf(w, "Lag:      %d bytes (master at %s, archived %s)\n", a.Lag.Bytes, a.Lag.MasterLSN, a.Lag.Archived)
 	default:
-		fmt.Fprintf(w, "Lag:      %d bytes received but not archived (master unreachable; archived %s)\n", a.Lag.Bytes, a.Lag.Archived)
+		why := a.Lag.MasterError
+		if why == "" {
+			why = "master unreachable"
+		}
+		fmt.Fprintf(w, "Lag:      %d bytes received but not archived (%s; archived %s)\n", a.Lag.Bytes, why, a.Lag.Archived)
 	}
 	if a.Error != "" {
 		fmt.Fprintf(w, "Archive:  %s\n", a.Error)
@@ -223,6 +227,9 @@ type archiveLag struct {
 	Source    string `json:"source"`
 	MasterLSN string `json:"masterLSN,omitempty"`
 	Archived  string `json:"archivedLSN"`
+	// MasterError says why the master could not be asked (source "leader
+	// record"), and what to pass when it refused the credentials.
+	MasterError string `json:"masterError,omitempty"`
 }
 
 // readArchiveStatus reads the archive and asks the master for its
@@ -280,16 +287,39 @@ func readLag(ctx context.Context, cfg config.Config, r coordinator.Report) *arch
 	if err != nil {
 		return nil
 	}
+	masterErr := "clusterdata names no master"
 	if r.Master != nil {
-		if pos, err := masterPosition(ctx, cfg, r.Master.Address); err == nil {
+		pos, err := masterPosition(ctx, cfg, r.Master.Address)
+		if err == nil {
 			return &archiveLag{Bytes: lagBytes(pos, archived), Source: "master", MasterLSN: pos.String(), Archived: archived.String()}
 		}
+		masterErr = describeMasterError(err, cfg, r.Master.Address)
 	}
 	received, err := wal.ParseLSN(leader.ReceivedLSN)
 	if err != nil {
 		return nil
 	}
-	return &archiveLag{Bytes: lagBytes(received, archived), Source: "leader record", Archived: archived.String()}
+	return &archiveLag{Bytes: lagBytes(received, archived), Source: "leader record", Archived: archived.String(), MasterError: masterErr}
+}
+
+// describeMasterError says why status could not ask the master for its
+// position: a refused login (SQLSTATE class 28: no pg_hba line, unknown
+// role, wrong or missing password) is not an unreachable master, and the
+// fix is to pass the agents' credentials.
+func describeMasterError(err error, cfg config.Config, address string) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "28") {
+		user := cfg.PGUser
+		if user == "" {
+			user = "the OS user (pg-user is not set)"
+		} else {
+			user = fmt.Sprintf("%q", user)
+		}
+		return fmt.Sprintf("master at %s is up but refused to authenticate %s for replication (%s, SQLSTATE %s): "+
+			"pass the agents' --pg-user and --pg-password-file (or PGPASSWORD/PGPASSFILE) to see the lag from the master",
+			address, user, pgErr.Message, pgErr.Code)
+	}
+	return fmt.Sprintf("master at %s unreachable: %v", address, err)
 }
 
 func lagBytes(ahead, behind wal.LSN) int64 {

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/assert"
 
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/retention"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
@@ -67,4 +71,21 @@ func TestRecoverableWindows(t *testing.T) {
 			assert.Equal(t, tc.want, recoverableWindows(tc.in, tc.gaps))
 		})
 	}
+}
+
+func TestDescribeMasterError(t *testing.T) {
+	cfg := config.Default()
+	cfg.PGUser = "repl"
+	refused := fmt.Errorf("connect: %w", &pgconn.PgError{Code: "28P01", Message: `password authentication failed for user "repl"`})
+	got := describeMasterError(refused, cfg, "10.0.0.5:5432")
+	assert.Contains(t, got, "refused to authenticate \"repl\"")
+	assert.Contains(t, got, "--pg-password-file")
+	assert.NotContains(t, got, "unreachable")
+
+	cfg.PGUser = ""
+	noHBA := &pgconn.PgError{Code: "28000", Message: `no pg_hba.conf entry for replication connection from host "10.0.0.9", user "root"`}
+	assert.Contains(t, describeMasterError(noHBA, cfg, "10.0.0.5:5432"), "pg-user is not set")
+
+	got = describeMasterError(errors.New("dial tcp 10.0.0.5:5432: connect: connection refused"), cfg, "10.0.0.5:5432")
+	assert.Contains(t, got, "master at 10.0.0.5:5432 unreachable: dial tcp")
 }

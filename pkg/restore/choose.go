@@ -337,6 +337,19 @@ func CheckTarget(target Target, tt TimelineTarget, windows []Window, gaps []cata
 					reason = fmt.Sprintf("a WAL gap starting at %s lies between the backup and the target", to)
 				} else {
 					reason = "it is after the end of the archived WAL"
+					// RecoverableWindows ends a window where a recorded gap
+					// starts (and the gap may end on a later timeline, as
+					// after a failover): then the gap is the reason.
+					for _, g := range gr {
+						if g.tli > w.Timeline || g.start > target.LSN || g.end <= to {
+							continue
+						}
+						if target.LSN < g.end {
+							reason = fmt.Sprintf("it is inside the recorded WAL gap %s..%s (timeline %d): that WAL is lost", g.start, g.end, g.tli)
+						} else {
+							reason = fmt.Sprintf("the recorded WAL gap %s..%s (timeline %d) lies between the backup and the target", g.start, g.end, g.tli)
+						}
+					}
 				}
 				continue
 			}

@@ -191,6 +191,20 @@ func TestCheckTarget(t *testing.T) {
 		{name: "current accepts any window", target: Target{Kind: TargetLSN, LSN: lsn("0/5000000")}, timeline: TimelineTarget{Mode: TimelineCurrent}},
 		{name: "LSN behind a gap", target: Target{Kind: TargetLSN, LSN: lsn("0/B000000")}, gaps: gaps, wantErr: "a WAL gap starting at 0/A000000 lies between the backup and the target"},
 		{name: "LSN before the gap", target: Target{Kind: TargetLSN, LSN: lsn("0/9F00000")}, gaps: gaps},
+		// RecoverableWindows ends a window where a gap starts.
+		{name: "LSN inside a gap that ends the window", target: Target{Kind: TargetLSN, LSN: lsn("0/A400000")}, gaps: gaps,
+			windows: []Window{{Timeline: 2, FromLSN: lsn("0/9000100"), FromTime: at("14:05"), ToLSN: lsn("0/A000000")}},
+			wantErr: "it is inside the recorded WAL gap 0/A000000..0/A800000 (timeline 2)"},
+		{name: "LSN after a gap that ends the window", target: Target{Kind: TargetLSN, LSN: lsn("0/B000000")}, gaps: gaps,
+			windows: []Window{{Timeline: 2, FromLSN: lsn("0/9000100"), FromTime: at("14:05"), ToLSN: lsn("0/A000000")}},
+			wantErr: "the recorded WAL gap 0/A000000..0/A800000 (timeline 2) lies between the backup and the target"},
+		{name: "LSN inside a gap that ends on the next timeline", target: Target{Kind: TargetLSN, LSN: lsn("0/6800000")},
+			gaps: []catalog.Gap{{Timeline: 1, StartLSN: "0/5000000", EndLSN: "0/7000000"}},
+			windows: []Window{
+				{Timeline: 1, FromLSN: lsn("0/3000100"), FromTime: at("08:05"), ToLSN: lsn("0/5000000")},
+				{Timeline: 2, FromLSN: lsn("0/6000000"), ToLSN: lsn("0/6000000")},
+			},
+			wantErr: "it is inside the recorded WAL gap 0/5000000..0/7000000 (timeline 1)"},
 		{
 			name: "window starting in a gap", target: Target{Kind: TargetLSN, LSN: lsn("0/9500000")},
 			gaps: []catalog.Gap{{Timeline: 2, StartLSN: "0/9000000", EndLSN: "0/9800000"}}, wantErr: "its window starts inside a WAL gap",

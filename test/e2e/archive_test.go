@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/barnacle-pg/barnacle/agent"
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
@@ -470,6 +471,8 @@ func TestForcedGap(t *testing.T) {
 			require.NoError(t, standby.Exec(ctx, "CHECKPOINT"))
 			require.NoError(t, primary.Kill())
 			require.NoError(t, env.stolon.Failover(ctx, standby))
+			newLeader := env.agents[env.stolon.KeeperUID(standby)]
+			alarm := sampleGapAlarm(t, env, newLeader)
 			env.startAgents()
 			env.leaderFor(standby)
 			require.NoError(t, standby.Exec(ctx, "INSERT INTO walgen SELECT g, 'after' FROM generate_series(1, 1000) g"))
@@ -503,8 +506,102 @@ func TestForcedGap(t *testing.T) {
 			assert.Contains(t, string(reqs.Kvs[0].Value), `"from":"any"`)
 			assert.Contains(t, metrics, fmt.Sprintf("barnacle_wal_gap_bytes %g\n", float64(g.Bytes)))
 			t.Logf("gap recorded: %+v; request %s", g, reqs.Kvs[0].Key)
+
+			// The leader takes the backup it asked for, with no operator
+			// step; until it is done the gap stays in the leader's record
+			// and /readyz, then both clear.
+			keys := coordinator.NewKeys("barnacle", cluster)
+			id := strings.TrimPrefix(string(reqs.Kvs[0].Key), keys.Prefix+"requests/backup/")
+			var st agent.RequestStatus
+			waitFor(t, 90*time.Second, "the backup after the gap", func() bool {
+				resp, err := env.etcd.Client(t).Get(ctx, agent.StatusKey(keys, id))
+				if err != nil || len(resp.Kvs) == 0 {
+					return false
+				}
+				require.NoError(t, json.Unmarshal(resp.Kvs[0].Value, &st))
+				return st.FinishedAt != nil
+			})
+			require.Equal(t, agent.StateDone, st.State, "status of %s: %s", id, st.Error)
+			doc, err := catalog.ReadBackup(ctx, env.backend, cluster, st.Result.ID)
+			require.NoError(t, err)
+			start, err := wal.ParseLSN(doc.StartLSN)
+			require.NoError(t, err)
+			gapEnd, err := wal.ParseLSN(g.EndLSN)
+			require.NoError(t, err)
+			assert.GreaterOrEqual(t, start, gapEnd, "the backup starts after the gap")
+			waitFor(t, 20*time.Second, "the gap alarm to end", func() bool {
+				rec := leaderRecord(t, env, newLeader.name)
+				code, _ := readyz(newLeader)
+				return rec.Role == "leader" && !strings.Contains(rec.LastError, "wal gap") && code == 200
+			})
+			sawRecord, sawReadyz := alarm.Stop()
+			assert.True(t, sawRecord, "while streaming after the gap, the leader's lastError named it")
+			assert.True(t, sawReadyz, "while streaming after the gap, /readyz answered 503 naming it")
+			t.Logf("backup %s after the gap: start %s, gap end %s", doc.ID, doc.StartLSN, g.EndLSN)
 		})
 	}
+}
+
+// gapAlarmSampler watches a leader's record and /readyz for the gap alarm
+// while it streams.
+type gapAlarmSampler struct {
+	stop                 chan struct{}
+	done                 chan struct{}
+	sawRecord, sawReadyz bool
+}
+
+func sampleGapAlarm(t *testing.T, env *archiveEnv, a *agentProc) *gapAlarmSampler {
+	t.Helper()
+	s := &gapAlarmSampler{stop: make(chan struct{}), done: make(chan struct{})}
+	cli := env.etcd.Client(t)
+	key := coordinator.NewKeys("barnacle", cluster).Agent(a.name)
+	go func() {
+		defer close(s.done)
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			resp, err := cli.Get(ctx, key)
+			cancel()
+			var rec coordinator.AgentStatus
+			if err == nil && len(resp.Kvs) == 1 && json.Unmarshal(resp.Kvs[0].Value, &rec) == nil &&
+				rec.Streaming && rec.ArchivedLSN != "" && strings.Contains(rec.LastError, "wal gap") {
+				s.sawRecord = true
+			}
+			if code, body := readyz(a); code == 503 && strings.Contains(body, "wal gap") {
+				s.sawReadyz = true
+			}
+		}
+	}()
+	t.Cleanup(func() { s.Stop() })
+	return s
+}
+
+// Stop ends the sampling and says what it saw.
+func (s *gapAlarmSampler) Stop() (sawRecord, sawReadyz bool) {
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
+	<-s.done
+	return s.sawRecord, s.sawReadyz
+}
+
+// readyz returns the agent's /readyz status code and body; 0 when it does
+// not answer.
+func readyz(a *agentProc) (int, string) {
+	resp, err := httpClient.Get("http://" + a.metrics + "/readyz")
+	if err != nil {
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	_, _ = b.ReadFrom(resp.Body)
+	return resp.StatusCode, b.String()
 }
 
 func scrape(t *testing.T, a *agentProc) string {

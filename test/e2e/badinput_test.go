@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -9,10 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/internal/testenv"
+	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
 // leaderRecord reads the leader's record from etcd.
@@ -87,6 +91,58 @@ func TestArchiverBadInput(t *testing.T) {
 		})
 		stopAgent(t, a)
 	})
+}
+
+// TestLagWhileNotStreaming: while the leader cannot stream (another
+// connection holds its slot) the master writes on, and
+// barnacle_wal_archive_lag_bytes follows the master's position instead of
+// keeping its last streamed value.
+func TestLagWhileNotStreaming(t *testing.T) {
+	ctx := t.Context()
+	env := newArchiveEnv(t, testenv.ClusterOptions{})
+	primary := env.pg.Primary()
+	a := env.startAgent(env.stolon.KeeperUID(primary))
+	env.leaderFor(primary)
+	env.waitArchived(primary, 20*time.Second)
+
+	// Take the slot away: end the agent's walsender and stream from the
+	// slot ourselves before the agent reconnects.
+	var holder *pgconn.PgConn
+	waitFor(t, 20*time.Second, "the test to hold the slot", func() bool {
+		_ = primary.Exec(ctx, "select pg_terminate_backend(active_pid) from pg_replication_slots where slot_name = 'barnacle' and active")
+		conn, err := pgconn.Connect(ctx, primary.ReplConnString())
+		if err != nil {
+			return false
+		}
+		sys, err := pglogrepl.IdentifySystem(ctx, conn)
+		if err == nil {
+			err = pglogrepl.StartReplication(ctx, conn, "barnacle", sys.XLogPos, pglogrepl.StartReplicationOptions{Mode: pglogrepl.PhysicalReplication})
+		}
+		if err != nil {
+			_ = conn.Close(ctx)
+			return false
+		}
+		holder = conn
+		return true
+	})
+	t.Cleanup(func() { _ = holder.Close(context.Background()) })
+	waitFor(t, 20*time.Second, "streaming to stop", func() bool {
+		return metricValue(scrape(t, a), "barnacle_wal_streaming") == 0
+	})
+	archived := wal.LSN(metricValue(scrape(t, a), "barnacle_wal_flushed_position_bytes"))
+	require.Positive(t, archived)
+
+	require.NoError(t, primary.Exec(ctx, "CREATE TABLE lag (v text); INSERT INTO lag SELECT repeat('x', 200) FROM generate_series(1, 20000)"))
+	cur, err := primary.CurrentLSN(ctx)
+	require.NoError(t, err)
+	want := float64(wal.LSN(cur) - archived)
+	var lag float64
+	deadline := time.Now().Add(20 * time.Second)
+	for lag = metricValue(scrape(t, a), "barnacle_wal_archive_lag_bytes"); lag < want; lag = metricValue(scrape(t, a), "barnacle_wal_archive_lag_bytes") {
+		require.True(t, time.Now().Before(deadline), "lag %.0f bytes, want at least %.0f (master at %s, archived %s)", lag, want, wal.LSN(cur), archived)
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("not streaming: master at %s, archived %s, lag %.0f bytes", wal.LSN(cur), archived, lag)
 }
 
 func stopAgent(t *testing.T, a *agentProc) {

@@ -110,6 +110,11 @@ func TestOperateMetricsAndStatus(t *testing.T) {
 	require.Equal(t, 0, code, "status: %s", stderr)
 	assert.Contains(t, text, "archive-url is not set")
 	assert.Contains(t, text, "Lag:")
+	// Without the agents' credentials the master refuses the login: status
+	// says so and what to pass, not that the master is unreachable.
+	assert.Contains(t, text, "refused to authenticate")
+	assert.Contains(t, text, "--pg-password-file")
+	assert.NotContains(t, text, "unreachable")
 }
 
 // TestReloadProcess: a running agent takes a new log-level from its
