@@ -18,7 +18,6 @@ import (
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/restore"
-	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
 // RestoreRequest is the value of requests/restore/<id> (DESIGN.md §5).
@@ -29,10 +28,13 @@ type RestoreRequest struct {
 	Backup    string `json:"backup,omitempty"`
 	TargetDir string `json:"targetDir"`
 	// Target holds at most one of its fields; none is the end of WAL.
-	Target         RestoreTarget `json:"target,omitzero"`
-	TargetTimeline string        `json:"targetTimeline,omitempty"`
-	TargetAction   string        `json:"targetAction,omitempty"`
-	Force          bool          `json:"force,omitempty"`
+	Target RestoreTarget `json:"target,omitzero"`
+	// TargetExclusive stops just before a time, LSN or xid target
+	// (recovery_target_inclusive = off).
+	TargetExclusive bool   `json:"targetExclusive,omitempty"`
+	TargetTimeline  string `json:"targetTimeline,omitempty"`
+	TargetAction    string `json:"targetAction,omitempty"`
+	Force           bool   `json:"force,omitempty"`
 	// DataOnly restores without recovery.signal and settings.
 	DataOnly bool `json:"dataOnly,omitempty"`
 	// TablespaceMap maps tablespace OIDs (as strings) to directories,
@@ -237,33 +239,9 @@ func (r *restores) toRequest(req RestoreRequest) (restore.Request, error) {
 		out.TablespaceMap[uint32(n)] = d
 	}
 	t := req.Target
-	set := 0
-	for _, v := range []bool{t.Time != "", t.LSN != "", t.XID != "", t.Name != "", t.Immediate} {
-		if v {
-			set++
-		}
-	}
-	switch {
-	case set > 1:
-		return out, errors.New("target holds more than one of time, lsn, xid, name, immediate: keep one")
-	case t.Time != "":
-		tm, err := time.Parse(time.RFC3339Nano, t.Time)
-		if err != nil {
-			return out, fmt.Errorf("target time %q: use RFC 3339 with a zone, like 2026-11-25T10:00:00Z", t.Time)
-		}
-		out.Target = restore.Target{Kind: restore.TargetTime, Time: tm}
-	case t.LSN != "":
-		lsn, err := wal.ParseLSN(t.LSN)
-		if err != nil {
-			return out, fmt.Errorf("target lsn %q: use PostgreSQL's form, like 0/3000060", t.LSN)
-		}
-		out.Target = restore.Target{Kind: restore.TargetLSN, LSN: lsn}
-	case t.XID != "":
-		out.Target = restore.Target{Kind: restore.TargetXID, XID: t.XID}
-	case t.Name != "":
-		out.Target = restore.Target{Kind: restore.TargetName, Name: t.Name}
-	case t.Immediate:
-		out.Target.Kind = restore.TargetImmediate
+	spec := restore.TargetSpec{Time: t.Time, LSN: t.LSN, XID: t.XID, Name: t.Name, Immediate: t.Immediate, Exclusive: req.TargetExclusive}
+	if out.Target, out.Inclusive, err = spec.Parse(requestField); err != nil {
+		return out, err
 	}
 	if out.Timeline, err = restore.ParseTimelineTarget(req.TargetTimeline); err != nil {
 		return out, err
@@ -274,6 +252,14 @@ func (r *restores) toRequest(req RestoreRequest) (restore.Request, error) {
 	}
 	out.RestoreCommand = restore.WALFetchCommand(exe, "", r.cfg.ClusterName, r.cfg.ArchiveURL)
 	return out, nil
+}
+
+// requestField names a target field as a restore request spells it.
+func requestField(field string) string {
+	if field == "exclusive" {
+		return "targetExclusive"
+	}
+	return "target." + field
 }
 
 // underRoot resolves dir (symlinks in its existing part included) and
