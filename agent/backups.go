@@ -95,6 +95,9 @@ type backups struct {
 
 	curMu   sync.Mutex
 	current string // ID of the backup this agent is taking, if any
+
+	work  jobs     // the claimed request running, in its own goroutine
+	swept *sweeper // the leader's look for requests of dead agents
 }
 
 // leaderDuties is the backups' share of the leader work: mark backups
@@ -126,11 +129,18 @@ const staleCheckInterval = 10 * time.Second
 // markAbandoned marks failed every running backup whose agent is gone, or
 // that this agent's own earlier life left behind.
 func (b *backups) markAbandoned(ctx context.Context) {
+	agents := b.coord.State().Agents
+	// Their requests too, so that whoever follows them learns the outcome;
+	// first, as this needs etcd only.
+	if b.swept == nil {
+		b.swept = &sweeper{prefix: b.keys.Prefix + "status/backup/", what: "backup", hint: "request it again",
+			self: b.agent, log: b.log, etcd: b.etcd}
+	}
+	b.swept.sweep(ctx, agents, b.work.current())
 	be, err := b.arch.openBackend(ctx)
 	if err != nil {
 		return
 	}
-	agents := b.coord.State().Agents
 	b.curMu.Lock()
 	current := b.current
 	b.curMu.Unlock()
@@ -147,33 +157,6 @@ func (b *backups) markAbandoned(ctx context.Context) {
 	for _, id := range ids {
 		b.log.Warn("backup abandoned by a dead agent marked failed", "backup", id)
 	}
-	// Their requests too, so that whoever follows them learns the outcome.
-	prefix := b.keys.Prefix + "status/backup/"
-	resp, err := b.etcd.Get(ctx, prefix, clientv3.WithPrefix())
-	if err != nil {
-		return
-	}
-	for _, kv := range resp.Kvs {
-		var st RequestStatus
-		if json.Unmarshal(kv.Value, &st) != nil || (st.State != StateClaimed && st.State != StateRunning) {
-			continue
-		}
-		_, alive := agents[st.Agent]
-		if alive && st.Agent != b.agent {
-			continue
-		}
-		if st.Agent == b.agent && current != "" {
-			continue // ours, and still running
-		}
-		st.State, st.Error = StateFailed, fmt.Sprintf("agent %s stopped before the backup finished; request it again", st.Agent)
-		now := time.Now().UTC()
-		st.FinishedAt = &now
-		v, _ := json.Marshal(st)
-		// Only if nobody changed it meanwhile.
-		_, _ = b.etcd.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
-			Then(clientv3.OpPut(string(kv.Key), string(v))).Commit()
-		b.log.Warn("backup request abandoned by a dead agent marked failed", "key", string(kv.Key))
-	}
 }
 
 // serveRequests runs on every agent: the leader serves requests from the
@@ -181,6 +164,7 @@ func (b *backups) markAbandoned(ctx context.Context) {
 // from a standby. Each request is claimed exactly once.
 func (b *backups) serveRequests(ctx context.Context) error {
 	watchRequests(ctx, b.etcd, b.keys.Prefix+"requests/backup/", b.serve)
+	b.work.wait()
 	return nil
 }
 
@@ -230,12 +214,21 @@ func (b *backups) serve(ctx context.Context, id string, value []byte) {
 	case rejectErr == nil && req.From != "standby" && !leading:
 		return
 	}
+	// One backup at a time: while one runs, a valid request stays
+	// unclaimed (another agent, or this one afterwards, takes it); bad
+	// ones are still answered at once.
+	if rejectErr == nil && !b.work.reserve(id) {
+		return
+	}
 	st := RequestStatus{State: StateClaimed, Agent: b.agent, StartedAt: time.Now().UTC()}
 	if json.Valid(value) {
 		st.Request = value
 	}
 	claimed, err := putStatus(ctx, b.etcd, key, st, true)
 	if err != nil || !claimed {
+		if rejectErr == nil {
+			b.work.release()
+		}
 		return
 	}
 	if rejectErr != nil {
@@ -244,6 +237,13 @@ func (b *backups) serve(ctx context.Context, id string, value []byte) {
 		b.log.Warn("backup request rejected", "request", id, "error", rejectErr)
 		return
 	}
+	b.work.start(func() { b.run(ctx, id, key, req, st) })
+}
+
+// run takes the backup of a claimed request and writes its final status;
+// it runs in the jobs goroutine and returns when the backup ends or ctx
+// does.
+func (b *backups) run(ctx context.Context, id, key string, req BackupRequest, st RequestStatus) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	st.State = StateRunning

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -87,13 +86,32 @@ type restores struct {
 	keys  coordinator.Keys
 	arch  *archiver
 
-	mu sync.Mutex // one restore at a time
+	work  jobs     // the claimed request running, in its own goroutine
+	swept *sweeper // the leader's look for requests of dead agents
 }
 
 // serveRequests runs on every agent until ctx ends.
 func (r *restores) serveRequests(ctx context.Context) error {
 	watchRequests(ctx, r.etcd, r.keys.Prefix+"requests/restore/", r.serve)
+	r.work.wait()
 	return nil
+}
+
+// leaderDuties marks failed, while this agent leads, the restore requests
+// whose agent died before finishing them, every staleCheckInterval.
+func (r *restores) leaderDuties(ctx context.Context) error {
+	for {
+		if r.swept == nil {
+			r.swept = &sweeper{prefix: r.keys.Prefix + "status/restore/", what: "restore", self: r.agent, log: r.log, etcd: r.etcd,
+				hint: "its target directory may hold a partial restore: remove it (or set force) and request it again"}
+		}
+		r.swept.sweep(ctx, r.coord.State().Agents, r.work.current())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(staleCheckInterval):
+		}
+	}
 }
 
 // serve claims and runs (or rejects) one request if it is this agent's.
@@ -116,25 +134,41 @@ func (r *restores) serve(ctx context.Context, id string, value []byte) {
 			}
 		}
 	}
+	// One restore at a time: while one runs, this agent's next request
+	// stays unclaimed until it ends; bad ones are still answered at once.
+	if rejectErr == nil && !r.work.reserve(id) {
+		return
+	}
 	st := RestoreStatus{State: StateClaimed, Agent: r.agent, StartedAt: time.Now().UTC()}
 	if json.Valid(value) {
 		st.Request = value
 	}
 	claimed, err := putStatus(ctx, r.etcd, key, st, true)
 	if err != nil || !claimed {
+		if rejectErr == nil {
+			r.work.release()
+		}
 		return
-	}
-	reject := func(err error) {
-		st.State, st.Error = StateRejected, err.Error()
-		finishStatus(ctx, r.etcd, key, st)
-		r.log.Warn("restore request rejected", "request", id, "error", err)
 	}
 	if rejectErr != nil {
-		reject(rejectErr)
+		r.reject(ctx, id, key, st, rejectErr)
 		return
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.work.start(func() { r.run(ctx, id, key, req, st) })
+}
+
+// reject writes a rejected final status.
+func (r *restores) reject(ctx context.Context, id, key string, st RestoreStatus, err error) {
+	st.State, st.Error = StateRejected, err.Error()
+	finishStatus(ctx, r.etcd, key, st)
+	r.log.Warn("restore request rejected", "request", id, "error", err)
+}
+
+// run checks and runs a claimed request and writes its final status; it
+// runs in the jobs goroutine and returns when the restore ends or ctx
+// does.
+func (r *restores) run(ctx context.Context, id, key string, req RestoreRequest, st RestoreStatus) {
+	reject := func(err error) { r.reject(ctx, id, key, st, err) }
 	rreq, err := r.toRequest(req)
 	if err != nil {
 		reject(err)
