@@ -24,15 +24,18 @@ func newBackupCommand() *cobra.Command {
 	var (
 		local, fast, asJSON, wait bool
 		label, from               string
+		timeout                   time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "backup [--wait] [--from master|standby|any] | backup --local",
 		Short: "Take a base backup into the archive",
 		Long: `Ask the cluster for a base backup: write a request under
 <barnacle-prefix>/<cluster-name>/requests/backup/<id>; the leading agent claims
-it exactly once and reports in status/backup/<id>. With --wait, follow it to
-the end (a progress bar on a terminal) and exit 0 only when it is done.
-Needs cluster-name and store-endpoints.
+it exactly once and reports in status/backup/<id>. It says who leads: with no
+leading agent the request waits in etcd until one leads. With --wait, follow it
+to the end (a progress bar on a terminal) and exit 0 only when it is done;
+interrupted (Ctrl-C) or past --timeout, a request no agent has claimed yet is
+withdrawn, and a claimed one goes on. Needs cluster-name and store-endpoints.
 
 With --local the backup runs in this process, with no agent and no etcd,
 against pg-host:pg-port into archive-url: it streams the WAL the backup needs
@@ -41,7 +44,7 @@ slot-mode own), as pg_basebackup -X stream does, so the backup is restorable
 on its own. Either way a backup is "done" only once that WAL is archived.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !local {
-				return requestBackup(cmd, from, label, wait, asJSON)
+				return requestBackup(cmd, from, label, wait, asJSON, timeout)
 			}
 			cfg, err := loadConfig(cmd, config.Needs{Keys: []string{"cluster-name", "archive-url", "pg-host"}})
 			if err != nil {
@@ -72,6 +75,7 @@ on its own. Either way a backup is "done" only once that WAL is archived.`,
 	}
 	cmd.Flags().BoolVar(&local, "local", false, "run the backup in this process against pg-host:pg-port")
 	cmd.Flags().BoolVar(&wait, "wait", false, "follow the request until it is done, failed or rejected")
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "with --wait: give up after this long (0 = no limit); an unclaimed request is then withdrawn")
 	cmd.Flags().StringVar(&from, "from", "", "where the backup runs: master, standby or any (default: backup-from)")
 	cmd.Flags().BoolVar(&fast, "fast", false, "ask for an immediate checkpoint instead of a spread one")
 	cmd.Flags().StringVar(&label, "label", "", "backup label")

@@ -30,6 +30,7 @@ type restoreFlags struct {
 	keeper                           string
 	tablespaceMap                    []string
 	parallel                         int
+	timeout                          time.Duration
 }
 
 func newRestoreCommand() *cobra.Command {
@@ -62,7 +63,9 @@ With Stolon's PITR init:
 
 With --via-etcd --keeper K the restore is asked of the agent beside keeper K
 (into a directory under its restore-root) through
-<barnacle-prefix>/<cluster-name>/requests/restore/<id>, and followed to the end.
+<barnacle-prefix>/<cluster-name>/requests/restore/<id>, and followed to the end;
+interrupted (Ctrl-C) or past --timeout, a request no agent has claimed yet is
+withdrawn, and a claimed one goes on.
 
 Time targets: RFC 3339 (2026-11-25T10:00:00Z) or PostgreSQL's
 '2026-11-25 10:00:00+00', always with a zone; the same forms through etcd.
@@ -72,8 +75,8 @@ commits at it is kept); --target-exclusive stops just before it.`,
 			if f.viaEtcd {
 				return restoreViaEtcd(cmd, f)
 			}
-			if f.keeper != "" {
-				return usageError{errors.New("--keeper goes with --via-etcd")}
+			if f.keeper != "" || f.timeout != 0 {
+				return usageError{errors.New("--keeper and --timeout go with --via-etcd")}
 			}
 			req, err := f.request()
 			if err != nil {
@@ -152,6 +155,7 @@ commits at it is kept); --target-exclusive stops just before it.`,
 	fl.IntVar(&f.parallel, "parallel", restore.DefaultParallel, "archives unpacked at once")
 	fl.BoolVar(&f.viaEtcd, "via-etcd", false, "ask the agent beside --keeper to restore, through an etcd request")
 	fl.StringVar(&f.keeper, "keeper", "", "with --via-etcd: the Stolon keeper UID whose agent restores")
+	fl.DurationVar(&f.timeout, "timeout", 0, "with --via-etcd: give up after this long (0 = no limit); an unclaimed request is then withdrawn")
 	fl.BoolVar(&f.asJSON, "json", false, "print the result as JSON")
 	return cmd
 }
@@ -225,6 +229,9 @@ func restoreViaEtcd(cmd *cobra.Command, f restoreFlags) error {
 	if _, err := f.request(); err != nil {
 		return usageError{err}
 	}
+	if f.timeout < 0 {
+		return usageError{errors.New("--timeout is a positive duration, like 30m")}
+	}
 	cfg, err := loadConfig(cmd, config.Needs{Keys: []string{"cluster-name", "store-endpoints"}})
 	if err != nil {
 		return err
@@ -258,11 +265,10 @@ func restoreViaEtcd(cmd *cobra.Command, f restoreFlags) error {
 	if _, err := cli.Put(ctx, agent.RestoreRequestKey(keys, id), string(v)); err != nil {
 		return fmt.Errorf("write the restore request (is etcd reachable at %v?): %w", cfg.StoreEndpoints, err)
 	}
-	if !f.asJSON {
-		fmt.Fprintf(cmd.ErrOrStderr(), "restore request %s written; following %s\n", id, agent.RestoreStatusKey(keys, id))
-	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "restore request %s written to %s; %s\n", id, agent.RestoreRequestKey(keys, id), whoRuns(ctx, cli, keys, f.keeper, true))
 	var st agent.RestoreStatus
-	if err := followStatus(cmd, cli, agent.RestoreStatusKey(keys, id), "restore", f.asJSON, &st); err != nil {
+	if err := followRequest(cmd, cli, requestFollow{what: "restore", id: id, requestKey: agent.RestoreRequestKey(keys, id),
+		statusKey: agent.RestoreStatusKey(keys, id), timeout: f.timeout, quiet: f.asJSON}, &st); err != nil {
 		return err
 	}
 	if f.asJSON {

@@ -1,9 +1,14 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -115,4 +120,150 @@ func readStatus[R any](t *testing.T, cli *clientv3.Client, key string) agent.Req
 	}
 	require.NoError(t, json.Unmarshal(resp.Kvs[0].Value, &st))
 	return st
+}
+
+// TestWaitWithoutLeader: barnacle backup --wait with no agent says so, and
+// a request nobody claimed is withdrawn when the wait ends (timeout,
+// Ctrl-C), so that a leader elected later does not run it; a request an
+// agent claimed meanwhile is left to run.
+func TestWaitWithoutLeader(t *testing.T) {
+	ctx := t.Context()
+	etcd := testenv.StartEtcd(t)
+	cli := etcd.Client(t)
+	keys := coordinator.NewKeys("barnacle", cluster)
+	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(etcd.Endpoints(), ",")}
+	requests := func(kind string) []string {
+		t.Helper()
+		resp, err := cli.Get(ctx, keys.Prefix+"requests/"+kind+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		require.NoError(t, err)
+		var out []string
+		for _, kv := range resp.Kvs {
+			out = append(out, string(kv.Key))
+		}
+		return out
+	}
+
+	t.Run("timeout", func(t *testing.T) {
+		start := time.Now()
+		_, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--timeout", "2s"}, store...)...)
+		assert.Equal(t, 1, code, stderr)
+		assert.Contains(t, stderr, "no agent leads the cluster now")
+		assert.Contains(t, stderr, "timed out after 2s before any agent claimed it; the request is withdrawn")
+		assert.Empty(t, requests("backup"))
+		assert.Less(t, time.Since(start), 25*time.Second)
+	})
+
+	t.Run("interrupt", func(t *testing.T) {
+		p := startBarnacle(t, append([]string{"backup", "--wait"}, store...)...)
+		waitFor(t, 20*time.Second, "the request to be written", func() bool {
+			return strings.Contains(p.stderr(), "written to") && len(requests("backup")) == 1
+		})
+		require.NoError(t, p.cmd.Process.Signal(os.Interrupt))
+		code := p.wait(t, 20*time.Second)
+		assert.Equal(t, 1, code, p.stderr())
+		assert.Contains(t, p.stderr(), "interrupted before any agent claimed it; the request is withdrawn")
+		assert.Empty(t, requests("backup"))
+	})
+
+	t.Run("claimed meanwhile", func(t *testing.T) {
+		// An agent claims the request (writes its status key) while the
+		// command waits: the timeout must not withdraw it.
+		p := startBarnacle(t, append([]string{"backup", "--wait", "--timeout", "4s"}, store...)...)
+		var reqKey string
+		waitFor(t, 20*time.Second, "the request to be written", func() bool {
+			r := requests("backup")
+			if len(r) == 1 {
+				reqKey = r[0]
+			}
+			return reqKey != ""
+		})
+		id := strings.TrimPrefix(reqKey, keys.Prefix+"requests/backup/")
+		st, err := json.Marshal(agent.RequestStatus{State: agent.StateRunning, Agent: "agent-elsewhere", StartedAt: time.Now().UTC()})
+		require.NoError(t, err)
+		_, err = cli.Put(ctx, agent.StatusKey(keys, id), string(st))
+		require.NoError(t, err)
+		code := p.wait(t, 30*time.Second)
+		assert.Equal(t, 1, code, p.stderr())
+		assert.Contains(t, p.stderr(), "timed out after 4s; agent agent-elsewhere claimed it and goes on")
+		assert.Equal(t, []string{reqKey}, requests("backup"), "the claimed request stays")
+	})
+
+	t.Run("restore via etcd", func(t *testing.T) {
+		_, stderr, code := barnacle(t, append([]string{"restore", "--via-etcd", "--keeper", "keeper9", "--target-dir", "/restore/x",
+			"--target-time", "2026-11-25 10:00:00+00", "--timeout", "2s"}, store...)...)
+		assert.Equal(t, 1, code, stderr)
+		assert.Contains(t, stderr, "no agent runs beside keeper keeper9 and no agent leads")
+		assert.Contains(t, stderr, "timed out after 2s before any agent claimed it; the request is withdrawn")
+		assert.Empty(t, requests("restore"))
+	})
+}
+
+// barnacleProc is a barnacle command running in the background.
+type barnacleProc struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	errb bytes.Buffer
+	outb bytes.Buffer
+	done chan error
+}
+
+// stdoutWriter collects the command's stdout.
+type stdoutWriter struct{ p *barnacleProc }
+
+func (w stdoutWriter) Write(b []byte) (int, error) {
+	w.p.mu.Lock()
+	defer w.p.mu.Unlock()
+	return w.p.outb.Write(b)
+}
+
+func (p *barnacleProc) stdout() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.outb.String()
+}
+
+func (p *barnacleProc) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.errb.Write(b)
+}
+
+func (p *barnacleProc) stderr() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.errb.String()
+}
+
+// startBarnacle starts the binary with args; it is killed at the end of
+// the test if still running.
+func startBarnacle(t *testing.T, args ...string) *barnacleProc {
+	t.Helper()
+	p := &barnacleProc{cmd: exec.Command(binary, args...), done: make(chan error, 1)}
+	p.cmd.Stderr, p.cmd.Stdout = p, stdoutWriter{p}
+	require.NoError(t, p.cmd.Start())
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		p.done <- nil
+	})
+	return p
+}
+
+// wait waits for the command to exit and returns its exit code.
+func (p *barnacleProc) wait(t *testing.T, within time.Duration) int {
+	t.Helper()
+	select {
+	case err := <-p.done:
+		p.done <- err
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode()
+		}
+		require.NoError(t, err)
+		return 0
+	case <-time.After(within):
+		t.Fatalf("barnacle %v did not exit within %s:\n%s", p.cmd.Args, within, p.stderr())
+		return -1
+	}
 }
