@@ -436,6 +436,25 @@ func (s *stream) prepareSlot(ctx context.Context) (slotInfo, error) {
 	return slot, nil
 }
 
+// startReplication runs START_REPLICATION through the slot. PostgreSQL
+// drops a temporary slot on any error in its session, such as "requested
+// WAL segment has already been removed" while a gap is found, so a
+// temporary slot is created again first when it is gone.
+func (s *stream) startReplication(ctx context.Context, start wal.LSN, tli wal.Timeline) (*timelineEnd, error) {
+	if s.r.opts.TemporarySlot {
+		slot, err := readSlot(ctx, s.conn, s.r.opts.Slot)
+		if err != nil {
+			return nil, err
+		}
+		if !slot.Exists {
+			if err := createTemporarySlot(ctx, s.conn, s.r.opts.Slot); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return startReplication(ctx, s.conn, s.r.opts.Slot, start, tli)
+}
+
 // planStart works out where to start: at the end of the archive, or, for
 // an empty archive, at the start of the segment holding the slot's
 // restart_lsn or else the server's current position. Starting at a segment
@@ -557,7 +576,7 @@ func (s *stream) streamTimelines(ctx context.Context) error {
 		}
 		start := s.received()
 		s.log.Info("streaming", "timeline", s.tli, "start_lsn", start.String())
-		end, err := startReplication(ctx, s.conn, s.r.opts.Slot, start, s.tli)
+		end, err := s.startReplication(ctx, start, s.tli)
 		if err != nil && isWALRemoved(err) && s.r.opts.OnGap != nil {
 			if err := s.skipGap(ctx, start, err); err != nil {
 				return err

@@ -24,7 +24,9 @@ import (
 // fails the backup before anything is copied.
 func TestLocalBackupSlots(t *testing.T) {
 	ctx := t.Context()
-	pg := testenv.NewCluster(t, testenv.ClusterOptions{})
+	// No WAL kept beyond what slots hold, so that WAL the archive lacks
+	// can be made to disappear from the server (the gap case below).
+	pg := testenv.NewCluster(t, testenv.ClusterOptions{WALKeepSize: "0", Params: map[string]string{"min_wal_size": "'32MB'", "max_wal_size": "'64MB'"}})
 	primary := pg.Primary()
 	require.NoError(t, primary.Exec(ctx, "CREATE TABLE t (id int, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 200000) g"))
 	archive := archiveDir(t)
@@ -77,4 +79,28 @@ func TestLocalBackupSlots(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, list, 2, "no backup document for the refused backup")
 	t.Logf("busy slot refused in %s: %s", took.Round(time.Millisecond), stderr)
+
+	// Nothing archived WAL since those backups, and the server has
+	// recycled it: the next backup records the range as a gap and is
+	// done, since it needs only WAL from its own start.
+	for i := 0; i < 6; i++ {
+		require.NoError(t, primary.Exec(ctx, "INSERT INTO t VALUES (0, 'x')"))
+		_, err := primary.QueryString(ctx, "SELECT pg_switch_wal()::text")
+		require.NoError(t, err)
+	}
+	require.NoError(t, primary.Exec(ctx, "CHECKPOINT"))
+	require.NoError(t, primary.Exec(ctx, "CHECKPOINT"))
+	out, stderr, code := barnacle(t, args("backup", "--local", "--fast", "--json")...)
+	require.Equal(t, 0, code, "backup --local after recycled WAL: %s", stderr)
+	var doc catalog.Backup
+	require.NoError(t, json.Unmarshal([]byte(out), &doc), out)
+	assert.Equal(t, catalog.StatusDone, doc.Status)
+	gaps, err := catalog.ReadGaps(ctx, be, cluster)
+	require.NoError(t, err)
+	require.Len(t, gaps, 1, "the missing range is recorded")
+	assert.Contains(t, gaps[0].Reason, "backup --local")
+	wc, err := catalog.CheckBackupWAL(ctx, be, cluster, doc)
+	require.NoError(t, err)
+	assert.Empty(t, wc.Missing)
+	t.Logf("gap %s..%s recorded; backup %s done", gaps[0].StartLSN, gaps[0].EndLSN, doc.ID)
 }
