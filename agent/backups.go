@@ -280,6 +280,9 @@ func parseBackupRequest(value []byte) (BackupRequest, error) {
 	if err := dec.Decode(&req); err != nil {
 		return req, fmt.Errorf(`malformed request: %v; write JSON such as {"from":"master","label":"nightly"}`, err)
 	}
+	if err := noTrailingData(dec); err != nil {
+		return req, fmt.Errorf(`malformed request: %v; write one JSON object such as {"from":"master","label":"nightly"}`, err)
+	}
 	switch req.From {
 	case "", "master", "any":
 		req.From = "master"

@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
 	"strings"
 	"sync"
 	"time"
@@ -12,6 +14,15 @@ import (
 
 	"github.com/barnacle-pg/barnacle/coordinator"
 )
+
+// noTrailingData reports anything after the one JSON value dec has read:
+// `{...} {"x":1}` is not one request.
+func noTrailingData(dec *json.Decoder) error {
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("trailing data after the JSON object")
+	}
+	return nil
+}
 
 // jobs runs the requests an agent has claimed of one kind (backups or
 // restores), one at a time, each in its own goroutine: the watch loop that

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -208,6 +210,14 @@ func (r *restores) run(ctx context.Context, id, key string, req RestoreRequest, 
 		return
 	case err != nil:
 		st.State, st.Error = StateFailed, err.Error()
+		// Force moved the old contents aside before the failure: say where
+		// they are, or they look lost.
+		if len(res.MovedAside) > 0 {
+			st.Result = &RestoreResult{BackupID: res.BackupID, TargetDir: res.TargetDir, MovedAside: res.MovedAside}
+			for _, old := range slices.Sorted(maps.Keys(res.MovedAside)) {
+				st.Error += fmt.Sprintf("; the old contents of %s are in %s", old, res.MovedAside[old])
+			}
+		}
 	default:
 		st.State = StateDone
 		st.Progress = &Progress{Done: res.Bytes, Total: res.Bytes}
@@ -245,6 +255,9 @@ func parseRestoreRequest(value []byte) (RestoreRequest, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
 		return req, fmt.Errorf(`malformed request: %v; write JSON such as {"keeper":"keeper1","targetDir":"/restore/pitr","target":{"time":"2026-11-25T10:00:00Z"}}`, err)
+	}
+	if err := noTrailingData(dec); err != nil {
+		return req, fmt.Errorf(`malformed request: %v; write one JSON object such as {"keeper":"keeper1","targetDir":"/restore/pitr"}`, err)
 	}
 	return req, nil
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/barnacle-pg/barnacle/agent"
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/internal/testenv"
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
 )
 
 // TestRequestsServedWhileBusy: a claimed backup runs beside the watch
@@ -108,6 +109,72 @@ func TestRequestsServedWhileBusy(t *testing.T) {
 		return long.FinishedAt != nil
 	})
 	assert.Equal(t, agent.StateDone, long.State, long.Error)
+	require.NotNil(t, long.Result)
+	backupID := long.Result.ID
+
+	// Refused before anything is written: rejected, not failed.
+	keeper := env.stolon.KeeperUID(primary)
+	for _, tc := range []struct{ id, key, value, want string }{
+		{"trailing-backup", agent.RequestKey(keys, "trailing-backup"), `{"from":"master"} {"x":1}`, "trailing data after the JSON object"},
+		{"trailing-restore", agent.RestoreRequestKey(keys, "trailing-restore"),
+			`{"keeper":"` + keeper + `","targetDir":"` + restoreRoot + `/t"} {"x":1}`, "trailing data after the JSON object"},
+		{"bad-id", agent.RestoreRequestKey(keys, "bad-id"),
+			`{"keeper":"` + keeper + `","backup":"../../etc","targetDir":"` + restoreRoot + `/t"}`, `invalid backup ID "../../etc"`},
+		{"unknown-oid", agent.RestoreRequestKey(keys, "unknown-oid"),
+			`{"keeper":"` + keeper + `","backup":"` + backupID + `","targetDir":"` + restoreRoot + `/t","tablespaceMap":{"99999":"` + restoreRoot + `/ts"}}`,
+			"tablespace map names tablespace 99999, which backup " + backupID + " does not have"},
+	} {
+		_, err := cli.Put(ctx, tc.key, tc.value)
+		require.NoError(t, err)
+		statusKey := agent.StatusKey(keys, tc.id)
+		if strings.Contains(tc.key, "/requests/restore/") {
+			statusKey = agent.RestoreStatusKey(keys, tc.id)
+		}
+		var st agent.RequestStatusOf[json.RawMessage]
+		waitFor(t, 30*time.Second, "request "+tc.id+" to be answered", func() bool {
+			st = readStatus[json.RawMessage](t, cli, statusKey)
+			return st.FinishedAt != nil
+		})
+		assert.Equal(t, agent.StateRejected, st.State, tc.id)
+		assert.Contains(t, st.Error, tc.want, tc.id)
+	}
+	assert.NoDirExists(t, filepath.Join(restoreRoot, "t"))
+	assert.NoDirExists(t, filepath.Join(restoreRoot, "ts"))
+
+	// A forced restore that fails after moving the old contents aside
+	// says where they are: the backup's base archive is damaged.
+	doc, err := catalog.ReadBackup(ctx, env.backend, cluster, backupID)
+	require.NoError(t, err)
+	var base string
+	for _, f := range doc.Files {
+		if strings.HasPrefix(f.Name, "base.tar") {
+			base = filepath.Join(env.dir, catalog.BackupPrefix(cluster, backupID), f.Name)
+		}
+	}
+	require.NotEmpty(t, base)
+	data, err := os.ReadFile(base)
+	require.NoError(t, err)
+	data[len(data)/2] ^= 0xff
+	require.NoError(t, os.WriteFile(base, data, 0o644))
+	forced := filepath.Join(restoreRoot, "forced")
+	require.NoError(t, os.MkdirAll(forced, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(forced, "keep-me"), []byte("x"), 0o644))
+	_, err = cli.Put(ctx, agent.RestoreRequestKey(keys, "forced"),
+		`{"keeper":"`+keeper+`","backup":"`+backupID+`","targetDir":"`+forced+`","force":true}`)
+	require.NoError(t, err)
+	var fst agent.RestoreStatus
+	waitFor(t, 60*time.Second, "the forced restore to end", func() bool {
+		fst = readStatus[agent.RestoreResult](t, cli, agent.RestoreStatusKey(keys, "forced"))
+		return fst.FinishedAt != nil
+	})
+	require.Equal(t, agent.StateFailed, fst.State, fst.Error)
+	require.NotNil(t, fst.Result, "the failed status carries where the old contents went")
+	require.Len(t, fst.Result.MovedAside, 1)
+	moved := fst.Result.MovedAside[forced]
+	require.NotEmpty(t, moved, "%v", fst.Result.MovedAside)
+	assert.Contains(t, fst.Error, "the old contents of "+forced+" are in "+moved)
+	assert.FileExists(t, filepath.Join(moved, "keep-me"))
+	t.Logf("failed forced restore: %s", fst.Error)
 }
 
 // readStatus reads a request's status key; the zero value when absent.
