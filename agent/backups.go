@@ -40,14 +40,17 @@ type BackupRequest struct {
 // RequestStatusOf is the value of status/backup/<id> and status/restore/<id>; R is
 // what a finished request reports.
 type RequestStatusOf[R any] struct {
-	State      string          `json:"state"`
-	Agent      string          `json:"agent"`
-	Error      string          `json:"error,omitempty"`
-	Progress   *Progress       `json:"progress,omitempty"`
-	StartedAt  time.Time       `json:"startedAt"`
-	FinishedAt *time.Time      `json:"finishedAt,omitempty"`
-	Result     *R              `json:"result,omitempty"`
-	Request    json.RawMessage `json:"request,omitempty"`
+	State      string     `json:"state"`
+	Agent      string     `json:"agent"`
+	Error      string     `json:"error,omitempty"`
+	Progress   *Progress  `json:"progress,omitempty"`
+	StartedAt  time.Time  `json:"startedAt"`
+	FinishedAt *time.Time `json:"finishedAt,omitempty"`
+	Result     *R         `json:"result,omitempty"`
+	// Request echoes the request when it is JSON of at most
+	// requestEchoLimit bytes; otherwise RequestBytes gives its size.
+	Request      json.RawMessage `json:"request,omitempty"`
+	RequestBytes int             `json:"requestBytes,omitempty"`
 }
 
 // RequestStatus is the value of status/backup/<id>.
@@ -96,8 +99,9 @@ type backups struct {
 	curMu   sync.Mutex
 	current string // ID of the backup this agent is taking, if any
 
-	work  jobs     // the claimed request running, in its own goroutine
-	swept *sweeper // the leader's look for requests of dead agents
+	work   jobs         // the claimed request running, in its own goroutine
+	swept  *sweeper     // the leader's look for requests of dead agents
+	status *statusStore // writes status/backup/<id>
 }
 
 // leaderDuties is the backups' share of the leader work: mark backups
@@ -134,7 +138,7 @@ func (b *backups) markAbandoned(ctx context.Context) {
 	// first, as this needs etcd only.
 	if b.swept == nil {
 		b.swept = &sweeper{prefix: b.keys.Prefix + "status/backup/", what: "backup", hint: "request it again",
-			self: b.agent, log: b.log, etcd: b.etcd}
+			self: b.agent, log: b.log, etcd: b.etcd, status: b.status}
 	}
 	b.swept.sweep(ctx, agents, b.work.current())
 	be, err := b.arch.openBackend(ctx)
@@ -221,10 +225,8 @@ func (b *backups) serve(ctx context.Context, id string, value []byte) {
 		return
 	}
 	st := RequestStatus{State: StateClaimed, Agent: b.agent, StartedAt: time.Now().UTC()}
-	if json.Valid(value) {
-		st.Request = value
-	}
-	claimed, err := putStatus(ctx, b.etcd, key, st, true)
+	st.Request, st.RequestBytes = echoRequest(value)
+	claimed, err := putStatus(ctx, b.status, key, st, true)
 	if err != nil || !claimed {
 		if rejectErr == nil {
 			b.work.release()
@@ -233,7 +235,7 @@ func (b *backups) serve(ctx context.Context, id string, value []byte) {
 	}
 	if rejectErr != nil {
 		st.State, st.Error = StateRejected, rejectErr.Error()
-		finishStatus(ctx, b.etcd, key, st)
+		finishStatus(ctx, b.status, key, st)
 		b.log.Warn("backup request rejected", "request", id, "error", rejectErr)
 		return
 	}
@@ -247,7 +249,7 @@ func (b *backups) run(ctx context.Context, id, key string, req BackupRequest, st
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	st.State = StateRunning
-	_, _ = putStatus(ctx, b.etcd, key, st, false)
+	_, _ = putStatus(ctx, b.status, key, st, false)
 	b.log.Info("backup request claimed", "request", id, "from", req.From, "label", req.Label)
 	var lastProgress time.Time
 	doc, err := b.take(ctx, req, func(done, total int64) {
@@ -258,7 +260,7 @@ func (b *backups) run(ctx context.Context, id, key string, req BackupRequest, st
 		}
 		lastProgress = time.Now()
 		st.Progress = &Progress{Done: done, Total: max(total, 0)}
-		_, _ = putStatus(ctx, b.etcd, key, st, false)
+		_, _ = putStatus(ctx, b.status, key, st, false)
 	})
 	b.setCurrent("")
 	if err != nil {
@@ -267,7 +269,7 @@ func (b *backups) run(ctx context.Context, id, key string, req BackupRequest, st
 		st.State = StateDone
 		st.Result = &BackupResult{ID: doc.ID, StartLSN: doc.StartLSN, StopLSN: doc.StopLSN, Bytes: doc.Bytes, Stored: doc.StoredBytes}
 	}
-	finishStatus(ctx, b.etcd, key, st)
+	finishStatus(ctx, b.status, key, st)
 	b.log.Info("backup request finished", "request", id, "state", st.State, "backup", doc.ID, "error", st.Error)
 }
 
@@ -295,27 +297,35 @@ func parseBackupRequest(value []byte) (BackupRequest, error) {
 
 // finishStatus writes a request's final status with the finish time, even
 // when ctx has just ended (the agent is stopping).
-func finishStatus[R any](ctx context.Context, cli *clientv3.Client, key string, st RequestStatusOf[R]) {
+func finishStatus[R any](ctx context.Context, w *statusStore, key string, st RequestStatusOf[R]) {
 	now := time.Now().UTC()
 	st.FinishedAt = &now
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	_, _ = putStatus(fctx, cli, key, st, false)
+	_, _ = putStatus(fctx, w, key, st, false)
 }
 
 // putStatus writes a request's status key; with create, only if it does
-// not exist yet (the claim, exactly once), reporting whether it wrote.
-func putStatus[R any](ctx context.Context, cli *clientv3.Client, key string, st RequestStatusOf[R], create bool) (bool, error) {
+// not exist yet (the claim, exactly once), reporting whether it wrote. The
+// error is bounded (it may quote the request); a failed write is logged and
+// counted here, so callers need not.
+func putStatus[R any](ctx context.Context, w *statusStore, key string, st RequestStatusOf[R], create bool) (bool, error) {
+	st.Error = boundText(st.Error, statusErrorLimit)
 	v, err := json.Marshal(st)
 	if err != nil {
+		w.failed(key, st.State, err)
 		return false, err
 	}
 	if !create {
-		_, err := cli.Put(ctx, key, string(v))
+		_, err := w.etcd.Put(ctx, key, string(v))
+		if err != nil {
+			w.failed(key, st.State, err)
+		}
 		return err == nil, err
 	}
-	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(clientv3.OpPut(key, string(v))).Commit()
+	resp, err := w.etcd.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(clientv3.OpPut(key, string(v))).Commit()
 	if err != nil {
+		w.failed(key, st.State, err)
 		return false, err
 	}
 	return resp.Succeeded, nil

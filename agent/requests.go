@@ -4,16 +4,74 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/barnacle-pg/barnacle/coordinator"
+	"github.com/barnacle-pg/barnacle/pkg/metrics"
 )
+
+// Bounds on what a status key repeats of a request, so that a request just
+// under etcd's size limit still gets a status that fits (etcd refuses
+// values over --max-request-bytes, 1.5 MiB by default).
+const (
+	requestEchoLimit = 4 << 10
+	statusErrorLimit = 2 << 10
+)
+
+// echoRequest returns what a status echoes of a request: the request
+// itself when it is JSON of at most requestEchoLimit bytes, or else its
+// size.
+func echoRequest(value []byte) (json.RawMessage, int) {
+	if len(value) <= requestEchoLimit && json.Valid(value) {
+		return value, 0
+	}
+	return nil, len(value)
+}
+
+// boundText cuts s to at most limit bytes (on a rune boundary), saying how
+// much was cut.
+func boundText(s string, limit int) string {
+	if len(s) <= limit {
+		return s
+	}
+	cut := limit
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + fmt.Sprintf("... (%d more bytes)", len(s)-cut)
+}
+
+// statusStore writes request status keys. Every failed write is logged
+// and counted (barnacle_requests_status_write_errors_total): a status that
+// is never written leaves its requester waiting with no sign why.
+type statusStore struct {
+	etcd   *clientv3.Client
+	log    hclog.Logger
+	errors prometheus.Counter
+}
+
+// newStatusStore registers the write error counter with reg.
+func newStatusStore(cli *clientv3.Client, log hclog.Logger, reg prometheus.Registerer) *statusStore {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Subsystem: "requests", Name: "status_write_errors_total",
+		Help: "Failures to write a backup or restore request's status key in etcd."})
+	reg.MustRegister(c)
+	return &statusStore{etcd: cli, log: log.Named("requests"), errors: c}
+}
+
+// failed logs and counts one failed status write.
+func (w *statusStore) failed(key, state string, err error) {
+	w.errors.Inc()
+	w.log.Warn("writing a request status failed", "key", key, "state", state, "error", err)
+}
 
 // noTrailingData reports anything after the one JSON value dec has read:
 // `{...} {"x":1}` is not one request.
@@ -87,10 +145,11 @@ type sweeper struct {
 	prefix string // status/<kind>/ under the barnacle prefix
 	what   string // "backup" or "restore", for messages
 	// hint ends the error written into a swept status: what to do now.
-	hint string
-	self string
-	log  hclog.Logger
-	etcd *clientv3.Client
+	hint   string
+	self   string
+	log    hclog.Logger
+	etcd   *clientv3.Client
+	status *statusStore
 	// seen is the mod revision at which each key looked abandoned last
 	// time.
 	seen map[string]int64
@@ -131,6 +190,7 @@ func (s *sweeper) sweep(ctx context.Context, agents map[string]coordinator.Agent
 		st.FinishedAt = &now
 		v, err := json.Marshal(st)
 		if err != nil {
+			s.status.failed(key, st.State, err)
 			continue
 		}
 		// Only if nobody changed it meanwhile: a late final status from
@@ -139,7 +199,7 @@ func (s *sweeper) sweep(ctx context.Context, agents map[string]coordinator.Agent
 			Then(clientv3.OpPut(key, string(v))).Commit()
 		switch {
 		case err != nil:
-			s.log.Warn("marking an abandoned request failed did not work", "key", key, "error", err)
+			s.status.failed(key, st.State, err)
 		case tr.Succeeded:
 			s.log.Warn("request abandoned by a dead agent marked failed", "kind", s.what, "key", key, "agent", st.Agent)
 		}

@@ -88,8 +88,9 @@ type restores struct {
 	keys  coordinator.Keys
 	arch  *archiver
 
-	work  jobs     // the claimed request running, in its own goroutine
-	swept *sweeper // the leader's look for requests of dead agents
+	work   jobs         // the claimed request running, in its own goroutine
+	swept  *sweeper     // the leader's look for requests of dead agents
+	status *statusStore // writes status/restore/<id>
 }
 
 // serveRequests runs on every agent until ctx ends.
@@ -104,7 +105,7 @@ func (r *restores) serveRequests(ctx context.Context) error {
 func (r *restores) leaderDuties(ctx context.Context) error {
 	for {
 		if r.swept == nil {
-			r.swept = &sweeper{prefix: r.keys.Prefix + "status/restore/", what: "restore", self: r.agent, log: r.log, etcd: r.etcd,
+			r.swept = &sweeper{prefix: r.keys.Prefix + "status/restore/", what: "restore", self: r.agent, log: r.log, etcd: r.etcd, status: r.status,
 				hint: "its target directory may hold a partial restore: remove it (or set force) and request it again"}
 		}
 		r.swept.sweep(ctx, r.coord.State().Agents, r.work.current())
@@ -142,10 +143,8 @@ func (r *restores) serve(ctx context.Context, id string, value []byte) {
 		return
 	}
 	st := RestoreStatus{State: StateClaimed, Agent: r.agent, StartedAt: time.Now().UTC()}
-	if json.Valid(value) {
-		st.Request = value
-	}
-	claimed, err := putStatus(ctx, r.etcd, key, st, true)
+	st.Request, st.RequestBytes = echoRequest(value)
+	claimed, err := putStatus(ctx, r.status, key, st, true)
 	if err != nil || !claimed {
 		if rejectErr == nil {
 			r.work.release()
@@ -162,7 +161,7 @@ func (r *restores) serve(ctx context.Context, id string, value []byte) {
 // reject writes a rejected final status.
 func (r *restores) reject(ctx context.Context, id, key string, st RestoreStatus, err error) {
 	st.State, st.Error = StateRejected, err.Error()
-	finishStatus(ctx, r.etcd, key, st)
+	finishStatus(ctx, r.status, key, st)
 	r.log.Warn("restore request rejected", "request", id, "error", err)
 }
 
@@ -179,7 +178,7 @@ func (r *restores) run(ctx context.Context, id, key string, req RestoreRequest, 
 	be, err := r.arch.openBackend(ctx)
 	if err != nil {
 		st.State, st.Error = StateFailed, err.Error()
-		finishStatus(ctx, r.etcd, key, st)
+		finishStatus(ctx, r.status, key, st)
 		return
 	}
 	p, err := restore.Prepare(ctx, be, rreq)
@@ -188,12 +187,12 @@ func (r *restores) run(ctx context.Context, id, key string, req RestoreRequest, 
 			reject(err)
 		} else {
 			st.State, st.Error = StateFailed, err.Error()
-			finishStatus(ctx, r.etcd, key, st)
+			finishStatus(ctx, r.status, key, st)
 		}
 		return
 	}
 	st.State = StateRunning
-	_, _ = putStatus(ctx, r.etcd, key, st, false)
+	_, _ = putStatus(ctx, r.status, key, st, false)
 	r.log.Info("restore request claimed", "request", id, "backup", p.Backup.ID, "target", rreq.Target.String(), "dir", rreq.TargetDir)
 	var last time.Time
 	res, err := p.Run(ctx, be, r.log, func(done, total int64) {
@@ -202,7 +201,7 @@ func (r *restores) run(ctx context.Context, id, key string, req RestoreRequest, 
 		}
 		last = time.Now()
 		st.Progress = &Progress{Done: done, Total: total}
-		_, _ = putStatus(ctx, r.etcd, key, st, false)
+		_, _ = putStatus(ctx, r.status, key, st, false)
 	})
 	switch {
 	case err != nil && restore.IsRejected(err):
@@ -223,7 +222,7 @@ func (r *restores) run(ctx context.Context, id, key string, req RestoreRequest, 
 		st.Progress = &Progress{Done: res.Bytes, Total: res.Bytes}
 		st.Result = &RestoreResult{BackupID: res.BackupID, TargetDir: res.TargetDir, Bytes: res.Bytes, Files: res.Files, MovedAside: res.MovedAside, Notes: res.Notes}
 	}
-	finishStatus(ctx, r.etcd, key, st)
+	finishStatus(ctx, r.status, key, st)
 	r.log.Info("restore request finished", "request", id, "state", st.State, "error", st.Error)
 }
 

@@ -123,6 +123,9 @@ func TestRequestsServedWhileBusy(t *testing.T) {
 		{"unknown-oid", agent.RestoreRequestKey(keys, "unknown-oid"),
 			`{"keeper":"` + keeper + `","backup":"` + backupID + `","targetDir":"` + restoreRoot + `/t","tablespaceMap":{"99999":"` + restoreRoot + `/ts"}}`,
 			"tablespace map names tablespace 99999, which backup " + backupID + " does not have"},
+		// Just under etcd's request size limit; the rejection quotes it.
+		{"huge", agent.RestoreRequestKey(keys, "huge"),
+			`{"keeper":"` + strings.Repeat("k", 1400<<10) + `","targetDir":"` + restoreRoot + `/t"}`, `unknown keeper "kkkk`},
 	} {
 		_, err := cli.Put(ctx, tc.key, tc.value)
 		require.NoError(t, err)
@@ -137,6 +140,11 @@ func TestRequestsServedWhileBusy(t *testing.T) {
 		})
 		assert.Equal(t, agent.StateRejected, st.State, tc.id)
 		assert.Contains(t, st.Error, tc.want, tc.id)
+		if tc.id == "huge" {
+			assert.Nil(t, st.Request, "a huge request is not echoed")
+			assert.Equal(t, len(tc.value), st.RequestBytes)
+			assert.Less(t, len(st.Error), 4<<10)
+		}
 	}
 	assert.NoDirExists(t, filepath.Join(restoreRoot, "t"))
 	assert.NoDirExists(t, filepath.Join(restoreRoot, "ts"))
