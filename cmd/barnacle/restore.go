@@ -56,10 +56,11 @@ PostgreSQL uses is always refused.
 
 With Stolon's PITR init:
   stolonctl init '{"initMode":"pitr","pitrConfig":{
-    "dataRestoreCommand":"barnacle restore --config /etc/barnacle.yaml --target-dir %d --data-only",
+    "dataRestoreCommand":"barnacle restore --config /etc/barnacle.yaml --target-dir %d --data-only --target-time 2026-11-25T10:00:00+00",
     "archiveRecoverySettings":{"restoreCommand":"barnacle wal-fetch --config /etc/barnacle.yaml %f %p"},
-    "recoveryTargetSettings":{"recoveryTargetTime":"2026-11-25 10:00:00+00"}}}'
---data-only leaves recovery.signal and the settings to Stolon's keeper.
+    "recoveryTargetSettings":{"recoveryTargetTime":"2026-11-25T10:00:00+00"}}}'
+--data-only leaves recovery.signal and the settings to Stolon's keeper; the
+same --target-time picks the backup that precedes the target.
 
 With --via-etcd --keeper K the restore is asked of the agent beside keeper K
 (into a directory under its restore-root) through

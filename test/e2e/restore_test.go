@@ -249,8 +249,9 @@ func TestRestorePITR(t *testing.T) {
 		cfg := filepath.Join(t.TempDir(), "barnacle.yaml")
 		require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf("cluster-name: %s\narchive-url: file://%s\n", cluster, env.dir)), 0o644))
 		testenv.PGOwn(t, cfg)
-		spec := fmt.Sprintf(`{"initMode":"pitr","pitrConfig":{"dataRestoreCommand":"%s restore --config %s --target-dir %%d --data-only","archiveRecoverySettings":{"restoreCommand":"%s wal-fetch --config %s %%f %%p"},"recoveryTargetSettings":{"recoveryTargetTime":"%s"}}}`,
-			binary, cfg, binary, cfg, h.t2.UTC().Format("2006-01-02 15:04:05.999999-07"))
+		when := h.t2.UTC().Format("2006-01-02T15:04:05.999999-07")
+		spec := fmt.Sprintf(`{"initMode":"pitr","pitrConfig":{"dataRestoreCommand":"%s restore --config %s --target-dir %%d --data-only --target-time %s","archiveRecoverySettings":{"restoreCommand":"%s wal-fetch --config %s %%f %%p"},"recoveryTargetSettings":{"recoveryTargetTime":"%s"}}}`,
+			binary, cfg, when, binary, cfg, when)
 		for _, a := range env.list() {
 			stopAgent(t, a)
 		}
