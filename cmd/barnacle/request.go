@@ -53,10 +53,10 @@ func requestBackup(cmd *cobra.Command, from, label string, wait, asJSON bool, ti
 	}
 	if !wait {
 		fmt.Fprintf(cmd.OutOrStdout(), "backup requested: %s\nfollow it with: etcdctl get %s\n", id, agent.StatusKey(keys, id))
-		fmt.Fprintln(cmd.ErrOrStderr(), whoRuns(ctx, cli, keys, "", false))
+		fmt.Fprintln(cmd.ErrOrStderr(), whoRuns(ctx, cli, keys, "", from == config.BackupFromStandby, false))
 		return nil
 	}
-	fmt.Fprintf(cmd.ErrOrStderr(), "backup request %s written to %s; %s\n", id, agent.RequestKey(keys, id), whoRuns(ctx, cli, keys, "", true))
+	fmt.Fprintf(cmd.ErrOrStderr(), "backup request %s written to %s; %s\n", id, agent.RequestKey(keys, id), whoRuns(ctx, cli, keys, "", from == config.BackupFromStandby, true))
 	var st agent.RequestStatus
 	if err := followRequest(cmd, cli, requestFollow{what: "backup", id: id, requestKey: agent.RequestKey(keys, id),
 		statusKey: agent.StatusKey(keys, id), timeout: timeout, quiet: asJSON}, &st); err != nil {
@@ -79,10 +79,11 @@ func requestBackup(cmd *cobra.Command, from, label string, wait, asJSON bool, ti
 	}
 }
 
-// whoRuns says who will claim a request just written: the leading agent,
-// or for a restore (keeper set) the agent beside that keeper; and, when
-// nobody can, that the request waits (withdrawn on Ctrl-C when waiting).
-func whoRuns(ctx context.Context, cli *clientv3.Client, keys coordinator.Keys, keeper string, waiting bool) string {
+// whoRuns says who will claim a request just written: the leading agent
+// (for a backup from a standby, an agent beside a healthy standby), or for
+// a restore (keeper set) the agent beside that keeper; and, when nobody
+// can, that the request waits (withdrawn on Ctrl-C when waiting).
+func whoRuns(ctx context.Context, cli *clientv3.Client, keys coordinator.Keys, keeper string, fromStandby, waiting bool) string {
 	snap, err := coordinator.ReadSnapshot(ctx, cli, keys)
 	if err != nil {
 		return fmt.Sprintf("who leads is unknown (%v)", err)
@@ -100,8 +101,13 @@ func whoRuns(ctx context.Context, cli *clientv3.Client, keys coordinator.Keys, k
 		}
 		return fmt.Sprintf("no agent runs beside keeper %s and no agent leads: %s", keeper, later)
 	}
-	if snap.Leader != "" {
+	switch {
+	case snap.Leader != "" && fromStandby:
+		return fmt.Sprintf("an agent beside a healthy standby claims it (agent %s leads, and rejects it if there is none)", snap.Leader)
+	case snap.Leader != "":
 		return fmt.Sprintf("agent %s leads and claims it", snap.Leader)
+	case fromStandby:
+		return "no agent leads the cluster now: an agent beside a healthy standby may still claim it; if none does, " + later
 	}
 	return "no agent leads the cluster now: " + later
 }

@@ -266,7 +266,7 @@ func restoreViaEtcd(cmd *cobra.Command, f restoreFlags) error {
 	if _, err := cli.Put(ctx, agent.RestoreRequestKey(keys, id), string(v)); err != nil {
 		return fmt.Errorf("write the restore request (is etcd reachable at %v?): %w", cfg.StoreEndpoints, err)
 	}
-	fmt.Fprintf(cmd.ErrOrStderr(), "restore request %s written to %s; %s\n", id, agent.RestoreRequestKey(keys, id), whoRuns(ctx, cli, keys, f.keeper, true))
+	fmt.Fprintf(cmd.ErrOrStderr(), "restore request %s written to %s; %s\n", id, agent.RestoreRequestKey(keys, id), whoRuns(ctx, cli, keys, f.keeper, false, true))
 	var st agent.RestoreStatus
 	if err := followRequest(cmd, cli, requestFollow{what: "restore", id: id, requestKey: agent.RestoreRequestKey(keys, id),
 		statusKey: agent.RestoreStatusKey(keys, id), timeout: f.timeout, quiet: f.asJSON}, &st); err != nil {
