@@ -213,6 +213,8 @@ func (r *restores) run(ctx context.Context, id, key string, req RestoreRequest, 
 		// they are, or they look lost.
 		if len(res.MovedAside) > 0 {
 			st.Result = &RestoreResult{BackupID: res.BackupID, TargetDir: res.TargetDir, MovedAside: res.MovedAside}
+			// Room for the places within the bounded error.
+			st.Error = boundText(st.Error, statusErrorLimit/2)
 			for _, old := range slices.Sorted(maps.Keys(res.MovedAside)) {
 				st.Error += fmt.Sprintf("; the old contents of %s are in %s", old, res.MovedAside[old])
 			}
