@@ -24,9 +24,11 @@ import (
 )
 
 // TestRequestsServedWhileBusy: a claimed backup runs beside the watch
-// loop, so the agent running it still answers other requests; and the
-// leader marks failed a restore request whose agent died while running it,
-// instead of leaving it "running" forever.
+// loop, so the agent running it still answers other requests; the leader
+// marks failed a restore request whose agent was killed while running it,
+// instead of leaving it "running" forever; requests refused before
+// anything is written end rejected; a failed forced restore says where the
+// old contents went.
 func TestRequestsServedWhileBusy(t *testing.T) {
 	ctx := t.Context()
 	restoreRoot := filepath.Join(t.TempDir(), "restores")
@@ -78,30 +80,6 @@ func TestRequestsServedWhileBusy(t *testing.T) {
 	long = readStatus[agent.BackupResult](t, cli, agent.StatusKey(keys, "long"))
 	require.Equal(t, agent.StateRunning, long.State, "the backup was still running: %+v", long)
 
-	// A restore request that the standby's agent claimed and was running
-	// when it was killed.
-	standbyAgent := env.agents[env.stolon.KeeperUID(env.pg.Standbys()[0])]
-	standbyAgent.signal(syscall.SIGKILL)
-	_, ok := standbyAgent.wait(10 * time.Second)
-	require.True(t, ok)
-	orphan, err := json.Marshal(agent.RestoreStatus{State: agent.StateRunning, Agent: standbyAgent.name, StartedAt: time.Now().UTC(),
-		Progress: &agent.Progress{Done: 1 << 20, Total: 1 << 30}})
-	require.NoError(t, err)
-	_, err = cli.Put(ctx, agent.RestoreStatusKey(keys, "orphan"), string(orphan))
-	require.NoError(t, err)
-	_, err = cli.Put(ctx, agent.RestoreRequestKey(keys, "orphan"),
-		`{"keeper":"`+env.stolon.KeeperUID(env.pg.Standbys()[0])+`","targetDir":"`+restoreRoot+`/orphan"}`)
-	require.NoError(t, err)
-	var swept agent.RestoreStatus
-	took := waitFor(t, 60*time.Second, "the dead agent's restore request to be marked failed", func() bool {
-		swept = readStatus[agent.RestoreResult](t, cli, agent.RestoreStatusKey(keys, "orphan"))
-		return swept.FinishedAt != nil
-	})
-	assert.Equal(t, agent.StateFailed, swept.State)
-	assert.Contains(t, swept.Error, "agent "+standbyAgent.name+" stopped before the restore finished")
-	assert.Contains(t, swept.Error, "partial restore")
-	t.Logf("orphaned restore request marked failed after %s: %s", took.Round(time.Second), swept.Error)
-
 	// Given the archive back, the backup finishes.
 	release()
 	waitFor(t, 90*time.Second, "the long backup to finish", func() bool {
@@ -111,6 +89,45 @@ func TestRequestsServedWhileBusy(t *testing.T) {
 	assert.Equal(t, agent.StateDone, long.State, long.Error)
 	require.NotNil(t, long.Result)
 	backupID := long.Result.ID
+	doc, err := catalog.ReadBackup(ctx, env.backend, cluster, backupID)
+	require.NoError(t, err)
+	var base string
+	for _, f := range doc.Files {
+		if strings.HasPrefix(f.Name, "base.tar") {
+			base = filepath.Join(env.dir, catalog.BackupPrefix(cluster, backupID), f.Name)
+		}
+	}
+	require.NotEmpty(t, base)
+
+	// A restore request that the standby's agent claims and is running
+	// when it is killed: its base archive is a FIFO nobody writes, so the
+	// restore waits in it.
+	require.NoError(t, os.Rename(base, base+".held"))
+	require.NoError(t, syscall.Mkfifo(base, 0o644))
+	standbyKeeper := env.stolon.KeeperUID(env.pg.Standbys()[0])
+	standbyAgent := env.agents[standbyKeeper]
+	_, err = cli.Put(ctx, agent.RestoreRequestKey(keys, "orphan"),
+		`{"keeper":"`+standbyKeeper+`","backup":"`+backupID+`","targetDir":"`+restoreRoot+`/orphan"}`)
+	require.NoError(t, err)
+	var swept agent.RestoreStatus
+	waitFor(t, 60*time.Second, "the standby's agent to run the restore", func() bool {
+		swept = readStatus[agent.RestoreResult](t, cli, agent.RestoreStatusKey(keys, "orphan"))
+		return swept.State == agent.StateRunning
+	})
+	require.Equal(t, standbyAgent.name, swept.Agent)
+	standbyAgent.signal(syscall.SIGKILL)
+	_, ok := standbyAgent.wait(10 * time.Second)
+	require.True(t, ok)
+	took := waitFor(t, 60*time.Second, "the dead agent's restore request to be marked failed", func() bool {
+		swept = readStatus[agent.RestoreResult](t, cli, agent.RestoreStatusKey(keys, "orphan"))
+		return swept.FinishedAt != nil
+	})
+	assert.Equal(t, agent.StateFailed, swept.State)
+	assert.Contains(t, swept.Error, "agent "+standbyAgent.name+" stopped before the restore finished")
+	assert.Contains(t, swept.Error, "partial restore")
+	t.Logf("restore request of a killed agent marked failed %s after the kill: %s", took.Round(time.Second), swept.Error)
+	require.NoError(t, os.Remove(base))
+	require.NoError(t, os.Rename(base+".held", base))
 
 	// Refused before anything is written: rejected, not failed.
 	keeper := env.stolon.KeeperUID(primary)
@@ -151,15 +168,6 @@ func TestRequestsServedWhileBusy(t *testing.T) {
 
 	// A forced restore that fails after moving the old contents aside
 	// says where they are: the backup's base archive is damaged.
-	doc, err := catalog.ReadBackup(ctx, env.backend, cluster, backupID)
-	require.NoError(t, err)
-	var base string
-	for _, f := range doc.Files {
-		if strings.HasPrefix(f.Name, "base.tar") {
-			base = filepath.Join(env.dir, catalog.BackupPrefix(cluster, backupID), f.Name)
-		}
-	}
-	require.NotEmpty(t, base)
 	data, err := os.ReadFile(base)
 	require.NoError(t, err)
 	data[len(data)/2] ^= 0xff
