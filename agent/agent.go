@@ -121,6 +121,7 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 		g.Go(func() error { return a.refreshCatalogMetrics(gctx) })
 		g.Go(func() error { return bk.leaderDuties(gctx, term) })
 		g.Go(func() error { return bk.retentionLoop(gctx) })
+		g.Go(func() error { return a.restores.leaderDuties(gctx) })
 		return g.Wait()
 	}
 	a.coord, err = coordinator.New(coordinator.Options{
@@ -146,9 +147,10 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 	}
 	arch = newArchiver(cfg, name, log, a.coord, cli, am)
 	a.archiver = arch
-	bk = &backups{cfg: cfg, live: a.live, agent: name, log: log.Named("backups"), coord: a.coord, etcd: cli, keys: a.coord.Keys(), arch: arch}
+	status := newStatusStore(cli, log, reg)
+	bk = &backups{cfg: cfg, live: a.live, agent: name, log: log.Named("backups"), coord: a.coord, etcd: cli, keys: a.coord.Keys(), arch: arch, status: status}
 	a.backups = bk
-	a.restores = &restores{cfg: cfg, agent: name, log: log.Named("restores"), coord: a.coord, etcd: cli, keys: a.coord.Keys(), arch: arch}
+	a.restores = &restores{cfg: cfg, agent: name, log: log.Named("restores"), coord: a.coord, etcd: cli, keys: a.coord.Keys(), arch: arch, status: status}
 	a.standby = &standbySlot{cfg: cfg, log: log.Named("standby-slot"), coord: a.coord, metrics: am,
 		local: &localPostgres{cfg: cfg}}
 	a.listener, err = net.Listen("tcp", cfg.MetricsListenAddress)

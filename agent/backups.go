@@ -46,14 +46,17 @@ type BackupRequest struct {
 // RequestStatusOf is the value of status/backup/<id> and status/restore/<id>; R is
 // what a finished request reports.
 type RequestStatusOf[R any] struct {
-	State      string          `json:"state"`
-	Agent      string          `json:"agent"`
-	Error      string          `json:"error,omitempty"`
-	Progress   *Progress       `json:"progress,omitempty"`
-	StartedAt  time.Time       `json:"startedAt"`
-	FinishedAt *time.Time      `json:"finishedAt,omitempty"`
-	Result     *R              `json:"result,omitempty"`
-	Request    json.RawMessage `json:"request,omitempty"`
+	State      string     `json:"state"`
+	Agent      string     `json:"agent"`
+	Error      string     `json:"error,omitempty"`
+	Progress   *Progress  `json:"progress,omitempty"`
+	StartedAt  time.Time  `json:"startedAt"`
+	FinishedAt *time.Time `json:"finishedAt,omitempty"`
+	Result     *R         `json:"result,omitempty"`
+	// Request echoes the request when it is JSON of at most
+	// requestEchoLimit bytes; otherwise RequestBytes gives its size.
+	Request      json.RawMessage `json:"request,omitempty"`
+	RequestBytes int             `json:"requestBytes,omitempty"`
 }
 
 // RequestStatus is the value of status/backup/<id>.
@@ -101,6 +104,10 @@ type backups struct {
 
 	curMu   sync.Mutex
 	current string // ID of the backup this agent is taking, if any
+
+	work   jobs         // the claimed request running, in its own goroutine
+	swept  *sweeper     // the leader's look for requests of dead agents
+	status *statusStore // writes status/backup/<id>
 }
 
 // leaderDuties is the backups' share of the leader work: mark backups
@@ -132,11 +139,18 @@ const staleCheckInterval = 10 * time.Second
 // markAbandoned marks failed every running backup whose agent is gone, or
 // that this agent's own earlier life left behind.
 func (b *backups) markAbandoned(ctx context.Context) {
+	agents := b.coord.State().Agents
+	// Their requests too, so that whoever follows them learns the outcome;
+	// first, as this needs etcd only.
+	if b.swept == nil {
+		b.swept = &sweeper{prefix: b.keys.Prefix + "status/backup/", what: "backup", hint: "request it again",
+			self: b.agent, log: b.log, etcd: b.etcd, status: b.status}
+	}
+	b.swept.sweep(ctx, agents, b.work.current())
 	be, err := b.arch.openBackend(ctx)
 	if err != nil {
 		return
 	}
-	agents := b.coord.State().Agents
 	b.curMu.Lock()
 	current := b.current
 	b.curMu.Unlock()
@@ -153,33 +167,6 @@ func (b *backups) markAbandoned(ctx context.Context) {
 	for _, id := range ids {
 		b.log.Warn("backup abandoned by a dead agent marked failed", "backup", id)
 	}
-	// Their requests too, so that whoever follows them learns the outcome.
-	prefix := b.keys.Prefix + "status/backup/"
-	resp, err := b.etcd.Get(ctx, prefix, clientv3.WithPrefix())
-	if err != nil {
-		return
-	}
-	for _, kv := range resp.Kvs {
-		var st RequestStatus
-		if json.Unmarshal(kv.Value, &st) != nil || (st.State != StateClaimed && st.State != StateRunning) {
-			continue
-		}
-		_, alive := agents[st.Agent]
-		if alive && st.Agent != b.agent {
-			continue
-		}
-		if st.Agent == b.agent && current != "" {
-			continue // ours, and still running
-		}
-		st.State, st.Error = StateFailed, fmt.Sprintf("agent %s stopped before the backup finished; request it again", st.Agent)
-		now := time.Now().UTC()
-		st.FinishedAt = &now
-		v, _ := json.Marshal(st)
-		// Only if nobody changed it meanwhile.
-		_, _ = b.etcd.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
-			Then(clientv3.OpPut(string(kv.Key), string(v))).Commit()
-		b.log.Warn("backup request abandoned by a dead agent marked failed", "key", string(kv.Key))
-	}
 }
 
 // serveRequests runs on every agent: the leader serves requests from the
@@ -187,6 +174,7 @@ func (b *backups) markAbandoned(ctx context.Context) {
 // from a standby. Each request is claimed exactly once.
 func (b *backups) serveRequests(ctx context.Context) error {
 	watchRequests(ctx, b.etcd, b.keys.Prefix+"requests/backup/", b.serve)
+	b.work.wait()
 	return nil
 }
 
@@ -236,24 +224,38 @@ func (b *backups) serve(ctx context.Context, id string, value []byte) {
 	case rejectErr == nil && req.From != "standby" && !leading:
 		return
 	}
-	st := RequestStatus{State: StateClaimed, Agent: b.agent, StartedAt: time.Now().UTC()}
-	if json.Valid(value) {
-		st.Request = value
+	// One backup at a time: while one runs, a valid request stays
+	// unclaimed (another agent, or this one afterwards, takes it); bad
+	// ones are still answered at once.
+	if rejectErr == nil && !b.work.reserve(id) {
+		return
 	}
-	claimed, err := putStatus(ctx, b.etcd, key, st, true)
+	st := RequestStatus{State: StateClaimed, Agent: b.agent, StartedAt: time.Now().UTC()}
+	st.Request, st.RequestBytes = echoRequest(value)
+	claimed, err := putStatus(ctx, b.status, key, st, true)
 	if err != nil || !claimed {
+		if rejectErr == nil {
+			b.work.release()
+		}
 		return
 	}
 	if rejectErr != nil {
 		st.State, st.Error = StateRejected, rejectErr.Error()
-		finishStatus(ctx, b.etcd, key, st)
+		finishStatus(ctx, b.status, key, st)
 		b.log.Warn("backup request rejected", "request", id, "error", rejectErr)
 		return
 	}
+	b.work.start(func() { b.run(ctx, id, key, req, st) })
+}
+
+// run takes the backup of a claimed request and writes its final status;
+// it runs in the jobs goroutine and returns when the backup ends or ctx
+// does.
+func (b *backups) run(ctx context.Context, id, key string, req BackupRequest, st RequestStatus) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	st.State = StateRunning
-	_, _ = putStatus(ctx, b.etcd, key, st, false)
+	_, _ = putStatus(ctx, b.status, key, st, false)
 	b.log.Info("backup request claimed", "request", id, "from", req.From, "label", req.Label)
 	var lastProgress time.Time
 	doc, err := b.take(ctx, req, func(done, total int64) {
@@ -264,7 +266,7 @@ func (b *backups) serve(ctx context.Context, id string, value []byte) {
 		}
 		lastProgress = time.Now()
 		st.Progress = &Progress{Done: done, Total: max(total, 0)}
-		_, _ = putStatus(ctx, b.etcd, key, st, false)
+		_, _ = putStatus(ctx, b.status, key, st, false)
 	})
 	b.setCurrent("")
 	if err != nil {
@@ -273,7 +275,7 @@ func (b *backups) serve(ctx context.Context, id string, value []byte) {
 		st.State = StateDone
 		st.Result = &BackupResult{ID: doc.ID, StartLSN: doc.StartLSN, StopLSN: doc.StopLSN, Bytes: doc.Bytes, Stored: doc.StoredBytes}
 	}
-	finishStatus(ctx, b.etcd, key, st)
+	finishStatus(ctx, b.status, key, st)
 	b.log.Info("backup request finished", "request", id, "state", st.State, "backup", doc.ID, "error", st.Error)
 }
 
@@ -285,6 +287,9 @@ func parseBackupRequest(value []byte) (BackupRequest, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
 		return req, fmt.Errorf(`malformed request: %v; write JSON such as {"from":"master","label":"nightly"}`, err)
+	}
+	if err := noTrailingData(dec); err != nil {
+		return req, fmt.Errorf(`malformed request: %v; write one JSON object such as {"from":"master","label":"nightly"}`, err)
 	}
 	switch req.From {
 	case "", "master", "any":
@@ -298,27 +303,35 @@ func parseBackupRequest(value []byte) (BackupRequest, error) {
 
 // finishStatus writes a request's final status with the finish time, even
 // when ctx has just ended (the agent is stopping).
-func finishStatus[R any](ctx context.Context, cli *clientv3.Client, key string, st RequestStatusOf[R]) {
+func finishStatus[R any](ctx context.Context, w *statusStore, key string, st RequestStatusOf[R]) {
 	now := time.Now().UTC()
 	st.FinishedAt = &now
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	_, _ = putStatus(fctx, cli, key, st, false)
+	_, _ = putStatus(fctx, w, key, st, false)
 }
 
 // putStatus writes a request's status key; with create, only if it does
-// not exist yet (the claim, exactly once), reporting whether it wrote.
-func putStatus[R any](ctx context.Context, cli *clientv3.Client, key string, st RequestStatusOf[R], create bool) (bool, error) {
+// not exist yet (the claim, exactly once), reporting whether it wrote. The
+// error is bounded (it may quote the request); a failed write is logged and
+// counted here, so callers need not.
+func putStatus[R any](ctx context.Context, w *statusStore, key string, st RequestStatusOf[R], create bool) (bool, error) {
+	st.Error = boundText(st.Error, statusErrorLimit)
 	v, err := json.Marshal(st)
 	if err != nil {
+		w.failed(key, st.State, err)
 		return false, err
 	}
 	if !create {
-		_, err := cli.Put(ctx, key, string(v))
+		_, err := w.etcd.Put(ctx, key, string(v))
+		if err != nil {
+			w.failed(key, st.State, err)
+		}
 		return err == nil, err
 	}
-	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(clientv3.OpPut(key, string(v))).Commit()
+	resp, err := w.etcd.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(clientv3.OpPut(key, string(v))).Commit()
 	if err != nil {
+		w.failed(key, st.State, err)
 		return false, err
 	}
 	return resp.Succeeded, nil

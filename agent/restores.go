@@ -5,11 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -18,7 +19,6 @@ import (
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/restore"
-	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
 // RestoreRequest is the value of requests/restore/<id> (DESIGN.md §5).
@@ -29,10 +29,13 @@ type RestoreRequest struct {
 	Backup    string `json:"backup,omitempty"`
 	TargetDir string `json:"targetDir"`
 	// Target holds at most one of its fields; none is the end of WAL.
-	Target         RestoreTarget `json:"target,omitzero"`
-	TargetTimeline string        `json:"targetTimeline,omitempty"`
-	TargetAction   string        `json:"targetAction,omitempty"`
-	Force          bool          `json:"force,omitempty"`
+	Target RestoreTarget `json:"target,omitzero"`
+	// TargetExclusive stops just before a time, LSN or xid target
+	// (recovery_target_inclusive = off).
+	TargetExclusive bool   `json:"targetExclusive,omitempty"`
+	TargetTimeline  string `json:"targetTimeline,omitempty"`
+	TargetAction    string `json:"targetAction,omitempty"`
+	Force           bool   `json:"force,omitempty"`
 	// DataOnly restores without recovery.signal and settings.
 	DataOnly bool `json:"dataOnly,omitempty"`
 	// TablespaceMap maps tablespace OIDs (as strings) to directories,
@@ -85,13 +88,33 @@ type restores struct {
 	keys  coordinator.Keys
 	arch  *archiver
 
-	mu sync.Mutex // one restore at a time
+	work   jobs         // the claimed request running, in its own goroutine
+	swept  *sweeper     // the leader's look for requests of dead agents
+	status *statusStore // writes status/restore/<id>
 }
 
 // serveRequests runs on every agent until ctx ends.
 func (r *restores) serveRequests(ctx context.Context) error {
 	watchRequests(ctx, r.etcd, r.keys.Prefix+"requests/restore/", r.serve)
+	r.work.wait()
 	return nil
+}
+
+// leaderDuties marks failed, while this agent leads, the restore requests
+// whose agent died before finishing them, every staleCheckInterval.
+func (r *restores) leaderDuties(ctx context.Context) error {
+	for {
+		if r.swept == nil {
+			r.swept = &sweeper{prefix: r.keys.Prefix + "status/restore/", what: "restore", self: r.agent, log: r.log, etcd: r.etcd, status: r.status,
+				hint: "its target directory may hold a partial restore: remove it (or set force) and request it again"}
+		}
+		r.swept.sweep(ctx, r.coord.State().Agents, r.work.current())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(staleCheckInterval):
+		}
+	}
 }
 
 // serve claims and runs (or rejects) one request if it is this agent's.
@@ -114,25 +137,39 @@ func (r *restores) serve(ctx context.Context, id string, value []byte) {
 			}
 		}
 	}
-	st := RestoreStatus{State: StateClaimed, Agent: r.agent, StartedAt: time.Now().UTC()}
-	if json.Valid(value) {
-		st.Request = value
-	}
-	claimed, err := putStatus(ctx, r.etcd, key, st, true)
-	if err != nil || !claimed {
+	// One restore at a time: while one runs, this agent's next request
+	// stays unclaimed until it ends; bad ones are still answered at once.
+	if rejectErr == nil && !r.work.reserve(id) {
 		return
 	}
-	reject := func(err error) {
-		st.State, st.Error = StateRejected, err.Error()
-		finishStatus(ctx, r.etcd, key, st)
-		r.log.Warn("restore request rejected", "request", id, "error", err)
+	st := RestoreStatus{State: StateClaimed, Agent: r.agent, StartedAt: time.Now().UTC()}
+	st.Request, st.RequestBytes = echoRequest(value)
+	claimed, err := putStatus(ctx, r.status, key, st, true)
+	if err != nil || !claimed {
+		if rejectErr == nil {
+			r.work.release()
+		}
+		return
 	}
 	if rejectErr != nil {
-		reject(rejectErr)
+		r.reject(ctx, id, key, st, rejectErr)
 		return
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.work.start(func() { r.run(ctx, id, key, req, st) })
+}
+
+// reject writes a rejected final status.
+func (r *restores) reject(ctx context.Context, id, key string, st RestoreStatus, err error) {
+	st.State, st.Error = StateRejected, err.Error()
+	finishStatus(ctx, r.status, key, st)
+	r.log.Warn("restore request rejected", "request", id, "error", err)
+}
+
+// run checks and runs a claimed request and writes its final status; it
+// runs in the jobs goroutine and returns when the restore ends or ctx
+// does.
+func (r *restores) run(ctx context.Context, id, key string, req RestoreRequest, st RestoreStatus) {
+	reject := func(err error) { r.reject(ctx, id, key, st, err) }
 	rreq, err := r.toRequest(req)
 	if err != nil {
 		reject(err)
@@ -141,7 +178,7 @@ func (r *restores) serve(ctx context.Context, id string, value []byte) {
 	be, err := r.arch.openBackend(ctx)
 	if err != nil {
 		st.State, st.Error = StateFailed, err.Error()
-		finishStatus(ctx, r.etcd, key, st)
+		finishStatus(ctx, r.status, key, st)
 		return
 	}
 	p, err := restore.Prepare(ctx, be, rreq)
@@ -150,12 +187,12 @@ func (r *restores) serve(ctx context.Context, id string, value []byte) {
 			reject(err)
 		} else {
 			st.State, st.Error = StateFailed, err.Error()
-			finishStatus(ctx, r.etcd, key, st)
+			finishStatus(ctx, r.status, key, st)
 		}
 		return
 	}
 	st.State = StateRunning
-	_, _ = putStatus(ctx, r.etcd, key, st, false)
+	_, _ = putStatus(ctx, r.status, key, st, false)
 	r.log.Info("restore request claimed", "request", id, "backup", p.Backup.ID, "target", rreq.Target.String(), "dir", rreq.TargetDir)
 	var last time.Time
 	res, err := p.Run(ctx, be, r.log, func(done, total int64) {
@@ -164,7 +201,7 @@ func (r *restores) serve(ctx context.Context, id string, value []byte) {
 		}
 		last = time.Now()
 		st.Progress = &Progress{Done: done, Total: total}
-		_, _ = putStatus(ctx, r.etcd, key, st, false)
+		_, _ = putStatus(ctx, r.status, key, st, false)
 	})
 	switch {
 	case err != nil && restore.IsRejected(err):
@@ -172,12 +209,22 @@ func (r *restores) serve(ctx context.Context, id string, value []byte) {
 		return
 	case err != nil:
 		st.State, st.Error = StateFailed, err.Error()
+		// Force moved the old contents aside before the failure: say where
+		// they are, or they look lost.
+		if len(res.MovedAside) > 0 {
+			st.Result = &RestoreResult{BackupID: res.BackupID, TargetDir: res.TargetDir, MovedAside: res.MovedAside}
+			// Room for the places within the bounded error.
+			st.Error = boundText(st.Error, statusErrorLimit/2)
+			for _, old := range slices.Sorted(maps.Keys(res.MovedAside)) {
+				st.Error += fmt.Sprintf("; the old contents of %s are in %s", old, res.MovedAside[old])
+			}
+		}
 	default:
 		st.State = StateDone
 		st.Progress = &Progress{Done: res.Bytes, Total: res.Bytes}
 		st.Result = &RestoreResult{BackupID: res.BackupID, TargetDir: res.TargetDir, Bytes: res.Bytes, Files: res.Files, MovedAside: res.MovedAside, Notes: res.Notes}
 	}
-	finishStatus(ctx, r.etcd, key, st)
+	finishStatus(ctx, r.status, key, st)
 	r.log.Info("restore request finished", "request", id, "state", st.State, "error", st.Error)
 }
 
@@ -210,6 +257,9 @@ func parseRestoreRequest(value []byte) (RestoreRequest, error) {
 	if err := dec.Decode(&req); err != nil {
 		return req, fmt.Errorf(`malformed request: %v; write JSON such as {"keeper":"keeper1","targetDir":"/restore/pitr","target":{"time":"2026-11-25T10:00:00Z"}}`, err)
 	}
+	if err := noTrailingData(dec); err != nil {
+		return req, fmt.Errorf(`malformed request: %v; write one JSON object such as {"keeper":"keeper1","targetDir":"/restore/pitr"}`, err)
+	}
 	return req, nil
 }
 
@@ -237,33 +287,9 @@ func (r *restores) toRequest(req RestoreRequest) (restore.Request, error) {
 		out.TablespaceMap[uint32(n)] = d
 	}
 	t := req.Target
-	set := 0
-	for _, v := range []bool{t.Time != "", t.LSN != "", t.XID != "", t.Name != "", t.Immediate} {
-		if v {
-			set++
-		}
-	}
-	switch {
-	case set > 1:
-		return out, errors.New("target holds more than one of time, lsn, xid, name, immediate: keep one")
-	case t.Time != "":
-		tm, err := time.Parse(time.RFC3339Nano, t.Time)
-		if err != nil {
-			return out, fmt.Errorf("target time %q: use RFC 3339 with a zone, like 2026-11-25T10:00:00Z", t.Time)
-		}
-		out.Target = restore.Target{Kind: restore.TargetTime, Time: tm}
-	case t.LSN != "":
-		lsn, err := wal.ParseLSN(t.LSN)
-		if err != nil {
-			return out, fmt.Errorf("target lsn %q: use PostgreSQL's form, like 0/3000060", t.LSN)
-		}
-		out.Target = restore.Target{Kind: restore.TargetLSN, LSN: lsn}
-	case t.XID != "":
-		out.Target = restore.Target{Kind: restore.TargetXID, XID: t.XID}
-	case t.Name != "":
-		out.Target = restore.Target{Kind: restore.TargetName, Name: t.Name}
-	case t.Immediate:
-		out.Target.Kind = restore.TargetImmediate
+	spec := restore.TargetSpec{Time: t.Time, LSN: t.LSN, XID: t.XID, Name: t.Name, Immediate: t.Immediate, Exclusive: req.TargetExclusive}
+	if out.Target, out.Inclusive, err = spec.Parse(requestField); err != nil {
+		return out, err
 	}
 	if out.Timeline, err = restore.ParseTimelineTarget(req.TargetTimeline); err != nil {
 		return out, err
@@ -275,6 +301,14 @@ func (r *restores) toRequest(req RestoreRequest) (restore.Request, error) {
 	out.RestoreCommand = restore.WALFetchCommand(exe, "", r.cfg.ClusterName, r.cfg.ArchiveURL)
 	out.RecoveryEndCommand = restore.RemoveSpoolCommand(exe)
 	return out, nil
+}
+
+// requestField names a target field as a restore request spells it.
+func requestField(field string) string {
+	if field == "exclusive" {
+		return "targetExclusive"
+	}
+	return "target." + field
 }
 
 // underRoot resolves dir (symlinks in its existing part included) and

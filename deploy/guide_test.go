@@ -291,13 +291,15 @@ func checkStolonInit(t *testing.T, spec string) {
 	require.NoError(t, dec.Decode(&init), "the guide's stolonctl init spec")
 	require.Equal(t, "pitr", init.InitMode)
 	require.NotNil(t, init.PITRConfig)
-	re := regexp.MustCompile(`^(\S+) restore --config (\S+) --target-dir %d --data-only$`)
+	re := regexp.MustCompile(`^(\S+) restore --config (\S+) --target-dir %d --data-only --target-time (\S+)$`)
 	m := re.FindStringSubmatch(init.PITRConfig.DataRestoreCommand)
 	require.NotNil(t, m, "dataRestoreCommand %q", init.PITRConfig.DataRestoreCommand)
 	bin, cfg := m[1], m[2]
 	require.NotNil(t, init.PITRConfig.RecoveryTargetSettings)
 	when := init.PITRConfig.RecoveryTargetSettings.RecoveryTargetTime
 	require.NotEmpty(t, when)
+	// barnacle picks the backup for the same target PostgreSQL stops at.
+	require.Equal(t, when, m[3], "dataRestoreCommand's --target-time and recoveryTargetTime")
 
 	format := spec
 	for _, r := range []struct{ from, to string }{

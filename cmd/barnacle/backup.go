@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -24,24 +25,31 @@ func newBackupCommand() *cobra.Command {
 	var (
 		local, fast, asJSON, wait bool
 		label, from               string
+		timeout                   time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "backup [--wait] [--from master|standby|any] | backup --local",
 		Short: "Take a base backup into the archive",
 		Long: `Ask the cluster for a base backup: write a request under
 <barnacle-prefix>/<cluster-name>/requests/backup/<id>; the leading agent claims
-it exactly once and reports in status/backup/<id>. With --wait, follow it to
-the end (a progress bar on a terminal) and exit 0 only when it is done.
-Needs cluster-name and store-endpoints.
+it exactly once and reports in status/backup/<id>. It says who leads: with no
+leading agent the request waits in etcd until one leads. With --wait, follow it
+to the end (a progress bar on a terminal) and exit 0 only when it is done;
+interrupted (Ctrl-C) or past --timeout, a request no agent has claimed yet is
+withdrawn, and a claimed one goes on. Needs cluster-name and store-endpoints.
 
 With --local the backup runs in this process, with no agent and no etcd,
 against pg-host:pg-port into archive-url: it streams the WAL the backup needs
-into the archive at the same time (through slot-name, created when missing in
-slot-mode own), as pg_basebackup -X stream does, so the backup is restorable
-on its own. Either way a backup is "done" only once that WAL is archived.`,
+into the archive at the same time, as pg_basebackup -X stream does, so the
+backup is restorable on its own. It streams through a temporary slot of its
+own, which the server drops when the backup ends (nothing left to pin WAL),
+or through slot-name when slot-name or slot-mode is set (created when missing
+in slot-mode own); it copies nothing until that slot is streaming, so a slot
+in use by another process fails the backup at once. Either way a backup is
+"done" only once its WAL is archived.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !local {
-				return requestBackup(cmd, from, label, wait, asJSON)
+				return requestBackup(cmd, from, label, wait, asJSON, timeout)
 			}
 			cfg, err := loadConfig(cmd, config.Needs{Keys: []string{"cluster-name", "archive-url", "pg-host"}})
 			if err != nil {
@@ -72,11 +80,26 @@ on its own. Either way a backup is "done" only once that WAL is archived.`,
 	}
 	cmd.Flags().BoolVar(&local, "local", false, "run the backup in this process against pg-host:pg-port")
 	cmd.Flags().BoolVar(&wait, "wait", false, "follow the request until it is done, failed or rejected")
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "with --wait: give up after this long (0 = no limit); an unclaimed request is then withdrawn")
 	cmd.Flags().StringVar(&from, "from", "", "where the backup runs: master, standby or any (default: backup-from)")
 	cmd.Flags().BoolVar(&fast, "fast", false, "ask for an immediate checkpoint instead of a spread one")
 	cmd.Flags().StringVar(&label, "label", "", "backup label")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the backup document as JSON")
 	return cmd
+}
+
+// localSlot is the slot backup --local streams through: the configured one
+// when slot-name or slot-mode is set, or else a temporary slot of its own,
+// as pg_basebackup does, which the server drops when the backup ends, so
+// that no slot is left behind to pin WAL and two backups at once do not
+// compete for one slot.
+func localSlot(cfg config.Config) (name string, temporary bool) {
+	_, name1 := cfg.Sources["slot-name"]
+	_, mode := cfg.Sources["slot-mode"]
+	if name1 || mode {
+		return cfg.StreamingSlotName(), false
+	}
+	return fmt.Sprintf("barnacle_local_%d", os.Getpid()), true
 }
 
 // takeLocalBackup streams WAL and takes the base backup side by side,
@@ -99,10 +122,32 @@ func takeLocalBackup(ctx context.Context, cfg config.Config, b storage.Backend, 
 		tli     wal.Timeline
 	)
 	advanced := make(chan struct{}, 1)
+	streaming := make(chan struct{}, 1)
+	slot, temporary := localSlot(cfg)
 	r, err := walstream.New(walstream.Options{
-		ConnString:  repl,
-		Slot:        cfg.StreamingSlotName(),
-		CreateSlot:  cfg.SlotMode == config.SlotModeOwn,
+		ConnString:    repl,
+		Slot:          slot,
+		CreateSlot:    temporary || cfg.SlotMode == config.SlotModeOwn,
+		TemporarySlot: temporary,
+		OnStreaming: func() {
+			select {
+			case streaming <- struct{}{}:
+			default:
+			}
+		},
+		// The archive may end long before this backup starts (an
+		// earlier backup, no agent since) and the server no longer have
+		// that WAL: the backup needs only WAL from its own start, so the
+		// missing range is recorded as a gap, as the agent records it,
+		// and streaming goes on.
+		OnGap: func(ctx context.Context, g walstream.Gap) error {
+			log.Warn("wal gap: the archive lacks WAL the server no longer has; recorded", "timeline", g.Timeline,
+				"from", g.From.String(), "to", g.ResumeAt.String())
+			return catalog.RecordGap(ctx, b, cfg.ClusterName, catalog.Gap{
+				Timeline: g.Timeline, StartLSN: g.From.String(), EndLSN: g.ResumeAt.String(),
+				Reason: fmt.Sprintf("the server no longer had this WAL when barnacle backup --local asked for it (timeline %d): %v", g.Timeline, g.Err),
+			})
+		},
 		Backend:     b,
 		Prefix:      catalog.WALPrefix(cfg.ClusterName),
 		Compression: cfg.Compression,
@@ -137,6 +182,21 @@ func takeLocalBackup(ctx context.Context, cfg config.Config, b storage.Backend, 
 		default:
 			return false
 		}
+	}
+
+	// Copy nothing before the stream holds its slot: a slot that another
+	// process is using (another backup --local, an agent) would otherwise
+	// fail the backup only after the whole database was copied.
+	select {
+	case <-streaming:
+	case recvErr = <-recvDone:
+		recvDone <- recvErr
+		if recvErr == nil {
+			recvErr = ctx.Err()
+		}
+		return catalog.Backup{}, fmt.Errorf("stream WAL through replication slot %s (nothing copied): %w", slot, recvErr)
+	case <-ctx.Done():
+		return catalog.Backup{}, ctx.Err()
 	}
 
 	conn, err := pgconn.Connect(ctx, repl)

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -17,8 +18,8 @@ import (
 )
 
 // requestBackup writes a backup request for the agents and, with wait,
-// follows its status key to the end.
-func requestBackup(cmd *cobra.Command, from, label string, wait, asJSON bool) error {
+// follows its status key to the end (or until timeout, 0 = no limit).
+func requestBackup(cmd *cobra.Command, from, label string, wait, asJSON bool, timeout time.Duration) error {
 	cfg, err := loadConfig(cmd, config.Needs{Keys: []string{"cluster-name", "store-endpoints"}})
 	if err != nil {
 		return err
@@ -30,6 +31,9 @@ func requestBackup(cmd *cobra.Command, from, label string, wait, asJSON bool) er
 	case config.BackupFromMaster, config.BackupFromStandby, config.BackupFromAny:
 	default:
 		return usageError{fmt.Errorf("--from %q: use master, standby or any", from)}
+	}
+	if timeout < 0 || (timeout > 0 && !wait) {
+		return usageError{errors.New("--timeout goes with --wait and is a positive duration, like 10m")}
 	}
 	cli, err := coordinator.NewClient(coordinator.ClientOptionsFor(cfg))
 	if err != nil {
@@ -49,10 +53,13 @@ func requestBackup(cmd *cobra.Command, from, label string, wait, asJSON bool) er
 	}
 	if !wait {
 		fmt.Fprintf(cmd.OutOrStdout(), "backup requested: %s\nfollow it with: etcdctl get %s\n", id, agent.StatusKey(keys, id))
+		fmt.Fprintln(cmd.ErrOrStderr(), whoRuns(ctx, cli, keys, "", from == config.BackupFromStandby, false))
 		return nil
 	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "backup request %s written to %s; %s\n", id, agent.RequestKey(keys, id), whoRuns(ctx, cli, keys, "", from == config.BackupFromStandby, true))
 	var st agent.RequestStatus
-	if err := followStatus(cmd, cli, agent.StatusKey(keys, id), "backup", asJSON, &st); err != nil {
+	if err := followRequest(cmd, cli, requestFollow{what: "backup", id: id, requestKey: agent.RequestKey(keys, id),
+		statusKey: agent.StatusKey(keys, id), timeout: timeout, quiet: asJSON}, &st); err != nil {
 		return err
 	}
 	if asJSON {
@@ -72,6 +79,94 @@ func requestBackup(cmd *cobra.Command, from, label string, wait, asJSON bool) er
 	}
 }
 
+// whoRuns says who will claim a request just written: the leading agent
+// (for a backup from a standby, an agent beside a healthy standby), or for
+// a restore (keeper set) the agent beside that keeper; and, when nobody
+// can, that the request waits (withdrawn on Ctrl-C when waiting).
+func whoRuns(ctx context.Context, cli *clientv3.Client, keys coordinator.Keys, keeper string, fromStandby, waiting bool) string {
+	snap, err := coordinator.ReadSnapshot(ctx, cli, keys)
+	if err != nil {
+		return fmt.Sprintf("who leads is unknown (%v)", err)
+	}
+	later := "it stays in etcd until an agent leads, and that agent runs it then (delete the request key to withdraw it)"
+	if waiting {
+		later = "it waits until an agent leads; interrupted or timed out while unclaimed, it is withdrawn"
+	}
+	if keeper != "" {
+		if a, ok := snap.AgentOfKeeper(keeper); ok {
+			return fmt.Sprintf("agent %s beside keeper %s claims it", a.Name, keeper)
+		}
+		if snap.Leader != "" {
+			return fmt.Sprintf("no agent runs beside keeper %s: the leader (%s) rejects it unless one starts first", keeper, snap.Leader)
+		}
+		return fmt.Sprintf("no agent runs beside keeper %s and no agent leads: %s", keeper, later)
+	}
+	switch {
+	case snap.Leader != "" && fromStandby:
+		return fmt.Sprintf("an agent beside a healthy standby claims it (agent %s leads, and rejects it if there is none)", snap.Leader)
+	case snap.Leader != "":
+		return fmt.Sprintf("agent %s leads and claims it", snap.Leader)
+	case fromStandby:
+		return "no agent leads the cluster now: an agent beside a healthy standby may still claim it; if none does, " + later
+	}
+	return "no agent leads the cluster now: " + later
+}
+
+// requestFollow is a request that a command wrote and now follows.
+type requestFollow struct {
+	what                  string // "backup" or "restore"
+	id                    string
+	requestKey, statusKey string
+	timeout               time.Duration // 0 = no limit
+	quiet                 bool          // no progress bar
+}
+
+// followRequest follows f's status into st until it reaches a final state.
+// When the wait ends first (interrupted, timed out, etcd unreadable), a
+// request that no agent has claimed is withdrawn, so that a leader elected
+// later does not run what its requester gave up on: one transaction deletes
+// the request only while its status key does not exist, so a claim made
+// in between is never undone. A claimed request goes on; the error says so
+// and where to follow it.
+func followRequest[R any](cmd *cobra.Command, cli *clientv3.Client, f requestFollow, st *agent.RequestStatusOf[R]) error {
+	ctx := cmd.Context()
+	if f.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, f.timeout)
+		defer cancel()
+	}
+	err := followStatus(ctx, cmd, cli, f.statusKey, f.what, f.quiet, st)
+	if err == nil {
+		return nil
+	}
+	why := err.Error()
+	switch {
+	case cmd.Context().Err() != nil:
+		why = "interrupted"
+	case ctx.Err() != nil:
+		why = fmt.Sprintf("timed out after %s", f.timeout)
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	resp, werr := cli.Txn(wctx).If(clientv3.Compare(clientv3.CreateRevision(f.statusKey), "=", 0)).
+		Then(clientv3.OpDelete(f.requestKey)).Else(clientv3.OpGet(f.statusKey)).Commit()
+	switch {
+	case werr != nil:
+		return fmt.Errorf("%s request %s: %s, and withdrawing it failed (%v): an agent may still run it; withdraw it with etcdctl del %s unless %s exists",
+			f.what, f.id, why, werr, f.requestKey, f.statusKey)
+	case resp.Succeeded:
+		return fmt.Errorf("%s request %s: %s before any agent claimed it; the request is withdrawn", f.what, f.id, why)
+	}
+	by := "an agent"
+	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 {
+		var claimed agent.RequestStatusOf[json.RawMessage]
+		if json.Unmarshal(kvs[0].Value, &claimed) == nil && claimed.Agent != "" {
+			by = "agent " + claimed.Agent
+		}
+	}
+	return fmt.Errorf("%s request %s: %s; %s claimed it and goes on: follow it with etcdctl get %s", f.what, f.id, why, by, f.statusKey)
+}
+
 // newRequestID names a request: its UTC time, sortable, and 6 random hex
 // digits so that two written in the same second differ.
 func newRequestID() string {
@@ -82,9 +177,8 @@ func newRequestID() string {
 
 // followStatus watches a request's status key (a backup's or a
 // restore's) into st until it reaches a final state, with a progress bar
-// labelled what. It waits as long as the command's context lets it.
-func followStatus[R any](cmd *cobra.Command, cli *clientv3.Client, key, what string, quiet bool, st *agent.RequestStatusOf[R]) error {
-	ctx := cmd.Context()
+// labelled what. It waits as long as ctx lets it.
+func followStatus[R any](ctx context.Context, cmd *cobra.Command, cli *clientv3.Client, key, what string, quiet bool, st *agent.RequestStatusOf[R]) error {
 	bar := newProgressBar(cmd.OutOrStdout(), what, !quiet)
 	defer bar.Done()
 	for {

@@ -18,25 +18,25 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/restore"
 	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
-	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
 // restoreFlags are barnacle restore's own flags.
 type restoreFlags struct {
 	targetDir, backup                string
 	time, lsn, xid, name             string
-	immediate                        bool
+	immediate, exclusive             bool
 	timeline, action                 string
 	force, dataOnly, viaEtcd, asJSON bool
 	keeper                           string
 	tablespaceMap                    []string
 	parallel                         int
+	timeout                          time.Duration
 }
 
 func newRestoreCommand() *cobra.Command {
 	var f restoreFlags
 	cmd := &cobra.Command{
-		Use:   "restore --target-dir DIR [--backup ID|latest] [--target-time T|--target-lsn L|--target-xid X|--target-name N|--target-immediate]",
+		Use:   "restore --target-dir DIR [--backup ID|latest] [--target-time T|--target-lsn L|--target-xid X|--target-name N|--target-immediate] [--target-exclusive]",
 		Short: "Restore a base backup and prepare point-in-time recovery",
 		Long: `Restore a base backup from archive-url into --target-dir and write
 recovery.signal with the recovery settings, restore_command running
@@ -56,23 +56,28 @@ PostgreSQL uses is always refused.
 
 With Stolon's PITR init:
   stolonctl init '{"initMode":"pitr","pitrConfig":{
-    "dataRestoreCommand":"barnacle restore --config /etc/barnacle.yaml --target-dir %d --data-only",
+    "dataRestoreCommand":"barnacle restore --config /etc/barnacle.yaml --target-dir %d --data-only --target-time 2026-11-25T10:00:00+00",
     "archiveRecoverySettings":{"restoreCommand":"barnacle wal-fetch --config /etc/barnacle.yaml %f %p"},
-    "recoveryTargetSettings":{"recoveryTargetTime":"2026-11-25 10:00:00+00"}}}'
---data-only leaves recovery.signal and the settings to Stolon's keeper.
+    "recoveryTargetSettings":{"recoveryTargetTime":"2026-11-25T10:00:00+00"}}}'
+--data-only leaves recovery.signal and the settings to Stolon's keeper; the
+same --target-time picks the backup that precedes the target.
 
 With --via-etcd --keeper K the restore is asked of the agent beside keeper K
 (into a directory under its restore-root) through
-<barnacle-prefix>/<cluster-name>/requests/restore/<id>, and followed to the end.
+<barnacle-prefix>/<cluster-name>/requests/restore/<id>, and followed to the end;
+interrupted (Ctrl-C) or past --timeout, a request no agent has claimed yet is
+withdrawn, and a claimed one goes on.
 
 Time targets: RFC 3339 (2026-11-25T10:00:00Z) or PostgreSQL's
-'2026-11-25 10:00:00+00'.`,
+'2026-11-25 10:00:00+00', always with a zone; the same forms through etcd.
+Recovery stops just after a time, LSN or xid target (the transaction that
+commits at it is kept); --target-exclusive stops just before it.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.viaEtcd {
 				return restoreViaEtcd(cmd, f)
 			}
-			if f.keeper != "" {
-				return usageError{errors.New("--keeper goes with --via-etcd")}
+			if f.keeper != "" || f.timeout != 0 {
+				return usageError{errors.New("--keeper and --timeout go with --via-etcd")}
 			}
 			req, err := f.request()
 			if err != nil {
@@ -143,6 +148,7 @@ Time targets: RFC 3339 (2026-11-25T10:00:00Z) or PostgreSQL's
 	fl.StringVar(&f.xid, "target-xid", "", "recover to this transaction ID (recovery_target_xid)")
 	fl.StringVar(&f.name, "target-name", "", "recover to this restore point (pg_create_restore_point)")
 	fl.BoolVar(&f.immediate, "target-immediate", false, "stop as soon as the backup is consistent")
+	fl.BoolVar(&f.exclusive, "target-exclusive", false, "stop just before the time, LSN or xid target instead of just after it (recovery_target_inclusive = off)")
 	fl.StringVar(&f.timeline, "target-timeline", "latest", "timeline to recover along: latest, current or a number")
 	fl.StringVar(&f.action, "target-action", "", "what PostgreSQL does at the target: pause (default), promote or shutdown")
 	fl.BoolVar(&f.force, "force", false, "move a non-empty target directory aside first (never deleted)")
@@ -151,6 +157,7 @@ Time targets: RFC 3339 (2026-11-25T10:00:00Z) or PostgreSQL's
 	fl.IntVar(&f.parallel, "parallel", restore.DefaultParallel, "archives unpacked at once")
 	fl.BoolVar(&f.viaEtcd, "via-etcd", false, "ask the agent beside --keeper to restore, through an etcd request")
 	fl.StringVar(&f.keeper, "keeper", "", "with --via-etcd: the Stolon keeper UID whose agent restores")
+	fl.DurationVar(&f.timeout, "timeout", 0, "with --via-etcd: give up after this long (0 = no limit); an unclaimed request is then withdrawn")
 	fl.BoolVar(&f.asJSON, "json", false, "print the result as JSON")
 	return cmd
 }
@@ -175,35 +182,8 @@ func (f restoreFlags) request() (restore.Request, error) {
 	if f.targetDir == "" {
 		return req, errors.New("--target-dir is required")
 	}
-	set := 0
-	for _, v := range []bool{f.time != "", f.lsn != "", f.xid != "", f.name != "", f.immediate} {
-		if v {
-			set++
-		}
-	}
-	if set > 1 {
-		return req, errors.New("give at most one of --target-time, --target-lsn, --target-xid, --target-name, --target-immediate")
-	}
 	var err error
-	switch {
-	case f.time != "":
-		req.Target.Kind = restore.TargetTime
-		if req.Target.Time, err = parseTargetTime(f.time); err != nil {
-			return req, err
-		}
-	case f.lsn != "":
-		req.Target.Kind = restore.TargetLSN
-		if req.Target.LSN, err = wal.ParseLSN(f.lsn); err != nil {
-			return req, fmt.Errorf("--target-lsn %q: use PostgreSQL's form, like 0/3000060", f.lsn)
-		}
-	case f.xid != "":
-		req.Target = restore.Target{Kind: restore.TargetXID, XID: f.xid}
-	case f.name != "":
-		req.Target = restore.Target{Kind: restore.TargetName, Name: f.name}
-	case f.immediate:
-		req.Target.Kind = restore.TargetImmediate
-	}
-	if err := req.Target.Validate(); err != nil {
+	if req.Target, req.Inclusive, err = f.targetSpec().Parse(func(field string) string { return "--target-" + field }); err != nil {
 		return req, err
 	}
 	if req.Timeline, err = restore.ParseTimelineTarget(f.timeline); err != nil {
@@ -220,16 +200,9 @@ func (f restoreFlags) request() (restore.Request, error) {
 	return req, nil
 }
 
-// parseTargetTime reads RFC 3339 or PostgreSQL's timestamptz output form;
-// a time without a zone is refused, as its meaning would depend on the
-// server's TimeZone.
-func parseTargetTime(s string) (time.Time, error) {
-	for _, layout := range []string{time.RFC3339Nano, "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999Z07", "2006-01-02 15:04:05.999999999-07"} {
-		if t, err := time.Parse(layout, s); err == nil {
-			return t, nil
-		}
-	}
-	return time.Time{}, fmt.Errorf("--target-time %q: use RFC 3339 with a zone, like 2026-11-25T10:00:00Z or '2026-11-25 10:00:00+00'", s)
+// targetSpec is the recovery target the flags give, for restore.TargetSpec.Parse.
+func (f restoreFlags) targetSpec() restore.TargetSpec {
+	return restore.TargetSpec{Time: f.time, LSN: f.lsn, XID: f.xid, Name: f.name, Immediate: f.immediate, Exclusive: f.exclusive}
 }
 
 // parseTablespaceMap reads OID=DIR pairs.
@@ -258,6 +231,9 @@ func restoreViaEtcd(cmd *cobra.Command, f restoreFlags) error {
 	if _, err := f.request(); err != nil {
 		return usageError{err}
 	}
+	if f.timeout < 0 {
+		return usageError{errors.New("--timeout is a positive duration, like 30m")}
+	}
 	cfg, err := loadConfig(cmd, config.Needs{Keys: []string{"cluster-name", "store-endpoints"}})
 	if err != nil {
 		return err
@@ -265,7 +241,8 @@ func restoreViaEtcd(cmd *cobra.Command, f restoreFlags) error {
 	rr := agent.RestoreRequest{
 		Keeper: f.keeper, Backup: f.backup, TargetDir: f.targetDir, TargetTimeline: f.timeline,
 		TargetAction: f.action, Force: f.force, DataOnly: f.dataOnly,
-		Target: agent.RestoreTarget{Time: f.time, LSN: f.lsn, XID: f.xid, Name: f.name, Immediate: f.immediate},
+		Target:          agent.RestoreTarget{Time: f.time, LSN: f.lsn, XID: f.xid, Name: f.name, Immediate: f.immediate},
+		TargetExclusive: f.exclusive,
 	}
 	if len(f.tablespaceMap) > 0 {
 		rr.TablespaceMap = map[string]string{}
@@ -290,11 +267,10 @@ func restoreViaEtcd(cmd *cobra.Command, f restoreFlags) error {
 	if _, err := cli.Put(ctx, agent.RestoreRequestKey(keys, id), string(v)); err != nil {
 		return fmt.Errorf("write the restore request (is etcd reachable at %v?): %w", cfg.StoreEndpoints, err)
 	}
-	if !f.asJSON {
-		fmt.Fprintf(cmd.ErrOrStderr(), "restore request %s written; following %s\n", id, agent.RestoreStatusKey(keys, id))
-	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "restore request %s written to %s; %s\n", id, agent.RestoreRequestKey(keys, id), whoRuns(ctx, cli, keys, f.keeper, false, true))
 	var st agent.RestoreStatus
-	if err := followStatus(cmd, cli, agent.RestoreStatusKey(keys, id), "restore", f.asJSON, &st); err != nil {
+	if err := followRequest(cmd, cli, requestFollow{what: "restore", id: id, requestKey: agent.RestoreRequestKey(keys, id),
+		statusKey: agent.RestoreStatusKey(keys, id), timeout: f.timeout, quiet: f.asJSON}, &st); err != nil {
 		return err
 	}
 	if f.asJSON {

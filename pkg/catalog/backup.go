@@ -50,6 +50,9 @@ var (
 	ErrBackupKept = errors.New("catalog: backup is kept")
 	// ErrBackupRunning means DeleteBackup refused a backup still running.
 	ErrBackupRunning = errors.New("catalog: backup is running")
+	// ErrInvalidBackupID means an ID that cannot name a backup (empty, or
+	// not a single path component); nothing was read.
+	ErrInvalidBackupID = errors.New("catalog: invalid backup ID")
 )
 
 // Backup is <cluster>/backups/<ID>/backup.json: what a base backup holds
@@ -205,9 +208,12 @@ func newestFirst(a, b string) int {
 // checkBackupID refuses an ID that cannot be a single path component.
 func checkBackupID(id string) error {
 	if id == "" || strings.Contains(id, "/") {
-		return fmt.Errorf("invalid backup ID %q", id)
+		return fmt.Errorf("%w %q: backup IDs look like 20261125T100000 (barnacle list-backups)", ErrInvalidBackupID, id)
 	}
-	return storage.CheckName(id)
+	if err := storage.CheckName(id); err != nil {
+		return fmt.Errorf("%w %q: %v", ErrInvalidBackupID, id, err)
+	}
+	return nil
 }
 
 // NewBackupID returns the first ID for a backup started at now that no

@@ -101,6 +101,8 @@ func Prepare(ctx context.Context, b storage.Backend, req Request) (Prepared, err
 		switch {
 		case errors.Is(err, catalog.ErrNoBackup):
 			return reject(fmt.Errorf("restore: unknown backup %q: barnacle list-backups shows the backups there are", req.Backup))
+		case errors.Is(err, catalog.ErrInvalidBackupID):
+			return reject(fmt.Errorf("restore: %w", err))
 		case err != nil:
 			return p, fmt.Errorf("restore: read backup %s: %w", req.Backup, err)
 		case doc.Status != catalog.StatusDone:
@@ -114,6 +116,9 @@ func Prepare(ctx context.Context, b storage.Backend, req Request) (Prepared, err
 		}
 		p.Backup = doc
 	}
+	if err := checkTablespaceMap(req.TablespaceMap, p.Backup); err != nil {
+		return reject(err)
+	}
 	p.Windows = RecoverableWindows(in, gaps)
 	if err := lastArchiveTimes(ctx, b, req.Cluster, in.WALSegmentSize, p.Windows); err != nil {
 		return p, err
@@ -122,6 +127,23 @@ func Prepare(ctx context.Context, b storage.Backend, req Request) (Prepared, err
 		return reject(err)
 	}
 	return p, nil
+}
+
+// checkTablespaceMap refuses a map that names a tablespace the backup does
+// not have, before anything is written (Restore checks it again).
+func checkTablespaceMap(m map[uint32]string, doc catalog.Backup) error {
+	have := map[uint32]bool{}
+	for _, f := range doc.Files {
+		if f.TablespaceOID != 0 {
+			have[f.TablespaceOID] = true
+		}
+	}
+	for oid := range m {
+		if !have[oid] {
+			return fmt.Errorf("restore: tablespace map names tablespace %d, which backup %s does not have (barnacle show-backup %s lists its tablespaces)", oid, doc.ID, doc.ID)
+		}
+	}
+	return nil
 }
 
 // lastArchiveTimes sets ToTime of each window that reaches its timeline's

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/barnacle-pg/barnacle/pkg/wal"
@@ -155,4 +156,118 @@ func (tt TimelineTarget) String() string {
 		return strconv.FormatUint(uint64(tt.Timeline), 10)
 	}
 	return "latest"
+}
+
+// TargetSpec is a recovery target as text, the way the CLI's --target-*
+// flags, a restore request in etcd and Stolon's recoveryTargetSettings give
+// it. Parse is the one reader of these values, so every entry point accepts
+// the same forms.
+type TargetSpec struct {
+	Time, LSN, XID, Name string
+	Immediate            bool
+	// Exclusive stops just before the target instead of just after it
+	// (recovery_target_inclusive = off); time, LSN and xid targets only.
+	Exclusive bool
+}
+
+// Parse checks the spec and returns its Target and, for Exclusive, the
+// recovery_target_inclusive value to write (nil leaves PostgreSQL's
+// default, on). name turns a field ("time", "lsn", "xid", "name",
+// "immediate", "exclusive") into what the caller calls it in messages, such
+// as "--target-time" or "target.time"; nil uses "target <field>".
+func (s TargetSpec) Parse(name func(field string) string) (Target, *bool, error) {
+	if name == nil {
+		name = func(f string) string { return "target " + f }
+	}
+	var set []string
+	for _, f := range []struct {
+		field string
+		set   bool
+	}{{"time", s.Time != ""}, {"lsn", s.LSN != ""}, {"xid", s.XID != ""}, {"name", s.Name != ""}, {"immediate", s.Immediate}} {
+		if f.set {
+			set = append(set, name(f.field))
+		}
+	}
+	if len(set) > 1 {
+		return Target{}, nil, fmt.Errorf("%s are given together: keep one target", strings.Join(set, " and "))
+	}
+	var t Target
+	switch {
+	case s.Time != "":
+		tm, err := ParseTargetTime(s.Time)
+		if err != nil {
+			return t, nil, fmt.Errorf("%s %q: %w", name("time"), s.Time, err)
+		}
+		t = Target{Kind: TargetTime, Time: tm}
+	case s.LSN != "":
+		lsn, err := wal.ParseLSN(s.LSN)
+		if err != nil || lsn == wal.InvalidLSN {
+			return t, nil, fmt.Errorf("%s %q: use PostgreSQL's form, like 0/3000060", name("lsn"), s.LSN)
+		}
+		t = Target{Kind: TargetLSN, LSN: lsn}
+	case s.XID != "":
+		t = Target{Kind: TargetXID, XID: s.XID}
+		if v, err := strconv.ParseUint(s.XID, 10, 64); err != nil || v == 0 {
+			return t, nil, fmt.Errorf("%s %q: use a positive decimal transaction ID, as txid_current() shows it", name("xid"), s.XID)
+		}
+	case s.Name != "":
+		t = Target{Kind: TargetName, Name: s.Name}
+	case s.Immediate:
+		t.Kind = TargetImmediate
+	}
+	if err := t.Validate(); err != nil {
+		return t, nil, err
+	}
+	if !s.Exclusive {
+		return t, nil, nil
+	}
+	switch t.Kind {
+	case TargetTime, TargetLSN, TargetXID:
+	default:
+		return t, nil, fmt.Errorf("%s applies to a time, LSN or xid target, not to %s: drop it or give one of those", name("exclusive"), t.Kind)
+	}
+	off := false
+	return t, &off, nil
+}
+
+// targetTimeLayouts are the timestamptz forms ParseTargetTime reads, after
+// the date/time separator is made a space: PostgreSQL's own output
+// ('2026-11-25 10:00:00+00', what Stolon's recoveryTargetTime is usually
+// given), RFC 3339, offsets as +hh, +hhmm or +hh:mm with or without a space
+// before them, and minutes without seconds. Fractional seconds need no
+// layout of their own (time.Parse accepts them after the seconds).
+var targetTimeLayouts = func() []string {
+	var l []string
+	for _, clock := range []string{"15:04:05", "15:04"} {
+		for _, sp := range []string{"", " "} {
+			for _, zone := range []string{"Z07:00", "Z0700", "Z07"} {
+				l = append(l, "2006-01-02 "+clock+sp+zone)
+			}
+		}
+	}
+	return l
+}()
+
+// ParseTargetTime reads a recovery target time in RFC 3339 or in
+// PostgreSQL's timestamptz form, with a zone: an offset, Z, UTC or GMT. A
+// time without a zone is refused, as PostgreSQL would read it in the
+// server's TimeZone, which the caller may not know; so are zone names other
+// than UTC and GMT, whose offsets depend on a time zone database.
+func ParseTargetTime(s string) (time.Time, error) {
+	v := strings.TrimSpace(s)
+	if u := strings.ToUpper(v); strings.HasSuffix(u, "UTC") || strings.HasSuffix(u, "GMT") {
+		v = strings.TrimSpace(v[:len(v)-3]) + "Z"
+	}
+	if strings.HasSuffix(v, "z") {
+		v = v[:len(v)-1] + "Z"
+	}
+	if len(v) > 10 && (v[10] == 'T' || v[10] == 't') {
+		v = v[:10] + " " + v[11:]
+	}
+	for _, layout := range targetTimeLayouts {
+		if t, err := time.Parse(layout, v); err == nil {
+			return t.UTC(), nil
+		}
+	}
+	return time.Time{}, errors.New("use RFC 3339 or PostgreSQL's form, with a zone: 2026-11-25T10:00:00Z or '2026-11-25 10:00:00+00'")
 }

@@ -85,7 +85,7 @@ func (s *stream) oldestAvailable(ctx context.Context, tli wal.Timeline, lo, hi w
 // probe reports whether the server can stream tli from the start of seg.
 func (s *stream) probe(ctx context.Context, tli wal.Timeline, seg wal.SegmentNo) (bool, error) {
 	start := wal.SegmentStart(seg, s.segSize)
-	end, err := startReplication(ctx, s.conn, s.r.opts.Slot, start, tli)
+	end, err := s.startReplication(ctx, start, tli)
 	switch {
 	case err != nil && isWALRemoved(err):
 		return false, nil

@@ -247,6 +247,15 @@ func createSlot(ctx context.Context, conn *pgconn.PgConn, slot string) error {
 	return nil
 }
 
+// createTemporarySlot creates a physical slot that lives as long as conn
+// and reserves WAL at once.
+func createTemporarySlot(ctx context.Context, conn *pgconn.PgConn, slot string) error {
+	if _, err := conn.Exec(ctx, "CREATE_REPLICATION_SLOT "+quoteIdent(slot)+" TEMPORARY PHYSICAL RESERVE_WAL").ReadAll(); err != nil {
+		return fmt.Errorf("create temporary replication slot %s: %w", slot, err)
+	}
+	return nil
+}
+
 // timelineHistory fetches the history file of tli (TIMELINE_HISTORY),
 // checking the file name the server gives.
 func timelineHistory(ctx context.Context, conn *pgconn.PgConn, tli wal.Timeline) ([]byte, error) {

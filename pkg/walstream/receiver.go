@@ -75,6 +75,18 @@ type Options struct {
 	// CreateSlot creates Slot, reserving WAL immediately, when it does not
 	// exist. Without it a missing slot makes Run fail with ErrNoSlot.
 	CreateSlot bool
+	// TemporarySlot creates Slot as a temporary slot on the streaming
+	// connection (CREATE_REPLICATION_SLOT ... TEMPORARY): it keeps WAL only
+	// while Run streams and the server drops it when the connection ends,
+	// as pg_basebackup's own slot, so nothing pins WAL afterwards. The
+	// name must be free: an existing slot of that name is an error.
+	// Needs CreateSlot.
+	TemporarySlot bool
+	// OnStreaming, if set, is called from Run's goroutine whenever the
+	// server has accepted START_REPLICATION: from then on the slot is held
+	// by this receiver and keeps the WAL it has not received. It must
+	// return quickly.
+	OnStreaming func()
 	// Backend is the archive.
 	Backend storage.Backend
 	// Prefix starts every object name the receiver reads or writes, e.g.
@@ -215,6 +227,9 @@ func New(opts Options) (*Receiver, error) {
 	}
 	if opts.CreateSlot && opts.Slot == "" {
 		return nil, errors.New("walstream: options: create slot needs a slot name")
+	}
+	if opts.TemporarySlot && !opts.CreateSlot {
+		return nil, errors.New("walstream: options: a temporary slot needs create slot")
 	}
 	var alg string
 	switch opts.Compression {
@@ -390,6 +405,16 @@ func (s *stream) prepareSlot(ctx context.Context) (slotInfo, error) {
 	if err != nil {
 		return slotInfo{}, err
 	}
+	if s.r.opts.TemporarySlot {
+		if slot.Exists {
+			return slotInfo{}, fmt.Errorf("replication slot %s exists already: a temporary slot needs a free name", s.r.opts.Slot)
+		}
+		if err := createTemporarySlot(ctx, s.conn, s.r.opts.Slot); err != nil {
+			return slotInfo{}, err
+		}
+		s.log.Debug("temporary replication slot created")
+		return readSlot(ctx, s.conn, s.r.opts.Slot)
+	}
 	if !slot.Exists {
 		if !s.r.opts.CreateSlot {
 			return slotInfo{}, fmt.Errorf("%w: %s", ErrNoSlot, s.r.opts.Slot)
@@ -409,6 +434,25 @@ func (s *stream) prepareSlot(ctx context.Context) (slotInfo, error) {
 		return slotInfo{}, fmt.Errorf("replication slot %s is not a physical slot", s.r.opts.Slot)
 	}
 	return slot, nil
+}
+
+// startReplication runs START_REPLICATION through the slot. PostgreSQL
+// drops a temporary slot on any error in its session, such as "requested
+// WAL segment has already been removed" while a gap is found, so a
+// temporary slot is created again first when it is gone.
+func (s *stream) startReplication(ctx context.Context, start wal.LSN, tli wal.Timeline) (*timelineEnd, error) {
+	if s.r.opts.TemporarySlot {
+		slot, err := readSlot(ctx, s.conn, s.r.opts.Slot)
+		if err != nil {
+			return nil, err
+		}
+		if !slot.Exists {
+			if err := createTemporarySlot(ctx, s.conn, s.r.opts.Slot); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return startReplication(ctx, s.conn, s.r.opts.Slot, start, tli)
 }
 
 // planStart works out where to start: at the end of the archive, or, for
@@ -532,7 +576,7 @@ func (s *stream) streamTimelines(ctx context.Context) error {
 		}
 		start := s.received()
 		s.log.Info("streaming", "timeline", s.tli, "start_lsn", start.String())
-		end, err := startReplication(ctx, s.conn, s.r.opts.Slot, start, s.tli)
+		end, err := s.startReplication(ctx, start, s.tli)
 		if err != nil && isWALRemoved(err) && s.r.opts.OnGap != nil {
 			if err := s.skipGap(ctx, start, err); err != nil {
 				return err
@@ -545,6 +589,9 @@ func (s *stream) streamTimelines(ctx context.Context) error {
 		if end == nil {
 			s.streaming = true
 			s.nextStatus = time.Time{} // report our position at once
+			if s.r.opts.OnStreaming != nil {
+				s.r.opts.OnStreaming()
+			}
 			if err := s.receive(ctx); !errors.Is(err, errEndOfTimeline) {
 				// The walsender reports a removed segment only once it opens
 				// it, after the stream has begun.

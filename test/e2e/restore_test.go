@@ -29,6 +29,8 @@ type pitrHistory struct {
 	// lsn1 is the WAL position right after row 100's commit; restore point
 	// "after_100" is there too.
 	lsn1 string
+	// xid100 is the transaction that committed row 100.
+	xid100 string
 	// rows is the number of rows committed in all; the last ones exist
 	// only in the newest .partial segment of timeline 2.
 	rows int
@@ -88,6 +90,7 @@ func TestRestorePITR(t *testing.T) {
 	h.backupID = bst.Result.ID
 
 	insertRows(t, primary, 51, 100)
+	require.NoError(t, primary.QueryRow(ctx, "SELECT xmin::text FROM pitr WHERE id = 100").Scan(&h.xid100))
 	require.NoError(t, primary.QueryRow(ctx, "SELECT pg_create_restore_point('after_100')::text").Scan(&h.lsn1))
 	h.t1 = markMoment(t, primary)
 	insertRows(t, primary, 101, 150)
@@ -190,13 +193,30 @@ func TestRestorePITR(t *testing.T) {
 		// The agent beside the new master's keeper restores into a
 		// directory under its restore-root; barnacle restore --via-etcd
 		// writes the request and follows it.
+		// The time in PostgreSQL's form, as the help and Stolon's
+		// recoveryTargetTime write it: the agent reads it with the CLI's
+		// parser.
 		keeper := env.stolon.KeeperUID(standby)
 		dir := filepath.Join(restoreRoot, "via-etcd")
 		args := append([]string{"restore", "--via-etcd", "--keeper", keeper, "--target-dir", dir,
-			"--target-time", h.t1.Format(time.RFC3339Nano), "--target-action", "promote", "--json"}, store...)
+			"--target-time", h.t1.UTC().Format("2006-01-02 15:04:05.999999-07"), "--target-action", "promote", "--json"}, store...)
 		out, stderr, code := barnacle(t, args...)
 		require.Equal(t, 0, code, "restore --via-etcd:\n%s\n%s", out, stderr)
 		requireRows(t, started(t, dir), 100)
+
+		// --target-exclusive travels as targetExclusive and becomes
+		// recovery_target_inclusive = off: recovery stops just before the
+		// transaction of row 100.
+		dir = filepath.Join(restoreRoot, "via-etcd-exclusive")
+		args = append([]string{"restore", "--via-etcd", "--keeper", keeper, "--target-dir", dir,
+			"--target-xid", h.xid100, "--target-exclusive", "--target-action", "promote"}, store...)
+		out, stderr, code = barnacle(t, args...)
+		require.Equal(t, 0, code, "restore --via-etcd --target-exclusive:\n%s\n%s", out, stderr)
+		conf, err := os.ReadFile(filepath.Join(dir, "postgresql.auto.conf"))
+		require.NoError(t, err)
+		assert.Contains(t, string(conf), "recovery_target_xid = '"+h.xid100+"'")
+		assert.Contains(t, string(conf), "recovery_target_inclusive = 'false'")
+		requireRows(t, started(t, dir), 99)
 
 		// Refusals through etcd: each gets state rejected and a message
 		// saying what to change; no directory appears.
@@ -208,6 +228,8 @@ func TestRestorePITR(t *testing.T) {
 			{"outside-root", `{"keeper":"` + keeper + `","targetDir":"` + outside + `"}`, "restore-root"},
 			{"unknown-backup", `{"keeper":"` + keeper + `","backup":"20200101T000000","targetDir":"` + restoreRoot + `/y"}`, "20200101T000000"},
 			{"malformed", `{"keeper":`, "malformed request"},
+			{"time-without-zone", `{"keeper":"` + keeper + `","targetDir":"` + restoreRoot + `/z","target":{"time":"2026-11-25 10:00:00"}}`, `target.time "2026-11-25 10:00:00": use RFC 3339 or PostgreSQL's form, with a zone`},
+			{"exclusive-restore-point", `{"keeper":"` + keeper + `","targetDir":"` + restoreRoot + `/z","target":{"name":"after_100"},"targetExclusive":true}`, "targetExclusive applies to a time, LSN or xid target"},
 		} {
 			_, err := cli.Put(ctx, agent.RestoreRequestKey(keys, tc.id), tc.value)
 			require.NoError(t, err)
@@ -218,6 +240,7 @@ func TestRestorePITR(t *testing.T) {
 		assert.NoDirExists(t, outside)
 		assert.NoDirExists(t, filepath.Join(restoreRoot, "x"))
 		assert.NoDirExists(t, filepath.Join(restoreRoot, "y"))
+		assert.NoDirExists(t, filepath.Join(restoreRoot, "z"))
 	})
 
 	t.Run("stolon pitr init", func(t *testing.T) {
@@ -226,8 +249,9 @@ func TestRestorePITR(t *testing.T) {
 		cfg := filepath.Join(t.TempDir(), "barnacle.yaml")
 		require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf("cluster-name: %s\narchive-url: file://%s\n", cluster, env.dir)), 0o644))
 		testenv.PGOwn(t, cfg)
-		spec := fmt.Sprintf(`{"initMode":"pitr","pitrConfig":{"dataRestoreCommand":"%s restore --config %s --target-dir %%d --data-only","archiveRecoverySettings":{"restoreCommand":"%s wal-fetch --config %s %%f %%p"},"recoveryTargetSettings":{"recoveryTargetTime":"%s"}}}`,
-			binary, cfg, binary, cfg, h.t2.UTC().Format("2006-01-02 15:04:05.999999-07"))
+		when := h.t2.UTC().Format("2006-01-02T15:04:05.999999-07")
+		spec := fmt.Sprintf(`{"initMode":"pitr","pitrConfig":{"dataRestoreCommand":"%s restore --config %s --target-dir %%d --data-only --target-time %s","archiveRecoverySettings":{"restoreCommand":"%s wal-fetch --config %s %%f %%p"},"recoveryTargetSettings":{"recoveryTargetTime":"%s"}}}`,
+			binary, cfg, when, binary, cfg, when)
 		for _, a := range env.list() {
 			stopAgent(t, a)
 		}
