@@ -99,7 +99,13 @@ func newShowBackupCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "show-backup ID|latest",
 		Short: "Show one backup in full, with the WAL range it needs and whether it is archived",
-		Args:  cobra.ExactArgs(1),
+		Long: `Show one backup in full (ID, or latest for the newest done one), with the WAL
+range it needs and whether that WAL is archived.
+
+Exit code 1 when the backup is not restorable ("Restorable: NO": not done, or
+WAL it needs is missing), also with --json, whose "restorable", "wal.missing"
+and "backup.error" hold the detail; 0 when it is restorable.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, b, err := openArchive(cmd)
 			if err != nil {
@@ -115,9 +121,17 @@ func newShowBackupCommand() *cobra.Command {
 			}
 			detail := backupDetail{Backup: d, WAL: wc, Restorable: d.Status == catalog.StatusDone && err == nil && len(wc.Missing) == 0}
 			if asJSON {
-				return printJSON(cmd.OutOrStdout(), detail)
+				err = printJSON(cmd.OutOrStdout(), detail)
+			} else {
+				err = printBackup(cmd.OutOrStdout(), detail)
 			}
-			return printBackup(cmd.OutOrStdout(), detail)
+			if err != nil {
+				return err
+			}
+			if !detail.Restorable {
+				return exitCodeError{code: exitFailure, err: fmt.Errorf("backup %s is not restorable", d.ID)}
+			}
+			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
@@ -230,6 +244,9 @@ func newVerifyBackupCommand() *cobra.Command {
 				return err
 			}
 			if asJSON {
+				if report.Problems == nil {
+					report.Problems = []string{}
+				}
 				if jerr := printJSON(cmd.OutOrStdout(), report); jerr != nil {
 					return jerr
 				}

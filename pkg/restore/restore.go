@@ -75,21 +75,21 @@ type Options struct {
 
 // Result is what Restore did.
 type Result struct {
-	BackupID  string
-	TargetDir string
+	BackupID  string `json:"backupID"`
+	TargetDir string `json:"targetDir"`
 	// Tablespaces maps each tablespace OID to the directory it was
 	// restored into.
-	Tablespaces map[uint32]string
+	Tablespaces map[uint32]string `json:"tablespaces,omitempty"`
 	// MovedAside maps each destination that was not empty (Force) to the
 	// directory its old contents were moved to.
-	MovedAside map[string]string
+	MovedAside map[string]string `json:"movedAside,omitempty"`
 	// Bytes is the uncompressed archive bytes read; Files the regular
 	// files written.
-	Bytes int64
-	Files int
+	Bytes int64 `json:"bytes"`
+	Files int   `json:"files"`
 	// Notes are things the operator should know, e.g. that the
 	// postgresql.auto.conf symbolic link was replaced by a file.
-	Notes []string
+	Notes []string `json:"notes,omitempty"`
 }
 
 // ObjectError is a failure to fetch, verify, decompress or unpack one stored
