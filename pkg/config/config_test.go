@@ -194,3 +194,29 @@ func TestPGConnString(t *testing.T) {
 	assert.Contains(t, got, "dbname='postgres'")
 	assert.NotContains(t, got, "replication")
 }
+
+// TestEnumeratedKeysListTheirValuesInHelp: a key that accepts one of a few
+// values names them all in its help (barnacle --help), found from the error
+// a bad value gets ("use one of a, b, c").
+func TestEnumeratedKeysListTheirValuesInHelp(t *testing.T) {
+	enumerated := 0
+	for _, k := range Keys() {
+		if k.Boolean {
+			continue
+		}
+		_, err := Load(Sources{Env: noEnv, Flags: map[string]string{k.Name: "no-such-value"}}, Needs{})
+		if err == nil {
+			continue
+		}
+		_, values, ok := strings.Cut(err.Error(), "use one of ")
+		if !ok {
+			continue
+		}
+		enumerated++
+		values, _, _ = strings.Cut(values, "\n")
+		for _, v := range strings.Split(values, ", ") {
+			assert.Contains(t, k.Help, v, "--%s's help should list %q", k.Name, v)
+		}
+	}
+	assert.GreaterOrEqual(t, enumerated, 5, "leader-policy, slot-mode, compression, backup-from, log-level, log-format, ...")
+}
