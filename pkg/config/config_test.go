@@ -220,3 +220,28 @@ func TestEnumeratedKeysListTheirValuesInHelp(t *testing.T) {
 	}
 	assert.GreaterOrEqual(t, enumerated, 5, "leader-policy, slot-mode, compression, backup-from, log-level, log-format, ...")
 }
+
+// TestRefusedValueIsNotAlsoRequired: a required key whose value is
+// refused gets that error only, not a second, false "required"; an S3 URL
+// without a bucket is quoted as it was written.
+func TestRefusedValueIsNotAlsoRequired(t *testing.T) {
+	for _, tc := range []struct{ url, want string }{
+		{"ftp://x/y", `unsupported scheme in "ftp://x/y"`},
+		{"s3://", `invalid S3 URL "s3://": name the bucket`},
+		{"s3:bucket/x", `invalid S3 URL "s3:bucket/x": name the bucket`},
+		{"s3://key:secret@/x", `credentials do not belong in the URL`},
+	} {
+		t.Run(tc.url, func(t *testing.T) {
+			_, err := Load(Sources{Env: noEnv, Flags: map[string]string{"archive-url": tc.url, "cluster-name": "c"}},
+				Needs{Keys: []string{"cluster-name", "archive-url"}})
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+			assert.NotContains(t, err.Error(), "required")
+			assert.NotContains(t, err.Error(), "secret")
+			assert.Equal(t, 1, strings.Count(err.Error(), "archive-url (flag --archive-url)"), "one error for archive-url: %v", err)
+		})
+	}
+	_, err := Load(Sources{Env: noEnv, Flags: map[string]string{"cluster-name": "c"}}, Needs{Keys: []string{"cluster-name", "archive-url"}})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "archive-url: required", "an unset key is still required")
+}

@@ -203,11 +203,14 @@ var keys = func() []key {
 		case err != nil:
 			return fmt.Errorf("invalid URL %q: %v", v, err)
 		case u.Scheme == "s3":
-			if u.Host == "" {
-				return fmt.Errorf("invalid S3 URL %q: name the bucket, s3://bucket/prefix?endpoint=https://host:port&region=r", u.Redacted())
-			}
+			// Credentials are checked first, so that the other
+			// messages may quote the URL as it was given: u.Redacted()
+			// of "s3://" is "s3:", which the user never wrote.
 			if u.User != nil {
 				return fmt.Errorf("invalid S3 URL %q: credentials do not belong in the URL; use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a credentials file", u.Redacted())
+			}
+			if u.Host == "" {
+				return fmt.Errorf("invalid S3 URL %q: name the bucket, s3://bucket/prefix?endpoint=https://host:port&region=r", v)
 			}
 		case u.Scheme != "file":
 			return fmt.Errorf("unsupported scheme in %q: use file:///absolute/path or s3://bucket/prefix", v)
