@@ -110,7 +110,7 @@ Time targets: RFC 3339 (2026-11-25T10:00:00Z) or PostgreSQL's
 			res, err := p.Run(cmd.Context(), b, log, bar.Update)
 			bar.Done()
 			if err != nil {
-				return err
+				return restoreFailed(err, res, req.TargetDir, cmd.Context().Err() != nil)
 			}
 			if f.asJSON {
 				return printJSON(cmd.OutOrStdout(), res)

@@ -459,7 +459,14 @@ func fetchObject(ctx context.Context, b storage.Backend, prefix string, a archiv
 			return objErr(member, err)
 		}
 		if cerr := drainRaw(err); cerr != nil {
-			return errors.Join(cerr, objErr(member, err))
+			// The damage (cerr) is the cause; what it broke on the way
+			// is said once, after it, not as a second "restore: object"
+			// error that reads like the same failure printed twice.
+			what := "it"
+			if member != "" {
+				what = fmt.Sprintf("member %q", member)
+			}
+			return fmt.Errorf("%w (which also broke reading %s: %w)", cerr, what, err)
 		}
 		return objErr(member, err)
 	}
