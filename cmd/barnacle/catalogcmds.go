@@ -237,7 +237,7 @@ func newVerifyBackupCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			bar := newProgressBar(cmd.OutOrStdout(), "verifying "+d.ID, !asJSON)
+			bar := newProgressBar(cmd, "verifying "+d.ID, !asJSON)
 			report, err := backup.Verify(cmd.Context(), b, cfg.ClusterName, d, bar.Update)
 			bar.Done()
 			if err != nil && len(report.Problems) == 0 {

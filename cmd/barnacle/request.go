@@ -85,7 +85,7 @@ func newRequestID() string {
 // labelled what. It waits as long as the command's context lets it.
 func followStatus[R any](cmd *cobra.Command, cli *clientv3.Client, key, what string, quiet bool, st *agent.RequestStatusOf[R]) error {
 	ctx := cmd.Context()
-	bar := newProgressBar(cmd.OutOrStdout(), what, !quiet)
+	bar := newProgressBar(cmd, what, !quiet)
 	defer bar.Done()
 	for {
 		resp, err := cli.Get(ctx, key)

@@ -106,7 +106,7 @@ Time targets: RFC 3339 (2026-11-25T10:00:00Z) or PostgreSQL's
 			if err != nil {
 				return err
 			}
-			bar := newProgressBar(cmd.OutOrStdout(), "restore", !f.asJSON)
+			bar := newProgressBar(cmd, "restore", !f.asJSON)
 			res, err := p.Run(cmd.Context(), b, log, bar.Update)
 			bar.Done()
 			if err != nil {

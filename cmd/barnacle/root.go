@@ -58,6 +58,7 @@ report a problem).`,
 		return usageError{err}
 	})
 	root.PersistentFlags().String("config", "", "YAML configuration file")
+	root.PersistentFlags().BoolP("quiet", "q", false, "for scripts: no progress bar and no informational log lines (log-level warn unless --log-level is given)")
 	for _, k := range config.Keys() {
 		if k.Boolean {
 			root.PersistentFlags().Bool(k.Name, k.Default == "true", k.Help)
@@ -187,11 +188,21 @@ func loadConfig(cmd *cobra.Command, needs config.Needs) (config.Config, error) {
 			flags[f.Name] = f.Value.String()
 		}
 	})
+	if _, set := flags["log-level"]; quietFlag(cmd) && !set {
+		flags["log-level"] = "warn"
+	}
 	return config.Load(config.Sources{File: file, Flags: flags}, needs)
 }
 
+// quietFlag reports -q.
+func quietFlag(cmd *cobra.Command) bool {
+	q, _ := cmd.Flags().GetBool("quiet")
+	return q
+}
+
 // newLogger builds the root logger: text on a terminal (colored), JSON with
-// log-format json.
+// log-format json. It writes through w's lineGuard, so that its lines
+// never land on a progress bar's line.
 func newLogger(cfg config.Config, w io.Writer) hclog.Logger {
 	color := hclog.ColorOff
 	if f, ok := w.(*os.File); ok && isatty.IsTerminal(f.Fd()) && cfg.LogFormat == "text" {
@@ -201,7 +212,7 @@ func newLogger(cfg config.Config, w io.Writer) hclog.Logger {
 		Name:       "barnacle",
 		Level:      hclog.LevelFromString(cfg.LogLevel),
 		JSONFormat: cfg.LogFormat == "json",
-		Output:     w,
+		Output:     guardFor(w),
 		Color:      color,
 	})
 }
