@@ -31,6 +31,7 @@ type restoreFlags struct {
 	keeper                           string
 	tablespaceMap                    []string
 	parallel                         int
+	owner                            string
 }
 
 func newRestoreCommand() *cobra.Command {
@@ -98,6 +99,14 @@ Time targets: RFC 3339 (2026-11-25T10:00:00Z) or PostgreSQL's
 				return err
 			}
 			log := newLogger(cfg, cmd.ErrOrStderr())
+			own, err := decideOwner(os.Geteuid(), req.TargetDir, f.owner)
+			if err != nil {
+				return usageError{err}
+			}
+			req.Owner = own.Owner
+			if own.Warning != "" {
+				log.Warn("restored files will not be startable as they are", "warning", own.Warning)
+			}
 			b, err := backends.Open(cmd.Context(), cfg.ArchiveURL)
 			if err != nil {
 				return err // names archive-url
@@ -126,6 +135,12 @@ Time targets: RFC 3339 (2026-11-25T10:00:00Z) or PostgreSQL's
 			for _, n := range res.Notes {
 				fmt.Fprintf(w, "  note: %s\n", n)
 			}
+			if own.Note != "" {
+				fmt.Fprintf(w, "  note: %s\n", own.Note)
+			}
+			if own.Warning != "" {
+				fmt.Fprintf(w, "  WARNING: %s\n", own.Warning)
+			}
 			if f.dataOnly {
 				fmt.Fprintln(w, "next: the caller writes recovery.signal and restore_command (Stolon's keeper does)")
 			} else {
@@ -148,6 +163,7 @@ Time targets: RFC 3339 (2026-11-25T10:00:00Z) or PostgreSQL's
 	fl.BoolVar(&f.dataOnly, "data-only", false, "restore only the files: no recovery.signal or settings (Stolon's dataRestoreCommand)")
 	fl.StringArrayVar(&f.tablespaceMap, "tablespace-map", nil, "restore tablespace OID into DIR instead of its recorded location (OID=DIR, repeatable)")
 	fl.IntVar(&f.parallel, "parallel", restore.DefaultParallel, "archives unpacked at once")
+	fl.StringVar(&f.owner, "owner", "", "as root: give the restored files to USER[:GROUP], the OS user PostgreSQL runs as (default as root: the owner of --target-dir or of its nearest existing parent)")
 	fl.BoolVar(&f.viaEtcd, "via-etcd", false, "ask the agent beside --keeper to restore, through an etcd request")
 	fl.StringVar(&f.keeper, "keeper", "", "with --via-etcd: the Stolon keeper UID whose agent restores")
 	fl.BoolVar(&f.asJSON, "json", false, "print the result as JSON")
@@ -253,6 +269,9 @@ func parseTablespaceMap(pairs []string) (map[uint32]string, error) {
 func restoreViaEtcd(cmd *cobra.Command, f restoreFlags) error {
 	if f.keeper == "" {
 		return usageError{errors.New("--via-etcd needs --keeper, the Stolon keeper UID whose agent restores")}
+	}
+	if f.owner != "" {
+		return usageError{errors.New("--owner is for a local restore; through etcd the agent restores as the OS user it runs as")}
 	}
 	if _, err := f.request(); err != nil {
 		return usageError{err}
