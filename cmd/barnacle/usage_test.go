@@ -7,6 +7,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/barnacle-pg/barnacle/pkg/config"
 )
 
 // TestDidYouMean: a mistyped command or flag is a usage error (exit 2)
@@ -51,6 +53,10 @@ func TestHelpTexts(t *testing.T) {
 	assert.NotContains(t, root.String(), "not built yet")
 	assert.Contains(t, root.String(), "--leader-takeover-delay")
 	assert.Contains(t, root.String(), "--version")
+	// Config errors send the user there for the keys.
+	for _, k := range config.Keys() {
+		assert.Contains(t, root.String(), "--"+k.Name+" ")
+	}
 
 	var sub bytes.Buffer
 	require.Equal(t, exitOK, run(t.Context(), []string{"restore", "--help"}, &sub, &errOut))

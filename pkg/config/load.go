@@ -181,7 +181,7 @@ func unknownKeyHint(name string) string {
 	if best != "" {
 		return fmt.Sprintf("unknown key; did you mean %q?", best)
 	}
-	return "unknown key; run 'barnacle agent --help' for the list of keys"
+	return "unknown key; run 'barnacle --help' for the list of keys"
 }
 
 func editDistance(a, b string) int {
