@@ -104,9 +104,6 @@ Time targets: RFC 3339 (2026-11-25T10:00:00Z) or PostgreSQL's
 				return usageError{err}
 			}
 			req.Owner = own.Owner
-			if own.Warning != "" {
-				log.Warn("restored files will not be startable as they are", "warning", own.Warning)
-			}
 			b, err := backends.Open(cmd.Context(), cfg.ArchiveURL)
 			if err != nil {
 				return err // names archive-url
@@ -115,11 +112,17 @@ Time targets: RFC 3339 (2026-11-25T10:00:00Z) or PostgreSQL's
 			if err != nil {
 				return err
 			}
+
 			bar := newProgressBar(cmd, "restore", !f.asJSON)
 			res, err := p.Run(cmd.Context(), b, log, bar.Update)
 			bar.Done()
 			if err != nil {
 				return restoreFailed(err, res, req.TargetDir, cmd.Context().Err() != nil)
+			}
+			if own.Warning != "" {
+				// Once the files are there, before the operator starts
+				// PostgreSQL on them.
+				log.Warn("restored files will not be startable as they are", "warning", own.Warning)
 			}
 			if f.asJSON {
 				return printJSON(cmd.OutOrStdout(), res)
@@ -138,9 +141,7 @@ Time targets: RFC 3339 (2026-11-25T10:00:00Z) or PostgreSQL's
 			if own.Note != "" {
 				fmt.Fprintf(w, "  note: %s\n", own.Note)
 			}
-			if own.Warning != "" {
-				fmt.Fprintf(w, "  WARNING: %s\n", own.Warning)
-			}
+
 			if f.dataOnly {
 				fmt.Fprintln(w, "next: the caller writes recovery.signal and restore_command (Stolon's keeper does)")
 			} else {
