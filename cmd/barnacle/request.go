@@ -86,6 +86,9 @@ func newRequestID() string {
 func followStatus[R any](cmd *cobra.Command, cli *clientv3.Client, key, what string, quiet bool, st *agent.RequestStatusOf[R]) error {
 	ctx := cmd.Context()
 	bar := newProgressBar(cmd, what, !quiet)
+	if what == "backup" {
+		bar.AtEnd("waiting for the WAL up to the stop position to be archived")
+	}
 	defer bar.Done()
 	for {
 		resp, err := cli.Get(ctx, key)
