@@ -113,15 +113,17 @@ Global Flags:
 Use "{{.CommandPath}} [command] --help" for more information about a command.{{end}}
 `
 
-// suggestFlag returns the name of the flag closest to the unknown one in
-// err (pflag's "unknown flag: --name"), or "" when none is close.
+// suggestFlag returns the name of the flag closest to the unknown long
+// flag in err, or "" when none is close.
 func suggestFlag(cmd *cobra.Command, err error) string {
-	const prefix = "unknown flag: --"
-	msg := err.Error()
-	if !strings.HasPrefix(msg, prefix) {
+	var ne *pflag.NotExistError
+	if !errors.As(err, &ne) {
 		return ""
 	}
-	bad, _, _ := strings.Cut(strings.TrimPrefix(msg, prefix), "=")
+	bad := ne.GetSpecifiedName()
+	if ne.GetSpecifiedShortnames() != "" || bad == "" {
+		return "" // -x: one letter is too little to guess from
+	}
 	best, bestDist := "", 3 // at most two edits away
 	cmd.Flags().VisitAll(func(f *pflag.Flag) {
 		if f.Hidden {
