@@ -112,7 +112,6 @@ Time targets: RFC 3339 (2026-11-25T10:00:00Z) or PostgreSQL's
 			if err != nil {
 				return err
 			}
-
 			bar := newProgressBar(cmd, "restore", !f.asJSON)
 			res, err := p.Run(cmd.Context(), b, log, bar.Update)
 			bar.Done()
@@ -141,7 +140,6 @@ Time targets: RFC 3339 (2026-11-25T10:00:00Z) or PostgreSQL's
 			if own.Note != "" {
 				fmt.Fprintf(w, "  note: %s\n", own.Note)
 			}
-
 			if f.dataOnly {
 				fmt.Fprintln(w, "next: the caller writes recovery.signal and restore_command (Stolon's keeper does)")
 			} else {

@@ -71,7 +71,7 @@ that cannot be read), also with --json, whose "problems" list and
 				}
 			}
 			if n := out.problems(); n > 0 {
-				return exitCodeError{code: exitFailure, err: fmt.Errorf("status reports %d problem(s); see above", n)}
+				return exitCodeError{code: exitFailure, err: fmt.Errorf("status reports %d problem(s)", n)}
 			}
 			return nil
 		},
