@@ -398,6 +398,7 @@ func (b *backups) take(ctx context.Context, req BackupRequest, progress func(don
 		return catalog.Backup{}, fmt.Errorf("connect to %s:%d for the base backup: %w", host, port, err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	defer b.arch.metrics.catalog.refreshSoon() // done or failed, the catalog changed
 	return backup.Take(ctx, conn, backup.Options{
 		Backend:           be,
 		Cluster:           b.cfg.ClusterName,

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
@@ -167,6 +168,10 @@ type catalogMetrics struct {
 	lastRefresh      prometheus.Gauge
 	retentionSuccess prometheus.Gauge
 	storage          *instrument.Metrics
+	// refresh asks refreshLoop to read the catalog now (refreshSoon), so
+	// that barnacle_catalog_backups counts a backup or a retention run as
+	// soon as it ends, not up to catalogRefreshInterval later.
+	refresh chan struct{}
 }
 
 // catalogRefreshInterval is how often the leader reads the catalog for
@@ -194,6 +199,7 @@ func newCatalogMetrics(reg prometheus.Registerer) *catalogMetrics {
 			"When this agent, as leader, last read the catalog for these metrics."),
 		retentionSuccess: gauge("retention", "last_success_timestamp_seconds",
 			"When retention-policy was last applied without error by this agent."),
+		refresh: make(chan struct{}, 1),
 	}
 	for _, s := range []catalog.BackupStatus{catalog.StatusRunning, catalog.StatusDone, catalog.StatusFailed} {
 		m.backups.WithLabelValues(string(s))
@@ -246,6 +252,15 @@ func (m *catalogMetrics) observeCatalog(list []catalog.Backup, now time.Time) {
 	m.lastRefresh.Set(unixSeconds(now))
 }
 
+// refreshSoon makes a running refreshLoop read the catalog now. It never
+// blocks; requests made while one is pending are one.
+func (m *catalogMetrics) refreshSoon() {
+	select {
+	case m.refresh <- struct{}{}:
+	default:
+	}
+}
+
 // retentionSucceeded records a retention run that ended without error.
 func (m *catalogMetrics) retentionSucceeded(at time.Time) { m.retentionSuccess.Set(unixSeconds(at)) }
 
@@ -260,20 +275,31 @@ func unixSeconds(t time.Time) float64 {
 // catalogRefreshInterval until ctx ends. It never fails; a failed read
 // leaves the previous values and is retried at the next tick.
 func (a *Agent) refreshCatalogMetrics(ctx context.Context) error {
-	log := a.log.Named("metrics")
+	a.archiver.metrics.catalog.refreshLoop(ctx, a.log.Named("metrics"), func(ctx context.Context) ([]catalog.Backup, error) {
+		b, err := a.archiver.openBackend(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return catalog.ListBackups(ctx, b, a.cfg.ClusterName)
+	})
+	return nil
+}
+
+// refreshLoop observes list's answer now, then every
+// catalogRefreshInterval and whenever refreshSoon asks, until ctx ends.
+func (m *catalogMetrics) refreshLoop(ctx context.Context, log hclog.Logger, list func(context.Context) ([]catalog.Backup, error)) {
 	for {
-		if b, err := a.archiver.openBackend(ctx); err == nil {
-			list, err := catalog.ListBackups(ctx, b, a.cfg.ClusterName)
-			switch {
-			case err == nil:
-				a.archiver.metrics.catalog.observeCatalog(list, time.Now())
-			case ctx.Err() == nil:
-				log.Debug("reading the catalog for metrics failed", "error", err)
-			}
+		backups, err := list(ctx)
+		switch {
+		case err == nil:
+			m.observeCatalog(backups, time.Now())
+		case ctx.Err() == nil:
+			log.Debug("reading the catalog for metrics failed", "error", err)
 		}
 		select {
 		case <-ctx.Done():
-			return nil
+			return
+		case <-m.refresh:
 		case <-time.After(catalogRefreshInterval):
 		}
 	}

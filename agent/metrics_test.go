@@ -1,10 +1,14 @@
 package agent
 
 import (
+	"context"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
@@ -117,4 +121,50 @@ func TestStreamingGaugeRemembersChanges(t *testing.T) {
 	_, again := m.streaming.state()
 	assert.Equal(t, since1, again)
 	assert.Equal(t, float64(1), testutil.ToFloat64(m.streaming))
+}
+
+// TestCatalogMetricsRefreshSoon: refreshSoon makes the refresh loop read
+// the catalog at once, so a backup or retention run that just ended shows
+// in barnacle_catalog_backups without waiting for catalogRefreshInterval.
+func TestCatalogMetricsRefreshSoon(t *testing.T) {
+	m := newArchiverMetrics(prometheus.NewRegistry()).catalog
+	var mu sync.Mutex
+	list := []catalog.Backup{{ID: "20261124T170000", Status: catalog.StatusDone}}
+	reads := 0
+	read := func(context.Context) ([]catalog.Backup, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		reads++
+		return slices.Clone(list), nil
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		m.refreshLoop(ctx, hclog.NewNullLogger(), read)
+	}()
+	defer func() { cancel(); <-done }()
+	doneCount := func() float64 { return testutil.ToFloat64(m.backups.WithLabelValues(string(catalog.StatusDone))) }
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		// Far below catalogRefreshInterval: only refreshSoon can make it.
+		deadline := time.Now().Add(catalogRefreshInterval / 3)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitFor("the first read", func() bool { return doneCount() == 1 })
+
+	mu.Lock()
+	list = append([]catalog.Backup{{ID: "20261124T180000", Status: catalog.StatusDone}}, list...)
+	mu.Unlock()
+	m.refreshSoon()
+	m.refreshSoon() // coalesced, never blocks
+	waitFor("the new backup to be counted", func() bool { return doneCount() == 2 })
+	mu.Lock()
+	assert.LessOrEqual(t, reads, 3)
+	mu.Unlock()
 }

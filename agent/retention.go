@@ -51,7 +51,11 @@ func (b *backups) retentionLoop(ctx context.Context) error {
 		case err != nil:
 			log.Warn("listing backups for retention failed", "error", err)
 		case newest != lastNewest || !time.Now().Before(next):
-			if err := b.applyRetention(ctx, log); err != nil {
+			err := b.applyRetention(ctx, log)
+			// What it deleted, even in a run that failed half way, leaves
+			// the catalog gauges at once.
+			b.arch.metrics.catalog.refreshSoon()
+			if err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}

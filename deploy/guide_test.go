@@ -135,13 +135,18 @@ func TestIntegrationGuide(t *testing.T) {
 		if f, ok := helpFlags[sub]; ok {
 			return f
 		}
-		var stdout bytes.Buffer
-		cmd := exec.Command(bin, sub, "--help")
-		cmd.Stdout = &stdout
-		require.NoError(t, cmd.Run(), "barnacle %s --help: is %s a barnacle command?", sub, sub)
 		f := map[string]bool{}
-		for _, m := range regexp.MustCompile(`--([a-z][a-z0-9-]*)`).FindAllStringSubmatch(stdout.String(), -1) {
-			f[m[1]] = true
+		// A subcommand's help lists its own flags; the global ones
+		// (--config and the configuration keys) are listed once, by
+		// barnacle --help.
+		for _, args := range [][]string{{sub, "--help"}, {"--help"}} {
+			var stdout bytes.Buffer
+			cmd := exec.Command(bin, args...)
+			cmd.Stdout = &stdout
+			require.NoError(t, cmd.Run(), "barnacle %s --help: is %s a barnacle command?", sub, sub)
+			for _, m := range regexp.MustCompile(`--([a-z][a-z0-9-]*)`).FindAllStringSubmatch(stdout.String(), -1) {
+				f[m[1]] = true
+			}
 		}
 		helpFlags[sub] = f
 		return f

@@ -60,7 +60,9 @@ in use by another process fails the backup at once. Either way a backup is
 			if err != nil {
 				return err // names archive-url
 			}
-			bar := newProgressBar(cmd.OutOrStdout(), "backup", !asJSON)
+			bar := newProgressBar(cmd, "backup", !asJSON)
+			bar.Waiting(checkpointWait(fast))
+			bar.AtEnd("waiting for the WAL up to the stop position to be archived")
 			doc, err := takeLocalBackup(cmd.Context(), cfg, b, log, label, fast, bar.Update)
 			bar.Done()
 			if err != nil {
@@ -240,4 +242,15 @@ func takeLocalBackup(ctx context.Context, cfg config.Config, b storage.Backend, 
 	stopReceiver()
 	<-recvDone
 	return doc, err
+}
+
+// checkpointWait is what backup --local says before PostgreSQL sends the
+// first byte: BASE_BACKUP begins with a checkpoint, which without --fast
+// is spread over checkpoint_completion_target of checkpoint_timeout, as
+// pg_basebackup says "waiting for checkpoint".
+func checkpointWait(fast bool) string {
+	if fast {
+		return "waiting for checkpoint"
+	}
+	return "waiting for checkpoint (spread: may take minutes; --fast asks for an immediate one)"
 }

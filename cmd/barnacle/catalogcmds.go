@@ -114,7 +114,13 @@ func newShowBackupCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "show-backup ID|latest",
 		Short: "Show one backup in full, with the WAL range it needs and whether it is archived",
-		Args:  cobra.ExactArgs(1),
+		Long: `Show one backup in full (ID, or latest for the newest done one), with the WAL
+range it needs and whether that WAL is archived.
+
+Exit code 1 when the backup is not restorable ("Restorable: NO": not done, or
+WAL it needs is missing), also with --json, whose "restorable", "wal.missing"
+and "backup.error" hold the detail; 0 when it is restorable.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, b, err := openArchiveToRead(cmd)
 			if err != nil {
@@ -130,9 +136,17 @@ func newShowBackupCommand() *cobra.Command {
 			}
 			detail := backupDetail{Backup: d, WAL: wc, Restorable: d.Status == catalog.StatusDone && err == nil && len(wc.Missing) == 0}
 			if asJSON {
-				return printJSON(cmd.OutOrStdout(), detail)
+				err = printJSON(cmd.OutOrStdout(), detail)
+			} else {
+				err = printBackup(cmd.OutOrStdout(), detail)
 			}
-			return printBackup(cmd.OutOrStdout(), detail)
+			if err != nil {
+				return err
+			}
+			if !detail.Restorable {
+				return exitCodeError{code: exitFailure, err: fmt.Errorf("backup %s is not restorable", d.ID)}
+			}
+			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
@@ -238,7 +252,7 @@ func newVerifyBackupCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			bar := newProgressBar(cmd.OutOrStdout(), "verifying "+d.ID, !asJSON)
+			bar := newProgressBar(cmd, "verifying "+d.ID, !asJSON)
 			report, err := backup.Verify(cmd.Context(), b, cfg.ClusterName, d, bar.Update)
 			bar.Done()
 			if err != nil && len(report.Problems) == 0 {
@@ -248,7 +262,7 @@ func newVerifyBackupCommand() *cobra.Command {
 			// restore cannot start without it.
 			var walReport walfetch.Report
 			if d.Status == catalog.StatusDone {
-				walBar := newProgressBar(cmd.OutOrStdout(), "verifying the WAL of "+d.ID, !asJSON)
+				walBar := newProgressBar(cmd, "verifying the WAL of "+d.ID, !asJSON)
 				walReport, err = walfetch.VerifyBackupWAL(cmd.Context(), b, cfg.ClusterName, d, walBar.Update)
 				walBar.Done()
 				if err != nil {
@@ -259,6 +273,9 @@ func newVerifyBackupCommand() *cobra.Command {
 				}
 			}
 			if asJSON {
+				if report.Problems == nil {
+					report.Problems = []string{}
+				}
 				if jerr := printJSON(cmd.OutOrStdout(), report); jerr != nil {
 					return jerr
 				}

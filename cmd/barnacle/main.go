@@ -88,6 +88,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return ec.code
 	}
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		// A signal (Ctrl-C, SIGTERM) ended the command: say so, not
+		// "context canceled", and keep what to do about it.
+		msg := "interrupted"
+		var h hintError
+		if errors.As(err, &h) {
+			msg += "\n" + h.hint
+		}
+		fmt.Fprintln(stderr, "barnacle:", msg)
+		return exitFailure
+	}
 	fmt.Fprintln(stderr, "barnacle:", err)
 	var ue usageError
 	switch {

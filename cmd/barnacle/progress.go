@@ -8,27 +8,61 @@ import (
 	"time"
 
 	"github.com/mattn/go-isatty"
+	"github.com/spf13/cobra"
 )
 
-// progressBar draws bytes done, total, rate and ETA on one terminal line.
-// It draws nothing when w is not a terminal, so scripts and --json output
-// stay clean.
+// progressBar draws bytes done, total, rate and ETA on one line of
+// standard error, like pg_basebackup --progress, so that standard output
+// keeps only the result (and --json only JSON). It draws nothing when
+// standard error is not a terminal, with --json, or with -q. Log lines
+// written meanwhile through newLogger go above it (lineGuard), never onto
+// its line.
 type progressBar struct {
-	w     io.Writer
+	g     *lineGuard
 	label string
 	on    bool
 	start time.Time
 
-	mu   sync.Mutex
-	last time.Time
+	mu      sync.Mutex
+	last    time.Time
+	updated bool
+	// waiting is drawn until the first Update: what the command waits for
+	// before any byte moves (a spread checkpoint can take minutes).
+	waiting string
+	// atEnd is added to the line once done reaches total: what the command
+	// still waits for with every byte moved.
+	atEnd string
 }
 
-func newProgressBar(w io.Writer, label string, enabled bool) *progressBar {
+// newProgressBar returns cmd's progress bar; enabled false (--json) turns
+// it off, as do -q and a standard error that is not a terminal.
+func newProgressBar(cmd *cobra.Command, label string, enabled bool) *progressBar {
+	w := cmd.ErrOrStderr()
 	on := false
-	if f, ok := w.(*os.File); ok && enabled {
+	if f, ok := w.(*os.File); ok && enabled && !quietFlag(cmd) {
 		on = isatty.IsTerminal(f.Fd())
 	}
-	return &progressBar{w: w, label: label, on: on, start: time.Now()}
+	return &progressBar{g: guardFor(w), label: label, on: on, start: time.Now()}
+}
+
+// Waiting draws what the command waits for before its first Update.
+func (p *progressBar) Waiting(text string) {
+	if !p.on {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.waiting = text
+	if !p.updated {
+		p.g.draw(p.label + ": " + text)
+	}
+}
+
+// AtEnd sets what the line says once done reaches total.
+func (p *progressBar) AtEnd(text string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.atEnd = text
 }
 
 // Update redraws the line at most ten times a second. total may be 0 when
@@ -40,14 +74,18 @@ func (p *progressBar) Update(done, total int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := time.Now()
-	if now.Sub(p.last) < 100*time.Millisecond && (total == 0 || done < total) {
+	if p.updated && now.Sub(p.last) < 100*time.Millisecond && (total <= 0 || done < total) {
 		return
 	}
-	p.last = now
-	elapsed := now.Sub(p.start).Seconds()
+	p.updated, p.last = true, now
+	p.g.draw(p.line(done, total, now.Sub(p.start)))
+}
+
+// line is the bar's text after elapsed with done of total bytes.
+func (p *progressBar) line(done, total int64, elapsed time.Duration) string {
 	rate := 0.0
-	if elapsed > 0 {
-		rate = float64(done) / elapsed
+	if s := elapsed.Seconds(); s > 0 {
+		rate = float64(done) / s
 	}
 	line := fmt.Sprintf("%s %s", p.label, humanBytes(done))
 	if total > 0 {
@@ -62,20 +100,69 @@ func (p *progressBar) Update(done, total int64) {
 				bar[i] = ' '
 			}
 		}
-		line = fmt.Sprintf("%s [%s] %3.0f%% %s / %s", p.label, bar, pct*100, humanBytes(done), humanBytes(total))
+		line = fmt.Sprintf("%s [%s] %3.0f%% %s / %s", p.label, bar, min(pct, 1)*100, humanBytes(done), humanBytes(total))
 		if rate > 0 && done < total {
 			eta := time.Duration(float64(total-done)/rate) * time.Second
 			line += fmt.Sprintf(" ETA %s", eta.Round(time.Second))
 		}
 	}
 	line += fmt.Sprintf(" %s/s", humanBytes(int64(rate)))
-	fmt.Fprintf(p.w, "\r\033[K%s", line)
+	if total > 0 && done >= total && p.atEnd != "" {
+		line += "; " + p.atEnd
+	}
+	return line
 }
 
 // Done ends the line.
 func (p *progressBar) Done() {
 	if p.on {
-		fmt.Fprintln(p.w)
+		p.g.end()
+	}
+}
+
+// lineGuard is one writer (standard error) shared by a progress bar and
+// the logger. A log line clears the bar's line, is written, and the bar is
+// drawn again below it, so the two never mix on one line.
+type lineGuard struct {
+	mu  sync.Mutex
+	w   io.Writer
+	bar string // the bar's line as drawn now, "" when none
+}
+
+// guards holds the lineGuard of each writer the process draws on.
+var guards sync.Map // io.Writer -> *lineGuard
+
+func guardFor(w io.Writer) *lineGuard {
+	g, _ := guards.LoadOrStore(w, &lineGuard{w: w})
+	return g.(*lineGuard)
+}
+
+// Write writes a log line above the bar.
+func (g *lineGuard) Write(b []byte) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.bar == "" {
+		return g.w.Write(b)
+	}
+	fmt.Fprint(g.w, "\r\033[K")
+	n, err := g.w.Write(b)
+	fmt.Fprint(g.w, g.bar)
+	return n, err
+}
+
+func (g *lineGuard) draw(line string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	fmt.Fprintf(g.w, "\r\033[K%s", line)
+	g.bar = line
+}
+
+func (g *lineGuard) end() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.bar != "" {
+		fmt.Fprintln(g.w)
+		g.bar = ""
 	}
 }
 

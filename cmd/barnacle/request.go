@@ -179,7 +179,10 @@ func newRequestID() string {
 // restore's) into st until it reaches a final state, with a progress bar
 // labelled what. It waits as long as ctx lets it.
 func followStatus[R any](ctx context.Context, cmd *cobra.Command, cli *clientv3.Client, key, what string, quiet bool, st *agent.RequestStatusOf[R]) error {
-	bar := newProgressBar(cmd.OutOrStdout(), what, !quiet)
+	bar := newProgressBar(cmd, what, !quiet)
+	if what == "backup" {
+		bar.AtEnd("waiting for the WAL up to the stop position to be archived")
+	}
 	defer bar.Done()
 	for {
 		resp, err := cli.Get(ctx, key)

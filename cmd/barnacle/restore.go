@@ -31,6 +31,7 @@ type restoreFlags struct {
 	tablespaceMap                    []string
 	parallel                         int
 	timeout                          time.Duration
+	owner                            string
 }
 
 func newRestoreCommand() *cobra.Command {
@@ -104,6 +105,11 @@ commits at it is kept); --target-exclusive stops just before it.`,
 				return err
 			}
 			log := newLogger(cfg, cmd.ErrOrStderr())
+			own, err := decideOwner(os.Geteuid(), req.TargetDir, f.owner)
+			if err != nil {
+				return usageError{err}
+			}
+			req.Owner = own.Owner
 			b, err := backends.OpenReadOnly(cmd.Context(), cfg.ArchiveURL)
 			if err != nil {
 				return err // names archive-url
@@ -112,11 +118,16 @@ commits at it is kept); --target-exclusive stops just before it.`,
 			if err != nil {
 				return err
 			}
-			bar := newProgressBar(cmd.OutOrStdout(), "restore", !f.asJSON)
+			bar := newProgressBar(cmd, "restore", !f.asJSON)
 			res, err := p.Run(cmd.Context(), b, log, bar.Update)
 			bar.Done()
 			if err != nil {
-				return err
+				return restoreFailed(err, res, req.TargetDir, cmd.Context().Err() != nil)
+			}
+			if own.Warning != "" {
+				// Once the files are there, before the operator starts
+				// PostgreSQL on them.
+				log.Warn("restored files will not be startable as they are", "warning", own.Warning)
 			}
 			if f.asJSON {
 				return printJSON(cmd.OutOrStdout(), res)
@@ -131,6 +142,9 @@ commits at it is kept); --target-exclusive stops just before it.`,
 			}
 			for _, n := range res.Notes {
 				fmt.Fprintf(w, "  note: %s\n", n)
+			}
+			if own.Note != "" {
+				fmt.Fprintf(w, "  note: %s\n", own.Note)
 			}
 			if f.dataOnly {
 				fmt.Fprintln(w, "next: the caller writes recovery.signal and restore_command (Stolon's keeper does)")
@@ -155,6 +169,7 @@ commits at it is kept); --target-exclusive stops just before it.`,
 	fl.BoolVar(&f.dataOnly, "data-only", false, "restore only the files: no recovery.signal or settings (Stolon's dataRestoreCommand)")
 	fl.StringArrayVar(&f.tablespaceMap, "tablespace-map", nil, "restore tablespace OID into DIR instead of its recorded location (OID=DIR, repeatable)")
 	fl.IntVar(&f.parallel, "parallel", restore.DefaultParallel, "archives unpacked at once")
+	fl.StringVar(&f.owner, "owner", "", "as root: give the restored files to USER[:GROUP], the OS user PostgreSQL runs as (default as root: the owner of --target-dir or of its nearest existing parent)")
 	fl.BoolVar(&f.viaEtcd, "via-etcd", false, "ask the agent beside --keeper to restore, through an etcd request")
 	fl.StringVar(&f.keeper, "keeper", "", "with --via-etcd: the Stolon keeper UID whose agent restores")
 	fl.DurationVar(&f.timeout, "timeout", 0, "with --via-etcd: give up after this long (0 = no limit); an unclaimed request is then withdrawn")
@@ -227,6 +242,9 @@ func parseTablespaceMap(pairs []string) (map[uint32]string, error) {
 func restoreViaEtcd(cmd *cobra.Command, f restoreFlags) error {
 	if f.keeper == "" {
 		return usageError{errors.New("--via-etcd needs --keeper, the Stolon keeper UID whose agent restores")}
+	}
+	if f.owner != "" {
+		return usageError{errors.New("--owner is for a local restore; through etcd the agent restores as the OS user it runs as")}
 	}
 	if _, err := f.request(); err != nil {
 		return usageError{err}

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/mattn/go-isatty"
@@ -18,14 +20,16 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		Use:   "barnacle",
 		Short: "Continuous backup and point-in-time recovery for Stolon-managed PostgreSQL",
 		Long: `barnacle streams WAL from the current Stolon master into an archive, follows the
-master through failovers, and takes and verifies base backups (restore is not
-built yet). Run 'barnacle agent' as a sidecar beside every Stolon keeper; the
-other commands are for operators.
+master through failovers, takes and verifies base backups, and restores them
+to a point in time. Run 'barnacle agent' as a sidecar beside every Stolon
+keeper; the other commands are for operators.
 
 Configuration comes from --config FILE (YAML), then BARNACLE_<KEY> environment
 variables, then flags, later ones winning. Keys and flags share names
 (cluster-name, store-endpoints, ...). Exit codes: 0 success, 1 failure,
-2 bad usage or configuration.`,
+2 bad usage or configuration (status and show-backup also exit 1 when they
+report a problem).`,
+		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		// With Args set, cobra hands an unknown subcommand to the root
@@ -33,15 +37,28 @@ variables, then flags, later ones winning. Keys and flags share names
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return usageError{fmt.Errorf("unknown command %q", args[0])}
+				msg := fmt.Sprintf("unknown command %q", args[0])
+				if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+					msg += fmt.Sprintf("; did you mean %q?", s[0])
+				}
+				return usageError{errors.New(msg)}
 			}
 			return cmd.Help()
 		},
 	}
+	root.SuggestionsMinimumDistance = 2
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.SetVersionTemplate(versionLine() + "\n")
+	root.SetUsageTemplate(usageTemplate)
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		if s := suggestFlag(cmd, err); s != "" {
+			err = fmt.Errorf("%w; did you mean --%s?", err, s)
+		}
+		return usageError{err}
+	})
 	root.PersistentFlags().String("config", "", "YAML configuration file")
+	root.PersistentFlags().BoolP("quiet", "q", false, "for scripts: no progress bar and no informational log lines (log-level warn unless --log-level is given)")
 	for _, k := range config.Keys() {
 		if k.Boolean {
 			root.PersistentFlags().Bool(k.Name, k.Default == "true", k.Help)
@@ -69,6 +86,80 @@ variables, then flags, later ones winning. Keys and flags share names
 		c.Args = wrapArgs(c.Args)
 	}
 	return root
+}
+
+// usageTemplate is cobra's default with the global flags (--config and a
+// flag per configuration key, some 40 lines) listed once, under
+// 'barnacle --help', instead of under every subcommand's own flags.
+const usageTemplate = `Usage:{{if .Runnable}}
+  {{.UseLine}}{{end}}{{if .HasAvailableSubCommands}}
+  {{.CommandPath}} [command]{{end}}{{if gt (len .Aliases) 0}}
+
+Aliases:
+  {{.NameAndAliases}}{{end}}{{if .HasExample}}
+
+Examples:
+{{.Example}}{{end}}{{if .HasAvailableSubCommands}}
+
+Available Commands:{{range .Commands}}{{if (or .IsAvailableCommand (eq .Name "help"))}}
+  {{rpad .Name .NamePadding }} {{.Short}}{{end}}{{end}}{{end}}{{if .HasAvailableLocalFlags}}
+
+Flags:
+{{.LocalFlags.FlagUsages | trimTrailingWhitespaces}}{{end}}{{if .HasAvailableInheritedFlags}}
+
+Global Flags:
+  --config FILE, and a flag per configuration key (--cluster-name, --archive-url,
+  --store-endpoints, --pg-user, ...): 'barnacle --help' lists them with their defaults{{end}}{{if .HasAvailableSubCommands}}
+
+Use "{{.CommandPath}} [command] --help" for more information about a command.{{end}}
+`
+
+// suggestFlag returns the name of the flag closest to the unknown long
+// flag in err, or "" when none is close.
+func suggestFlag(cmd *cobra.Command, err error) string {
+	var ne *pflag.NotExistError
+	if !errors.As(err, &ne) {
+		return ""
+	}
+	bad := ne.GetSpecifiedName()
+	if ne.GetSpecifiedShortnames() != "" || bad == "" {
+		return "" // -x: one letter is too little to guess from
+	}
+	best, bestDist := "", 3 // at most two edits away
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if f.Hidden {
+			return
+		}
+		d := editDistance(bad, f.Name)
+		if strings.HasPrefix(f.Name, bad) && len(bad) >= 3 {
+			d = min(d, 1)
+		}
+		if d < bestDist {
+			best, bestDist = f.Name, d
+		}
+	})
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // wrapArgs turns cobra's argument-count errors into usage errors.
@@ -100,11 +191,21 @@ func loadConfig(cmd *cobra.Command, needs config.Needs) (config.Config, error) {
 			flags[f.Name] = f.Value.String()
 		}
 	})
+	if _, set := flags["log-level"]; quietFlag(cmd) && !set {
+		flags["log-level"] = "warn"
+	}
 	return config.Load(config.Sources{File: file, Flags: flags}, needs)
 }
 
+// quietFlag reports -q.
+func quietFlag(cmd *cobra.Command) bool {
+	q, _ := cmd.Flags().GetBool("quiet")
+	return q
+}
+
 // newLogger builds the root logger: text on a terminal (colored), JSON with
-// log-format json.
+// log-format json. It writes through w's lineGuard, so that its lines
+// never land on a progress bar's line.
 func newLogger(cfg config.Config, w io.Writer) hclog.Logger {
 	color := hclog.ColorOff
 	if f, ok := w.(*os.File); ok && isatty.IsTerminal(f.Fd()) && cfg.LogFormat == "text" {
@@ -114,7 +215,7 @@ func newLogger(cfg config.Config, w io.Writer) hclog.Logger {
 		Name:       "barnacle",
 		Level:      hclog.LevelFromString(cfg.LogLevel),
 		JSONFormat: cfg.LogFormat == "json",
-		Output:     w,
+		Output:     guardFor(w),
 		Color:      color,
 	})
 }

@@ -34,7 +34,11 @@ timeline (from the oldest done backup's stop point to the end of the WAL
 archived without a hole), the last backup, recorded WAL gaps, and how far
 the archive is behind the master. Needs cluster-name and store-endpoints;
 the archive part needs archive-url, and the lag asks the master with the
-pg-* settings (else it uses the leader's record).`,
+pg-* settings (else it uses the leader's record).
+
+Exit code 1 when it reports a problem (the Problems list, or an archive-url
+that cannot be read), also with --json, whose "problems" list and
+"archive.error" hold the detail; 0 otherwise.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(cmd, config.Needs{Keys: []string{"cluster-name", "store-endpoints"}})
 			if err != nil {
@@ -55,12 +59,21 @@ pg-* settings (else it uses the leader's record).`,
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
-				return enc.Encode(out)
+				if err := enc.Encode(out); err != nil {
+					return err
+				}
+			} else {
+				if err := printReport(cmd.OutOrStdout(), r); err != nil {
+					return err
+				}
+				if err := printArchiveStatus(cmd.OutOrStdout(), out.Archive); err != nil {
+					return err
+				}
 			}
-			if err := printReport(cmd.OutOrStdout(), r); err != nil {
-				return err
+			if n := out.problems(); n > 0 {
+				return exitCodeError{code: exitFailure, err: fmt.Errorf("status reports %d problem(s)", n)}
 			}
-			return printArchiveStatus(cmd.OutOrStdout(), out.Archive)
+			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
@@ -132,6 +145,17 @@ type statusOutput struct {
 	Archive archiveStatus `json:"archive"`
 }
 
+// problems counts what status reports as wrong, for its exit code: the
+// report's problems and an archive that could not be read. An unset
+// archive-url is a hint, not a problem: status works without it.
+func (o statusOutput) problems() int {
+	n := len(o.Problems)
+	if o.Archive.Error != "" && !o.Archive.unset {
+		n++
+	}
+	return n
+}
+
 func printArchiveStatus(w io.Writer, a archiveStatus) error {
 	fmt.Fprintln(w)
 	switch {
@@ -191,6 +215,8 @@ type archiveStatus struct {
 	LastBackup *lastBackup      `json:"lastBackup,omitempty"`
 	Gaps       []catalog.Gap    `json:"gaps"`
 	Lag        *archiveLag      `json:"lag,omitempty"`
+	// unset: Error only says that archive-url is not set.
+	unset bool
 }
 
 // timelineWindow is the range of WAL positions on one timeline that the
@@ -239,6 +265,7 @@ func readArchiveStatus(ctx context.Context, cfg config.Config, r coordinator.Rep
 	st.Lag = readLag(ctx, cfg, r)
 	if cfg.ArchiveURL == "" {
 		st.Error = "archive-url is not set: set it to show the recoverable window, the last backup and gaps"
+		st.unset = true
 		return st
 	}
 	b, err := backends.OpenReadOnly(ctx, cfg.ArchiveURL)

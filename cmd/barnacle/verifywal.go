@@ -44,7 +44,7 @@ The archive is opened read-only.`,
 					return usageError{err}
 				}
 			}
-			bar := newProgressBar(cmd.ErrOrStderr(), "verifying WAL", true)
+			bar := newProgressBar(cmd, "verifying WAL", true)
 			report, err := walfetch.VerifyWAL(cmd.Context(), b, cfg.ClusterName, start, bar.Update)
 			bar.Done()
 			if err != nil {

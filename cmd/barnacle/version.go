@@ -12,8 +12,13 @@ func newVersionCommand() *cobra.Command {
 		Use:   "version",
 		Short: "Print barnacle's version",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, err := fmt.Fprintf(cmd.OutOrStdout(), "barnacle %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), versionLine())
 			return err
 		},
 	}
+}
+
+// versionLine is what barnacle version and barnacle --version print.
+func versionLine() string {
+	return fmt.Sprintf("barnacle %s (%s, %s/%s)", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }

@@ -226,6 +226,11 @@ var (
 // run takes the backup and waits for its WAL; any error fails the backup.
 func (t *taker) run(ctx context.Context, conn *pgconn.PgConn) error {
 	t.ctx, t.total = ctx, -1
+	// The server checkpoints before it sends anything; a spread one
+	// (not Fast) lasts checkpoint_completion_target of checkpoint_timeout,
+	// minutes in which nothing else would be said (pg_basebackup says
+	// "waiting for checkpoint" too).
+	t.log.Info("waiting for checkpoint", "fast", t.opts.Fast)
 	// PROGRESS costs the server one pass of stat calls over the data
 	// directory before it sends anything, no reads: small beside the
 	// backup, and it gives the progress bar and status key their total.
@@ -250,6 +255,7 @@ func (t *taker) run(ctx context.Context, conn *pgconn.PgConn) error {
 	if err := t.put(ctx); err != nil {
 		return err
 	}
+	t.log.Info("backup data stored, waiting for its WAL to be archived", "stop_lsn", res.Stop.LSN.String(), "timeline", res.Stop.Timeline)
 	if err := t.waitWAL(ctx, res.Stop); err != nil {
 		return err
 	}

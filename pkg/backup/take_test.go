@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -197,7 +198,9 @@ func testDone(t *testing.T, env *testEnv, alg, manifestChecksums string) catalog
 	var progress [][2]int64
 	stopWrites := env.writeWhile(t)
 	start := time.Now()
+	var logs bytes.Buffer // written by Take's goroutine only, read after it returns
 	doc, err := Take(ctx, conn, Options{
+		Logger:            hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info}),
 		Backend:           env.main.b,
 		Cluster:           testCluster,
 		Compression:       alg,
@@ -214,6 +217,14 @@ func testDone(t *testing.T, env *testEnv, alg, manifestChecksums string) catalog
 	require.NoError(t, stopWrites())
 	require.NoError(t, err)
 	t.Logf("%s backup %s took %s: %d bytes, %d stored", alg, doc.ID, took, doc.Bytes, doc.StoredBytes)
+
+	// Each wait is said as it begins: the checkpoint (minutes when
+	// spread), then the WAL after the data.
+	out := logs.String()
+	iCheckpoint := strings.Index(out, "waiting for checkpoint")
+	iData := strings.Index(out, "checkpoint done, receiving backup")
+	iWAL := strings.Index(out, "backup data stored, waiting for its WAL to be archived")
+	assert.True(t, iCheckpoint >= 0 && iCheckpoint < iData && iData < iWAL, "log:\n%s", out)
 
 	// The document.
 	assert.Equal(t, catalog.StatusDone, doc.Status)

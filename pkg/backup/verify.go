@@ -50,13 +50,13 @@ func ignored(p string) bool {
 type VerifyReport struct {
 	// Files is the number of regular files read from the archives and
 	// compared with the manifest; Bytes their total size.
-	Files int
-	Bytes int64
+	Files int   `json:"files"`
+	Bytes int64 `json:"bytes"`
 	// Problems describes each mismatch, one line each, starting with the
 	// stored object it was found in ("base.tar.zst: global/pg_control:
 	// checksum mismatch ..."). Damage to a stored object itself comes
 	// before what it caused in the files inside it.
-	Problems []string
+	Problems []string `json:"problems"`
 }
 
 // Verify re-reads every stored file of backup doc and checks it:

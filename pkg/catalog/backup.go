@@ -408,11 +408,11 @@ func DeleteBackup(ctx context.Context, b storage.Backend, cluster, id string, fo
 	if !force {
 		switch {
 		case readErr != nil && !errors.Is(readErr, ErrNoBackup):
-			return fmt.Errorf("delete backup %s: %w (use force to delete it anyway)", id, readErr)
+			return fmt.Errorf("delete backup %s: %w (use --force to delete it anyway)", id, readErr)
 		case readErr == nil && doc.Keep:
-			return fmt.Errorf("delete backup %s: %w: release it first (keep --release) or force", id, ErrBackupKept)
+			return fmt.Errorf("delete backup %s: %w: release it first (barnacle keep --release %s) or use --force", id, ErrBackupKept, id)
 		case readErr == nil && doc.Status == StatusRunning:
-			return fmt.Errorf("delete backup %s: %w: wait for it to end or force", id, ErrBackupRunning)
+			return fmt.Errorf("delete backup %s: %w: wait for it to end or use --force", id, ErrBackupRunning)
 		}
 	}
 	prefix := BackupPrefix(cluster, id)

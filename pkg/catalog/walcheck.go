@@ -15,13 +15,14 @@ import (
 type WALCheck struct {
 	// First and Last are the file names of the first and last segment
 	// needed (bare names, no suffix).
-	First, Last string
+	First string `json:"first"`
+	Last  string `json:"last"`
 	// Missing lists what is absent: bare segment names, oldest first, or
 	// the stop timeline's history file (then alone, because without it the
 	// segments' timelines cannot be known).
-	Missing []string
+	Missing []string `json:"missing"`
 	// Present counts the needed segments found.
-	Present int
+	Present int `json:"present"`
 	// Stored are the objects that hold the needed segments found, oldest
 	// first, for a caller that reads them (not part of the JSON shape).
 	Stored []StoredSegment `json:"-"`

@@ -104,9 +104,10 @@ const (
 	NagiosCritical = 2
 )
 
-// WriteNagios writes Barman's Nagios plugin output for one server, with
-// BARNACLE in place of BARMAN, and returns the plugin exit code. All OK:
-// "BARNACLE OK - Ready to serve the Espresso backup for <cluster>".
+// WriteNagios writes Nagios plugin output in the shape of Barman's
+// ("<TOOL> <STATUS> - <text>", so that what parses Barman's parses it) and
+// returns the plugin exit code. All OK: "BARNACLE OK - cluster <cluster>:
+// all <n> checks passed" (barnacle's own words, not Barman's).
 // Otherwise the first line is "BARNACLE CRITICAL - server <cluster> has
 // issues * <cluster> FAILED: <check>, <check>" and each failed check
 // follows on its own line as "<cluster>.<check>: FAILED (hint)", Nagios's
@@ -121,7 +122,7 @@ func WriteNagios(w io.Writer, cluster string, results []Result) (int, error) {
 	var b strings.Builder
 	code := NagiosOK
 	if len(failed) == 0 {
-		fmt.Fprintf(&b, "BARNACLE OK - Ready to serve the Espresso backup for %s\n", cluster)
+		fmt.Fprintf(&b, "BARNACLE OK - cluster %s: all %d checks passed\n", cluster, len(results))
 	} else {
 		code = NagiosCritical
 		names := make([]string, len(failed))

@@ -3,6 +3,7 @@ package check
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -27,7 +28,7 @@ func TestRender(t *testing.T) {
 		code, err := WriteNagios(&b, "main", ok)
 		require.NoError(t, err)
 		assert.Equal(t, NagiosOK, code)
-		assert.Equal(t, "BARNACLE OK - Ready to serve the Espresso backup for main\n", b.String())
+		assert.Equal(t, fmt.Sprintf("BARNACLE OK - cluster main: all %d checks passed\n", len(ok)), b.String())
 	})
 	t.Run("nagios critical", func(t *testing.T) {
 		var b bytes.Buffer

@@ -194,3 +194,54 @@ func TestPGConnString(t *testing.T) {
 	assert.Contains(t, got, "dbname='postgres'")
 	assert.NotContains(t, got, "replication")
 }
+
+// TestEnumeratedKeysListTheirValuesInHelp: a key that accepts one of a few
+// values names them all in its help (barnacle --help), found from the error
+// a bad value gets ("use one of a, b, c").
+func TestEnumeratedKeysListTheirValuesInHelp(t *testing.T) {
+	enumerated := 0
+	for _, k := range Keys() {
+		if k.Boolean {
+			continue
+		}
+		_, err := Load(Sources{Env: noEnv, Flags: map[string]string{k.Name: "no-such-value"}}, Needs{})
+		if err == nil {
+			continue
+		}
+		_, values, ok := strings.Cut(err.Error(), "use one of ")
+		if !ok {
+			continue
+		}
+		enumerated++
+		values, _, _ = strings.Cut(values, "\n")
+		for _, v := range strings.Split(values, ", ") {
+			assert.Contains(t, k.Help, v, "--%s's help should list %q", k.Name, v)
+		}
+	}
+	assert.GreaterOrEqual(t, enumerated, 5, "leader-policy, slot-mode, compression, backup-from, log-level, log-format, ...")
+}
+
+// TestRefusedValueIsNotAlsoRequired: a required key whose value is
+// refused gets that error only, not a second, false "required"; an S3 URL
+// without a bucket is quoted as it was written.
+func TestRefusedValueIsNotAlsoRequired(t *testing.T) {
+	for _, tc := range []struct{ url, want string }{
+		{"ftp://x/y", `unsupported scheme in "ftp://x/y"`},
+		{"s3://", `invalid S3 URL "s3://": name the bucket`},
+		{"s3:bucket/x", `invalid S3 URL "s3:bucket/x": name the bucket`},
+		{"s3://key:secret@/x", `credentials do not belong in the URL`},
+	} {
+		t.Run(tc.url, func(t *testing.T) {
+			_, err := Load(Sources{Env: noEnv, Flags: map[string]string{"archive-url": tc.url, "cluster-name": "c"}},
+				Needs{Keys: []string{"cluster-name", "archive-url"}})
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+			assert.NotContains(t, err.Error(), "required")
+			assert.NotContains(t, err.Error(), "secret")
+			assert.Equal(t, 1, strings.Count(err.Error(), "archive-url (flag --archive-url)"), "one error for archive-url: %v", err)
+		})
+	}
+	_, err := Load(Sources{Env: noEnv, Flags: map[string]string{"cluster-name": "c"}}, Needs{Keys: []string{"cluster-name", "archive-url"}})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "archive-url: required", "an unset key is still required")
+}

@@ -203,11 +203,14 @@ var keys = func() []key {
 		case err != nil:
 			return fmt.Errorf("invalid URL %q: %v", v, err)
 		case u.Scheme == "s3":
-			if u.Host == "" {
-				return fmt.Errorf("invalid S3 URL %q: name the bucket, s3://bucket/prefix?endpoint=https://host:port&region=r", u.Redacted())
-			}
+			// Credentials are checked first, so that the other
+			// messages may quote the URL as it was given: u.Redacted()
+			// of "s3://" is "s3:", which the user never wrote.
 			if u.User != nil {
 				return fmt.Errorf("invalid S3 URL %q: credentials do not belong in the URL; use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a credentials file", u.Redacted())
+			}
+			if u.Host == "" {
+				return fmt.Errorf("invalid S3 URL %q: name the bucket, s3://bucket/prefix?endpoint=https://host:port&region=r", v)
 			}
 		case u.Scheme != "file":
 			return fmt.Errorf("unsupported scheme in %q: use file:///absolute/path or s3://bucket/prefix", v)
@@ -232,7 +235,7 @@ var keys = func() []key {
 	bs, bg = boolean(func(c *Config) *bool { return &c.Synchronous })
 	addBool("synchronous", "report the flushed position to PostgreSQL right after every write to the archive (for synchronous_standby_names)", bs, bg)
 	s, g = oneOf(func(c *Config) *string { return &c.Compression }, "none", "zstd", "lz4")
-	add("compression", "compression of archived WAL segments and base backups", s, g)
+	add("compression", "compression of archived WAL segments and base backups: none, zstd or lz4", s, g)
 	add("backup-schedule", "when the leader takes base backups: an interval (24h: when the newest backup is older) or a cron expression in UTC (\"0 2 * * *\", @daily); empty: only on request", func(c *Config, v string) error {
 		sc, err := ParseSchedule(v)
 		if err != nil {
@@ -296,8 +299,8 @@ var keys = func() []key {
 		return nil
 	}, func(c *Config) string { return c.MetricsListenAddress })
 	s, g = oneOf(func(c *Config) *string { return &c.LogLevel }, "trace", "debug", "info", "warn", "error")
-	add("log-level", "log level", s, g)
+	add("log-level", "log level: trace, debug, info, warn or error", s, g)
 	s, g = oneOf(func(c *Config) *string { return &c.LogFormat }, "text", "json")
-	add("log-format", "log format", s, g)
+	add("log-format", "log format: text (colored on a terminal) or json (for log collectors)", s, g)
 	return ks
 }()

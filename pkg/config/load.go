@@ -80,7 +80,16 @@ func Load(src Sources, needs Needs) (Config, error) {
 		}
 		errs = append(errs, apply(&c, k, v, "flag --"+name))
 	}
-	errs = append(errs, c.validate(needs)...)
+	// A key whose value was refused is unset now; saying it is also
+	// "required" would contradict the error just given for it.
+	refused := map[string]bool{}
+	for _, err := range errs {
+		var ce *Error
+		if errors.As(err, &ce) {
+			refused[ce.Key] = true
+		}
+	}
+	errs = append(errs, c.validate(needs, refused)...)
 	if err := errors.Join(errs...); err != nil {
 		return Config{}, err
 	}
@@ -172,7 +181,7 @@ func unknownKeyHint(name string) string {
 	if best != "" {
 		return fmt.Sprintf("unknown key; did you mean %q?", best)
 	}
-	return "unknown key; run 'barnacle agent --help' for the list of keys"
+	return "unknown key; run 'barnacle --help' for the list of keys"
 }
 
 func editDistance(a, b string) int {
@@ -198,15 +207,15 @@ func editDistance(a, b string) int {
 var hostnameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9_.-]*[a-z0-9])?$`)
 
 // validate checks what single values cannot: required keys and the rules
-// between keys.
-func (c *Config) validate(needs Needs) []error {
+// between keys. A required key in refused already has its error.
+func (c *Config) validate(needs Needs, refused map[string]bool) []error {
 	var errs []error
 	for _, name := range needs.Keys {
 		k, ok := lookupKey(name)
 		if !ok {
 			panic("config: required key " + name + " is not a key")
 		}
-		if k.get(c) == "" {
+		if k.get(c) == "" && !refused[name] {
 			errs = append(errs, &Error{Key: name, Problem: fmt.Sprintf("required; set %q in the config file, %s, or --%s", name, EnvName(name), name)})
 		}
 	}

@@ -75,21 +75,21 @@ type Options struct {
 
 // Result is what Restore did.
 type Result struct {
-	BackupID  string
-	TargetDir string
+	BackupID  string `json:"backupID"`
+	TargetDir string `json:"targetDir"`
 	// Tablespaces maps each tablespace OID to the directory it was
 	// restored into.
-	Tablespaces map[uint32]string
+	Tablespaces map[uint32]string `json:"tablespaces,omitempty"`
 	// MovedAside maps each destination that was not empty (Force) to the
 	// directory its old contents were moved to.
-	MovedAside map[string]string
+	MovedAside map[string]string `json:"movedAside,omitempty"`
 	// Bytes is the uncompressed archive bytes read; Files the regular
 	// files written.
-	Bytes int64
-	Files int
+	Bytes int64 `json:"bytes"`
+	Files int   `json:"files"`
 	// Notes are things the operator should know, e.g. that the
 	// postgresql.auto.conf symbolic link was replaced by a file.
-	Notes []string
+	Notes []string `json:"notes,omitempty"`
 }
 
 // ObjectError is a failure to fetch, verify, decompress or unpack one stored
@@ -459,7 +459,14 @@ func fetchObject(ctx context.Context, b storage.Backend, prefix string, a archiv
 			return objErr(member, err)
 		}
 		if cerr := drainRaw(err); cerr != nil {
-			return errors.Join(cerr, objErr(member, err))
+			// The damage (cerr) is the cause; what it broke on the way
+			// is said once, after it, not as a second "restore: object"
+			// error that reads like the same failure printed twice.
+			what := "it"
+			if member != "" {
+				what = fmt.Sprintf("member %q", member)
+			}
+			return fmt.Errorf("%w (which also broke reading %s: %w)", cerr, what, err)
 		}
 		return objErr(member, err)
 	}

@@ -96,6 +96,10 @@ func Prepare(ctx context.Context, b storage.Backend, req Request) (Prepared, err
 	if err != nil {
 		return p, fmt.Errorf("restore: read the recorded gaps: %w", err)
 	}
+	p.Windows = RecoverableWindows(in, gaps)
+	if err := lastArchiveTimes(ctx, b, req.Cluster, in.WALSegmentSize, p.Windows); err != nil {
+		return p, err
+	}
 	if req.Backup != "" {
 		doc, err := catalog.ResolveBackup(ctx, b, req.Cluster, req.Backup)
 		switch {
@@ -112,16 +116,19 @@ func Prepare(ctx context.Context, b storage.Backend, req Request) (Prepared, err
 	} else {
 		doc, err := ChooseBackup(in.Backups, in.Histories, req.Target, req.Timeline)
 		if err != nil {
+			// A time or LSN target before the first backup (or past the
+			// archive) is answered with the recoverable windows, which
+			// say what can be asked for; the backups rejected one by one
+			// say less.
+			if werr := CheckTarget(req.Target, req.Timeline, p.Windows, gaps); werr != nil {
+				return reject(werr)
+			}
 			return reject(err)
 		}
 		p.Backup = doc
 	}
 	if err := checkTablespaceMap(req.TablespaceMap, p.Backup); err != nil {
 		return reject(err)
-	}
-	p.Windows = RecoverableWindows(in, gaps)
-	if err := lastArchiveTimes(ctx, b, req.Cluster, in.WALSegmentSize, p.Windows); err != nil {
-		return p, err
 	}
 	if err := CheckTarget(req.Target, req.Timeline, p.Windows, gaps); err != nil {
 		return reject(err)

@@ -74,7 +74,7 @@ func inspectDir(dir, what string, force bool, tablespace bool) (destination, err
 	if len(entries) > 0 {
 		d.nonEmpty = true
 		if !force {
-			return d, fmt.Errorf("%w: %s %s holds %d entries (first %q); empty it or use force, which moves the old contents aside",
+			return d, fmt.Errorf("%w: %s %s holds %d entries (first %q); empty it or use --force (\"force\": true in an etcd request), which moves the old contents aside",
 				ErrNotEmpty, what, dir, len(entries), entries[0].Name())
 		}
 	}

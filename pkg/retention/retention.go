@@ -107,7 +107,7 @@ const (
 	RuleMinimumRedundancy Rule = "minimum-redundancy" // kept: minimum-redundancy overrides the policy
 	RuleKeep              Rule = "keep"               // kept: marked keep
 	RuleRunning           Rule = "running"            // kept: still running
-	RuleFailedRecent      Rule = "failed-recent"      // kept: failed, but not older than the oldest kept backup
+	RuleFailedRecent      Rule = "failed-recent"      // kept: failed, but not older than the oldest backup the policy keeps
 	RuleNotBackupID       Rule = "not-a-backup-id"    // kept: the directory name is not a backup ID
 	RuleBeyondRedundancy  Rule = "beyond-redundancy"  // deleted
 	RuleOutsideWindow     Rule = "outside-window"     // deleted
@@ -215,11 +215,11 @@ func MakePlan(in Input) Plan {
 		case in.Policy.IsZero():
 			out = append(out, decision(b, RuleFailedRecent, "failed; no retention policy is set"))
 		case oldestPolicyKept != "" && catalog.CompareBackupIDs(b.ID, oldestPolicyKept) < 0:
-			out = append(out, decision(b, RuleFailedOld, "failed and older than the oldest kept backup "+oldestPolicyKept))
+			out = append(out, decision(b, RuleFailedOld, "failed and older than "+oldestPolicyKept+", the oldest backup the policy keeps (backups marked keep aside)"))
 		case oldestPolicyKept == "":
 			out = append(out, decision(b, RuleFailedRecent, "failed; kept while no done backup is kept"))
 		default:
-			out = append(out, decision(b, RuleFailedRecent, "failed, but newer than the oldest kept backup "+oldestPolicyKept+"; kept for inspection"))
+			out = append(out, decision(b, RuleFailedRecent, "failed, but newer than "+oldestPolicyKept+", the oldest backup the policy keeps; kept for inspection"))
 		}
 	}
 	for _, d := range out {

@@ -1,6 +1,7 @@
 package retention
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -160,7 +161,7 @@ func TestMakePlan(t *testing.T) {
 			order:   []string{"20260101T000000", "20260102T000000", "20260103T000000"},
 			walGone: names(segs(1, 1, 4)),
 			checkPlan: func(t *testing.T, p Plan) {
-				assert.Equal(t, "failed and older than the oldest kept backup 20260104T000000", p.Delete[0].Reason)
+				assert.Equal(t, "failed and older than 20260104T000000, the oldest backup the policy keeps (backups marked keep aside)", p.Delete[0].Reason)
 			},
 		},
 		{
@@ -240,6 +241,12 @@ func TestMakePlan(t *testing.T) {
 			floor:   lsn(2, 40),
 			checkPlan: func(t *testing.T, p Plan) {
 				assert.Contains(t, p.Keep[0].Reason, "also marked keep")
+				// 20260101T000000 is kept too, and older: the failed one
+				// is measured against the oldest the policy keeps, and the
+				// reason must not call that "the oldest kept".
+				failed := p.Delete[slices.IndexFunc(p.Delete, func(d Decision) bool { return d.ID == "20260101T120000" })]
+				assert.Equal(t, "failed and older than 20260103T000000, the oldest backup the policy keeps (backups marked keep aside)", failed.Reason)
+				assert.NotContains(t, failed.Reason, "oldest kept backup")
 			},
 		},
 		{

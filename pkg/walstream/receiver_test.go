@@ -201,6 +201,26 @@ func (r *running) wait(t *testing.T, timeout time.Duration) error {
 	}
 }
 
+// waitStreaming waits until rec streams from n (its walsender, application
+// name barnacle, is in state streaming). A receiver connects in its own
+// goroutine and, with an empty archive, starts at the segment holding the
+// server's position at that moment: WAL a test writes before then may never
+// be archived, so a test that waits for archived WAL writes it afterwards.
+func waitStreaming(t *testing.T, rec *running, n *testenv.Node) {
+	t.Helper()
+	waitUntil(t, 30*time.Second, "the receiver to stream from "+n.Name, func() bool {
+		c, err := n.QueryInt64(t.Context(),
+			"SELECT count(*) FROM pg_stat_replication WHERE application_name = 'barnacle' AND state = 'streaming'")
+		return err == nil && c > 0
+	})
+	select {
+	case err := <-rec.done:
+		rec.once.Do(func() { rec.err = err })
+		t.Fatalf("receiver stopped before streaming: %v", err)
+	default:
+	}
+}
+
 func (r *running) progress() walstream.Progress {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -611,13 +631,18 @@ func testTimelineSwitch(t *testing.T, before func(t *testing.T, rec *running, pr
 	b := newArchive(t)
 
 	rec := startReceiver(t, walstream.Options{ConnString: oldPrimary.ReplConnString(), Backend: b})
+	// Two complete segments archived before the master dies: made here,
+	// after the receiver streams, not left to the load (on a busy machine
+	// the receiver may connect after the inserts, and the load alone then
+	// took longer than the wait to fill two segments).
+	waitStreaming(t, rec, oldPrimary)
 	load := testenv.StartLoad(t, oldPrimary, testenv.LoadOptions{Interval: 2 * time.Millisecond})
 	for range 3 {
 		require.NoError(t, oldPrimary.Exec(ctx, insert1MB))
 	}
-	waitUntil(t, 30*time.Second, "two archived segments", func() bool {
-		return len(listArchive(t, b, segSize).segments[1]) >= 2
-	})
+	require.NoError(t, oldPrimary.Exec(ctx, "SELECT pg_switch_wal()"))
+	waitArchived(t, rec, oldPrimary)
+	require.GreaterOrEqual(t, len(listArchive(t, b, segSize).segments[1]), 2)
 	running := before(t, rec, oldPrimary, standby)
 
 	// The master dies under load.

@@ -90,7 +90,7 @@ func TestCheck(t *testing.T) {
 	}
 	nagios, code := runCheck(t, env, "--nagios")
 	assert.Equal(t, 0, code)
-	assert.Equal(t, "BARNACLE OK - Ready to serve the Espresso backup for "+cluster+"\n", nagios)
+	assert.Regexp(t, `^BARNACLE OK - cluster `+cluster+`: all \d+ checks passed\n$`, nagios)
 	js, code := runCheck(t, env, "--json")
 	assert.Equal(t, 0, code)
 	var results []check.Result
