@@ -13,6 +13,7 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/check"
 	"github.com/barnacle-pg/barnacle/pkg/restore"
+	"github.com/barnacle-pg/barnacle/pkg/walfetch"
 )
 
 // camelCase is the JSON key form of docs/design.md: a lower-case first
@@ -28,6 +29,7 @@ func TestJSONKeysAreCamelCase(t *testing.T) {
 		"list-backups, backup --local": []catalog.Backup{},
 		"show-backup":                  backupDetail{},
 		"verify-backup":                backup.VerifyReport{},
+		"verify-wal":                   walfetch.Report{},
 		"restore":                      restore.Result{},
 		"restore --via-etcd":           agent.RestoreStatus{},
 		"backup --wait":                agent.RequestStatus{},
