@@ -200,5 +200,20 @@ func (a *Agent) handler() http.Handler {
 	})
 	mux.HandleFunc("/readyz", a.readyz)
 	mux.HandleFunc("/status", a.status)
-	return mux
+	return readOnly(mux)
+}
+
+// readOnly answers 405 Method Not Allowed, with an Allow header, to every
+// method but GET and HEAD: every endpoint only reports, and a listener
+// that may be reachable from the whole network (metrics-listen-address
+// defaults to all interfaces) should accept nothing else.
+func readOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method not allowed: use GET or HEAD", http.StatusMethodNotAllowed)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }

@@ -287,7 +287,7 @@ var keys = func() []key {
 		return nil
 	}, func(c *Config) string { return c.RestoreRoot })
 
-	add("metrics-listen-address", "address of /metrics, /healthz and /readyz (host:port)", func(c *Config, v string) error {
+	add("metrics-listen-address", "address of /metrics, /healthz, /readyz and /status (host:port; GET and HEAD only, no authentication); the default :9187 is every interface: use 127.0.0.1:9187 or the pod IP where only Prometheus should reach it", func(c *Config, v string) error {
 		v = strings.TrimSpace(v)
 		if _, port, err := net.SplitHostPort(v); err != nil || port == "" {
 			return fmt.Errorf("invalid address %q: use host:port, such as :9187 or 127.0.0.1:9187", v)
