@@ -11,6 +11,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/barnacle-pg/barnacle/pkg/redact"
 )
 
 // Config is barnacle's effective configuration. Load returns it validated;
@@ -129,6 +131,13 @@ func (c Config) String() string {
 		v := k.get(&c)
 		if v == "" {
 			continue
+		}
+		// Load refuses credentials in URLs; this is the second fence.
+		switch k.name {
+		case "archive-url":
+			v = redact.URL(v)
+		case "store-endpoints":
+			v = redact.URLs(c.StoreEndpoints)
 		}
 		fmt.Fprintf(&b, "%s=%s ", k.name, v)
 	}

@@ -43,6 +43,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/barnacle-pg/barnacle/pkg/redact"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/writeback"
 )
@@ -123,7 +124,7 @@ var (
 // Options. It rejects relative paths, hosts, user information, query
 // parameters and fragments, with an error naming the URL.
 func Open(u *url.URL) (*Backend, error) {
-	shown := u.Redacted()
+	shown := redact.URL(u.String())
 	switch {
 	case u.Scheme != "file":
 		return nil, fmt.Errorf("fs: archive URL %q: scheme is %q, not file", shown, u.Scheme)
