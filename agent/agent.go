@@ -110,6 +110,7 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 		g.Go(func() error { return a.refreshCatalogMetrics(gctx) })
 		g.Go(func() error { return bk.leaderDuties(gctx, term) })
 		g.Go(func() error { return bk.retentionLoop(gctx) })
+		g.Go(func() error { return a.expireLoop(gctx) })
 		return g.Wait()
 	}
 	a.coord, err = coordinator.New(coordinator.Options{

@@ -58,6 +58,9 @@ type Config struct {
 	CheckMaxLag          int64
 
 	RestoreRoot string
+	// RequestRetention is how long finished requests stay in etcd; 0
+	// keeps them.
+	RequestRetention time.Duration
 
 	MetricsListenAddress string
 	LogLevel             string
@@ -116,6 +119,7 @@ func Default() Config {
 		BackupFrom:           BackupFromMaster,
 		ManifestChecksums:    "crc32c",
 		CheckMaxLag:          64 << 20,
+		RequestRetention:     7 * 24 * time.Hour,
 		MetricsListenAddress: ":9187",
 		LogLevel:             "info",
 		LogFormat:            "text",
