@@ -157,6 +157,16 @@ func TestRestoreBounds(t *testing.T) {
 		assert.LessOrEqual(t, writtenUnder(t, target), int64(4<<20))
 	})
 
+	t.Run("LargerThanTheManifestSays", func(t *testing.T) {
+		data := tarOf(t, file("base/1/16384", zeros(64<<10)))
+		manifest := []byte(`{"PostgreSQL-Backup-Manifest-Version":1,"Files":[{"Path":"base/1/16384","Size":8192}]}` + "\n")
+		b, doc := craftedBackup(t, map[string][]byte{"base.tar": data, manifestName: manifest}, nil)
+		target := filepath.Join(t.TempDir(), "data")
+		_, err := Restore(t.Context(), Options{Backend: b, Cluster: testCluster, Backup: doc, TargetDir: target})
+		require.ErrorContains(t, err, `member "base/1/16384": it holds 65536 bytes, but backup_manifest lists 8192`)
+		assert.NoFileExists(t, filepath.Join(target, "base", "1", "16384"))
+	})
+
 	t.Run("TrailingBomb", func(t *testing.T) {
 		// Past the tar end marker, where nothing is unpacked but the
 		// decompressor still runs.

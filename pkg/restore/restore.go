@@ -2,6 +2,8 @@ package restore
 
 import (
 	"context"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -147,8 +149,9 @@ const maxArchiveBytes = 1 << 50
 // each written through a handle opened once below the fence. Each is
 // read to its end, so the backend verifies its checksum; Restore also checks
 // it against the checksum and size that backup.json recorded, and stops as
-// soon as an archive would write more than that size (sparse members are
-// refused outright). Data files are
+// soon as an archive would write more than that size or a file more than
+// the size backup_manifest (fetched first) lists for it (sparse members
+// are refused outright). Data files are
 // fsynced as written and directories at the end. Members a restore must not
 // bring back (postmaster.pid and .opts, standby.signal and recovery.signal,
 // pg_internal.init, WAL in pg_wal) are left out; tablespace links and
@@ -282,6 +285,25 @@ func Restore(ctx context.Context, opts Options) (Result, error) {
 	prog := &progress{fn: opts.OnProgress, total: total}
 
 	log.Info("restore started", "backup", doc.ID, "target_dir", res.TargetDir, "archives", len(plan.archives))
+	// The manifest first: the sizes it lists bound each file the
+	// archives may write (it is verified against its checksum like every
+	// object).
+	var sizes map[string]int64
+	for _, a := range plan.archives {
+		if a.file.Name != manifestName {
+			continue
+		}
+		if err := fetchObject(ctx, opts.Backend, catalog.BackupPrefix(opts.Cluster, doc.ID), a, roots[0], nil, opts.Owner, prog); err != nil {
+			return res, err
+		}
+		data, err := roots[0].ReadFile(manifestName)
+		if err != nil {
+			return res, fmt.Errorf("restore: read back %s: %w", manifestName, err)
+		}
+		if sizes, err = manifestSizes(data); err != nil {
+			return res, &ObjectError{Object: a.file.Name, Err: err}
+		}
+	}
 	var unpackers []*unpacker
 	var base *unpacker
 	g, gctx := errgroup.WithContext(ctx)
@@ -295,14 +317,18 @@ func Restore(ctx context.Context, opts Options) (Result, error) {
 		if a.tablespace != 0 {
 			root = roots[tsDest[a.tablespace]]
 		}
-		var u *unpacker
-		if a.file.Name != manifestName {
-			u = newUnpacker(root, a.tablespace == 0, res.Tablespaces, opts.Owner)
-			u.limit = a.file.Bytes
-			unpackers = append(unpackers, u)
-			if a.tablespace == 0 {
-				base = u
-			}
+		if a.file.Name == manifestName {
+			continue // fetched above
+		}
+		u := newUnpacker(root, a.tablespace == 0, res.Tablespaces, opts.Owner)
+		u.limit = a.file.Bytes
+		u.sizes = sizes
+		if a.tablespace != 0 {
+			u.sizesPrefix = "pg_tblspc/" + strconv.FormatUint(uint64(a.tablespace), 10) + "/"
+		}
+		unpackers = append(unpackers, u)
+		if a.tablespace == 0 {
+			base = u
 		}
 		g.Go(func() error {
 			return fetchObject(gctx, opts.Backend, catalog.BackupPrefix(opts.Cluster, doc.ID), a, root, u, opts.Owner, prog)
@@ -446,6 +472,38 @@ func planRestore(opts Options) (restorePlan, error) {
 	}
 	p.archives = append([]archive{*base}, rest...)
 	return p, nil
+}
+
+// manifestSizes reads the size of every file a backup manifest lists,
+// by its path in the data directory (tablespace files under
+// pg_tblspc/<oid>/).
+func manifestSizes(data []byte) (map[string]int64, error) {
+	var m struct {
+		Files []struct {
+			Path        string `json:"Path"`
+			EncodedPath string `json:"Encoded-Path"`
+			Size        int64  `json:"Size"`
+		} `json:"Files"`
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", manifestName, err)
+	}
+	sizes := make(map[string]int64, len(m.Files))
+	for _, f := range m.Files {
+		p := f.Path
+		if f.EncodedPath != "" {
+			raw, err := hex.DecodeString(f.EncodedPath)
+			if err != nil {
+				return nil, fmt.Errorf("%s: Encoded-Path %q is not hex", manifestName, f.EncodedPath)
+			}
+			p = string(raw)
+		}
+		if f.Size < 0 || f.Size > maxArchiveBytes {
+			return nil, fmt.Errorf("%s: %s has size %d", manifestName, p, f.Size)
+		}
+		sizes[p] = f.Size
+	}
+	return sizes, nil
 }
 
 // splitArchiveName returns the name without its compression suffix and

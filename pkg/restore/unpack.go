@@ -86,6 +86,12 @@ type unpacker struct {
 	// A member that would write past it is refused before a byte of it is
 	// written, so a small crafted archive cannot fill the disk.
 	limit int64
+	// sizes, when not nil, are the file sizes the backup manifest lists
+	// (manifestSizes), by data-directory path; this archive's member names
+	// get sizesPrefix in front. A member larger than its listed size is
+	// refused before it is written.
+	sizes       map[string]int64
+	sizesPrefix string
 
 	mu sync.Mutex
 	// dirs are the directories created or written into, with the mtime
@@ -335,6 +341,9 @@ func (u *unpacker) regular(ctx context.Context, name string, hdr *tar.Header, r 
 	u.mu.Unlock()
 	if over {
 		return fmt.Errorf("its %d bytes would make the archive write more than the %d bytes backup.json records for it", hdr.Size, u.limit)
+	}
+	if want, ok := u.sizes[u.sizesPrefix+name]; ok && hdr.Size > want {
+		return fmt.Errorf("it holds %d bytes, but %s lists %d", hdr.Size, manifestName, want)
 	}
 	if err := u.parent(name); err != nil {
 		return err
