@@ -122,6 +122,7 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 		g.Go(func() error { return bk.leaderDuties(gctx, term) })
 		g.Go(func() error { return bk.retentionLoop(gctx) })
 		g.Go(func() error { return a.restores.leaderDuties(gctx) })
+		g.Go(func() error { return a.expireLoop(gctx) })
 		return g.Wait()
 	}
 	a.coord, err = coordinator.New(coordinator.Options{
@@ -213,5 +214,20 @@ func (a *Agent) handler() http.Handler {
 	})
 	mux.HandleFunc("/readyz", a.readyz)
 	mux.HandleFunc("/status", a.status)
-	return mux
+	return readOnly(mux)
+}
+
+// readOnly answers 405 Method Not Allowed, with an Allow header, to every
+// method but GET and HEAD: every endpoint only reports, and a listener
+// that may be reachable from the whole network (metrics-listen-address
+// defaults to all interfaces) should accept nothing else.
+func readOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method not allowed: use GET or HEAD", http.StatusMethodNotAllowed)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }

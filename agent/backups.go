@@ -178,26 +178,16 @@ func (b *backups) serveRequests(ctx context.Context) error {
 	return nil
 }
 
-// watchRequests calls serve for every request under prefix, now and
-// whenever one is written, until ctx ends. It also looks again every
-// 2 s: who may claim a request depends on roles, which change without an
-// event here.
+// watchRequests calls serve for every request under prefix that no agent
+// has claimed, when it appears or changes and every 2 s while it stays
+// unclaimed (who may claim depends on roles, which change without an
+// event here), until ctx ends; see requestWatch.
 func watchRequests(ctx context.Context, cli *clientv3.Client, prefix string, serve func(ctx context.Context, id string, value []byte)) {
-	for ctx.Err() == nil {
-		resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix())
-		if err != nil {
-			sleepCtx(ctx, time.Second)
-			continue
-		}
-		for _, kv := range resp.Kvs {
-			serve(ctx, strings.TrimPrefix(string(kv.Key), prefix), kv.Value)
-		}
-		wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		for range cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
-			break
-		}
-		cancel()
+	w, err := newRequestWatch(cli, prefix, serve)
+	if err != nil {
+		panic(err) // the callers build prefix as <prefix>/requests/<kind>/
 	}
+	w.run(ctx)
 }
 
 // serve claims and runs one request if this agent is the one to run it

@@ -1,11 +1,38 @@
 package agent
 
 import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+
+	"github.com/barnacle-pg/barnacle/pkg/metrics"
 )
+
+// TestReadOnlyListener: the metrics listener answers GET and HEAD only;
+// every other method gets 405 with an Allow header and never reaches a
+// handler (a POST to /metrics used to be served).
+func TestReadOnlyListener(t *testing.T) {
+	h := (&Agent{registry: metrics.NewRegistry()}).handler()
+	for _, m := range []string{http.MethodGet, http.MethodHead} {
+		for _, path := range []string{"/healthz", "/metrics"} {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest(m, path, nil))
+			assert.Equal(t, http.StatusOK, rec.Code, "%s %s", m, path)
+		}
+	}
+	for _, m := range []string{http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodPatch, http.MethodOptions, "TRACE", "PROPFIND"} {
+		for _, path := range []string{"/healthz", "/metrics", "/readyz", "/status", "/nowhere"} {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest(m, path, strings.NewReader("x")))
+			assert.Equal(t, http.StatusMethodNotAllowed, rec.Code, "%s %s", m, path)
+			assert.Equal(t, "GET, HEAD", rec.Header().Get("Allow"), "%s %s", m, path)
+		}
+	}
+}
 
 func TestNotReady(t *testing.T) {
 	now := time.Date(2026, 11, 24, 17, 0, 0, 0, time.UTC)

@@ -100,6 +100,8 @@ var reloadKeys = []reloadKey{
 	live("check-max-lag", func(c *config.Config) any { return c.CheckMaxLag },
 		func(dst, src *config.Config) { dst.CheckMaxLag = src.CheckMaxLag }),
 	fixed("restore-root", func(c *config.Config) any { return c.RestoreRoot }),
+	live("request-retention", func(c *config.Config) any { return c.RequestRetention },
+		func(dst, src *config.Config) { dst.RequestRetention = src.RequestRetention }),
 	fixed("metrics-listen-address", func(c *config.Config) any { return c.MetricsListenAddress }),
 	live("log-level", func(c *config.Config) any { return c.LogLevel },
 		func(dst, src *config.Config) { dst.LogLevel = src.LogLevel }),

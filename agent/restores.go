@@ -267,7 +267,10 @@ func parseRestoreRequest(value []byte) (RestoreRequest, error) {
 // directory checked against restore-root (after resolving symlinks) and
 // the restore_command pointing at this binary.
 func (r *restores) toRequest(req RestoreRequest) (restore.Request, error) {
-	out := restore.Request{Cluster: r.cfg.ClusterName, Backup: req.Backup, Action: req.TargetAction, Force: req.Force, DataOnly: req.DataOnly}
+	// Fence: the restore opens restore-root once and writes only through
+	// it; underRoot below is the early check that names the field.
+	out := restore.Request{Cluster: r.cfg.ClusterName, Backup: req.Backup, Action: req.TargetAction, Force: req.Force, DataOnly: req.DataOnly,
+		Fence: r.cfg.RestoreRoot}
 	var err error
 	if out.TargetDir, err = underRoot(r.cfg.RestoreRoot, req.TargetDir, "targetDir"); err != nil {
 		return out, err

@@ -197,7 +197,11 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		return c.follow(gctx, "clusterdata", key, nil, c.loadClusterData)
 	})
 	g.Go(func() error {
-		return c.follow(gctx, "agents", c.keys.Prefix, []clientv3.OpOption{clientv3.WithPrefix()}, c.loadSnapshot)
+		// agents/ .. leader/ only (claimed/ sorts between them; its keys
+		// are small and written once): the whole prefix would re-read
+		// every request and status, with their echoed requests, at every
+		// agent heartbeat.
+		return c.follow(gctx, "agents", c.keys.Agents(), []clientv3.OpOption{clientv3.WithRange(c.keys.Election() + "0")}, c.loadSnapshot)
 	})
 	g.Go(func() error { return c.roleLoop(gctx) })
 	return g.Wait()

@@ -22,6 +22,7 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/check"
 	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/redact"
 	"github.com/barnacle-pg/barnacle/pkg/stolon"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
@@ -435,11 +436,11 @@ func runChecks(ctx context.Context, cfg config.Config) []check.Result {
 	etcdDown := "etcd unreachable"
 	if cl.err != nil {
 		add(check.Failf(check.NameEtcd, "cannot read etcd at %s: %v; check store-endpoints, the store-* TLS and auth settings, and that etcd runs",
-			strings.Join(cfg.StoreEndpoints, ","), cl.err))
+			redact.URLs(cfg.StoreEndpoints), cl.err))
 		add(check.Unavailable(check.NameClusterData, etcdDown))
 		add(check.Unavailable(check.NameAgents, etcdDown))
 	} else {
-		add(check.Pass(check.NameEtcd, strings.Join(cfg.StoreEndpoints, ",")))
+		add(check.Pass(check.NameEtcd, redact.URLs(cfg.StoreEndpoints)))
 		if cl.cdErr != nil && cl.cd == nil {
 			add(check.Fail(check.NameClusterData, cl.cdErr.Error()))
 			add(check.Unavailable(check.NameAgents, "clusterdata unreadable"))
@@ -536,7 +537,7 @@ func runChecks(ctx context.Context, cfg config.Config) []check.Result {
 		if ar.probeErr != nil {
 			add(check.Failf(check.NameArchive, "%v: check the archive's permissions, space and credentials", ar.probeErr))
 		} else {
-			add(check.Pass(check.NameArchive, cfg.ArchiveURL))
+			add(check.Pass(check.NameArchive, redact.URL(cfg.ArchiveURL)))
 		}
 		serverID := pg.systemID
 		if serverID == "" && cl.cd != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/barnacle-pg/barnacle/agent"
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/redact"
 )
 
 // requestBackup writes a backup request for the agents and, with wait,
@@ -49,7 +50,7 @@ func requestBackup(cmd *cobra.Command, from, label string, wait, asJSON bool, ti
 	ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
 	defer cancel()
 	if _, err := cli.Put(ctx, agent.RequestKey(keys, id), string(v)); err != nil {
-		return fmt.Errorf("write the backup request (is etcd reachable at %v?): %w", cfg.StoreEndpoints, err)
+		return fmt.Errorf("write the backup request (is etcd reachable at %s?): %w", redact.URLs(cfg.StoreEndpoints), err)
 	}
 	if !wait {
 		fmt.Fprintf(cmd.OutOrStdout(), "backup requested: %s\nfollow it with: etcdctl get %s\n", id, agent.StatusKey(keys, id))

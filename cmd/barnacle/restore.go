@@ -16,6 +16,7 @@ import (
 	"github.com/barnacle-pg/barnacle/agent"
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/redact"
 	"github.com/barnacle-pg/barnacle/pkg/restore"
 	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
 )
@@ -283,7 +284,7 @@ func restoreViaEtcd(cmd *cobra.Command, f restoreFlags) error {
 	ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
 	defer cancel()
 	if _, err := cli.Put(ctx, agent.RestoreRequestKey(keys, id), string(v)); err != nil {
-		return fmt.Errorf("write the restore request (is etcd reachable at %v?): %w", cfg.StoreEndpoints, err)
+		return fmt.Errorf("write the restore request (is etcd reachable at %s?): %w", redact.URLs(cfg.StoreEndpoints), err)
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "restore request %s written to %s; %s\n", id, agent.RestoreRequestKey(keys, id), whoRuns(ctx, cli, keys, f.keeper, false, true))
 	var st agent.RestoreStatus

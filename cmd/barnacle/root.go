@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
 )
 
 func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
@@ -194,7 +195,20 @@ func loadConfig(cmd *cobra.Command, needs config.Needs) (config.Config, error) {
 	if _, set := flags["log-level"]; quietFlag(cmd) && !set {
 		flags["log-level"] = "warn"
 	}
-	return config.Load(config.Sources{File: file, Flags: flags}, needs)
+	cfg, err := config.Load(config.Sources{File: file, Flags: flags}, needs)
+	if err != nil {
+		return cfg, err
+	}
+	// The backend's own rules (such as the s3 query parameters it accepts)
+	// are checked here, before anything starts or prints the URL, so that a
+	// secret pasted into an unknown parameter is a configuration error
+	// (exit 2) and never reaches a log line or etcd.
+	if cfg.ArchiveURL != "" {
+		if err := backends.Check(cfg.ArchiveURL); err != nil {
+			return config.Config{}, &config.Error{Key: "archive-url", Source: cfg.Sources["archive-url"], Problem: err.Error()}
+		}
+	}
+	return cfg, nil
 }
 
 // quietFlag reports -q.

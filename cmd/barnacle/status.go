@@ -17,6 +17,7 @@ import (
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/redact"
 	"github.com/barnacle-pg/barnacle/pkg/restore"
 	"github.com/barnacle-pg/barnacle/pkg/retention"
 	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
@@ -53,7 +54,7 @@ that cannot be read), also with --json, whose "problems" list and
 			defer cancel()
 			r, err := coordinator.ReadReport(ctx, cli, cfg.StorePrefix, cfg.ClusterName, coordinator.NewKeys(cfg.BarnaclePrefix, cfg.ClusterName))
 			if err != nil {
-				return fmt.Errorf("%w (is etcd reachable at %v?)", err, cfg.StoreEndpoints)
+				return fmt.Errorf("%w (is etcd reachable at %s?)", err, redact.URLs(cfg.StoreEndpoints))
 			}
 			out := statusOutput{Report: r, Archive: readArchiveStatus(ctx, cfg, r)}
 			if asJSON {

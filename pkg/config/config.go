@@ -11,6 +11,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/barnacle-pg/barnacle/pkg/redact"
 )
 
 // Config is barnacle's effective configuration. Load returns it validated;
@@ -56,6 +58,9 @@ type Config struct {
 	CheckMaxLag          int64
 
 	RestoreRoot string
+	// RequestRetention is how long finished requests stay in etcd; 0
+	// keeps them.
+	RequestRetention time.Duration
 
 	MetricsListenAddress string
 	LogLevel             string
@@ -114,6 +119,7 @@ func Default() Config {
 		BackupFrom:           BackupFromMaster,
 		ManifestChecksums:    "crc32c",
 		CheckMaxLag:          64 << 20,
+		RequestRetention:     7 * 24 * time.Hour,
 		MetricsListenAddress: ":9187",
 		LogLevel:             "info",
 		LogFormat:            "text",
@@ -129,6 +135,13 @@ func (c Config) String() string {
 		v := k.get(&c)
 		if v == "" {
 			continue
+		}
+		// Load refuses credentials in URLs; this is the second fence.
+		switch k.name {
+		case "archive-url":
+			v = redact.URL(v)
+		case "store-endpoints":
+			v = redact.URLs(c.StoreEndpoints)
 		}
 		fmt.Fprintf(&b, "%s=%s ", k.name, v)
 	}

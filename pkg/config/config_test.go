@@ -245,3 +245,40 @@ func TestRefusedValueIsNotAlsoRequired(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "archive-url: required", "an unset key is still required")
 }
+
+// TestURLCredentialsRefused: no URL the configuration accepts holds a
+// credential; each refusal says where credentials go and never repeats the
+// secret, and the start-up line shows URLs through redact.URL.
+func TestURLCredentialsRefused(t *testing.T) {
+	const secret = "plantedSECRET"
+	cases := []struct {
+		key, value, want string
+	}{
+		{"archive-url", "s3://AKID:" + secret + "@bucket/p", `invalid URL "s3://REDACTED@bucket/p": credentials never go in the archive URL; for s3 use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY`},
+		{"archive-url", "s3://bucket/p?endpoint=http://u:" + secret + "@host:9000", "credentials never go in the endpoint parameter; use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment, a shared credentials file"},
+		{"archive-url", "file://u:" + secret + "@/var/lib/barnacle", "credentials never go in the archive URL"},
+		{"archive-url", "file:///var/lib/barnacle?key=" + secret, `invalid file URL "file:///var/lib/barnacle?key=REDACTED": file URLs take no query or fragment`},
+		{"archive-url", "ftp://bucket/x?token=" + secret, `unsupported scheme in "ftp://bucket/x?token=REDACTED"`},
+		{"store-endpoints", "http://root:" + secret + "@127.0.0.1:2379", `invalid endpoint "http://REDACTED@127.0.0.1:2379": credentials never go in an endpoint; set store-username and store-password-file`},
+		{"store-endpoints", "http://127.0.0.1:2379?token=" + secret, `invalid endpoint "http://127.0.0.1:2379?token=REDACTED": use http://host:port`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.key+" "+tc.value, func(t *testing.T) {
+			_, err := Load(Sources{Env: noEnv, Flags: map[string]string{tc.key: tc.value}}, Needs{})
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+			assert.NotContains(t, err.Error(), secret)
+			assert.True(t, IsConfigError(err))
+		})
+	}
+	c, err := Load(Sources{Env: noEnv, Flags: map[string]string{
+		"archive-url": "s3://bucket/p?endpoint=http://127.0.0.1:9000&region=r", "store-endpoints": "http://127.0.0.1:2379",
+	}}, Needs{})
+	require.NoError(t, err)
+	assert.Contains(t, c.String(), "store-endpoints=http://127.0.0.1:2379 ")
+	assert.Contains(t, c.String(), "archive-url=s3://bucket/p?endpoint=http%3A%2F%2F127.0.0.1%3A9000&region=r ")
+	// Load refuses credentials; String hides one that got past it anyway.
+	c.ArchiveURL = "s3://bucket/p?secret_key=" + secret
+	c.StoreEndpoints = []string{"http://u:" + secret + "@127.0.0.1:2379"}
+	assert.NotContains(t, c.String(), secret)
+}

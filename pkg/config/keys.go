@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -8,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/barnacle-pg/barnacle/pkg/redact"
 )
 
 // key describes one configuration key: its YAML name (flags use the same
@@ -134,8 +137,13 @@ var keys = func() []key {
 				continue
 			}
 			u, err := url.Parse(e)
-			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-				return fmt.Errorf("invalid endpoint %q: use http://host:port or https://host:port", e)
+			switch {
+			case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+				return fmt.Errorf("invalid endpoint %q: use http://host:port or https://host:port", redact.URL(e))
+			case u.User != nil:
+				return fmt.Errorf("invalid endpoint %q: credentials never go in an endpoint; set store-username and store-password-file", redact.URL(e))
+			case u.RawQuery != "" || u.Fragment != "" || strings.Trim(u.Path, "/") != "":
+				return fmt.Errorf("invalid endpoint %q: use http://host:port or https://host:port, without a path or query", redact.URL(e))
 			}
 			eps = append(eps, e)
 		}
@@ -196,26 +204,41 @@ var keys = func() []key {
 	s, g = str(func(c *Config) *string { return &c.PGDBName })
 	add("pg-dbname", "database for the agent's SQL connections", s, g)
 
-	add("archive-url", "where the archive lives: file:///absolute/path or s3://bucket/prefix?endpoint=https://host:port&region=r", func(c *Config, v string) error {
+	add("archive-url", "where the archive lives: file:///absolute/path or s3://bucket/prefix?endpoint=https://host:port&region=r (credentials never go in it: they come from the AWS credential chain)", func(c *Config, v string) error {
 		v = strings.TrimSpace(v)
+		shown := redact.URL(v)
 		u, err := url.Parse(v)
 		switch {
 		case err != nil:
-			return fmt.Errorf("invalid URL %q: %v", v, err)
-		case u.Scheme == "s3":
-			// Credentials are checked first, so that the other
-			// messages may quote the URL as it was given: u.Redacted()
-			// of "s3://" is "s3:", which the user never wrote.
-			if u.User != nil {
-				return fmt.Errorf("invalid S3 URL %q: credentials do not belong in the URL; use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a credentials file", u.Redacted())
+			// url.Error repeats the raw URL, which may hold a secret.
+			var uerr *url.Error
+			if errors.As(err, &uerr) {
+				err = uerr.Err
 			}
+			return fmt.Errorf("invalid URL %q: %v", shown, err)
+		case u.User != nil:
+			return fmt.Errorf("invalid URL %q: credentials never go in the archive URL; "+
+				"for s3 use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment, a shared credentials file (AWS_SHARED_CREDENTIALS_FILE) or an IAM role", shown)
+		case u.Scheme == "s3":
 			if u.Host == "" {
-				return fmt.Errorf("invalid S3 URL %q: name the bucket, s3://bucket/prefix?endpoint=https://host:port&region=r", v)
+				return fmt.Errorf("invalid S3 URL %q: name the bucket, s3://bucket/prefix?endpoint=https://host:port&region=r", shown)
+			}
+			q, err := url.ParseQuery(u.RawQuery)
+			if err != nil {
+				return fmt.Errorf("invalid S3 URL %q: its query does not parse", shown)
+			}
+			for _, ep := range q["endpoint"] {
+				if eu, err := url.Parse(ep); err == nil && eu.User != nil {
+					return fmt.Errorf("invalid S3 URL %q: credentials never go in the endpoint parameter; "+
+						"use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment, a shared credentials file (AWS_SHARED_CREDENTIALS_FILE) or an IAM role", shown)
+				}
 			}
 		case u.Scheme != "file":
-			return fmt.Errorf("unsupported scheme in %q: use file:///absolute/path or s3://bucket/prefix", v)
+			return fmt.Errorf("unsupported scheme in %q: use file:///absolute/path or s3://bucket/prefix", shown)
 		case u.Host != "" || !strings.HasPrefix(u.Path, "/"):
-			return fmt.Errorf("invalid file URL %q: use three slashes and an absolute path, file:///var/lib/barnacle", v)
+			return fmt.Errorf("invalid file URL %q: use three slashes and an absolute path, file:///var/lib/barnacle", shown)
+		case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+			return fmt.Errorf("invalid file URL %q: file URLs take no query or fragment, file:///var/lib/barnacle", shown)
 		}
 		c.ArchiveURL = v
 		return nil
@@ -290,7 +313,10 @@ var keys = func() []key {
 		return nil
 	}, func(c *Config) string { return c.RestoreRoot })
 
-	add("metrics-listen-address", "address of /metrics, /healthz and /readyz (host:port)", func(c *Config, v string) error {
+	ds, dg = duration(func(c *Config) *time.Duration { return &c.RequestRetention })
+	add("request-retention", "how long finished backup and restore requests (and their status) stay in etcd; the leader logs each result as it deletes them; 0 keeps them forever", ds, dg)
+
+	add("metrics-listen-address", "address of /metrics, /healthz, /readyz and /status (host:port; GET and HEAD only, no authentication); the default :9187 is every interface: use 127.0.0.1:9187 or the pod IP where only Prometheus should reach it", func(c *Config, v string) error {
 		v = strings.TrimSpace(v)
 		if _, port, err := net.SplitHostPort(v); err != nil || port == "" {
 			return fmt.Errorf("invalid address %q: use host:port, such as :9187 or 127.0.0.1:9187", v)

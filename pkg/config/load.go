@@ -237,6 +237,9 @@ func (c *Config) validate(needs Needs, refused map[string]bool) []error {
 		errs = append(errs, &Error{Key: "minimum-redundancy", Source: c.Sources["minimum-redundancy"], Problem: fmt.Sprintf(
 			"%d is more than the %d backups retention-policy %q keeps; lower it or raise the policy", c.MinimumRedundancy, c.RetentionPolicy.Redundancy, c.RetentionPolicy.String())})
 	}
+	if c.RequestRetention < 0 {
+		errs = append(errs, &Error{Key: "request-retention", Source: c.Sources["request-retention"], Problem: "must not be negative (0 keeps finished requests forever)"})
+	}
 	if c.LeaderTakeoverDelay < 0 {
 		errs = append(errs, &Error{Key: "leader-takeover-delay", Source: c.Sources["leader-takeover-delay"], Problem: "must not be negative"})
 	}

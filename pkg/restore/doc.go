@@ -13,8 +13,11 @@
 //     the result durable;
 //   - the safety rules around it: a data directory in use by a running
 //     postmaster is never touched, a non-empty one only with Force and then
-//     moved aside (never deleted), and nothing in an archive can write
-//     outside the directories it is restored into.
+//     moved aside (never deleted), nothing in an archive can write
+//     outside the directories it is restored into nor more than backup.json
+//     records for it, and with a Fence (the agent's restore-root) every
+//     directory lies below it and is written through one handle opened on
+//     it (os.Root), so no symbolic link swapped in later redirects a write.
 //
 // A data directory whose restore failed has no global/pg_control (it is
 // written under a temporary name and renamed last), so PostgreSQL refuses to

@@ -2,6 +2,8 @@ package restore
 
 import (
 	"context"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -43,9 +45,18 @@ type Options struct {
 	TargetDir string
 	// TablespaceMap maps a tablespace OID to the directory to restore it
 	// into; a tablespace not in the map goes to the location the backup
-	// recorded. Directories must be absolute; an OID that the backup does
-	// not have is an error.
+	// recorded, or with a Fence to DefaultTablespaceDir. Directories must
+	// be absolute; an OID that the backup does not have is an error.
 	TablespaceMap map[uint32]string
+	// Fence, when set, is the directory every write must stay below (the
+	// agent's restore-root): the target and every tablespace directory
+	// must lie under it, symbolic links resolved, or Restore refuses
+	// before writing anything (ErrOutside). Restore opens it once and does
+	// everything through that handle (os.Root), so no symbolic link or
+	// rename made under it while the restore runs can redirect a write
+	// outside. A tablespace the map does not name goes to
+	// DefaultTablespaceDir, never to the location backup.json records.
+	Fence string
 	// Force allows non-empty destinations: their old contents are moved to
 	// a sibling "<dir>.barnacle-old-<UTC time>" (renamed, never deleted).
 	// A directory in use by a running server is refused even with Force.
@@ -111,13 +122,36 @@ func (e *ObjectError) Error() string {
 // Unwrap returns the cause, e.g. a *storage.ChecksumError.
 func (e *ObjectError) Unwrap() error { return e.Err }
 
+// DefaultTablespaceDir is where a fenced restore (Options.Fence) puts a
+// tablespace its map does not name: "<target>.tablespaces/<oid>", beside
+// the target directory and so below the fence too. Not inside the target:
+// PostgreSQL warns against tablespaces inside the data directory.
+func DefaultTablespaceDir(target string, oid uint32) string {
+	return filepath.Join(filepath.Clean(target)+".tablespaces", strconv.FormatUint(uint64(oid), 10))
+}
+
+// testHookChecked, when set (by tests only), runs after every destination
+// was checked and before the first is changed: the moment a symbolic link
+// swapped in would have redirected a restore that works by name.
+var testHookChecked func()
+
+// maxArchiveBytes bounds the size backup.json may claim for one stored
+// archive: more is not a backup barnacle wrote but a document made to
+// defeat the bound on what a restore writes.
+const maxArchiveBytes = 1 << 50
+
 // Restore restores opts.Backup into opts.TargetDir and its tablespace
 // directories, and blocks until done. It checks every destination first
-// (refusing, before it changes anything, one in use by a running server,
-// and a non-empty one without Force), moves non-empty ones aside with
-// Force, then fetches the stored archives, opts.Parallel at a time. Each is
+// (refusing, before it changes anything, one outside opts.Fence, one in
+// use by a running server, a non-empty one without Force, and a backup
+// whose recorded size exceeds the free space), moves non-empty ones aside
+// with Force, then fetches the stored archives, opts.Parallel at a time,
+// each written through a handle opened once below the fence. Each is
 // read to its end, so the backend verifies its checksum; Restore also checks
-// it against the checksum and size that backup.json recorded. Data files are
+// it against the checksum and size that backup.json recorded, and stops as
+// soon as an archive would write more than that size or a file more than
+// the size backup_manifest (fetched first) lists for it (sparse members
+// are refused outright). Data files are
 // fsynced as written and directories at the end. Members a restore must not
 // bring back (postmaster.pid and .opts, standby.signal and recovery.signal,
 // pg_internal.init, WAL in pg_wal) are left out; tablespace links and
@@ -126,7 +160,9 @@ func (e *ObjectError) Unwrap() error { return e.Err }
 // Any failure returns an error: an *ObjectError naming the object (and
 // member) for damaged or unreadable data, wrapping storage.ErrChecksum when
 // the bytes do not match their checksum; an error wrapping ErrInUse or
-// ErrNotEmpty for refused destinations; ctx's error when it ends. A failed
+// ErrNotEmpty, ErrOutside or ErrNoSpace for refused destinations (nothing
+// written), ErrRedirected for a destination redirected outside the fence
+// while the restore ran; ctx's error when it ends. A failed
 // restore leaves what it wrote, without global/pg_control, so PostgreSQL
 // will not start on it; Result.MovedAside is set even then.
 func Restore(ctx context.Context, opts Options) (Result, error) {
@@ -153,9 +189,19 @@ func Restore(ctx context.Context, opts Options) (Result, error) {
 		}
 	}
 
+	fenceDir, fenceShown := "/", "/"
+	if opts.Fence != "" {
+		fenceDir, fenceShown = opts.Fence, "restore-root "+opts.Fence
+	}
+	fc, err := openFence(fenceDir, fenceShown)
+	if err != nil {
+		return res, err
+	}
+	defer fc.root.Close()
+
 	// Check every destination before changing any.
 	dests := []destination{}
-	d, err := inspectDir(plan.target, "target directory", opts.Force, false)
+	d, err := inspectDir(fc, plan.target, "target directory", opts.Force, false)
 	if err != nil {
 		return res, err
 	}
@@ -165,7 +211,7 @@ func Restore(ctx context.Context, opts Options) (Result, error) {
 		if a.tablespace == 0 {
 			continue
 		}
-		d, err := inspectDir(a.dir, "directory of tablespace "+strconv.FormatUint(uint64(a.tablespace), 10), opts.Force, true)
+		d, err := inspectDir(fc, a.dir, tablespaceWhat(a.tablespace), opts.Force, true)
 		if err != nil {
 			return res, err
 		}
@@ -175,9 +221,23 @@ func Restore(ctx context.Context, opts Options) (Result, error) {
 	if err := checkOverlap(dests); err != nil {
 		return res, err
 	}
+	needs := make([]int64, len(dests))
+	for _, a := range plan.archives {
+		i := 0
+		if a.tablespace != 0 {
+			i = tsDest[a.tablespace]
+		}
+		needs[i] += a.file.Bytes
+	}
+	if err := checkSpace(fc, dests, needs); err != nil {
+		return res, err
+	}
+	if testHookChecked != nil {
+		testHookChecked()
+	}
 	t := now()
 	for _, d := range dests {
-		aside, err := makeReady(d, t, opts.Owner)
+		aside, err := makeReady(fc, d, t, opts.Owner)
 		if aside != "" {
 			res.MovedAside[d.path] = aside
 			log.Info("moved old contents aside", "directory", d.path, "moved_to", aside)
@@ -186,28 +246,36 @@ func Restore(ctx context.Context, opts Options) (Result, error) {
 			return res, err
 		}
 	}
-	// The resolved paths (symbolic links followed) are what links point to.
+	// Each destination is opened once, through the fence, and written
+	// only through that handle. Its path as the kernel names the opened
+	// directory is what is reported and what pg_tblspc links point to.
+	roots := make([]*os.Root, len(dests))
+	defer func() {
+		for _, r := range roots {
+			if r != nil {
+				_ = r.Close()
+			}
+		}
+	}()
+	for i := range dests {
+		d := &dests[i]
+		r, err := fc.root.OpenRoot(d.rel)
+		if err != nil {
+			return res, fmt.Errorf("restore: open %s %s: %w", d.what, d.path, fc.outside(err, d.what, d.path))
+		}
+		roots[i] = r
+		p, err := handlePath(r, ".")
+		if err != nil {
+			return res, fmt.Errorf("restore: open %s %s: %w", d.what, d.path, err)
+		}
+		if _, err := fc.rel(p, d.what, d.path); err != nil {
+			return res, err
+		}
+		d.path = p
+	}
 	res.TargetDir = dests[0].path
 	for oid, i := range tsDest {
 		res.Tablespaces[oid] = dests[i].path
-	}
-
-	roots := map[string]*os.Root{}
-	defer func() {
-		for _, r := range roots {
-			_ = r.Close()
-		}
-	}()
-	openRoot := func(dir string) (*os.Root, error) {
-		if r, ok := roots[dir]; ok {
-			return r, nil
-		}
-		r, err := os.OpenRoot(dir)
-		if err != nil {
-			return nil, fmt.Errorf("restore: open %s: %w", dir, err)
-		}
-		roots[dir] = r
-		return r, nil
 	}
 
 	var total int64
@@ -217,6 +285,25 @@ func Restore(ctx context.Context, opts Options) (Result, error) {
 	prog := &progress{fn: opts.OnProgress, total: total}
 
 	log.Info("restore started", "backup", doc.ID, "target_dir", res.TargetDir, "archives", len(plan.archives))
+	// The manifest first: the sizes it lists bound each file the
+	// archives may write (it is verified against its checksum like every
+	// object).
+	var sizes map[string]int64
+	for _, a := range plan.archives {
+		if a.file.Name != manifestName {
+			continue
+		}
+		if err := fetchObject(ctx, opts.Backend, catalog.BackupPrefix(opts.Cluster, doc.ID), a, roots[0], nil, opts.Owner, prog); err != nil {
+			return res, err
+		}
+		data, err := roots[0].ReadFile(manifestName)
+		if err != nil {
+			return res, fmt.Errorf("restore: read back %s: %w", manifestName, err)
+		}
+		if sizes, err = manifestSizes(data); err != nil {
+			return res, &ObjectError{Object: a.file.Name, Err: err}
+		}
+	}
 	var unpackers []*unpacker
 	var base *unpacker
 	g, gctx := errgroup.WithContext(ctx)
@@ -226,21 +313,22 @@ func Restore(ctx context.Context, opts Options) (Result, error) {
 	}
 	g.SetLimit(parallel)
 	for _, a := range plan.archives {
-		dir := res.TargetDir
+		root := roots[0]
 		if a.tablespace != 0 {
-			dir = res.Tablespaces[a.tablespace]
+			root = roots[tsDest[a.tablespace]]
 		}
-		root, err := openRoot(dir)
-		if err != nil {
-			return res, err
+		if a.file.Name == manifestName {
+			continue // fetched above
 		}
-		var u *unpacker
-		if a.file.Name != manifestName {
-			u = newUnpacker(root, a.tablespace == 0, res.Tablespaces, opts.Owner)
-			unpackers = append(unpackers, u)
-			if a.tablespace == 0 {
-				base = u
-			}
+		u := newUnpacker(root, a.tablespace == 0, res.Tablespaces, opts.Owner)
+		u.limit = a.file.Bytes
+		u.sizes = sizes
+		if a.tablespace != 0 {
+			u.sizesPrefix = "pg_tblspc/" + strconv.FormatUint(uint64(a.tablespace), 10) + "/"
+		}
+		unpackers = append(unpackers, u)
+		if a.tablespace == 0 {
+			base = u
 		}
 		g.Go(func() error {
 			return fetchObject(gctx, opts.Backend, catalog.BackupPrefix(opts.Cluster, doc.ID), a, root, u, opts.Owner, prog)
@@ -257,7 +345,7 @@ func Restore(ctx context.Context, opts Options) (Result, error) {
 		return res, fmt.Errorf("restore: object %s has no %s: it is not a base backup of a data directory", plan.archives[0].file.Name, pgControlName)
 	}
 
-	baseRoot := roots[res.TargetDir]
+	baseRoot := roots[0]
 	if opts.Recovery != nil {
 		notes, err := writeRecovery(baseRoot, *opts.Recovery, doc.ID, now(), opts.Owner)
 		res.Notes = append(res.Notes, notes...)
@@ -275,11 +363,11 @@ func Restore(ctx context.Context, opts Options) (Result, error) {
 	if err := baseRoot.Rename(pgControlTempName, pgControlName); err != nil {
 		return res, fmt.Errorf("restore: put %s in place: %w", pgControlName, err)
 	}
-	if err := syncDir(filepath.Join(res.TargetDir, "global")); err != nil {
+	if err := syncDir(baseRoot, "global"); err != nil {
 		return res, err
 	}
 	for _, d := range dests {
-		if err := syncDir(filepath.Dir(d.path)); err != nil {
+		if err := syncDir(fc.root, filepath.Dir(d.rel)); err != nil {
 			return res, err
 		}
 	}
@@ -336,6 +424,10 @@ func planRestore(opts Options) (restorePlan, error) {
 			return p, fmt.Errorf("restore: backup %s: %w", doc.ID, err)
 		}
 		a := archive{file: f, compression: alg}
+		if f.Bytes <= 0 || f.Bytes > maxArchiveBytes || f.StoredBytes < 0 || f.StoredBytes > maxArchiveBytes {
+			return p, fmt.Errorf("restore: backup %s: object %s records %d bytes (%d stored), which no archive barnacle writes holds; the document is damaged",
+				doc.ID, f.Name, f.Bytes, f.StoredBytes)
+		}
 		switch {
 		case name == manifestName:
 		case name == "base.tar":
@@ -355,6 +447,11 @@ func planRestore(opts Options) (restorePlan, error) {
 			seen[uint32(oid)] = true
 			a.tablespace = uint32(oid)
 			a.dir = f.TablespaceLocation
+			if opts.Fence != "" {
+				// Whoever may write restore requests or backup.json does
+				// not choose where a fenced restore writes.
+				a.dir = DefaultTablespaceDir(target, a.tablespace)
+			}
 			if m, ok := opts.TablespaceMap[a.tablespace]; ok {
 				a.dir = m
 			}
@@ -375,6 +472,38 @@ func planRestore(opts Options) (restorePlan, error) {
 	}
 	p.archives = append([]archive{*base}, rest...)
 	return p, nil
+}
+
+// manifestSizes reads the size of every file a backup manifest lists,
+// by its path in the data directory (tablespace files under
+// pg_tblspc/<oid>/).
+func manifestSizes(data []byte) (map[string]int64, error) {
+	var m struct {
+		Files []struct {
+			Path        string `json:"Path"`
+			EncodedPath string `json:"Encoded-Path"`
+			Size        int64  `json:"Size"`
+		} `json:"Files"`
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", manifestName, err)
+	}
+	sizes := make(map[string]int64, len(m.Files))
+	for _, f := range m.Files {
+		p := f.Path
+		if f.EncodedPath != "" {
+			raw, err := hex.DecodeString(f.EncodedPath)
+			if err != nil {
+				return nil, fmt.Errorf("%s: Encoded-Path %q is not hex", manifestName, f.EncodedPath)
+			}
+			p = string(raw)
+		}
+		if f.Size < 0 || f.Size > maxArchiveBytes {
+			return nil, fmt.Errorf("%s: %s has size %d", manifestName, p, f.Size)
+		}
+		sizes[p] = f.Size
+	}
+	return sizes, nil
 }
 
 // splitArchiveName returns the name without its compression suffix and
@@ -435,7 +564,10 @@ func fetchObject(ctx context.Context, b storage.Backend, prefix string, a archiv
 		return objErr("", err)
 	}
 	defer ra.Close()
-	plain := &countingReader{r: ra, onRead: prog.add}
+	// The decompressed stream may not exceed what backup.json records: a
+	// small compressed object can expand to any size (a zstd bomb), and it
+	// must stop as soon as it does, not at the end.
+	plain := &countingReader{r: ra, onRead: prog.add, limit: f.Bytes}
 
 	var member string
 	if u == nil {
@@ -592,11 +724,29 @@ type countingReader struct {
 	r      io.Reader
 	n      int64
 	onRead func(int64)
+	// limit, when positive, is how many bytes may be read: one more is
+	// an error (errTooLarge), returned at once.
+	limit int64
 }
 
+// errTooLarge is what a countingReader returns past its limit.
+var errTooLarge = errors.New("the archive holds more data than backup.json records for it; stopped before writing more")
+
 func (c *countingReader) Read(p []byte) (int, error) {
+	if c.limit > 0 {
+		if c.n > c.limit {
+			return 0, errTooLarge
+		}
+		if rem := c.limit - c.n + 1; int64(len(p)) > rem {
+			p = p[:rem]
+		}
+	}
 	n, err := c.r.Read(p)
 	c.n += int64(n)
+	if c.limit > 0 && c.n > c.limit {
+		n -= int(c.n - c.limit)
+		err = errTooLarge
+	}
 	if c.onRead != nil && n > 0 {
 		c.onRead(int64(n))
 	}

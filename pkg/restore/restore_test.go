@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -326,6 +327,124 @@ func TestRestore(t *testing.T) {
 			o.Backup.Status = catalog.StatusFailed
 			_, err := Restore(t.Context(), o)
 			require.ErrorContains(t, err, "only a done backup")
+		})
+	})
+
+	// The fence (restore-root): every write stays below it, whatever the
+	// request, backup.json or a symbolic link swapped in say.
+	t.Run("Fence", func(t *testing.T) {
+		oidDir := strconv.FormatUint(uint64(env.tsOID), 10)
+		t.Run("TablespaceDefaultsBesideTarget", func(t *testing.T) {
+			// No map: the tablespace goes below the fence, not to the
+			// recorded location (outside it), and the restored server
+			// finds its rows there.
+			fence := t.TempDir()
+			target := filepath.Join(fence, "data")
+			recorded := treeOf(t, env.tsDir)
+			res, err := Restore(t.Context(), Options{
+				Backend: env.b, Cluster: testCluster, Backup: zst, TargetDir: target, Fence: fence,
+				Recovery: &Recovery{RestoreCommand: restoreCommand, Target: Target{Kind: TargetImmediate}, Action: ActionPromote},
+			})
+			require.NoError(t, err)
+			want := filepath.Join(fence, "data.tablespaces", oidDir)
+			assert.Equal(t, target, res.TargetDir)
+			assert.Equal(t, map[uint32]string{env.tsOID: want}, res.Tablespaces)
+			assert.Equal(t, recorded, treeOf(t, env.tsDir), "the recorded location is untouched")
+			link, err := os.Readlink(filepath.Join(target, "pg_tblspc", oidDir))
+			require.NoError(t, err)
+			assert.Equal(t, want, link)
+			pg := testenv.StartRestored(t, target)
+			wctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			_, err = pg.WaitRecoveryEnd(wctx)
+			require.NoError(t, err)
+			assert.Equal(t, int64(1000), countRows(t, pg, "base"))
+			loc, err := pg.QueryString(t.Context(), "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'")
+			require.NoError(t, err)
+			assert.Equal(t, want, loc)
+			require.NoError(t, pg.Stop())
+		})
+		t.Run("EditedLocation", func(t *testing.T) {
+			// backup.json's tablespaceLocation edited to a directory
+			// outside: a fenced restore does not go there.
+			fence, outside := t.TempDir(), t.TempDir()
+			doc := zst
+			doc.Files = slices.Clone(zst.Files)
+			for i := range doc.Files {
+				if doc.Files[i].TablespaceOID != 0 {
+					doc.Files[i].TablespaceLocation = outside
+				}
+			}
+			res, err := Restore(t.Context(), Options{Backend: env.b, Cluster: testCluster, Backup: doc, TargetDir: filepath.Join(fence, "data"), Fence: fence})
+			require.NoError(t, err)
+			assert.Equal(t, filepath.Join(fence, "data.tablespaces", oidDir), res.Tablespaces[env.tsOID])
+			assert.Len(t, treeOf(t, outside), 1, "nothing written outside")
+		})
+		t.Run("Refused", func(t *testing.T) {
+			fence, outside := t.TempDir(), t.TempDir()
+			require.NoError(t, os.Symlink(outside, filepath.Join(fence, "link")))
+			for name, o := range map[string]Options{
+				"map outside":          {TargetDir: filepath.Join(fence, "data"), TablespaceMap: map[uint32]string{env.tsOID: filepath.Join(outside, "ts")}},
+				"target outside":       {TargetDir: filepath.Join(outside, "data")},
+				"through a symlink":    {TargetDir: filepath.Join(fence, "link", "data")},
+				"map through symlink":  {TargetDir: filepath.Join(fence, "data"), TablespaceMap: map[uint32]string{env.tsOID: filepath.Join(fence, "link", "ts")}},
+				"dotdot":               {TargetDir: filepath.Join(fence, "..", filepath.Base(outside), "data")},
+				"the fence itself":     {TargetDir: fence},
+				"tablespace in target": {TargetDir: filepath.Join(fence, "data"), TablespaceMap: map[uint32]string{env.tsOID: filepath.Join(fence, "data", "ts")}},
+			} {
+				t.Run(name, func(t *testing.T) {
+					o.Backend, o.Cluster, o.Backup, o.Fence, o.Force = env.b, testCluster, zst, fence, true
+					_, err := Restore(t.Context(), o)
+					require.Error(t, err)
+					t.Log(err)
+					assert.True(t, IsRejected(err) || strings.Contains(err.Error(), "overlap"), "refused before anything was written")
+					assert.Len(t, treeOf(t, outside), 1, "nothing written outside")
+					assert.NoDirExists(t, filepath.Join(fence, "data"))
+				})
+			}
+		})
+		t.Run("SwappedAfterCheck", func(t *testing.T) {
+			// A directory under the fence that the requester can write is
+			// replaced by a link to outside between the check and the
+			// writes: the fence refuses to follow it.
+			for _, tc := range []struct {
+				name  string
+				force bool
+				setup func(fence, outside string) (target string, swap func())
+			}{
+				{"new target", false, func(fence, outside string) (string, func()) {
+					return filepath.Join(fence, "new"), func() { require.NoError(t, os.Symlink(outside, filepath.Join(fence, "new"))) }
+				}},
+				{"parent of a forced target", true, func(fence, outside string) (string, func()) {
+					require.NoError(t, os.MkdirAll(filepath.Join(fence, "sub", "data"), 0o700))
+					require.NoError(t, os.WriteFile(filepath.Join(fence, "sub", "data", "old"), []byte("old"), 0o600))
+					return filepath.Join(fence, "sub", "data"), func() {
+						require.NoError(t, os.Rename(filepath.Join(fence, "sub"), filepath.Join(fence, "sub.orig")))
+						require.NoError(t, os.Symlink(outside, filepath.Join(fence, "sub")))
+					}
+				}},
+				{"tablespace parent", false, func(fence, outside string) (string, func()) {
+					require.NoError(t, os.Mkdir(filepath.Join(fence, "data.tablespaces"), 0o700))
+					return filepath.Join(fence, "data"), func() {
+						require.NoError(t, os.Remove(filepath.Join(fence, "data.tablespaces")))
+						require.NoError(t, os.Symlink(outside, filepath.Join(fence, "data.tablespaces")))
+					}
+				}},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					fence, outside := t.TempDir(), t.TempDir()
+					require.NoError(t, os.MkdirAll(filepath.Join(outside, "data"), 0o700))
+					require.NoError(t, os.WriteFile(filepath.Join(outside, "data", "keep"), []byte("mine"), 0o600))
+					before := treeOf(t, outside)
+					target, swap := tc.setup(fence, outside)
+					testHookChecked = swap
+					defer func() { testHookChecked = nil }()
+					_, err := Restore(t.Context(), Options{Backend: env.b, Cluster: testCluster, Backup: zst, TargetDir: target, Fence: fence, Force: tc.force})
+					require.ErrorIs(t, err, ErrRedirected)
+					t.Log(err)
+					assert.Equal(t, before, treeOf(t, outside), "nothing written outside the fence")
+				})
+			}
 		})
 	})
 

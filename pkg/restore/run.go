@@ -30,6 +30,8 @@ type Request struct {
 	Force     bool
 	// TablespaceMap maps tablespace OIDs to new directories.
 	TablespaceMap map[uint32]string
+	// Fence is Options.Fence: the agent's restore-root, or "".
+	Fence string
 	// DataOnly restores the files without recovery.signal and recovery
 	// settings: Stolon's keeper writes those itself after its
 	// dataRestoreCommand.
@@ -52,10 +54,11 @@ func (e *RejectedError) Unwrap() error { return e.Err }
 
 // IsRejected reports whether err means the request was refused before
 // anything was written: a rejection from Prepare, or a destination that is
-// in use or not empty.
+// in use, not empty, outside the fence or short of space.
 func IsRejected(err error) bool {
 	var re *RejectedError
-	return errors.As(err, &re) || errors.Is(err, ErrInUse) || errors.Is(err, ErrNotEmpty)
+	return errors.As(err, &re) || errors.Is(err, ErrInUse) || errors.Is(err, ErrNotEmpty) ||
+		errors.Is(err, ErrOutside) || errors.Is(err, ErrNoSpace)
 }
 
 // Prepared is a checked request with the backup it restores.
@@ -183,8 +186,8 @@ func lastArchiveTimes(ctx context.Context, b storage.Backend, cluster string, se
 }
 
 // Run restores the prepared backup into the target directory, with the
-// recovery settings unless DataOnly. Errors wrapping ErrInUse or
-// ErrNotEmpty mean nothing was written (IsRejected).
+// recovery settings unless DataOnly. Errors for which IsRejected holds
+// mean nothing was written.
 func (p Prepared) Run(ctx context.Context, b storage.Backend, log hclog.Logger, onProgress func(done, total int64)) (Result, error) {
 	opts := Options{
 		Backend:       b,
@@ -192,6 +195,7 @@ func (p Prepared) Run(ctx context.Context, b storage.Backend, log hclog.Logger, 
 		Backup:        p.Backup,
 		TargetDir:     p.TargetDir,
 		TablespaceMap: p.TablespaceMap,
+		Fence:         p.Fence,
 		Force:         p.Force,
 		Parallel:      p.Parallel,
 		Owner:         p.Owner,

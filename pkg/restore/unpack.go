@@ -81,6 +81,17 @@ type unpacker struct {
 	owner       *Owner
 	// noSync skips the fsyncs; only the fuzz test sets it, for speed.
 	noSync bool
+	// limit, when positive, is how many bytes of regular files the
+	// archive may write: its uncompressed size as backup.json records it.
+	// A member that would write past it is refused before a byte of it is
+	// written, so a small crafted archive cannot fill the disk.
+	limit int64
+	// sizes, when not nil, are the file sizes the backup manifest lists
+	// (manifestSizes), by data-directory path; this archive's member names
+	// get sizesPrefix in front. A member larger than its listed size is
+	// refused before it is written.
+	sizes       map[string]int64
+	sizesPrefix string
 
 	mu sync.Mutex
 	// dirs are the directories created or written into, with the mtime
@@ -92,6 +103,8 @@ type unpacker struct {
 	sawControl bool
 	// unsynced are the regular files written and not yet fsynced.
 	unsynced []string
+	// written is the size of the regular files written so far.
+	written int64
 }
 
 func newUnpacker(root *os.Root, base bool, tablespaces map[uint32]string, owner *Owner) *unpacker {
@@ -113,10 +126,30 @@ func (u *unpacker) unpack(ctx context.Context, r io.Reader) error {
 		if err != nil {
 			return fmt.Errorf("read tar header: %w", err)
 		}
+		if isSparse(hdr) {
+			// archive/tar expands a sparse member's holes into zeros: a
+			// few KiB of archive become any number of written bytes.
+			// PostgreSQL's BASE_BACKUP never sends one.
+			return &memberErr{name: hdr.Name, err: errors.New("sparse tar members are not restored; PostgreSQL never sends one")}
+		}
 		if err := u.member(ctx, hdr, tr); err != nil {
 			return &memberErr{name: hdr.Name, err: err}
 		}
 	}
+}
+
+// isSparse reports whether hdr is a GNU sparse member, old style or in
+// PAX records.
+func isSparse(hdr *tar.Header) bool {
+	if hdr.Typeflag == tar.TypeGNUSparse {
+		return true
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
 }
 
 // cleanName turns a tar member name into a name relative to the root, or
@@ -300,6 +333,18 @@ func (u *unpacker) mkdir(name string, hdr *tar.Header) error {
 }
 
 func (u *unpacker) regular(ctx context.Context, name string, hdr *tar.Header, r io.Reader) error {
+	u.mu.Lock()
+	over := u.limit > 0 && (hdr.Size > u.limit || u.written+hdr.Size > u.limit)
+	if !over {
+		u.written += hdr.Size
+	}
+	u.mu.Unlock()
+	if over {
+		return fmt.Errorf("its %d bytes would make the archive write more than the %d bytes backup.json records for it", hdr.Size, u.limit)
+	}
+	if want, ok := u.sizes[u.sizesPrefix+name]; ok && hdr.Size > want {
+		return fmt.Errorf("it holds %d bytes, but %s lists %d", hdr.Size, manifestName, want)
+	}
 	if err := u.parent(name); err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/barnacle-pg/barnacle/pkg/redact"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
 	"github.com/barnacle-pg/barnacle/pkg/storage/s3"
@@ -42,11 +43,50 @@ func openS3(ctx context.Context, u *url.URL, _ bool) (storage.Backend, error) {
 	return s3.Open(ctx, u)
 }
 
+// Check reports what Open would refuse in rawURL's form (scheme, query
+// parameters, user information) without opening anything, so that a
+// command can refuse a bad archive-url as a configuration error before it
+// starts. Errors never contain a secret.
+func Check(rawURL string) error {
+	u, err := parse(rawURL)
+	if err != nil {
+		return err
+	}
+	switch u.Scheme {
+	case "s3":
+		return s3.CheckURL(u)
+	case "file":
+		return nil // fs.Open checks the rest, and the directory
+	}
+	return unsupported(u, rawURL)
+}
+
+func parse(rawURL string) (*url.URL, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		// url.Error repeats the raw URL, which may hold a secret.
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err
+		}
+		return nil, fmt.Errorf("parse archive-url %q: %w", redact.URL(rawURL), err)
+	}
+	return u, nil
+}
+
+func unsupported(u *url.URL, rawURL string) error {
+	if u.Scheme == "" && strings.HasPrefix(rawURL, "/") {
+		return fmt.Errorf("archive-url %q has no scheme: use file://%s", redact.URL(rawURL), redact.URL(rawURL))
+	}
+	return fmt.Errorf("unsupported archive-url scheme %q: use %s", u.Scheme, examples())
+}
+
 // Open returns the backend for rawURL, chosen by its scheme (see Schemes),
 // for reading and writing: a backend that can check on opening that it may
 // write (the file backend) does. An unknown or missing scheme is an error
-// that lists the supported ones. Errors never contain the URL's password.
-// ctx bounds any network work a backend does while opening.
+// that lists the supported ones. Errors never contain a secret: URLs in
+// them go through redact.URL. ctx bounds any network work a backend does
+// while opening.
 func Open(ctx context.Context, rawURL string) (storage.Backend, error) {
 	return open(ctx, rawURL, false)
 }
@@ -59,14 +99,9 @@ func OpenReadOnly(ctx context.Context, rawURL string) (storage.Backend, error) {
 }
 
 func open(ctx context.Context, rawURL string, readOnly bool) (storage.Backend, error) {
-	u, err := url.Parse(rawURL)
+	u, err := parse(rawURL)
 	if err != nil {
-		// url.Error repeats the raw URL, which may hold a secret.
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err
-		}
-		return nil, fmt.Errorf("parse archive-url: %w", err)
+		return nil, err
 	}
 	for _, s := range schemes {
 		if u.Scheme == s.name {
@@ -77,10 +112,7 @@ func open(ctx context.Context, rawURL string, readOnly bool) (storage.Backend, e
 			return b, nil
 		}
 	}
-	if u.Scheme == "" && strings.HasPrefix(rawURL, "/") {
-		return nil, fmt.Errorf("archive-url %q has no scheme: use file://%s", u.Redacted(), rawURL)
-	}
-	return nil, fmt.Errorf("unsupported archive-url scheme %q: use %s", u.Scheme, examples())
+	return nil, unsupported(u, rawURL)
 }
 
 // Schemes returns the supported URL schemes, in table order.

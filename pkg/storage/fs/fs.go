@@ -43,6 +43,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/barnacle-pg/barnacle/pkg/redact"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/writeback"
 )
@@ -137,7 +138,7 @@ func Open(u *url.URL) (*Backend, error) { return OpenWith(u, Options{}) }
 
 // OpenWith is Open with opts (CreateRoot, ReadOnly, ...).
 func OpenWith(u *url.URL, opts Options) (*Backend, error) {
-	shown := u.Redacted()
+	shown := redact.URL(u.String())
 	switch {
 	case u.Scheme != "file":
 		return nil, fmt.Errorf("fs: archive URL %q: scheme is %q, not file", shown, u.Scheme)

@@ -15,3 +15,6 @@ func SetNoIAM() (restore func()) {
 
 // ParseSize exposes parseSize.
 var ParseSize = parseSize
+
+// QueryParams exposes queryParams.
+func QueryParams() []string { return queryParams }

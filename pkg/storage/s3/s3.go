@@ -83,6 +83,7 @@ import (
 	"github.com/minio/minio-go/v7/pkg/encrypt"
 	"github.com/minio/minio-go/v7/pkg/s3utils"
 
+	"github.com/barnacle-pg/barnacle/pkg/redact"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 )
 
@@ -197,7 +198,7 @@ func Open(ctx context.Context, u *url.URL) (*Backend, error) {
 }
 
 func parseURL(u *url.URL) (Options, error) {
-	shown := u.Redacted()
+	shown := redact.URL(u.String())
 	var opts Options
 	switch {
 	case u.Scheme != "s3":
@@ -233,6 +234,9 @@ func parseURL(u *url.URL) (Options, error) {
 		}
 	}
 	opts.Endpoint = q.Get("endpoint")
+	if err := checkEndpoint(opts.Endpoint); err != nil {
+		return opts, fmt.Errorf("s3: archive URL %q: %w", shown, err)
+	}
 	opts.Region = q.Get("region")
 	opts.SSE = q.Get("sse")
 	opts.SSEKMSKeyID = q.Get("sse-kms-key-id")
@@ -255,6 +259,32 @@ func parseURL(u *url.URL) (Options, error) {
 		opts.Concurrency = n
 	}
 	return opts, nil
+}
+
+// checkEndpoint accepts "" or an http:// or https:// URL of a scheme and a
+// host only; its errors show the endpoint redacted.
+func checkEndpoint(ep string) error {
+	if ep == "" {
+		return nil
+	}
+	eu, err := url.Parse(ep)
+	switch {
+	case err != nil || eu.Host == "" || (eu.Scheme != "http" && eu.Scheme != "https"):
+		return fmt.Errorf("endpoint %q is not an http:// or https:// URL", redact.URL(ep))
+	case eu.User != nil:
+		return fmt.Errorf("endpoint %q has user information; credentials never go in the URL: "+
+			"set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, use a shared credentials file, or an IAM role", redact.URL(ep))
+	case strings.Trim(eu.Path, "/") != "" || eu.RawQuery != "" || eu.Fragment != "":
+		return fmt.Errorf("endpoint %q must be a scheme and host only", redact.URL(ep))
+	}
+	return nil
+}
+
+// CheckURL reports what Open would refuse in u without opening anything:
+// no network, no credentials. Its errors never repeat a secret.
+func CheckURL(u *url.URL) error {
+	_, err := parseURL(u)
+	return err
 }
 
 // parseSize parses "16MB", "16MiB", "5242880" or "1GB"; K, M and G are
@@ -327,16 +357,10 @@ func New(ctx context.Context, opts Options) (*Backend, error) {
 
 	host, secure := "s3.amazonaws.com", true
 	if opts.Endpoint != "" {
-		eu, err := url.Parse(opts.Endpoint)
-		if err != nil || eu.Host == "" || (eu.Scheme != "http" && eu.Scheme != "https") {
-			return nil, fmt.Errorf("s3: endpoint %q is not an http:// or https:// URL", opts.Endpoint)
+		if err := checkEndpoint(opts.Endpoint); err != nil {
+			return nil, fmt.Errorf("s3: %w", err)
 		}
-		if eu.User != nil {
-			return nil, errors.New("s3: endpoint has user information; credentials never go in the URL")
-		}
-		if strings.Trim(eu.Path, "/") != "" || eu.RawQuery != "" {
-			return nil, fmt.Errorf("s3: endpoint %q must be a scheme and host only", opts.Endpoint)
-		}
+		eu, _ := url.Parse(opts.Endpoint)
 		host, secure = eu.Host, eu.Scheme == "https"
 	}
 	transport, err := minio.DefaultTransport(secure)
@@ -345,7 +369,7 @@ func New(ctx context.Context, opts Options) (*Backend, error) {
 	}
 	if opts.CAFile != "" {
 		if !secure {
-			return nil, fmt.Errorf("s3: ca-file given for the plain http endpoint %s", opts.Endpoint)
+			return nil, fmt.Errorf("s3: ca-file given for the plain http endpoint %s", redact.URL(opts.Endpoint))
 		}
 		pool, err := caPool(opts.CAFile)
 		if err != nil {

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/barnacle-pg/barnacle/internal/testenv"
+	"github.com/barnacle-pg/barnacle/pkg/redact"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/s3"
 	"github.com/barnacle-pg/barnacle/pkg/storage/storagetest"
@@ -344,7 +345,7 @@ func TestOpenURL(t *testing.T) {
 		{url: "s3://bucket?region=eu-west-1"},
 		{url: "s3://bucket/a/b/?part-size=16MB&concurrency=8&sse=AES256", back: "s3://bucket/a/b?concurrency=8&part-size=16777216&sse=AES256"},
 		{url: "s3://bucket/p?sse=aws:kms&sse-kms-key-id=key-1", back: "s3://bucket/p?sse=aws%3Akms&sse-kms-key-id=key-1"},
-		{url: "s3://AKID:secret@bucket/p", want: "has user information; credentials never go in the URL"},
+		{url: "s3://AKID:mysecretvalue@bucket/p", want: "has user information; credentials never go in the URL"},
 		{url: "s3://bucket/p?acl=private", want: `unknown query parameter "acl"; known: endpoint, region, path-style, part-size, concurrency, sse, sse-kms-key-id, ca-file`},
 		{url: "s3://bucket/p?region=a&region=b", want: `query parameter "region" given 2 times`},
 		{url: "s3:///p", want: "names no bucket"},
@@ -355,7 +356,12 @@ func TestOpenURL(t *testing.T) {
 		{url: "s3://bucket/p?sse=rot13", want: `sse "rot13" is not AES256 or aws:kms`},
 		{url: "s3://bucket/p?sse-kms-key-id=k", want: "sse-kms-key-id needs sse=aws:kms"},
 		{url: "s3://bucket/p?endpoint=ftp://x", want: "is not an http:// or https:// URL"},
-		{url: "s3://bucket/p?endpoint=http://u:pw@x", want: "endpoint has user information"},
+		{url: "s3://bucket/p?endpoint=http://u:mysecretvalue@x", want: `endpoint "http://REDACTED@x" has user information; credentials never go in the URL`},
+		// A secret pasted into the URL is refused and never repeated.
+		{url: "s3://bucket/p?region=r&secret_key=mysecretvalue", want: `s3: archive URL "s3://bucket/p?region=r&secret_key=REDACTED": unknown query parameter "secret_key"; known: endpoint,`},
+		{url: "s3://bucket/p?endpoint=http://AKID:mysecretvalue@x:9000", want: `archive URL "s3://bucket/p?endpoint=http%3A%2F%2FREDACTED%40x%3A9000": endpoint "http://REDACTED@x:9000" has user information`},
+		{url: "s3://AKID:mysecretvalue@bucket/p?aws_secret_access_key=mysecretvalue", want: `archive URL "s3://REDACTED@bucket/p?aws_secret_access_key=REDACTED" has user information`},
+		{url: "s3://bucket/p?endpoint=http://x/?token=mysecretvalue", want: `endpoint "http://x/?token=REDACTED" must be a scheme and host only`},
 		{url: "s3://bucket/.hidden", want: "prefix"},
 		{url: "s3://bucket/p?endpoint=http://x&ca-file=/nonexistent", want: "ca-file given for the plain http endpoint"},
 		{url: "s3://bucket/p?endpoint=https://x&ca-file=/nonexistent", want: "read ca-file"},
@@ -368,7 +374,7 @@ func TestOpenURL(t *testing.T) {
 			b, err := s3.Open(t.Context(), u)
 			if tc.want != "" {
 				require.ErrorContains(t, err, tc.want)
-				assert.NotContains(t, err.Error(), "secret")
+				assert.NotContains(t, err.Error(), "mysecretvalue")
 				return
 			}
 			require.NoError(t, err)
@@ -378,6 +384,14 @@ func TestOpenURL(t *testing.T) {
 			}
 			assert.Equal(t, want, b.URL())
 		})
+	}
+}
+
+// TestQueryParamsShown: every parameter Open accepts holds no secret, and
+// redact.URL shows its value; any other parameter's value it hides.
+func TestQueryParamsShown(t *testing.T) {
+	for _, k := range s3.QueryParams() {
+		assert.True(t, redact.SafeParam(k), "redact.URL hides the value of accepted parameter %q; add it to redact's list", k)
 	}
 }
 
