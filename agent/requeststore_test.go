@@ -37,12 +37,17 @@ func (s *servedCounter) serve(ctx context.Context, id string, _ []byte) {
 	if err != nil || resp.Count > 0 {
 		return
 	}
+	// The claim is written before the call counts: a test that sees the
+	// count and stops the watch must not stop it before the claim.
+	if !strings.HasPrefix(id, "pending-") {
+		claimed, err := putStatus(ctx, newStatusStore(s.cli, hclog.NewNullLogger(), prometheus.NewRegistry()), s.base+"status/backup/"+id, RequestStatus{State: StateClaimed, Agent: "a"}, true)
+		if err != nil || !claimed {
+			return
+		}
+	}
 	s.mu.Lock()
 	s.n[id]++
 	s.mu.Unlock()
-	if !strings.HasPrefix(id, "pending-") {
-		_, _ = putStatus(ctx, newStatusStore(s.cli, hclog.NewNullLogger(), prometheus.NewRegistry()), s.base+"status/backup/"+id, RequestStatus{State: StateClaimed, Agent: "a"}, true)
-	}
 }
 
 func (s *servedCounter) calls(id string) int {
