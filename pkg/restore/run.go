@@ -9,9 +9,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
-	"github.com/barnacle-pg/barnacle/pkg/retention"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
-	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
 // Request is one restore as `barnacle restore` and a restore request in
@@ -62,7 +60,7 @@ func IsRejected(err error) bool {
 type Prepared struct {
 	Request
 	Backup  catalog.Backup
-	Windows []Window
+	Windows []catalog.Window
 }
 
 // Prepare checks a request against the archive before anything is
@@ -88,13 +86,9 @@ func Prepare(ctx context.Context, b storage.Backend, req Request) (Prepared, err
 	default:
 		return reject(fmt.Errorf("restore: target action %q: use pause, promote or shutdown", req.Action))
 	}
-	in, err := retention.ReadInput(ctx, b, req.Cluster, retention.Policy{})
+	a, err := catalog.ReadArchive(ctx, b, req.Cluster)
 	if err != nil {
-		return p, fmt.Errorf("restore: read the catalog: %w", err)
-	}
-	gaps, err := catalog.ReadGaps(ctx, b, req.Cluster)
-	if err != nil {
-		return p, fmt.Errorf("restore: read the recorded gaps: %w", err)
+		return p, fmt.Errorf("restore: %w", err)
 	}
 	if req.Backup != "" {
 		doc, err := catalog.ResolveBackup(ctx, b, req.Cluster, req.Backup)
@@ -108,49 +102,17 @@ func Prepare(ctx context.Context, b storage.Backend, req Request) (Prepared, err
 		}
 		p.Backup = doc
 	} else {
-		doc, err := ChooseBackup(in.Backups, in.Histories, req.Target, req.Timeline)
+		doc, err := ChooseBackup(a.Backups, a.Histories, req.Target, req.Timeline)
 		if err != nil {
 			return reject(err)
 		}
 		p.Backup = doc
 	}
-	p.Windows = RecoverableWindows(in, gaps)
-	if err := lastArchiveTimes(ctx, b, req.Cluster, in.WALSegmentSize, p.Windows); err != nil {
-		return p, err
-	}
-	if err := CheckTarget(req.Target, req.Timeline, p.Windows, gaps); err != nil {
+	p.Windows = catalog.RecoverableWindows(a)
+	if err := CheckTarget(req.Target, req.Timeline, p.Windows, a.Gaps); err != nil {
 		return reject(err)
 	}
 	return p, nil
-}
-
-// lastArchiveTimes sets ToTime of each window that reaches its timeline's
-// archived end to when the newest WAL object of that timeline was last
-// written: no commit after that moment is in the archive, so a later time
-// target cannot be reached (PostgreSQL would end recovery short of it).
-func lastArchiveTimes(ctx context.Context, b storage.Backend, cluster string, segSize uint64, windows []Window) error {
-	if wal.ValidSegmentSize(segSize) != nil {
-		return nil
-	}
-	prefix := catalog.WALPrefix(cluster)
-	objs, err := b.List(ctx, prefix)
-	if err != nil {
-		return fmt.Errorf("restore: list the archived WAL: %w", err)
-	}
-	for i := range windows {
-		w := &windows[i]
-		if w.StopsAt != "" {
-			continue
-		}
-		for _, o := range objs {
-			base, _, _ := wal.SplitFileName(strings.TrimPrefix(o.Name, prefix))
-			tli, _, err := wal.ParseSegmentFileName(base, segSize)
-			if err == nil && tli == w.Timeline && o.ModTime.After(w.ToTime) {
-				w.ToTime = o.ModTime
-			}
-		}
-	}
-	return nil
 }
 
 // Run restores the prepared backup into the target directory, with the
