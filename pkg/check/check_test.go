@@ -114,6 +114,13 @@ func TestCheckContinuity(t *testing.T) {
 			ranges: []TimelineRange{{1, seg(1, 3), seg(1, 5)}, {2, seg(2, 6), seg(2, 8)}},
 		},
 		{
+			name: "a partial before the switch segment is a hole, though it ends its timeline",
+			archive: WALArchive{Files: []string{seg(1, 3), seg(1, 4), seg(1, 5) + ".partial", "00000002.history", seg(2, 6), seg(2, 7)},
+				Histories: map[wal.Timeline][]byte{2: hist2}, StartTimeline: 1, StartLSN: 0x3000028},
+			missing: []string{seg(1, 5)},
+			ranges:  []TimelineRange{{1, seg(1, 3), seg(1, 5)}, {2, seg(2, 6), seg(2, 7)}},
+		},
+		{
 			name: "history file deleted",
 			archive: WALArchive{Files: without(failover, "00000002.history"),
 				StartTimeline: 1, StartLSN: 0x3000028},
