@@ -135,7 +135,7 @@ func IndexWAL(objs []storage.ObjectInfo, prefix string, segSize uint64) *WALInde
 		tli, seg, err := wal.ParseSegmentFileName(base, segSize)
 		if err != nil {
 			ix.unknown = append(ix.unknown, w)
-			ix.invalid = append(ix.invalid, err)
+			ix.invalid = append(ix.invalid, fmt.Errorf("%w (is the archive from a server with another wal_segment_size?)", err))
 			continue
 		}
 		w.Timeline, w.Segment, w.Partial, w.Compression = tli, seg, partial, comp
@@ -157,9 +157,9 @@ func IndexWAL(objs []storage.ObjectInfo, prefix string, segSize uint64) *WALInde
 			ix.top = &w
 		}
 	}
-	for k, p := range ix.partials {
-		if _, ok := ix.complete[k]; ok {
-			ix.superseded = append(ix.superseded, p)
+	for _, o := range ix.segments {
+		if _, ok := ix.complete[segKey{o.Timeline, o.Segment}]; ok && o.Partial {
+			ix.superseded = append(ix.superseded, o)
 		}
 	}
 	slices.SortFunc(ix.superseded, func(a, b WALObject) int { return strings.Compare(a.Name, b.Name) })
