@@ -388,3 +388,19 @@ func (ix *WALIndex) Reached(tli wal.Timeline, lsn wal.LSN) bool {
 	end, _ := ix.reachIn(tli, seg)
 	return end >= lsn
 }
+
+// Position is a point in the WAL history: an LSN on a timeline.
+type Position struct {
+	Timeline wal.Timeline
+	LSN      wal.LSN
+}
+
+// Reached reports whether an archive whose WAL is durable up to p (the
+// receiver's flushed position, an agent record's archived LSN) holds the
+// WAL up to target: p is on target's timeline at or past target's LSN, or
+// on a later timeline. A later timeline counts because the archive follows
+// the master: at a timeline switch the receiver archives the old timeline
+// to its end (the switch point) before it streams the new one.
+func (p Position) Reached(target Position) bool {
+	return p.Timeline > target.Timeline || (p.Timeline == target.Timeline && p.LSN >= target.LSN)
+}

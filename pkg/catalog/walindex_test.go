@@ -215,3 +215,19 @@ func names(objs []WALObject) []string {
 	}
 	return out
 }
+
+func TestPositionReached(t *testing.T) {
+	target := Position{Timeline: 2, LSN: 0x5000100}
+	for _, tc := range []struct {
+		p    Position
+		want bool
+	}{
+		{Position{2, 0x5000100}, true},
+		{Position{2, 0x5000200}, true},
+		{Position{2, 0x50000FF}, false},
+		{Position{1, 0x9000000}, false}, // an earlier timeline never reaches, however far
+		{Position{3, 0x1000000}, true},  // a later one has archived target's timeline to its end
+	} {
+		assert.Equal(t, tc.want, tc.p.Reached(target), "%+v", tc.p)
+	}
+}
