@@ -231,3 +231,23 @@ func TestPositionReached(t *testing.T) {
 		assert.Equal(t, tc.want, tc.p.Reached(target), "%+v", tc.p)
 	}
 }
+
+// FuzzIndexWAL: any listing indexes without panicking, and what Serve hands
+// out obeys the .partial rule.
+func FuzzIndexWAL(f *testing.F) {
+	f.Add(segName(1, 3), segName(1, 4)+".partial", "00000002.history", int64(100))
+	f.Add(segName(2, 3)+".zst", segName(1, 3)+".partial.lz4", segName(1, 3)+".conflict-x", int64(-1))
+	f.Fuzz(func(t *testing.T, a, b, c string, size int64) {
+		ix := IndexWAL([]storage.ObjectInfo{{Name: "c/wals/" + a, Size: size}, {Name: "c/wals/" + b, Size: size}, {Name: "c/wals/" + c, Size: size}}, "c/wals/", ixSeg)
+		for _, o := range ix.Segments() {
+			got, ok, why := ix.Serve(o.Timeline, o.Segment)
+			if ok && got.Partial && (ix.PartialServed(o.Timeline, o.Segment) != "" || o.Timeline != ix.Newest()) {
+				t.Fatalf("served %s though %s", got.Name, why)
+			}
+			if !ok && why == "" {
+				t.Fatalf("%s: not served and no reason", o.Name)
+			}
+			_, _ = ix.Reach(o.Timeline, wal.SegmentStart(o.Segment, ixSeg))
+		}
+	})
+}
