@@ -34,13 +34,7 @@ type SegmentReader struct {
 // and storage.ErrChecksum when its bytes are damaged.
 func OpenSegment(ctx context.Context, b storage.Backend, name string) (*SegmentReader, error) {
 	_, _, comp := wal.SplitFileName(path.Base(name))
-	alg := compress.None
-	switch comp {
-	case wal.CompressionZstd:
-		alg = compress.Zstd
-	case wal.CompressionLZ4:
-		alg = compress.LZ4
-	}
+	alg := CompressionAlgorithm(comp)
 	rc, err := b.Get(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("open segment %s: %w", name, err)
@@ -52,6 +46,19 @@ func OpenSegment(ctx context.Context, b storage.Backend, name string) (*SegmentR
 		return nil, fmt.Errorf("open segment %s: %w", name, err)
 	}
 	return &SegmentReader{name: name, raw: raw, dec: dec}, nil
+}
+
+// CompressionAlgorithm maps a name suffix from wal.SplitFileName ("",
+// wal.CompressionZstd, wal.CompressionLZ4) to the compress algorithm that
+// reads it; any other suffix maps to compress.None.
+func CompressionAlgorithm(suffix string) string {
+	switch suffix {
+	case wal.CompressionZstd:
+		return compress.Zstd
+	case wal.CompressionLZ4:
+		return compress.LZ4
+	}
+	return compress.None
 }
 
 // Read reads decompressed WAL; see OpenSegment for when it verifies.

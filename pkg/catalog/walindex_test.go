@@ -12,23 +12,19 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
-const ixSeg = 16 << 20
-
-func segName(tli wal.Timeline, seg wal.SegmentNo) string { return wal.SegmentFileName(tli, seg, ixSeg) }
-
 // index builds an index of names under "c/wals/"; a name "X=n" has size n,
 // others the segment size.
 func index(names ...string) *WALIndex {
 	var objs []storage.ObjectInfo
 	for _, n := range names {
-		size := int64(ixSeg)
+		size := int64(segSize)
 		if name, v, ok := strings.Cut(n, "="); ok {
 			n = name
 			size, _ = strconv.ParseInt(v, 10, 64)
 		}
 		objs = append(objs, storage.ObjectInfo{Name: "c/wals/" + n, Size: size})
 	}
-	return IndexWAL(objs, "c/wals/", ixSeg)
+	return IndexWAL(objs, "c/wals/", segSize)
 }
 
 func TestWALIndexServe(t *testing.T) {
@@ -40,33 +36,33 @@ func TestWALIndexServe(t *testing.T) {
 		served string // object name served; "" for none
 		why    string // substring of the reason when none
 	}{
-		{"plain segment", []string{segName(1, 3)}, 1, 3, segName(1, 3), ""},
-		{"zst segment", []string{segName(1, 3) + ".zst"}, 1, 3, segName(1, 3) + ".zst", ""},
-		{"lz4 segment", []string{segName(1, 3) + ".lz4"}, 1, 3, segName(1, 3) + ".lz4", ""},
-		{"plain wins over compressed", []string{segName(1, 3) + ".lz4", segName(1, 3) + ".zst", segName(1, 3)}, 1, 3, segName(1, 3), ""},
-		{"zst wins over lz4", []string{segName(1, 3) + ".lz4", segName(1, 3) + ".zst"}, 1, 3, segName(1, 3) + ".zst", ""},
-		{"missing", []string{segName(1, 2), segName(1, 4)}, 1, 3, "", "not in the archive"},
+		{"plain segment", []string{seg(1, 3)}, 1, 3, seg(1, 3), ""},
+		{"zst segment", []string{seg(1, 3) + ".zst"}, 1, 3, seg(1, 3) + ".zst", ""},
+		{"lz4 segment", []string{seg(1, 3) + ".lz4"}, 1, 3, seg(1, 3) + ".lz4", ""},
+		{"plain wins over compressed", []string{seg(1, 3) + ".lz4", seg(1, 3) + ".zst", seg(1, 3)}, 1, 3, seg(1, 3), ""},
+		{"zst wins over lz4", []string{seg(1, 3) + ".lz4", seg(1, 3) + ".zst"}, 1, 3, seg(1, 3) + ".zst", ""},
+		{"missing", []string{seg(1, 2), seg(1, 4)}, 1, 3, "", "not in the archive"},
 		{"the newest timeline's final partial is served",
-			[]string{segName(1, 2), segName(1, 3) + ".partial=4096"}, 1, 3, segName(1, 3) + ".partial", ""},
+			[]string{seg(1, 2), seg(1, 3) + ".partial=4096"}, 1, 3, seg(1, 3) + ".partial", ""},
 		{"a complete copy supersedes the partial",
-			[]string{segName(1, 3) + ".partial=4096", segName(1, 3) + ".zst"}, 1, 3, segName(1, 3) + ".zst", ""},
+			[]string{seg(1, 3) + ".partial=4096", seg(1, 3) + ".zst"}, 1, 3, seg(1, 3) + ".zst", ""},
 		{"an old timeline's partial is never served (later history file)",
-			[]string{segName(1, 3) + ".partial=4096", "00000002.history"}, 1, 3, "", "timeline 1 is not the newest (the archive has 00000002.history)"},
+			[]string{seg(1, 3) + ".partial=4096", "00000002.history"}, 1, 3, "", "timeline 1 is not the newest (the archive has 00000002.history)"},
 		{"an old timeline's partial is never served (later segment)",
-			[]string{segName(1, 3) + ".partial=4096", "00000002.history", segName(2, 3)}, 1, 3, "", "timeline 1 is not the newest (the archive has " + segName(2, 3) + ")"},
+			[]string{seg(1, 3) + ".partial=4096", "00000002.history", seg(2, 3)}, 1, 3, "", "timeline 1 is not the newest (the archive has " + seg(2, 3) + ")"},
 		{"an old timeline's partial is never served (a later timeline's partial only)",
-			[]string{segName(1, 3) + ".partial=4096", segName(2, 3) + ".partial=10"}, 1, 3, "", "timeline 1 is not the newest"},
+			[]string{seg(1, 3) + ".partial=4096", seg(2, 3) + ".partial=10"}, 1, 3, "", "timeline 1 is not the newest"},
 		{"a partial in the middle of its timeline is not served",
-			[]string{segName(1, 3) + ".partial=4096", segName(1, 4)}, 1, 3, "", "not the end of timeline 1 (the archive has " + segName(1, 4) + ")"},
+			[]string{seg(1, 3) + ".partial=4096", seg(1, 4)}, 1, 3, "", "not the end of timeline 1 (the archive has " + seg(1, 4) + ")"},
 		{"a partial before a later partial is not served",
-			[]string{segName(1, 3) + ".partial=4096", segName(1, 5) + ".partial=1"}, 1, 3, "", "not the end of timeline 1"},
+			[]string{seg(1, 3) + ".partial=4096", seg(1, 5) + ".partial=1"}, 1, 3, "", "not the end of timeline 1"},
 		{"a compressed partial is not served",
-			[]string{segName(1, 3) + ".partial.zst=100"}, 1, 3, "", "compressed"},
+			[]string{seg(1, 3) + ".partial.zst=100"}, 1, 3, "", "compressed"},
 		{"conflict copies and foreign names do not count as later",
-			[]string{segName(1, 3) + ".partial=4096", segName(1, 4) + ".conflict-20260101T000000Z", "README", "00000002.history.conflict-20260101T000000Z"},
-			1, 3, segName(1, 3) + ".partial", ""},
+			[]string{seg(1, 3) + ".partial=4096", seg(1, 4) + ".conflict-20260101T000000Z", "README", "00000002.history.conflict-20260101T000000Z"},
+			1, 3, seg(1, 3) + ".partial", ""},
 		{"an older timeline's WAL does not stop the newest one's partial",
-			[]string{segName(1, 3), segName(1, 9), "00000002.history", segName(2, 3) + ".partial=100"}, 2, 3, segName(2, 3) + ".partial", ""},
+			[]string{seg(1, 3), seg(1, 9), "00000002.history", seg(2, 3) + ".partial=100"}, 2, 3, seg(2, 3) + ".partial", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ix := index(tc.files...)
@@ -85,8 +81,8 @@ func TestWALIndexServe(t *testing.T) {
 }
 
 func TestWALIndexStored(t *testing.T) {
-	ix := index(segName(1, 3), segName(1, 4)+".partial=5", segName(1, 5), segName(1, 6)+".partial=7",
-		"00000002.history", segName(2, 6), segName(2, 7)+".partial=9")
+	ix := index(seg(1, 3), seg(1, 4)+".partial=5", seg(1, 5), seg(1, 6)+".partial=7",
+		"00000002.history", seg(2, 6), seg(2, 7)+".partial=9")
 	for _, tc := range []struct {
 		tli  wal.Timeline
 		seg  wal.SegmentNo
@@ -106,7 +102,7 @@ func TestWALIndexStored(t *testing.T) {
 }
 
 func TestWALIndexReach(t *testing.T) {
-	const s = wal.LSN(ixSeg)
+	const s = wal.LSN(segSize)
 	for _, tc := range []struct {
 		name  string
 		files []string
@@ -116,15 +112,15 @@ func TestWALIndexReach(t *testing.T) {
 		hole  string
 		end   wal.LSN // End(tli); 0 when tli has no segment
 	}{
-		{"to the end of complete segments", []string{segName(1, 3), segName(1, 4) + ".zst"}, 1, 3*s + 0x100, 5 * s, "", 5 * s},
-		{"into the served partial", []string{segName(1, 3), segName(1, 4) + ".partial=4096"}, 1, 3*s + 0x100, 4*s + 4096, "", 4*s + 4096},
-		{"a hole before later WAL", []string{segName(1, 3), segName(1, 5)}, 1, 3*s + 0x100, 4 * s, segName(1, 4), 6 * s},
-		{"a partial in the middle is a hole", []string{segName(1, 3), segName(1, 4) + ".partial=10", segName(1, 5)}, 1, 3*s + 0x100, 4 * s, segName(1, 4), 6 * s},
+		{"to the end of complete segments", []string{seg(1, 3), seg(1, 4) + ".zst"}, 1, 3*s + 0x100, 5 * s, "", 5 * s},
+		{"into the served partial", []string{seg(1, 3), seg(1, 4) + ".partial=4096"}, 1, 3*s + 0x100, 4*s + 4096, "", 4*s + 4096},
+		{"a hole before later WAL", []string{seg(1, 3), seg(1, 5)}, 1, 3*s + 0x100, 4 * s, seg(1, 4), 6 * s},
+		{"a partial in the middle is a hole", []string{seg(1, 3), seg(1, 4) + ".partial=10", seg(1, 5)}, 1, 3*s + 0x100, 4 * s, seg(1, 4), 6 * s},
 		{"an old timeline stops before its unserved partial, without a hole",
-			[]string{segName(1, 3), segName(1, 4) + ".partial=4096", "00000002.history", segName(2, 4)}, 1, 3*s + 0x100, 4 * s, "", 4 * s},
-		{"nothing stored at the start", []string{segName(1, 5)}, 1, 3*s + 0x100, 3*s + 0x100, segName(1, 3), 6 * s},
+			[]string{seg(1, 3), seg(1, 4) + ".partial=4096", "00000002.history", seg(2, 4)}, 1, 3*s + 0x100, 4 * s, "", 4 * s},
+		{"nothing stored at the start", []string{seg(1, 5)}, 1, 3*s + 0x100, 3*s + 0x100, seg(1, 3), 6 * s},
 		{"nothing stored at all", nil, 1, 3*s + 0x100, 3*s + 0x100, "", 0},
-		{"a partial shorter than from", []string{segName(1, 3) + ".partial=16"}, 1, 3*s + 0x100, 3*s + 0x100, "", 3*s + 16},
+		{"a partial shorter than from", []string{seg(1, 3) + ".partial=16"}, 1, 3*s + 0x100, 3*s + 0x100, "", 3*s + 16},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ix := index(tc.files...)
@@ -139,8 +135,8 @@ func TestWALIndexReach(t *testing.T) {
 }
 
 func TestWALIndexReached(t *testing.T) {
-	const s = wal.LSN(ixSeg)
-	ix := index(segName(1, 3), segName(1, 4)+".partial=4096", "00000002.history", segName(2, 4), segName(2, 5)+".partial=100")
+	const s = wal.LSN(segSize)
+	ix := index(seg(1, 3), seg(1, 4)+".partial=4096", "00000002.history", seg(2, 4), seg(2, 5)+".partial=100")
 	for _, tc := range []struct {
 		tli  wal.Timeline
 		lsn  wal.LSN
@@ -163,18 +159,18 @@ func TestWALIndexReached(t *testing.T) {
 
 func TestWALIndexListing(t *testing.T) {
 	ix := IndexWAL([]storage.ObjectInfo{
-		{Name: "c/wals/" + segName(1, 3)},
-		{Name: "c/wals/" + segName(1, 3) + ".partial", Size: 10},
-		{Name: "c/wals/" + segName(1, 9) + ".zst"},
+		{Name: "c/wals/" + seg(1, 3)},
+		{Name: "c/wals/" + seg(1, 3) + ".partial", Size: 10},
+		{Name: "c/wals/" + seg(1, 9) + ".zst"},
 		{Name: "c/wals/00000003.history"},
-		{Name: "c/wals/" + segName(2, 7) + ".partial", Size: 20},
-		{Name: "c/wals/" + segName(2, 7) + ".conflict-20260101T000000Z"},
+		{Name: "c/wals/" + seg(2, 7) + ".partial", Size: 20},
+		{Name: "c/wals/" + seg(2, 7) + ".conflict-20260101T000000Z"},
 		{Name: "c/wals/00000000.history"},
 		{Name: "c/wals/000000010000000000000100"}, // segment number beyond 16 MiB segments
 		{Name: "c/wals/notes.txt"},
-		{Name: "c/wals/sub/" + segName(5, 1)},
-		{Name: "other/wals/" + segName(6, 1)},
-	}, "c/wals/", ixSeg)
+		{Name: "c/wals/sub/" + seg(5, 1)},
+		{Name: "other/wals/" + seg(6, 1)},
+	}, "c/wals/", segSize)
 	assert.Equal(t, []wal.Timeline{1, 2, 3}, ix.Timelines())
 	assert.Equal(t, wal.Timeline(3), ix.Newest())
 	lo, hi, ok := ix.Bounds(1)
@@ -188,24 +184,24 @@ func TestWALIndexListing(t *testing.T) {
 	assert.Len(t, ix.Histories(), 1)
 	top, ok := ix.Top()
 	require.True(t, ok)
-	assert.Equal(t, segName(2, 7)+".partial", top.Name)
-	assert.Equal(t, []string{segName(1, 3) + ".partial"}, names(ix.Superseded()))
-	assert.Equal(t, []string{segName(2, 7) + ".conflict-20260101T000000Z"}, names(ix.Conflicts()))
+	assert.Equal(t, seg(2, 7)+".partial", top.Name)
+	assert.Equal(t, []string{seg(1, 3) + ".partial"}, names(ix.Superseded()))
+	assert.Equal(t, []string{seg(2, 7) + ".conflict-20260101T000000Z"}, names(ix.Conflicts()))
 	assert.Equal(t, []string{"00000000.history", "000000010000000000000100", "notes.txt"}, names(ix.Unknown()))
 	assert.Len(t, ix.Invalid(), 2)
-	assert.Equal(t, uint64(ixSeg), ix.SegmentSize())
+	assert.Equal(t, uint64(segSize), ix.SegmentSize())
 
-	empty := IndexWAL(nil, "c/wals/", ixSeg)
+	empty := IndexWAL(nil, "c/wals/", segSize)
 	_, ok = empty.Top()
 	assert.False(t, ok)
 	assert.Equal(t, wal.Timeline(0), empty.Newest())
 }
 
 func TestWALIndexTopPrefersComplete(t *testing.T) {
-	ix := index(segName(1, 4)+".partial=10", segName(1, 4)+".lz4", segName(1, 2))
+	ix := index(seg(1, 4)+".partial=10", seg(1, 4)+".lz4", seg(1, 2))
 	top, ok := ix.Top()
 	require.True(t, ok)
-	assert.Equal(t, segName(1, 4)+".lz4", top.Name)
+	assert.Equal(t, seg(1, 4)+".lz4", top.Name)
 }
 
 func names(objs []WALObject) []string {
@@ -235,10 +231,10 @@ func TestPositionReached(t *testing.T) {
 // FuzzIndexWAL: any listing indexes without panicking, and what Serve hands
 // out obeys the .partial rule.
 func FuzzIndexWAL(f *testing.F) {
-	f.Add(segName(1, 3), segName(1, 4)+".partial", "00000002.history", int64(100))
-	f.Add(segName(2, 3)+".zst", segName(1, 3)+".partial.lz4", segName(1, 3)+".conflict-x", int64(-1))
+	f.Add(seg(1, 3), seg(1, 4)+".partial", "00000002.history", int64(100))
+	f.Add(seg(2, 3)+".zst", seg(1, 3)+".partial.lz4", seg(1, 3)+".conflict-x", int64(-1))
 	f.Fuzz(func(t *testing.T, a, b, c string, size int64) {
-		ix := IndexWAL([]storage.ObjectInfo{{Name: "c/wals/" + a, Size: size}, {Name: "c/wals/" + b, Size: size}, {Name: "c/wals/" + c, Size: size}}, "c/wals/", ixSeg)
+		ix := IndexWAL([]storage.ObjectInfo{{Name: "c/wals/" + a, Size: size}, {Name: "c/wals/" + b, Size: size}, {Name: "c/wals/" + c, Size: size}}, "c/wals/", segSize)
 		for _, o := range ix.Segments() {
 			got, ok, why := ix.Serve(o.Timeline, o.Segment)
 			if ok && got.Partial && (ix.PartialServed(o.Timeline, o.Segment) != "" || o.Timeline != ix.Newest()) {
@@ -247,7 +243,7 @@ func FuzzIndexWAL(f *testing.F) {
 			if !ok && why == "" {
 				t.Fatalf("%s: not served and no reason", o.Name)
 			}
-			_, _ = ix.Reach(o.Timeline, wal.SegmentStart(o.Segment, ixSeg))
+			_, _ = ix.Reach(o.Timeline, wal.SegmentStart(o.Segment, segSize))
 		}
 	})
 }
