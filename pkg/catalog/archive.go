@@ -23,8 +23,8 @@ type Archive struct {
 	// size every segment name is unknown to it.
 	WAL *WALIndex
 	// Histories holds the parsed history file of each timeline that has a
-	// readable, valid one; HistoryErrors says, per timeline, why one could
-	// not be read or parsed.
+	// readable, valid one; HistoryErrors says, per timeline, why its
+	// history file could not be read or parsed (without the file's name).
 	Histories     map[wal.Timeline][]wal.HistoryEntry
 	HistoryErrors map[wal.Timeline]error
 	// Gaps are the recorded WAL gaps, oldest first.
@@ -38,15 +38,10 @@ type Archive struct {
 // more WAL, report it). Storage failures of the listings, archive.json and
 // gaps.json are errors, as is ctx's end.
 func ReadArchive(ctx context.Context, b storage.Backend, cluster string) (Archive, error) {
-	a := Archive{Cluster: cluster, Histories: map[wal.Timeline][]wal.HistoryEntry{}, HistoryErrors: map[wal.Timeline]error{}}
+	a := Archive{Cluster: cluster}
 	var err error
 	if a.Backups, err = ListBackups(ctx, b, cluster); err != nil {
 		return Archive{}, fmt.Errorf("read the archive: %w", err)
-	}
-	prefix := WALPrefix(cluster)
-	objs, err := b.List(ctx, prefix)
-	if err != nil {
-		return Archive{}, fmt.Errorf("read the archive: list %s: %w", prefix, err)
 	}
 	id, err := ReadIdentity(ctx, b, cluster)
 	switch {
@@ -62,19 +57,39 @@ func ReadArchive(ctx context.Context, b storage.Backend, cluster string) (Archiv
 	default:
 		return Archive{}, fmt.Errorf("read the archive: %w", err)
 	}
-	a.WAL = IndexWAL(objs, prefix, a.SegmentSize)
+	w, err := ReadWAL(ctx, b, cluster, a.SegmentSize)
+	if err != nil {
+		return Archive{}, err
+	}
+	a.WAL, a.Histories, a.HistoryErrors, a.Gaps = w.WAL, w.Histories, w.HistoryErrors, w.Gaps
+	return a, nil
+}
+
+// ReadWAL is the WAL part of ReadArchive, for a caller that knows the
+// segment size or reads the rest itself: it lists the WAL prefix, indexes
+// it for segSize, and reads every history file and the recorded gaps. The
+// Archive it returns has Cluster, SegmentSize, WAL, Histories,
+// HistoryErrors and Gaps set.
+func ReadWAL(ctx context.Context, b storage.Backend, cluster string, segSize uint64) (Archive, error) {
+	a := Archive{Cluster: cluster, SegmentSize: segSize, Histories: map[wal.Timeline][]wal.HistoryEntry{}, HistoryErrors: map[wal.Timeline]error{}}
+	prefix := WALPrefix(cluster)
+	objs, err := b.List(ctx, prefix)
+	if err != nil {
+		return Archive{}, fmt.Errorf("read the archive: list %s: %w", prefix, err)
+	}
+	a.WAL = IndexWAL(objs, prefix, segSize)
 	for _, h := range a.WAL.Histories() {
 		data, err := storage.ReadAll(ctx, b, h.Key)
 		if ctx.Err() != nil {
 			return Archive{}, fmt.Errorf("read the archive: %w", ctx.Err())
 		}
 		if err != nil {
-			a.HistoryErrors[h.Timeline] = fmt.Errorf("read %s: %w", h.Name, err)
+			a.HistoryErrors[h.Timeline] = fmt.Errorf("read: %w", err)
 			continue
 		}
 		entries, err := wal.ParseHistory(data)
 		if err != nil {
-			a.HistoryErrors[h.Timeline] = fmt.Errorf("%s: %w", h.Name, err)
+			a.HistoryErrors[h.Timeline] = err
 			continue
 		}
 		a.Histories[h.Timeline] = entries

@@ -6,26 +6,22 @@ import (
 	"strings"
 
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
-	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
-// WALArchive is what the WAL continuity check looks at: the archive's WAL
-// listing, the contents of its history files, its recorded gaps, and where
-// the oldest done backup starts.
+// WALArchive is what the WAL continuity check looks at: the archive as
+// catalog.ReadArchive read it (its WAL index, history files and recorded
+// gaps), and where the oldest done backup starts.
 type WALArchive struct {
-	// Files are the object names under the WAL prefix, without it
-	// ("000000010000000000000003.zst", "00000002.history"). Names that are
-	// neither segments nor history files (conflict copies) are ignored.
-	Files []string
-	// Histories holds the bytes of every history file listed in Files, by
-	// timeline. A listed history file absent from the map counts as
-	// unreadable.
-	Histories map[wal.Timeline][]byte
-	// Gaps are the recorded gaps (catalog.ReadGaps).
+	// WAL indexes the WAL prefix; nil counts as empty.
+	WAL *catalog.WALIndex
+	// Histories holds the parsed history files by timeline;
+	// HistoryErrors why a listed one could not be read or parsed. A listed
+	// history file in neither counts as unreadable.
+	Histories     map[wal.Timeline][]wal.HistoryEntry
+	HistoryErrors map[wal.Timeline]error
+	// Gaps are the recorded gaps.
 	Gaps []catalog.Gap
-	// SegmentSize is the archive's WAL segment size.
-	SegmentSize uint64
 	// StartTimeline and StartLSN are the oldest done backup's start. With a
 	// zero StartTimeline (no done backup) the check starts at the first
 	// segment of the lowest timeline in the archive.
@@ -77,15 +73,16 @@ func (c Continuity) OK() bool {
 // A timeline that branched off before the start, or from a timeline the
 // backup is not on, is not needed and not checked.
 func CheckContinuity(a WALArchive) Continuity {
-	segSize := a.SegmentSize
+	f := a.WAL
+	if f == nil {
+		f = catalog.IndexWAL(nil, "", wal.DefaultSegmentSize)
+	}
+	segSize := f.SegmentSize()
 	if wal.ValidSegmentSize(segSize) != nil {
+		// The index then holds no segment; the backup's start still
+		// needs a segment size to be placed.
 		segSize = wal.DefaultSegmentSize
 	}
-	objs := make([]storage.ObjectInfo, len(a.Files))
-	for i, name := range a.Files {
-		objs[i] = storage.ObjectInfo{Name: name}
-	}
-	f := catalog.IndexWAL(objs, "", segSize)
 	var c Continuity
 
 	startTLI, startLSN := a.StartTimeline, a.StartLSN
@@ -113,17 +110,15 @@ func CheckContinuity(a WALArchive) Continuity {
 			missingHistory[tli] = true
 			continue
 		}
-		data, ok := a.Histories[tli]
-		if !ok {
-			c.Unreadable = append(c.Unreadable, wal.HistoryFileName(tli)+": not read")
+		if h, ok := a.Histories[tli]; ok {
+			histories[tli] = h
 			continue
 		}
-		h, err := wal.ParseHistory(data)
-		if err != nil {
-			c.Unreadable = append(c.Unreadable, fmt.Sprintf("%s: %v", wal.HistoryFileName(tli), err))
-			continue
+		why := "not read"
+		if err := a.HistoryErrors[tli]; err != nil {
+			why = err.Error()
 		}
-		histories[tli] = h
+		c.Unreadable = append(c.Unreadable, wal.HistoryFileName(tli)+": "+why)
 	}
 
 	// Required segment range per timeline, from every reachable timeline's
