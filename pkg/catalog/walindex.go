@@ -37,7 +37,7 @@ type WALObject struct {
 // This is the one place that decides it; wal-fetch, the restore windows,
 // the continuity check, the backup WAL check and the receiver ask here.
 //
-//   - Served as the segment (PartialServed): the .partial of segment X on
+//   - Served as the segment (partialServed): the .partial of segment X on
 //     timeline T is what wal-fetch hands PostgreSQL for X, padded with
 //     zeros to the segment size, when, and only when, X has no complete
 //     copy, the .partial is stored uncompressed, T is the archive's newest
@@ -186,8 +186,8 @@ func (ix *WALIndex) SegmentSize() uint64 { return ix.segSize }
 // ascending.
 func (ix *WALIndex) Timelines() []wal.Timeline { return slices.Clone(ix.timelines) }
 
-// Newest is the highest timeline in the archive (0 when it is empty).
-func (ix *WALIndex) Newest() wal.Timeline {
+// newest is the highest timeline in the archive (0 when it is empty).
+func (ix *WALIndex) newest() wal.Timeline {
 	if len(ix.timelines) == 0 {
 		return 0
 	}
@@ -262,9 +262,9 @@ func (ix *WALIndex) Partial(tli wal.Timeline, seg wal.SegmentNo) (WALObject, boo
 	return o, ok
 }
 
-// PartialServed says whether the .partial of segment seg of tli is served
+// partialServed says whether the .partial of segment seg of tli is served
 // as that segment (see the type's documentation): "" if so, else why not.
-func (ix *WALIndex) PartialServed(tli wal.Timeline, seg wal.SegmentNo) string {
+func (ix *WALIndex) partialServed(tli wal.Timeline, seg wal.SegmentNo) string {
 	p, ok := ix.Partial(tli, seg)
 	switch {
 	case !ok:
@@ -275,7 +275,7 @@ func (ix *WALIndex) PartialServed(tli wal.Timeline, seg wal.SegmentNo) string {
 	if c, ok := ix.Complete(tli, seg); ok {
 		return fmt.Sprintf("it is superseded by %s", c.Name)
 	}
-	if newest := ix.Newest(); newest > tli {
+	if newest := ix.newest(); newest > tli {
 		return fmt.Sprintf("timeline %d is not the newest (the archive has %s)", tli, ix.nameOn(newest))
 	}
 	if ix.last[tli] > seg {
@@ -300,7 +300,7 @@ func (ix *WALIndex) nameAt(tli wal.Timeline, seg wal.SegmentNo) string {
 }
 
 // Serve returns the object wal-fetch serves for segment seg of tli: its
-// complete copy, else its .partial when PartialServed. ok is false when the
+// complete copy, else its .partial when partialServed. ok is false when the
 // archive holds nothing that may be served; why then says so.
 func (ix *WALIndex) Serve(tli wal.Timeline, seg wal.SegmentNo) (o WALObject, ok bool, why string) {
 	if o, ok := ix.Complete(tli, seg); ok {
@@ -309,7 +309,7 @@ func (ix *WALIndex) Serve(tli wal.Timeline, seg wal.SegmentNo) (o WALObject, ok 
 	if _, ok := ix.Partial(tli, seg); !ok {
 		return WALObject{}, false, "not in the archive"
 	}
-	if why := ix.PartialServed(tli, seg); why != "" {
+	if why := ix.partialServed(tli, seg); why != "" {
 		return WALObject{}, false, why
 	}
 	return ix.partials[segKey{tli, seg}], true, ""
@@ -324,19 +324,6 @@ func (ix *WALIndex) Stored(tli wal.Timeline, seg wal.SegmentNo) bool {
 	}
 	_, ok := ix.Partial(tli, seg)
 	return ok && ix.last[tli] == seg
-}
-
-// End returns where the WAL served on tli ends: the end of its last
-// segment, or of the bytes of its last .partial when that is served, or
-// the start of an unserved final .partial's segment. ok is false when tli
-// has no segment.
-func (ix *WALIndex) End(tli wal.Timeline) (wal.LSN, bool) {
-	last, ok := ix.last[tli]
-	if !ok {
-		return 0, false
-	}
-	end, _ := ix.reachIn(tli, last)
-	return end, true
 }
 
 // reachIn returns the end of what is served for segment seg of tli: the
@@ -374,19 +361,6 @@ func (ix *WALIndex) Reach(tli wal.Timeline, from wal.LSN) (to wal.LSN, hole stri
 		return to, wal.SegmentFileName(tli, seg, ix.segSize)
 	}
 	return to, ""
-}
-
-// Reached reports whether the archive serves the WAL of tli up to lsn (the
-// bytes before it): the segment holding lsn-1 is served, as a complete
-// segment or as a .partial that holds the bytes up to lsn. It looks at that
-// segment only, not at the WAL before it.
-func (ix *WALIndex) Reached(tli wal.Timeline, lsn wal.LSN) bool {
-	if lsn == 0 {
-		return true
-	}
-	seg := wal.SegmentOf(lsn-1, ix.segSize)
-	end, _ := ix.reachIn(tli, seg)
-	return end >= lsn
 }
 
 // Position is a point in the WAL history: an LSN on a timeline.

@@ -110,50 +110,23 @@ func TestWALIndexReach(t *testing.T) {
 		from  wal.LSN
 		to    wal.LSN
 		hole  string
-		end   wal.LSN // End(tli); 0 when tli has no segment
 	}{
-		{"to the end of complete segments", []string{seg(1, 3), seg(1, 4) + ".zst"}, 1, 3*s + 0x100, 5 * s, "", 5 * s},
-		{"into the served partial", []string{seg(1, 3), seg(1, 4) + ".partial=4096"}, 1, 3*s + 0x100, 4*s + 4096, "", 4*s + 4096},
-		{"a hole before later WAL", []string{seg(1, 3), seg(1, 5)}, 1, 3*s + 0x100, 4 * s, seg(1, 4), 6 * s},
-		{"a partial in the middle is a hole", []string{seg(1, 3), seg(1, 4) + ".partial=10", seg(1, 5)}, 1, 3*s + 0x100, 4 * s, seg(1, 4), 6 * s},
+		{"to the end of complete segments", []string{seg(1, 3), seg(1, 4) + ".zst"}, 1, 3*s + 0x100, 5 * s, ""},
+		{"into the served partial", []string{seg(1, 3), seg(1, 4) + ".partial=4096"}, 1, 3*s + 0x100, 4*s + 4096, ""},
+		{"a hole before later WAL", []string{seg(1, 3), seg(1, 5)}, 1, 3*s + 0x100, 4 * s, seg(1, 4)},
+		{"a partial in the middle is a hole", []string{seg(1, 3), seg(1, 4) + ".partial=10", seg(1, 5)}, 1, 3*s + 0x100, 4 * s, seg(1, 4)},
 		{"an old timeline stops before its unserved partial, without a hole",
-			[]string{seg(1, 3), seg(1, 4) + ".partial=4096", "00000002.history", seg(2, 4)}, 1, 3*s + 0x100, 4 * s, "", 4 * s},
-		{"nothing stored at the start", []string{seg(1, 5)}, 1, 3*s + 0x100, 3*s + 0x100, seg(1, 3), 6 * s},
-		{"nothing stored at all", nil, 1, 3*s + 0x100, 3*s + 0x100, "", 0},
-		{"a partial shorter than from", []string{seg(1, 3) + ".partial=16"}, 1, 3*s + 0x100, 3*s + 0x100, "", 3*s + 16},
+			[]string{seg(1, 3), seg(1, 4) + ".partial=4096", "00000002.history", seg(2, 4)}, 1, 3*s + 0x100, 4 * s, ""},
+		{"nothing stored at the start", []string{seg(1, 5)}, 1, 3*s + 0x100, 3*s + 0x100, seg(1, 3)},
+		{"nothing stored at all", nil, 1, 3*s + 0x100, 3*s + 0x100, ""},
+		{"a partial shorter than from", []string{seg(1, 3) + ".partial=16"}, 1, 3*s + 0x100, 3*s + 0x100, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ix := index(tc.files...)
 			to, hole := ix.Reach(tc.tli, tc.from)
 			assert.Equal(t, tc.to.String(), to.String())
 			assert.Equal(t, tc.hole, hole)
-			end, ok := ix.End(tc.tli)
-			assert.Equal(t, tc.end != 0, ok)
-			assert.Equal(t, tc.end.String(), end.String())
 		})
-	}
-}
-
-func TestWALIndexReached(t *testing.T) {
-	const s = wal.LSN(segSize)
-	ix := index(seg(1, 3), seg(1, 4)+".partial=4096", "00000002.history", seg(2, 4), seg(2, 5)+".partial=100")
-	for _, tc := range []struct {
-		tli  wal.Timeline
-		lsn  wal.LSN
-		want bool
-	}{
-		{1, 0, true},
-		{1, 3 * s, false}, // needs segment 2
-		{1, 3*s + 1, true},
-		{1, 4 * s, true}, // the bytes before 4*s are in segment 3
-		{1, 4*s + 1, false},
-		{2, 4*s + 1, true},
-		{2, 5 * s, true},
-		{2, 5*s + 100, true},
-		{2, 5*s + 101, false},
-		{3, 1, false},
-	} {
-		assert.Equal(t, tc.want, ix.Reached(tc.tli, tc.lsn), "timeline %d lsn %s", tc.tli, tc.lsn)
 	}
 }
 
@@ -172,7 +145,7 @@ func TestWALIndexListing(t *testing.T) {
 		{Name: "other/wals/" + seg(6, 1)},
 	}, "c/wals/", segSize)
 	assert.Equal(t, []wal.Timeline{1, 2, 3}, ix.Timelines())
-	assert.Equal(t, wal.Timeline(3), ix.Newest())
+	assert.Equal(t, wal.Timeline(3), ix.newest())
 	lo, hi, ok := ix.Bounds(1)
 	assert.True(t, ok)
 	assert.Equal(t, [2]wal.SegmentNo{3, 9}, [2]wal.SegmentNo{lo, hi})
@@ -194,7 +167,7 @@ func TestWALIndexListing(t *testing.T) {
 	empty := IndexWAL(nil, "c/wals/", segSize)
 	_, ok = empty.Top()
 	assert.False(t, ok)
-	assert.Equal(t, wal.Timeline(0), empty.Newest())
+	assert.Equal(t, wal.Timeline(0), empty.newest())
 }
 
 func TestWALIndexTopPrefersComplete(t *testing.T) {
@@ -237,7 +210,7 @@ func FuzzIndexWAL(f *testing.F) {
 		ix := IndexWAL([]storage.ObjectInfo{{Name: "c/wals/" + a, Size: size}, {Name: "c/wals/" + b, Size: size}, {Name: "c/wals/" + c, Size: size}}, "c/wals/", segSize)
 		for _, o := range ix.Segments() {
 			got, ok, why := ix.Serve(o.Timeline, o.Segment)
-			if ok && got.Partial && (ix.PartialServed(o.Timeline, o.Segment) != "" || o.Timeline != ix.Newest()) {
+			if ok && got.Partial && (ix.partialServed(o.Timeline, o.Segment) != "" || o.Timeline != ix.newest()) {
 				t.Fatalf("served %s though %s", got.Name, why)
 			}
 			if !ok && why == "" {
