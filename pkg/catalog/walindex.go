@@ -37,7 +37,7 @@ type WALObject struct {
 // This is the one place that decides it; wal-fetch, the restore windows,
 // the continuity check, the backup WAL check and the receiver ask here.
 //
-//   - Served as the segment (partialServed): the .partial of segment X on
+//   - Served as the segment (Serve): the .partial of segment X on
 //     timeline T is what wal-fetch hands PostgreSQL for X, padded with
 //     zeros to the segment size, when, and only when, X has no complete
 //     copy, the .partial is stored uncompressed, T is the archive's newest
