@@ -484,11 +484,8 @@ const backfillTimeout = 5 * time.Minute
 // a later timeline than the gap's before the master's, so the gap's
 // timeline is archived to its end and the master can be asked again.
 func backfillDone(g walstream.Gap, p walstream.Progress) bool {
-	switch {
-	case p.Timeline == g.ResumeTimeline:
-		return p.Flushed >= g.ResumeAt
-	case p.Timeline > g.ResumeTimeline:
-		return true
+	if p.Timeline >= g.ResumeTimeline {
+		return catalog.Position{Timeline: p.Timeline, LSN: p.Flushed}.Reached(catalog.Position{Timeline: g.ResumeTimeline, LSN: g.ResumeAt})
 	}
 	return p.Timeline > g.Timeline
 }

@@ -421,7 +421,7 @@ func (b *backups) waitArchived(ctx context.Context, stop basebackup.Position) er
 		if l, ok := st.Agents[st.Leader]; ok && l.ArchivedLSN != "" {
 			lsn, err := wal.ParseLSN(l.ArchivedLSN)
 			tli := wal.Timeline(l.Timeline)
-			if err == nil && (tli > stop.Timeline || (tli == stop.Timeline && lsn >= stop.LSN)) {
+			if err == nil && (catalog.Position{Timeline: tli, LSN: lsn}).Reached(catalog.Position{Timeline: stop.Timeline, LSN: stop.LSN}) {
 				return nil
 			}
 		}

@@ -222,7 +222,7 @@ func takeLocalBackup(ctx context.Context, cfg config.Config, b storage.Backend, 
 		WaitWAL: func(ctx context.Context, stop basebackup.Position) error {
 			for {
 				mu.Lock()
-				done := tli > stop.Timeline || (tli == stop.Timeline && flushed >= stop.LSN)
+				done := catalog.Position{Timeline: tli, LSN: flushed}.Reached(catalog.Position{Timeline: stop.Timeline, LSN: stop.LSN})
 				mu.Unlock()
 				if done {
 					return nil

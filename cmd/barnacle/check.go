@@ -271,9 +271,7 @@ type archiveFacts struct {
 	identity    *catalog.Identity
 	identityErr error
 	walErr      error
-	walFiles    []string
-	histories   map[wal.Timeline][]byte
-	gaps        []catalog.Gap
+	wal         catalog.Archive // its WAL part (catalog.ReadWAL)
 	backupsErr  error
 	backups     []catalog.Backup
 	space       bool // the backend reports free space
@@ -359,29 +357,17 @@ func probeArchive(ctx context.Context, b storage.Backend, cluster string) error 
 	return nil
 }
 
-// readWAL lists the WAL prefix and reads every history file and the gaps.
+// readWAL reads the archive's WAL part (catalog.ReadWAL) for the segment
+// size archive.json gives, else the default one, so that an unreadable
+// archive.json fails the identity check alone.
 func readWAL(ctx context.Context, b storage.Backend, cluster string, f *archiveFacts) error {
-	prefix := catalog.WALPrefix(cluster)
-	objs, err := b.List(ctx, prefix)
-	if err != nil {
-		return fmt.Errorf("list %s: %w", prefix, err)
+	segSize := uint64(wal.DefaultSegmentSize)
+	if id, err := catalog.ReadIdentity(ctx, b, cluster); err == nil && wal.ValidSegmentSize(id.WALSegmentSize) == nil {
+		segSize = id.WALSegmentSize
 	}
-	f.histories = map[wal.Timeline][]byte{}
-	for _, o := range objs {
-		name := strings.TrimPrefix(o.Name, prefix)
-		f.walFiles = append(f.walFiles, name)
-		if tli, err := wal.ParseHistoryFileName(name); err == nil {
-			data, err := storage.ReadAll(ctx, b, o.Name)
-			if err != nil {
-				return fmt.Errorf("read %s: %w", o.Name, err)
-			}
-			f.histories[tli] = data
-		}
-	}
-	if f.gaps, err = catalog.ReadGaps(ctx, b, cluster); err != nil {
-		return err
-	}
-	return nil
+	var err error
+	f.wal, err = catalog.ReadWAL(ctx, b, cluster, segSize)
+	return err
 }
 
 // runChecks gathers the facts (etcd and the archive at once, then
@@ -561,10 +547,7 @@ func runChecks(ctx context.Context, cfg config.Config) []check.Result {
 		case ar.backupsErr != nil:
 			add(check.Unavailable(check.NameWALContinuity, "backups unreadable"))
 		default:
-			in := check.WALArchive{Files: ar.walFiles, Histories: ar.histories, Gaps: ar.gaps, SegmentSize: wal.DefaultSegmentSize}
-			if ar.identity != nil {
-				in.SegmentSize = ar.identity.WALSegmentSize
-			}
+			in := check.WALArchive{WAL: ar.wal.WAL, Histories: ar.wal.Histories, HistoryErrors: ar.wal.HistoryErrors, Gaps: ar.wal.Gaps}
 			var id string
 			if b, ok := check.OldestDone(ar.backups); ok {
 				start, err := wal.ParseLSN(b.StartLSN)

@@ -18,8 +18,6 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/redact"
-	"github.com/barnacle-pg/barnacle/pkg/restore"
-	"github.com/barnacle-pg/barnacle/pkg/retention"
 	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
@@ -274,20 +272,15 @@ func readArchiveStatus(ctx context.Context, cfg config.Config, r coordinator.Rep
 		st.Error = err.Error() // names archive-url
 		return st
 	}
-	in, err := retention.ReadInput(ctx, b, cfg.ClusterName, retention.Policy{})
+	a, err := catalog.ReadArchive(ctx, b, cfg.ClusterName)
 	if err != nil {
 		st.Error = err.Error()
 		return st
 	}
-	gaps, err := catalog.ReadGaps(ctx, b, cfg.ClusterName)
-	if err != nil {
-		st.Error = err.Error()
-		return st
-	}
-	st.Gaps = append(st.Gaps, gaps...)
-	st.Windows = recoverableWindows(in, gaps)
-	if len(in.Backups) > 0 {
-		d := in.Backups[0] // newest first
+	st.Gaps = append(st.Gaps, a.Gaps...)
+	st.Windows = recoverableWindows(a)
+	if len(a.Backups) > 0 {
+		d := a.Backups[0] // newest first
 		at := d.StopTime
 		if at.IsZero() {
 			at = d.StartTime
@@ -401,10 +394,10 @@ func splitHostPort(address string) (string, int, error) {
 	return strings.Trim(address[:i], "[]"), port, nil
 }
 
-// recoverableWindows is the status view of restore.RecoverableWindows.
-func recoverableWindows(in retention.Input, gaps []catalog.Gap) []timelineWindow {
+// recoverableWindows is the status view of catalog.RecoverableWindows.
+func recoverableWindows(a catalog.Archive) []timelineWindow {
 	out := []timelineWindow{}
-	for _, w := range restore.RecoverableWindows(in, gaps) {
+	for _, w := range catalog.RecoverableWindows(a) {
 		tw := timelineWindow{Timeline: w.Timeline, From: w.FromLSN.String(), To: w.ToLSN.String(), StopsAt: w.StopsAt}
 		if !w.FromTime.IsZero() {
 			t := w.FromTime

@@ -3,6 +3,16 @@
 // backup documents (IDs, status, keep, deletion, the WAL each backup
 // needs). All I/O goes through storage.Backend.
 //
+// It is the one reader of the archive: ReadArchive reads a cluster's
+// catalog at once; WALIndex (walindex.go) interprets a listing of the WAL
+// prefix, and is the one place that says when a .partial counts as
+// recoverable (served by wal-fetch, a hole, or the end of a backup's WAL);
+// RecoverableWindows says what recovery can reach; CheckBackupWAL what a
+// backup needs; OpenSegment reads an archived segment verified;
+// Position.Reached says whether the archive has reached a timeline and
+// LSN. Restore, status, check, retention, wal-fetch and the receiver ask
+// here instead of reading the listing themselves.
+//
 // Other modules may import this package, but its API is not stable.
 package catalog
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
@@ -54,7 +53,9 @@ type neededSegment struct {
 // boundary does not need the segment that starts there (PostgreSQL's
 // XLByteToPrevSeg). A segment counts as present when stored as X, X.zst or
 // X.lz4; the last one also when X.partial (stored uncompressed) holds at
-// least the bytes up to StopLSN. When the timelines differ, the stop
+// least the bytes up to StopLSN and nothing of its timeline is stored after
+// it (WALIndex documents when a .partial counts, and why an old timeline's
+// one does here). When the timelines differ, the stop
 // timeline's history file says which timeline each segment is read from,
 // as recovery does (the segment holding a switch point is read from the
 // newer timeline). Errors are for a document that makes no sense and for
@@ -116,21 +117,23 @@ func CheckBackupWAL(ctx context.Context, b storage.Backend, cluster string, doc 
 	// Segment names sharing their first 16 digits (timeline and high part)
 	// list together, so a check costs one List per 4 GiB of WAL rather than
 	// one per segment or one of the whole WAL prefix.
-	stored := map[string]storage.ObjectInfo{}
+	var objs []storage.ObjectInfo
 	listed := map[string]bool{}
-	for i, n := range needed {
+	for _, n := range needed {
 		group := n.name[:16]
-		if !listed[group] {
-			listed[group] = true
-			objs, err := b.List(ctx, WALPrefix(cluster)+group)
-			if err != nil {
-				return WALCheck{}, fmt.Errorf("check wal of backup %s: list %s: %w", doc.ID, group, err)
-			}
-			for _, o := range objs {
-				stored[strings.TrimPrefix(o.Name, WALPrefix(cluster))] = o
-			}
+		if listed[group] {
+			continue
 		}
-		if o, ok := segmentStored(stored, n, i == len(needed)-1); ok {
+		listed[group] = true
+		got, err := b.List(ctx, WALPrefix(cluster)+group)
+		if err != nil {
+			return WALCheck{}, fmt.Errorf("check wal of backup %s: list %s: %w", doc.ID, group, err)
+		}
+		objs = append(objs, got...)
+	}
+	ix := IndexWAL(objs, WALPrefix(cluster), segSize)
+	for i, n := range needed {
+		if o, ok := segmentStored(ix, n, i == len(needed)-1); ok {
 			check.Present++
 			check.Stored = append(check.Stored, o)
 		} else {
@@ -141,19 +144,23 @@ func CheckBackupWAL(ctx context.Context, b storage.Backend, cluster string, doc 
 }
 
 // segmentStored applies CheckBackupWAL's presence rule to one segment and
-// returns the object that holds it.
-func segmentStored(stored map[string]storage.ObjectInfo, n neededSegment, last bool) (StoredSegment, bool) {
-	for _, suffix := range []string{"", "." + wal.CompressionZstd, "." + wal.CompressionLZ4} {
-		if o, ok := stored[n.name+suffix]; ok {
-			return StoredSegment{Name: n.name + suffix, Size: o.Size}, true
-		}
-	}
-	if !last {
+// returns the object that holds it: a complete copy, or for the last
+// segment a .partial holding the bytes needed that ends its timeline (see
+// WALIndex: the index here knows only the listed groups).
+func segmentStored(ix *WALIndex, n neededSegment, last bool) (StoredSegment, bool) {
+	tli, seg, err := wal.ParseSegmentFileName(n.name, ix.SegmentSize())
+	if err != nil {
 		return StoredSegment{}, false
 	}
-	p, ok := stored[n.name+".partial"]
-	if ok && p.Size >= 0 && uint64(p.Size) >= n.bytes {
-		return StoredSegment{Name: n.name + ".partial", Size: p.Size, Need: n.bytes}, true
+	if o, ok := ix.Complete(tli, seg); ok {
+		return StoredSegment{Name: o.Name, Size: o.Size}, true
+	}
+	p, ok := ix.Partial(tli, seg)
+	if !last || !ok || p.Compression != "" || !ix.Stored(tli, seg) {
+		return StoredSegment{}, false
+	}
+	if p.Size >= 0 && uint64(p.Size) >= n.bytes {
+		return StoredSegment{Name: p.Name, Size: p.Size, Need: n.bytes}, true
 	}
 	return StoredSegment{}, false
 }

@@ -62,6 +62,22 @@ func TestCheckBackupWAL(t *testing.T) {
 			want:    WALCheck{First: seg(1, 2), Last: seg(1, 3), Present: 1, Missing: []string{seg(1, 3)}},
 		},
 		{
+			// A .partial followed by WAL of its timeline means missing
+			// bytes: wal-fetch never serves it (WALIndex).
+			name:    "last as partial before later WAL of its timeline does not count",
+			doc:     Backup{StartLSN: "0/2000028", StopLSN: "0/3000100", StartTimeline: 1, StopTimeline: 1},
+			objects: map[string]int{seg(1, 2): 1, seg(1, 3) + ".partial": 0x1000, seg(1, 4): 1},
+			want:    WALCheck{First: seg(1, 2), Last: seg(1, 3), Present: 1, Missing: []string{seg(1, 3)}},
+		},
+		{
+			// The old timeline's .partial holds the bytes; recovery to the
+			// newer timeline reads them from its copy of the segment.
+			name:    "last as an old timeline's final partial counts",
+			doc:     Backup{StartLSN: "0/2000028", StopLSN: "0/3000100", StartTimeline: 1, StopTimeline: 1},
+			objects: map[string]int{seg(1, 2): 1, seg(1, 3) + ".partial": 0x1000, "00000002.history": 1, seg(2, 3): 1},
+			want:    WALCheck{First: seg(1, 2), Last: seg(1, 3), Present: 2},
+		},
+		{
 			name:    "compressed partial does not count",
 			doc:     Backup{StartLSN: "0/2000028", StopLSN: "0/3000100", StartTimeline: 1, StopTimeline: 1},
 			objects: map[string]int{seg(1, 2): 1, seg(1, 3) + ".partial.zst": 0x1000},

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
@@ -60,6 +61,34 @@ func seg(tli wal.Timeline, n wal.SegmentNo) string { return wal.SegmentFileName(
 
 func history(entries ...wal.HistoryEntry) []byte { return wal.FormatHistory(entries) }
 
+// walSpec is a WALArchive as a listing of names and the bytes of its
+// history files, read the way catalog.ReadArchive reads them.
+type walSpec struct {
+	Files         []string
+	Histories     map[wal.Timeline][]byte
+	Gaps          []catalog.Gap
+	StartTimeline wal.Timeline
+	StartLSN      wal.LSN
+}
+
+func (s walSpec) archive() WALArchive {
+	var objs []storage.ObjectInfo
+	for _, f := range s.Files {
+		objs = append(objs, storage.ObjectInfo{Name: f})
+	}
+	a := WALArchive{WAL: catalog.IndexWAL(objs, "", segSize), Histories: map[wal.Timeline][]wal.HistoryEntry{},
+		HistoryErrors: map[wal.Timeline]error{}, Gaps: s.Gaps, StartTimeline: s.StartTimeline, StartLSN: s.StartLSN}
+	for tli, data := range s.Histories {
+		h, err := wal.ParseHistory(data)
+		if err != nil {
+			a.HistoryErrors[tli] = err
+			continue
+		}
+		a.Histories[tli] = h
+	}
+	return a
+}
+
 func TestCheckContinuity(t *testing.T) {
 	// Timeline 2 begins at 0/6800000, inside segment 6.
 	hist2 := history(wal.HistoryEntry{Timeline: 1, SwitchPoint: 0x6800000, Reason: "no recovery target specified"})
@@ -78,7 +107,7 @@ func TestCheckContinuity(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name    string
-		archive WALArchive
+		archive walSpec
 		missing []string
 		ranges  []TimelineRange
 		gaps    int
@@ -86,64 +115,71 @@ func TestCheckContinuity(t *testing.T) {
 	}{
 		{
 			name: "one timeline, contiguous, ending in a partial",
-			archive: WALArchive{Files: []string{seg(1, 2), seg(1, 3), seg(1, 4) + ".lz4", seg(1, 5) + ".zst", seg(1, 6) + ".partial", seg(1, 6) + ".conflict-20260101T000000Z"},
+			archive: walSpec{Files: []string{seg(1, 2), seg(1, 3), seg(1, 4) + ".lz4", seg(1, 5) + ".zst", seg(1, 6) + ".partial", seg(1, 6) + ".conflict-20260101T000000Z"},
 				StartTimeline: 1, StartLSN: 0x3000028},
 			ranges: []TimelineRange{{1, seg(1, 3), seg(1, 6)}},
 		},
 		{
 			name:    "a hole",
-			archive: WALArchive{Files: []string{seg(1, 3), seg(1, 4), seg(1, 6), seg(1, 7)}, StartTimeline: 1, StartLSN: 0x3000028},
+			archive: walSpec{Files: []string{seg(1, 3), seg(1, 4), seg(1, 6), seg(1, 7)}, StartTimeline: 1, StartLSN: 0x3000028},
 			missing: []string{seg(1, 5)},
 			ranges:  []TimelineRange{{1, seg(1, 3), seg(1, 7)}},
 		},
 		{
 			name:    "a partial in the middle is a hole",
-			archive: WALArchive{Files: []string{seg(1, 3), seg(1, 4) + ".partial", seg(1, 5)}, StartTimeline: 1, StartLSN: 0x3000028},
+			archive: walSpec{Files: []string{seg(1, 3), seg(1, 4) + ".partial", seg(1, 5)}, StartTimeline: 1, StartLSN: 0x3000028},
 			missing: []string{seg(1, 4)},
 			ranges:  []TimelineRange{{1, seg(1, 3), seg(1, 5)}},
 		},
 		{
 			name:    "the backup's first segment is gone",
-			archive: WALArchive{StartTimeline: 1, StartLSN: 0x3000028},
+			archive: walSpec{StartTimeline: 1, StartLSN: 0x3000028},
 			missing: []string{seg(1, 3)},
 			ranges:  []TimelineRange{{1, seg(1, 3), seg(1, 3)}},
 		},
 		{
 			name: "across a failover: the switch segment is read from the new timeline",
-			archive: WALArchive{Files: failover, Histories: map[wal.Timeline][]byte{2: hist2},
+			archive: walSpec{Files: failover, Histories: map[wal.Timeline][]byte{2: hist2},
 				StartTimeline: 1, StartLSN: 0x3000028},
 			ranges: []TimelineRange{{1, seg(1, 3), seg(1, 5)}, {2, seg(2, 6), seg(2, 8)}},
 		},
 		{
+			name: "a partial before the switch segment is a hole, though it ends its timeline",
+			archive: walSpec{Files: []string{seg(1, 3), seg(1, 4), seg(1, 5) + ".partial", "00000002.history", seg(2, 6), seg(2, 7)},
+				Histories: map[wal.Timeline][]byte{2: hist2}, StartTimeline: 1, StartLSN: 0x3000028},
+			missing: []string{seg(1, 5)},
+			ranges:  []TimelineRange{{1, seg(1, 3), seg(1, 5)}, {2, seg(2, 6), seg(2, 7)}},
+		},
+		{
 			name: "history file deleted",
-			archive: WALArchive{Files: without(failover, "00000002.history"),
+			archive: walSpec{Files: without(failover, "00000002.history"),
 				StartTimeline: 1, StartLSN: 0x3000028},
 			missing: []string{"00000002.history"},
 			ranges:  []TimelineRange{{1, seg(1, 3), seg(1, 6)}, {2, seg(2, 6), seg(2, 8)}},
 		},
 		{
 			name: "first segment of the new timeline missing",
-			archive: WALArchive{Files: without(failover, seg(2, 6)), Histories: map[wal.Timeline][]byte{2: hist2},
+			archive: walSpec{Files: without(failover, seg(2, 6)), Histories: map[wal.Timeline][]byte{2: hist2},
 				StartTimeline: 1, StartLSN: 0x3000028},
 			missing: []string{seg(2, 6)},
 			ranges:  []TimelineRange{{1, seg(1, 3), seg(1, 5)}, {2, seg(2, 6), seg(2, 8)}},
 		},
 		{
 			name: "unparsable history",
-			archive: WALArchive{Files: failover, Histories: map[wal.Timeline][]byte{2: []byte("garbage\n")},
+			archive: walSpec{Files: failover, Histories: map[wal.Timeline][]byte{2: []byte("garbage\n")},
 				StartTimeline: 1, StartLSN: 0x3000028},
 			unread: 1,
 			ranges: []TimelineRange{{1, seg(1, 3), seg(1, 6)}, {2, seg(2, 6), seg(2, 8)}},
 		},
 		{
 			name: "backup on the new timeline: the old one's holes do not matter",
-			archive: WALArchive{Files: without(failover, seg(1, 4)), Histories: map[wal.Timeline][]byte{2: hist2},
+			archive: walSpec{Files: without(failover, seg(1, 4)), Histories: map[wal.Timeline][]byte{2: hist2},
 				StartTimeline: 2, StartLSN: 0x7000028},
 			ranges: []TimelineRange{{2, seg(2, 7), seg(2, 8)}},
 		},
 		{
 			name: "two switches, one on a segment boundary, timeline 2 history missing",
-			archive: WALArchive{Files: []string{seg(1, 5), seg(1, 6) + ".partial", seg(2, 6), seg(2, 7), seg(2, 8),
+			archive: walSpec{Files: []string{seg(1, 5), seg(1, 6) + ".partial", seg(2, 6), seg(2, 7), seg(2, 8),
 				"00000003.history", seg(3, 9), seg(3, 10) + ".partial"},
 				Histories: map[wal.Timeline][]byte{3: hist3}, StartTimeline: 1, StartLSN: 0x5000028},
 			missing: []string{"00000002.history"},
@@ -151,13 +187,13 @@ func TestCheckContinuity(t *testing.T) {
 		},
 		{
 			name: "a branch before the backup started is not needed",
-			archive: WALArchive{Files: []string{"00000002.history", seg(2, 6), seg(1, 7), seg(1, 8)},
+			archive: walSpec{Files: []string{"00000002.history", seg(2, 6), seg(1, 7), seg(1, 8)},
 				Histories: map[wal.Timeline][]byte{2: hist2}, StartTimeline: 1, StartLSN: 0x7000028},
 			ranges: []TimelineRange{{1, seg(1, 7), seg(1, 8)}},
 		},
 		{
 			name: "recorded gaps after the start count, older ones do not",
-			archive: WALArchive{Files: []string{seg(1, 3), seg(1, 4)}, StartTimeline: 1, StartLSN: 0x3000028,
+			archive: walSpec{Files: []string{seg(1, 3), seg(1, 4)}, StartTimeline: 1, StartLSN: 0x3000028,
 				Gaps: []catalog.Gap{
 					{Timeline: 1, StartLSN: "0/1000000", EndLSN: "0/2000000"},
 					{Timeline: 1, StartLSN: "0/4000000", EndLSN: "0/9000000"},
@@ -167,7 +203,7 @@ func TestCheckContinuity(t *testing.T) {
 		},
 		{
 			name:    "no backup: from the first segment on",
-			archive: WALArchive{Files: []string{seg(1, 9), seg(1, 10), seg(1, 12)}},
+			archive: walSpec{Files: []string{seg(1, 9), seg(1, 10), seg(1, 12)}},
 			missing: []string{seg(1, 11)},
 			ranges:  []TimelineRange{{1, seg(1, 9), seg(1, 12)}},
 		},
@@ -176,8 +212,7 @@ func TestCheckContinuity(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tc.archive.SegmentSize = segSize
-			c := CheckContinuity(tc.archive)
+			c := CheckContinuity(tc.archive.archive())
 			assert.Equal(t, tc.missing, c.Missing)
 			assert.Equal(t, tc.ranges, c.Ranges)
 			assert.Len(t, c.Gaps, tc.gaps)

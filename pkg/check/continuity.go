@@ -9,22 +9,19 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
-// WALArchive is what the WAL continuity check looks at: the archive's WAL
-// listing, the contents of its history files, its recorded gaps, and where
-// the oldest done backup starts.
+// WALArchive is what the WAL continuity check looks at: the archive as
+// catalog.ReadArchive read it (its WAL index, history files and recorded
+// gaps), and where the oldest done backup starts.
 type WALArchive struct {
-	// Files are the object names under the WAL prefix, without it
-	// ("000000010000000000000003.zst", "00000002.history"). Names that are
-	// neither segments nor history files (conflict copies) are ignored.
-	Files []string
-	// Histories holds the bytes of every history file listed in Files, by
-	// timeline. A listed history file absent from the map counts as
-	// unreadable.
-	Histories map[wal.Timeline][]byte
-	// Gaps are the recorded gaps (catalog.ReadGaps).
+	// WAL indexes the WAL prefix; nil counts as empty.
+	WAL *catalog.WALIndex
+	// Histories holds the parsed history files by timeline;
+	// HistoryErrors why a listed one could not be read or parsed. A listed
+	// history file in neither counts as unreadable.
+	Histories     map[wal.Timeline][]wal.HistoryEntry
+	HistoryErrors map[wal.Timeline]error
+	// Gaps are the recorded gaps.
 	Gaps []catalog.Gap
-	// SegmentSize is the archive's WAL segment size.
-	SegmentSize uint64
 	// StartTimeline and StartLSN are the oldest done backup's start. With a
 	// zero StartTimeline (no done backup) the check starts at the first
 	// segment of the lowest timeline in the archive.
@@ -57,64 +54,6 @@ func (c Continuity) OK() bool {
 	return len(c.Missing) == 0 && len(c.Unreadable) == 0 && len(c.Gaps) == 0
 }
 
-// walFiles is an archive listing sorted by kind.
-type walFiles struct {
-	complete  map[wal.Timeline]map[wal.SegmentNo]bool
-	partial   map[wal.Timeline]map[wal.SegmentNo]bool
-	histories map[wal.Timeline]bool
-	timelines []wal.Timeline // with a segment or a history file, sorted
-}
-
-func parseWALFiles(files []string, segSize uint64) walFiles {
-	f := walFiles{
-		complete:  map[wal.Timeline]map[wal.SegmentNo]bool{},
-		partial:   map[wal.Timeline]map[wal.SegmentNo]bool{},
-		histories: map[wal.Timeline]bool{},
-	}
-	seen := map[wal.Timeline]bool{}
-	for _, name := range files {
-		if tli, err := wal.ParseHistoryFileName(name); err == nil {
-			f.histories[tli], seen[tli] = true, true
-			continue
-		}
-		base, partial, _ := wal.SplitFileName(name)
-		tli, seg, err := wal.ParseSegmentFileName(base, segSize)
-		if err != nil {
-			continue
-		}
-		m := f.complete
-		if partial {
-			m = f.partial
-		}
-		if m[tli] == nil {
-			m[tli] = map[wal.SegmentNo]bool{}
-		}
-		m[tli][seg], seen[tli] = true, true
-	}
-	for tli := range seen {
-		f.timelines = append(f.timelines, tli)
-	}
-	slices.Sort(f.timelines)
-	return f
-}
-
-// bounds returns the lowest and highest segment stored on tli, complete
-// or partial.
-func (f walFiles) bounds(tli wal.Timeline) (lo, hi wal.SegmentNo, ok bool) {
-	for _, m := range []map[wal.SegmentNo]bool{f.complete[tli], f.partial[tli]} {
-		for seg := range m {
-			if !ok || seg < lo {
-				lo = seg
-			}
-			if !ok || seg > hi {
-				hi = seg
-			}
-			ok = true
-		}
-	}
-	return lo, hi, ok
-}
-
 // CheckContinuity says whether recovery from the oldest done backup's
 // start can replay WAL to the archive's end on every timeline that
 // descends from the backup's:
@@ -126,24 +65,30 @@ func (f walFiles) bounds(tli wal.Timeline) (lo, hi wal.SegmentNo, ok bool) {
 //     is stored: up to the segment before the switch point of a child
 //     (recovery reads the segment holding a switch point from the newer
 //     timeline, see catalog.CheckBackupWAL), or else to the last segment
-//     stored on T. A .partial counts only as the last segment of a timeline
-//     without children: in the middle it means missing bytes;
+//     stored on T. Whether a segment is stored is catalog.WALIndex.Stored:
+//     a .partial counts only as the last segment of a timeline without
+//     children, in the middle it means missing bytes;
 //   - no recorded gap ends after the start.
 //
 // A timeline that branched off before the start, or from a timeline the
 // backup is not on, is not needed and not checked.
 func CheckContinuity(a WALArchive) Continuity {
-	segSize := a.SegmentSize
+	f := a.WAL
+	if f == nil {
+		f = catalog.IndexWAL(nil, "", wal.DefaultSegmentSize)
+	}
+	segSize := f.SegmentSize()
 	if wal.ValidSegmentSize(segSize) != nil {
+		// The index then holds no segment; the backup's start still
+		// needs a segment size to be placed.
 		segSize = wal.DefaultSegmentSize
 	}
-	f := parseWALFiles(a.Files, segSize)
 	var c Continuity
 
 	startTLI, startLSN := a.StartTimeline, a.StartLSN
 	if startTLI == 0 {
-		for _, tli := range f.timelines {
-			if lo, _, ok := f.bounds(tli); ok {
+		for _, tli := range f.Timelines() {
+			if lo, _, ok := f.Bounds(tli); ok {
 				startTLI, startLSN = tli, wal.SegmentStart(lo, segSize)
 				break
 			}
@@ -157,25 +102,23 @@ func CheckContinuity(a WALArchive) Continuity {
 	// The history of each timeline from startTLI on, where known.
 	histories := map[wal.Timeline][]wal.HistoryEntry{}
 	missingHistory := map[wal.Timeline]bool{}
-	for _, tli := range f.timelines {
+	for _, tli := range f.Timelines() {
 		if tli <= startTLI || tli == 1 {
 			continue
 		}
-		if !f.histories[tli] {
+		if _, ok := f.History(tli); !ok {
 			missingHistory[tli] = true
 			continue
 		}
-		data, ok := a.Histories[tli]
-		if !ok {
-			c.Unreadable = append(c.Unreadable, wal.HistoryFileName(tli)+": not read")
+		if h, ok := a.Histories[tli]; ok {
+			histories[tli] = h
 			continue
 		}
-		h, err := wal.ParseHistory(data)
-		if err != nil {
-			c.Unreadable = append(c.Unreadable, fmt.Sprintf("%s: %v", wal.HistoryFileName(tli), err))
-			continue
+		why := "not read"
+		if err := a.HistoryErrors[tli]; err != nil {
+			why = err.Error()
 		}
-		histories[tli] = h
+		c.Unreadable = append(c.Unreadable, wal.HistoryFileName(tli)+": "+why)
 	}
 
 	// Required segment range per timeline, from every reachable timeline's
@@ -201,12 +144,12 @@ func CheckContinuity(a WALArchive) Continuity {
 	}
 	leaf := func(tli wal.Timeline, first wal.SegmentNo) {
 		s := get(tli, first)
-		if _, hi, ok := f.bounds(tli); ok && hi >= first && (!s.leaf || hi > s.leafLast) {
+		if _, hi, ok := f.Bounds(tli); ok && hi >= first && (!s.leaf || hi > s.leafLast) {
 			s.leafLast, s.leaf = hi, true
 		}
 	}
 	leaf(startTLI, startSeg)
-	for _, tli := range f.timelines {
+	for _, tli := range f.Timelines() {
 		if tli <= startTLI {
 			continue
 		}
@@ -214,7 +157,7 @@ func CheckContinuity(a WALArchive) Continuity {
 		if !known {
 			// Without its history the timeline's start is unknown: check
 			// what it holds from its first stored segment.
-			if lo, _, ok := f.bounds(tli); ok {
+			if lo, _, ok := f.Bounds(tli); ok {
 				leaf(tli, lo)
 			}
 			continue
@@ -236,7 +179,7 @@ func CheckContinuity(a WALArchive) Continuity {
 			if end > begin && (!s.childSet || end-1 > s.childLast) {
 				s.childLast, s.childSet = end-1, true
 			}
-			if e.Timeline > startTLI && e.Timeline != 1 && !f.histories[e.Timeline] {
+			if _, ok := f.History(e.Timeline); e.Timeline > startTLI && e.Timeline != 1 && !ok {
 				missingHistory[e.Timeline] = true
 			}
 			begin = end
@@ -279,7 +222,10 @@ func CheckContinuity(a WALArchive) Continuity {
 			Last:     wal.SegmentFileName(tli, last, segSize),
 		})
 		for seg := s.first; seg <= last; seg++ {
-			if f.complete[tli][seg] || (seg == last && !s.hasChild && f.partial[tli][seg]) {
+			// A timeline with a child is read from the child at the
+			// switch segment: before it, a .partial is a hole even where
+			// it is the last thing stored on the timeline.
+			if _, ok := f.Complete(tli, seg); ok || (!s.hasChild && f.Stored(tli, seg)) {
 				continue
 			}
 			c.Missing = append(c.Missing, wal.SegmentFileName(tli, seg, segSize))

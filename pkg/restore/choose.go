@@ -168,40 +168,6 @@ func rejectBackup(b catalog.Backup, histories map[wal.Timeline][]wal.HistoryEntr
 	return ""
 }
 
-// Window is a stretch of WAL on one timeline that recovery can reach: from
-// the stop point of the oldest backup that starts it to the end of the
-// WAL archived after it without a break. The caller builds windows from the
-// catalog and the archive's WAL index; after a gap a new window starts at
-// the first backup that stopped after the gap.
-type Window struct {
-	Timeline wal.Timeline
-	// FromLSN and FromTime are the stop LSN and stop time of the oldest
-	// backup the window starts with.
-	FromLSN  wal.LSN
-	FromTime time.Time
-	// ToLSN is the end of the archived WAL (the first byte not archived).
-	// ToTime is the time of the last archived commit, if known; zero
-	// means unknown, and time targets are then not checked against it.
-	ToLSN  wal.LSN
-	ToTime time.Time
-	// StopsAt says why the window ends before its timeline's archived end:
-	// the first missing segment or a recorded gap; empty when it reaches it.
-	StopsAt string
-}
-
-// String renders the window for messages.
-func (w Window) String() string {
-	from := w.FromLSN.String()
-	if !w.FromTime.IsZero() {
-		from += " (" + w.FromTime.UTC().Format(time.RFC3339) + ")"
-	}
-	to := w.ToLSN.String()
-	if !w.ToTime.IsZero() {
-		to += " (" + w.ToTime.UTC().Format(time.RFC3339) + ")"
-	}
-	return fmt.Sprintf("timeline %d: %s to %s", w.Timeline, from, to)
-}
-
 // OutsideWindowError says that a target lies outside every recoverable
 // window of its timeline; it lists every window and gap so the user can
 // pick another target. errors.Is(err, ErrOutsideWindow) is true.
@@ -209,7 +175,7 @@ type OutsideWindowError struct {
 	Target   Target
 	Timeline string
 	Reason   string
-	Windows  []Window
+	Windows  []catalog.Window
 	Gaps     []catalog.Gap
 }
 
@@ -251,7 +217,7 @@ func (e *OutsideWindowError) Is(target error) bool { return target == ErrOutside
 // WAL that timeline's history includes. Other kinds of target cannot be placed in
 // WAL and always pass. It is pure; a target outside is an
 // *OutsideWindowError, an invalid target or gap another error.
-func CheckTarget(target Target, tt TimelineTarget, windows []Window, gaps []catalog.Gap) error {
+func CheckTarget(target Target, tt TimelineTarget, windows []catalog.Window, gaps []catalog.Gap) error {
 	if err := target.Validate(); err != nil {
 		return err
 	}
@@ -286,7 +252,7 @@ func CheckTarget(target Target, tt TimelineTarget, windows []Window, gaps []cata
 		gr = append(gr, gapRange{g.Timeline, s, e})
 	}
 	// A target timeline's window without a start time begins at the
-	// point where it branched off (RecoverableWindows); an LSN before that
+	// point where it branched off (catalog.RecoverableWindows); an LSN before that
 	// lies in an ancestor's part of its history, in an older timeline's
 	// window that reaches the branch point.
 	branchStart := wal.LSN(0)
@@ -337,7 +303,7 @@ func CheckTarget(target Target, tt TimelineTarget, windows []Window, gaps []cata
 					reason = fmt.Sprintf("a WAL gap starting at %s lies between the backup and the target", to)
 				} else {
 					reason = "it is after the end of the archived WAL"
-					// RecoverableWindows ends a window where a recorded gap
+					// catalog.RecoverableWindows ends a window where a recorded gap
 					// starts (and the gap may end on a later timeline, as
 					// after a failover): then the gap is the reason.
 					for _, g := range gr {

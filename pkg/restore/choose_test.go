@@ -158,14 +158,14 @@ func TestChooseBackup(t *testing.T) {
 }
 
 func TestCheckTarget(t *testing.T) {
-	windows := []Window{
+	windows := []catalog.Window{
 		{Timeline: 1, FromLSN: lsn("0/3000100"), FromTime: at("08:05"), ToLSN: lsn("0/8000000"), ToTime: at("13:00")},
 		{Timeline: 2, FromLSN: lsn("0/9000100"), FromTime: at("14:05"), ToLSN: lsn("0/C000000")},
 	}
 	gaps := []catalog.Gap{{Timeline: 2, StartLSN: "0/A000000", EndLSN: "0/A800000"}}
 	tl1 := TimelineTarget{Mode: TimelineExplicit, Timeline: 1}
 	// Timeline 3 branched off timeline 1 at 0/6000000, after the backup.
-	branched := []Window{
+	branched := []catalog.Window{
 		{Timeline: 1, FromLSN: lsn("0/3000100"), FromTime: at("08:05"), ToLSN: lsn("0/6000200")},
 		{Timeline: 3, FromLSN: lsn("0/6000000"), ToLSN: lsn("0/7000000")},
 	}
@@ -174,7 +174,7 @@ func TestCheckTarget(t *testing.T) {
 		target   Target
 		timeline TimelineTarget
 		gaps     []catalog.Gap
-		windows  []Window
+		windows  []catalog.Window
 		wantErr  string
 	}{
 		{name: "LSN inside", target: Target{Kind: TargetLSN, LSN: lsn("0/5000000")}, timeline: tl1},
@@ -191,16 +191,16 @@ func TestCheckTarget(t *testing.T) {
 		{name: "current accepts any window", target: Target{Kind: TargetLSN, LSN: lsn("0/5000000")}, timeline: TimelineTarget{Mode: TimelineCurrent}},
 		{name: "LSN behind a gap", target: Target{Kind: TargetLSN, LSN: lsn("0/B000000")}, gaps: gaps, wantErr: "a WAL gap starting at 0/A000000 lies between the backup and the target"},
 		{name: "LSN before the gap", target: Target{Kind: TargetLSN, LSN: lsn("0/9F00000")}, gaps: gaps},
-		// RecoverableWindows ends a window where a gap starts.
+		// catalog.RecoverableWindows ends a window where a gap starts.
 		{name: "LSN inside a gap that ends the window", target: Target{Kind: TargetLSN, LSN: lsn("0/A400000")}, gaps: gaps,
-			windows: []Window{{Timeline: 2, FromLSN: lsn("0/9000100"), FromTime: at("14:05"), ToLSN: lsn("0/A000000")}},
+			windows: []catalog.Window{{Timeline: 2, FromLSN: lsn("0/9000100"), FromTime: at("14:05"), ToLSN: lsn("0/A000000")}},
 			wantErr: "it is inside the recorded WAL gap 0/A000000..0/A800000 (timeline 2)"},
 		{name: "LSN after a gap that ends the window", target: Target{Kind: TargetLSN, LSN: lsn("0/B000000")}, gaps: gaps,
-			windows: []Window{{Timeline: 2, FromLSN: lsn("0/9000100"), FromTime: at("14:05"), ToLSN: lsn("0/A000000")}},
+			windows: []catalog.Window{{Timeline: 2, FromLSN: lsn("0/9000100"), FromTime: at("14:05"), ToLSN: lsn("0/A000000")}},
 			wantErr: "the recorded WAL gap 0/A000000..0/A800000 (timeline 2) lies between the backup and the target"},
 		{name: "LSN inside a gap that ends on the next timeline", target: Target{Kind: TargetLSN, LSN: lsn("0/6800000")},
 			gaps: []catalog.Gap{{Timeline: 1, StartLSN: "0/5000000", EndLSN: "0/7000000"}},
-			windows: []Window{
+			windows: []catalog.Window{
 				{Timeline: 1, FromLSN: lsn("0/3000100"), FromTime: at("08:05"), ToLSN: lsn("0/5000000")},
 				{Timeline: 2, FromLSN: lsn("0/6000000"), ToLSN: lsn("0/6000000")},
 			},

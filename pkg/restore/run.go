@@ -9,9 +9,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
-	"github.com/barnacle-pg/barnacle/pkg/retention"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
-	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
 // Request is one restore as `barnacle restore` and a restore request in
@@ -65,7 +63,7 @@ func IsRejected(err error) bool {
 type Prepared struct {
 	Request
 	Backup  catalog.Backup
-	Windows []Window
+	Windows []catalog.Window
 }
 
 // Prepare checks a request against the archive before anything is
@@ -91,18 +89,11 @@ func Prepare(ctx context.Context, b storage.Backend, req Request) (Prepared, err
 	default:
 		return reject(fmt.Errorf("restore: target action %q: use pause, promote or shutdown", req.Action))
 	}
-	in, err := retention.ReadInput(ctx, b, req.Cluster, retention.Policy{})
+	a, err := catalog.ReadArchive(ctx, b, req.Cluster)
 	if err != nil {
-		return p, fmt.Errorf("restore: read the catalog: %w", err)
+		return p, fmt.Errorf("restore: %w", err)
 	}
-	gaps, err := catalog.ReadGaps(ctx, b, req.Cluster)
-	if err != nil {
-		return p, fmt.Errorf("restore: read the recorded gaps: %w", err)
-	}
-	p.Windows = RecoverableWindows(in, gaps)
-	if err := lastArchiveTimes(ctx, b, req.Cluster, in.WALSegmentSize, p.Windows); err != nil {
-		return p, err
-	}
+	p.Windows = catalog.RecoverableWindows(a)
 	if req.Backup != "" {
 		doc, err := catalog.ResolveBackup(ctx, b, req.Cluster, req.Backup)
 		switch {
@@ -117,13 +108,13 @@ func Prepare(ctx context.Context, b storage.Backend, req Request) (Prepared, err
 		}
 		p.Backup = doc
 	} else {
-		doc, err := ChooseBackup(in.Backups, in.Histories, req.Target, req.Timeline)
+		doc, err := ChooseBackup(a.Backups, a.Histories, req.Target, req.Timeline)
 		if err != nil {
 			// A time or LSN target before the first backup (or past the
 			// archive) is answered with the recoverable windows, which
 			// say what can be asked for; the backups rejected one by one
 			// say less.
-			if werr := CheckTarget(req.Target, req.Timeline, p.Windows, gaps); werr != nil {
+			if werr := CheckTarget(req.Target, req.Timeline, p.Windows, a.Gaps); werr != nil {
 				return reject(werr)
 			}
 			return reject(err)
@@ -133,7 +124,7 @@ func Prepare(ctx context.Context, b storage.Backend, req Request) (Prepared, err
 	if err := checkTablespaceMap(req.TablespaceMap, p.Backup); err != nil {
 		return reject(err)
 	}
-	if err := CheckTarget(req.Target, req.Timeline, p.Windows, gaps); err != nil {
+	if err := CheckTarget(req.Target, req.Timeline, p.Windows, a.Gaps); err != nil {
 		return reject(err)
 	}
 	return p, nil
@@ -151,35 +142,6 @@ func checkTablespaceMap(m map[uint32]string, doc catalog.Backup) error {
 	for oid := range m {
 		if !have[oid] {
 			return fmt.Errorf("restore: tablespace map names tablespace %d, which backup %s does not have (barnacle show-backup %s lists its tablespaces)", oid, doc.ID, doc.ID)
-		}
-	}
-	return nil
-}
-
-// lastArchiveTimes sets ToTime of each window that reaches its timeline's
-// archived end to when the newest WAL object of that timeline was last
-// written: no commit after that moment is in the archive, so a later time
-// target cannot be reached (PostgreSQL would end recovery short of it).
-func lastArchiveTimes(ctx context.Context, b storage.Backend, cluster string, segSize uint64, windows []Window) error {
-	if wal.ValidSegmentSize(segSize) != nil {
-		return nil
-	}
-	prefix := catalog.WALPrefix(cluster)
-	objs, err := b.List(ctx, prefix)
-	if err != nil {
-		return fmt.Errorf("restore: list the archived WAL: %w", err)
-	}
-	for i := range windows {
-		w := &windows[i]
-		if w.StopsAt != "" {
-			continue
-		}
-		for _, o := range objs {
-			base, _, _ := wal.SplitFileName(strings.TrimPrefix(o.Name, prefix))
-			tli, _, err := wal.ParseSegmentFileName(base, segSize)
-			if err == nil && tli == w.Timeline && o.ModTime.After(w.ToTime) {
-				w.ToTime = o.ModTime
-			}
 		}
 	}
 	return nil

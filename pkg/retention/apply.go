@@ -4,68 +4,37 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
-	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
-// ReadInput gathers MakePlan's input for cluster from the archive: the
-// backups, the WAL listing, every history file, and the segment size from
-// archive.json (or, without one, from the newest done backup). A history
-// file that cannot be parsed is left out with a note, which only keeps
-// more WAL; storage failures are errors.
+// ReadInput gathers MakePlan's input for cluster from the archive
+// (catalog.ReadArchive): the backups, the WAL listing, every history file,
+// and the segment size. A history file that cannot be read or parsed is
+// left out with a note, which only keeps more WAL; storage failures are
+// errors.
 func ReadInput(ctx context.Context, b storage.Backend, cluster string, pol Policy) (Input, error) {
-	in := Input{Policy: pol, Histories: map[wal.Timeline][]wal.HistoryEntry{}}
-	var err error
-	if in.Backups, err = catalog.ListBackups(ctx, b, cluster); err != nil {
-		return Input{}, fmt.Errorf("read retention input: %w", err)
-	}
-	prefix := catalog.WALPrefix(cluster)
-	objs, err := b.List(ctx, prefix)
+	a, err := catalog.ReadArchive(ctx, b, cluster)
 	if err != nil {
-		return Input{}, fmt.Errorf("read retention input: list wal: %w", err)
-	}
-	for _, o := range objs {
-		name := strings.TrimPrefix(o.Name, prefix)
-		in.WAL = append(in.WAL, WALFile{Name: name, Size: o.Size})
-		if !wal.IsHistoryFileName(name) {
-			continue
-		}
-		tli, err := wal.ParseHistoryFileName(name)
-		if err != nil {
-			in.Notes = append(in.Notes, fmt.Sprintf("%s: %v", name, err))
-			continue
-		}
-		data, err := storage.ReadAll(ctx, b, o.Name)
-		if err != nil && ctx.Err() != nil {
-			return Input{}, fmt.Errorf("read retention input: %w", ctx.Err())
-		}
-		if err != nil {
-			in.Notes = append(in.Notes, fmt.Sprintf("history file %s is unreadable, so older timelines' WAL is kept: %v", name, err))
-			continue
-		}
-		h, err := wal.ParseHistory(data)
-		if err != nil {
-			in.Notes = append(in.Notes, fmt.Sprintf("history file %s is invalid, so older timelines' WAL is kept: %v", name, err))
-			continue
-		}
-		in.Histories[tli] = h
-	}
-	id, err := catalog.ReadIdentity(ctx, b, cluster)
-	switch {
-	case err == nil:
-		in.WALSegmentSize = id.WALSegmentSize
-	case errors.Is(err, storage.ErrNotExist):
-		for _, d := range in.Backups {
-			if d.Status == catalog.StatusDone && d.WALSegmentSize != 0 {
-				in.WALSegmentSize = d.WALSegmentSize
-				break
-			}
-		}
-	default:
 		return Input{}, fmt.Errorf("read retention input: %w", err)
+	}
+	in := Input{Policy: pol, Backups: a.Backups, Histories: a.Histories, WALSegmentSize: a.SegmentSize}
+	for _, o := range a.WAL.Segments() {
+		in.WAL = append(in.WAL, WALFile{Name: o.Name, Size: o.Size})
+	}
+	for _, list := range [][]catalog.WALObject{a.WAL.Histories(), a.WAL.Conflicts(), a.WAL.Unknown()} {
+		for _, o := range list {
+			in.WAL = append(in.WAL, WALFile{Name: o.Name, Size: o.Size})
+		}
+	}
+	slices.SortFunc(in.WAL, func(x, y WALFile) int { return strings.Compare(x.Name, y.Name) })
+	for _, h := range a.WAL.Histories() {
+		if err := a.HistoryErrors[h.Timeline]; err != nil {
+			in.Notes = append(in.Notes, fmt.Sprintf("history file %s is unreadable or invalid, so older timelines' WAL is kept: %v", h.Name, err))
+		}
 	}
 	return in, nil
 }

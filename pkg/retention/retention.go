@@ -50,6 +50,7 @@ import (
 	"time"
 
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
@@ -384,31 +385,34 @@ func planWAL(in Input, newestFirst []catalog.Backup, keep map[string]Decision, n
 		end wal.LSN
 	}
 	var deletable []seg
-	for _, f := range in.WAL {
-		base, partial, _ := wal.SplitFileName(f.Name)
+	objs := make([]storage.ObjectInfo, len(in.WAL))
+	for i, f := range in.WAL {
+		objs[i] = storage.ObjectInfo{Name: f.Name, Size: f.Size}
+	}
+	ix := catalog.IndexWAL(objs, "", in.WALSegmentSize)
+	kept := func(list *[]string, objs []catalog.WALObject) {
+		for _, o := range objs {
+			*list = append(*list, o.Name)
+			wp.KeptBytes += o.Size
+		}
+	}
+	kept(&wp.Histories, ix.Histories())
+	kept(&wp.Conflicts, ix.Conflicts())
+	kept(&wp.Unknown, ix.Unknown())
+	for _, o := range ix.Segments() {
+		f := WALFile{Name: o.Name, Size: o.Size}
 		switch {
-		case wal.IsHistoryFileName(f.Name):
-			wp.Histories = append(wp.Histories, f.Name)
-		case strings.Contains(f.Name, ".conflict-"):
-			wp.Conflicts = append(wp.Conflicts, f.Name)
-		case !wal.IsSegmentFileName(base):
-			wp.Unknown = append(wp.Unknown, f.Name)
-		case partial:
+		case o.Partial:
 			wp.Partials = append(wp.Partials, f.Name)
 		case wp.KeptAll != "":
 			wp.KeptSegments++
 		default:
-			tli, n, err := wal.ParseSegmentFileName(base, in.WALSegmentSize)
-			if err != nil {
-				wp.Unknown = append(wp.Unknown, f.Name)
-				break
-			}
-			end := wal.SegmentStart(n+1, in.WALSegmentSize)
-			if slices.ContainsFunc(prots, func(p protector) bool { return !p.releases(tli, end) }) {
+			end := wal.SegmentStart(o.Segment+1, in.WALSegmentSize)
+			if slices.ContainsFunc(prots, func(p protector) bool { return !p.releases(o.Timeline, end) }) {
 				wp.KeptSegments++
 				break
 			}
-			deletable = append(deletable, seg{f: f, tli: tli, end: end})
+			deletable = append(deletable, seg{f: f, tli: o.Timeline, end: end})
 			continue
 		}
 		wp.KeptBytes += f.Size

@@ -464,19 +464,24 @@ func prefetchOne(ctx context.Context, b storage.Backend, sp *spool, prefix, file
 		return nil
 	}
 	sp.removeTemps(file)
-	found, err := lookup(ctx, b, prefix, file)
+	objs, err := listSegment(ctx, b, prefix, file)
 	if err != nil {
 		return err
 	}
-	if found.complete == nil {
+	tli, seg, err := wal.ParseSegmentFileName(file, segSize)
+	if err != nil {
+		return err
+	}
+	c, ok := catalog.IndexWAL(objs, prefix, segSize).Complete(tli, seg)
+	if !ok {
 		sp.log.Trace("prefetch reached the archive's end", "file", file)
 		return ErrNotFound
 	}
 	start := time.Now()
 	if err := sp.store(file, func(w io.Writer) error {
-		return copySegment(ctx, b, found.complete.Name, segSize, w)
+		return copySegment(ctx, b, c.Key, segSize, w)
 	}); err != nil {
-		return fmt.Errorf("prefetch %s: %w", found.complete.Name, err)
+		return fmt.Errorf("prefetch %s: %w", c.Key, err)
 	}
 	sp.log.Debug("segment prefetched", "file", file, "duration", time.Since(start))
 	return nil

@@ -69,23 +69,17 @@ func VerifyWAL(ctx context.Context, b storage.Backend, cluster string, from wal.
 	if err != nil {
 		return Report{}, fmt.Errorf("verify wal: list %s: %w", prefix, err)
 	}
+	ix := catalog.IndexWAL(objs, prefix, id.WALSegmentSize)
+	if errs := ix.Invalid(); len(errs) > 0 {
+		return Report{}, fmt.Errorf("verify wal: %w", errs[0])
+	}
 	var todo []walObject
-	for _, o := range objs {
-		rel := strings.TrimPrefix(o.Name, prefix)
-		if wal.IsHistoryFileName(rel) {
-			todo = append(todo, walObject{rel: rel, size: o.Size})
-			continue
-		}
-		base, _, comp := wal.SplitFileName(rel)
-		if !wal.IsSegmentFileName(base) || !knownCompression(comp) {
-			continue
-		}
-		_, seg, err := wal.ParseSegmentFileName(base, id.WALSegmentSize)
-		if err != nil {
-			return Report{}, fmt.Errorf("verify wal: %s: %w", rel, err)
-		}
-		if seg >= from {
-			todo = append(todo, walObject{rel: rel, size: o.Size})
+	for _, h := range ix.Histories() {
+		todo = append(todo, walObject{rel: h.Name, size: h.Size})
+	}
+	for _, o := range ix.Segments() {
+		if o.Segment >= from {
+			todo = append(todo, walObject{rel: o.Name, size: o.Size})
 		}
 	}
 	return verifyObjects(ctx, b, prefix, id.WALSegmentSize, todo, nil, progress)
@@ -112,10 +106,6 @@ func VerifyBackupWAL(ctx context.Context, b storage.Backend, cluster string, doc
 		todo = append(todo, walObject{rel: s.Name, size: s.Size, need: s.Need})
 	}
 	return verifyObjects(ctx, b, catalog.WALPrefix(cluster), doc.WALSegmentSize, todo, missing, progress)
-}
-
-func knownCompression(comp string) bool {
-	return comp == "" || comp == wal.CompressionZstd || comp == wal.CompressionLZ4
 }
 
 // verifyObjects checks todo one after the other; see VerifyWAL.

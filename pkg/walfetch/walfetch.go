@@ -10,23 +10,11 @@
 // segment, whatever its compression ("X", "X.zst" or "X.lz4" in the
 // archive), decompressed. If the archive holds the segment only as
 // "X.partial", Fetch serves it padded with zeros to the segment size when,
-// and only when, it is the end of the archive's newest timeline: its
-// timeline is the highest one in the archive (counting .history files as
-// well as segments) and no other segment or .partial of that timeline comes
-// after it. PostgreSQL then replays up to the last archived byte and takes
-// the zeros as the end of WAL, as it does with a segment that a crashed
-// server was writing.
-//
-// A .partial of any older timeline is not served under the segment's name:
-// Fetch reports ErrNotFound. At a timeline switch the receiver (see
-// pkg/walstream) leaves the old timeline's last segment as a .partial for
-// good and streams the new timeline from the start of that same segment, so
-// the new timeline's copy holds the same bytes up to the switch point and
-// PostgreSQL, recovering towards the newest timeline, reads that copy. The
-// old .partial may also hold WAL past the switch point that the old master
-// wrote and the new one never had (a dead branch); serving it would replay
-// that WAL. PostgreSQL's own archiver keeps the old timeline's last segment
-// as .partial for the same reason: restore_command must not find it. A name
+// and only when, catalog.WALIndex says that .partial is served: it is the
+// end of the archive's newest timeline. catalog.WALIndex is the one place
+// that rule is stated, with its reasons; any other .partial (an old
+// timeline's last segment, left as a .partial at a switch) is not served
+// under the segment's name, and Fetch reports ErrNotFound. A name
 // asked for literally ("X.partial") is copied verbatim, for an operator who
 // wants it.
 //
@@ -65,7 +53,6 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
-	"github.com/barnacle-pg/barnacle/pkg/walstream"
 )
 
 // ErrNotFound means the archive does not hold the requested WAL file (or
@@ -249,40 +236,15 @@ func (f *fetcher) verbatim(ctx context.Context, walName, dest string) error {
 	return nil
 }
 
-// segmentObjects is what the archive holds under one segment's name.
-type segmentObjects struct {
-	complete *storage.ObjectInfo // first of "X", "X.zst", "X.lz4"
-	partial  *storage.ObjectInfo // "X.partial"
-}
-
-// lookup lists the objects named after segment file: one List call finds
-// every compression variant and the .partial, where Stat would need one
-// round trip each.
-func lookup(ctx context.Context, b storage.Backend, prefix, file string) (segmentObjects, error) {
+// listSegment lists the objects named after segment file: one List call
+// finds every compression variant and the .partial, where Stat would need
+// one round trip each.
+func listSegment(ctx context.Context, b storage.Backend, prefix, file string) ([]storage.ObjectInfo, error) {
 	objs, err := b.List(ctx, prefix+file)
 	if err != nil {
-		return segmentObjects{}, fmt.Errorf("list %s%s: %w", prefix, file, err)
+		return nil, fmt.Errorf("list %s%s: %w", prefix, file, err)
 	}
-	var found segmentObjects
-	rank := 99
-	for i := range objs {
-		o := &objs[i]
-		switch strings.TrimPrefix(o.Name, prefix) {
-		case file:
-			found.complete, rank = o, 0
-		case file + "." + wal.CompressionZstd:
-			if rank > 1 {
-				found.complete, rank = o, 1
-			}
-		case file + "." + wal.CompressionLZ4:
-			if rank > 2 {
-				found.complete, rank = o, 2
-			}
-		case file + ".partial":
-			found.partial = o
-		}
-	}
-	return found, nil
+	return objs, nil
 }
 
 func (f *fetcher) segment(ctx context.Context, file, dest string) error {
@@ -303,10 +265,10 @@ func (f *fetcher) segment(ctx context.Context, file, dest string) error {
 			return err
 		}
 	}
-	var found segmentObjects
+	var objs []storage.ObjectInfo
 	segSize, err := f.withIdentity(ctx, func(ctx context.Context) error {
 		var err error
-		found, err = lookup(ctx, f.b, f.prefix, file)
+		objs, err = listSegment(ctx, f.b, f.prefix, file)
 		return err
 	})
 	if err != nil {
@@ -319,75 +281,47 @@ func (f *fetcher) segment(ctx context.Context, file, dest string) error {
 	if sp != nil {
 		sp.setSegmentSize(segSize)
 	}
-	if found.complete != nil {
+	named := catalog.IndexWAL(objs, f.prefix, segSize)
+	if c, ok := named.Complete(tli, seg); ok {
 		if err := writeAtomic(dest, func(w io.Writer) error {
-			return copySegment(ctx, f.b, found.complete.Name, segSize, w)
+			return copySegment(ctx, f.b, c.Key, segSize, w)
 		}); err != nil {
 			return err
 		}
-		f.log.Debug("served from the archive", "object", found.complete.Name)
+		f.log.Debug("served from the archive", "object", c.Key)
 		return nil
 	}
-	if found.partial == nil {
+	partial, ok := named.Partial(tli, seg)
+	if !ok {
 		f.log.Debug("not in the archive")
 		return fmt.Errorf("%s%s: %w", f.prefix, file, ErrNotFound)
 	}
-	if why, err := f.partialServable(ctx, tli, seg, segSize); err != nil {
-		return err
-	} else if why != "" {
-		f.log.Debug("partial segment not served", "object", found.partial.Name, "reason", why)
-		return fmt.Errorf("%s%s: only %s exists, and %s: %w", f.prefix, file, found.partial.Name, why, ErrNotFound)
+	// Whether a .partial is served depends on the whole archive (see
+	// catalog.WALIndex): list it, once per recovery (or per retry in
+	// standby mode), at the archive's end only.
+	all, err := f.b.List(ctx, f.prefix)
+	if err != nil {
+		return fmt.Errorf("list %s: %w", f.prefix, err)
+	}
+	p, ok, why := catalog.IndexWAL(all, f.prefix, segSize).Serve(tli, seg)
+	if !ok {
+		f.log.Debug("partial segment not served", "object", partial.Key, "reason", why)
+		return fmt.Errorf("%s%s: only %s exists, and %s: %w", f.prefix, file, partial.Key, why, ErrNotFound)
 	}
 	if err := writeAtomic(dest, func(w io.Writer) error {
-		return copyPadded(ctx, f.b, found.partial.Name, segSize, w)
+		return copyPadded(ctx, f.b, p.Key, segSize, w)
 	}); err != nil {
 		return err
 	}
-	f.log.Debug("served a partial segment padded with zeros", "object", found.partial.Name)
+	f.log.Debug("served a partial segment padded with zeros", "object", p.Key)
 	return nil
-}
-
-// partialServable decides whether the .partial of segment seg on timeline
-// tli is the end of the newest timeline (see the package documentation).
-// It returns "" if so, else the reason it is not. It lists the whole WAL
-// prefix: this happens once per recovery (or per retry in standby mode), at
-// the archive's end only.
-func (f *fetcher) partialServable(ctx context.Context, tli wal.Timeline, seg wal.SegmentNo, segSize uint64) (string, error) {
-	objs, err := f.b.List(ctx, f.prefix)
-	if err != nil {
-		return "", fmt.Errorf("list %s: %w", f.prefix, err)
-	}
-	for _, o := range objs {
-		rel := strings.TrimPrefix(o.Name, f.prefix)
-		if h, err := wal.ParseHistoryFileName(rel); err == nil {
-			if h > tli {
-				return fmt.Sprintf("timeline %d is not the newest (the archive has %s)", tli, rel), nil
-			}
-			continue
-		}
-		base, _, _ := wal.SplitFileName(rel)
-		if !wal.IsSegmentFileName(base) {
-			continue
-		}
-		t, s, err := wal.ParseSegmentFileName(base, segSize)
-		if err != nil {
-			continue // another tool's file; walstream refuses such archives anyway
-		}
-		switch {
-		case t > tli:
-			return fmt.Sprintf("timeline %d is not the newest (the archive has %s)", tli, rel), nil
-		case t == tli && s > seg:
-			return fmt.Sprintf("it is not the end of timeline %d (the archive has %s)", tli, rel), nil
-		}
-	}
-	return "", nil
 }
 
 // copySegment writes the complete segment object name, decompressed and
 // verified (read to its end), to w. Its decompressed length must be the
 // segment size: anything else is a damaged or foreign object.
 func copySegment(ctx context.Context, b storage.Backend, name string, segSize uint64, w io.Writer) error {
-	rc, err := walstream.OpenSegment(ctx, b, name)
+	rc, err := catalog.OpenSegment(ctx, b, name)
 	if err != nil {
 		return err
 	}

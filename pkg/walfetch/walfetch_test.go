@@ -72,13 +72,7 @@ func segmentData(seed uint64) []byte {
 func (a *archive) put(t testing.TB, name string, data []byte) {
 	t.Helper()
 	_, partial, comp := wal.SplitFileName(name)
-	alg := compress.None
-	switch comp {
-	case wal.CompressionZstd:
-		alg = compress.Zstd
-	case wal.CompressionLZ4:
-		alg = compress.LZ4
-	}
+	alg := catalog.CompressionAlgorithm(comp)
 	if partial {
 		// The receiver grows a .partial by appending; do the same.
 		h := sha256.New()

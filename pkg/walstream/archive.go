@@ -3,98 +3,49 @@ package walstream
 import (
 	"context"
 	"fmt"
-	"slices"
-	"strings"
 
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
 const partialSuffix = ".partial"
 
-// archiveItem is a segment or a .partial found in the archive.
-type archiveItem struct {
-	Name        string // full object name
-	Timeline    wal.Timeline
-	Segment     wal.SegmentNo
-	Partial     bool
-	Size        int64
-	Compression string // "" or a wal.Compression* suffix
-}
-
-// less orders items by timeline, then segment, then a .partial before the
-// complete segment of the same name (which supersedes it).
-func (a archiveItem) less(b archiveItem) bool {
-	if a.Timeline != b.Timeline {
-		return a.Timeline < b.Timeline
-	}
-	if a.Segment != b.Segment {
-		return a.Segment < b.Segment
-	}
-	return a.Partial && !b.Partial
-}
-
 // archiveScan is what a listing of the WAL prefix says about where the
 // archive ends.
 type archiveScan struct {
-	// Top is the highest segment or .partial; valid when Found.
-	Top   archiveItem
+	// Top is the highest segment or .partial (catalog.WALIndex.Top); valid
+	// when Found.
+	Top   catalog.WALObject
 	Found bool
 	// Histories are the timelines that have a .history file, ascending.
 	Histories []wal.Timeline
-	// Superseded are .partial objects whose complete segment is archived:
-	// left behind by a crash between storing the segment and deleting its
-	// .partial.
+	// Superseded are the full names of .partial objects whose complete
+	// segment is archived: left behind by a crash between storing the
+	// segment and deleting its .partial.
 	Superseded []string
 }
 
-// scanArchive classifies the objects listed under prefix. A complete
-// segment counts whatever its compression suffix: "X", "X.zst" and "X.lz4"
-// are the same segment, and it supersedes X's .partial under any of them
-// (the compression setting may have changed between runs). Objects in
-// sub-directories and names it does not know (conflict copies kept aside by
-// storage.PutOnce, other tools' files) are ignored.
+// scanArchive reads the listing of prefix through catalog.WALIndex: a
+// complete segment counts whatever its compression suffix, and supersedes
+// its .partial under any of them (the compression setting may have changed
+// between runs). Objects in sub-directories and names it does not know
+// (conflict copies kept aside by storage.PutOnce, other tools' files) are
+// ignored; a segment or history name that is invalid for segSize is an
+// error.
 func scanArchive(objs []storage.ObjectInfo, prefix string, segSize uint64) (archiveScan, error) {
+	ix := catalog.IndexWAL(objs, prefix, segSize)
+	if errs := ix.Invalid(); len(errs) > 0 {
+		return archiveScan{}, fmt.Errorf("scan archive: %w", errs[0])
+	}
 	var scan archiveScan
-	complete := map[string]bool{}
-	var partials []archiveItem
-	for _, o := range objs {
-		rel, ok := strings.CutPrefix(o.Name, prefix)
-		if !ok || rel == "" || strings.Contains(rel, "/") {
-			continue
-		}
-		if wal.IsHistoryFileName(rel) {
-			tli, err := wal.ParseHistoryFileName(rel)
-			if err != nil {
-				return archiveScan{}, fmt.Errorf("scan archive: %w", err)
-			}
-			scan.Histories = append(scan.Histories, tli)
-			continue
-		}
-		base, partial, comp := wal.SplitFileName(rel)
-		if !wal.IsSegmentFileName(base) {
-			continue
-		}
-		tli, seg, err := wal.ParseSegmentFileName(base, segSize)
-		if err != nil {
-			return archiveScan{}, fmt.Errorf("scan archive: %w (is the archive from a server with another wal_segment_size?)", err)
-		}
-		it := archiveItem{Name: o.Name, Timeline: tli, Segment: seg, Partial: partial, Size: o.Size, Compression: comp}
-		if partial {
-			partials = append(partials, it)
-		} else {
-			complete[base] = true
-		}
-		if !scan.Found || scan.Top.less(it) {
-			scan.Top, scan.Found = it, true
-		}
+	scan.Top, scan.Found = ix.Top()
+	for _, h := range ix.Histories() {
+		scan.Histories = append(scan.Histories, h.Timeline)
 	}
-	for _, p := range partials {
-		if complete[wal.SegmentFileName(p.Timeline, p.Segment, segSize)] {
-			scan.Superseded = append(scan.Superseded, p.Name)
-		}
+	for _, o := range ix.Superseded() {
+		scan.Superseded = append(scan.Superseded, o.Key)
 	}
-	slices.Sort(scan.Histories)
 	return scan, nil
 }
 
@@ -139,12 +90,12 @@ func resumeFromScan(ctx context.Context, scan archiveScan, segSize uint64, findS
 		return resumePoint{Timeline: top.Timeline, Start: end}, true, nil
 	}
 	if top.Compression != "" {
-		return resumePoint{}, false, fmt.Errorf("resume inside %s: compressed partial segments are not supported", top.Name)
+		return resumePoint{}, false, fmt.Errorf("resume inside %s: compressed partial segments are not supported", top.Key)
 	}
 	if top.Size < 0 || uint64(top.Size) > segSize {
-		return resumePoint{}, false, fmt.Errorf("resume inside %s: size %d does not fit a %d-byte segment", top.Name, top.Size, segSize)
+		return resumePoint{}, false, fmt.Errorf("resume inside %s: size %d does not fit a %d-byte segment", top.Key, top.Size, segSize)
 	}
-	return resumePoint{Timeline: top.Timeline, Start: end, Partial: top.Name}, true, nil
+	return resumePoint{Timeline: top.Timeline, Start: end, Partial: top.Key}, true, nil
 }
 
 // archivedSwitchFinder finds tli's end in the history files of the

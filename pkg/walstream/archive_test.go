@@ -239,9 +239,9 @@ func FuzzScanArchive(f *testing.F) {
 			return
 		}
 		if scan.Found {
-			base, _, _ := wal.SplitFileName(scan.Top.Name[len(testPrefix):])
+			base, _, _ := wal.SplitFileName(scan.Top.Key[len(testPrefix):])
 			if !wal.IsSegmentFileName(base) {
-				t.Fatalf("top %q is not a segment", scan.Top.Name)
+				t.Fatalf("top %q is not a segment", scan.Top.Key)
 			}
 		}
 		_, _, _ = resumeFromScan(t.Context(), scan, testSegSize, switches(nil))

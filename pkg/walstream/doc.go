@@ -12,7 +12,7 @@
 //
 // Complete segments may be stored compressed (Options.Compression) as
 // "<segment>.zst" or "<segment>.lz4"; a segment is archived under one name
-// only, whatever the setting was when it was written, and OpenSegment reads
+// only, whatever the setting was when it was written, and catalog.OpenSegment reads
 // any of them back. A .partial is always stored as is.
 //
 // At a timeline switch the last segment of the old timeline stays in the

@@ -98,7 +98,7 @@ type Options struct {
 	// wal.SplitFileName). A .partial is never compressed: it grows
 	// every FlushInterval and is read back to resume. The setting may change
 	// between runs: a segment already archived under any of the three
-	// names is not archived again (see FindSegment, OpenSegment).
+	// names is not archived again (see FindSegment, catalog.OpenSegment).
 	// Compression runs in Run's goroutine as each segment completes.
 	Compression string
 	// StatusInterval is the longest time between two standby status

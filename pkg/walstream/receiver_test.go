@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/barnacle-pg/barnacle/internal/testenv"
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
@@ -326,7 +327,7 @@ func readSegment(t *testing.T, b storage.Backend, file string) []byte {
 	t.Helper()
 	info, err := walstream.FindSegment(t.Context(), b, prefix, file)
 	require.NoError(t, err)
-	rc, err := walstream.OpenSegment(t.Context(), b, info.Name)
+	rc, err := catalog.OpenSegment(t.Context(), b, info.Name)
 	require.NoError(t, err)
 	defer rc.Close()
 	data, err := io.ReadAll(rc)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"path"
 
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/compress"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
@@ -55,45 +56,12 @@ func suffixOf(algorithm string) string {
 	return ""
 }
 
-// Decompress returns a reader of the bytes in r, decompressed according to
-// compression: an Options.Compression value ("", "none", "zstd", "lz4") or
-// a name suffix from wal.SplitFileName (wal.CompressionZstd,
-// wal.CompressionLZ4). Corrupt compressed data makes Read fail. Close
-// releases the decompressor and does not close r. Unknown compressions are
-// an error.
-func Decompress(compression string, r io.Reader) (io.ReadCloser, error) {
-	alg, err := algorithmOf(compression)
-	if err != nil {
-		return nil, err
-	}
-	return compress.NewReader(alg, r)
-}
-
-// OpenSegment opens the archived object name (a full object name such as
-// "c1/wals/000000010000000000000005.zst", also a .partial) for reading its
-// WAL, decompressed according to the name's suffix (see wal.SplitFileName).
-// The caller closes the reader.
-//
-// The reader verifies what the backend stores: at the end of the WAL it
-// reads the object to its end, so that the backend checks the stored
-// checksum, and fails on bytes after the compressed data. It returns
-// io.EOF only once both checks passed; a caller that stops early gets no
-// verification. Errors wrap storage.ErrNotExist when the object is missing
-// and storage.ErrChecksum when its bytes are damaged.
-func OpenSegment(ctx context.Context, b storage.Backend, name string) (io.ReadCloser, error) {
-	sr, err := openSegment(ctx, b, name)
-	if err != nil {
-		return nil, err
-	}
-	return sr, nil
-}
-
 // FindSegment returns the object that holds the complete segment file (a
 // segment file name such as "000000010000000000000005") under prefix,
 // whatever its compression: "<prefix><file>", ".zst" or ".lz4", tried in
 // that order with Stat. The receiver never archives a segment under two of
 // these names. It returns an error wrapping storage.ErrNotExist when none
-// exists. Open the result with OpenSegment.
+// exists. Open the result with catalog.OpenSegment.
 func FindSegment(ctx context.Context, b storage.Backend, prefix, file string) (storage.ObjectInfo, error) {
 	copies, err := segmentCopies(ctx, b, prefix, file)
 	if err != nil {
@@ -126,80 +94,6 @@ func segmentCopies(ctx context.Context, b storage.Backend, prefix, file string) 
 	return copies, nil
 }
 
-// segmentReader is OpenSegment's reader.
-type segmentReader struct {
-	name string
-	raw  *recordingReader // the backend's verifying reader
-	dec  io.ReadCloser    // decompressor over raw
-	err  error            // sticky terminal error or io.EOF
-}
-
-func openSegment(ctx context.Context, b storage.Backend, name string) (*segmentReader, error) {
-	_, _, comp := wal.SplitFileName(path.Base(name))
-	rc, err := b.Get(ctx, name)
-	if err != nil {
-		return nil, fmt.Errorf("open segment %s: %w", name, err)
-	}
-	raw := &recordingReader{rc: rc}
-	dec, err := Decompress(comp, raw)
-	if err != nil {
-		_ = rc.Close()
-		return nil, fmt.Errorf("open segment %s: %w", name, err)
-	}
-	return &segmentReader{name: name, raw: raw, dec: dec}, nil
-}
-
-func (s *segmentReader) Read(p []byte) (int, error) {
-	if s.err != nil {
-		return 0, s.err
-	}
-	n, err := s.dec.Read(p)
-	switch {
-	case err == io.EOF: //nolint:errorlint // io.EOF is returned unwrapped by contract
-		// A decompressor may stop at the end of its last frame without
-		// reading the object's end, where the backend checks the stored
-		// checksum.
-		extra, derr := io.Copy(io.Discard, s.raw)
-		switch {
-		case derr != nil:
-			s.err = fmt.Errorf("read segment %s: %w", s.name, derr)
-		case extra > 0:
-			s.err = fmt.Errorf("read segment %s: %d bytes after the compressed data", s.name, extra)
-		default:
-			s.err = io.EOF
-		}
-		if n > 0 && s.err != io.EOF { //nolint:errorlint // see above
-			return n, nil // the error comes with the next Read
-		}
-		return n, s.err
-	case err != nil:
-		s.err = fmt.Errorf("read segment %s: %w", s.name, err)
-		return n, s.err
-	}
-	return n, nil
-}
-
-func (s *segmentReader) Close() error {
-	derr := s.dec.Close()
-	return errors.Join(derr, s.raw.rc.Close())
-}
-
-// recordingReader remembers the first error other than io.EOF that the
-// backend's reader returned, to tell storage failures from corrupt
-// compressed data.
-type recordingReader struct {
-	rc  io.ReadCloser
-	err error
-}
-
-func (r *recordingReader) Read(p []byte) (int, error) {
-	n, err := r.rc.Read(p)
-	if err != nil && err != io.EOF && r.err == nil { //nolint:errorlint // io.EOF is returned unwrapped by contract
-		r.err = err
-	}
-	return n, err
-}
-
 // compareChunk is how much of an archived segment sameSegment reads at a
 // time: it compares as it reads, so that checking an archived copy costs no
 // second segment-sized buffer.
@@ -210,7 +104,7 @@ const compareChunk = 256 << 10
 // damaged, that has no stored checksum or whose compressed data is corrupt
 // is not the same; other storage errors are returned.
 func sameSegment(ctx context.Context, b storage.Backend, name string, want []byte) (bool, error) {
-	sr, err := openSegment(ctx, b, name)
+	sr, err := catalog.OpenSegment(ctx, b, name)
 	if errors.Is(err, storage.ErrNoChecksum) {
 		return false, nil
 	}
@@ -232,7 +126,7 @@ func sameSegment(ctx context.Context, b storage.Backend, name string, want []byt
 			return off == len(want), nil
 		}
 		if err != nil {
-			if raw := sr.raw.err; raw != nil && !errors.Is(raw, storage.ErrChecksum) {
+			if raw := sr.StorageErr(); raw != nil && !errors.Is(raw, storage.ErrChecksum) {
 				return false, err // the backend failed: try again later
 			}
 			return false, nil

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/compress"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
@@ -63,7 +64,7 @@ func listNames(t *testing.T, b storage.Backend) []string {
 
 func readSegment(t *testing.T, b storage.Backend, name string) ([]byte, error) {
 	t.Helper()
-	rc, err := OpenSegment(t.Context(), b, name)
+	rc, err := catalog.OpenSegment(t.Context(), b, name)
 	if err != nil {
 		return nil, err
 	}
@@ -90,7 +91,7 @@ func TestDecompressAndOpenSegment(t *testing.T) {
 	want := fakeWAL(300000, 1)
 	for _, tc := range []struct {
 		option, suffix string
-		names          []string // accepted by Decompress
+		names          []string // accepted by algorithmOf
 	}{
 		{option: CompressionNone, names: []string{"", "none"}},
 		{option: CompressionZstd, suffix: ".zst", names: []string{"zstd", wal.CompressionZstd}},
@@ -102,7 +103,9 @@ func TestDecompressAndOpenSegment(t *testing.T) {
 			data, err := enc.Compress(want)
 			require.NoError(t, err)
 			for _, name := range tc.names {
-				r, err := Decompress(name, bytes.NewReader(data))
+				alg, err := algorithmOf(name)
+				require.NoError(t, err, name)
+				r, err := compress.NewReader(alg, bytes.NewReader(data))
 				require.NoError(t, err, name)
 				got, err := io.ReadAll(r)
 				require.NoError(t, err)
@@ -124,11 +127,11 @@ func TestDecompressAndOpenSegment(t *testing.T) {
 		})
 	}
 
-	_, err := Decompress("gzip", bytes.NewReader(nil))
+	_, err := algorithmOf("gzip")
 	assert.Error(t, err)
 	_, err = FindSegment(ctx, b, testPrefix, unitSegment)
 	assert.ErrorIs(t, err, storage.ErrNotExist)
-	_, err = OpenSegment(ctx, b, testPrefix+unitSegment+".zst")
+	_, err = catalog.OpenSegment(ctx, b, testPrefix+unitSegment+".zst")
 	assert.ErrorIs(t, err, storage.ErrNotExist)
 
 	t.Run("partial is read as is", func(t *testing.T) {
