@@ -14,6 +14,9 @@ func TestURL(t *testing.T) {
 	}{
 		{"plain s3", "s3://bucket/p?endpoint=http%3A%2F%2F127.0.0.1%3A7070&region=r", "s3://bucket/p?endpoint=http%3A%2F%2F127.0.0.1%3A7070&region=r"},
 		{"file", "file:///var/lib/barnacle", "file:///var/lib/barnacle"},
+		// Nothing to hide: shown as written, not re-encoded.
+		{"as written", "s3://bucket/p?endpoint=http://127.0.0.1:9000&region=r", "s3://bucket/p?endpoint=http://127.0.0.1:9000&region=r"},
+		{"no bucket", "s3://", "s3://"},
 		{"userinfo", "s3://AKID:" + secret + "@bucket/p", "s3://REDACTED@bucket/p"},
 		{"user only", "http://" + secret + "@etcd:2379", "http://REDACTED@etcd:2379"},
 		{"unknown param", "s3://bucket/p?region=r&secret_key=" + secret, "s3://bucket/p?region=r&secret_key=REDACTED"},
