@@ -131,7 +131,7 @@ func suggestFlag(cmd *cobra.Command, err error) string {
 		if f.Hidden {
 			return
 		}
-		d := editDistance(bad, f.Name)
+		d := config.EditDistance(bad, f.Name)
 		if strings.HasPrefix(f.Name, bad) && len(bad) >= 3 {
 			d = min(d, 1)
 		}
@@ -140,27 +140,6 @@ func suggestFlag(cmd *cobra.Command, err error) string {
 		}
 	})
 	return best
-}
-
-// editDistance is the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // wrapArgs turns cobra's argument-count errors into usage errors.

@@ -174,7 +174,7 @@ func unknownKeyHint(name string) string {
 	}
 	best, bestDist := "", 4
 	for _, k := range keys {
-		if d := editDistance(norm, k.name); d < bestDist {
+		if d := EditDistance(norm, k.name); d < bestDist {
 			best, bestDist = k.name, d
 		}
 	}
@@ -184,7 +184,9 @@ func unknownKeyHint(name string) string {
 	return "unknown key; run 'barnacle --help' for the list of keys"
 }
 
-func editDistance(a, b string) int {
+// EditDistance is the Levenshtein distance between a and b, for the
+// did-you-mean hints of unknown keys here and of unknown flags in the CLI.
+func EditDistance(a, b string) int {
 	prev := make([]int, len(b)+1)
 	cur := make([]int, len(b)+1)
 	for j := range prev {
