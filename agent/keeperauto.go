@@ -11,7 +11,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sync/errgroup"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/pkg/config"
@@ -31,7 +30,7 @@ type KeeperDiscovery struct {
 }
 
 // inCluster makes the Kubernetes pod client; tests replace it.
-var inCluster = func() (corev1client.PodsGetter, string, error) { return kubekeeper.InCluster() }
+var inCluster = kubekeeper.InCluster
 
 // autoKeeper runs keeper-uid auto. It runs one ordinary agent at a time,
 // built for the keeper that the node's keeper pods and clusterdata name

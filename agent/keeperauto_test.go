@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	k8stesting "k8s.io/client-go/testing"
@@ -26,10 +27,22 @@ import (
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/kubekeeper"
 	"github.com/barnacle-pg/barnacle/pkg/stolon"
 )
 
 const autoNS = "stolon"
+
+// fakePods is kubekeeper.PodClient over client-go's fake clientset.
+type fakePods struct{ c corev1client.PodsGetter }
+
+func (f fakePods) List(ctx context.Context, ns string, o metav1.ListOptions) (*corev1.PodList, error) {
+	return f.c.Pods(ns).List(ctx, o)
+}
+
+func (f fakePods) Watch(ctx context.Context, ns string, o metav1.ListOptions) (watch.Interface, error) {
+	return f.c.Pods(ns).Watch(ctx, o)
+}
 
 func autoPod(name, ip string) *corev1.Pod {
 	started := metav1.NewTime(time.Now().Add(-time.Hour))
@@ -69,7 +82,7 @@ func autoEnv(t *testing.T, cluster string) *testenv.Etcd {
 func startAuto(t *testing.T, etcd *testenv.Etcd, cluster string, pods corev1client.PodsGetter) (*Agent, *syncBuffer) {
 	t.Helper()
 	old := inCluster
-	inCluster = func() (corev1client.PodsGetter, string, error) { return pods, autoNS, nil }
+	inCluster = func() (kubekeeper.PodClient, string, error) { return fakePods{pods}, autoNS, nil }
 	t.Cleanup(func() { inCluster = old })
 	cfg, err := config.Load(config.Sources{Env: func(string) (string, bool) { return "", false }, Flags: map[string]string{
 		"cluster-name": cluster, "store-endpoints": etcd.Endpoints()[0], "keeper-uid": "auto", "node-name": "n1",

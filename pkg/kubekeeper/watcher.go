@@ -17,8 +17,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/watch"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 )
 
@@ -26,7 +27,7 @@ import (
 type Options struct {
 	// Pods is the Kubernetes API's pod client: InCluster's, or a fake in
 	// tests.
-	Pods      corev1client.PodsGetter
+	Pods      PodClient
 	Namespace string
 	NodeName  string
 	// Selector is an equality-based label selector (keeper-pod-selector).
@@ -153,9 +154,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 // failed list, or a watch the API forbids, makes the pods unknown; any
 // other end of the watch only calls for a new list.
 func (w *Watcher) listAndWatch(ctx context.Context) (listed bool, err error) {
-	pods := w.opts.Pods.Pods(w.opts.Namespace)
+	pods := w.opts.Pods
 	opts := metav1.ListOptions{FieldSelector: w.field, LabelSelector: w.opts.Selector}
-	list, err := pods.List(ctx, opts)
+	list, err := pods.List(ctx, w.opts.Namespace, opts)
 	if err != nil {
 		if ctx.Err() != nil {
 			return false, nil
@@ -174,7 +175,7 @@ func (w *Watcher) listAndWatch(ctx context.Context) (listed bool, err error) {
 
 	opts.ResourceVersion = list.ResourceVersion
 	opts.AllowWatchBookmarks = true
-	wi, err := pods.Watch(ctx, opts)
+	wi, err := pods.Watch(ctx, w.opts.Namespace, opts)
 	if err != nil {
 		if ctx.Err() != nil {
 			return true, nil
@@ -277,18 +278,64 @@ func (w *Watcher) signal() {
 	}
 }
 
+// PodClient lists and watches pods: the part of the Kubernetes API the
+// watcher uses.
+type PodClient interface {
+	List(ctx context.Context, namespace string, opts metav1.ListOptions) (*corev1.PodList, error)
+	Watch(ctx context.Context, namespace string, opts metav1.ListOptions) (watch.Interface, error)
+}
+
+// restPods is PodClient over client-go's REST client with a scheme of the
+// core group only. client-go's typed clientset would do the same, but it
+// links every API group's types and apply configurations (about 35 MB
+// more binary).
+type restPods struct {
+	c      *rest.RESTClient
+	params runtime.ParameterCodec
+}
+
+// NewPodClient makes a PodClient for the API server that cfg names.
+func NewPodClient(cfg *rest.Config) (PodClient, error) {
+	scheme := runtime.NewScheme()
+	if err := corev1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	c := rest.CopyConfig(cfg)
+	c.GroupVersion = &corev1.SchemeGroupVersion
+	c.APIPath = "/api"
+	c.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
+	if c.UserAgent == "" {
+		c.UserAgent = "barnacle"
+	}
+	rc, err := rest.RESTClientFor(c)
+	if err != nil {
+		return nil, err
+	}
+	return restPods{c: rc, params: runtime.NewParameterCodec(scheme)}, nil
+}
+
+func (p restPods) List(ctx context.Context, namespace string, opts metav1.ListOptions) (*corev1.PodList, error) {
+	out := &corev1.PodList{}
+	err := p.c.Get().Namespace(namespace).Resource("pods").VersionedParams(&opts, p.params).Do(ctx).Into(out)
+	return out, err
+}
+
+func (p restPods) Watch(ctx context.Context, namespace string, opts metav1.ListOptions) (watch.Interface, error) {
+	opts.Watch = true
+	return p.c.Get().Namespace(namespace).Resource("pods").VersionedParams(&opts, p.params).Watch(ctx)
+}
+
 // serviceAccountNamespace is where Kubernetes mounts the pod's namespace.
 const serviceAccountNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 // InCluster returns a pod client that authenticates with the pod's
 // service account, and the pod's namespace. It fails outside a pod.
-func InCluster() (corev1client.PodsGetter, string, error) {
+func InCluster() (PodClient, string, error) {
 	cfg, err := rest.InClusterConfig()
 	if err != nil {
 		return nil, "", fmt.Errorf("kubernetes API: not running in a pod with a service account: %w", err)
 	}
-	cfg.UserAgent = "barnacle"
-	cli, err := corev1client.NewForConfig(cfg)
+	cli, err := NewPodClient(cfg)
 	if err != nil {
 		return nil, "", fmt.Errorf("kubernetes API client: %w", err)
 	}

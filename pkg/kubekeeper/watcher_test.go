@@ -40,8 +40,19 @@ func keeperPod(name, node, ip string, lbl map[string]string) *corev1.Pod {
 	}
 }
 
+// fakePods is PodClient over client-go's fake clientset.
+type fakePods struct{ c corev1client.PodsGetter }
+
+func (f fakePods) List(ctx context.Context, ns string, o metav1.ListOptions) (*corev1.PodList, error) {
+	return f.c.Pods(ns).List(ctx, o)
+}
+
+func (f fakePods) Watch(ctx context.Context, ns string, o metav1.ListOptions) (watch.Interface, error) {
+	return f.c.Pods(ns).Watch(ctx, o)
+}
+
 // runWatcher starts a watcher of node n1 and stops it when the test ends.
-func runWatcher(t *testing.T, pods corev1client.PodsGetter) *Watcher {
+func runWatcher(t *testing.T, pods PodClient) *Watcher {
 	t.Helper()
 	w, err := NewWatcher(Options{Pods: pods, Namespace: ns, NodeName: "n1", Selector: "component=stolon-keeper", MaxBackoff: 50 * time.Millisecond})
 	require.NoError(t, err)
@@ -97,7 +108,7 @@ func TestWatcherFollowsTheNodesKeeperPods(t *testing.T) {
 		watchRV.Store(a.(k8stesting.WatchActionImpl).WatchRestrictions.ResourceVersion)
 		return false, nil, nil
 	})
-	w := runWatcher(t, cs.CoreV1())
+	w := runWatcher(t, fakePods{cs.CoreV1()})
 	waitState(t, w, "the keeper pod of n1", func(s State) bool { return s.Synced && names(s) == "stolon-keeper-0=10.0.0.10" })
 
 	ctx := t.Context()
@@ -147,7 +158,7 @@ func TestWatcherForbiddenNamesVerbAndResource(t *testing.T) {
 					return true, nil, forbidden
 				})
 			}
-			w := runWatcher(t, cs.CoreV1())
+			w := runWatcher(t, fakePods{cs.CoreV1()})
 			s := waitState(t, w, "the forbidden error", func(s State) bool { return s.Err != nil })
 			assert.False(t, s.Synced, "forbidden to %s: the pods are not known", verb)
 			assert.Empty(t, s.Pods)
@@ -175,7 +186,7 @@ func TestWatcherRealClientErrors(t *testing.T) {
 			_, _ = w.Write([]byte(`{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"pods is forbidden: User \"system:serviceaccount:stolon:barnacle\" cannot list resource \"pods\" in API group \"\" in the namespace \"stolon\"","reason":"Forbidden","details":{"kind":"pods"},"code":403}`))
 		}))
 		t.Cleanup(srv.Close)
-		cli, err := corev1client.NewForConfig(&rest.Config{Host: srv.URL})
+		cli, err := NewPodClient(&rest.Config{Host: srv.URL})
 		require.NoError(t, err)
 		w := runWatcher(t, cli)
 		s := waitState(t, w, "the error", func(s State) bool { return s.Err != nil })
@@ -188,7 +199,7 @@ func TestWatcherRealClientErrors(t *testing.T) {
 		require.NoError(t, err)
 		addr := l.Addr().String()
 		require.NoError(t, l.Close()) // nothing listens there now
-		cli, err := corev1client.NewForConfig(&rest.Config{Host: "http://" + addr, Timeout: 5 * time.Second})
+		cli, err := NewPodClient(&rest.Config{Host: "http://" + addr, Timeout: 5 * time.Second})
 		require.NoError(t, err)
 		w := runWatcher(t, cli)
 		s := waitState(t, w, "the error", func(s State) bool { return s.Err != nil })
@@ -199,8 +210,8 @@ func TestWatcherRealClientErrors(t *testing.T) {
 
 func TestNewWatcherRejectsBadOptions(t *testing.T) {
 	cs := fake.NewClientset()
-	_, err := NewWatcher(Options{Pods: cs.CoreV1(), Namespace: ns, NodeName: "n1", Selector: "a in (b"})
+	_, err := NewWatcher(Options{Pods: fakePods{cs.CoreV1()}, Namespace: ns, NodeName: "n1", Selector: "a in (b"})
 	assert.ErrorContains(t, err, `label selector "a in (b"`)
-	_, err = NewWatcher(Options{Pods: cs.CoreV1(), Namespace: ns, Selector: "a=b"})
+	_, err = NewWatcher(Options{Pods: fakePods{cs.CoreV1()}, Namespace: ns, Selector: "a=b"})
 	assert.ErrorContains(t, err, "node name and namespace are required")
 }
