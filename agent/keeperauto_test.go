@@ -14,15 +14,20 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
 	k8stesting "k8s.io/client-go/testing"
+	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/internal/testenv"
@@ -81,9 +86,11 @@ func autoEnv(t *testing.T, cluster string) *testenv.Etcd {
 // startAuto runs an agent with keeper-uid auto on node n1 against pods.
 func startAuto(t *testing.T, etcd *testenv.Etcd, cluster string, pods corev1client.PodsGetter) (*Agent, *syncBuffer) {
 	t.Helper()
-	old := inCluster
-	inCluster = func() (kubekeeper.PodClient, string, error) { return fakePods{pods}, autoNS, nil }
-	t.Cleanup(func() { inCluster = old })
+	if pods != nil {
+		old := inCluster
+		inCluster = func() (kubekeeper.PodClient, string, error) { return fakePods{pods}, autoNS, nil }
+		t.Cleanup(func() { inCluster = old })
+	}
 	cfg, err := config.Load(config.Sources{Env: func(string) (string, bool) { return "", false }, Flags: map[string]string{
 		"cluster-name": cluster, "store-endpoints": etcd.Endpoints()[0], "keeper-uid": "auto", "node-name": "n1",
 		"agent-name": "barnacle-abcde", "archive-url": "file://" + t.TempDir(), "metrics-listen-address": "127.0.0.1:0",
@@ -218,4 +225,70 @@ func TestKeeperUIDAutoForbidden(t *testing.T) {
 	assert.Empty(t, s.KeeperUID)
 	require.NotNil(t, s.KeeperDiscovery)
 	assert.Contains(t, s.KeeperDiscovery.Reason, want)
+}
+
+// TestKeeperUIDAutoRealAPIServer runs keeper-uid auto against a real
+// kube-apiserver with the DaemonSet's RBAC (deploy/kubernetes/rbac.yaml) and
+// a service account token, as in a pod: the agent serves the keeper of its
+// node's pod, and none once the pod is deleted.
+func TestKeeperUIDAutoRealAPIServer(t *testing.T) {
+	const cluster = "autoreal"
+	etcd := autoEnv(t, cluster)
+	api := testenv.StartKubeAPIServer(t, etcd)
+	tlsCfg := rest.TLSClientConfig{Insecure: true}
+	admin, err := kubernetes.NewForConfig(&rest.Config{Host: api.URL, BearerToken: api.AdminToken, TLSClientConfig: tlsCfg})
+	require.NoError(t, err)
+	ctx := t.Context()
+	_, err = admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: autoNS}}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	data, err := os.ReadFile("../deploy/kubernetes/rbac.yaml")
+	require.NoError(t, err)
+	var saName string
+	for _, doc := range strings.Split(string(data), "\n---\n") {
+		var tm metav1.TypeMeta
+		require.NoError(t, sigsyaml.Unmarshal([]byte(doc), &tm))
+		switch tm.Kind {
+		case "ServiceAccount":
+			var sa corev1.ServiceAccount
+			require.NoError(t, sigsyaml.UnmarshalStrict([]byte(doc), &sa))
+			_, err = admin.CoreV1().ServiceAccounts(autoNS).Create(ctx, &sa, metav1.CreateOptions{})
+			saName = sa.Name
+		case "Role":
+			var r rbacv1.Role
+			require.NoError(t, sigsyaml.UnmarshalStrict([]byte(doc), &r))
+			_, err = admin.RbacV1().Roles(autoNS).Create(ctx, &r, metav1.CreateOptions{})
+		case "RoleBinding":
+			var rb rbacv1.RoleBinding
+			require.NoError(t, sigsyaml.UnmarshalStrict([]byte(doc), &rb))
+			_, err = admin.RbacV1().RoleBindings(autoNS).Create(ctx, &rb, metav1.CreateOptions{})
+		}
+		require.NoError(t, err)
+	}
+	tr, err := admin.CoreV1().ServiceAccounts(autoNS).CreateToken(ctx, saName, &authv1.TokenRequest{}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	pods, err := kubekeeper.NewPodClient(&rest.Config{Host: api.URL, BearerToken: tr.Status.Token, TLSClientConfig: tlsCfg})
+	require.NoError(t, err)
+
+	p := autoPod("stolon-keeper-0", "127.0.0.10")
+	status := p.Status
+	p.Status = corev1.PodStatus{}
+	p.Spec.Containers = []corev1.Container{{Name: "keeper", Image: "sorintlab/stolon:master-pg15"}}
+	created, err := admin.CoreV1().Pods(autoNS).Create(ctx, p, metav1.CreateOptions{})
+	require.NoError(t, err)
+	created.Status = status
+	_, err = admin.CoreV1().Pods(autoNS).UpdateStatus(ctx, created, metav1.UpdateOptions{})
+	require.NoError(t, err)
+
+	old := inCluster
+	inCluster = func() (kubekeeper.PodClient, string, error) { return pods, autoNS, nil }
+	t.Cleanup(func() { inCluster = old })
+	a, _ := startAuto(t, etcd, cluster, nil)
+	waitUntil(t, 30*time.Second, "the agent to serve keeper0", func() bool {
+		return agentRecord(t, etcd, cluster, a.Name()).KeeperUID == "keeper0"
+	})
+	require.NoError(t, admin.CoreV1().Pods(autoNS).Delete(ctx, "stolon-keeper-0", metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))}))
+	waitUntil(t, 30*time.Second, "the agent to serve none", func() bool {
+		r := agentRecord(t, etcd, cluster, a.Name())
+		return r.Name != "" && r.KeeperUID == "" && strings.HasPrefix(r.KeeperDiscovery, "no running pod on node n1")
+	})
 }
