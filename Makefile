@@ -10,7 +10,7 @@ FUZZ_TIME ?= 30s
 # stops a hung test.
 TEST_TIMEOUT ?= 20m
 
-.PHONY: help build test test-unit test-e2e bench fuzz lint fmt tidy-check cover demo clean versitygw
+.PHONY: help build test test-unit test-e2e bench fuzz lint fmt tidy-check cover demo clean versitygw kube-apiserver
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z0-9_-]+:.*##/ {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -18,13 +18,16 @@ help: ## List the targets
 build: ## Build bin/barnacle with the version stamped in
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/barnacle
 
-test: versitygw ## Run every test: unit, integration (real PostgreSQL 15 + etcd + S3) and e2e
+test: versitygw kube-apiserver ## Run every test: unit, integration (real PostgreSQL 15 + etcd + S3 + kube-apiserver) and e2e
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 versitygw: ## Build the S3 server the tests run against, once, into ~/.cache/barnacle
 	scripts/versitygw.sh
 
-test-unit: versitygw ## Only the tests that need no PostgreSQL (embedded etcd is fine), for a quick loop
+kube-apiserver: ## Build the Kubernetes API server the kubekeeper tests run against, once, into ~/.cache/barnacle
+	scripts/kube-apiserver.sh
+
+test-unit: versitygw kube-apiserver ## Only the tests that need no PostgreSQL (embedded etcd is fine), for a quick loop
 	$(GO) test -race -short -count=1 . ./pkg/... ./agent/... ./coordinator/... ./cmd/...
 
 test-e2e: ## Only the black-box scenarios in test/e2e (built binary, agents as processes)

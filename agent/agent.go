@@ -47,6 +47,12 @@ type Agent struct {
 	// leadStart is when the current or last term began (UnixNano), for
 	// /readyz's grace period.
 	leadStart atomic.Int64
+
+	// auto is set on the agent New returns for keeper-uid auto: its Run
+	// runs an agent for the keeper it finds (keeperauto.go). keeperAuto is
+	// set on those agents.
+	auto       *autoKeeper
+	keeperAuto *autoKeeper
 }
 
 // fillStatus adds the archiver's state to the leader's record in etcd;
@@ -89,6 +95,15 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
+	if cfg.KeeperUID == config.KeeperUIDAuto {
+		return newAuto(cfg, log, version)
+	}
+	return build(cfg, log, version, nil)
+}
+
+// build makes an agent; for keeper-uid auto (ak set), one that serves no
+// HTTP (the outer agent does) and may serve no keeper.
+func build(cfg config.Config, log hclog.Logger, version string, ak *autoKeeper) (*Agent, error) {
 	name := cfg.AgentName
 	if name == "" {
 		name = cfg.KeeperUID
@@ -105,7 +120,7 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: log, version: version, name: name, registry: reg, etcd: cli, live: newReloadable(cfg)}
+	a := &Agent{cfg: cfg, log: log, version: version, name: name, registry: reg, etcd: cli, live: newReloadable(cfg), keeperAuto: ak}
 	a.local = &localPostgres{cfg: cfg}
 	am := newArchiverMetrics(reg)
 	// The archiver needs the coordinator (state, keys) and the coordinator
@@ -132,13 +147,14 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 		BarnaclePrefix: cfg.BarnaclePrefix,
 		AgentName:      name,
 		KeeperUID:      cfg.KeeperUID,
+		KeeperUnknown:  ak != nil,
 		Policy:         cfg.LeaderPolicy,
 		LeaseTTL:       cfg.LeaseTTL,
 		TakeoverDelay:  cfg.LeaderTakeoverDelay,
 		Version:        version,
 		LocalPrimary:   a.local.isPrimary,
 		LeaderWork:     leaderWork,
-		FillStatus:     a.fillStatus,
+		FillStatus:     a.fillRecord,
 		Registerer:     reg,
 		Logger:         log,
 	})
@@ -154,6 +170,9 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 	a.restores = &restores{cfg: cfg, agent: name, log: log.Named("restores"), coord: a.coord, etcd: cli, keys: a.coord.Keys(), arch: arch, status: status}
 	a.standby = &standbySlot{cfg: cfg, log: log.Named("standby-slot"), coord: a.coord, metrics: am,
 		local: &localPostgres{cfg: cfg}}
+	if ak != nil {
+		return a, nil
+	}
 	a.listener, err = net.Listen("tcp", cfg.MetricsListenAddress)
 	if err != nil {
 		_ = cli.Close()
@@ -170,9 +189,31 @@ func (a *Agent) Name() string { return a.name }
 // returned.
 func (a *Agent) Run(ctx context.Context) error {
 	log := a.log.Named("agent")
-	log.Info("starting", "agent", a.name, "version", a.version, "config", a.cfg.String(), "metrics", a.listener.Addr().String())
-	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 5 * time.Second}
+	if a.listener != nil {
+		log.Info("starting", "agent", a.name, "version", a.version, "config", a.cfg.String(), "metrics", a.listener.Addr().String())
+	} else {
+		log.Info("starting", "agent", a.name, "version", a.version, "keeper", a.cfg.KeeperUID)
+	}
 	g, gctx := errgroup.WithContext(ctx)
+	if a.listener != nil {
+		a.serve(gctx, g, log)
+	}
+	if a.auto != nil {
+		g.Go(func() error { return a.auto.run(gctx) })
+	} else {
+		a.runParts(gctx, g)
+	}
+	err := g.Wait()
+	if a.etcd != nil {
+		err = errors.Join(err, a.etcd.Close())
+	}
+	log.Info("stopped")
+	return err
+}
+
+// serve runs the HTTP server in g until gctx ends.
+func (a *Agent) serve(gctx context.Context, g *errgroup.Group, log hclog.Logger) {
+	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 5 * time.Second}
 	g.Go(func() error {
 		if err := srv.Serve(a.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serve metrics: %w", err)
@@ -191,6 +232,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+}
+
+// runParts runs the agent's components in g.
+func (a *Agent) runParts(gctx context.Context, g *errgroup.Group) {
 	g.Go(func() error {
 		err := a.coord.Run(gctx)
 		a.local.close()
@@ -200,13 +245,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return a.backups.serveRequests(gctx) })
 	g.Go(func() error { return a.restores.serveRequests(gctx) })
 	g.Go(func() error { return a.watchConfig(gctx) })
-	err := g.Wait()
-	err = errors.Join(err, a.etcd.Close())
-	log.Info("stopped")
-	return err
 }
 
 func (a *Agent) handler() http.Handler {
+	if a.auto != nil {
+		return a.auto.handler()
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", metrics.Handler(a.registry))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {

@@ -20,6 +20,8 @@ type Status struct {
 	LocalPrimary        bool   `json:"localPrimary"`
 	ClusterDataRevision int64  `json:"clusterdataRevision"`
 	ClusterDataError    string `json:"clusterdataError,omitempty"`
+	// KeeperDiscovery is set with keeper-uid auto.
+	KeeperDiscovery *KeeperDiscovery `json:"keeperDiscovery,omitempty"`
 }
 
 func (a *Agent) currentStatus() Status {
@@ -36,6 +38,10 @@ func (a *Agent) currentStatus() Status {
 	}
 	if st.HasMaster {
 		s.MasterKeeperUID, s.MasterDBUID = st.Master.KeeperUID, st.Master.DBUID
+	}
+	if a.keeperAuto != nil {
+		d := a.keeperAuto.current()
+		s.KeeperDiscovery = &d
 	}
 	return s
 }

@@ -43,6 +43,10 @@ type AgentStatus struct {
 	LastError           string    `json:"lastError,omitempty"`
 	StartedAt           time.Time `json:"startedAt"`
 	UpdatedAt           time.Time `json:"updatedAt"`
+
+	// KeeperDiscovery is, with keeper-uid auto, why the agent serves its
+	// keeper, or serves none.
+	KeeperDiscovery string `json:"keeperDiscovery,omitempty"`
 }
 
 // Keys lays out barnacle's own etcd keys for one cluster (DESIGN.md §3).

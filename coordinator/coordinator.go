@@ -39,6 +39,11 @@ type Options struct {
 	TakeoverDelay  time.Duration
 	Version        string
 
+	// KeeperUnknown allows follow-master without KeeperUID: keeper-uid auto
+	// found no keeper on the node, and the agent is a takeover candidate
+	// only.
+	KeeperUnknown bool
+
 	// LocalPrimary reports whether the PostgreSQL beside this agent answers
 	// pg_is_in_recovery() = false. It is called only while clusterdata names
 	// this agent's keeper as master. It gets the current State so that it
@@ -130,7 +135,7 @@ func New(opts Options) (*Coordinator, error) {
 	if opts.Policy != PolicyFollowMaster && opts.Policy != PolicyAny {
 		return nil, fmt.Errorf("coordinator: unknown leader policy %q", opts.Policy)
 	}
-	if opts.Policy == PolicyFollowMaster && opts.KeeperUID == "" {
+	if opts.Policy == PolicyFollowMaster && opts.KeeperUID == "" && !opts.KeeperUnknown {
 		return nil, errors.New("coordinator: policy follow-master needs the keeper UID")
 	}
 	if opts.LeaseTTL < 2*time.Second {

@@ -110,5 +110,10 @@ func ReadReport(ctx context.Context, cli *clientv3.Client, storePrefix, cluster 
 		}
 		r.Keepers = append(r.Keepers, k)
 	}
+	for _, n := range snap.AgentNames() {
+		if a := snap.Agents[n]; a.KeeperUID == "" && a.KeeperDiscovery != "" {
+			r.Problems = append(r.Problems, fmt.Sprintf("agent %s (keeper-uid auto) serves no keeper: %s", n, a.KeeperDiscovery))
+		}
+	}
 	return r, nil
 }

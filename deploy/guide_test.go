@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 
@@ -152,10 +153,34 @@ func TestIntegrationGuide(t *testing.T) {
 		return f
 	}
 
-	var barnacleCmds, stolonInits, etcdPuts, roleCmds int
+	var barnacleCmds, stolonInits, etcdPuts, roleCmds, kubectlCmds int
+	restoreRoot := kubeRestoreRoot(t)
 	for _, line := range cmds {
 		w := shellWords(line)
+		// kubectl: the files it applies exist; what it runs in a pod
+		// (after --) is checked as if run here.
+		inPod := false
+		if w[0] == "kubectl" {
+			kubectlCmds++
+			checkKubectl(t, line, w)
+			i := slicesIndex(w, "--")
+			if i < 0 {
+				continue
+			}
+			w, inPod = w[i+1:], true
+			require.NotEmpty(t, w, "%q runs nothing", line)
+			if filepath.Base(w[0]) == "barnacle" {
+				w[0] = "barnacle"
+			}
+		}
 		switch {
+		case w[0] == "barnacle" && inPod && len(w) > 1 && w[1] == "restore" && slicesIndex(w, "--via-etcd") > 0:
+			// The agent in the pod writes below its restore-root.
+			dir, _ := flagValue(w, "target-dir")
+			if !strings.HasPrefix(dir, restoreRoot+"/") {
+				t.Errorf("%q: --target-dir %s is not below the Kubernetes agents' restore-root %s", line, dir, restoreRoot)
+			}
+			fallthrough
 		case w[0] == "barnacle":
 			barnacleCmds++
 			require.GreaterOrEqual(t, len(w), 2, "%q names no subcommand", line)
@@ -203,7 +228,8 @@ func TestIntegrationGuide(t *testing.T) {
 		}
 	}
 	require.GreaterOrEqual(t, barnacleCmds, 8, "barnacle commands found")
-	require.Equal(t, 1, stolonInits, "stolonctl init commands")
+	require.Equal(t, 2, stolonInits, "stolonctl init commands (by hand, and in a Kubernetes pod)")
+	require.GreaterOrEqual(t, kubectlCmds, 6, "kubectl commands found")
 	require.Equal(t, 1, etcdPuts, "etcdctl put commands")
 	require.GreaterOrEqual(t, roleCmds, 4, "etcdctl role grant-permission commands")
 
@@ -274,6 +300,40 @@ func TestIntegrationGuide(t *testing.T) {
 			}
 		}
 	})
+}
+
+// checkKubectl checks that kubectl apply names manifests (-f) and
+// kustomizations (-k) of the repository.
+func checkKubectl(t *testing.T, line string, w []string) {
+	t.Helper()
+	if len(w) < 2 || w[1] != "apply" {
+		return
+	}
+	for i := 2; i+1 < len(w); i++ {
+		switch w[i] {
+		case "-f":
+			assert.FileExists(t, filepath.Join("..", w[i+1]), "%q applies a file the repository lacks", line)
+		case "-k":
+			assert.FileExists(t, filepath.Join("..", w[i+1], "kustomization.yaml"), "%q applies a kustomization the repository lacks", line)
+		}
+	}
+}
+
+// kubeRestoreRoot is the restore-root of the Kubernetes agents' ConfigMap.
+func kubeRestoreRoot(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(kubeDir, "configmap.yaml"))
+	require.NoError(t, err)
+	var cm struct {
+		Data map[string]string `yaml:"data"`
+	}
+	require.NoError(t, yaml.Unmarshal(data, &cm))
+	var cfg struct {
+		RestoreRoot string `yaml:"restore-root"`
+	}
+	require.NoError(t, yaml.Unmarshal([]byte(cm.Data["barnacle.yaml"]), &cfg))
+	require.NotEmpty(t, cfg.RestoreRoot)
+	return cfg.RestoreRoot
 }
 
 func slicesIndex(w []string, s string) int {

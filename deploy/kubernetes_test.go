@@ -237,6 +237,16 @@ func agentConfig(t *testing.T, objs []kubeObject, w workload, c map[string]any) 
 			env[k] = v
 		}
 	}
+	// The downward API's values, as Kubernetes would fill them in.
+	for _, ev := range listOf(c["env"]) {
+		m := mapOf(ev)
+		switch mapOf(mapOf(m["valueFrom"])["fieldRef"])["fieldPath"] {
+		case "spec.nodeName":
+			env[fmt.Sprint(m["name"])] = "node-1"
+		case "metadata.name":
+			env[fmt.Sprint(m["name"])] = "barnacle-x2x4z"
+		}
+	}
 	// The shell derives keeper-uid from the hostname or node name.
 	if m := regexp.MustCompile(`BARNACLE_KEEPER_UID=`).FindString(script(c)); m != "" {
 		env["BARNACLE_KEEPER_UID"] = "keeper0"

@@ -35,6 +35,12 @@ type Config struct {
 	LeaseTTL            time.Duration
 	LeaderTakeoverDelay time.Duration
 
+	// NodeName, KeeperPodSelector and KeeperPodNamespace find the keeper
+	// when KeeperUID is KeeperUIDAuto (the DaemonSet).
+	NodeName           string
+	KeeperPodSelector  string
+	KeeperPodNamespace string
+
 	PGHost         string
 	PGPort         int
 	PGUser         string
@@ -78,6 +84,10 @@ const (
 	PolicyAny          = "any"
 )
 
+// KeeperUIDAuto as keeper-uid makes the agent find the keeper on its own
+// Kubernetes node (node-name, keeper-pod-selector) instead of naming it.
+const KeeperUIDAuto = "auto"
+
 // Slot modes, DESIGN.md §6.
 const (
 	SlotModeOwn    = "own"
@@ -109,6 +119,7 @@ func Default() Config {
 		StorePrefix:          "stolon/cluster",
 		BarnaclePrefix:       "barnacle",
 		LeaderPolicy:         PolicyFollowMaster,
+		KeeperPodSelector:    "component=stolon-keeper",
 		LeaseTTL:             10 * time.Second,
 		LeaderTakeoverDelay:  30 * time.Second,
 		PGDBName:             "postgres",

@@ -67,6 +67,7 @@ func TestBadConfigFiles(t *testing.T) {
 		"bad-address.bad.yaml":      {`metrics-listen-address (file testdata/bad-address.bad.yaml line 2): invalid address "9187": use host:port`},
 		"bad-keeper.bad.yaml":       {`keeper-uid (file testdata/bad-keeper.bad.yaml line 2): invalid keeper UID "Keeper-1"`},
 		"cert-without-key.bad.yaml": {"store-cert-file and store-key go together"},
+		"bad-selector.bad.yaml":     {`keeper-pod-selector (file testdata/bad-selector.bad.yaml line 4): invalid label selector term "component in (keeper)": use key=value, key!=value, key or !key`},
 		"bad-archive.bad.yaml": {
 			`archive-url (file testdata/bad-archive.bad.yaml line 2): unsupported scheme in "ftp://bucket/x": use file:///absolute/path or s3://bucket/prefix`,
 			`slot-name (file testdata/bad-archive.bad.yaml line 3): "stolon_x" starts with stolon_`,
@@ -132,6 +133,25 @@ func TestFollowMasterNeedsKeeperUID(t *testing.T) {
 	flags["leader-policy"] = "any"
 	_, err = Load(Sources{Env: noEnv, Flags: flags}, agentNeeds)
 	require.NoError(t, err)
+}
+
+func TestKeeperUIDAutoNeedsNodeName(t *testing.T) {
+	flags := map[string]string{"cluster-name": "c", "store-endpoints": "http://127.0.0.1:2379", "keeper-uid": "auto"}
+	_, err := Load(Sources{Env: noEnv, Flags: flags}, agentNeeds)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "node-name: required with keeper-uid auto: set BARNACLE_NODE_NAME from the downward API (fieldRef spec.nodeName)")
+
+	env := envOf(map[string]string{"BARNACLE_NODE_NAME": "node-1", "BARNACLE_KEEPER_POD_SELECTOR": "app.kubernetes.io/component=keeper, release!=old,stolon-cluster"})
+	cfg, err := Load(Sources{Env: env, Flags: flags}, agentNeeds)
+	require.NoError(t, err)
+	assert.Equal(t, "node-1", cfg.NodeName)
+	assert.Equal(t, "app.kubernetes.io/component=keeper, release!=old,stolon-cluster", cfg.KeeperPodSelector)
+
+	// The default selects Stolon's keeper pods.
+	env = envOf(map[string]string{"BARNACLE_NODE_NAME": "node-1"})
+	cfg, err = Load(Sources{Env: env, Flags: flags}, agentNeeds)
+	require.NoError(t, err)
+	assert.Equal(t, "component=stolon-keeper", cfg.KeeperPodSelector)
 }
 
 func TestMissingSecretFile(t *testing.T) {

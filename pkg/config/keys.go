@@ -110,6 +110,10 @@ var (
 	slotNameRE    = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 	clusterNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 	keeperUIDRE   = regexp.MustCompile(`^[a-z0-9_]+$`)
+	// selectorTermRE is one term of an equality-based label selector: a
+	// label key (optionally prefixed) with =, == or != and a value, or
+	// the key alone, or !key.
+	selectorTermRE = regexp.MustCompile(`^(!?[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?|[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?\s*(=|==|!=)\s*([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?)$`)
 )
 
 var keys = func() []key {
@@ -167,7 +171,7 @@ var keys = func() []key {
 
 	s, g = str(func(c *Config) *string { return &c.AgentName })
 	add("agent-name", "this agent's name in etcd (default: keeper-uid, else the hostname)", s, g)
-	add("keeper-uid", "UID of the Stolon keeper this agent runs beside (stolon-keeper --uid)", func(c *Config, v string) error {
+	add("keeper-uid", "UID of the Stolon keeper this agent runs beside (stolon-keeper --uid); auto: find the keeper on this Kubernetes node (node-name, keeper-pod-selector)", func(c *Config, v string) error {
 		v = strings.TrimSpace(v)
 		if v != "" && !keeperUIDRE.MatchString(v) {
 			return fmt.Errorf("invalid keeper UID %q: Stolon keeper UIDs use only a-z, 0-9 and '_'", v)
@@ -175,6 +179,20 @@ var keys = func() []key {
 		c.KeeperUID = v
 		return nil
 	}, func(c *Config) string { return c.KeeperUID })
+	s, g = str(func(c *Config) *string { return &c.NodeName })
+	add("node-name", "with keeper-uid auto: the Kubernetes node this agent runs on (spec.nodeName from the downward API)", s, g)
+	add("keeper-pod-selector", "with keeper-uid auto: label selector of the keeper pods (equality-based, as kubectl -l takes it)", func(c *Config, v string) error {
+		v = strings.TrimSpace(v)
+		for _, term := range strings.Split(v, ",") {
+			if !selectorTermRE.MatchString(strings.TrimSpace(term)) {
+				return fmt.Errorf("invalid label selector term %q: use key=value, key!=value, key or !key, comma-separated", term)
+			}
+		}
+		c.KeeperPodSelector = v
+		return nil
+	}, func(c *Config) string { return c.KeeperPodSelector })
+	s, g = str(func(c *Config) *string { return &c.KeeperPodNamespace })
+	add("keeper-pod-namespace", "with keeper-uid auto: the keepers' namespace (default: the agent's own)", s, g)
 	s, g = oneOf(func(c *Config) *string { return &c.LeaderPolicy }, PolicyFollowMaster, PolicyAny)
 	add("leader-policy", "who may lead: follow-master (the master's agent) or any (a dedicated backup host)", s, g)
 	ds, dg := duration(func(c *Config) *time.Duration { return &c.LeaseTTL })

@@ -227,6 +227,12 @@ func (c *Config) validate(needs Needs, refused map[string]bool) []error {
 	if needs.Agent && c.LeaderPolicy == PolicyFollowMaster && c.KeeperUID == "" {
 		errs = append(errs, &Error{Key: "keeper-uid", Problem: "required with leader-policy follow-master: set it to the --uid of the Stolon keeper beside this agent, or use leader-policy any on a dedicated backup host"})
 	}
+	if needs.Agent && c.KeeperUID == KeeperUIDAuto && c.NodeName == "" {
+		errs = append(errs, &Error{Key: "node-name", Problem: "required with keeper-uid auto: set BARNACLE_NODE_NAME from the downward API (fieldRef spec.nodeName)"})
+	}
+	if c.KeeperUID == KeeperUIDAuto && c.KeeperPodSelector == "" {
+		errs = append(errs, &Error{Key: "keeper-pod-selector", Source: c.Sources["keeper-pod-selector"], Problem: "required with keeper-uid auto: the labels of the keeper pods, such as component=stolon-keeper"})
+	}
 	if c.SlotMode == SlotModeStolon && strings.HasPrefix(c.SlotName, StolonSlotPrefix) {
 		errs = append(errs, &Error{Key: "slot-name", Source: c.Sources["slot-name"], Problem: fmt.Sprintf(
 			"%q starts with stolon_; with slot-mode stolon give the name as listed in additionalMasterReplicationSlots, without the prefix", c.SlotName)})
