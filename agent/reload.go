@@ -111,6 +111,18 @@ var reloadKeys = []reloadKey{
 	fixed("log-format", func(c *config.Config) any { return c.LogFormat }),
 }
 
+// LiveKeys names the keys a reload applies at once, in reloadKeys' order,
+// for `barnacle agent --help`.
+func LiveKeys() []string {
+	var out []string
+	for _, k := range reloadKeys {
+		if k.take != nil {
+			out = append(out, k.name)
+		}
+	}
+	return out
+}
+
 func fixed(name string, get func(*config.Config) any) reloadKey {
 	return reloadKey{name: name, get: get}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -19,13 +20,17 @@ state under <barnacle-prefix>/<cluster-name>/agents/<agent-name>, and serve
 /metrics, /healthz, /readyz and /status on metrics-listen-address.
 
 Needs cluster-name, store-endpoints, archive-url and, with leader-policy
-follow-master, keeper-uid. The leader streams WAL from the master through the
-slot slot-name into archive-url; followers keep a slot on their standby
-(standby-slots) so that a promoted standby still has what the archive lacks. On SIGTERM it resigns, revokes its etcd lease and exits 0.
+follow-master, keeper-uid. keeper-uid auto (a DaemonSet beside Stolon's keeper
+StatefulSet on Kubernetes) finds the keeper on this node: it lists the pods on
+node-name that match keeper-pod-selector and matches their IPs to the keepers'
+listen addresses in clusterdata; with no keeper or several, it serves none and
+says why in /readyz, /status and its record. The leader streams WAL from the
+master through the slot slot-name into archive-url; followers keep a slot on
+their standby (standby-slots) so that a promoted standby still has what the
+archive lacks. On SIGTERM it resigns, revokes its etcd lease and exits 0.
 
 The agent reloads its configuration when the --config file changes and on
-SIGHUP: log-level, backup-schedule, backup-from, retention-policy,
-minimum-redundancy, last-backup-maximum-age and check-max-lag apply at once;
+SIGHUP: ` + strings.Join(agent.LiveKeys(), ", ") + ` apply at once;
 a change to another key is logged as needing a restart; a file with errors
 keeps the running configuration and the error is logged.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
