@@ -147,8 +147,9 @@ func newWALFetchCommand() *cobra.Command {
 	var (
 		spoolDir    string
 		prefetch    int
-		worker      bool
-		removeSpool bool
+		worker         bool
+		removeSpool    bool
+		standbyPartial bool
 	)
 	cmd := &cobra.Command{
 		Use:   "wal-fetch WALNAME DEST",
@@ -202,7 +203,15 @@ file" and ends recovery there, and anything above 125 as fatal):
 On a standby (standby.signal in the working directory, which is the data
 directory when PostgreSQL runs it) a failure exits 1 instead of 255: a standby
 never promotes on its own; it retries later and streams meanwhile. A panic
-dies by SIGABRT, which PostgreSQL also takes as fatal.`,
+dies by SIGABRT, which PostgreSQL also takes as fatal.
+
+A standby fed by the archive alone (standby.signal, restore_command, no
+primary_conninfo) asks for the segment after the archive's end every
+wal_retrieve_retry_interval and gets exit 1 at once. It is also served the
+growing .partial, padded with zeros: it replays up to the last archived byte,
+takes the zeros for the end of WAL, and asks for the same segment again at the
+next retry, so it trails the source by about wal_retrieve_retry_interval, not
+by a segment. --standby-partial=false serves it complete segments only.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if removeSpool {
 				return cobra.NoArgs(cmd, args)
@@ -232,11 +241,12 @@ dies by SIGABRT, which PostgreSQL also takes as fatal.`,
 					err = walFetchError(err, interruptSignal(cmd.Context(), sigs))
 				}
 			}()
-			return fetchWAL(cmd, args[0], args[1], spoolDir, prefetch, worker)
+			return fetchWAL(cmd, args[0], args[1], spoolDir, prefetch, worker, !standbyPartial && inStandbyMode())
 		},
 	}
 	cmd.Flags().StringVar(&spoolDir, "spool-dir", "", "prefetch spool directory, private to this server (default: "+defaultSpoolName+" in DEST's directory)")
 	cmd.Flags().IntVar(&prefetch, "prefetch", defaultPrefetch, "how many segments after WALNAME to download in the background (0: none)")
+	cmd.Flags().BoolVar(&standbyPartial, "standby-partial", true, "on a standby (standby.signal), serve the newest timeline's .partial padded with zeros, as in archive recovery; false: complete segments only (archive recovery always gets the .partial)")
 	cmd.Flags().BoolVar(&worker, "prefetch-worker", false, "run as the prefetcher that wal-fetch starts")
 	_ = cmd.Flags().MarkHidden("prefetch-worker")
 	cmd.Flags().BoolVar(&removeSpool, "remove-spool", false, "remove the prefetch spool and exit, as recovery_end_command (no WALNAME, DEST; default spool: pg_wal/"+defaultSpoolName+" in the working directory)")
@@ -267,7 +277,9 @@ var walFetchHook func()
 
 // fetchWAL is wal-fetch's work; its errors are mapped to exit codes by
 // walFetchError.
-func fetchWAL(cmd *cobra.Command, name, dest, spoolDir string, prefetch int, worker bool) error {
+//
+// completeOnly is set on a standby run with --standby-partial=false.
+func fetchWAL(cmd *cobra.Command, name, dest, spoolDir string, prefetch int, worker, completeOnly bool) error {
 	if err := walfetch.CheckName(name); err != nil {
 		return usageError{err}
 	}
@@ -288,7 +300,7 @@ func fetchWAL(cmd *cobra.Command, name, dest, spoolDir string, prefetch int, wor
 	if spoolDir == "" {
 		spoolDir = filepath.Join(filepath.Dir(dest), defaultSpoolName)
 	}
-	opts := walfetch.Options{Prefetch: prefetch, Logger: log}
+	opts := walfetch.Options{Prefetch: prefetch, Logger: log, CompleteOnly: completeOnly}
 	if prefetch > 0 {
 		opts.SpoolDir = spoolDir
 	}

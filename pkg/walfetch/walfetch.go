@@ -85,6 +85,12 @@ type Options struct {
 	// the requested segment's lock (it is downloading it) before fetching
 	// the segment itself; 0 means DefaultSpoolWait.
 	SpoolWait time.Duration
+	// CompleteOnly serves complete segments only: a segment that the
+	// archive holds only as a .partial is reported as ErrNotFound, even
+	// the newest timeline's. It is for a standby that must replay whole
+	// segments only (see docs/design.md, "A standby fed by the archive");
+	// archive recovery with it would end short of the archived WAL.
+	CompleteOnly bool
 	// Logger receives debug messages (per file: where it came from, why a
 	// .partial was not served, spool hits and misses). nil discards them.
 	Logger hclog.Logger
@@ -295,6 +301,10 @@ func (f *fetcher) segment(ctx context.Context, file, dest string) error {
 	if !ok {
 		f.log.Debug("not in the archive")
 		return fmt.Errorf("%s%s: %w", f.prefix, file, ErrNotFound)
+	}
+	if f.opts.CompleteOnly {
+		f.log.Debug("partial segment not served", "object", partial.Key, "reason", "complete segments only")
+		return fmt.Errorf("%s%s: only %s exists, and complete segments only are served: %w", f.prefix, file, partial.Key, ErrNotFound)
 	}
 	// Whether a .partial is served depends on the whole archive (see
 	// catalog.WALIndex): list it, once per recovery (or per retry in

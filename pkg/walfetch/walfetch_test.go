@@ -334,6 +334,23 @@ func TestFetchPartial(t *testing.T) {
 	}
 }
 
+// TestFetchCompleteOnly: a standby that asks for whole segments only is
+// told "not found" for the end of the archive held as a .partial, and
+// still gets complete segments.
+func TestFetchCompleteOnly(t *testing.T) {
+	a := newArchive(t)
+	a.put(t, seg(1, 4), segmentData(4))
+	a.put(t, seg(1, 5)+".partial", segmentData(5)[:1000])
+	opts := walfetch.Options{CompleteOnly: true}
+	dest, err := fetch(t, a.b, seg(1, 5), opts)
+	require.ErrorIs(t, err, walfetch.ErrNotFound)
+	require.ErrorContains(t, err, "complete segments only")
+	requireNoFile(t, dest)
+	dest, err = fetch(t, a.b, seg(1, 4), opts)
+	require.NoError(t, err)
+	requireFile(t, dest, segmentData(4))
+}
+
 // spoolFiles lists the regular files under dir, by base name, but for
 // locks and the spool's bookkeeping.
 func spoolFiles(t *testing.T, dir string) map[string]string {
