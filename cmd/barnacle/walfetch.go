@@ -145,8 +145,8 @@ var startPrefetcher = func(args []string) error {
 
 func newWALFetchCommand() *cobra.Command {
 	var (
-		spoolDir    string
-		prefetch    int
+		spoolDir       string
+		prefetch       int
 		worker         bool
 		removeSpool    bool
 		standbyPartial bool
