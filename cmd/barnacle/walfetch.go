@@ -211,7 +211,10 @@ wal_retrieve_retry_interval and gets exit 1 at once. It is also served the
 growing .partial, padded with zeros: it replays up to the last archived byte,
 takes the zeros for the end of WAL, and asks for the same segment again at the
 next retry, so it trails the source by about wal_retrieve_retry_interval, not
-by a segment. --standby-partial=false serves it complete segments only.`,
+by a segment. While that .partial has not grown, the answer is exit 1 and the
+standby reads the copy it holds in pg_wal (wal-fetch records what it served in
+pg_wal/.barnacle-served-partial), so an idle source costs no downloads.
+--standby-partial=false serves it complete segments only.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if removeSpool {
 				return cobra.NoArgs(cmd, args)
@@ -241,7 +244,7 @@ by a segment. --standby-partial=false serves it complete segments only.`,
 					err = walFetchError(err, interruptSignal(cmd.Context(), sigs))
 				}
 			}()
-			return fetchWAL(cmd, args[0], args[1], spoolDir, prefetch, worker, !standbyPartial && inStandbyMode())
+			return fetchWAL(cmd, args[0], args[1], spoolDir, prefetch, worker, standbyPartial)
 		},
 	}
 	cmd.Flags().StringVar(&spoolDir, "spool-dir", "", "prefetch spool directory, private to this server (default: "+defaultSpoolName+" in DEST's directory)")
@@ -277,9 +280,8 @@ var walFetchHook func()
 
 // fetchWAL is wal-fetch's work; its errors are mapped to exit codes by
 // walFetchError.
-//
-// completeOnly is set on a standby run with --standby-partial=false.
-func fetchWAL(cmd *cobra.Command, name, dest, spoolDir string, prefetch int, worker, completeOnly bool) error {
+// standbyPartial is --standby-partial.
+func fetchWAL(cmd *cobra.Command, name, dest, spoolDir string, prefetch int, worker, standbyPartial bool) error {
 	if err := walfetch.CheckName(name); err != nil {
 		return usageError{err}
 	}
@@ -300,7 +302,14 @@ func fetchWAL(cmd *cobra.Command, name, dest, spoolDir string, prefetch int, wor
 	if spoolDir == "" {
 		spoolDir = filepath.Join(filepath.Dir(dest), defaultSpoolName)
 	}
-	opts := walfetch.Options{Prefetch: prefetch, Logger: log, CompleteOnly: completeOnly}
+	standby := inStandbyMode()
+	opts := walfetch.Options{
+		Prefetch: prefetch, Logger: log,
+		CompleteOnly: standby && !standbyPartial,
+		// A standby asks for the segment at the archive's end again and
+		// again; archive recovery asks once, and must get it.
+		ReuseServedPartial: standby,
+	}
 	if prefetch > 0 {
 		opts.SpoolDir = spoolDir
 	}
