@@ -97,6 +97,29 @@ func TestStandbyFromArchive(t *testing.T) {
 	name := wal.SegmentFileName(1, wal.SegmentOf(wal.LSN(lsn), wal.DefaultSegmentSize), wal.DefaultSegmentSize)
 	require.True(t, a.partials[name] && !a.segments[name], "segment %s is still only a .partial in the archive", name)
 	t.Logf("row 1 (at %s, segment %s still a .partial) visible on the archive-fed standby after %s", wal.LSN(lsn), name, took.Round(time.Millisecond))
+	// An idle source: the standby asks for that segment again at every
+	// retry, and is not served it again (PostgreSQL logs each restore)
+	// while the .partial does not grow: it reads its copy in pg_wal.
+	calls := filepath.Join(t.TempDir(), "calls")
+	require.NoError(t, os.WriteFile(calls, nil, 0o666))
+	testenv.PGOwn(t, calls)
+	require.NoError(t, os.Chmod(calls, 0o666))
+	restored := func() int {
+		b, err := os.ReadFile(sb.LogPath())
+		require.NoError(t, err)
+		return strings.Count(string(b), fmt.Sprintf("restored log file \"%s\" from archive", name))
+	}
+	before := restored()
+	reload(fmt.Sprintf("echo %%f >> %s && %s", calls, fetchCmd))
+	waitFor(t, 60*time.Second, "the standby to ask for "+name+" three times more", func() bool {
+		b, err := os.ReadFile(calls)
+		require.NoError(t, err)
+		return strings.Count(string(b), name) >= 3
+	})
+	require.Equal(t, before, restored(), "an unchanged .partial is not restored again")
+	require.FileExists(t, filepath.Join(dir, "pg_wal", ".barnacle-served-partial"))
+	reload(fetchCmd)
+
 	// The segment after the archive's end: a quick, quiet "not yet".
 	next := wal.SegmentFileName(1, wal.SegmentOf(wal.LSN(lsn), wal.DefaultSegmentSize)+1, wal.DefaultSegmentSize)
 	fetchDir := t.TempDir()
