@@ -303,8 +303,9 @@ func fetchWAL(cmd *cobra.Command, name, dest, spoolDir string, prefetch int, wor
 		spoolDir = filepath.Join(filepath.Dir(dest), defaultSpoolName)
 	}
 	standby := inStandbyMode()
+	var servedPartial bool
 	opts := walfetch.Options{
-		Prefetch: prefetch, Logger: log,
+		Prefetch: prefetch, Logger: log, ServedPartial: &servedPartial,
 		CompleteOnly: standby && !standbyPartial,
 		// A standby asks for the segment at the archive's end again and
 		// again; archive recovery asks once, and must get it.
@@ -331,7 +332,9 @@ func fetchWAL(cmd *cobra.Command, name, dest, spoolDir string, prefetch int, wor
 	if err != nil {
 		return fmt.Errorf("wal-fetch %s from %s (cluster %s): %w", name, b.URL(), cfg.ClusterName, err)
 	}
-	if prefetch > 0 && wal.IsSegmentFileName(name) {
+	// After a .partial (the archive's end) there is nothing to prefetch,
+	// and a standby asks for it again at every retry.
+	if prefetch > 0 && wal.IsSegmentFileName(name) && !servedPartial {
 		if err := startPrefetcher(prefetcherArgs(cmd, name, dest)); err != nil {
 			// The segment is served; without prefetch the next
 			// ones only take longer.

@@ -310,7 +310,7 @@ func TestWALFetchRemoveSpool(t *testing.T) {
 // gets it whatever the flag says, as ending short of it would lose data.
 func TestWALFetchStandbyPartial(t *testing.T) {
 	root, _ := walFetchArchive(t)
-	noPrefetcher(t)
+	started := noPrefetcher(t)
 	b, err := fs.New(root, fs.Options{})
 	require.NoError(t, err)
 	partial := bytes.Repeat([]byte{3}, 1000)
@@ -350,6 +350,7 @@ func TestWALFetchStandbyPartial(t *testing.T) {
 				require.NoError(t, err)
 				require.True(t, bytes.Equal(padded, got), "the .partial padded with zeros")
 			}
+			require.Empty(t, *started, "nothing to prefetch after the archive's end")
 			// The segment after the archive's end: "not yet", quietly.
 			args = append(append([]string{"wal-fetch", "--cluster-name=c1", archive}, tt.flags...), "000000010000000000000004", dest)
 			code, _, stderr = runWALFetch(t, args...)

@@ -102,6 +102,10 @@ type Options struct {
 	// wal_retrieve_retry_interval; without this each ask downloads up to a
 	// segment. Never for archive recovery: there "not found" ends it.
 	ReuseServedPartial bool
+	// ServedPartial, when not nil, is set to true by Fetch when it served
+	// a .partial padded with zeros: the archive's end, after which there
+	// is nothing to prefetch.
+	ServedPartial *bool
 	// Logger receives debug messages (per file: where it came from, why a
 	// .partial was not served, spool hits and misses). nil discards them.
 	Logger hclog.Logger
@@ -346,6 +350,9 @@ func (f *fetcher) segment(ctx context.Context, file, dest string) error {
 		// grows meanwhile; the smaller length never claims bytes the copy
 		// lacks.
 		recordServed(dest, file, min(n, p.Size), f.log)
+	}
+	if f.opts.ServedPartial != nil {
+		*f.opts.ServedPartial = true
 	}
 	f.log.Debug("served a partial segment padded with zeros", "object", p.Key)
 	return nil
