@@ -175,6 +175,7 @@ After serving segment N, wal-fetch starts a detached helper that downloads
 segments N+1 to N+--prefetch in parallel into the spool directory (by default
 .barnacle-prefetch next to DEST, i.e. inside pg_wal), where the next wal-fetch
 finds them, verifies them and moves them into place. --prefetch 0 turns that off.
+Nothing is prefetched after a .partial: it is the archive's end.
 
 DEST is written under a temporary name and renamed, but not fsynced: PostgreSQL
 makes the files it keeps durable itself and fetches the others again.
