@@ -321,6 +321,15 @@ func (f *fetcher) segment(ctx context.Context, file, dest string) error {
 		f.log.Debug("partial segment not served", "object", partial.Key, "reason", "complete segments only")
 		return fmt.Errorf("%s%s: only %s exists, and complete segments only are served: %w", f.prefix, file, partial.Key, ErrNotFound)
 	}
+	// Before the whole listing below, which a standby at the archive's end
+	// would otherwise make at every retry: "not found" is right whether or
+	// not the .partial may still be served, as pg_wal holds the bytes
+	// PostgreSQL already had, and a new timeline is found through its
+	// history file.
+	if f.opts.ReuseServedPartial && servedBefore(dest, file, partial.Size, segSize) {
+		f.log.Debug("partial segment unchanged since served; the server holds it", "object", partial.Key, "size", partial.Size)
+		return fmt.Errorf("%s%s: %s is unchanged since it was served, and pg_wal holds that copy: %w", f.prefix, file, partial.Key, ErrNotFound)
+	}
 	// Whether a .partial is served depends on the whole archive (see
 	// catalog.WALIndex): list it, once per recovery (or per retry in
 	// standby mode), at the archive's end only.
@@ -332,10 +341,6 @@ func (f *fetcher) segment(ctx context.Context, file, dest string) error {
 	if !ok {
 		f.log.Debug("partial segment not served", "object", partial.Key, "reason", why)
 		return fmt.Errorf("%s%s: only %s exists, and %s: %w", f.prefix, file, partial.Key, why, ErrNotFound)
-	}
-	if f.opts.ReuseServedPartial && servedBefore(dest, file, p.Size, segSize) {
-		f.log.Debug("partial segment unchanged since served; the server holds it", "object", p.Key, "size", p.Size)
-		return fmt.Errorf("%s%s: %s is unchanged since it was served, and pg_wal holds that copy: %w", f.prefix, file, p.Key, ErrNotFound)
 	}
 	var n int64
 	if err := writeAtomic(dest, func(w io.Writer) error {

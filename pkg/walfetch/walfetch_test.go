@@ -389,12 +389,13 @@ func TestFetchReusesServedPartial(t *testing.T) {
 
 	require.NoError(t, walfetch.Fetch(t.Context(), a.b, cluster, name, dest, opts))
 	keep()
-	gets := a.b.getsOf(prefix + name + ".partial")
+	gets, lists := a.b.getsOf(prefix+name+".partial"), a.b.lists.Load()
 	err := walfetch.Fetch(t.Context(), a.b, cluster, name, dest, opts)
 	require.ErrorIs(t, err, walfetch.ErrNotFound)
 	require.ErrorContains(t, err, "unchanged since it was served")
 	requireNoFile(t, dest)
 	require.Equal(t, gets, a.b.getsOf(prefix+name+".partial"), "no download")
+	require.Equal(t, lists+1, a.b.lists.Load(), "one listing, of the segment's names: not the whole archive")
 
 	// Without the option (archive recovery), it is served.
 	require.NoError(t, walfetch.Fetch(t.Context(), a.b, cluster, name, dest, walfetch.Options{}))
