@@ -228,7 +228,7 @@ func TestIntegrationGuide(t *testing.T) {
 		}
 	}
 	require.GreaterOrEqual(t, barnacleCmds, 8, "barnacle commands found")
-	require.Equal(t, 2, stolonInits, "stolonctl init commands (by hand, and in a Kubernetes pod)")
+	require.Equal(t, 3, stolonInits, "stolonctl init commands (PITR by hand, PITR in a Kubernetes pod, standby cluster)")
 	require.GreaterOrEqual(t, kubectlCmds, 6, "kubectl commands found")
 	require.Equal(t, 1, etcdPuts, "etcdctl put commands")
 	require.GreaterOrEqual(t, roleCmds, 4, "etcdctl role grant-permission commands")
@@ -350,6 +350,10 @@ func slicesIndex(w []string, s string) int {
 // target time taken out it is the format test/e2e/restore_test.go runs.
 func checkStolonInit(t *testing.T, spec string) {
 	t.Helper()
+	if strings.Contains(spec, `"role":"standby"`) {
+		checkStolonStandbyInit(t, spec)
+		return
+	}
 	var init testenv.StolonInit
 	dec := json.NewDecoder(strings.NewReader(spec))
 	dec.DisallowUnknownFields()
@@ -376,4 +380,45 @@ func checkStolonInit(t *testing.T, spec string) {
 	e2e, err := os.ReadFile("../test/e2e/restore_test.go")
 	require.NoError(t, err)
 	require.Contains(t, string(e2e), "`"+format+"`", "the guide's stolonctl init JSON differs from the one test/e2e/restore_test.go runs")
+}
+
+// checkStolonStandbyInit checks the guide's standby cluster init: Stolon's
+// ClusterSpec fields for a standby cluster initialised by PITR, and its
+// barnacle commands in the form test/e2e/standby_test.go runs them.
+func checkStolonStandbyInit(t *testing.T, spec string) {
+	t.Helper()
+	type recovery struct {
+		RestoreCommand string `json:"restoreCommand"`
+	}
+	var init struct {
+		Role       string `json:"role"`
+		InitMode   string `json:"initMode"`
+		PITRConfig struct {
+			DataRestoreCommand      string    `json:"dataRestoreCommand"`
+			ArchiveRecoverySettings *recovery `json:"archiveRecoverySettings"`
+		} `json:"pitrConfig"`
+		StandbyConfig struct {
+			ArchiveRecoverySettings *recovery `json:"archiveRecoverySettings"`
+		} `json:"standbyConfig"`
+		PGParameters map[string]string `json:"pgParameters"`
+	}
+	dec := json.NewDecoder(strings.NewReader(spec))
+	dec.DisallowUnknownFields()
+	require.NoError(t, dec.Decode(&init), "the guide's standby cluster spec")
+	require.Equal(t, "standby", init.Role)
+	require.Equal(t, "pitr", init.InitMode)
+	m := regexp.MustCompile(`^(\S+) restore --config (\S+) --target-dir %d --data-only$`).FindStringSubmatch(init.PITRConfig.DataRestoreCommand)
+	require.NotNil(t, m, "dataRestoreCommand %q", init.PITRConfig.DataRestoreCommand)
+	bin, cfg := m[1], m[2]
+	fetch := bin + " wal-fetch --config " + cfg + " %f %p"
+	require.NotNil(t, init.PITRConfig.ArchiveRecoverySettings)
+	require.Equal(t, fetch, init.PITRConfig.ArchiveRecoverySettings.RestoreCommand)
+	require.NotNil(t, init.StandbyConfig.ArchiveRecoverySettings, "standbyConfig.archiveRecoverySettings: how the standby cluster follows")
+	require.Equal(t, fetch, init.StandbyConfig.ArchiveRecoverySettings.RestoreCommand)
+	require.Equal(t, "1s", init.PGParameters["wal_retrieve_retry_interval"])
+	e2e, err := os.ReadFile("../test/e2e/standby_test.go")
+	require.NoError(t, err)
+	for _, format := range []string{`"%s restore --config %s --target-dir %s --data-only"`, `"%s wal-fetch --config %s %%f %%p"`, `wal_retrieve_retry_interval = '1s'`} {
+		require.Contains(t, string(e2e), format, "the guide's standby cluster commands differ from those test/e2e/standby_test.go runs")
+	}
 }

@@ -145,10 +145,11 @@ var startPrefetcher = func(args []string) error {
 
 func newWALFetchCommand() *cobra.Command {
 	var (
-		spoolDir    string
-		prefetch    int
-		worker      bool
-		removeSpool bool
+		spoolDir       string
+		prefetch       int
+		worker         bool
+		removeSpool    bool
+		standbyPartial bool
 	)
 	cmd := &cobra.Command{
 		Use:   "wal-fetch WALNAME DEST",
@@ -174,6 +175,7 @@ After serving segment N, wal-fetch starts a detached helper that downloads
 segments N+1 to N+--prefetch in parallel into the spool directory (by default
 .barnacle-prefetch next to DEST, i.e. inside pg_wal), where the next wal-fetch
 finds them, verifies them and moves them into place. --prefetch 0 turns that off.
+Nothing is prefetched after a .partial: it is the archive's end.
 
 DEST is written under a temporary name and renamed, but not fsynced: PostgreSQL
 makes the files it keeps durable itself and fetches the others again.
@@ -202,7 +204,18 @@ file" and ends recovery there, and anything above 125 as fatal):
 On a standby (standby.signal in the working directory, which is the data
 directory when PostgreSQL runs it) a failure exits 1 instead of 255: a standby
 never promotes on its own; it retries later and streams meanwhile. A panic
-dies by SIGABRT, which PostgreSQL also takes as fatal.`,
+dies by SIGABRT, which PostgreSQL also takes as fatal.
+
+A standby fed by the archive alone (standby.signal, restore_command, no
+primary_conninfo) asks for the segment after the archive's end every
+wal_retrieve_retry_interval and gets exit 1 at once. It is also served the
+growing .partial, padded with zeros: it replays up to the last archived byte,
+takes the zeros for the end of WAL, and asks for the same segment again at the
+next retry, so it trails the source by about wal_retrieve_retry_interval, not
+by a segment. While that .partial has not grown, the answer is exit 1 and the
+standby reads the copy it holds in pg_wal (wal-fetch records what it served in
+pg_wal/.barnacle-served-partial), so an idle source costs no downloads.
+--standby-partial=false serves it complete segments only.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if removeSpool {
 				return cobra.NoArgs(cmd, args)
@@ -232,11 +245,12 @@ dies by SIGABRT, which PostgreSQL also takes as fatal.`,
 					err = walFetchError(err, interruptSignal(cmd.Context(), sigs))
 				}
 			}()
-			return fetchWAL(cmd, args[0], args[1], spoolDir, prefetch, worker)
+			return fetchWAL(cmd, args[0], args[1], spoolDir, prefetch, worker, standbyPartial)
 		},
 	}
 	cmd.Flags().StringVar(&spoolDir, "spool-dir", "", "prefetch spool directory, private to this server (default: "+defaultSpoolName+" in DEST's directory)")
 	cmd.Flags().IntVar(&prefetch, "prefetch", defaultPrefetch, "how many segments after WALNAME to download in the background (0: none)")
+	cmd.Flags().BoolVar(&standbyPartial, "standby-partial", true, "on a standby (standby.signal), serve the newest timeline's .partial padded with zeros, as in archive recovery; false: complete segments only (archive recovery always gets the .partial)")
 	cmd.Flags().BoolVar(&worker, "prefetch-worker", false, "run as the prefetcher that wal-fetch starts")
 	_ = cmd.Flags().MarkHidden("prefetch-worker")
 	cmd.Flags().BoolVar(&removeSpool, "remove-spool", false, "remove the prefetch spool and exit, as recovery_end_command (no WALNAME, DEST; default spool: pg_wal/"+defaultSpoolName+" in the working directory)")
@@ -267,7 +281,8 @@ var walFetchHook func()
 
 // fetchWAL is wal-fetch's work; its errors are mapped to exit codes by
 // walFetchError.
-func fetchWAL(cmd *cobra.Command, name, dest, spoolDir string, prefetch int, worker bool) error {
+// standbyPartial is --standby-partial.
+func fetchWAL(cmd *cobra.Command, name, dest, spoolDir string, prefetch int, worker, standbyPartial bool) error {
 	if err := walfetch.CheckName(name); err != nil {
 		return usageError{err}
 	}
@@ -288,7 +303,15 @@ func fetchWAL(cmd *cobra.Command, name, dest, spoolDir string, prefetch int, wor
 	if spoolDir == "" {
 		spoolDir = filepath.Join(filepath.Dir(dest), defaultSpoolName)
 	}
-	opts := walfetch.Options{Prefetch: prefetch, Logger: log}
+	standby := inStandbyMode()
+	var servedPartial bool
+	opts := walfetch.Options{
+		Prefetch: prefetch, Logger: log, ServedPartial: &servedPartial,
+		CompleteOnly: standby && !standbyPartial,
+		// A standby asks for the segment at the archive's end again and
+		// again; archive recovery asks once, and must get it.
+		ReuseServedPartial: standby,
+	}
 	if prefetch > 0 {
 		opts.SpoolDir = spoolDir
 	}
@@ -310,7 +333,9 @@ func fetchWAL(cmd *cobra.Command, name, dest, spoolDir string, prefetch int, wor
 	if err != nil {
 		return fmt.Errorf("wal-fetch %s from %s (cluster %s): %w", name, b.URL(), cfg.ClusterName, err)
 	}
-	if prefetch > 0 && wal.IsSegmentFileName(name) {
+	// After a .partial (the archive's end) there is nothing to prefetch,
+	// and a standby asks for it again at every retry.
+	if prefetch > 0 && wal.IsSegmentFileName(name) && !servedPartial {
 		if err := startPrefetcher(prefetcherArgs(cmd, name, dest)); err != nil {
 			// The segment is served; without prefetch the next
 			// ones only take longer.

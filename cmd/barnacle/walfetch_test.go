@@ -303,3 +303,59 @@ func TestWALFetchRemoveSpool(t *testing.T) {
 	code, _, stderr = runWALFetch(t, "wal-fetch", "--remove-spool")
 	require.Equal(t, 0, code, stderr)
 }
+
+// TestWALFetchStandbyPartial: on a standby the growing .partial is served
+// padded (and the segment after it is a quiet "not yet"); with
+// --standby-partial=false it is a quiet "not yet" too; archive recovery
+// gets it whatever the flag says, as ending short of it would lose data.
+func TestWALFetchStandbyPartial(t *testing.T) {
+	root, _ := walFetchArchive(t)
+	started := noPrefetcher(t)
+	b, err := fs.New(root, fs.Options{})
+	require.NoError(t, err)
+	partial := bytes.Repeat([]byte{3}, 1000)
+	_, err = storage.PutOnce(t.Context(), b, "c1/wals/000000010000000000000003.partial", partial)
+	require.NoError(t, err)
+	padded := append(bytes.Clone(partial), make([]byte, walFetchSegSize-len(partial))...)
+	archive := "--archive-url=file://" + root
+
+	for _, tt := range []struct {
+		name    string
+		standby bool
+		flags   []string
+		served  bool
+	}{
+		{name: "standby", standby: true, served: true},
+		{name: "standby, complete segments only", standby: true, flags: []string{"--standby-partial=false"}},
+		{name: "archive recovery ignores the flag", flags: []string{"--standby-partial=false"}, served: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			pgdata := t.TempDir()
+			if tt.standby {
+				require.NoError(t, os.WriteFile(filepath.Join(pgdata, "standby.signal"), nil, 0o600))
+			}
+			t.Chdir(pgdata)
+			dest := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+			args := append(append([]string{"wal-fetch", "--cluster-name=c1", archive}, tt.flags...), "000000010000000000000003", dest)
+			code, stdout, stderr := runWALFetch(t, args...)
+			assert.Empty(t, stdout)
+			assert.Empty(t, stderr, "quiet either way")
+			if !tt.served {
+				require.Equal(t, exitFailure, code)
+				_, err := os.Stat(dest)
+				require.ErrorIs(t, err, os.ErrNotExist)
+			} else {
+				require.Equal(t, 0, code)
+				got, err := os.ReadFile(dest)
+				require.NoError(t, err)
+				require.True(t, bytes.Equal(padded, got), "the .partial padded with zeros")
+			}
+			require.Empty(t, *started, "nothing to prefetch after the archive's end")
+			// The segment after the archive's end: "not yet", quietly.
+			args = append(append([]string{"wal-fetch", "--cluster-name=c1", archive}, tt.flags...), "000000010000000000000004", dest)
+			code, _, stderr = runWALFetch(t, args...)
+			require.Equal(t, exitFailure, code)
+			assert.Empty(t, stderr)
+		})
+	}
+}

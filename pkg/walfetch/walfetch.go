@@ -46,6 +46,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -85,6 +86,26 @@ type Options struct {
 	// the requested segment's lock (it is downloading it) before fetching
 	// the segment itself; 0 means DefaultSpoolWait.
 	SpoolWait time.Duration
+	// CompleteOnly serves complete segments only: a segment that the
+	// archive holds only as a .partial is reported as ErrNotFound, even
+	// the newest timeline's. It is for a standby that must replay whole
+	// segments only (see docs/design.md, "A standby fed by the archive");
+	// archive recovery with it would end short of the archived WAL.
+	CompleteOnly bool
+	// ReuseServedPartial is for a standby: when the .partial that Fetch
+	// would serve is the one it served last (same segment, same length)
+	// and PostgreSQL still holds that copy in dest's directory under the
+	// segment's name (the same file: PostgreSQL renames dest to it), Fetch
+	// reports ErrNotFound instead of downloading it again, and PostgreSQL
+	// reads its own copy from pg_wal, which holds the same bytes. A standby
+	// at the archive's end asks for that segment every
+	// wal_retrieve_retry_interval; without this each ask downloads up to a
+	// segment. Never for archive recovery: there "not found" ends it.
+	ReuseServedPartial bool
+	// ServedPartial, when not nil, is set to true by Fetch when it served
+	// a .partial padded with zeros: the archive's end, after which there
+	// is nothing to prefetch.
+	ServedPartial *bool
 	// Logger receives debug messages (per file: where it came from, why a
 	// .partial was not served, spool hits and misses). nil discards them.
 	Logger hclog.Logger
@@ -296,6 +317,19 @@ func (f *fetcher) segment(ctx context.Context, file, dest string) error {
 		f.log.Debug("not in the archive")
 		return fmt.Errorf("%s%s: %w", f.prefix, file, ErrNotFound)
 	}
+	if f.opts.CompleteOnly {
+		f.log.Debug("partial segment not served", "object", partial.Key, "reason", "complete segments only")
+		return fmt.Errorf("%s%s: only %s exists, and complete segments only are served: %w", f.prefix, file, partial.Key, ErrNotFound)
+	}
+	// Before the whole listing below, which a standby at the archive's end
+	// would otherwise make at every retry: "not found" is right whether or
+	// not the .partial may still be served, as pg_wal holds the bytes
+	// PostgreSQL already had, and a new timeline is found through its
+	// history file.
+	if f.opts.ReuseServedPartial && servedBefore(dest, file, partial.Size, segSize) {
+		f.log.Debug("partial segment unchanged since served; the server holds it", "object", partial.Key, "size", partial.Size)
+		return fmt.Errorf("%s%s: %s is unchanged since it was served, and pg_wal holds that copy: %w", f.prefix, file, partial.Key, ErrNotFound)
+	}
 	// Whether a .partial is served depends on the whole archive (see
 	// catalog.WALIndex): list it, once per recovery (or per retry in
 	// standby mode), at the archive's end only.
@@ -308,13 +342,88 @@ func (f *fetcher) segment(ctx context.Context, file, dest string) error {
 		f.log.Debug("partial segment not served", "object", partial.Key, "reason", why)
 		return fmt.Errorf("%s%s: only %s exists, and %s: %w", f.prefix, file, partial.Key, why, ErrNotFound)
 	}
+	var n int64
 	if err := writeAtomic(dest, func(w io.Writer) error {
-		return copyPadded(ctx, f.b, p.Key, segSize, w)
+		var err error
+		n, err = copyPadded(ctx, f.b, p.Key, segSize, w)
+		return err
 	}); err != nil {
 		return err
 	}
+	if f.opts.ReuseServedPartial {
+		// min: the listing and the read may disagree on a .partial that
+		// grows meanwhile; the smaller length never claims bytes the copy
+		// lacks.
+		recordServed(dest, file, min(n, p.Size), f.log)
+	}
+	if f.opts.ServedPartial != nil {
+		*f.opts.ServedPartial = true
+	}
 	f.log.Debug("served a partial segment padded with zeros", "object", p.Key)
 	return nil
+}
+
+// servedFile is the record, in dest's directory, of the .partial last
+// served to a standby: "<segment> <length> <device> <inode>" of the file
+// written as dest, which PostgreSQL renames to the segment's name.
+const servedFile = ".barnacle-served-partial"
+
+// recordServed writes the servedFile record for dest, just written with
+// the first size bytes of segment file's .partial. A failure only costs a
+// download at the next ask, so it is logged, not returned.
+func recordServed(dest, file string, size int64, log hclog.Logger) {
+	dev, ino, ok := fileID(dest)
+	if !ok {
+		return
+	}
+	record := fmt.Sprintf("%s %d %d %d\n", file, size, dev, ino)
+	err := writeAtomic(filepath.Join(filepath.Dir(dest), servedFile), func(w io.Writer) error {
+		_, err := io.WriteString(w, record)
+		return err
+	})
+	if err != nil {
+		log.Debug("could not record the partial segment served", "error", err)
+	}
+}
+
+// servedBefore reports whether the servedFile record next to dest says
+// that file's .partial was served with size bytes, and the server still
+// holds that very copy (same device and inode, a segment long) as file
+// next to dest.
+func servedBefore(dest, file string, size int64, segSize uint64) bool {
+	dir := filepath.Dir(dest)
+	b, err := os.ReadFile(filepath.Join(dir, servedFile))
+	if err != nil {
+		return false
+	}
+	var (
+		name     string
+		n        int64
+		dev, ino uint64
+	)
+	if _, err := fmt.Sscanf(string(b), "%s %d %d %d\n", &name, &n, &dev, &ino); err != nil || name != file || n != size {
+		return false
+	}
+	st, err := os.Stat(filepath.Join(dir, file))
+	if err != nil || !st.Mode().IsRegular() || uint64(st.Size()) != segSize {
+		return false
+	}
+	d, i, ok := fileID(filepath.Join(dir, file))
+	return ok && d == dev && i == ino
+}
+
+// fileID returns path's device and inode numbers.
+func fileID(path string) (dev, ino uint64, ok bool) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0, 0, false
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, 0, false
+	}
+	// Dev is not a uint64 on every platform.
+	return uint64(sys.Dev), sys.Ino, true
 }
 
 // copySegment writes the complete segment object name, decompressed and
@@ -342,24 +451,24 @@ func copySegment(ctx context.Context, b storage.Backend, name string, segSize ui
 }
 
 // copyPadded writes the .partial object name, verified, then zeros up to
-// segSize, to w.
-func copyPadded(ctx context.Context, b storage.Backend, name string, segSize uint64, w io.Writer) error {
+// segSize, to w, and returns the .partial's length.
+func copyPadded(ctx context.Context, b storage.Backend, name string, segSize uint64, w io.Writer) (int64, error) {
 	rc, err := b.Get(ctx, name)
 	if err != nil {
-		return fmt.Errorf("get %s: %w", name, err)
+		return 0, fmt.Errorf("get %s: %w", name, err)
 	}
 	defer rc.Close()
 	n, err := io.Copy(w, io.LimitReader(rc, int64(segSize)+1))
 	if err != nil {
-		return fmt.Errorf("read %s: %w", name, err)
+		return 0, fmt.Errorf("read %s: %w", name, err)
 	}
 	if uint64(n) > segSize {
-		return fmt.Errorf("partial segment %s is longer than the segment size %d", name, segSize)
+		return 0, fmt.Errorf("partial segment %s is longer than the segment size %d", name, segSize)
 	}
 	if _, err := io.Copy(w, io.LimitReader(zeros{}, int64(segSize)-n)); err != nil {
-		return err
+		return 0, err
 	}
-	return nil
+	return n, nil
 }
 
 type zeros struct{}

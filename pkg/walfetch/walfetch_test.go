@@ -334,6 +334,89 @@ func TestFetchPartial(t *testing.T) {
 	}
 }
 
+// TestFetchCompleteOnly: a standby that asks for whole segments only is
+// told "not found" for the end of the archive held as a .partial, and
+// still gets complete segments.
+func TestFetchCompleteOnly(t *testing.T) {
+	a := newArchive(t)
+	a.put(t, seg(1, 4), segmentData(4))
+	a.put(t, seg(1, 5)+".partial", segmentData(5)[:1000])
+	opts := walfetch.Options{CompleteOnly: true}
+	dest, err := fetch(t, a.b, seg(1, 5), opts)
+	require.ErrorIs(t, err, walfetch.ErrNotFound)
+	require.ErrorContains(t, err, "complete segments only")
+	requireNoFile(t, dest)
+	dest, err = fetch(t, a.b, seg(1, 4), opts)
+	require.NoError(t, err)
+	requireFile(t, dest, segmentData(4))
+}
+
+// TestFetchReusesServedPartial: a standby asking again for the .partial it
+// was served, while PostgreSQL holds that copy under the segment's name and
+// the archive's .partial has not grown, is told "not found" (PostgreSQL
+// then reads its copy) instead of downloading it again; once the .partial
+// grows, or the copy is gone, it is served again.
+func TestFetchReusesServedPartial(t *testing.T) {
+	a := newArchive(t)
+	data := segmentData(5)[:3000]
+	name := seg(1, 5)
+	a.put(t, name+".partial", data[:1000])
+	dir := t.TempDir()
+	dest := filepath.Join(dir, "RECOVERYXLOG")
+	opts := walfetch.Options{ReuseServedPartial: true}
+	padded := func(n int) []byte { return append(bytes.Clone(data[:n]), make([]byte, segSize-n)...) }
+	// The directory is PostgreSQL's pg_wal: it holds more than dest.
+	requireFile := func(t *testing.T, path string, want []byte) {
+		t.Helper()
+		got, err := os.ReadFile(path)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(want, got), "content of %s", path)
+	}
+	requireNoFile := func(t *testing.T, path string) {
+		t.Helper()
+		_, err := os.Stat(path)
+		require.ErrorIs(t, err, os.ErrNotExist)
+		tmps, err := filepath.Glob(filepath.Join(dir, ".barnacle-tmp-*"))
+		require.NoError(t, err)
+		require.Empty(t, tmps)
+	}
+	// What PostgreSQL does with a restored segment: rename it to its name.
+	keep := func() {
+		t.Helper()
+		requireFile(t, dest, padded(1000))
+		require.NoError(t, os.Rename(dest, filepath.Join(dir, name)))
+	}
+
+	require.NoError(t, walfetch.Fetch(t.Context(), a.b, cluster, name, dest, opts))
+	keep()
+	gets, lists := a.b.getsOf(prefix+name+".partial"), a.b.lists.Load()
+	err := walfetch.Fetch(t.Context(), a.b, cluster, name, dest, opts)
+	require.ErrorIs(t, err, walfetch.ErrNotFound)
+	require.ErrorContains(t, err, "unchanged since it was served")
+	requireNoFile(t, dest)
+	require.Equal(t, gets, a.b.getsOf(prefix+name+".partial"), "no download")
+	require.Equal(t, lists+1, a.b.lists.Load(), "one listing, of the segment's names: not the whole archive")
+
+	// Without the option (archive recovery), it is served.
+	require.NoError(t, walfetch.Fetch(t.Context(), a.b, cluster, name, dest, walfetch.Options{}))
+	requireFile(t, dest, padded(1000))
+	require.NoError(t, os.Remove(dest))
+
+	// The copy is not the one served (another file under that name).
+	require.NoError(t, os.Rename(filepath.Join(dir, name), filepath.Join(dir, "moved")))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, name), padded(1000), 0o600))
+	require.NoError(t, walfetch.Fetch(t.Context(), a.b, cluster, name, dest, opts))
+	require.NoError(t, os.Remove(filepath.Join(dir, name)))
+	keep()
+
+	// The .partial grew: served again, longer.
+	h := sha256.New()
+	h.Write(data)
+	require.NoError(t, a.fs.Append(t.Context(), prefix+name+".partial", 1000, data[1000:], hex.EncodeToString(h.Sum(nil))))
+	require.NoError(t, walfetch.Fetch(t.Context(), a.b, cluster, name, dest, opts))
+	requireFile(t, dest, padded(3000))
+}
+
 // spoolFiles lists the regular files under dir, by base name, but for
 // locks and the spool's bookkeeping.
 func spoolFiles(t *testing.T, dir string) map[string]string {
