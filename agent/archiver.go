@@ -182,9 +182,10 @@ func (a *archiver) streamOnce(ctx context.Context, term coordinator.Term) error 
 	// one may still answer (a network partition), and only the new one's
 	// WAL counts from now on.
 	rctx, cancel := context.WithCancel(ctx)
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
+	// This stream owns its helpers: it returns only after they have, so
+	// none outlives the stream (or the leadership) it was started for.
+	var helpers sync.WaitGroup
+	helpers.Go(func() {
 		for {
 			select {
 			case <-rctx.Done():
@@ -197,13 +198,13 @@ func (a *archiver) streamOnce(ctx context.Context, term coordinator.Term) error 
 				}
 			}
 		}
-	}()
+	})
 	if a.cfg.SlotMode == config.SlotModeStolon && a.cfg.StandbySlots {
 		// The promoted standby may still have the slot its agent kept as
 		// a follower (slot-name, without Stolon's prefix, because the
 		// keeper drops stolon_ slots on standbys). Once Stolon's slot
 		// protects the stream, that one would only hold WAL forever.
-		go a.dropStandbySlotOnMaster(rctx, host, port)
+		helpers.Go(func() { a.dropStandbySlotOnMaster(rctx, host, port) })
 	}
 	a.mu.Lock()
 	a.state.Streaming = true
@@ -212,7 +213,7 @@ func (a *archiver) streamOnce(ctx context.Context, term coordinator.Term) error 
 	a.log.Info("streaming from the master", "keeper", st.Master.KeeperUID, "address", fmt.Sprintf("%s:%d", host, port), "slot", a.cfg.StreamingSlotName())
 	err = r.Run(rctx)
 	cancel()
-	<-watchDone
+	helpers.Wait()
 	a.metrics.streaming.Set(0)
 	return err
 }
