@@ -154,7 +154,7 @@ func New(cfg config.Config, log hclog.Logger, version string) (*Agent, error) {
 		queue: request.NewQueue[request.BackupResult](request.QueueOptions{Kind: request.KindBackup, Keys: keys, Client: cli, Agent: name,
 			Writer: status, Logger: log.Named("backups"), SweepHint: "request it again"})}
 	a.backups = bk
-	a.restores = &restores{cfg: cfg, agent: name, log: log.Named("restores"), coord: a.coord, etcd: cli, arch: arch,
+	a.restores = &restores{cfg: cfg, agent: name, log: log.Named("restores"), coord: a.coord, arch: arch,
 		queue: request.NewQueue[request.RestoreResult](request.QueueOptions{Kind: request.KindRestore, Keys: keys, Client: cli, Agent: name,
 			Writer: status, Logger: log.Named("restores"), SweepHint: restoreSweepHint})}
 	a.standby = &standbySlot{cfg: cfg, log: log.Named("standby-slot"), coord: a.coord, metrics: am,

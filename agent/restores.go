@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/pkg/config"
@@ -29,7 +28,6 @@ type restores struct {
 	agent string
 	log   hclog.Logger
 	coord *coordinator.Coordinator
-	etcd  *clientv3.Client
 	arch  *archiver
 
 	queue *request.Queue[request.RestoreResult] // requests/restore/, status/restore/

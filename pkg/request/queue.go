@@ -127,8 +127,8 @@ func (q *Queue[R]) Start(run func()) {
 	}()
 }
 
-// Current is the ID of the request this agent is running, or "".
-func (q *Queue[R]) Current() string {
+// current is the ID of the request this agent is running, or "".
+func (q *Queue[R]) current() string {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.running
@@ -224,7 +224,7 @@ func (q *Queue[R]) Sweep(ctx context.Context, alive func(agent string) bool, fen
 	if err != nil {
 		return nil
 	}
-	current := q.Current()
+	current := q.current()
 	seen := map[string]int64{}
 	var swept []string
 	for _, kv := range resp.Kvs {

@@ -82,7 +82,7 @@ func ParseBackup(value []byte) (Backup, error) {
 	if err := decodeStrict(value, &req, `{"from":"master","label":"nightly"}`); err != nil {
 		return req, err
 	}
-	if err := req.Validate(); err != nil {
+	if err := req.validate(); err != nil {
 		return req, err
 	}
 	if req.From != FromStandby {
@@ -91,8 +91,8 @@ func ParseBackup(value []byte) (Backup, error) {
 	return req, nil
 }
 
-// Validate checks From.
-func (r Backup) Validate() error {
+// validate checks From.
+func (r Backup) validate() error {
 	switch r.From {
 	case "", FromMaster, FromAny, FromStandby:
 		return nil

@@ -41,7 +41,7 @@ type Status[R any] struct {
 	StartedAt  time.Time  `json:"startedAt"`
 	FinishedAt *time.Time `json:"finishedAt,omitempty"`
 	Result     *R         `json:"result,omitempty"`
-	// Request echoes the request when it is JSON of at most EchoLimit
+	// Request echoes the request when it is JSON of at most echoLimit
 	// bytes; otherwise RequestBytes gives its size.
 	Request      json.RawMessage `json:"request,omitempty"`
 	RequestBytes int             `json:"requestBytes,omitempty"`
@@ -82,14 +82,14 @@ type RestoreResult struct {
 // under etcd's size limit still gets a status that fits (etcd refuses
 // values over --max-request-bytes, 1.5 MiB by default).
 const (
-	EchoLimit  = 4 << 10
+	echoLimit  = 4 << 10
 	ErrorLimit = 2 << 10
 )
 
 // echo returns what a status echoes of a request: the request itself when
-// it is JSON of at most EchoLimit bytes, or else its size.
+// it is JSON of at most echoLimit bytes, or else its size.
 func echo(value []byte) (json.RawMessage, int) {
-	if len(value) <= EchoLimit && json.Valid(value) {
+	if len(value) <= echoLimit && json.Valid(value) {
 		return value, 0
 	}
 	return nil, len(value)
