@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -292,8 +291,7 @@ func (a *archiver) recordGap(b storage.Backend, term coordinator.Term) func(cont
 // in gaps.json and raises the alarm itself).
 func (a *archiver) requestBackup(ctx context.Context, term coordinator.Term, label string) error {
 	now := time.Now().UTC()
-	id := fmt.Sprintf("gap-%s-%04x", now.Format("20060102T150405"), rand.N(1<<16))
-	key, err := request.Submit(ctx, a.etcd, a.keys, id, request.GapBackup(a.agent, label, now), term.Fence())
+	key, err := request.Submit(ctx, a.etcd, a.keys, request.GapID(now), request.GapBackup(a.agent, label, now), term.Fence())
 	if err != nil {
 		return fmt.Errorf("request a base backup at %s: %w", key, err)
 	}

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -104,6 +105,12 @@ func (r Backup) validate() error {
 // from any server, since any backup after the gap ends it.
 func GapBackup(agent, label string, now time.Time) Backup {
 	return Backup{From: FromAny, Label: label, RequestedBy: agent, RequestedAt: now}
+}
+
+// GapID names the request GapBackup makes: gap-<UTC time>-<4 random hex
+// digits>.
+func GapID(now time.Time) string {
+	return fmt.Sprintf("gap-%s-%04x", now.UTC().Format("20060102T150405"), rand.N(1<<16))
 }
 
 // Restore is the value of requests/restore/<id> (DESIGN.md §5).
