@@ -245,7 +245,7 @@ func TestIntegrationGuide(t *testing.T) {
 		data, err := os.ReadFile(guide)
 		require.NoError(t, err)
 		var src strings.Builder
-		for _, dir := range []string{"../agent", "../coordinator", "../pkg/storage/instrument"} {
+		for _, dir := range []string{"../agent", "../coordinator", "../pkg/storage/instrument", "../pkg/request"} {
 			files, _ := filepath.Glob(filepath.Join(dir, "*.go"))
 			for _, f := range files {
 				b, err := os.ReadFile(f)
