@@ -64,13 +64,15 @@ type Withdrawal struct {
 }
 
 // Withdraw deletes request id of kind unless an agent has claimed it: one
-// transaction deletes the request only while its status key does not
-// exist, so a claim made in between is never undone. A requester that gives
-// up calls it, so that a leader elected later does not run what its
-// requester gave up on.
+// transaction deletes the request only while neither its status key nor
+// its claim marker exists, so a claim made in between is never undone. A
+// requester that gives up calls it, so that a leader elected later does
+// not run what its requester gave up on.
 func Withdraw(ctx context.Context, cli *clientv3.Client, keys Keys, kind Kind, id string) (Withdrawal, error) {
 	statusKey := keys.Status(kind, id)
-	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(statusKey), "=", 0)).
+	unclaimed := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(statusKey), "=", 0),
+		clientv3.Compare(clientv3.CreateRevision(keys.Claim(kind, id)), "=", 0)}
+	resp, err := cli.Txn(ctx).If(unclaimed...).
 		Then(clientv3.OpDelete(keys.Request(kind, id))).Else(clientv3.OpGet(statusKey)).Commit()
 	if err != nil {
 		return Withdrawal{}, err

@@ -73,17 +73,27 @@ func (q *Queue[R]) Serve(ctx context.Context, serve func(ctx context.Context, id
 // Kind is the kind of the queue's requests.
 func (q *Queue[R]) Kind() Kind { return q.opts.Kind }
 
-// Claimed reports whether request id has a status already (or etcd could
-// not say): then nobody may claim it.
+// Claimed reports whether request id has a status or a claim marker
+// already (or etcd could not say): then nobody may claim it.
 func (q *Queue[R]) Claimed(ctx context.Context, id string) bool {
-	resp, err := q.opts.Client.Get(ctx, q.opts.Keys.Status(q.opts.Kind, id), clientv3.WithCountOnly())
-	return err != nil || resp.Count > 0
+	k, kind := q.opts.Keys, q.opts.Kind
+	resp, err := q.opts.Client.Txn(ctx).Then(clientv3.OpGet(k.Status(kind, id), clientv3.WithCountOnly()),
+		clientv3.OpGet(k.Claim(kind, id), clientv3.WithCountOnly())).Commit()
+	if err != nil {
+		return true
+	}
+	for _, r := range resp.Responses {
+		if r.GetResponseRange().Count > 0 {
+			return true
+		}
+	}
+	return false
 }
 
-// Claim creates request id's status as claimed by this agent, in a
-// transaction that fails if the status exists: a request is claimed
-// exactly once. value is the request as read, echoed in the status. With
-// run, the claim is for running the request and takes the queue's single
+// Claim creates request id's status as claimed by this agent, and its
+// claim marker, in a transaction that fails if either exists: a request is
+// claimed exactly once, and never again after its status key was deleted.
+// value is the request as read, echoed in the status. With run, the claim is for running the request and takes the queue's single
 // slot first: while another job holds it, Claim leaves the request
 // unclaimed and returns false. Without run the claim is for rejecting it
 // (Job.Reject), which needs no slot. The caller of a run claim must Start
@@ -95,7 +105,7 @@ func (q *Queue[R]) Claim(ctx context.Context, id string, value []byte, run bool)
 	j := &Job[R]{q: q, ID: id, Key: q.opts.Keys.Status(q.opts.Kind, id),
 		Status: Status[R]{State: StateClaimed, Agent: q.opts.Agent, StartedAt: time.Now().UTC()}}
 	j.Status.Request, j.Status.RequestBytes = echo(value)
-	claimed, err := put(ctx, q.opts.Writer, j.Key, j.Status, true)
+	claimed, err := put(ctx, q.opts.Writer, j.Key, j.Status, q.opts.Keys.Claim(q.opts.Kind, id))
 	if err != nil || !claimed {
 		if run {
 			q.release()
@@ -155,7 +165,7 @@ type Job[R any] struct {
 // Running marks the job running.
 func (j *Job[R]) Running(ctx context.Context) {
 	j.Status.State = StateRunning
-	_, _ = put(ctx, j.q.opts.Writer, j.Key, j.Status, false)
+	_, _ = put(ctx, j.q.opts.Writer, j.Key, j.Status, "")
 }
 
 // Progress records done of total bytes, at most once a second, and always
@@ -167,7 +177,7 @@ func (j *Job[R]) Progress(ctx context.Context, done, total int64) {
 	}
 	j.lastProgress = time.Now()
 	j.Status.Progress = &Progress{Done: done, Total: max(total, 0)}
-	_, _ = put(ctx, j.q.opts.Writer, j.Key, j.Status, false)
+	_, _ = put(ctx, j.q.opts.Writer, j.Key, j.Status, "")
 }
 
 // Done finishes the job with its result.
@@ -191,7 +201,7 @@ func (j *Job[R]) finish(ctx context.Context, state State, msg string) {
 	j.Status.State, j.Status.Error, j.Status.FinishedAt = state, msg, &now
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	_, _ = put(fctx, j.q.opts.Writer, j.Key, j.Status, false)
+	_, _ = put(fctx, j.q.opts.Writer, j.Key, j.Status, "")
 }
 
 // Sweep marks failed, once, the claimed or running statuses of this kind

@@ -100,7 +100,7 @@ func TestStatusBounded(t *testing.T) {
 	w.etcd = dead
 	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
 	defer cancel()
-	_, err = put(ctx, w, "status/backup/x", BackupStatus{State: StateRunning}, false)
+	_, err = put(ctx, w, "status/backup/x", BackupStatus{State: StateRunning}, "")
 	require.Error(t, err)
 	assert.Equal(t, 1.0, testutil.ToFloat64(w.errors))
 	assert.Contains(t, logs.String(), "writing a request status failed")

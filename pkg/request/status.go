@@ -135,25 +135,30 @@ func (w *Writer) failed(key string, state State, err error) {
 	w.log.Warn("writing a request status failed", "key", key, "state", string(state), "error", err)
 }
 
-// put writes a status key; with create, only if it does not exist yet (the
-// claim, exactly once), reporting whether it wrote. The error is bounded
+// put writes a status key. With claim (the request's claim marker key),
+// it is the claim: one transaction creates the status and the marker only
+// if neither exists yet (claimed exactly once, and never again after its
+// status key was deleted), reporting whether it wrote. The error is bounded
 // (it may quote the request); a failed write is logged and counted here, so
 // callers need not.
-func put[R any](ctx context.Context, w *Writer, key string, st Status[R], create bool) (bool, error) {
+func put[R any](ctx context.Context, w *Writer, key string, st Status[R], claim string) (bool, error) {
 	st.Error = BoundText(st.Error, ErrorLimit)
 	v, err := json.Marshal(st)
 	if err != nil {
 		w.failed(key, st.State, err)
 		return false, err
 	}
-	if !create {
+	if claim == "" {
 		_, err := w.etcd.Put(ctx, key, string(v))
 		if err != nil {
 			w.failed(key, st.State, err)
 		}
 		return err == nil, err
 	}
-	resp, err := w.etcd.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(clientv3.OpPut(key, string(v))).Commit()
+	resp, err := w.etcd.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0), clientv3.Compare(clientv3.CreateRevision(claim), "=", 0)).
+		// The marker first: watchers see its event before the status's, and
+		// need not record the claim themselves.
+		Then(clientv3.OpPut(claim, claimValue(st.StartedAt)), clientv3.OpPut(key, string(v))).Commit()
 	if err != nil {
 		w.failed(key, st.State, err)
 		return false, err

@@ -72,8 +72,8 @@ func (w *watch) session(ctx context.Context) error {
 	for _, kv := range sts.Kvs {
 		id := strings.TrimPrefix(string(kv.Key), statuses)
 		if !claimed[id] {
-			// Claimed before claims were recorded, or the claiming agent
-			// stopped before it recorded this one.
+			// Claimed before claims were recorded, or by an agent that
+			// writes no claim marker.
 			w.recordClaim(ctx, id)
 			claimed[id] = true
 		}
@@ -119,7 +119,7 @@ func (w *watch) session(ctx context.Context) error {
 					}
 				case strings.HasPrefix(key, statuses):
 					id := strings.TrimPrefix(key, statuses)
-					if put && ev.IsCreate() {
+					if put && ev.IsCreate() && !claimed[id] {
 						w.recordClaim(ctx, id)
 					}
 					if !put {
@@ -152,8 +152,9 @@ func (w *watch) serveAll(ctx context.Context, pending map[string][]byte) {
 	}
 }
 
-// recordClaim creates the claim marker of request id if it is missing.
-// Every agent that sees a status appear tries; the transaction makes one
+// recordClaim creates the claim marker of request id if it is missing
+// (Claim writes it with the status; a status written otherwise has none).
+// Every agent that sees such a status tries; the transaction makes one
 // write.
 func (w *watch) recordClaim(ctx context.Context, id string) {
 	key := w.keys.Claim(w.kind, id)

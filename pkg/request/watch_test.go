@@ -179,6 +179,33 @@ func TestRequestWatch(t *testing.T) {
 	assert.Equal(t, after, sc.calls("pending-1"), "a claimed request is not served again")
 }
 
+// TestClaimMarker: the claim writes the claim marker with the status; a
+// request whose status key was deleted cannot be claimed again, and is not
+// withdrawn either.
+func TestClaimMarker(t *testing.T) {
+	ctx := t.Context()
+	cli := testenv.StartEtcd(t).Client(t)
+	keys := Keys{Prefix: "barnacle/c1/"}
+	q := NewQueue[BackupResult](QueueOptions{Kind: KindBackup, Keys: keys, Client: cli, Agent: "a", Writer: NewWriter(cli, nil, prometheus.NewRegistry())})
+	_, err := Submit(ctx, cli, keys, "r1", Backup{From: FromMaster})
+	require.NoError(t, err)
+	_, ok := q.Claim(ctx, "r1", []byte(`{"from":"master"}`), false)
+	require.True(t, ok)
+	resp, err := cli.Get(ctx, keys.Claim(KindBackup, "r1"))
+	require.NoError(t, err)
+	require.Len(t, resp.Kvs, 1, "the claim marker is written with the claim")
+
+	_, err = cli.Delete(ctx, keys.Status(KindBackup, "r1"))
+	require.NoError(t, err)
+	assert.True(t, q.Claimed(ctx, "r1"))
+	_, ok = q.Claim(ctx, "r1", []byte(`{"from":"master"}`), true)
+	assert.False(t, ok, "claimed again after its status key was deleted")
+	assert.Equal(t, "", q.current(), "a lost claim frees the slot")
+	w, err := Withdraw(ctx, cli, keys, KindBackup, "r1")
+	require.NoError(t, err)
+	assert.False(t, w.Withdrawn, "a claimed request withdrawn")
+}
+
 // TestExpireRequests: finished requests older than the retention go from
 // etcd (request, status and claim together) with their result in the log;
 // newer and unfinished ones stay; an agent whose term has ended deletes
