@@ -13,11 +13,12 @@ import (
 const module = "github.com/barnacle-pg/barnacle"
 
 type goPackage struct {
-	ImportPath string
-	Dir        string
-	Name       string
-	GoFiles    []string
-	Imports    []string
+	ImportPath  string
+	Dir         string
+	Name        string
+	GoFiles     []string
+	TestGoFiles []string
+	Imports     []string
 }
 
 func listPackages(t *testing.T) []goPackage {
@@ -91,6 +92,34 @@ func TestLayout(t *testing.T) {
 			}
 			if why != "" {
 				t.Errorf("%s imports %s: %s", rel, dep, why)
+			}
+		}
+	}
+}
+
+// TestCLIImportsNoDaemon: the CLI reaches the agents only through etcd
+// (pkg/request, coordinator's read-only views); of cmd/barnacle, only the
+// file that runs the daemon imports package agent.
+func TestCLIImportsNoDaemon(t *testing.T) {
+	const allowed = "agent.go"
+	for _, p := range listPackages(t) {
+		if p.ImportPath != module+"/cmd/barnacle" {
+			continue
+		}
+		files := append(append([]string{}, p.GoFiles...), p.TestGoFiles...)
+		if len(files) == 0 {
+			t.Fatal("cmd/barnacle has no Go files")
+		}
+		for _, f := range files {
+			fset := token.NewFileSet()
+			af, err := parser.ParseFile(fset, filepath.Join(p.Dir, f), nil, parser.ImportsOnly)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, imp := range af.Imports {
+				if strings.Trim(imp.Path.Value, `"`) == module+"/agent" && f != allowed {
+					t.Errorf("cmd/barnacle/%s imports agent: only %s, which runs the daemon, may; use pkg/request for requests", f, allowed)
+				}
 			}
 		}
 	}

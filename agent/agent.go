@@ -22,6 +22,7 @@ import (
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/metrics"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 )
 
 // Agent is one barnacle sidecar. Create it with New, start it with Run.
@@ -136,8 +137,8 @@ func build(cfg config.Config, log hclog.Logger, version string, ak *autoKeeper) 
 		g.Go(func() error { return a.refreshCatalogMetrics(gctx) })
 		g.Go(func() error { return bk.leaderDuties(gctx, term) })
 		g.Go(func() error { return bk.retentionLoop(gctx) })
-		g.Go(func() error { return a.restores.leaderDuties(gctx) })
-		g.Go(func() error { return a.expireLoop(gctx) })
+		g.Go(func() error { return a.restores.leaderDuties(gctx, term) })
+		g.Go(func() error { return a.expireLoop(gctx, term) })
 		return g.Wait()
 	}
 	a.coord, err = coordinator.New(coordinator.Options{
@@ -164,10 +165,15 @@ func build(cfg config.Config, log hclog.Logger, version string, ak *autoKeeper) 
 	}
 	arch = newArchiver(cfg, name, log, a.coord, cli, am)
 	a.archiver = arch
-	status := newStatusStore(cli, log, reg)
-	bk = &backups{cfg: cfg, live: a.live, agent: name, log: log.Named("backups"), coord: a.coord, etcd: cli, keys: a.coord.Keys(), arch: arch, status: status}
+	keys := request.Keys{Prefix: a.coord.Keys().Prefix}
+	status := request.NewWriter(cli, log, reg)
+	bk = &backups{cfg: cfg, live: a.live, agent: name, log: log.Named("backups"), coord: a.coord, etcd: cli, keys: keys, arch: arch,
+		queue: request.NewQueue[request.BackupResult](request.QueueOptions{Kind: request.KindBackup, Keys: keys, Client: cli, Agent: name,
+			Writer: status, Logger: log.Named("backups"), SweepHint: "request it again"})}
 	a.backups = bk
-	a.restores = &restores{cfg: cfg, agent: name, log: log.Named("restores"), coord: a.coord, etcd: cli, keys: a.coord.Keys(), arch: arch, status: status}
+	a.restores = &restores{cfg: cfg, agent: name, log: log.Named("restores"), coord: a.coord, arch: arch,
+		queue: request.NewQueue[request.RestoreResult](request.QueueOptions{Kind: request.KindRestore, Keys: keys, Client: cli, Agent: name,
+			Writer: status, Logger: log.Named("restores"), SweepHint: restoreSweepHint})}
 	a.standby = &standbySlot{cfg: cfg, log: log.Named("standby-slot"), coord: a.coord, metrics: am,
 		local: &localPostgres{cfg: cfg}}
 	if ak != nil {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/barnacle-pg/barnacle/internal/retry"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
@@ -34,7 +34,7 @@ type archiver struct {
 	log     hclog.Logger
 	coord   *coordinator.Coordinator
 	etcd    *clientv3.Client
-	keys    coordinator.Keys
+	keys    request.Keys
 	metrics *archiverMetrics
 	updates <-chan struct{}
 
@@ -65,7 +65,7 @@ func newArchiver(cfg config.Config, agentName string, log hclog.Logger, coord *c
 		log:     log.Named("archiver"),
 		coord:   coord,
 		etcd:    cli,
-		keys:    coord.Keys(),
+		keys:    request.Keys{Prefix: coord.Keys().Prefix},
 		metrics: m,
 		updates: coord.Subscribe(),
 	}
@@ -104,7 +104,7 @@ func (a *archiver) run(ctx context.Context, term coordinator.Term) error {
 	}()
 	failures := 0
 	for ctx.Err() == nil {
-		err := a.streamOnce(ctx)
+		err := a.streamOnce(ctx, term)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -140,7 +140,7 @@ func (a *archiver) run(ctx context.Context, term coordinator.Term) error {
 
 // streamOnce streams from the current master until the master changes
 // (nil), ctx ends (nil) or the receiver fails.
-func (a *archiver) streamOnce(ctx context.Context) error {
+func (a *archiver) streamOnce(ctx context.Context, term coordinator.Term) error {
 	b, err := a.openBackend(ctx)
 	if err != nil {
 		return err
@@ -170,7 +170,7 @@ func (a *archiver) streamOnce(ctx context.Context) error {
 		Synchronous: a.cfg.Synchronous,
 		Logger:      a.log,
 		OnConnect:   a.checkIdentity(b),
-		OnGap:       a.recordGap(b),
+		OnGap:       a.recordGap(b, term),
 		OnProgress:  a.progress,
 	})
 	if err != nil {
@@ -181,9 +181,10 @@ func (a *archiver) streamOnce(ctx context.Context) error {
 	// one may still answer (a network partition), and only the new one's
 	// WAL counts from now on.
 	rctx, cancel := context.WithCancel(ctx)
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
+	// This stream owns its helpers: it returns only after they have, so
+	// none outlives the stream (or the leadership) it was started for.
+	var helpers sync.WaitGroup
+	helpers.Go(func() {
 		for {
 			select {
 			case <-rctx.Done():
@@ -196,13 +197,13 @@ func (a *archiver) streamOnce(ctx context.Context) error {
 				}
 			}
 		}
-	}()
+	})
 	if a.cfg.SlotMode == config.SlotModeStolon && a.cfg.StandbySlots {
 		// The promoted standby may still have the slot its agent kept as
 		// a follower (slot-name, without Stolon's prefix, because the
 		// keeper drops stolon_ slots on standbys). Once Stolon's slot
 		// protects the stream, that one would only hold WAL forever.
-		go a.dropStandbySlotOnMaster(rctx, host, port)
+		helpers.Go(func() { a.dropStandbySlotOnMaster(rctx, host, port) })
 	}
 	a.mu.Lock()
 	a.state.Streaming = true
@@ -211,7 +212,7 @@ func (a *archiver) streamOnce(ctx context.Context) error {
 	a.log.Info("streaming from the master", "keeper", st.Master.KeeperUID, "address", fmt.Sprintf("%s:%d", host, port), "slot", a.cfg.StreamingSlotName())
 	err = r.Run(rctx)
 	cancel()
-	<-watchDone
+	helpers.Wait()
 	a.metrics.streaming.Set(0)
 	return err
 }
@@ -261,7 +262,7 @@ var errGapFilled = errors.New("missing wal fetched from another keeper")
 // only when none has it does it write the gap to gaps.json before the
 // receiver may skip it, raise the alarm and ask the cluster for a base
 // backup, which is the only way to make points after the gap recoverable.
-func (a *archiver) recordGap(b storage.Backend) func(context.Context, walstream.Gap) error {
+func (a *archiver) recordGap(b storage.Backend, term coordinator.Term) func(context.Context, walstream.Gap) error {
 	return func(ctx context.Context, g walstream.Gap) error {
 		if a.fillFromOtherKeepers(ctx, b, g) {
 			return errGapFilled
@@ -281,29 +282,21 @@ func (a *archiver) recordGap(b storage.Backend) func(context.Context, walstream.
 		a.state.Gap = gapAlarm(gap)
 		a.mu.Unlock()
 		a.checkGaps(ctx, b) // the metrics; and the alarm, should a backup already follow
-		return a.requestBackup(ctx, fmt.Sprintf("after WAL gap %s..%s", g.From, g.ResumeAt))
+		return a.requestBackup(ctx, term, fmt.Sprintf("after WAL gap %s..%s", g.From, g.ResumeAt))
 	}
 }
 
-func (a *archiver) requestBackup(ctx context.Context, label string) error {
+// requestBackup asks for a base backup after a gap, fenced on term: an
+// agent that no longer leads requests nothing (the new leader finds the gap
+// in gaps.json and raises the alarm itself).
+func (a *archiver) requestBackup(ctx context.Context, term coordinator.Term, label string) error {
 	now := time.Now().UTC()
-	id := fmt.Sprintf("gap-%s-%04x", now.Format("20060102T150405"), rand.N(1<<16))
-	v, err := json.Marshal(gapBackupRequest(a.agent, label, now))
+	key, err := request.Submit(ctx, a.etcd, a.keys, request.GapID(now), request.GapBackup(a.agent, label, now), term.Fence())
 	if err != nil {
-		return err
-	}
-	key := RequestKey(a.keys, id)
-	if _, err := a.etcd.Put(ctx, key, string(v)); err != nil {
 		return fmt.Errorf("request a base backup at %s: %w", key, err)
 	}
 	a.log.Info("base backup requested", "key", key)
 	return nil
-}
-
-// gapBackupRequest is the request the leader writes after recording a WAL
-// gap: from any server, since any backup after the gap ends it.
-func gapBackupRequest(agent, label string, now time.Time) BackupRequest {
-	return BackupRequest{From: "any", Label: label, RequestedBy: agent, RequestedAt: now}
 }
 
 func (a *archiver) progress(p walstream.Progress) {
@@ -558,7 +551,7 @@ const gapRecheck = 30 * time.Second
 // gap is done, looking whenever a backup request finishes.
 func (a *archiver) watchGaps(ctx context.Context) {
 	for ctx.Err() == nil {
-		rev, err := a.etcd.Get(ctx, a.keys.Prefix+"status/backup/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		rev, err := a.etcd.Get(ctx, a.keys.Statuses(request.KindBackup), clientv3.WithPrefix(), clientv3.WithCountOnly())
 		if err != nil {
 			sleepCtx(ctx, time.Second)
 			continue
@@ -576,13 +569,13 @@ func (a *archiver) watchGaps(ctx context.Context) {
 
 // waitBackupFinished returns when a backup request's status written after
 // etcd revision rev says done, after d, or when ctx ends.
-func waitBackupFinished(ctx context.Context, cli *clientv3.Client, keys coordinator.Keys, rev int64, d time.Duration) {
+func waitBackupFinished(ctx context.Context, cli *clientv3.Client, keys request.Keys, rev int64, d time.Duration) {
 	wctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	for resp := range cli.Watch(wctx, keys.Prefix+"status/backup/", clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+	for resp := range cli.Watch(wctx, keys.Statuses(request.KindBackup), clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
 		for _, ev := range resp.Events {
-			var st RequestStatus
-			if ev.Kv != nil && json.Unmarshal(ev.Kv.Value, &st) == nil && st.State == StateDone {
+			var st request.BackupStatus
+			if ev.Kv != nil && json.Unmarshal(ev.Kv.Value, &st) == nil && st.State == request.StateDone {
 				return
 			}
 		}

@@ -1,15 +1,12 @@
 package agent
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/config"
@@ -42,24 +39,6 @@ func TestHint(t *testing.T) {
 		})
 	}
 	assert.Empty(t, hint(errors.New("connection refused"), cfg))
-}
-
-// The request the leader writes after a gap is one the request parser
-// accepts: one type for writer and reader.
-func TestGapBackupRequestParses(t *testing.T) {
-	now := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
-	v, err := json.Marshal(gapBackupRequest("agent-keeper1", "after WAL gap 0/3000000..0/9000000", now))
-	require.NoError(t, err)
-	req, err := parseBackupRequest(v)
-	require.NoError(t, err, "request %s", v)
-	assert.Equal(t, "master", req.From, `"any" runs on the master`)
-	assert.Equal(t, "agent-keeper1", req.RequestedBy)
-	assert.True(t, now.Equal(req.RequestedAt))
-
-	// A user's request has neither field, and says so by omitting them.
-	v, err = json.Marshal(BackupRequest{From: "standby", Label: "nightly"})
-	require.NoError(t, err)
-	assert.JSONEq(t, `{"from":"standby","label":"nightly"}`, string(v))
 }
 
 func TestBackfillDone(t *testing.T) {

@@ -158,7 +158,9 @@ func TestLiveReload(t *testing.T) {
 	assert.Zero(t, requests(), "no schedule, no request")
 
 	write("log-level: debug\nbackup-schedule: 5s\nslot-name: other\n")
-	waitUntil(t, 10*time.Second, "the new schedule to request a backup", func() bool { return requests() > 0 })
+	// Without a schedule the loop looks again every 10 s: the new one is
+	// seen at the next look, which may come a full 10 s after the change.
+	waitUntil(t, 25*time.Second, "the new schedule to request a backup", func() bool { return requests() > 0 })
 	waitUntil(t, 10*time.Second, "debug lines", func() bool { return strings.Contains(out.String(), "[DEBUG]") })
 	logs := out.String()
 	assert.Contains(t, logs, `configuration key changed: key=log-level from=info to=debug`)

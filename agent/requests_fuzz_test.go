@@ -7,31 +7,8 @@ import (
 	"testing"
 
 	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 )
-
-// FuzzParseBackupRequest: any bytes under requests/backup/ give a request
-// that names a known place to run, or an error; never a panic.
-func FuzzParseBackupRequest(f *testing.F) {
-	for _, s := range []string{
-		`{"from":"master","label":"nightly"}`, `{"from":"standby"}`, `{"from":"any","label":"x"}`, `{}`,
-		`{"from":"elsewhere"}`, `{"from":"master","extra":1}`, `{"from":`, `null`, `[]`, `{"label":"\u0000"}`,
-		`{"from":"master","requestedBy":"agent-keeper1","requestedAt":"2026-11-25T10:00:00Z"}`, ``,
-	} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, value []byte) {
-		req, err := parseBackupRequest(value)
-		if err != nil {
-			if !strings.Contains(err.Error(), "malformed request") && !strings.Contains(err.Error(), "unknown from") {
-				t.Fatalf("error does not say what to change: %v", err)
-			}
-			return
-		}
-		if req.From != "master" && req.From != "standby" {
-			t.Fatalf("accepted from %q", req.From)
-		}
-	})
-}
 
 // FuzzParseRestoreRequest: any bytes under requests/restore/ either are
 // rejected or become a restore.Request whose every directory lies strictly
@@ -85,7 +62,7 @@ func FuzzParseRestoreRequest(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, value []byte) {
-		req, err := parseRestoreRequest(value)
+		req, err := request.ParseRestore(value)
 		if err != nil {
 			return
 		}

@@ -2,78 +2,22 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/restore"
 )
-
-// RestoreRequest is the value of requests/restore/<id> (DESIGN.md §5).
-type RestoreRequest struct {
-	// Keeper is the Stolon keeper UID whose agent restores, on its host.
-	Keeper string `json:"keeper"`
-	// Backup is an ID, "latest" or "" (the newest before the target).
-	Backup    string `json:"backup,omitempty"`
-	TargetDir string `json:"targetDir"`
-	// Target holds at most one of its fields; none is the end of WAL.
-	Target RestoreTarget `json:"target,omitzero"`
-	// TargetExclusive stops just before a time, LSN or xid target
-	// (recovery_target_inclusive = off).
-	TargetExclusive bool   `json:"targetExclusive,omitempty"`
-	TargetTimeline  string `json:"targetTimeline,omitempty"`
-	TargetAction    string `json:"targetAction,omitempty"`
-	Force           bool   `json:"force,omitempty"`
-	// DataOnly restores without recovery.signal and settings.
-	DataOnly bool `json:"dataOnly,omitempty"`
-	// TablespaceMap maps tablespace OIDs (as strings) to directories,
-	// which must lie under restore-root too.
-	TablespaceMap map[string]string `json:"tablespaceMap,omitempty"`
-}
-
-// RestoreTarget is where recovery stops.
-type RestoreTarget struct {
-	Time      string `json:"time,omitempty"`
-	LSN       string `json:"lsn,omitempty"`
-	XID       string `json:"xid,omitempty"`
-	Name      string `json:"name,omitempty"`
-	Immediate bool   `json:"immediate,omitempty"`
-}
-
-// RestoreResult is what a finished restore request reports.
-type RestoreResult struct {
-	BackupID   string            `json:"backupID"`
-	TargetDir  string            `json:"targetDir"`
-	Bytes      int64             `json:"bytes"`
-	Files      int               `json:"files"`
-	MovedAside map[string]string `json:"movedAside,omitempty"`
-	Notes      []string          `json:"notes,omitempty"`
-}
-
-// RestoreStatus is the value of status/restore/<id>.
-type RestoreStatus = RequestStatusOf[RestoreResult]
-
-// RestoreRequestKey and RestoreStatusKey lay out the restore request keys.
-func RestoreRequestKey(keys coordinator.Keys, id string) string {
-	return keys.Prefix + "requests/restore/" + id
-}
-
-// RestoreStatusKey is the status key of restore request id.
-func RestoreStatusKey(keys coordinator.Keys, id string) string {
-	return keys.Prefix + "status/restore/" + id
-}
 
 // restores serves restore requests: the agent beside the named keeper runs
 // them; the leader rejects those nobody could run (malformed, unknown
@@ -84,31 +28,26 @@ type restores struct {
 	agent string
 	log   hclog.Logger
 	coord *coordinator.Coordinator
-	etcd  *clientv3.Client
-	keys  coordinator.Keys
 	arch  *archiver
 
-	work   jobs         // the claimed request running, in its own goroutine
-	swept  *sweeper     // the leader's look for requests of dead agents
-	status *statusStore // writes status/restore/<id>
+	queue *request.Queue[request.RestoreResult] // requests/restore/, status/restore/
 }
+
+// restoreSweepHint ends the error of a restore request swept after its
+// agent died.
+const restoreSweepHint = "its target directory may hold a partial restore: remove it (or set force) and request it again"
 
 // serveRequests runs on every agent until ctx ends.
 func (r *restores) serveRequests(ctx context.Context) error {
-	watchRequests(ctx, r.etcd, r.keys.Prefix+"requests/restore/", r.serve)
-	r.work.wait()
+	r.queue.Serve(ctx, r.serve)
 	return nil
 }
 
 // leaderDuties marks failed, while this agent leads, the restore requests
 // whose agent died before finishing them, every staleCheckInterval.
-func (r *restores) leaderDuties(ctx context.Context) error {
+func (r *restores) leaderDuties(ctx context.Context, term coordinator.Term) error {
 	for {
-		if r.swept == nil {
-			r.swept = &sweeper{prefix: r.keys.Prefix + "status/restore/", what: "restore", self: r.agent, log: r.log, etcd: r.etcd, status: r.status,
-				hint: "its target directory may hold a partial restore: remove it (or set force) and request it again"}
-		}
-		r.swept.sweep(ctx, r.coord.State().Agents, r.work.current())
+		r.queue.Sweep(ctx, aliveIn(r.coord.State().Agents), term.Fence())
 		select {
 		case <-ctx.Done():
 			return nil
@@ -119,11 +58,10 @@ func (r *restores) leaderDuties(ctx context.Context) error {
 
 // serve claims and runs (or rejects) one request if it is this agent's.
 func (r *restores) serve(ctx context.Context, id string, value []byte) {
-	key := RestoreStatusKey(r.keys, id)
-	if resp, err := r.etcd.Get(ctx, key, clientv3.WithCountOnly()); err != nil || resp.Count > 0 {
+	if r.queue.Claimed(ctx, id) {
 		return
 	}
-	req, rejectErr := parseRestoreRequest(value)
+	req, rejectErr := request.ParseRestore(value)
 	state := r.coord.State()
 	mine := rejectErr == nil && r.cfg.KeeperUID != "" && req.Keeper == r.cfg.KeeperUID
 	if !mine {
@@ -139,93 +77,70 @@ func (r *restores) serve(ctx context.Context, id string, value []byte) {
 	}
 	// One restore at a time: while one runs, this agent's next request
 	// stays unclaimed until it ends; bad ones are still answered at once.
-	if rejectErr == nil && !r.work.reserve(id) {
-		return
-	}
-	st := RestoreStatus{State: StateClaimed, Agent: r.agent, StartedAt: time.Now().UTC()}
-	st.Request, st.RequestBytes = echoRequest(value)
-	claimed, err := putStatus(ctx, r.status, key, st, true)
-	if err != nil || !claimed {
-		if rejectErr == nil {
-			r.work.release()
-		}
+	job, ok := r.queue.Claim(ctx, id, value, rejectErr == nil)
+	if !ok {
 		return
 	}
 	if rejectErr != nil {
-		r.reject(ctx, id, key, st, rejectErr)
+		r.reject(ctx, job, rejectErr)
 		return
 	}
-	r.work.start(func() { r.run(ctx, id, key, req, st) })
+	r.queue.Start(func() { r.run(ctx, job, req) })
 }
 
 // reject writes a rejected final status.
-func (r *restores) reject(ctx context.Context, id, key string, st RestoreStatus, err error) {
-	st.State, st.Error = StateRejected, err.Error()
-	finishStatus(ctx, r.status, key, st)
-	r.log.Warn("restore request rejected", "request", id, "error", err)
+func (r *restores) reject(ctx context.Context, job *request.Job[request.RestoreResult], err error) {
+	job.Reject(ctx, err)
+	r.log.Warn("restore request rejected", "request", job.ID, "error", err)
 }
 
 // run checks and runs a claimed request and writes its final status; it
-// runs in the jobs goroutine and returns when the restore ends or ctx
-// does.
-func (r *restores) run(ctx context.Context, id, key string, req RestoreRequest, st RestoreStatus) {
-	reject := func(err error) { r.reject(ctx, id, key, st, err) }
+// runs in the queue's job goroutine and returns when the restore ends or
+// ctx does.
+func (r *restores) run(ctx context.Context, job *request.Job[request.RestoreResult], req request.Restore) {
 	rreq, err := r.toRequest(req)
 	if err != nil {
-		reject(err)
+		r.reject(ctx, job, err)
 		return
 	}
 	be, err := r.arch.openBackend(ctx)
 	if err != nil {
-		st.State, st.Error = StateFailed, err.Error()
-		finishStatus(ctx, r.status, key, st)
+		job.Fail(ctx, err)
 		return
 	}
 	p, err := restore.Prepare(ctx, be, rreq)
 	if err != nil {
 		if restore.IsRejected(err) {
-			reject(err)
+			r.reject(ctx, job, err)
 		} else {
-			st.State, st.Error = StateFailed, err.Error()
-			finishStatus(ctx, r.status, key, st)
+			job.Fail(ctx, err)
 		}
 		return
 	}
-	st.State = StateRunning
-	_, _ = putStatus(ctx, r.status, key, st, false)
-	r.log.Info("restore request claimed", "request", id, "backup", p.Backup.ID, "target", rreq.Target.String(), "dir", rreq.TargetDir)
-	var last time.Time
-	res, err := p.Run(ctx, be, r.log, func(done, total int64) {
-		if time.Since(last) < time.Second {
-			return
-		}
-		last = time.Now()
-		st.Progress = &Progress{Done: done, Total: total}
-		_, _ = putStatus(ctx, r.status, key, st, false)
-	})
+	job.Running(ctx)
+	r.log.Info("restore request claimed", "request", job.ID, "backup", p.Backup.ID, "target", rreq.Target.String(), "dir", rreq.TargetDir)
+	res, err := p.Run(ctx, be, r.log, func(done, total int64) { job.Progress(ctx, done, total) })
 	switch {
 	case err != nil && restore.IsRejected(err):
-		reject(err)
+		r.reject(ctx, job, err)
 		return
-	case err != nil:
-		st.State, st.Error = StateFailed, err.Error()
+	case err != nil && len(res.MovedAside) > 0:
 		// Force moved the old contents aside before the failure: say where
-		// they are, or they look lost.
-		if len(res.MovedAside) > 0 {
-			st.Result = &RestoreResult{BackupID: res.BackupID, TargetDir: res.TargetDir, MovedAside: res.MovedAside}
-			// Room for the places within the bounded error.
-			st.Error = boundText(st.Error, statusErrorLimit/2)
-			for _, old := range slices.Sorted(maps.Keys(res.MovedAside)) {
-				st.Error += fmt.Sprintf("; the old contents of %s are in %s", old, res.MovedAside[old])
-			}
+		// they are, or they look lost; room for the places within the
+		// bounded error.
+		job.Status.Result = &request.RestoreResult{BackupID: res.BackupID, TargetDir: res.TargetDir, MovedAside: res.MovedAside}
+		msg := request.BoundText(err.Error(), request.ErrorLimit/2)
+		for _, old := range slices.Sorted(maps.Keys(res.MovedAside)) {
+			msg += fmt.Sprintf("; the old contents of %s are in %s", old, res.MovedAside[old])
 		}
+		job.Fail(ctx, errors.New(msg))
+	case err != nil:
+		job.Fail(ctx, err)
 	default:
-		st.State = StateDone
-		st.Progress = &Progress{Done: res.Bytes, Total: res.Bytes}
-		st.Result = &RestoreResult{BackupID: res.BackupID, TargetDir: res.TargetDir, Bytes: res.Bytes, Files: res.Files, MovedAside: res.MovedAside, Notes: res.Notes}
+		job.Status.Progress = &request.Progress{Done: res.Bytes, Total: res.Bytes}
+		job.Done(ctx, request.RestoreResult{BackupID: res.BackupID, TargetDir: res.TargetDir, Bytes: res.Bytes, Files: res.Files, MovedAside: res.MovedAside, Notes: res.Notes})
 	}
-	finishStatus(ctx, r.status, key, st)
-	r.log.Info("restore request finished", "request", id, "state", st.State, "error", st.Error)
+	r.log.Info("restore request finished", "request", job.ID, "state", string(job.Status.State), "error", job.Status.Error)
 }
 
 // nobodyRuns says why no agent can run a request for keeper, or nil when
@@ -249,24 +164,10 @@ func (r *restores) nobodyRuns(state coordinator.State, keeper string) error {
 	return fmt.Errorf("no barnacle agent runs beside keeper %q: start it, or name another keeper", keeper)
 }
 
-// parseRestoreRequest checks a request's JSON and says what to change.
-func parseRestoreRequest(value []byte) (RestoreRequest, error) {
-	var req RestoreRequest
-	dec := json.NewDecoder(strings.NewReader(string(value)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return req, fmt.Errorf(`malformed request: %v; write JSON such as {"keeper":"keeper1","targetDir":"/restore/pitr","target":{"time":"2026-11-25T10:00:00Z"}}`, err)
-	}
-	if err := noTrailingData(dec); err != nil {
-		return req, fmt.Errorf(`malformed request: %v; write one JSON object such as {"keeper":"keeper1","targetDir":"/restore/pitr"}`, err)
-	}
-	return req, nil
-}
-
 // toRequest turns the JSON request into a restore.Request, with every
 // directory checked against restore-root (after resolving symlinks) and
 // the restore_command pointing at this binary.
-func (r *restores) toRequest(req RestoreRequest) (restore.Request, error) {
+func (r *restores) toRequest(req request.Restore) (restore.Request, error) {
 	// Fence: the restore opens restore-root once and writes only through
 	// it; underRoot below is the early check that names the field.
 	out := restore.Request{Cluster: r.cfg.ClusterName, Backup: req.Backup, Action: req.TargetAction, Force: req.Force, DataOnly: req.DataOnly,
@@ -275,11 +176,11 @@ func (r *restores) toRequest(req RestoreRequest) (restore.Request, error) {
 	if out.TargetDir, err = underRoot(r.cfg.RestoreRoot, req.TargetDir, "targetDir"); err != nil {
 		return out, err
 	}
-	for oid, dir := range req.TablespaceMap {
-		n, err := strconv.ParseUint(oid, 10, 32)
-		if err != nil || n == 0 {
-			return out, fmt.Errorf("tablespaceMap key %q: use the tablespace OID, as show-backup lists it", oid)
-		}
+	spec, err := req.Validate()
+	if err != nil {
+		return out, err
+	}
+	for oid, dir := range spec.Tablespaces {
 		d, err := underRoot(r.cfg.RestoreRoot, dir, "tablespaceMap")
 		if err != nil {
 			return out, err
@@ -287,16 +188,9 @@ func (r *restores) toRequest(req RestoreRequest) (restore.Request, error) {
 		if out.TablespaceMap == nil {
 			out.TablespaceMap = map[uint32]string{}
 		}
-		out.TablespaceMap[uint32(n)] = d
+		out.TablespaceMap[oid] = d
 	}
-	t := req.Target
-	spec := restore.TargetSpec{Time: t.Time, LSN: t.LSN, XID: t.XID, Name: t.Name, Immediate: t.Immediate, Exclusive: req.TargetExclusive}
-	if out.Target, out.Inclusive, err = spec.Parse(requestField); err != nil {
-		return out, err
-	}
-	if out.Timeline, err = restore.ParseTimelineTarget(req.TargetTimeline); err != nil {
-		return out, err
-	}
+	out.Target, out.Inclusive, out.Timeline = spec.Target, spec.Inclusive, spec.Timeline
 	exe, err := os.Executable()
 	if err != nil {
 		return out, fmt.Errorf("find the barnacle executable for restore_command: %w", err)
@@ -304,14 +198,6 @@ func (r *restores) toRequest(req RestoreRequest) (restore.Request, error) {
 	out.RestoreCommand = restore.WALFetchCommand(exe, "", r.cfg.ClusterName, r.cfg.ArchiveURL)
 	out.RecoveryEndCommand = restore.RemoveSpoolCommand(exe)
 	return out, nil
-}
-
-// requestField names a target field as a restore request spells it.
-func requestField(field string) string {
-	if field == "exclusive" {
-		return "targetExclusive"
-	}
-	return "target." + field
 }
 
 // underRoot resolves dir (symlinks in its existing part included) and

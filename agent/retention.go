@@ -8,6 +8,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/retention"
 )
 
@@ -37,7 +38,7 @@ func (b *backups) retentionLoop(ctx context.Context) error {
 		// The revision before the catalog is read: a backup that finishes
 		// after it wakes the wait below.
 		var rev int64
-		if resp, err := b.etcd.Get(ctx, b.keys.Prefix+"status/backup/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err == nil {
+		if resp, err := b.etcd.Get(ctx, b.keys.Statuses(request.KindBackup), clientv3.WithPrefix(), clientv3.WithCountOnly()); err == nil {
 			rev = resp.Header.Revision
 		}
 		// retention-policy is live (reload.go): without one, do nothing

@@ -74,6 +74,17 @@ type Term struct {
 	Reason string
 }
 
+// Fence is the comparison that holds while this term lasts: the election
+// key still exists with the create revision it had when this agent won. A
+// leader-only etcd write goes in one transaction with it, as
+// concurrency.Election.Proclaim does, so that an agent whose leadership
+// ended without its knowing (its lease expired while etcd was out of reach,
+// and another agent was elected) writes nothing. Stopping the leader work
+// at half the lease TTL narrows that window; the fence closes it.
+func (t Term) Fence() clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision(t.Key), "=", t.Rev)
+}
+
 // State is an immutable view of the cluster as this agent sees it.
 type State struct {
 	// ClusterDataRevision is the etcd mod revision of the clusterdata read

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/stolon"
@@ -33,10 +34,12 @@ type harness struct {
 	members map[string]*member
 	// maxLeaders is the most members that believed they led at one sample.
 	maxLeaders atomic.Int32
+	// terms is the last term each member's LeaderWork was given.
+	terms map[string]Term
 }
 
 func newHarness(t *testing.T) *harness {
-	h := &harness{t: t, etcd: testenv.StartEtcd(t), members: map[string]*member{}}
+	h := &harness{t: t, etcd: testenv.StartEtcd(t), members: map[string]*member{}, terms: map[string]Term{}}
 	h.primary.Store("")
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -100,6 +103,13 @@ func (h *harness) start(keeper string) {
 		TakeoverDelay: 2 * time.Second,
 		LocalPrimary: func(context.Context, State) (bool, error) {
 			return h.primary.Load().(string) == keeper, nil
+		},
+		LeaderWork: func(ctx context.Context, term Term) error {
+			h.mu.Lock()
+			h.terms[keeper] = term
+			h.mu.Unlock()
+			<-ctx.Done()
+			return nil
 		},
 		Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr}),
 	})
@@ -219,4 +229,46 @@ func TestEtcdRestartKeepsOneLeader(t *testing.T) {
 	h.waitLeader("keeper1", 10*time.Second)
 	require.NoError(t, h.etcd.Restart(500*time.Millisecond))
 	h.waitLeader("keeper1", 15*time.Second)
+}
+
+// TestTermFence: the fence of a term holds while it lasts and fails once
+// another agent leads, so a write fenced on it by an agent that no longer
+// leads does not happen.
+func TestTermFence(t *testing.T) {
+	h := newHarness(t)
+	h.putClusterData("clusterdata-initial.raw.json") // master: keeper1
+	h.primary.Store("keeper1")
+	for _, k := range []string{"keeper1", "keeper2"} {
+		h.start(k)
+	}
+	h.waitLeader("keeper1", 10*time.Second)
+	term := func(keeper string) Term {
+		var tm Term
+		require.Eventually(t, func() bool {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			tm = h.terms[keeper]
+			return tm.Key != ""
+		}, 10*time.Second, 10*time.Millisecond)
+		return tm
+	}
+	cli := h.etcd.Client(t)
+	fencedPut := func(tm Term, value string) bool {
+		resp, err := cli.Txn(t.Context()).If(tm.Fence()).Then(clientv3.OpPut("fenced", value)).Commit()
+		require.NoError(t, err)
+		return resp.Succeeded
+	}
+	first := term("keeper1")
+	require.True(t, fencedPut(first, "first"), "the leader's own term fails its fence")
+
+	h.putClusterData("clusterdata-after-failover.raw.json") // master: keeper2
+	h.primary.Store("keeper2")
+	h.waitLeader("keeper2", 10*time.Second)
+	second := term("keeper2")
+	require.NotEqual(t, first, second)
+	require.False(t, fencedPut(first, "stale"), "a write fenced on an ended term happened")
+	require.True(t, fencedPut(second, "second"))
+	resp, err := cli.Get(t.Context(), "fenced")
+	require.NoError(t, err)
+	require.Equal(t, "second", string(resp.Kvs[0].Value))
 }

@@ -14,9 +14,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/barnacle-pg/barnacle/agent"
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 )
 
 const guide = "../docs/integration.md"
@@ -213,7 +213,7 @@ func TestIntegrationGuide(t *testing.T) {
 			i := slicesIndex(w, "put")
 			key, value := w[i+1], w[i+2]
 			require.True(t, strings.HasPrefix(key, "barnacle/stolon-cluster/requests/restore/"), "%q: not a restore request key", line)
-			var req agent.RestoreRequest
+			var req request.Restore
 			dec := json.NewDecoder(strings.NewReader(value))
 			dec.DisallowUnknownFields()
 			require.NoError(t, dec.Decode(&req), "%q: the request does not decode as the agent decodes it", line)
@@ -276,7 +276,7 @@ func TestIntegrationGuide(t *testing.T) {
 		data, err := os.ReadFile(guide)
 		require.NoError(t, err)
 		var src strings.Builder
-		for _, dir := range []string{"../agent", "../coordinator", "../pkg/storage/instrument"} {
+		for _, dir := range []string{"../agent", "../coordinator", "../pkg/storage/instrument", "../pkg/request"} {
 			files, _ := filepath.Glob(filepath.Join(dir, "*.go"))
 			for _, f := range files {
 				b, err := os.ReadFile(f)

@@ -8,10 +8,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/barnacle-pg/barnacle/agent"
 	"github.com/barnacle-pg/barnacle/pkg/backup"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/check"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/restore"
 	"github.com/barnacle-pg/barnacle/pkg/walfetch"
 )
@@ -31,13 +31,13 @@ func TestJSONKeysAreCamelCase(t *testing.T) {
 		"verify-backup":                backup.VerifyReport{},
 		"verify-wal":                   walfetch.Report{},
 		"restore":                      restore.Result{},
-		"restore --via-etcd":           agent.RestoreStatus{},
-		"backup --wait":                agent.RequestStatus{},
+		"restore --via-etcd":           request.RestoreStatus{},
+		"backup --wait":                request.BackupStatus{},
 		"retention":                    retentionOutput{},
 		"status":                       statusOutput{},
 		"check":                        []check.Result{},
-		"backup request (etcd)":        agent.BackupRequest{},
-		"restore request (etcd)":       agent.RestoreRequest{},
+		"backup request (etcd)":        request.Backup{},
+		"restore request (etcd)":       request.Restore{},
 	}
 	for name, v := range outputs {
 		t.Run(name, func(t *testing.T) {

@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -12,10 +9,10 @@ import (
 	"github.com/spf13/cobra"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/barnacle-pg/barnacle/agent"
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/redact"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 )
 
 // requestBackup writes a backup request for the agents and, with wait,
@@ -42,25 +39,22 @@ func requestBackup(cmd *cobra.Command, from, label string, wait, asJSON bool, ti
 	}
 	defer cli.Close()
 	keys := coordinator.NewKeys(cfg.BarnaclePrefix, cfg.ClusterName)
-	id := newRequestID()
-	v, err := json.Marshal(agent.BackupRequest{From: from, Label: label})
-	if err != nil {
-		return err
-	}
+	rkeys := request.Keys{Prefix: keys.Prefix}
+	id := request.NewID(time.Now())
 	ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
 	defer cancel()
-	if _, err := cli.Put(ctx, agent.RequestKey(keys, id), string(v)); err != nil {
+	key, err := request.Submit(ctx, cli, rkeys, id, request.Backup{From: from, Label: label})
+	if err != nil {
 		return fmt.Errorf("write the backup request (is etcd reachable at %s?): %w", redact.URLs(cfg.StoreEndpoints), err)
 	}
 	if !wait {
-		fmt.Fprintf(cmd.OutOrStdout(), "backup requested: %s\nfollow it with: etcdctl get %s\n", id, agent.StatusKey(keys, id))
+		fmt.Fprintf(cmd.OutOrStdout(), "backup requested: %s\nfollow it with: etcdctl get %s\n", id, rkeys.Status(request.KindBackup, id))
 		fmt.Fprintln(cmd.ErrOrStderr(), whoRuns(ctx, cli, keys, "", from == config.BackupFromStandby, false))
 		return nil
 	}
-	fmt.Fprintf(cmd.ErrOrStderr(), "backup request %s written to %s; %s\n", id, agent.RequestKey(keys, id), whoRuns(ctx, cli, keys, "", from == config.BackupFromStandby, true))
-	var st agent.RequestStatus
-	if err := followRequest(cmd, cli, requestFollow{what: "backup", id: id, requestKey: agent.RequestKey(keys, id),
-		statusKey: agent.StatusKey(keys, id), timeout: timeout, quiet: asJSON}, &st); err != nil {
+	fmt.Fprintf(cmd.ErrOrStderr(), "backup request %s written to %s; %s\n", id, key, whoRuns(ctx, cli, keys, "", from == config.BackupFromStandby, true))
+	st, err := followRequest[request.BackupResult](cmd, cli, requestFollow{kind: request.KindBackup, keys: rkeys, id: id, timeout: timeout, quiet: asJSON})
+	if err != nil {
 		return err
 	}
 	if asJSON {
@@ -69,7 +63,7 @@ func requestBackup(cmd *cobra.Command, from, label string, wait, asJSON bool, ti
 		}
 	}
 	switch st.State {
-	case agent.StateDone:
+	case request.StateDone:
 		if !asJSON && st.Result != nil {
 			fmt.Fprintf(cmd.OutOrStdout(), "backup %s done by %s: %s (stored %s), %s .. %s\n", st.Result.ID, st.Agent,
 				humanBytes(st.Result.Bytes), humanBytes(st.Result.Stored), st.Result.StartLSN, st.Result.StopLSN)
@@ -115,30 +109,39 @@ func whoRuns(ctx context.Context, cli *clientv3.Client, keys coordinator.Keys, k
 
 // requestFollow is a request that a command wrote and now follows.
 type requestFollow struct {
-	what                  string // "backup" or "restore"
-	id                    string
-	requestKey, statusKey string
-	timeout               time.Duration // 0 = no limit
-	quiet                 bool          // no progress bar
+	kind    request.Kind
+	keys    request.Keys
+	id      string
+	timeout time.Duration // 0 = no limit
+	quiet   bool          // no progress bar
 }
 
-// followRequest follows f's status into st until it reaches a final state.
-// When the wait ends first (interrupted, timed out, etcd unreadable), a
-// request that no agent has claimed is withdrawn, so that a leader elected
-// later does not run what its requester gave up on: one transaction deletes
-// the request only while its status key does not exist, so a claim made
-// in between is never undone. A claimed request goes on; the error says so
-// and where to follow it.
-func followRequest[R any](cmd *cobra.Command, cli *clientv3.Client, f requestFollow, st *agent.RequestStatusOf[R]) error {
+// followRequest follows f's status until it reaches a final state, with a
+// progress bar. When the wait ends first (interrupted, timed out, etcd
+// unreadable), a request that no agent has claimed is withdrawn
+// (request.Withdraw), so that a leader elected later does not run what its
+// requester gave up on. A claimed request goes on; the error says so and
+// where to follow it.
+func followRequest[R any](cmd *cobra.Command, cli *clientv3.Client, f requestFollow) (request.Status[R], error) {
 	ctx := cmd.Context()
 	if f.timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, f.timeout)
 		defer cancel()
 	}
-	err := followStatus(ctx, cmd, cli, f.statusKey, f.what, f.quiet, st)
+	what := string(f.kind)
+	bar := newProgressBar(cmd, what, !f.quiet)
+	if f.kind == request.KindBackup {
+		bar.AtEnd("waiting for the WAL up to the stop position to be archived")
+	}
+	st, err := request.Follow(ctx, cli, f.keys, f.kind, f.id, func(st request.Status[R]) {
+		if st.Progress != nil {
+			bar.Update(st.Progress.Done, st.Progress.Total)
+		}
+	})
+	bar.Done()
 	if err == nil {
-		return nil
+		return st, nil
 	}
 	why := err.Error()
 	switch {
@@ -149,67 +152,18 @@ func followRequest[R any](cmd *cobra.Command, cli *clientv3.Client, f requestFol
 	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	resp, werr := cli.Txn(wctx).If(clientv3.Compare(clientv3.CreateRevision(f.statusKey), "=", 0)).
-		Then(clientv3.OpDelete(f.requestKey)).Else(clientv3.OpGet(f.statusKey)).Commit()
+	requestKey, statusKey := f.keys.Request(f.kind, f.id), f.keys.Status(f.kind, f.id)
+	w, werr := request.Withdraw(wctx, cli, f.keys, f.kind, f.id)
 	switch {
 	case werr != nil:
-		return fmt.Errorf("%s request %s: %s, and withdrawing it failed (%v): an agent may still run it; withdraw it with etcdctl del %s unless %s exists",
-			f.what, f.id, why, werr, f.requestKey, f.statusKey)
-	case resp.Succeeded:
-		return fmt.Errorf("%s request %s: %s before any agent claimed it; the request is withdrawn", f.what, f.id, why)
+		return st, fmt.Errorf("%s request %s: %s, and withdrawing it failed (%v): an agent may still run it; withdraw it with etcdctl del %s unless %s exists",
+			what, f.id, why, werr, requestKey, statusKey)
+	case w.Withdrawn:
+		return st, fmt.Errorf("%s request %s: %s before any agent claimed it; the request is withdrawn", what, f.id, why)
 	}
 	by := "an agent"
-	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 {
-		var claimed agent.RequestStatusOf[json.RawMessage]
-		if json.Unmarshal(kvs[0].Value, &claimed) == nil && claimed.Agent != "" {
-			by = "agent " + claimed.Agent
-		}
+	if w.ClaimedBy != "" {
+		by = "agent " + w.ClaimedBy
 	}
-	return fmt.Errorf("%s request %s: %s; %s claimed it and goes on: follow it with etcdctl get %s", f.what, f.id, why, by, f.statusKey)
-}
-
-// newRequestID names a request: its UTC time, sortable, and 6 random hex
-// digits so that two written in the same second differ.
-func newRequestID() string {
-	rnd := make([]byte, 3)
-	_, _ = rand.Read(rnd)
-	return time.Now().UTC().Format("20060102T150405") + "-" + hex.EncodeToString(rnd)
-}
-
-// followStatus watches a request's status key (a backup's or a
-// restore's) into st until it reaches a final state, with a progress bar
-// labelled what. It waits as long as ctx lets it.
-func followStatus[R any](ctx context.Context, cmd *cobra.Command, cli *clientv3.Client, key, what string, quiet bool, st *agent.RequestStatusOf[R]) error {
-	bar := newProgressBar(cmd, what, !quiet)
-	if what == "backup" {
-		bar.AtEnd("waiting for the WAL up to the stop position to be archived")
-	}
-	defer bar.Done()
-	for {
-		resp, err := cli.Get(ctx, key)
-		if err != nil {
-			return fmt.Errorf("read %s: %w", key, err)
-		}
-		rev := resp.Header.Revision
-		if len(resp.Kvs) == 1 {
-			if err := json.Unmarshal(resp.Kvs[0].Value, st); err != nil {
-				return fmt.Errorf("read %s: %w", key, err)
-			}
-			if st.Progress != nil {
-				bar.Update(st.Progress.Done, st.Progress.Total)
-			}
-			switch st.State {
-			case agent.StateDone, agent.StateFailed, agent.StateRejected:
-				return nil
-			}
-		}
-		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		for range cli.Watch(wctx, key, clientv3.WithRev(rev+1)) {
-			break
-		}
-		cancel()
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-	}
+	return st, fmt.Errorf("%s request %s: %s; %s claimed it and goes on: follow it with etcdctl get %s", what, f.id, why, by, statusKey)
 }

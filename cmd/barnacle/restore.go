@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -13,10 +12,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/barnacle-pg/barnacle/agent"
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/redact"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/restore"
 	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
 )
@@ -257,10 +256,10 @@ func restoreViaEtcd(cmd *cobra.Command, f restoreFlags) error {
 	if err != nil {
 		return err
 	}
-	rr := agent.RestoreRequest{
+	rr := request.Restore{
 		Keeper: f.keeper, Backup: f.backup, TargetDir: f.targetDir, TargetTimeline: f.timeline,
 		TargetAction: f.action, Force: f.force, DataOnly: f.dataOnly,
-		Target:          agent.RestoreTarget{Time: f.time, LSN: f.lsn, XID: f.xid, Name: f.name, Immediate: f.immediate},
+		Target:          request.RestoreTarget{Time: f.time, LSN: f.lsn, XID: f.xid, Name: f.name, Immediate: f.immediate},
 		TargetExclusive: f.exclusive,
 	}
 	if len(f.tablespaceMap) > 0 {
@@ -276,20 +275,17 @@ func restoreViaEtcd(cmd *cobra.Command, f restoreFlags) error {
 	}
 	defer cli.Close()
 	keys := coordinator.NewKeys(cfg.BarnaclePrefix, cfg.ClusterName)
-	id := newRequestID()
-	v, err := json.Marshal(rr)
-	if err != nil {
-		return err
-	}
+	rkeys := request.Keys{Prefix: keys.Prefix}
+	id := request.NewID(time.Now())
 	ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
 	defer cancel()
-	if _, err := cli.Put(ctx, agent.RestoreRequestKey(keys, id), string(v)); err != nil {
+	key, err := request.Submit(ctx, cli, rkeys, id, rr)
+	if err != nil {
 		return fmt.Errorf("write the restore request (is etcd reachable at %s?): %w", redact.URLs(cfg.StoreEndpoints), err)
 	}
-	fmt.Fprintf(cmd.ErrOrStderr(), "restore request %s written to %s; %s\n", id, agent.RestoreRequestKey(keys, id), whoRuns(ctx, cli, keys, f.keeper, false, true))
-	var st agent.RestoreStatus
-	if err := followRequest(cmd, cli, requestFollow{what: "restore", id: id, requestKey: agent.RestoreRequestKey(keys, id),
-		statusKey: agent.RestoreStatusKey(keys, id), timeout: f.timeout, quiet: f.asJSON}, &st); err != nil {
+	fmt.Fprintf(cmd.ErrOrStderr(), "restore request %s written to %s; %s\n", id, key, whoRuns(ctx, cli, keys, f.keeper, false, true))
+	st, err := followRequest[request.RestoreResult](cmd, cli, requestFollow{kind: request.KindRestore, keys: rkeys, id: id, timeout: f.timeout, quiet: f.asJSON})
+	if err != nil {
 		return err
 	}
 	if f.asJSON {
@@ -297,7 +293,7 @@ func restoreViaEtcd(cmd *cobra.Command, f restoreFlags) error {
 			return err
 		}
 	}
-	if st.State != agent.StateDone {
+	if st.State != request.StateDone {
 		return fmt.Errorf("restore request %s %s: %s", id, st.State, st.Error)
 	}
 	if !f.asJSON && st.Result != nil {

@@ -18,10 +18,10 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/barnacle-pg/barnacle/agent"
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
@@ -518,16 +518,16 @@ func TestForcedGap(t *testing.T) {
 			// and /readyz, then both clear.
 			keys := coordinator.NewKeys("barnacle", cluster)
 			id := strings.TrimPrefix(string(reqs.Kvs[0].Key), keys.Prefix+"requests/backup/")
-			var st agent.RequestStatus
+			var st request.BackupStatus
 			waitFor(t, 90*time.Second, "the backup after the gap", func() bool {
-				resp, err := env.etcd.Client(t).Get(ctx, agent.StatusKey(keys, id))
+				resp, err := env.etcd.Client(t).Get(ctx, reqKeys(keys).Status(request.KindBackup, id))
 				if err != nil || len(resp.Kvs) == 0 {
 					return false
 				}
 				require.NoError(t, json.Unmarshal(resp.Kvs[0].Value, &st))
 				return st.FinishedAt != nil
 			})
-			require.Equal(t, agent.StateDone, st.State, "status of %s: %s", id, st.Error)
+			require.Equal(t, request.StateDone, st.State, "status of %s: %s", id, st.Error)
 			doc, err := catalog.ReadBackup(ctx, env.backend, cluster, st.Result.ID)
 			require.NoError(t, err)
 			start, err := wal.ParseLSN(doc.StartLSN)

@@ -15,10 +15,10 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/barnacle-pg/barnacle/agent"
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
@@ -175,9 +175,9 @@ func TestBackfillFromStandby(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatalf("backup --wait did not finish: %s", backupErr.String())
 	}
-	var st agent.RequestStatus
+	var st request.BackupStatus
 	require.NoError(t, json.Unmarshal(backupOut.Bytes(), &st), backupOut.String())
-	require.Equal(t, agent.StateDone, st.State, st.Error)
+	require.Equal(t, request.StateDone, st.State, st.Error)
 	t.Logf("backfill of segments %X..%X from the standby; streaming from the master %s after the agents started; timeline 1 archived %X..%X; backup %s done",
 		endSeg, oldest, handover.Round(100*time.Millisecond), first, last, st.Result.ID)
 }

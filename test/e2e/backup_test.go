@@ -13,10 +13,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/barnacle-pg/barnacle/agent"
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 )
 
 // TestLocalBackupCatalog drives the catalog commands of the built binary:
@@ -120,15 +120,15 @@ func TestBackupRequests(t *testing.T) {
 	keys := coordinator.NewKeys("barnacle", cluster)
 	cli := env.etcd.Client(t)
 
-	status := func(id string) agent.RequestStatus {
-		var st agent.RequestStatus
+	status := func(id string) request.BackupStatus {
+		var st request.BackupStatus
 		waitFor(t, 60*time.Second, "request "+id+" to finish", func() bool {
-			resp, err := cli.Get(ctx, agent.StatusKey(keys, id))
+			resp, err := cli.Get(ctx, reqKeys(keys).Status(request.KindBackup, id))
 			if err != nil || len(resp.Kvs) == 0 {
 				return false
 			}
 			require.NoError(t, json.Unmarshal(resp.Kvs[0].Value, &st))
-			return st.State == agent.StateDone || st.State == agent.StateFailed || st.State == agent.StateRejected
+			return st.State == request.StateDone || st.State == request.StateFailed || st.State == request.StateRejected
 		})
 		return st
 	}
@@ -137,19 +137,19 @@ func TestBackupRequests(t *testing.T) {
 		{"bad-from", `{"from":"elsewhere"}`, `unknown from "elsewhere"`},
 		{"bad-field", `{"form":"master"}`, `unknown field "form"`},
 	} {
-		_, err := cli.Put(ctx, agent.RequestKey(keys, tc.id), tc.value)
+		_, err := cli.Put(ctx, reqKeys(keys).Request(request.KindBackup, tc.id), tc.value)
 		require.NoError(t, err)
 		st := status(tc.id)
-		assert.Equal(t, agent.StateRejected, st.State, tc.id)
+		assert.Equal(t, request.StateRejected, st.State, tc.id)
 		assert.Contains(t, st.Error, tc.want, tc.id)
 	}
 
 	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
 	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json", "--label", "by-request"}, store...)...)
 	require.Equal(t, 0, code, "backup --wait: %s %s", out, stderr)
-	var st agent.RequestStatus
+	var st request.BackupStatus
 	require.NoError(t, json.Unmarshal([]byte(out), &st), out)
-	assert.Equal(t, agent.StateDone, st.State)
+	assert.Equal(t, request.StateDone, st.State)
 	assert.Equal(t, leader.name, st.Agent, "the leader ran it")
 	require.NotNil(t, st.Result)
 
@@ -169,10 +169,10 @@ func TestBackupRequests(t *testing.T) {
 	// From a standby: the agent beside the standby takes it, and it is
 	// done once the leader has archived the WAL up to its stop position.
 	require.NoError(t, primary.Exec(ctx, "INSERT INTO t SELECT generate_series(1, 50000)"))
-	_, err = cli.Put(ctx, agent.RequestKey(keys, "from-standby"), `{"from":"standby","label":"standby"}`)
+	_, err = cli.Put(ctx, reqKeys(keys).Request(request.KindBackup, "from-standby"), `{"from":"standby","label":"standby"}`)
 	require.NoError(t, err)
 	sst := status("from-standby")
-	require.Equal(t, agent.StateDone, sst.State, sst.Error)
+	require.Equal(t, request.StateDone, sst.State, sst.Error)
 	standbyAgent := env.agents[env.stolon.KeeperUID(env.pg.Standbys()[0])].name
 	assert.Equal(t, standbyAgent, sst.Agent, "the standby's agent ran it")
 	sdoc, err := catalog.ReadBackup(ctx, env.backend, cluster, sst.Result.ID)
@@ -208,15 +208,15 @@ func TestScheduledBackups(t *testing.T) {
 	})
 	// No standby in this cluster: a request from a standby is rejected.
 	keys := coordinator.NewKeys("barnacle", cluster)
-	_, err := env.etcd.Client(t).Put(ctx, agent.RequestKey(keys, "no-standby"), `{"from":"standby"}`)
+	_, err := env.etcd.Client(t).Put(ctx, reqKeys(keys).Request(request.KindBackup, "no-standby"), `{"from":"standby"}`)
 	require.NoError(t, err)
 	waitFor(t, 20*time.Second, "the request to be rejected", func() bool {
-		resp, err := env.etcd.Client(t).Get(ctx, agent.StatusKey(keys, "no-standby"))
+		resp, err := env.etcd.Client(t).Get(ctx, reqKeys(keys).Status(request.KindBackup, "no-standby"))
 		if err != nil || len(resp.Kvs) == 0 {
 			return false
 		}
-		var st agent.RequestStatus
-		return json.Unmarshal(resp.Kvs[0].Value, &st) == nil && st.State == agent.StateRejected &&
+		var st request.BackupStatus
+		return json.Unmarshal(resp.Kvs[0].Value, &st) == nil && st.State == request.StateRejected &&
 			strings.Contains(st.Error, "no eligible standby")
 	})
 	gap := done[0].StartTime.Sub(done[1].StartTime)
@@ -236,7 +236,7 @@ func TestBackupAgentKilled(t *testing.T) {
 	require.NoError(t, primary.Exec(ctx, "CREATE TABLE big (id int, v text); INSERT INTO big SELECT g, md5(g::text) || repeat('x', 300) FROM generate_series(1, 800000) g"))
 	keys := coordinator.NewKeys("barnacle", cluster)
 	cli := env.etcd.Client(t)
-	_, err := cli.Put(ctx, agent.RequestKey(keys, "first"), `{"from":"any"}`)
+	_, err := cli.Put(ctx, reqKeys(keys).Request(request.KindBackup, "first"), `{"from":"any"}`)
 	require.NoError(t, err)
 	waitFor(t, 30*time.Second, "the backup to be running", func() bool {
 		list, err := catalog.ListBackups(ctx, env.backend, cluster)
@@ -258,17 +258,17 @@ func TestBackupAgentKilled(t *testing.T) {
 	})
 	assert.Contains(t, first.Error, "stopped before it finished")
 	waitFor(t, 20*time.Second, "the request to be marked failed", func() bool {
-		resp, err := cli.Get(ctx, agent.StatusKey(keys, "first"))
-		var st agent.RequestStatus
-		return err == nil && len(resp.Kvs) == 1 && json.Unmarshal(resp.Kvs[0].Value, &st) == nil && st.State == agent.StateFailed
+		resp, err := cli.Get(ctx, reqKeys(keys).Status(request.KindBackup, "first"))
+		var st request.BackupStatus
+		return err == nil && len(resp.Kvs) == 1 && json.Unmarshal(resp.Kvs[0].Value, &st) == nil && st.State == request.StateFailed
 	})
 
-	_, err = cli.Put(ctx, agent.RequestKey(keys, "second"), `{"from":"any"}`)
+	_, err = cli.Put(ctx, reqKeys(keys).Request(request.KindBackup, "second"), `{"from":"any"}`)
 	require.NoError(t, err)
 	waitFor(t, 90*time.Second, "the next backup to be done", func() bool {
-		resp, err := cli.Get(ctx, agent.StatusKey(keys, "second"))
-		var st agent.RequestStatus
-		return err == nil && len(resp.Kvs) == 1 && json.Unmarshal(resp.Kvs[0].Value, &st) == nil && st.State == agent.StateDone
+		resp, err := cli.Get(ctx, reqKeys(keys).Status(request.KindBackup, "second"))
+		var st request.BackupStatus
+		return err == nil && len(resp.Kvs) == 1 && json.Unmarshal(resp.Kvs[0].Value, &st) == nil && st.State == request.StateDone
 	})
 	t.Logf("interrupted backup %s: %s", first.ID, first.Error)
 }

@@ -27,11 +27,11 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
-	"github.com/barnacle-pg/barnacle/agent"
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/check"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
@@ -617,7 +617,7 @@ func TestChaos(t *testing.T) {
 	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
 	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
 	require.Equal(t, 0, code, "backup: %s %s", out, stderr)
-	var bst agent.RequestStatus
+	var bst request.BackupStatus
 	require.NoError(t, json.Unmarshal([]byte(out), &bst), out)
 	require.NotNil(t, bst.Result)
 	t.Logf("base backup %s from %s; corruptible segments %v", bst.Result.ID, bst.Result.StartLSN, r.corruptible)

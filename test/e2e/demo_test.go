@@ -12,8 +12,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/barnacle-pg/barnacle/agent"
 	"github.com/barnacle-pg/barnacle/internal/testenv"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
@@ -141,7 +141,7 @@ func TestDemo(t *testing.T) {
 	done = step("base backup: barnacle backup --wait (the leader takes it over the replication protocol)")
 	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json", "--label", "demo"}, store...)...)
 	require.Equal(t, 0, code, "backup: %s %s", out, stderr)
-	var bst agent.RequestStatus
+	var bst request.BackupStatus
 	require.NoError(t, json.Unmarshal([]byte(out), &bst), out)
 	require.NotNil(t, bst.Result, out)
 	backupID := bst.Result.ID

@@ -13,10 +13,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/barnacle-pg/barnacle/agent"
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 )
 
 // TestRestoreRequestTablespaceFence: a backup of a cluster with a
@@ -47,9 +47,9 @@ func TestRestoreRequestTablespaceFence(t *testing.T) {
 
 	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
 	require.Equal(t, 0, code, "backup --wait: %s %s", out, stderr)
-	var bst agent.RequestStatus
+	var bst request.BackupStatus
 	require.NoError(t, json.Unmarshal([]byte(out), &bst), out)
-	require.Equal(t, agent.StateDone, bst.State, bst.Error)
+	require.Equal(t, request.StateDone, bst.State, bst.Error)
 	backupID := bst.Result.ID
 
 	// The recorded location becomes free: what made a restore write
@@ -62,9 +62,9 @@ func TestRestoreRequestTablespaceFence(t *testing.T) {
 
 	cli := env.etcd.Client(t)
 	keys := coordinator.NewKeys("barnacle", cluster)
-	request := func(id, value string) agent.RestoreStatus {
+	restoreReq := func(id, value string) request.RestoreStatus {
 		t.Helper()
-		_, err := cli.Put(ctx, agent.RestoreRequestKey(keys, id), value)
+		_, err := cli.Put(ctx, reqKeys(keys).Request(request.KindRestore, id), value)
 		require.NoError(t, err)
 		return waitRestoreStatus(t, cli, keys, id)
 	}
@@ -73,8 +73,8 @@ func TestRestoreRequestTablespaceFence(t *testing.T) {
 	// No tablespaceMap: below restore-root, beside the target, and the
 	// restored server finds its rows there.
 	dir := filepath.Join(restoreRoot, "r1")
-	st := request("r1", fmt.Sprintf(`{"keeper":%q,"backup":%q,"targetDir":%q,"target":{"immediate":true},"targetAction":"promote"}`, keeper, backupID, dir))
-	require.Equal(t, agent.StateDone, st.State, st.Error)
+	st := restoreReq("r1", fmt.Sprintf(`{"keeper":%q,"backup":%q,"targetDir":%q,"target":{"immediate":true},"targetAction":"promote"}`, keeper, backupID, dir))
+	require.Equal(t, request.StateDone, st.State, st.Error)
 	assert.Equal(t, dir, st.Result.TargetDir)
 	assert.Empty(t, dirListing(t, tsDir), "nothing written at the recorded location")
 	tsRestored := filepath.Join(restoreRoot, "r1.tablespaces", oidDir)
@@ -104,8 +104,8 @@ func TestRestoreRequestTablespaceFence(t *testing.T) {
 		}
 	}
 	require.NoError(t, catalog.PutBackup(ctx, env.backend, cluster, doc))
-	st = request("r2", fmt.Sprintf(`{"keeper":%q,"backup":%q,"targetDir":%q,"dataOnly":true}`, keeper, backupID, filepath.Join(restoreRoot, "r2")))
-	require.Equal(t, agent.StateDone, st.State, st.Error)
+	st = restoreReq("r2", fmt.Sprintf(`{"keeper":%q,"backup":%q,"targetDir":%q,"dataOnly":true}`, keeper, backupID, filepath.Join(restoreRoot, "r2")))
+	require.Equal(t, request.StateDone, st.State, st.Error)
 	assert.Empty(t, dirListing(t, edited), "nothing written at the edited location")
 	assert.NotEmpty(t, dirListing(t, filepath.Join(restoreRoot, "r2.tablespaces", oidDir)))
 
@@ -125,8 +125,8 @@ func TestRestoreRequestTablespaceFence(t *testing.T) {
 		if tc.ts != "" {
 			tsMap = fmt.Sprintf(`,"tablespaceMap":{%q:%q}`, oidDir, tc.ts)
 		}
-		st = request(tc.id, fmt.Sprintf(`{"keeper":%q,"backup":%q,"targetDir":%q,"dataOnly":true%s}`, keeper, backupID, tc.targetDir, tsMap))
-		assert.Equal(t, agent.StateRejected, st.State, tc.id)
+		st = restoreReq(tc.id, fmt.Sprintf(`{"keeper":%q,"backup":%q,"targetDir":%q,"dataOnly":true%s}`, keeper, backupID, tc.targetDir, tsMap))
+		assert.Equal(t, request.StateRejected, st.State, tc.id)
 		assert.Contains(t, st.Error, tc.want, tc.id)
 	}
 	assert.Empty(t, dirListing(t, outside))

@@ -17,10 +17,10 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/barnacle-pg/barnacle/agent"
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 )
 
 // TestRequestsServedWhileBusy: a claimed backup runs beside the watch
@@ -57,36 +57,36 @@ func TestRequestsServedWhileBusy(t *testing.T) {
 	}
 	t.Cleanup(release)
 
-	_, err := cli.Put(ctx, agent.RequestKey(keys, "long"), `{"from":"master","label":"long"}`)
+	_, err := cli.Put(ctx, reqKeys(keys).Request(request.KindBackup, "long"), `{"from":"master","label":"long"}`)
 	require.NoError(t, err)
-	var long agent.RequestStatus
+	var long request.BackupStatus
 	waitFor(t, 60*time.Second, "the long backup to run", func() bool {
-		long = readStatus[agent.BackupResult](t, cli, agent.StatusKey(keys, "long"))
-		return long.State == agent.StateRunning
+		long = readStatus[request.BackupResult](t, cli, reqKeys(keys).Status(request.KindBackup, "long"))
+		return long.State == request.StateRunning
 	})
 	assert.Equal(t, leader.name, long.Agent)
 
 	// While it runs, the leader rejects a bad request at once.
-	_, err = cli.Put(ctx, agent.RequestKey(keys, "bad"), `{"from":"nowhere"}`)
+	_, err = cli.Put(ctx, reqKeys(keys).Request(request.KindBackup, "bad"), `{"from":"nowhere"}`)
 	require.NoError(t, err)
-	var bad agent.RequestStatus
+	var bad request.BackupStatus
 	waitFor(t, 30*time.Second, "the bad request to be rejected while the backup runs", func() bool {
-		bad = readStatus[agent.BackupResult](t, cli, agent.StatusKey(keys, "bad"))
+		bad = readStatus[request.BackupResult](t, cli, reqKeys(keys).Status(request.KindBackup, "bad"))
 		return bad.FinishedAt != nil
 	})
-	assert.Equal(t, agent.StateRejected, bad.State)
+	assert.Equal(t, request.StateRejected, bad.State)
 	assert.Contains(t, bad.Error, `unknown from "nowhere"`)
 	assert.Equal(t, leader.name, bad.Agent)
-	long = readStatus[agent.BackupResult](t, cli, agent.StatusKey(keys, "long"))
-	require.Equal(t, agent.StateRunning, long.State, "the backup was still running: %+v", long)
+	long = readStatus[request.BackupResult](t, cli, reqKeys(keys).Status(request.KindBackup, "long"))
+	require.Equal(t, request.StateRunning, long.State, "the backup was still running: %+v", long)
 
 	// Given the archive back, the backup finishes.
 	release()
 	waitFor(t, 90*time.Second, "the long backup to finish", func() bool {
-		long = readStatus[agent.BackupResult](t, cli, agent.StatusKey(keys, "long"))
+		long = readStatus[request.BackupResult](t, cli, reqKeys(keys).Status(request.KindBackup, "long"))
 		return long.FinishedAt != nil
 	})
-	assert.Equal(t, agent.StateDone, long.State, long.Error)
+	assert.Equal(t, request.StateDone, long.State, long.Error)
 	require.NotNil(t, long.Result)
 	backupID := long.Result.ID
 	doc, err := catalog.ReadBackup(ctx, env.backend, cluster, backupID)
@@ -106,23 +106,23 @@ func TestRequestsServedWhileBusy(t *testing.T) {
 	require.NoError(t, syscall.Mkfifo(base, 0o644))
 	standbyKeeper := env.stolon.KeeperUID(env.pg.Standbys()[0])
 	standbyAgent := env.agents[standbyKeeper]
-	_, err = cli.Put(ctx, agent.RestoreRequestKey(keys, "orphan"),
+	_, err = cli.Put(ctx, reqKeys(keys).Request(request.KindRestore, "orphan"),
 		`{"keeper":"`+standbyKeeper+`","backup":"`+backupID+`","targetDir":"`+restoreRoot+`/orphan"}`)
 	require.NoError(t, err)
-	var swept agent.RestoreStatus
+	var swept request.RestoreStatus
 	waitFor(t, 60*time.Second, "the standby's agent to run the restore", func() bool {
-		swept = readStatus[agent.RestoreResult](t, cli, agent.RestoreStatusKey(keys, "orphan"))
-		return swept.State == agent.StateRunning
+		swept = readStatus[request.RestoreResult](t, cli, reqKeys(keys).Status(request.KindRestore, "orphan"))
+		return swept.State == request.StateRunning
 	})
 	require.Equal(t, standbyAgent.name, swept.Agent)
 	standbyAgent.signal(syscall.SIGKILL)
 	_, ok := standbyAgent.wait(10 * time.Second)
 	require.True(t, ok)
 	took := waitFor(t, 60*time.Second, "the dead agent's restore request to be marked failed", func() bool {
-		swept = readStatus[agent.RestoreResult](t, cli, agent.RestoreStatusKey(keys, "orphan"))
+		swept = readStatus[request.RestoreResult](t, cli, reqKeys(keys).Status(request.KindRestore, "orphan"))
 		return swept.FinishedAt != nil
 	})
-	assert.Equal(t, agent.StateFailed, swept.State)
+	assert.Equal(t, request.StateFailed, swept.State)
 	assert.Contains(t, swept.Error, "agent "+standbyAgent.name+" stopped before the restore finished")
 	assert.Contains(t, swept.Error, "partial restore")
 	t.Logf("restore request of a killed agent marked failed %s after the kill: %s", took.Round(time.Second), swept.Error)
@@ -132,30 +132,30 @@ func TestRequestsServedWhileBusy(t *testing.T) {
 	// Refused before anything is written: rejected, not failed.
 	keeper := env.stolon.KeeperUID(primary)
 	for _, tc := range []struct{ id, key, value, want string }{
-		{"trailing-backup", agent.RequestKey(keys, "trailing-backup"), `{"from":"master"} {"x":1}`, "trailing data after the JSON object"},
-		{"trailing-restore", agent.RestoreRequestKey(keys, "trailing-restore"),
+		{"trailing-backup", reqKeys(keys).Request(request.KindBackup, "trailing-backup"), `{"from":"master"} {"x":1}`, "trailing data after the JSON object"},
+		{"trailing-restore", reqKeys(keys).Request(request.KindRestore, "trailing-restore"),
 			`{"keeper":"` + keeper + `","targetDir":"` + restoreRoot + `/t"} {"x":1}`, "trailing data after the JSON object"},
-		{"bad-id", agent.RestoreRequestKey(keys, "bad-id"),
+		{"bad-id", reqKeys(keys).Request(request.KindRestore, "bad-id"),
 			`{"keeper":"` + keeper + `","backup":"../../etc","targetDir":"` + restoreRoot + `/t"}`, `invalid backup ID "../../etc"`},
-		{"unknown-oid", agent.RestoreRequestKey(keys, "unknown-oid"),
+		{"unknown-oid", reqKeys(keys).Request(request.KindRestore, "unknown-oid"),
 			`{"keeper":"` + keeper + `","backup":"` + backupID + `","targetDir":"` + restoreRoot + `/t","tablespaceMap":{"99999":"` + restoreRoot + `/ts"}}`,
 			"tablespace map names tablespace 99999, which backup " + backupID + " does not have"},
 		// Just under etcd's request size limit; the rejection quotes it.
-		{"huge", agent.RestoreRequestKey(keys, "huge"),
+		{"huge", reqKeys(keys).Request(request.KindRestore, "huge"),
 			`{"keeper":"` + strings.Repeat("k", 1400<<10) + `","targetDir":"` + restoreRoot + `/t"}`, `unknown keeper "kkkk`},
 	} {
 		_, err := cli.Put(ctx, tc.key, tc.value)
 		require.NoError(t, err)
-		statusKey := agent.StatusKey(keys, tc.id)
+		statusKey := reqKeys(keys).Status(request.KindBackup, tc.id)
 		if strings.Contains(tc.key, "/requests/restore/") {
-			statusKey = agent.RestoreStatusKey(keys, tc.id)
+			statusKey = reqKeys(keys).Status(request.KindRestore, tc.id)
 		}
-		var st agent.RequestStatusOf[json.RawMessage]
+		var st request.Status[json.RawMessage]
 		waitFor(t, 30*time.Second, "request "+tc.id+" to be answered", func() bool {
 			st = readStatus[json.RawMessage](t, cli, statusKey)
 			return st.FinishedAt != nil
 		})
-		assert.Equal(t, agent.StateRejected, st.State, tc.id)
+		assert.Equal(t, request.StateRejected, st.State, tc.id)
 		assert.Contains(t, st.Error, tc.want, tc.id)
 		if tc.id == "huge" {
 			assert.Nil(t, st.Request, "a huge request is not echoed")
@@ -175,15 +175,15 @@ func TestRequestsServedWhileBusy(t *testing.T) {
 	forced := filepath.Join(restoreRoot, "forced")
 	require.NoError(t, os.MkdirAll(forced, 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(forced, "keep-me"), []byte("x"), 0o644))
-	_, err = cli.Put(ctx, agent.RestoreRequestKey(keys, "forced"),
+	_, err = cli.Put(ctx, reqKeys(keys).Request(request.KindRestore, "forced"),
 		`{"keeper":"`+keeper+`","backup":"`+backupID+`","targetDir":"`+forced+`","force":true}`)
 	require.NoError(t, err)
-	var fst agent.RestoreStatus
+	var fst request.RestoreStatus
 	waitFor(t, 60*time.Second, "the forced restore to end", func() bool {
-		fst = readStatus[agent.RestoreResult](t, cli, agent.RestoreStatusKey(keys, "forced"))
+		fst = readStatus[request.RestoreResult](t, cli, reqKeys(keys).Status(request.KindRestore, "forced"))
 		return fst.FinishedAt != nil
 	})
-	require.Equal(t, agent.StateFailed, fst.State, fst.Error)
+	require.Equal(t, request.StateFailed, fst.State, fst.Error)
 	require.NotNil(t, fst.Result, "the failed status carries where the old contents went")
 	require.Len(t, fst.Result.MovedAside, 1)
 	moved := fst.Result.MovedAside[forced]
@@ -194,9 +194,9 @@ func TestRequestsServedWhileBusy(t *testing.T) {
 }
 
 // readStatus reads a request's status key; the zero value when absent.
-func readStatus[R any](t *testing.T, cli *clientv3.Client, key string) agent.RequestStatusOf[R] {
+func readStatus[R any](t *testing.T, cli *clientv3.Client, key string) request.Status[R] {
 	t.Helper()
-	var st agent.RequestStatusOf[R]
+	var st request.Status[R]
 	resp, err := cli.Get(t.Context(), key)
 	if err != nil || len(resp.Kvs) == 0 {
 		return st
@@ -261,9 +261,9 @@ func TestWaitWithoutLeader(t *testing.T) {
 			return reqKey != ""
 		})
 		id := strings.TrimPrefix(reqKey, keys.Prefix+"requests/backup/")
-		st, err := json.Marshal(agent.RequestStatus{State: agent.StateRunning, Agent: "agent-elsewhere", StartedAt: time.Now().UTC()})
+		st, err := json.Marshal(request.BackupStatus{State: request.StateRunning, Agent: "agent-elsewhere", StartedAt: time.Now().UTC()})
 		require.NoError(t, err)
-		_, err = cli.Put(ctx, agent.StatusKey(keys, id), string(st))
+		_, err = cli.Put(ctx, reqKeys(keys).Status(request.KindBackup, id), string(st))
 		require.NoError(t, err)
 		code := p.wait(t, 30*time.Second)
 		assert.Equal(t, 1, code, p.stderr())
@@ -350,3 +350,6 @@ func (p *barnacleProc) wait(t *testing.T, within time.Duration) int {
 		return -1
 	}
 }
+
+// reqKeys lays out the request keys under keys' prefix.
+func reqKeys(keys coordinator.Keys) request.Keys { return request.Keys{Prefix: keys.Prefix} }

@@ -15,9 +15,9 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/barnacle-pg/barnacle/agent"
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/internal/testenv"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 )
 
 // pitrHistory is what the restore scenario wrote: rows 1..N committed one
@@ -84,7 +84,7 @@ func TestRestorePITR(t *testing.T) {
 	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
 	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
 	require.Equal(t, 0, code, "backup: %s %s", out, stderr)
-	var bst agent.RequestStatus
+	var bst request.BackupStatus
 	require.NoError(t, json.Unmarshal([]byte(out), &bst), out)
 	require.NotNil(t, bst.Result)
 	h.backupID = bst.Result.ID
@@ -231,10 +231,10 @@ func TestRestorePITR(t *testing.T) {
 			{"time-without-zone", `{"keeper":"` + keeper + `","targetDir":"` + restoreRoot + `/z","target":{"time":"2026-11-25 10:00:00"}}`, `target.time "2026-11-25 10:00:00": use RFC 3339 or PostgreSQL's form, with a zone`},
 			{"exclusive-restore-point", `{"keeper":"` + keeper + `","targetDir":"` + restoreRoot + `/z","target":{"name":"after_100"},"targetExclusive":true}`, "targetExclusive applies to a time, LSN or xid target"},
 		} {
-			_, err := cli.Put(ctx, agent.RestoreRequestKey(keys, tc.id), tc.value)
+			_, err := cli.Put(ctx, reqKeys(keys).Request(request.KindRestore, tc.id), tc.value)
 			require.NoError(t, err)
 			st := waitRestoreStatus(t, cli, keys, tc.id)
-			assert.Equal(t, agent.StateRejected, st.State, tc.id)
+			assert.Equal(t, request.StateRejected, st.State, tc.id)
 			assert.Contains(t, st.Error, tc.want, tc.id)
 		}
 		assert.NoDirExists(t, outside)
@@ -263,11 +263,11 @@ func TestRestorePITR(t *testing.T) {
 }
 
 // waitRestoreStatus waits until restore request id has finished.
-func waitRestoreStatus(t *testing.T, cli *clientv3.Client, keys coordinator.Keys, id string) agent.RestoreStatus {
+func waitRestoreStatus(t *testing.T, cli *clientv3.Client, keys coordinator.Keys, id string) request.RestoreStatus {
 	t.Helper()
-	var st agent.RestoreStatus
+	var st request.RestoreStatus
 	waitFor(t, 60*time.Second, "restore request "+id+" to finish", func() bool {
-		resp, err := cli.Get(t.Context(), agent.RestoreStatusKey(keys, id))
+		resp, err := cli.Get(t.Context(), reqKeys(keys).Status(request.KindRestore, id))
 		if err != nil || len(resp.Kvs) == 0 {
 			return false
 		}

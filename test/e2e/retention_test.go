@@ -8,9 +8,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/barnacle-pg/barnacle/agent"
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 )
 
 // TestRetentionAfterBackup: with retention-policy set, the leader applies
@@ -21,13 +21,13 @@ func TestRetentionAfterBackup(t *testing.T) {
 	env.startAgents()
 	env.leaderFor(env.pg.Primary())
 	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
-	backup := func() agent.RequestStatus {
+	backup := func() request.BackupStatus {
 		t.Helper()
 		out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
 		require.Equal(t, 0, code, "backup --wait: %s %s", out, stderr)
-		var st agent.RequestStatus
+		var st request.BackupStatus
 		require.NoError(t, json.Unmarshal([]byte(out), &st), out)
-		require.Equal(t, agent.StateDone, st.State, st.Error)
+		require.Equal(t, request.StateDone, st.State, st.Error)
 		return st
 	}
 	first := backup()

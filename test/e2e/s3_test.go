@@ -12,9 +12,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/barnacle-pg/barnacle/agent"
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
@@ -100,9 +100,9 @@ func TestS3Archive(t *testing.T) {
 	// A base backup through the agents, verified from S3.
 	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
 	require.Equal(t, 0, code, "backup --wait: %s %s", out, stderr)
-	var st agent.RequestStatus
+	var st request.BackupStatus
 	require.NoError(t, json.Unmarshal([]byte(out), &st), out)
-	require.Equal(t, agent.StateDone, st.State, st.Error)
+	require.Equal(t, request.StateDone, st.State, st.Error)
 	out, stderr, code = barnacle(t, "verify-backup", "latest", "--cluster-name", cluster, "--archive-url", url)
 	require.Equal(t, 0, code, "verify-backup: %s %s", out, stderr)
 	doc, err := catalog.ReadBackup(ctx, env.backend, cluster, st.Result.ID)

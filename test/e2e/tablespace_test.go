@@ -12,10 +12,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/barnacle-pg/barnacle/agent"
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/backup"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
@@ -52,9 +52,9 @@ func TestTablespaceBackup(t *testing.T) {
 	rows, _, err := load.Stop()
 	require.NoError(t, err, "the load")
 	require.Positive(t, rows, "rows were inserted while the backup ran")
-	var st agent.RequestStatus
+	var st request.BackupStatus
 	require.NoError(t, json.Unmarshal([]byte(out), &st), out)
-	require.Equal(t, agent.StateDone, st.State, st.Error)
+	require.Equal(t, request.StateDone, st.State, st.Error)
 	assert.Equal(t, leader.name, st.Agent)
 	require.NotNil(t, st.Result)
 
@@ -68,7 +68,7 @@ func TestTablespaceBackup(t *testing.T) {
 	assert.Equal(t, catalog.StatusDone, doc.Status)
 	assert.Equal(t, "tablespace", doc.Label)
 	require.NotNil(t, st.Progress, "the status key carries the progress")
-	assert.Equal(t, agent.Progress{Done: doc.Bytes, Total: doc.Bytes}, *st.Progress, "the last progress is the total")
+	assert.Equal(t, request.Progress{Done: doc.Bytes, Total: doc.Bytes}, *st.Progress, "the last progress is the total")
 	t.Logf("backup %s: %d bytes, %s..%s, %d rows inserted meanwhile", doc.ID, doc.Bytes, doc.StartLSN, doc.StopLSN, rows)
 
 	// The tablespace's archive, with its OID and location.
