@@ -42,6 +42,10 @@ type Queue[R any] struct {
 	mu      sync.Mutex
 	running string // the request ID reserved or running, "" when idle
 	wg      sync.WaitGroup
+	// freed tells Serve that the slot is free again, so that requests left
+	// unclaimed while a job ran are served at once instead of at the next
+	// retry: a burst of requests then runs back to back.
+	freed chan struct{}
 
 	sweepMu sync.Mutex
 	// seen is the mod revision at which each status key looked abandoned
@@ -54,7 +58,7 @@ func NewQueue[R any](opts QueueOptions) *Queue[R] {
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
-	return &Queue[R]{opts: opts, log: opts.Logger}
+	return &Queue[R]{opts: opts, log: opts.Logger, freed: make(chan struct{}, 1)}
 }
 
 // Serve calls serve for every request of the queue's kind that no agent
@@ -66,7 +70,7 @@ func NewQueue[R any](opts QueueOptions) *Queue[R] {
 // this goroutine only.
 func (q *Queue[R]) Serve(ctx context.Context, serve func(ctx context.Context, id string, value []byte)) {
 	defer q.wg.Wait()
-	w := &watch{cli: q.opts.Client, keys: q.opts.Keys, kind: q.opts.Kind, log: q.log, serve: serve}
+	w := &watch{cli: q.opts.Client, keys: q.opts.Keys, kind: q.opts.Kind, log: q.log, serve: serve, freed: q.freed}
 	w.run(ctx)
 }
 
@@ -150,6 +154,10 @@ func (q *Queue[R]) release() {
 	q.mu.Lock()
 	q.running = ""
 	q.mu.Unlock()
+	select {
+	case q.freed <- struct{}{}:
+	default: // Serve has not taken the last one yet
+	}
 }
 
 // Job is one claimed request and its status, written by the one goroutine

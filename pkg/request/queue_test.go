@@ -273,3 +273,82 @@ func TestSweep(t *testing.T) {
 	st, _ = readStatus[RestoreResult](t, cli, keys.Status(KindRestore, "changes"))
 	assert.Equal(t, StateRunning, st.State)
 }
+
+// TestFiftyConcurrentRequests: fifty requests written at once, served by
+// three agents' queues at once, each run exactly once by one agent and
+// each ending done (the security probe's "50 concurrent requests").
+func TestFiftyConcurrentRequests(t *testing.T) {
+	etcd := testenv.StartEtcd(t)
+	cli := etcd.Client(t)
+	keys := Keys{Prefix: "barnacle/c/"}
+	w := NewWriter(cli, nil, prometheus.NewRegistry())
+	ctx, cancel := context.WithCancel(t.Context())
+
+	var mu sync.Mutex
+	runs := map[string][]string{} // request ID -> agents that ran it
+	var serving sync.WaitGroup
+	for _, agent := range []string{"a", "b", "c"} {
+		q := NewQueue[BackupResult](QueueOptions{Kind: KindBackup, Keys: keys, Client: cli, Agent: agent, Writer: w})
+		serving.Add(1)
+		go func() {
+			defer serving.Done()
+			q.Serve(ctx, func(ctx context.Context, id string, value []byte) {
+				if _, err := ParseBackup(value); err != nil {
+					return
+				}
+				job, ok := q.Claim(ctx, id, value, true)
+				if !ok {
+					return
+				}
+				q.Start(func() {
+					mu.Lock()
+					runs[id] = append(runs[id], agent)
+					mu.Unlock()
+					job.Running(ctx)
+					job.Done(ctx, BackupResult{ID: "backup-" + id})
+				})
+			})
+		}()
+	}
+	defer func() { cancel(); serving.Wait() }()
+
+	const n = 50
+	var submit sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		submit.Add(1)
+		go func() {
+			defer submit.Done()
+			_, err := Submit(ctx, cli, keys, fmt.Sprintf("r%02d", i), Backup{From: FromMaster})
+			errs <- err
+		}()
+	}
+	submit.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+
+	require.Eventually(t, func() bool {
+		resp, err := cli.Get(ctx, keys.Statuses(KindBackup), clientv3.WithPrefix())
+		if err != nil || len(resp.Kvs) != n {
+			return false
+		}
+		for _, kv := range resp.Kvs {
+			var st Status[BackupResult]
+			if json.Unmarshal(kv.Value, &st) != nil || st.State != StateDone {
+				return false
+			}
+		}
+		return true
+	}, 60*time.Second, 50*time.Millisecond, "every request done")
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, runs, n)
+	for id, agents := range runs {
+		assert.Len(t, agents, 1, "request %s ran on %v", id, agents)
+	}
+	claims, err := cli.Get(ctx, keys.Claims(KindBackup), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	require.NoError(t, err)
+	assert.EqualValues(t, n, claims.Count, "one claim marker per request")
+}

@@ -33,6 +33,9 @@ type watch struct {
 	kind  Kind
 	log   hclog.Logger
 	serve func(ctx context.Context, id string, value []byte)
+	// freed receives when the queue's slot is freed: the pending requests
+	// are served again at once.
+	freed <-chan struct{}
 }
 
 // run serves until ctx ends. After a watch error (etcd compacted the
@@ -96,6 +99,8 @@ func (w *watch) session(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+			w.serveAll(ctx, pending)
+		case <-w.freed:
 			w.serveAll(ctx, pending)
 		case wr, ok := <-wch:
 			if !ok {
