@@ -260,9 +260,9 @@ func TestChecks(t *testing.T) {
 			}
 		})
 	}
-	oldest, ok := OldestDone(backups)
+	oldest, ok := oldestDone(backups)
 	require.True(t, ok)
 	assert.Equal(t, "20260429T100000", oldest.ID)
-	_, ok = OldestDone(backups[:2])
+	_, ok = oldestDone(backups[:2])
 	assert.False(t, ok)
 }
