@@ -18,6 +18,7 @@ import (
 
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/compress"
+	"github.com/barnacle-pg/barnacle/pkg/durable"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 )
 
@@ -275,12 +276,12 @@ func Restore(ctx context.Context, opts Options) (Result, error) {
 	if err := baseRoot.Rename(pgControlTempName, pgControlName); err != nil {
 		return res, fmt.Errorf("restore: put %s in place: %w", pgControlName, err)
 	}
-	if err := syncDir(filepath.Join(res.TargetDir, "global")); err != nil {
-		return res, err
+	if err := durable.SyncDir(filepath.Join(res.TargetDir, "global")); err != nil {
+		return res, fmt.Errorf("restore: %w", err)
 	}
 	for _, d := range dests {
-		if err := syncDir(filepath.Dir(d.path)); err != nil {
-			return res, err
+		if err := durable.SyncDir(filepath.Dir(d.path)); err != nil {
+			return res, fmt.Errorf("restore: %w", err)
 		}
 	}
 	prog.final()

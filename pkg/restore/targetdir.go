@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/barnacle-pg/barnacle/pkg/durable"
 )
 
 var (
@@ -195,8 +197,8 @@ func makeReady(d destination, now time.Time, owner *Owner) (string, error) {
 			return "", fmt.Errorf("restore: move the old contents of %s %s aside to %s (a mount point cannot be moved; empty it yourself): %w",
 				d.what, d.path, aside, err)
 		}
-		if err := syncDir(filepath.Dir(d.path)); err != nil {
-			return aside, err
+		if err := durable.SyncDir(filepath.Dir(d.path)); err != nil {
+			return aside, fmt.Errorf("restore: %w", err)
 		}
 	}
 	if !d.exists || d.nonEmpty {
@@ -218,18 +220,4 @@ func makeReady(d destination, now time.Time, owner *Owner) (string, error) {
 		return aside, fmt.Errorf("restore: chmod %s %s: %w", d.what, d.path, err)
 	}
 	return aside, nil
-}
-
-// syncDir fsyncs a directory so that entries created or renamed in it are
-// durable.
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("restore: sync directory %s: %w", dir, err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("restore: sync directory %s: %w", dir, err)
-	}
-	return nil
 }
