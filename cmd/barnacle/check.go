@@ -207,7 +207,7 @@ func gatherStandbySlots(ctx context.Context, cfg config.Config, cd *stolon.Clust
 	var out []check.StandbySlot
 	for _, uid := range cd.KeeperUIDs() {
 		db, ok := cd.DBForKeeper(uid)
-		if !ok || db.UID == cd.Cluster.Status.Master || db.Spec.Role != "standby" || !db.Status.Healthy {
+		if !ok || db.UID == cd.Cluster.Status.Master || db.Spec.Role != stolon.RoleStandby || !db.Status.Healthy {
 			continue
 		}
 		s := check.StandbySlot{KeeperUID: uid}

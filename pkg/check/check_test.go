@@ -50,8 +50,8 @@ func TestRender(t *testing.T) {
 		require.NoError(t, WriteJSON(&b, nil))
 		assert.Equal(t, "[]\n", b.String())
 	})
-	assert.True(t, AllOK(ok))
-	assert.False(t, AllOK(bad))
+	assert.NoError(t, Verdict(ok))
+	assert.EqualError(t, Verdict(bad), "2 of 3 checks FAILED")
 }
 
 const segSize = wal.DefaultSegmentSize

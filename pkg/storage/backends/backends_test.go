@@ -56,7 +56,3 @@ func TestOpenErrors(t *testing.T) {
 		})
 	}
 }
-
-func TestSchemes(t *testing.T) {
-	assert.Equal(t, []string{"file", "s3"}, backends.Schemes())
-}
