@@ -14,6 +14,18 @@ func cfgWith(keeper, host string, port int) config.Config {
 	return config.Config{KeeperUID: keeper, PGHost: host, PGPort: port}
 }
 
+// checkAddress asserts a resolver's answer: the address want, or an error
+// containing wantErr when that is set.
+func checkAddress(t *testing.T, a Address, err error, want, wantErr string) {
+	t.Helper()
+	if wantErr != "" {
+		require.ErrorContains(t, err, wantErr)
+		return
+	}
+	require.NoError(t, err)
+	assert.Equal(t, want, a.String())
+}
+
 func TestMaster(t *testing.T) {
 	m := &stolon.Master{KeeperUID: "keeper0", Host: "10.0.0.1", Port: 5433}
 	tests := []struct {
@@ -39,12 +51,7 @@ func TestMaster(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			a, err := Master(tt.cfg, tt.master)
-			if tt.wantErr != "" {
-				require.ErrorContains(t, err, tt.wantErr)
-				return
-			}
-			require.NoError(t, err)
-			assert.Equal(t, tt.want, a.String())
+			checkAddress(t, a, err, tt.want, tt.wantErr)
 		})
 	}
 }
@@ -81,12 +88,7 @@ func TestLocal(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			a, err := Local(tt.cfg, tt.cd)
-			if tt.wantErr != "" {
-				require.ErrorContains(t, err, tt.wantErr)
-				return
-			}
-			require.NoError(t, err)
-			assert.Equal(t, tt.want, a.String())
+			checkAddress(t, a, err, tt.want, tt.wantErr)
 		})
 	}
 }
