@@ -410,14 +410,14 @@ func (b *backups) setCurrent(id string) {
 // waitArchived waits until the leader's record says the archive holds the
 // WAL up to stop.
 func (b *backups) waitArchived(ctx context.Context, stop basebackup.Position) error {
-	return backup.WaitArchived(func() (wal.Timeline, wal.LSN, error) {
+	return backup.WaitArchived(func() (catalog.Position, error) {
 		st := b.coord.State()
 		if l, ok := st.Agents[st.Leader]; ok && l.ArchivedLSN != "" {
 			if lsn, err := wal.ParseLSN(l.ArchivedLSN); err == nil {
-				return wal.Timeline(l.Timeline), lsn, nil
+				return catalog.Position{Timeline: wal.Timeline(l.Timeline), LSN: lsn}, nil
 			}
 		}
-		return 0, 0, nil
+		return catalog.Position{}, nil
 	}, nil, 200*time.Millisecond)(ctx, stop)
 }
 

@@ -14,27 +14,20 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/walstream"
 )
 
-// Reached reports whether an archive that holds the WAL up to lsn on
-// timeline tli holds the WAL up to stop: the same timeline up to at least
-// stop.LSN, or a later one, which the stream followed only after archiving
-// all of stop's timeline it needed.
-func Reached(tli wal.Timeline, lsn wal.LSN, stop basebackup.Position) bool {
-	return tli > stop.Timeline || (tli == stop.Timeline && lsn >= stop.LSN)
-}
-
 // WaitArchived returns an Options.WaitWAL that waits until archived says
-// the archive holds the WAL up to the stop position. archived returns how
-// far the archive holds WAL (zero while unknown) and an error once it will
-// get no further (the WAL stream stopped); it is called every poll and
-// whenever wake receives (wake may be nil). The WaitWAL returns ctx's
-// error when ctx ends first.
-func WaitArchived(archived func() (wal.Timeline, wal.LSN, error), wake <-chan struct{}, poll time.Duration) func(context.Context, basebackup.Position) error {
+// the archive holds the WAL up to the stop position, as
+// catalog.Position.Reached says. archived returns how far the archive holds
+// WAL (zero while unknown) and an error once it will get no further (the
+// WAL stream stopped); it is called every poll and whenever wake receives
+// (wake may be nil). The WaitWAL returns ctx's error when ctx ends first.
+func WaitArchived(archived func() (catalog.Position, error), wake <-chan struct{}, poll time.Duration) func(context.Context, basebackup.Position) error {
 	return func(ctx context.Context, stop basebackup.Position) error {
+		target := catalog.Position{Timeline: stop.Timeline, LSN: stop.LSN}
 		t := time.NewTicker(poll)
 		defer t.Stop()
 		for {
-			tli, lsn, err := archived()
-			if Reached(tli, lsn, stop) {
+			at, err := archived()
+			if at.Reached(target) {
 				return nil
 			}
 			if err != nil {
@@ -138,17 +131,17 @@ func TakeStreaming(ctx context.Context, connString string, stream walstream.Opti
 		return catalog.Backup{}, ctx.Err()
 	}
 
-	opts.WaitWAL = WaitArchived(func() (wal.Timeline, wal.LSN, error) {
+	opts.WaitWAL = WaitArchived(func() (catalog.Position, error) {
 		mu.Lock()
-		t, f := tli, flushed
+		at := catalog.Position{Timeline: tli, LSN: flushed}
 		mu.Unlock()
 		if done, err := stopped(); done {
 			if err == nil {
 				err = context.Canceled
 			}
-			return t, f, err
+			return at, err
 		}
-		return t, f, nil
+		return at, nil
 	}, advanced, 500*time.Millisecond)
 	return TakeFrom(ctx, connString, opts)
 }

@@ -11,45 +11,26 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/barnacle-pg/barnacle/pkg/basebackup"
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
-
-func TestReached(t *testing.T) {
-	stop := basebackup.Position{Timeline: 2, LSN: 0x3000100}
-	for _, tc := range []struct {
-		name string
-		tli  wal.Timeline
-		lsn  wal.LSN
-		want bool
-	}{
-		{"nothing archived", 0, 0, false},
-		{"earlier timeline, far ahead", 1, 0x9000000, false},
-		{"same timeline, short", 2, 0x30000ff, false},
-		{"same timeline, exactly", 2, 0x3000100, true},
-		{"same timeline, past", 2, 0x4000000, true},
-		{"later timeline", 3, 0x1000000, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			assert.Equal(t, tc.want, Reached(tc.tli, tc.lsn, stop))
-		})
-	}
-}
 
 func TestWaitArchived(t *testing.T) {
 	stop := basebackup.Position{Timeline: 1, LSN: 0x3000100}
 	var (
 		mu  sync.Mutex
+		tli wal.Timeline = 1
 		lsn wal.LSN
 		err error
 	)
-	archived := func() (wal.Timeline, wal.LSN, error) {
+	archived := func() (catalog.Position, error) {
 		mu.Lock()
 		defer mu.Unlock()
-		return 1, lsn, err
+		return catalog.Position{Timeline: tli, LSN: lsn}, err
 	}
 	set := func(l wal.LSN, e error) {
 		mu.Lock()
-		lsn, err = l, e
+		tli, lsn, err = 1, l, e
 		mu.Unlock()
 	}
 
@@ -69,6 +50,13 @@ func TestWaitArchived(t *testing.T) {
 		go func() { done <- WaitArchived(archived, nil, time.Millisecond)(t.Context(), stop) }()
 		set(0x3000200, nil)
 		require.NoError(t, <-done)
+	})
+	t.Run("a later timeline counts", func(t *testing.T) {
+		set(0x2000000, errors.New("stream ended"))
+		mu.Lock()
+		tli, lsn = 2, 0x1000000 // past stop's timeline, whose WAL it archived to the switch
+		mu.Unlock()
+		require.NoError(t, WaitArchived(archived, nil, time.Hour)(t.Context(), stop))
 	})
 	t.Run("reached wins over a stopped stream", func(t *testing.T) {
 		set(0x3000100, errors.New("stream ended"))
