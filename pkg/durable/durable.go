@@ -1,6 +1,6 @@
 // Package durable makes local files durable: fsync of a directory so that
 // the entries created, renamed or removed in it survive a crash
-// (SyncDir), replacing a file atomically (WriteFile), and starting the
+// (SyncDir), replacing a file atomically (WriteFile, WriteNamed), and starting the
 // device write of a large file while it is still being written (Writer).
 // The fs archive backend, restore and wal-fetch use it; it imports nothing
 // of barnacle's.
@@ -41,13 +41,29 @@ func SyncDir(dir string) error {
 // the temporary file removed.
 //
 // It does not fsync: after a crash path may be the old file, or the new
-// one empty. Its one user, wal-fetch, writes files that PostgreSQL makes
-// durable itself or fetches again; a caller that needs the new file to
-// survive a crash would fsync it and then SyncDir.
-func WriteFile(path, tempPrefix string, perm os.FileMode, fill func(w io.Writer) error) (err error) {
-	tmp, err := os.CreateTemp(filepath.Dir(path), tempPrefix+"*")
+// one empty. Its one user, wal-fetch (restore_command's file and its
+// prefetch spool), writes files that PostgreSQL makes durable itself or
+// that are fetched again; a caller that needs the new file to survive a
+// crash would fsync it and then SyncDir.
+func WriteFile(path, tempPrefix string, perm os.FileMode, fill func(w io.Writer) error) error {
+	return replace(filepath.Dir(path), path, tempPrefix, perm, func(w io.Writer) (string, error) {
+		return filepath.Base(path), fill(w)
+	})
+}
+
+// WriteNamed is WriteFile for a file in dir whose name is known only once
+// its bytes are (a name carrying their digest): fill writes the bytes and
+// returns the name.
+func WriteNamed(dir, tempPrefix string, perm os.FileMode, fill func(w io.Writer) (name string, err error)) error {
+	return replace(dir, "a file in "+dir, tempPrefix, perm, fill)
+}
+
+// replace is WriteFile and WriteNamed; what names the file in errors
+// until its name is known.
+func replace(dir, what, tempPrefix string, perm os.FileMode, fill func(w io.Writer) (string, error)) (err error) {
+	tmp, err := os.CreateTemp(dir, tempPrefix+"*")
 	if err != nil {
-		return fmt.Errorf("create a temporary file for %s: %w", path, err)
+		return fmt.Errorf("create a temporary file for %s: %w", what, err)
 	}
 	defer func() {
 		if err != nil {
@@ -55,7 +71,8 @@ func WriteFile(path, tempPrefix string, perm os.FileMode, fill func(w io.Writer)
 			_ = os.Remove(tmp.Name())
 		}
 	}()
-	if err := fill(tmp); err != nil {
+	name, err := fill(tmp)
+	if err != nil {
 		return err
 	}
 	if err := tmp.Close(); err != nil {
@@ -64,6 +81,7 @@ func WriteFile(path, tempPrefix string, perm os.FileMode, fill func(w io.Writer)
 	if err := os.Chmod(tmp.Name(), perm); err != nil {
 		return fmt.Errorf("write %s: %w", tmp.Name(), err)
 	}
+	path := filepath.Join(dir, name)
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}

@@ -67,3 +67,28 @@ func TestWriteFile(t *testing.T) {
 	err = WriteFile(filepath.Join(dir, "missing", "f"), ".tmp-", 0o600, write("x"))
 	assert.ErrorContains(t, err, "create a temporary file for")
 }
+
+func TestWriteNamed(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, WriteNamed(dir, "seg.tmp-", 0o600, func(w io.Writer) (string, error) {
+		_, err := io.WriteString(w, "bytes")
+		return "seg.named-after-its-bytes", err
+	}))
+	got, err := os.ReadFile(filepath.Join(dir, "seg.named-after-its-bytes"))
+	require.NoError(t, err)
+	assert.Equal(t, "bytes", string(got))
+
+	boom := errors.New("boom")
+	err = WriteNamed(dir, "seg.tmp-", 0o600, func(w io.Writer) (string, error) {
+		_, _ = io.WriteString(w, "torn")
+		return "", boom
+	})
+	require.ErrorIs(t, err, boom)
+	es, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	require.Len(t, es, 1, "no temporary file left")
+	assert.Equal(t, "seg.named-after-its-bytes", es[0].Name())
+
+	err = WriteNamed(filepath.Join(dir, "missing"), "seg.tmp-", 0o600, func(io.Writer) (string, error) { return "x", nil })
+	assert.ErrorContains(t, err, "create a temporary file for a file in "+filepath.Join(dir, "missing"))
+}
