@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/jackc/pgx/v5/pgconn"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/barnacle-pg/barnacle/coordinator"
@@ -228,13 +227,8 @@ func (b *backups) take(ctx context.Context, req request.Backup, progress func(do
 	if err != nil {
 		return catalog.Backup{}, err
 	}
-	conn, err := pgconn.Connect(ctx, cs)
-	if err != nil {
-		return catalog.Backup{}, fmt.Errorf("connect to %s:%d for the base backup: %w", host, port, err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
 	defer b.arch.metrics.catalog.refreshSoon() // done or failed, the catalog changed
-	return backup.Take(ctx, conn, backup.Options{
+	return backup.TakeFrom(ctx, cs, backup.Options{
 		Backend:           be,
 		Cluster:           b.cfg.ClusterName,
 		Compression:       b.cfg.Compression,
@@ -261,21 +255,15 @@ func (b *backups) setCurrent(id string) {
 // waitArchived waits until the leader's record says the archive holds the
 // WAL up to stop.
 func (b *backups) waitArchived(ctx context.Context, stop basebackup.Position) error {
-	for {
+	return backup.WaitArchived(func() (catalog.Position, error) {
 		st := b.coord.State()
 		if l, ok := st.Agents[st.Leader]; ok && l.ArchivedLSN != "" {
-			lsn, err := wal.ParseLSN(l.ArchivedLSN)
-			tli := wal.Timeline(l.Timeline)
-			if err == nil && (catalog.Position{Timeline: tli, LSN: lsn}).Reached(catalog.Position{Timeline: stop.Timeline, LSN: stop.LSN}) {
-				return nil
+			if lsn, err := wal.ParseLSN(l.ArchivedLSN); err == nil {
+				return catalog.Position{Timeline: wal.Timeline(l.Timeline), LSN: lsn}, nil
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+		return catalog.Position{}, nil
+	}, nil, 200*time.Millisecond)(ctx, stop)
 }
 
 // schedule requests a backup whenever backup-schedule says the newest

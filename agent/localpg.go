@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -10,6 +9,8 @@ import (
 
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/pgaddr"
+	"github.com/barnacle-pg/barnacle/pkg/stolon"
 )
 
 // localPostgres is a connection to the PostgreSQL beside this agent. It
@@ -22,43 +23,22 @@ type localPostgres struct {
 	addr string
 }
 
-// localAddress is where this agent's own PostgreSQL listens: pg-host and
-// pg-port when set, else its keeper's DB address in clusterdata.
+// localAddress is where this agent's own PostgreSQL listens, by the rule
+// of package pgaddr.
 func localAddress(cfg config.Config, st coordinator.State) (string, int, error) {
-	host, port := cfg.PGHost, cfg.PGPort
-	if host == "" || port == 0 {
-		if st.ClusterData == nil {
-			return "", 0, errors.New("clusterdata not read yet")
-		}
-		db, ok := st.ClusterData.DBForKeeper(cfg.KeeperUID)
-		if !ok {
-			return "", 0, fmt.Errorf("clusterdata has no DB for keeper %s", cfg.KeeperUID)
-		}
-		h, p, err := db.Addr()
-		if err != nil {
-			return "", 0, err
-		}
-		if host == "" {
-			host = h
-		}
-		if port == 0 {
-			port = p
-		}
-	}
-	return host, port, nil
+	a, err := pgaddr.Local(cfg, st.ClusterData)
+	return a.Host, a.Port, err
 }
 
-// masterAddress is where the master listens: its address in clusterdata,
-// or, when it is this agent's own PostgreSQL, pg-host/pg-port where set.
+// masterAddress is where the master listens, by the rule of package
+// pgaddr. Callers check st.HasMaster first.
 func masterAddress(cfg config.Config, st coordinator.State) (string, int) {
-	host, port := st.Master.Host, st.Master.Port
-	if st.MineIsMaster && cfg.PGHost != "" {
-		host = cfg.PGHost
+	var m *stolon.Master
+	if st.HasMaster {
+		m = &st.Master
 	}
-	if st.MineIsMaster && cfg.PGPort != 0 {
-		port = cfg.PGPort
-	}
-	return host, port
+	a, _ := pgaddr.Master(cfg, m) // fails only without a master
+	return a.Host, a.Port
 }
 
 // connection returns the open connection to the local PostgreSQL,

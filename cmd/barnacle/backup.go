@@ -4,20 +4,17 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/cobra"
 
 	"github.com/barnacle-pg/barnacle/pkg/backup"
-	"github.com/barnacle-pg/barnacle/pkg/basebackup"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/pgaddr"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
-	"github.com/barnacle-pg/barnacle/pkg/wal"
 	"github.com/barnacle-pg/barnacle/pkg/walstream"
 )
 
@@ -105,38 +102,24 @@ func localSlot(cfg config.Config) (name string, temporary bool) {
 }
 
 // takeLocalBackup streams WAL and takes the base backup side by side,
-// like pg_basebackup -X stream, and waits until the archive holds the WAL
-// up to the backup's stop position.
+// like pg_basebackup -X stream (backup.TakeStreaming), against the
+// PostgreSQL that package pgaddr says is local.
 func takeLocalBackup(ctx context.Context, cfg config.Config, b storage.Backend, log hclog.Logger, label string, fast bool,
 	progress func(done, total int64)) (catalog.Backup, error) {
-	port := cfg.PGPort
-	if port == 0 {
-		port = 5432
-	}
-	repl, err := cfg.PGConnString(cfg.PGHost, port, true)
+	addr, err := pgaddr.Local(cfg, nil)
 	if err != nil {
 		return catalog.Backup{}, err
 	}
-
-	var (
-		mu      sync.Mutex
-		flushed wal.LSN
-		tli     wal.Timeline
-	)
-	advanced := make(chan struct{}, 1)
-	streaming := make(chan struct{}, 1)
+	repl, err := cfg.PGConnString(addr.Host, addr.Port, true)
+	if err != nil {
+		return catalog.Backup{}, err
+	}
 	slot, temporary := localSlot(cfg)
-	r, err := walstream.New(walstream.Options{
+	stream := walstream.Options{
 		ConnString:    repl,
 		Slot:          slot,
 		CreateSlot:    temporary || cfg.SlotMode == config.SlotModeOwn,
 		TemporarySlot: temporary,
-		OnStreaming: func() {
-			select {
-			case streaming <- struct{}{}:
-			default:
-			}
-		},
 		// The archive may end long before this backup starts (an
 		// earlier backup, no agent since) and the server no longer have
 		// that WAL: the backup needs only WAL from its own start, so the
@@ -158,90 +141,20 @@ func takeLocalBackup(ctx context.Context, cfg config.Config, b storage.Backend, 
 			_, err := catalog.EnsureIdentity(ctx, b, catalog.Identity{Cluster: cfg.ClusterName, SystemID: info.SystemID, WALSegmentSize: info.SegmentSize})
 			return err
 		},
-		OnProgress: func(p walstream.Progress) {
-			mu.Lock()
-			flushed, tli = p.Flushed, p.Timeline
-			mu.Unlock()
-			select {
-			case advanced <- struct{}{}:
-			default:
-			}
-		},
-	})
-	if err != nil {
-		return catalog.Backup{}, err
 	}
-	rctx, stopReceiver := context.WithCancel(ctx)
-	defer stopReceiver()
-	recvDone := make(chan error, 1)
-	go func() { recvDone <- r.Run(rctx) }()
-	var recvErr error
-	receiverStopped := func() bool {
-		select {
-		case recvErr = <-recvDone:
-			recvDone <- recvErr
-			return true
-		default:
-			return false
-		}
-	}
-
-	// Copy nothing before the stream holds its slot: a slot that another
-	// process is using (another backup --local, an agent) would otherwise
-	// fail the backup only after the whole database was copied.
-	select {
-	case <-streaming:
-	case recvErr = <-recvDone:
-		recvDone <- recvErr
-		if recvErr == nil {
-			recvErr = ctx.Err()
-		}
-		return catalog.Backup{}, fmt.Errorf("stream WAL through replication slot %s (nothing copied): %w", slot, recvErr)
-	case <-ctx.Done():
-		return catalog.Backup{}, ctx.Err()
-	}
-
-	conn, err := pgconn.Connect(ctx, repl)
-	if err != nil {
-		return catalog.Backup{}, fmt.Errorf("connect for the base backup: %w", err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-
-	doc, err := backup.Take(ctx, conn, backup.Options{
+	return backup.TakeStreaming(ctx, repl, stream, backup.Options{
 		Backend:           b,
 		Cluster:           cfg.ClusterName,
 		Compression:       cfg.Compression,
 		ManifestChecksums: cfg.ManifestChecksums,
 		Label:             label,
 		Fast:              fast,
-		Host:              cfg.PGHost,
+		Host:              addr.Host,
 		From:              "local",
 		Agent:             "barnacle backup --local",
 		Logger:            log,
 		OnProgress:        progress,
-		WaitWAL: func(ctx context.Context, stop basebackup.Position) error {
-			for {
-				mu.Lock()
-				done := catalog.Position{Timeline: tli, LSN: flushed}.Reached(catalog.Position{Timeline: stop.Timeline, LSN: stop.LSN})
-				mu.Unlock()
-				if done {
-					return nil
-				}
-				if receiverStopped() {
-					return fmt.Errorf("the WAL stream stopped before reaching %s: %w", stop.LSN, recvErr)
-				}
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-advanced:
-				case <-time.After(500 * time.Millisecond):
-				}
-			}
-		},
 	})
-	stopReceiver()
-	<-recvDone
-	return doc, err
 }
 
 // checkpointWait is what backup --local says before PostgreSQL sends the

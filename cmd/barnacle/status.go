@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -17,7 +19,9 @@ import (
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/pgaddr"
 	"github.com/barnacle-pg/barnacle/pkg/redact"
+	"github.com/barnacle-pg/barnacle/pkg/stolon"
 	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
@@ -310,11 +314,14 @@ func readLag(ctx context.Context, cfg config.Config, r coordinator.Report) *arch
 	}
 	masterErr := "clusterdata names no master"
 	if r.Master != nil {
-		pos, err := masterPosition(ctx, cfg, r.Master.Address)
-		if err == nil {
+		addr, err := reportMasterAddress(cfg, *r.Master)
+		if err != nil {
+			masterErr = err.Error()
+		} else if pos, err := masterPosition(ctx, cfg, addr); err != nil {
+			masterErr = describeMasterError(err, cfg, addr.String())
+		} else {
 			return &archiveLag{Bytes: lagBytes(pos, archived), Source: "master", MasterLSN: pos.String(), Archived: archived.String()}
 		}
-		masterErr = describeMasterError(err, cfg, r.Master.Address)
 	}
 	received, err := wal.ParseLSN(leader.ReceivedLSN)
 	if err != nil {
@@ -350,21 +357,22 @@ func lagBytes(ahead, behind wal.LSN) int64 {
 	return int64(ahead - behind) //nolint:gosec // an LSN difference fits
 }
 
-func masterPosition(ctx context.Context, cfg config.Config, address string) (wal.LSN, error) {
-	host, port := cfg.PGHost, cfg.PGPort
-	if host == "" || port == 0 {
-		h, p, err := splitHostPort(address)
-		if err != nil {
-			return 0, err
-		}
-		if host == "" {
-			host = h
-		}
-		if port == 0 {
-			port = p
-		}
+// reportMasterAddress is where status asks the master for its position:
+// the report's master, by the rule of package pgaddr.
+func reportMasterAddress(cfg config.Config, m coordinator.ReportMaster) (pgaddr.Address, error) {
+	host, portStr, err := net.SplitHostPort(m.Address)
+	if err != nil {
+		return pgaddr.Address{}, fmt.Errorf("master address %q: %w", m.Address, err)
 	}
-	cs, err := cfg.PGConnString(host, port, true)
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return pgaddr.Address{}, fmt.Errorf("master address %q: bad port", m.Address)
+	}
+	return pgaddr.Master(cfg, &stolon.Master{KeeperUID: m.KeeperUID, Host: host, Port: port})
+}
+
+func masterPosition(ctx context.Context, cfg config.Config, addr pgaddr.Address) (wal.LSN, error) {
+	cs, err := cfg.PGConnString(addr.Host, addr.Port, true)
 	if err != nil {
 		return 0, err
 	}
@@ -380,18 +388,6 @@ func masterPosition(ctx context.Context, cfg config.Config, address string) (wal
 		return 0, err
 	}
 	return wal.LSN(sys.XLogPos), nil
-}
-
-func splitHostPort(address string) (string, int, error) {
-	i := strings.LastIndex(address, ":")
-	if i < 0 {
-		return "", 0, errors.New("no port in " + address)
-	}
-	var port int
-	if _, err := fmt.Sscanf(address[i+1:], "%d", &port); err != nil {
-		return "", 0, fmt.Errorf("bad port in %s", address)
-	}
-	return strings.Trim(address[:i], "[]"), port, nil
 }
 
 // recoverableWindows is the status view of catalog.RecoverableWindows.

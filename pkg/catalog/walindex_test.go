@@ -191,6 +191,7 @@ func TestPositionReached(t *testing.T) {
 		p    Position
 		want bool
 	}{
+		{Position{}, false}, // nothing archived yet
 		{Position{2, 0x5000100}, true},
 		{Position{2, 0x5000200}, true},
 		{Position{2, 0x50000FF}, false},

@@ -59,16 +59,6 @@ func Failf(name, format string, args ...any) Result {
 	return Fail(name, fmt.Sprintf(format, args...))
 }
 
-// AllOK reports whether every result is OK (true for none).
-func AllOK(results []Result) bool {
-	for _, r := range results {
-		if !r.OK {
-			return false
-		}
-	}
-	return true
-}
-
 // line renders one result as `name: OK` or `name: FAILED (hint)`.
 func (r Result) line() string {
 	if r.OK {

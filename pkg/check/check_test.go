@@ -51,8 +51,8 @@ func TestRender(t *testing.T) {
 		require.NoError(t, WriteJSON(&b, nil))
 		assert.Equal(t, "[]\n", b.String())
 	})
-	assert.True(t, AllOK(ok))
-	assert.False(t, AllOK(bad))
+	assert.NoError(t, Verdict(ok))
+	assert.EqualError(t, Verdict(bad), "2 of 3 checks FAILED")
 }
 
 const segSize = wal.DefaultSegmentSize
@@ -295,9 +295,9 @@ func TestChecks(t *testing.T) {
 			}
 		})
 	}
-	oldest, ok := OldestDone(backups)
+	oldest, ok := oldestDone(backups)
 	require.True(t, ok)
 	assert.Equal(t, "20260429T100000", oldest.ID)
-	_, ok = OldestDone(backups[:2])
+	_, ok = oldestDone(backups[:2])
 	assert.False(t, ok)
 }

@@ -168,8 +168,8 @@ func newestDone(backups []catalog.Backup) (catalog.Backup, bool) {
 	return catalog.Backup{}, false
 }
 
-// OldestDone returns the oldest done backup of backups (newest first).
-func OldestDone(backups []catalog.Backup) (catalog.Backup, bool) {
+// oldestDone returns the oldest done backup of backups (newest first).
+func oldestDone(backups []catalog.Backup) (catalog.Backup, bool) {
 	for _, b := range slices.Backward(backups) {
 		if b.Status == catalog.StatusDone {
 			return b, true

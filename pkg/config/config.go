@@ -159,12 +159,6 @@ func (c Config) String() string {
 	return strings.TrimSpace(b.String())
 }
 
-// ClusterPrefix is the etcd prefix of barnacle's own keys for this cluster,
-// "<barnacle-prefix>/<cluster-name>/".
-func (c Config) ClusterPrefix() string {
-	return strings.TrimSuffix(c.BarnaclePrefix, "/") + "/" + c.ClusterName + "/"
-}
-
 // PGConnString builds a libpq keyword/value connection string to host:port
 // as pg-user, with the password from pg-password-file (else libpq's
 // PGPASSWORD or PGPASSFILE apply) and application_name barnacle, which is

@@ -36,7 +36,6 @@ func TestLoadLayers(t *testing.T) {
 	assert.Equal(t, "env BARNACLE_LEASE_TTL", c.Sources["lease-ttl"])
 	assert.Equal(t, "flag --log-level", c.Sources["log-level"])
 	assert.Equal(t, "file testdata/good.yaml line 1", c.Sources["cluster-name"])
-	assert.Equal(t, "barnacle/stolon-cluster/", c.ClusterPrefix())
 	assert.Equal(t, "file:///var/lib/barnacle", c.ArchiveURL)
 	assert.Equal(t, "stolon_barnacle", c.StreamingSlotName())
 	assert.False(t, c.StandbySlots)

@@ -19,13 +19,13 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/barnacle-pg/barnacle/pkg/storage/writeback"
+	"github.com/barnacle-pg/barnacle/pkg/durable"
 )
 
 // copyBuffers are the buffers files are copied through: large enough that
 // a gigabyte-sized relation file takes few reads from the tar stream (the
-// writeback.Writer then passes each to the kernel in pieces of
-// writeback.MaxWrite), pooled since a data directory has thousands of
+// durable.Writer then passes each to the kernel in pieces of
+// durable.MaxWrite), pooled since a data directory has thousands of
 // small files.
 var copyBuffers = sync.Pool{New: func() any {
 	b := make([]byte, copyBufferSize)
@@ -381,7 +381,7 @@ func (u *unpacker) regular(ctx context.Context, name string, hdr *tar.Header, r 
 		return err
 	}
 	var w io.Writer = f
-	wb := writeback.New(f)
+	wb := durable.NewWriter(f)
 	if !u.noSync {
 		w = wb
 	}

@@ -87,7 +87,7 @@ type ClusterSpec struct {
 
 // HasMasterReplicationSlot reports whether name is declared in
 // additionalMasterReplicationSlots, so that the keeper keeps the slot
-// SlotName(name) on whichever DB is master.
+// "stolon_"+name (config.StolonSlotPrefix) on whichever DB is master.
 func (s *ClusterSpec) HasMasterReplicationSlot(name string) bool {
 	return slices.Contains(s.AdditionalMasterReplicationSlots, name)
 }

@@ -24,15 +24,3 @@ func KeepersInfoPrefix(prefix, cluster string) string {
 func KeeperInfoKey(prefix, cluster, keeperUID string) string {
 	return path.Join(prefix, cluster, "keepers", "info", keeperUID)
 }
-
-// SlotPrefix is the prefix Stolon's keeper gives to every replication slot
-// it manages (common.StolonName). The keeper drops any slot with this prefix
-// that it does not want, so barnacle never creates one by hand.
-const SlotPrefix = "stolon_"
-
-// SlotName returns the physical replication slot the keeper creates on the
-// master for an entry of additionalMasterReplicationSlots: "barman_slot"
-// becomes "stolon_barman_slot".
-func SlotName(additionalSlot string) string {
-	return SlotPrefix + additionalSlot
-}

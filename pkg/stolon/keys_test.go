@@ -59,5 +59,4 @@ func TestClusterDataKey(t *testing.T) {
 	}
 	assert.Equal(t, "stolon/cluster/c/keepers/info/", KeepersInfoPrefix(DefaultStorePrefix, "c"))
 	assert.Equal(t, "stolon/cluster/c/keepers/info/k1", KeeperInfoKey(DefaultStorePrefix, "c", "k1"))
-	assert.Equal(t, "stolon_barman_slot", SlotName("barman_slot"))
 }

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/durable"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
@@ -209,14 +210,10 @@ func (sp *spool) setSegmentSize(n uint64) { sp.writeSmall(segmentSizeFile, strco
 // writeSmall replaces the small file name with content, atomically. Best
 // effort: the files it writes only save work.
 func (sp *spool) writeSmall(name, content string) {
-	tmp, err := os.CreateTemp(sp.dir, name+tmpInfix+"*")
-	if err != nil {
-		return
-	}
-	_, werr := tmp.WriteString(content)
-	if cerr := tmp.Close(); werr != nil || cerr != nil || os.Rename(tmp.Name(), filepath.Join(sp.dir, name)) != nil {
-		_ = os.Remove(tmp.Name())
-	}
+	_ = durable.WriteFile(filepath.Join(sp.dir, name), name+tmpInfix, 0o600, func(w io.Writer) error {
+		_, err := io.WriteString(w, content)
+		return err
+	})
 }
 
 // isOld reports whether the file p was last written long enough ago to
@@ -370,25 +367,15 @@ func moveInto(p, dest string) error {
 // temporary file, renamed to its final name carrying the digest once fill
 // succeeded. Not fsynced: take checks the digest before use, which costs
 // less than a sync per prefetched segment. The caller holds file's lock.
-func (sp *spool) store(file string, fill func(w io.Writer) error) (err error) {
-	tmp, err := os.CreateTemp(sp.dir, file+tmpInfix+"*")
-	if err != nil {
-		return fmt.Errorf("create a spool file for %s: %w", file, err)
-	}
-	defer func() {
-		if err != nil {
-			_ = tmp.Close()
-			_ = os.Remove(tmp.Name())
+func (sp *spool) store(file string, fill func(w io.Writer) error) error {
+	err := durable.WriteNamed(sp.dir, file+tmpInfix, 0o600, func(w io.Writer) (string, error) {
+		h := storage.NewHash(storage.BLAKE3)
+		if err := fill(io.MultiWriter(w, h)); err != nil {
+			return "", err
 		}
-	}()
-	h := storage.NewHash(storage.BLAKE3)
-	if err := fill(io.MultiWriter(tmp, h)); err != nil {
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(sp.dir, finalName(file, hex.EncodeToString(h.Sum(nil))))); err != nil {
+		return finalName(file, hex.EncodeToString(h.Sum(nil))), nil
+	})
+	if err != nil {
 		return fmt.Errorf("write the spool file for %s: %w", file, err)
 	}
 	return nil

@@ -52,6 +52,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/durable"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
@@ -487,42 +488,19 @@ const tempPrefix = ".barnacle-tmp-"
 // fetch takes, so that a running one never loses its file.
 const staleTempAge = time.Hour
 
-// writeAtomic creates dest with the bytes fill writes: into a temporary
-// file in dest's directory, fsynced, renamed over dest, and the directory
-// fsynced. On any error dest is untouched and the temporary file removed.
-func writeAtomic(dest string, fill func(w io.Writer) error) (err error) {
+// writeAtomic creates dest with the bytes fill writes (durable.WriteFile),
+// first removing the stale temporary files of killed fetches beside it.
+// No fsync: PostgreSQL unlinks RECOVERYXLOG before every restore_command
+// and makes a file it keeps durable itself (durable_rename in
+// KeepFileRestoredFromArchive), so a crash can only lose a file that would
+// be fetched again.
+func writeAtomic(dest string, fill func(w io.Writer) error) error {
 	dir, base := filepath.Split(dest)
 	if dir == "" {
 		dir = "."
 	}
 	removeStaleTemps(dir, tempPrefix+base+"-")
-	tmp, err := os.CreateTemp(dir, tempPrefix+base+"-*")
-	if err != nil {
-		return fmt.Errorf("create a temporary file for %s: %w", dest, err)
-	}
-	defer func() {
-		if err != nil {
-			_ = tmp.Close()
-			_ = os.Remove(tmp.Name())
-		}
-	}()
-	if err := fill(tmp); err != nil {
-		return err
-	}
-	// No fsync: PostgreSQL unlinks RECOVERYXLOG before every
-	// restore_command and makes a file it keeps durable itself
-	// (durable_rename in KeepFileRestoredFromArchive), so a crash can
-	// only lose a file that would be fetched again.
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
-	if err := os.Chmod(tmp.Name(), 0o600); err != nil {
-		return fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
-	if err := os.Rename(tmp.Name(), dest); err != nil {
-		return fmt.Errorf("write %s: %w", dest, err)
-	}
-	return nil
+	return durable.WriteFile(dest, tempPrefix+base+"-", 0o600, fill)
 }
 
 func removeStaleTemps(dir, prefix string) {
@@ -532,16 +510,4 @@ func removeStaleTemps(dir, prefix string) {
 			_ = os.Remove(m)
 		}
 	}
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
 }

@@ -95,7 +95,7 @@ func TestCheck(t *testing.T) {
 	assert.Equal(t, 0, code)
 	var results []check.Result
 	require.NoError(t, json.Unmarshal([]byte(js), &results), js)
-	assert.True(t, check.AllOK(results))
+	assert.NoError(t, check.Verdict(results))
 	for _, r := range results {
 		if r.Name == check.NameWALContinuity {
 			t.Logf("WAL continuity detail: %s", r.Detail)
@@ -158,5 +158,5 @@ func TestCheck(t *testing.T) {
 	assert.Equal(t, 1, code)
 	results = nil
 	require.NoError(t, json.Unmarshal([]byte(js), &results), js)
-	assert.False(t, check.AllOK(results))
+	assert.Error(t, check.Verdict(results))
 }

@@ -115,15 +115,6 @@ func open(ctx context.Context, rawURL string, readOnly bool) (storage.Backend, e
 	return nil, unsupported(u, rawURL)
 }
 
-// Schemes returns the supported URL schemes, in table order.
-func Schemes() []string {
-	out := make([]string, len(schemes))
-	for i, s := range schemes {
-		out[i] = s.name
-	}
-	return out
-}
-
 func examples() string {
 	ex := make([]string, len(schemes))
 	for i, s := range schemes {

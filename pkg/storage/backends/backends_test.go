@@ -65,7 +65,3 @@ func TestOpenErrors(t *testing.T) {
 		})
 	}
 }
-
-func TestSchemes(t *testing.T) {
-	assert.Equal(t, []string{"file", "s3"}, backends.Schemes())
-}

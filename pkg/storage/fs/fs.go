@@ -43,9 +43,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/barnacle-pg/barnacle/pkg/durable"
 	"github.com/barnacle-pg/barnacle/pkg/redact"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
-	"github.com/barnacle-pg/barnacle/pkg/storage/writeback"
 )
 
 const (
@@ -302,7 +302,7 @@ func (b *Backend) put(ctx context.Context, name string, r io.Reader, want string
 	if err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
-	n, err := copyInto(ctx, &hashingWriter{w: writeback.New(tmp), h: h}, r)
+	n, err := copyInto(ctx, &hashingWriter{w: durable.NewWriter(tmp), h: h}, r)
 	if err != nil {
 		return fmt.Errorf("put %s: write: %w", name, err)
 	}
@@ -343,7 +343,7 @@ func (b *Backend) put(ctx context.Context, name string, r io.Reader, want string
 				// The writer that linked the existing object may have died
 				// before its directory fsync. Sync now, so that a caller
 				// who takes ErrExist as "already archived" can rely on it.
-				if err := syncDir(dir); err != nil {
+				if err := durable.SyncDir(dir); err != nil {
 					return fmt.Errorf("put %s: %w", name, err)
 				}
 				return fmt.Errorf("put %s: %w", name, storage.ErrExist)
@@ -356,7 +356,7 @@ func (b *Backend) put(ctx context.Context, name string, r io.Reader, want string
 	} else if err := os.Rename(tmpName, final); err != nil {
 		return fmt.Errorf("put %s: rename into place: %w", name, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := durable.SyncDir(dir); err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
 	return nil
@@ -547,7 +547,7 @@ func (b *Backend) mkdirAll(dir string) error {
 	} else if err := setDirMode(dir); err != nil {
 		return err
 	}
-	return syncDir(parent)
+	return durable.SyncDir(parent)
 }
 
 // setDirMode gives the new directory dir dirMode past the umask, keeping
@@ -705,7 +705,7 @@ func (b *Backend) Delete(ctx context.Context, name string) error {
 	dir := filepath.Dir(p)
 	// A concurrent Delete may already have removed the emptied directory,
 	// taking our entry with it; there is nothing left to sync.
-	if err := syncDir(dir); err != nil && !errors.Is(err, iofs.ErrNotExist) {
+	if err := durable.SyncDir(dir); err != nil && !errors.Is(err, iofs.ErrNotExist) {
 		return fmt.Errorf("delete %s: %w", name, err)
 	}
 	b.tidying.Lock()
@@ -869,21 +869,6 @@ func parseChecksum(v string) (checksum, error) {
 		return checksum{}, fmt.Errorf("%w: %q has no valid length after the digest", storage.ErrInvalidChecksum, v)
 	}
 	return checksum{sum: sum, length: length}, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("fsync directory: %w", err)
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("fsync directory %s: %w", dir, err)
-	}
-	return nil
 }
 
 func ignoreNotExist(err error) error {

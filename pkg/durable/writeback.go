@@ -1,5 +1,24 @@
-// Package writeback starts the device write of a file's new bytes while
-// the file is still being written, so that the fsync that makes it durable
+package durable
+
+import (
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// Step is how many bytes a Writer writes before it starts their writeback.
+const Step = 8 << 20
+
+// MaxWrite is the most a Writer passes to one write(2).
+const MaxWrite = 32 << 10
+
+// Writer writes to a file and, every Step bytes, asks the kernel to start
+// writing the bytes so far to the device without waiting for it
+// (sync_file_range SYNC_FILE_RANGE_WRITE). It is not safe for concurrent
+// use.
+//
+// It starts the device write of a file's new bytes while the file is
+// still being written, so that the fsync that makes it durable
 // finds little left to do.
 //
 // Without it the pages of a large file stay dirty until that fsync: the
@@ -22,24 +41,6 @@
 // 32 KiB writes (dd after freeing as much memory); pg_basebackup writes
 // 32 KiB at a time. On other machines 32 KiB writes cost only the extra
 // system calls, about 100,000 for 3 GB.
-package writeback
-
-import (
-	"os"
-
-	"golang.org/x/sys/unix"
-)
-
-// Step is how many bytes a Writer writes before it starts their writeback.
-const Step = 8 << 20
-
-// MaxWrite is the most a Writer passes to one write(2).
-const MaxWrite = 32 << 10
-
-// Writer writes to a file and, every Step bytes, asks the kernel to start
-// writing the bytes so far to the device without waiting for it
-// (sync_file_range SYNC_FILE_RANGE_WRITE). It is not safe for concurrent
-// use.
 type Writer struct {
 	write   func([]byte) (int, error) // f.Write; a test records the calls
 	fd      int
@@ -47,9 +48,9 @@ type Writer struct {
 	started int64 // bytes whose writeback has been started
 }
 
-// New returns a Writer that writes to f from its current offset, which
+// NewWriter returns a Writer that writes to f from its current offset, which
 // must be 0 (a new file).
-func New(f *os.File) *Writer { return &Writer{write: f.Write, fd: int(f.Fd())} }
+func NewWriter(f *os.File) *Writer { return &Writer{write: f.Write, fd: int(f.Fd())} }
 
 // Write implements io.Writer.
 func (w *Writer) Write(p []byte) (int, error) {

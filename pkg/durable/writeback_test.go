@@ -1,4 +1,4 @@
-package writeback
+package durable
 
 import (
 	"bytes"
@@ -16,7 +16,7 @@ func TestWriterWritesEverything(t *testing.T) {
 	f, err := os.Create(path)
 	require.NoError(t, err)
 	data := bytes.Repeat([]byte("barnacle"), (2*Step+12345)/8)
-	w := New(f)
+	w := NewWriter(f)
 	for rest := data; len(rest) > 0; {
 		k := min(len(rest), 1<<20+3)
 		n, err := w.Write(rest[:k])
@@ -40,7 +40,7 @@ func TestWriterSplitsLargeWrites(t *testing.T) {
 	f, err := os.Create(filepath.Join(t.TempDir(), "f"))
 	require.NoError(t, err)
 	defer f.Close()
-	w := New(f)
+	w := NewWriter(f)
 	var sizes []int
 	w.write = func(p []byte) (int, error) {
 		sizes = append(sizes, len(p))
@@ -68,6 +68,6 @@ func TestWriterReportsWriteErrors(t *testing.T) {
 	f, err := os.Open(filepath.Join(t.TempDir(), ".."))
 	require.NoError(t, err)
 	defer f.Close()
-	_, err = New(f).Write([]byte("x"))
+	_, err = NewWriter(f).Write([]byte("x"))
 	require.Error(t, err, "a directory cannot be written")
 }
