@@ -152,11 +152,11 @@ const maxArchiveBytes = 1 << 50
 // soon as an archive would write more than that size or a file more than
 // the size backup_manifest (fetched first) lists for it (sparse members
 // are refused outright). Every file and directory written is on disk
-// before Restore returns: one syncfs(2) per filesystem written to (a
-// tablespace on another disk gets its own) flushes them all at the end,
-// before global/pg_control is put in place; on kernels before 5.8, whose
-// syncfs does not report write errors, each file and directory is fsynced
-// instead. Members a restore must not
+// before Restore returns: with many files (syncfsMinFiles) one syncfs(2)
+// per filesystem written to (a tablespace on another disk gets its own)
+// flushes them all at the end, before global/pg_control is put in place;
+// with fewer, or on kernels before 5.8, whose syncfs does not report
+// write errors, each file and directory is fsynced instead. Members a restore must not
 // bring back (postmaster.pid and .opts, standby.signal and recovery.signal,
 // pg_internal.init, WAL in pg_wal) are left out; tablespace links and
 // tablespace_map point at the restore directories.
@@ -291,7 +291,8 @@ func Restore(ctx context.Context, opts Options) (Result, error) {
 		if syncer, err = newFSSyncer(roots, what); err != nil {
 			return res, err
 		}
-		defer func() { _ = syncer.close() }()
+		held := syncer
+		defer func() { _ = held.close() }()
 	}
 	res.TargetDir = dests[0].path
 	for oid, i := range tsDest {
@@ -374,6 +375,14 @@ func Restore(ctx context.Context, opts Options) (Result, error) {
 		if err != nil {
 			return res, err
 		}
+	}
+	if res.Files < syncfsMinFiles {
+		// Few files: each is fsynced, and syncfs does not wait for other
+		// writers of the filesystem.
+		for _, u := range unpackers {
+			u.perFileSync = true
+		}
+		syncer = nil
 	}
 	for _, u := range unpackers {
 		if err := u.finish(); err != nil {
