@@ -20,7 +20,14 @@
 #    about 12 minutes and 18 GB of disk (needs zstd and `make versitygw`);
 #  - replay: PostgreSQL's archive recovery of BENCH_SEGMENTS segments with
 #    restore_command = barnacle wal-fetch --prefetch 0 and with the default
-#    prefetch, from file:// and s3:// archives; about 6 minutes.
+#    prefetch, from file:// and s3:// archives; about 6 minutes;
+#  - many relations: BENCH_RELATIONS small tables (default 20,000, six
+#    files each) backed up by pg_basebackup -Ft client-zstd:1 and barnacle
+#    (zstd), restored by zstd -d | tar -x with sync -f and by barnacle,
+#    BENCH_ROUNDS times (default 3 here), with time, system time and peak
+#    RSS; then list, index, lookup, retention plan and wal-fetch timed on
+#    BENCH_SEGMENTS_ARCHIVED (default 100,000) archived segments; about
+#    15 minutes.
 #
 # Knobs (environment): BENCH_SCALE (pgbench scale, default 100),
 # BENCH_SECONDS (per WAL phase, default 60), BENCH_CLIENTS (default 4),
@@ -32,7 +39,7 @@
 # from this tree), BENCH_BARNACLE_ALT (a second binary whose restores and
 # replays are measured beside, as "(alt)" rows), BENCH_SKIP_MICRO=1,
 # BENCH_SKIP_WAL=1, BENCH_SKIP_BASEBACKUP=1, BENCH_SKIP_RESTORE=1,
-# BENCH_SKIP_REPLAY=1 to leave a part out.
+# BENCH_SKIP_REPLAY=1, BENCH_SKIP_MANYREL=1 to leave a part out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${BENCH_SKIP_MICRO:-}" != 1 ]]; then
@@ -49,4 +56,7 @@ if [[ "${BENCH_SKIP_RESTORE:-}" != 1 ]]; then
 fi
 if [[ "${BENCH_SKIP_REPLAY:-}" != 1 ]]; then
 	go test -run '^$' -bench ReplayPrefetch -benchtime 1x -timeout 60m ./test/bench
+fi
+if [[ "${BENCH_SKIP_MANYREL:-}" != 1 ]]; then
+	go test -run '^$' -bench ManyRelations -benchtime 1x -timeout 90m ./test/bench
 fi

@@ -151,8 +151,12 @@ const maxArchiveBytes = 1 << 50
 // it against the checksum and size that backup.json recorded, and stops as
 // soon as an archive would write more than that size or a file more than
 // the size backup_manifest (fetched first) lists for it (sparse members
-// are refused outright). Data files are
-// fsynced as written and directories at the end. Members a restore must not
+// are refused outright). Every file and directory written is on disk
+// before Restore returns: with many files (syncfsMinFiles) one syncfs(2)
+// per filesystem written to (a tablespace on another disk gets its own)
+// flushes them all at the end, before global/pg_control is put in place;
+// with fewer, or on kernels before 5.8, whose syncfs does not report
+// write errors, each file and directory is fsynced instead. Members a restore must not
 // bring back (postmaster.pid and .opts, standby.signal and recovery.signal,
 // pg_internal.init, WAL in pg_wal) are left out; tablespace links and
 // tablespace_map point at the restore directories.
@@ -273,6 +277,23 @@ func Restore(ctx context.Context, opts Options) (Result, error) {
 		}
 		d.path = p
 	}
+	// Durability: one syncfs per filesystem written to, at the end,
+	// where the kernel's syncfs reports write errors; opened now, before
+	// the first write, since syncfs reports only the errors that come
+	// after its file was opened.
+	perFileSync := !syncfsReportsErrors()
+	var syncer *fsSyncer
+	if !perFileSync {
+		what := make([]string, len(dests))
+		for i, d := range dests {
+			what[i] = d.what + " " + d.path
+		}
+		if syncer, err = newFSSyncer(roots, what); err != nil {
+			return res, err
+		}
+		held := syncer
+		defer func() { _ = held.close() }()
+	}
 	res.TargetDir = dests[0].path
 	for oid, i := range tsDest {
 		res.Tablespaces[oid] = dests[i].path
@@ -321,6 +342,8 @@ func Restore(ctx context.Context, opts Options) (Result, error) {
 			continue // fetched above
 		}
 		u := newUnpacker(root, a.tablespace == 0, res.Tablespaces, opts.Owner)
+		u.perFileSync = perFileSync
+		defer u.close()
 		u.limit = a.file.Bytes
 		u.sizes = sizes
 		if a.tablespace != 0 {
@@ -353,9 +376,25 @@ func Restore(ctx context.Context, opts Options) (Result, error) {
 			return res, err
 		}
 	}
+	if res.Files < syncfsMinFiles {
+		// Few files: each is fsynced, and syncfs does not wait for other
+		// writers of the filesystem.
+		for _, u := range unpackers {
+			u.perFileSync = true
+		}
+		syncer = nil
+	}
 	for _, u := range unpackers {
 		if err := u.finish(); err != nil {
 			return res, fmt.Errorf("restore: %w", err)
+		}
+	}
+	if syncer != nil {
+		// Every file and directory written, global/pg_control's
+		// temporary name included, reaches the disk before the rename
+		// below makes the directory startable.
+		if err := syncer.sync(); err != nil {
+			return res, err
 		}
 	}
 	// Last, and durable only after everything else is: the control file

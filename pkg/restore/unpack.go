@@ -15,9 +15,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/barnacle-pg/barnacle/pkg/durable"
 )
@@ -81,6 +84,11 @@ type unpacker struct {
 	owner       *Owner
 	// noSync skips the fsyncs; only the fuzz test sets it, for speed.
 	noSync bool
+	// perFileSync makes finish fsync every file and directory written.
+	// Without it the caller makes them durable with one syncfs per
+	// filesystem (fsSyncer); it is set where syncfs does not report
+	// write errors.
+	perFileSync bool
 	// limit, when positive, is how many bytes of regular files the
 	// archive may write: its uncompressed size as backup.json records it.
 	// A member that would write past it is refused before a byte of it is
@@ -105,10 +113,107 @@ type unpacker struct {
 	unsynced []string
 	// written is the size of the regular files written so far.
 	written int64
+	// dirFile is root's directory, opened on first use, for openat2.
+	dirFile *os.File
+	// noOpenat2 is set once openat2 turned out to be missing (Linux
+	// before 5.6, or a seccomp filter): files are created through root.
+	noOpenat2 atomic.Bool
 }
 
+// startMin is the smallest file whose writeback a finished file starts at
+// once (writeback.Writer.Start). Smaller files are left to the final
+// syncfs, which writes them out together: one sync_file_range each cost
+// a system call and a device request per file.
+const startMin = 1 << 20
+
+// syncfsMinFiles is how many files a restore writes before one syncfs per
+// filesystem replaces the fsync of each file. syncfs also waits for what
+// other processes wrote to the filesystem: below this, on a data
+// directory of few and mostly large files, fsyncing each (its writeback
+// started early) stays cheaper on a shared disk; above it the fsyncs
+// themselves cost more (issue 21). The first this many files of an
+// archive get their writeback started as before either way.
+var syncfsMinFiles = 10000 // a variable so that TestRestore takes the syncfs path
+
 func newUnpacker(root *os.Root, base bool, tablespaces map[uint32]string, owner *Owner) *unpacker {
-	return &unpacker{root: root, base: base, tablespaces: tablespaces, owner: owner, dirs: map[string]time.Time{".": {}}}
+	return &unpacker{root: root, base: base, tablespaces: tablespaces, owner: owner, dirs: map[string]time.Time{".": {}},
+		perFileSync: !syncfsReportsErrors()}
+}
+
+// close releases the directory handle; finish calls it, and a restore
+// that fails before finish does.
+func (u *unpacker) close() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.dirFile != nil {
+		_ = u.dirFile.Close()
+		u.dirFile = nil
+	}
+}
+
+// create makes a new regular file name, mode 0600, and opens it for
+// writing. What stands at name is cleared first (a file or link, never a
+// directory), as tar does.
+//
+// The file is created with one openat2(2) from the root's directory,
+// confined by the kernel (RESOLVE_BENEATH, no symbolic links): os.Root
+// opens and closes every directory on the way, per call, which on tens of
+// thousands of relation files three levels deep was a large part of a
+// restore's system time. Where openat2 is missing, or the kernel asks to
+// retry after a concurrent rename, os.Root does it.
+func (u *unpacker) create(name string) (*os.File, error) {
+	f, err := u.createOnce(name)
+	if errors.Is(err, fs.ErrExist) {
+		if err := u.clear(name); err != nil {
+			return nil, err
+		}
+		f, err = u.createOnce(name)
+	}
+	return f, err
+}
+
+func (u *unpacker) createOnce(name string) (*os.File, error) {
+	if dfd, ok := u.dirFD(); ok {
+		how := unix.OpenHow{
+			Flags:   unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+			Mode:    0o600,
+			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+		}
+		for {
+			fd, err := unix.Openat2(dfd, name, &how)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if err == nil {
+				return os.NewFile(uintptr(fd), name), nil //nolint:gosec // a file descriptor is not negative
+			}
+			if errors.Is(err, unix.ENOSYS) {
+				u.noOpenat2.Store(true)
+			}
+			if !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EPERM) {
+				return nil, &fs.PathError{Op: "openat2", Path: name, Err: err}
+			}
+			break
+		}
+	}
+	return u.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+}
+
+// dirFD is the descriptor of root's directory, opened on first use.
+func (u *unpacker) dirFD() (int, bool) {
+	if u.noOpenat2.Load() {
+		return 0, false
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.dirFile == nil {
+		f, err := u.root.Open(".")
+		if err != nil {
+			return 0, false
+		}
+		u.dirFile = f
+	}
+	return int(u.dirFile.Fd()), true //nolint:gosec // a file descriptor fits in int
 }
 
 // unpack reads the tar stream r to its end-of-archive marker and writes
@@ -373,10 +478,7 @@ func (u *unpacker) regular(ctx context.Context, name string, hdr *tar.Header, r 
 			r = bytes.NewReader(mapped)
 		}
 	}
-	if err := u.clear(dest); err != nil {
-		return err
-	}
-	f, err := u.root.OpenFile(dest, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := u.create(dest)
 	if err != nil {
 		return err
 	}
@@ -392,27 +494,38 @@ func (u *unpacker) regular(ctx context.Context, name string, hdr *tar.Header, r 
 		_, err = io.CopyBuffer(w, ctxReader{ctx, r}, *buf)
 		copyBuffers.Put(buf)
 	}
-	if err == nil && !u.noSync {
-		// The writeback runs while the rest is unpacked; Finish fsyncs
-		// every file, by then mostly clean, in parallel.
+	u.mu.Lock()
+	early := u.files < syncfsMinFiles
+	u.mu.Unlock()
+	if err == nil && !u.noSync && (u.perFileSync || early || hdr.Size >= startMin) {
+		// The writeback runs while the rest is unpacked; the fsyncs
+		// at the end (finish's of every file, in parallel, or the
+		// filesystem's) find the file mostly clean.
 		wb.Start()
+	}
+	if err == nil && !u.noSync {
+		// Kept for finish: with few files it fsyncs each (see
+		// syncfsMinFiles).
 		u.mu.Lock()
 		u.unsynced = append(u.unsynced, dest)
 		u.mu.Unlock()
+	}
+	// Mode, owner and time are set on the open file: by name, each would
+	// walk the path through root again.
+	if err == nil {
+		err = f.Chmod(fileMode(hdr.Mode))
+	}
+	if err == nil && u.owner != nil {
+		err = f.Chown(u.owner.UID, u.owner.GID)
+	}
+	if err == nil {
+		// Last: every write changes the modification time.
+		err = futimes(f, hdr.ModTime)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return err
-	}
-	if err := u.root.Chmod(dest, fileMode(hdr.Mode)); err != nil {
-		return err
-	}
-	if err := u.chown(dest); err != nil {
-		return err
-	}
-	if err := u.root.Chtimes(dest, hdr.ModTime, hdr.ModTime); err != nil {
 		return err
 	}
 	u.mu.Lock()
@@ -483,10 +596,23 @@ func (u *unpacker) hardlink(name string, hdr *tar.Header) error {
 	return u.root.Link(old, name)
 }
 
+// futimes sets f's access and modification times to t, as futimens(3).
+func futimes(f *os.File, t time.Time) error {
+	ts := []unix.Timespec{unix.NsecToTimespec(t.UnixNano()), unix.NsecToTimespec(t.UnixNano())}
+	// utimensat with a NULL path sets the times of the descriptor itself.
+	_, _, errno := unix.Syscall6(unix.SYS_UTIMENSAT, f.Fd(), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0) //nolint:gosec // the kernel reads two timespecs
+	if errno != 0 {
+		return &fs.PathError{Op: "futimens", Path: f.Name(), Err: errno}
+	}
+	return nil
+}
+
 // finish sets the directories' modification times (deepest first, since
-// creating entries changes a directory's time) and fsyncs every directory
-// written, so that the restore is durable when it returns.
+// creating entries changes a directory's time) and, with perFileSync,
+// fsyncs every file and directory written, so that the restore is durable
+// when it returns; otherwise the caller's syncfs does.
 func (u *unpacker) finish() error {
+	defer u.close()
 	u.mu.Lock()
 	names := make([]string, 0, len(u.dirs))
 	for d := range u.dirs {
@@ -501,7 +627,7 @@ func (u *unpacker) finish() error {
 			}
 		}
 	}
-	if u.noSync {
+	if u.noSync || !u.perFileSync {
 		return nil
 	}
 	var g errgroup.Group
