@@ -72,9 +72,9 @@ func (a *Agent) fillStatus(s *coordinator.AgentStatus) {
 		return
 	}
 	s.Timeline = uint32(st.Timeline)
-	s.ReceivedLSN = st.Received.String()
-	s.FlushedLSN = st.Flushed.String()
-	s.ArchivedLSN = st.Flushed.String()
+	s.ReceivedLSN = st.Received
+	s.FlushedLSN = st.Flushed
+	s.ArchivedLSN = st.Flushed
 	s.LastArchivedSegment = st.LastSegment
 }
 

@@ -269,8 +269,8 @@ func (a *archiver) recordGap(b storage.Backend, term coordinator.Term) func(cont
 		}
 		gap := catalog.Gap{
 			Timeline: g.Timeline,
-			StartLSN: g.From.String(),
-			EndLSN:   g.ResumeAt.String(),
+			StartLSN: g.From,
+			EndLSN:   g.ResumeAt,
 			Reason:   fmt.Sprintf("the master no longer had this WAL when barnacle asked for it (timeline %d, resumed on timeline %d): %v", g.Timeline, g.ResumeTimeline, g.Err),
 		}
 		if err := catalog.RecordGap(ctx, b, a.cfg.ClusterName, gap); err != nil {
@@ -496,14 +496,13 @@ func gapAlarm(g catalog.Gap) string {
 func unresolvedGap(gaps []catalog.Gap, backups []catalog.Backup) (catalog.Gap, bool) {
 	for i := len(gaps) - 1; i >= 0; i-- {
 		g := gaps[i]
-		end, err := wal.ParseLSN(g.EndLSN)
-		if err != nil {
+		end := g.EndLSN
+		if end == wal.InvalidLSN {
 			return g, true // unreadable: keep the alarm
 		}
 		resolved := false
 		for _, d := range backups {
-			start, err := wal.ParseLSN(d.StartLSN)
-			if err == nil && d.Status == catalog.StatusDone && d.StartTimeline >= g.Timeline && start >= end {
+			if d.StartLSN != wal.InvalidLSN && d.Status == catalog.StatusDone && d.StartTimeline >= g.Timeline && d.StartLSN >= end {
 				resolved = true
 				break
 			}

@@ -69,8 +69,8 @@ func TestBackfillDone(t *testing.T) {
 }
 
 func TestUnresolvedGap(t *testing.T) {
-	gap := catalog.Gap{Timeline: 1, StartLSN: "0/3000000", EndLSN: "0/9000000"}
-	backup := func(status catalog.BackupStatus, tli wal.Timeline, start string) catalog.Backup {
+	gap := catalog.Gap{Timeline: 1, StartLSN: 0x3000000, EndLSN: 0x9000000}
+	backup := func(status catalog.BackupStatus, tli wal.Timeline, start wal.LSN) catalog.Backup {
 		return catalog.Backup{Status: status, StartTimeline: tli, StartLSN: start}
 	}
 	cases := []struct {
@@ -81,15 +81,15 @@ func TestUnresolvedGap(t *testing.T) {
 	}{
 		{"no gap", nil, nil, false},
 		{"gap, no backup", []catalog.Gap{gap}, nil, true},
-		{"only a backup before the gap", []catalog.Gap{gap}, []catalog.Backup{backup(catalog.StatusDone, 1, "0/2000028")}, true},
-		{"a backup after the gap still running", []catalog.Gap{gap}, []catalog.Backup{backup(catalog.StatusRunning, 1, "0/A000028")}, true},
-		{"a backup after the gap failed", []catalog.Gap{gap}, []catalog.Backup{backup(catalog.StatusFailed, 1, "0/A000028")}, true},
-		{"a backup starting inside the gap", []catalog.Gap{gap}, []catalog.Backup{backup(catalog.StatusDone, 1, "0/8000028")}, true},
-		{"a done backup after the gap", []catalog.Gap{gap}, []catalog.Backup{backup(catalog.StatusDone, 1, "0/A000028")}, false},
-		{"a done backup after the gap on the next timeline", []catalog.Gap{gap}, []catalog.Backup{backup(catalog.StatusDone, 2, "0/9000028")}, false},
+		{"only a backup before the gap", []catalog.Gap{gap}, []catalog.Backup{backup(catalog.StatusDone, 1, 0x2000028)}, true},
+		{"a backup after the gap still running", []catalog.Gap{gap}, []catalog.Backup{backup(catalog.StatusRunning, 1, 0xA000028)}, true},
+		{"a backup after the gap failed", []catalog.Gap{gap}, []catalog.Backup{backup(catalog.StatusFailed, 1, 0xA000028)}, true},
+		{"a backup starting inside the gap", []catalog.Gap{gap}, []catalog.Backup{backup(catalog.StatusDone, 1, 0x8000028)}, true},
+		{"a done backup after the gap", []catalog.Gap{gap}, []catalog.Backup{backup(catalog.StatusDone, 1, 0xA000028)}, false},
+		{"a done backup after the gap on the next timeline", []catalog.Gap{gap}, []catalog.Backup{backup(catalog.StatusDone, 2, 0x9000028)}, false},
 		{"an older gap resolved, a newer one not",
-			[]catalog.Gap{gap, {Timeline: 2, StartLSN: "0/B000000", EndLSN: "0/F000000"}},
-			[]catalog.Backup{backup(catalog.StatusDone, 1, "0/A000028")}, true},
+			[]catalog.Gap{gap, {Timeline: 2, StartLSN: 0xB000000, EndLSN: 0xF000000}},
+			[]catalog.Backup{backup(catalog.StatusDone, 1, 0xA000028)}, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -257,10 +257,8 @@ func (b *backups) setCurrent(id string) {
 func (b *backups) waitArchived(ctx context.Context, stop basebackup.Position) error {
 	return backup.WaitArchived(func() (catalog.Position, error) {
 		st := b.coord.State()
-		if l, ok := st.Agents[st.Leader]; ok && l.ArchivedLSN != "" {
-			if lsn, err := wal.ParseLSN(l.ArchivedLSN); err == nil {
-				return catalog.Position{Timeline: wal.Timeline(l.Timeline), LSN: lsn}, nil
-			}
+		if l, ok := st.Agents[st.Leader]; ok && l.ArchivedLSN != wal.InvalidLSN {
+			return catalog.Position{Timeline: wal.Timeline(l.Timeline), LSN: l.ArchivedLSN}, nil
 		}
 		return catalog.Position{}, nil
 	}, nil, 200*time.Millisecond)(ctx, stop)

@@ -239,9 +239,8 @@ func (m *catalogMetrics) observeCatalog(list []catalog.Backup, now time.Time) {
 	m.lastBackupDur.Set(0)
 	if oldest != nil {
 		m.firstPointTime.Set(unixSeconds(oldest.StopTime))
-		if lsn, err := wal.ParseLSN(oldest.StopLSN); err == nil {
-			m.firstPointLSN.Set(float64(lsn))
-		}
+		m.firstPointLSN.Set(float64(oldest.StopLSN)) // 0 while unknown, as before
+
 	}
 	if newest != nil {
 		m.lastBackupTime.Set(unixSeconds(newest.StopTime))

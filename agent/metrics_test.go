@@ -24,9 +24,9 @@ func TestCatalogMetricsExposition(t *testing.T) {
 	// ListBackups order: newest first.
 	list := []catalog.Backup{
 		{ID: "20261124T200000", Status: catalog.StatusRunning, StartTime: t0.Add(3 * time.Hour)},
-		{ID: "20261124T190000", Status: catalog.StatusDone, StartTime: t0.Add(2 * time.Hour), StopTime: t0.Add(2*time.Hour + 90*time.Second), StopLSN: "0/5000100"},
+		{ID: "20261124T190000", Status: catalog.StatusDone, StartTime: t0.Add(2 * time.Hour), StopTime: t0.Add(2*time.Hour + 90*time.Second), StopLSN: 0x5000100},
 		{ID: "20261124T180000", Status: catalog.StatusFailed, StartTime: t0.Add(time.Hour)},
-		{ID: "20261124T170000", Status: catalog.StatusDone, StartTime: t0, StopTime: t0.Add(30 * time.Second), StopLSN: "0/3000100"},
+		{ID: "20261124T170000", Status: catalog.StatusDone, StartTime: t0, StopTime: t0.Add(30 * time.Second), StopLSN: 0x3000100},
 	}
 	m.catalog.observeCatalog(list, t0.Add(4*time.Hour))
 	m.catalog.retentionSucceeded(t0.Add(5 * time.Hour))

@@ -73,13 +73,10 @@ func (s *standbySlot) step(ctx context.Context) error {
 		return nil
 	}
 	leader, ok := st.Agents[st.Leader]
-	if !ok || leader.ArchivedLSN == "" {
+	if !ok || leader.ArchivedLSN == wal.InvalidLSN {
 		return nil // nobody archives yet: keep what the slot holds
 	}
-	archived, err := wal.ParseLSN(leader.ArchivedLSN)
-	if err != nil {
-		return fmt.Errorf("leader %s published archived LSN %q: %w", st.Leader, leader.ArchivedLSN, err)
-	}
+	archived := leader.ArchivedLSN
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	conn, err := s.local.connection(cctx, st)

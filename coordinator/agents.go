@@ -9,6 +9,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
 // Roles published in AgentStatus.Role.
@@ -36,9 +38,9 @@ type AgentStatus struct {
 	ClusterDataRevision int64     `json:"clusterdataRevision,omitempty"`
 	Streaming           bool      `json:"streaming"`
 	Timeline            uint32    `json:"timeline,omitempty"`
-	ReceivedLSN         string    `json:"receivedLSN,omitempty"`
-	FlushedLSN          string    `json:"flushedLSN,omitempty"`
-	ArchivedLSN         string    `json:"archivedLSN,omitempty"`
+	ReceivedLSN         wal.LSN   `json:"receivedLSN,omitempty"`
+	FlushedLSN          wal.LSN   `json:"flushedLSN,omitempty"`
+	ArchivedLSN         wal.LSN   `json:"archivedLSN,omitempty"`
 	LastArchivedSegment string    `json:"lastArchivedSegment,omitempty"`
 	LastError           string    `json:"lastError,omitempty"`
 	StartedAt           time.Time `json:"startedAt"`

@@ -432,7 +432,7 @@ func (c *Coordinator) shutdown(ctx context.Context, r *role) {
 // positions.
 func positionsOnly(a, b AgentStatus) bool {
 	for _, r := range []*AgentStatus{&a, &b} {
-		r.ReceivedLSN, r.FlushedLSN, r.ArchivedLSN, r.LastArchivedSegment = "", "", "", ""
+		r.ReceivedLSN, r.FlushedLSN, r.ArchivedLSN, r.LastArchivedSegment = 0, 0, 0, ""
 	}
 	return a == b
 }

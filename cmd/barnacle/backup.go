@@ -129,7 +129,7 @@ func takeLocalBackup(ctx context.Context, cfg config.Config, b storage.Backend, 
 			log.Warn("wal gap: the archive lacks WAL the server no longer has; recorded", "timeline", g.Timeline,
 				"from", g.From.String(), "to", g.ResumeAt.String())
 			return catalog.RecordGap(ctx, b, cfg.ClusterName, catalog.Gap{
-				Timeline: g.Timeline, StartLSN: g.From.String(), EndLSN: g.ResumeAt.String(),
+				Timeline: g.Timeline, StartLSN: g.From, EndLSN: g.ResumeAt,
 				Reason: fmt.Sprintf("the server no longer had this WAL when barnacle backup --local asked for it (timeline %d): %v", g.Timeline, g.Err),
 			})
 		},

@@ -14,6 +14,7 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
+	"github.com/barnacle-pg/barnacle/pkg/wal"
 	"github.com/barnacle-pg/barnacle/pkg/walfetch"
 )
 
@@ -91,7 +92,7 @@ func newListBackupsCommand() *cobra.Command {
 					keep = "keep"
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", d.ID, d.Status, humanBytes(d.Bytes), humanBytes(d.StoredBytes),
-					d.StartTime.UTC().Format(time.RFC3339), dur, d.StartLSN, d.StopLSN, d.StartTimeline, keep)
+					d.StartTime.UTC().Format(time.RFC3339), dur, shownLSN(d.StartLSN), shownLSN(d.StopLSN), d.StartTimeline, keep)
 			}
 			return tw.Flush()
 		},
@@ -153,6 +154,13 @@ and "backup.error" hold the detail; 0 when it is restorable.`,
 	return cmd
 }
 
+// shownLSN is l as backup documents write it: "" while not known yet (a
+// running backup's positions), not PostgreSQL's invalid 0/0.
+func shownLSN(l wal.LSN) string {
+	text, _ := l.MarshalText()
+	return string(text)
+}
+
 func printBackup(w io.Writer, d backupDetail) error {
 	b := d.Backup
 	fmt.Fprintf(w, "Backup:       %s (%s)\n", b.ID, b.Status)
@@ -164,9 +172,9 @@ func printBackup(w io.Writer, d backupDetail) error {
 	}
 	fmt.Fprintf(w, "PostgreSQL:   %d, system identifier %s\n", b.PGVersion, b.SystemID)
 	fmt.Fprintf(w, "Taken from:   %s (%s) by agent %s\n", b.Host, b.From, b.Agent)
-	fmt.Fprintf(w, "Start:        %s at %s, timeline %d\n", b.StartTime.UTC().Format(time.RFC3339), b.StartLSN, b.StartTimeline)
+	fmt.Fprintf(w, "Start:        %s at %s, timeline %d\n", b.StartTime.UTC().Format(time.RFC3339), shownLSN(b.StartLSN), b.StartTimeline)
 	if !b.StopTime.IsZero() {
-		fmt.Fprintf(w, "Stop:         %s at %s, timeline %d (%s)\n", b.StopTime.UTC().Format(time.RFC3339), b.StopLSN, b.StopTimeline,
+		fmt.Fprintf(w, "Stop:         %s at %s, timeline %d (%s)\n", b.StopTime.UTC().Format(time.RFC3339), shownLSN(b.StopLSN), b.StopTimeline,
 			b.StopTime.Sub(b.StartTime).Round(time.Second))
 	}
 	fmt.Fprintf(w, "Size:         %s, stored %s (%s)\n", humanBytes(b.Bytes), humanBytes(b.StoredBytes), b.Compression)

@@ -32,8 +32,8 @@ func testArchive(t *testing.T) string {
 	for id, startSeg := range map[string]uint64{"20261101T000000": 2, "20261102T000000": 5} {
 		start, _, err := catalog.ParseBackupID(id)
 		require.NoError(t, err)
-		d := catalog.Backup{ID: id, Status: catalog.StatusDone, StartLSN: wal.LSN(startSeg*seg + 40).String(),
-			StopLSN: wal.LSN((startSeg+1)*seg + 0x100).String(), StartTimeline: 1, StopTimeline: 1,
+		d := catalog.Backup{ID: id, Status: catalog.StatusDone, StartLSN: wal.LSN(startSeg*seg + 40),
+			StopLSN: wal.LSN((startSeg+1)*seg + 0x100), StartTimeline: 1, StopTimeline: 1,
 			StartTime: start, StopTime: start.Add(time.Minute), WALSegmentSize: seg}
 		require.NoError(t, b.Put(ctx, catalog.BackupPrefix("c1", id)+"base.tar", strings.NewReader(id), storage.PutOptions{}))
 		require.NoError(t, catalog.PutBackup(ctx, b, "c1", d))

@@ -43,8 +43,8 @@ func tarArchive(t *testing.T) (root, baseTar string) {
 	info, err := b.Stat(ctx, catalog.BackupPrefix("c1", id)+"base.tar")
 	require.NoError(t, err)
 	start, _, _ := catalog.ParseBackupID(id)
-	d := catalog.Backup{ID: id, Status: catalog.StatusDone, StartLSN: wal.LSN(2*seg + 40).String(),
-		StopLSN: wal.LSN(3*seg + 0x100).String(), StartTimeline: 1, StopTimeline: 1, PGVersion: 150000,
+	d := catalog.Backup{ID: id, Status: catalog.StatusDone, StartLSN: wal.LSN(2*seg + 40),
+		StopLSN: wal.LSN(3*seg + 0x100), StartTimeline: 1, StopTimeline: 1, PGVersion: 150000,
 		StartTime: start, StopTime: start.Add(time.Minute), WALSegmentSize: seg,
 		Files: []catalog.BackupFile{{Name: "base.tar", Bytes: int64(tb.Len()), StoredBytes: info.Size, Checksum: info.Checksum}}}
 	require.NoError(t, catalog.PutBackup(ctx, b, "c1", d))

@@ -134,7 +134,7 @@ func printDecisions(w io.Writer, ds []retention.Decision) {
 		if !d.StartTime.IsZero() {
 			start = d.StartTime.UTC().Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%d\t%s\t%s\n", d.ID, d.Status, start, d.StartLSN, d.StartTimeline, humanBytes(d.StoredBytes), d.Reason)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%d\t%s\t%s\n", d.ID, d.Status, start, shownLSN(d.StartLSN), d.StartTimeline, humanBytes(d.StoredBytes), d.Reason)
 	}
 	_ = tw.Flush()
 }

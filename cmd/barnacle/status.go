@@ -122,8 +122,8 @@ func printReport(w io.Writer, r coordinator.Report) error {
 		streaming, tli, archived := "-", "-", "-"
 		if a.Role == coordinator.RoleLeader {
 			streaming = fmt.Sprint(a.Streaming)
-			if a.ArchivedLSN != "" {
-				tli, archived = fmt.Sprint(a.Timeline), a.ArchivedLSN
+			if a.ArchivedLSN != wal.InvalidLSN {
+				tli, archived = fmt.Sprint(a.Timeline), a.ArchivedLSN.String()
 			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s ago\n", a.Name, a.KeeperUID, role, a.MasterKeeperUID,
@@ -305,13 +305,10 @@ func readLag(ctx context.Context, cfg config.Config, r coordinator.Report) *arch
 			leader = &r.Agents[i]
 		}
 	}
-	if leader == nil || leader.ArchivedLSN == "" {
+	if leader == nil || leader.ArchivedLSN == wal.InvalidLSN {
 		return nil
 	}
-	archived, err := wal.ParseLSN(leader.ArchivedLSN)
-	if err != nil {
-		return nil
-	}
+	archived := leader.ArchivedLSN
 	masterErr := "clusterdata names no master"
 	if r.Master != nil {
 		addr, err := reportMasterAddress(cfg, *r.Master)
@@ -323,8 +320,8 @@ func readLag(ctx context.Context, cfg config.Config, r coordinator.Report) *arch
 			return &archiveLag{Bytes: lagBytes(pos, archived), Source: "master", MasterLSN: pos.String(), Archived: archived.String()}
 		}
 	}
-	received, err := wal.ParseLSN(leader.ReceivedLSN)
-	if err != nil {
+	received := leader.ReceivedLSN
+	if received == wal.InvalidLSN {
 		return nil
 	}
 	return &archiveLag{Bytes: lagBytes(received, archived), Source: "leader record", Archived: archived.String(), MasterError: masterErr}

@@ -21,7 +21,7 @@ import (
 func TestRecoverableWindows(t *testing.T) {
 	const seg = 16 << 20
 	stop := time.Date(2026, 11, 24, 17, 0, 0, 0, time.UTC)
-	backup := catalog.Backup{ID: "b1", Status: catalog.StatusDone, StopTimeline: 1, StopLSN: "0/3000100", StopTime: stop}
+	backup := catalog.Backup{ID: "b1", Status: catalog.StatusDone, StopTimeline: 1, StopLSN: 0x3000100, StopTime: stop}
 	var objs []storage.ObjectInfo
 	for _, n := range []string{"000000010000000000000003", "000000010000000000000004", "00000002.history",
 		"000000020000000000000005", "000000020000000000000006.zst"} {

@@ -245,7 +245,7 @@ func (t *taker) run(ctx context.Context, conn *pgconn.PgConn) error {
 	if err != nil {
 		return err
 	}
-	t.doc.StopLSN, t.doc.StopTimeline = res.Stop.LSN.String(), res.Stop.Timeline
+	t.doc.StopLSN, t.doc.StopTimeline = res.Stop.LSN, res.Stop.Timeline
 	t.doc.StopTime = t.opts.Now().UTC()
 	if t.opts.OnProgress != nil {
 		t.opts.OnProgress(t.done, t.done)
@@ -332,7 +332,7 @@ func (t *taker) fail(ctx context.Context, cause error) (catalog.Backup, error) {
 // at once: from now on the backup needs the WAL from there, and retention
 // must see that while the backup runs.
 func (t *taker) Begin(start basebackup.Position) error {
-	t.doc.StartLSN, t.doc.StartTimeline = start.LSN.String(), start.Timeline
+	t.doc.StartLSN, t.doc.StartTimeline = start.LSN, start.Timeline
 	t.log.Info("checkpoint done, receiving backup", "start_lsn", start.LSN.String(), "timeline", start.Timeline)
 	if err := t.put(t.ctx); err != nil {
 		return fmt.Errorf("record start position: %w", err)

@@ -273,10 +273,9 @@ func (v *verifier) checkWALRange(m *manifest) {
 		return
 	}
 	first, last := m.WALRanges[0], m.WALRanges[len(m.WALRanges)-1]
-	same := func(a, b string) bool {
-		la, erra := wal.ParseLSN(a)
-		lb, errb := wal.ParseLSN(b)
-		return erra == nil && errb == nil && la == lb
+	same := func(a string, b wal.LSN) bool {
+		la, err := wal.ParseLSN(a)
+		return err == nil && b != wal.InvalidLSN && la == b
 	}
 	if !same(first.StartLSN, v.doc.StartLSN) || first.Timeline != v.doc.StartTimeline ||
 		!same(last.EndLSN, v.doc.StopLSN) || last.Timeline != v.doc.StopTimeline {

@@ -13,7 +13,7 @@ func TestReadArchive(t *testing.T) {
 	ctx := t.Context()
 	b := newBackend(t)
 	const c = "c1"
-	storeBackup(t, b, c, Backup{ID: "20260101T000000", Status: StatusDone, WALSegmentSize: 1 << 20, StartTimeline: 1, StartLSN: "0/100028", StopTimeline: 1, StopLSN: "0/200000"})
+	storeBackup(t, b, c, Backup{ID: "20260101T000000", Status: StatusDone, WALSegmentSize: 1 << 20, StartTimeline: 1, StartLSN: 0x100028, StopTimeline: 1, StopLSN: 0x200000})
 	hist2 := wal.FormatHistory([]wal.HistoryEntry{{Timeline: 1, SwitchPoint: 0x300100}})
 	for name, data := range map[string][]byte{
 		wal.SegmentFileName(1, 1, 1<<20):              []byte("x"),
@@ -24,7 +24,7 @@ func TestReadArchive(t *testing.T) {
 	} {
 		putObject(t, b, WALPrefix(c)+name, data)
 	}
-	require.NoError(t, RecordGap(ctx, b, c, Gap{Timeline: 1, StartLSN: "0/1000000", EndLSN: "0/2000000"}))
+	require.NoError(t, RecordGap(ctx, b, c, Gap{Timeline: 1, StartLSN: 0x1000000, EndLSN: 0x2000000}))
 
 	// Without archive.json the segment size is the newest done backup's.
 	a, err := ReadArchive(ctx, b, c)

@@ -65,11 +65,12 @@ type Backup struct {
 	// Error says why the backup failed; empty unless Status is failed.
 	Error string `json:"error,omitempty"`
 
-	// StartLSN and StopLSN are the WAL positions BASE_BACKUP reported, in
-	// PostgreSQL's X/X form. The WAL from the start to the stop position
-	// must be archived for the backup to be consistent.
-	StartLSN      string       `json:"startLSN"`
-	StopLSN       string       `json:"stopLSN"`
+	// StartLSN and StopLSN are the WAL positions BASE_BACKUP reported,
+	// written in PostgreSQL's X/X form; InvalidLSN ("") until reported. The
+	// WAL from the start to the stop position must be archived for the
+	// backup to be consistent.
+	StartLSN      wal.LSN      `json:"startLSN"`
+	StopLSN       wal.LSN      `json:"stopLSN"`
 	StartTimeline wal.Timeline `json:"startTimeline"`
 	StopTimeline  wal.Timeline `json:"stopTimeline"`
 	StartTime     time.Time    `json:"startTime"`

@@ -217,7 +217,7 @@ func TestReadBackup(t *testing.T) {
 	b := newBackend(t)
 	doc := Backup{
 		ID: "20261124T170005", Status: StatusDone, Label: "nightly",
-		StartLSN: "0/2000028", StopLSN: "0/2000100", StartTimeline: 1, StopTimeline: 1,
+		StartLSN: 0x2000028, StopLSN: 0x2000100, StartTimeline: 1, StopTimeline: 1,
 		StartTime: t0, StopTime: t0.Add(time.Minute), PGVersion: 150010, SystemID: "7711797878400204491",
 		WALSegmentSize: 16 << 20, Compression: "zstd",
 		Files: []BackupFile{

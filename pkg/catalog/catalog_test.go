@@ -63,16 +63,16 @@ func TestRecordGap(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, gaps)
 
-	g := Gap{Timeline: 2, StartLSN: "0/5000000", EndLSN: "0/7000000", Reason: "requested WAL segment has already been removed"}
+	g := Gap{Timeline: 2, StartLSN: 0x5000000, EndLSN: 0x7000000, Reason: "requested WAL segment has already been removed"}
 	require.NoError(t, RecordGap(ctx, b, "c", g))
 	require.NoError(t, RecordGap(ctx, b, "c", g), "recording the same gap twice keeps one")
-	require.NoError(t, RecordGap(ctx, b, "c", Gap{Timeline: 2, StartLSN: "0/9000000", EndLSN: "0/A000000"}))
+	require.NoError(t, RecordGap(ctx, b, "c", Gap{Timeline: 2, StartLSN: 0x9000000, EndLSN: 0xA000000}))
 	gaps, err = ReadGaps(ctx, b, "c")
 	require.NoError(t, err)
 	require.Len(t, gaps, 2)
 	assert.Equal(t, uint64(0x2000000), gaps[0].Bytes)
 	assert.False(t, gaps[0].DetectedAt.IsZero())
 
-	require.Error(t, RecordGap(ctx, b, "c", Gap{StartLSN: "0/2", EndLSN: "0/1"}), "an empty range is refused")
-	require.Error(t, RecordGap(ctx, b, "c", Gap{StartLSN: "x", EndLSN: "0/1"}))
+	require.Error(t, RecordGap(ctx, b, "c", Gap{StartLSN: 0x2, EndLSN: 0x1}), "an empty range is refused")
+	require.Error(t, RecordGap(ctx, b, "c", Gap{EndLSN: 0x1}), "a gap without a start is refused")
 }

@@ -17,8 +17,8 @@ import (
 // gap; only a base backup taken after it makes later points recoverable.
 type Gap struct {
 	Timeline   wal.Timeline `json:"timeline"`
-	StartLSN   string       `json:"startLSN"` // first missing byte
-	EndLSN     string       `json:"endLSN"`   // first byte available again
+	StartLSN   wal.LSN      `json:"startLSN"` // first missing byte
+	EndLSN     wal.LSN      `json:"endLSN"`   // first byte available again
 	Bytes      uint64       `json:"bytes"`
 	DetectedAt time.Time    `json:"detectedAt"`
 	Reason     string       `json:"reason"`
@@ -51,13 +51,9 @@ func ReadGaps(ctx context.Context, b storage.Backend, cluster string) ([]Gap, er
 // recorded. Only the leader calls it, so read-modify-write with an atomic
 // replace is enough.
 func RecordGap(ctx context.Context, b storage.Backend, cluster string, g Gap) error {
-	start, err := wal.ParseLSN(g.StartLSN)
-	if err != nil {
-		return fmt.Errorf("gap start: %w", err)
-	}
-	end, err := wal.ParseLSN(g.EndLSN)
-	if err != nil {
-		return fmt.Errorf("gap end: %w", err)
+	start, end := g.StartLSN, g.EndLSN
+	if start == wal.InvalidLSN {
+		return errors.New("gap start: no LSN")
 	}
 	if end <= start {
 		return fmt.Errorf("gap %s..%s is empty", g.StartLSN, g.EndLSN)

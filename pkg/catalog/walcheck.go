@@ -65,13 +65,9 @@ func CheckBackupWAL(ctx context.Context, b storage.Backend, cluster string, doc 
 	if err := wal.ValidSegmentSize(segSize); err != nil {
 		return WALCheck{}, fmt.Errorf("check wal of backup %s: %w", doc.ID, err)
 	}
-	start, err := wal.ParseLSN(doc.StartLSN)
-	if err != nil {
-		return WALCheck{}, fmt.Errorf("check wal of backup %s: start: %w", doc.ID, err)
-	}
-	stop, err := wal.ParseLSN(doc.StopLSN)
-	if err != nil {
-		return WALCheck{}, fmt.Errorf("check wal of backup %s: stop: %w", doc.ID, err)
+	start, stop := doc.StartLSN, doc.StopLSN
+	if start == wal.InvalidLSN {
+		return WALCheck{}, fmt.Errorf("check wal of backup %s: no start LSN", doc.ID)
 	}
 	if stop <= start || doc.StartTimeline == 0 || doc.StopTimeline < doc.StartTimeline {
 		return WALCheck{}, fmt.Errorf("check wal of backup %s: invalid range %s on timeline %d to %s on timeline %d",

@@ -66,8 +66,8 @@ func RecoverableWindows(a Archive) []Window {
 	if oldest == nil || wal.ValidSegmentSize(segSize) != nil || a.WAL == nil {
 		return out
 	}
-	stop, err := wal.ParseLSN(oldest.StopLSN)
-	if err != nil {
+	stop := oldest.StopLSN
+	if stop == wal.InvalidLSN {
 		return out
 	}
 	var timelines []wal.Timeline
@@ -114,12 +114,11 @@ func RecoverableWindows(a Archive) []Window {
 			w.StopsAt = "missing " + wal.SegmentFileName(tli, wal.SegmentOf(from, segSize), segSize)
 		}
 		for _, g := range a.Gaps {
-			start, err := wal.ParseLSN(g.StartLSN)
-			if err != nil || g.Timeline != tli || start >= to {
+			start, end := g.StartLSN, g.EndLSN
+			if start == wal.InvalidLSN || g.Timeline != tli || start >= to {
 				continue
 			}
-			end, err := wal.ParseLSN(g.EndLSN)
-			if err != nil || end <= from {
+			if end <= from {
 				continue
 			}
 			to = max(from, start)

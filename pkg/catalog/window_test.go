@@ -13,7 +13,7 @@ import (
 func TestRecoverableWindows(t *testing.T) {
 	stop := time.Date(2026, 11, 24, 17, 0, 0, 0, time.UTC)
 	written := time.Date(2026, 11, 24, 18, 0, 0, 0, time.UTC)
-	backup := Backup{ID: "b1", Status: StatusDone, StopTimeline: 1, StopLSN: "0/3000100", StopTime: stop}
+	backup := Backup{ID: "b1", Status: StatusDone, StopTimeline: 1, StopLSN: 0x3000100, StopTime: stop}
 	// archive lists names (size: a segment, or n for "name=n").
 	archive := func(backups []Backup, hist map[wal.Timeline][]wal.HistoryEntry, gaps []Gap, names ...string) Archive {
 		ix := index(names...)
@@ -42,7 +42,7 @@ func TestRecoverableWindows(t *testing.T) {
 			[]Window{{Timeline: 1, FromLSN: 0x3000100, FromTime: stop, ToLSN: 0x4000000, StopsAt: "missing " + seg(1, 4)}}},
 		{"backup wal missing", archive(one, nil, nil, seg(1, 4)),
 			[]Window{{Timeline: 1, FromLSN: 0x3000100, FromTime: stop, ToLSN: 0x3000100, StopsAt: "missing " + seg(1, 3)}}},
-		{"recorded gap", archive(one, nil, []Gap{{Timeline: 1, StartLSN: "0/4000000", EndLSN: "0/4800000"}}, seg(1, 3), seg(1, 4)),
+		{"recorded gap", archive(one, nil, []Gap{{Timeline: 1, StartLSN: 0x4000000, EndLSN: 0x4800000}}, seg(1, 3), seg(1, 4)),
 			[]Window{{Timeline: 1, FromLSN: 0x3000100, FromTime: stop, ToLSN: 0x4000000, StopsAt: "recorded gap 0/4000000..0/4800000"}}},
 		{"second timeline", archive(one, hist2, nil, seg(1, 3), seg(1, 4), "00000002.history",
 			seg(2, 5), seg(2, 6)+".zst", seg(1, 5)+".partial=512"),

@@ -195,8 +195,8 @@ func TestCheckContinuity(t *testing.T) {
 			name: "recorded gaps after the start count, older ones do not",
 			archive: walSpec{Files: []string{seg(1, 3), seg(1, 4)}, StartTimeline: 1, StartLSN: 0x3000028,
 				Gaps: []catalog.Gap{
-					{Timeline: 1, StartLSN: "0/1000000", EndLSN: "0/2000000"},
-					{Timeline: 1, StartLSN: "0/4000000", EndLSN: "0/9000000"},
+					{Timeline: 1, StartLSN: 0x1000000, EndLSN: 0x2000000},
+					{Timeline: 1, StartLSN: 0x4000000, EndLSN: 0x9000000},
 				}},
 			gaps:   1,
 			ranges: []TimelineRange{{1, seg(1, 3), seg(1, 4)}},
@@ -229,7 +229,7 @@ func TestCheckContinuity(t *testing.T) {
 
 func TestWALContinuityHint(t *testing.T) {
 	c := Continuity{Missing: []string{"00000002.history", seg(1, 3), seg(1, 4), seg(1, 5)},
-		Gaps: []catalog.Gap{{Timeline: 1, StartLSN: "0/4000000", EndLSN: "0/9000000"}}}
+		Gaps: []catalog.Gap{{Timeline: 1, StartLSN: 0x4000000, EndLSN: 0x9000000}}}
 	r := WALContinuity(c, "20260101T000000")
 	assert.False(t, r.OK)
 	assert.Equal(t, "missing 00000002.history, "+seg(1, 3)+", "+seg(1, 4)+" and 1 more; recorded WAL gap on timeline 1 from 0/4000000 to 0/9000000 "+
@@ -265,11 +265,11 @@ func TestChecks(t *testing.T) {
 		{"standby slot missing", StandbySlots("barnacle", []StandbySlot{{KeeperUID: "k1", Exists: true}, {KeeperUID: "k2", Address: "h:5432"}}), false, "keeper k2 at h:5432 has no slot barnacle"},
 		{"agents", AgentsBesideKeepers([]string{"k1", "k2"}, map[string]string{"k1": "a1", "k2": "a2"}), true, ""},
 		{"agent missing", AgentsBesideKeepers([]string{"k1", "k2"}, map[string]string{"k1": "a1"}), false, "no agent beside keeper k2"},
-		{"streaming", Streaming(&Leader{Name: "a1", Streaming: true, ArchivedLSN: "0/3000000"}, 0x3001000, 64<<20), true, ""},
-		{"archive ahead of a stale master position", Streaming(&Leader{Name: "a1", Streaming: true, ArchivedLSN: "0/3000000"}, 0x2000000, 64<<20), true, ""},
+		{"streaming", Streaming(&Leader{Name: "a1", Streaming: true, ArchivedLSN: 0x3000000}, 0x3001000, 64<<20), true, ""},
+		{"archive ahead of a stale master position", Streaming(&Leader{Name: "a1", Streaming: true, ArchivedLSN: 0x3000000}, 0x2000000, 64<<20), true, ""},
 		{"no leader", Streaming(nil, 0, 64<<20), false, "no agent leads"},
 		{"not streaming", Streaming(&Leader{Name: "a1", LastError: "slot in use"}, 0, 64<<20), false, "leader a1 is not streaming WAL: slot in use"},
-		{"lag", Streaming(&Leader{Name: "a1", Streaming: true, ArchivedLSN: "0/3000000"}, 0x7000000, 64<<20), false, "64.0 MiB behind"},
+		{"lag", Streaming(&Leader{Name: "a1", Streaming: true, ArchivedLSN: 0x3000000}, 0x7000000, 64<<20), false, "64.0 MiB behind"},
 		{"identity", Identity("7", "7"), true, ""},
 		{"identity absent", Identity("", "7"), false, "no archive.json"},
 		{"identity differs", Identity("6", "7"), false, "another database"},

@@ -111,7 +111,7 @@ func AgentsBesideKeepers(keepers []string, agentOf map[string]string) Result {
 type Leader struct {
 	Name        string
 	Streaming   bool
-	ArchivedLSN string
+	ArchivedLSN wal.LSN
 	LastError   string
 }
 
@@ -129,8 +129,8 @@ func Streaming(leader *Leader, masterLSN wal.LSN, maxLag int64) Result {
 		}
 		return Fail(NameStreaming, hint+"; see its log")
 	}
-	archived, err := wal.ParseLSN(leader.ArchivedLSN)
-	if err != nil {
+	archived := leader.ArchivedLSN
+	if archived == wal.InvalidLSN {
 		return Failf(NameStreaming, "leader %s has archived nothing yet: see its log", leader.Name)
 	}
 	var lag int64

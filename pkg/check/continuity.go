@@ -233,8 +233,7 @@ func CheckContinuity(a WALArchive) Continuity {
 	}
 
 	for _, g := range a.Gaps {
-		end, err := wal.ParseLSN(g.EndLSN)
-		if err != nil || (g.Timeline >= startTLI && end > startLSN) {
+		if g.EndLSN == wal.InvalidLSN || (g.Timeline >= startTLI && g.EndLSN > startLSN) {
 			c.Gaps = append(c.Gaps, g)
 		}
 	}

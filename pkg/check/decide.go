@@ -224,9 +224,8 @@ func Decide(cfg config.Config, f Facts) []Result {
 			in := WALArchive{WAL: ar.WAL.WAL, Histories: ar.WAL.Histories, HistoryErrors: ar.WAL.HistoryErrors, Gaps: ar.WAL.Gaps}
 			var id string
 			if b, ok := oldestDone(ar.Backups); ok {
-				start, err := wal.ParseLSN(b.StartLSN)
-				if err == nil {
-					id, in.StartTimeline, in.StartLSN = b.ID, b.StartTimeline, start
+				if b.StartLSN != wal.InvalidLSN {
+					id, in.StartTimeline, in.StartLSN = b.ID, b.StartTimeline, b.StartLSN
 				}
 			}
 			add(WALContinuity(CheckContinuity(in), id))

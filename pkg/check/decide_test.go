@@ -37,7 +37,7 @@ func healthy() (config.Config, Facts) {
 		Master:        stolon.Master{KeeperUID: "k0", DBUID: "db0", Host: "10.0.0.1", Port: 5432, SystemID: "7"},
 		AgentOf:       map[string]string{"k0": "a0", "k1": "a1"},
 		Leader:        "a0",
-		LeaderRecord:  &Leader{Name: "a0", Streaming: true, ArchivedLSN: "0/3000000"},
+		LeaderRecord:  &Leader{Name: "a0", Streaming: true, ArchivedLSN: 0x3000000},
 		MasterAddress: "10.0.0.1:5432",
 		PG: PostgreSQL{WALLevel: "replica", MaxSenders: 10, Senders: 1, MaxSlots: 10, Slots: 1,
 			SlotExists: true, Active: true, CurrentLSN: 0x3000100, SystemID: "7"},
@@ -45,7 +45,7 @@ func healthy() (config.Config, Facts) {
 			Identity: &catalog.Identity{SystemID: "7", WALSegmentSize: segSize},
 			WAL:      walPart(seg(1, 3)),
 			Backups: []catalog.Backup{{ID: "20260501T110000", Status: catalog.StatusDone, StartTimeline: 1,
-				StartLSN: "0/3000028", StopTime: now.Add(-time.Hour)}},
+				StartLSN: 0x3000028, StopTime: now.Add(-time.Hour)}},
 			Space: true, Free: 50 << 30, Total: 100 << 30,
 		},
 		Now: now,
@@ -199,7 +199,7 @@ func TestDecide(t *testing.T) {
 			f.Archive.WAL = walPart(seg(1, 2), seg(1, 4))
 		}, failed: map[string]string{NameWALContinuity: "missing " + seg(1, 3)}},
 		{name: "recorded gap after the backup", change: func(_ *config.Config, f *Facts) {
-			f.Archive.WAL.Gaps = []catalog.Gap{{Timeline: 1, StartLSN: "0/4000000", EndLSN: "0/5000000"}}
+			f.Archive.WAL.Gaps = []catalog.Gap{{Timeline: 1, StartLSN: 0x4000000, EndLSN: 0x5000000}}
 		}, failed: map[string]string{NameWALContinuity: "recorded WAL gap on timeline 1"}},
 		{name: "no done backup", change: func(cfg *config.Config, f *Facts) {
 			cfg.LastBackupMaximumAge = time.Hour

@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/barnacle-pg/barnacle/pkg/metrics"
+	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
 // State is a request's state in its status key.
@@ -61,11 +62,11 @@ type Progress struct {
 
 // BackupResult is what a finished backup request reports.
 type BackupResult struct {
-	ID       string `json:"id"`
-	StartLSN string `json:"startLSN"`
-	StopLSN  string `json:"stopLSN"`
-	Bytes    int64  `json:"bytes"`
-	Stored   int64  `json:"storedBytes"`
+	ID       string  `json:"id"`
+	StartLSN wal.LSN `json:"startLSN"`
+	StopLSN  wal.LSN `json:"stopLSN"`
+	Bytes    int64   `json:"bytes"`
+	Stored   int64   `json:"storedBytes"`
 }
 
 // RestoreResult is what a finished restore request reports.

@@ -18,7 +18,7 @@ var ErrOutsideWindow = errors.New("restore: target outside the recoverable windo
 // not fit.
 type Candidate struct {
 	ID           string
-	StopLSN      string
+	StopLSN      wal.LSN
 	StopTimeline wal.Timeline
 	StopTime     time.Time
 	Reason       string
@@ -131,9 +131,9 @@ func latestTimeline(done []catalog.Backup, histories map[wal.Timeline][]wal.Hist
 // rejectBackup returns why b cannot serve target on the target timeline,
 // or "" when it can.
 func rejectBackup(b catalog.Backup, histories map[wal.Timeline][]wal.HistoryEntry, target Target, mode TimelineMode, tli wal.Timeline) string {
-	stop, err := wal.ParseLSN(b.StopLSN)
-	if err != nil {
-		return fmt.Sprintf("its stop LSN %q cannot be read: %v", b.StopLSN, err)
+	stop := b.StopLSN
+	if stop == wal.InvalidLSN {
+		return "its stop LSN is not recorded"
 	}
 	if b.StopTimeline == 0 {
 		return "its stop timeline is not recorded"
@@ -241,15 +241,10 @@ func CheckTarget(target Target, tt TimelineTarget, windows []catalog.Window, gap
 	}
 	var gr []gapRange
 	for _, g := range gaps {
-		s, err := wal.ParseLSN(g.StartLSN)
-		if err != nil {
-			return fmt.Errorf("restore: check target: gap start: %w", err)
+		if g.StartLSN == wal.InvalidLSN || g.EndLSN == wal.InvalidLSN {
+			return fmt.Errorf("restore: check target: gap on timeline %d has no start or end LSN", g.Timeline)
 		}
-		e, err := wal.ParseLSN(g.EndLSN)
-		if err != nil {
-			return fmt.Errorf("restore: check target: gap end: %w", err)
-		}
-		gr = append(gr, gapRange{g.Timeline, s, e})
+		gr = append(gr, gapRange{g.Timeline, g.StartLSN, g.EndLSN})
 	}
 	// A target timeline's window without a start time begins at the
 	// point where it branched off (catalog.RecoverableWindows); an LSN before that

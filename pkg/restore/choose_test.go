@@ -30,7 +30,11 @@ func lsn(s string) wal.LSN {
 
 func TestChooseBackup(t *testing.T) {
 	bk := func(id string, status catalog.BackupStatus, stop string, tli wal.Timeline, stopTime string) catalog.Backup {
-		return catalog.Backup{ID: id, Status: status, StopLSN: stop, StopTimeline: tli, StopTime: at(stopTime)}
+		b := catalog.Backup{ID: id, Status: status, StopTimeline: tli, StopTime: at(stopTime)}
+		if stop != "" {
+			b.StopLSN = lsn(stop)
+		}
+		return b
 	}
 	// Timeline 1 until 0/8000000, then 2 until 0/A000000, then 3.
 	backups := []catalog.Backup{
@@ -124,8 +128,8 @@ func TestChooseBackup(t *testing.T) {
 			wantErr: []string{"no done backup in the archive (1 listed, none with status done)"},
 		},
 		{
-			name: "unreadable stop LSN", backups: []catalog.Backup{bk("20261125T080000", catalog.StatusDone, "junk", 1, "08:05")},
-			wantErr: []string{`its stop LSN "junk" cannot be read`},
+			name: "no stop LSN", backups: []catalog.Backup{bk("20261125T080000", catalog.StatusDone, "", 1, "08:05")},
+			wantErr: []string{`its stop LSN is not recorded`},
 		},
 		{name: "invalid target", target: Target{Kind: TargetTime}, wantErr: []string{"target time is not set"}},
 	}
@@ -162,7 +166,7 @@ func TestCheckTarget(t *testing.T) {
 		{Timeline: 1, FromLSN: lsn("0/3000100"), FromTime: at("08:05"), ToLSN: lsn("0/8000000"), ToTime: at("13:00")},
 		{Timeline: 2, FromLSN: lsn("0/9000100"), FromTime: at("14:05"), ToLSN: lsn("0/C000000")},
 	}
-	gaps := []catalog.Gap{{Timeline: 2, StartLSN: "0/A000000", EndLSN: "0/A800000"}}
+	gaps := []catalog.Gap{{Timeline: 2, StartLSN: 0xA000000, EndLSN: 0xA800000}}
 	tl1 := TimelineTarget{Mode: TimelineExplicit, Timeline: 1}
 	// Timeline 3 branched off timeline 1 at 0/6000000, after the backup.
 	branched := []catalog.Window{
@@ -199,7 +203,7 @@ func TestCheckTarget(t *testing.T) {
 			windows: []catalog.Window{{Timeline: 2, FromLSN: lsn("0/9000100"), FromTime: at("14:05"), ToLSN: lsn("0/A000000")}},
 			wantErr: "the recorded WAL gap 0/A000000..0/A800000 (timeline 2) lies between the backup and the target"},
 		{name: "LSN inside a gap that ends on the next timeline", target: Target{Kind: TargetLSN, LSN: lsn("0/6800000")},
-			gaps: []catalog.Gap{{Timeline: 1, StartLSN: "0/5000000", EndLSN: "0/7000000"}},
+			gaps: []catalog.Gap{{Timeline: 1, StartLSN: 0x5000000, EndLSN: 0x7000000}},
 			windows: []catalog.Window{
 				{Timeline: 1, FromLSN: lsn("0/3000100"), FromTime: at("08:05"), ToLSN: lsn("0/5000000")},
 				{Timeline: 2, FromLSN: lsn("0/6000000"), ToLSN: lsn("0/6000000")},
@@ -207,7 +211,7 @@ func TestCheckTarget(t *testing.T) {
 			wantErr: "it is inside the recorded WAL gap 0/5000000..0/7000000 (timeline 1)"},
 		{
 			name: "window starting in a gap", target: Target{Kind: TargetLSN, LSN: lsn("0/9500000")},
-			gaps: []catalog.Gap{{Timeline: 2, StartLSN: "0/9000000", EndLSN: "0/9800000"}}, wantErr: "its window starts inside a WAL gap",
+			gaps: []catalog.Gap{{Timeline: 2, StartLSN: 0x9000000, EndLSN: 0x9800000}}, wantErr: "its window starts inside a WAL gap",
 		},
 		{name: "time inside", target: Target{Kind: TargetTime, Time: at("12:00")}, timeline: tl1},
 		{name: "time at the oldest stop", target: Target{Kind: TargetTime, Time: at("08:05")}, timeline: tl1, wantErr: "not after the stop time of the oldest backup"},
@@ -216,7 +220,7 @@ func TestCheckTarget(t *testing.T) {
 		{name: "no window on the timeline", target: Target{Kind: TargetLSN, LSN: lsn("0/5000000")}, timeline: TimelineTarget{Mode: TimelineExplicit, Timeline: 7}, wantErr: "no window on that timeline"},
 		{name: "xid is not checked", target: Target{Kind: TargetXID, XID: "77"}},
 		{name: "immediate is not checked", target: Target{Kind: TargetImmediate}},
-		{name: "bad gap", target: Target{Kind: TargetLSN, LSN: 5}, gaps: []catalog.Gap{{StartLSN: "x"}}, wantErr: "gap start"},
+		{name: "bad gap", target: Target{Kind: TargetLSN, LSN: 5}, gaps: []catalog.Gap{{EndLSN: 0x1000000}}, wantErr: "gap on timeline 0 has no start or end LSN"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

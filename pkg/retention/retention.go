@@ -122,7 +122,7 @@ type Decision struct {
 	Keep          bool                 `json:"keep,omitempty"`
 	StartTime     time.Time            `json:"startTime"`
 	StopTime      time.Time            `json:"stopTime"`
-	StartLSN      string               `json:"startLSN"`
+	StartLSN      wal.LSN              `json:"startLSN"`
 	StartTimeline wal.Timeline         `json:"startTimeline"`
 	StoredBytes   int64                `json:"storedBytes"`
 	Rule          Rule                 `json:"rule"`
@@ -338,14 +338,14 @@ func planWAL(in Input, newestFirst []catalog.Backup, keep map[string]Decision, n
 		if !(kept && b.Status == catalog.StatusDone) && !running {
 			continue
 		}
-		start, err := wal.ParseLSN(b.StartLSN)
-		if err != nil || b.StartTimeline == 0 {
+		start := b.StartLSN
+		if start == wal.InvalidLSN || b.StartTimeline == 0 {
 			if running {
 				// Not started streaming yet: its start will be at the
 				// server's current position, above every done backup's.
 				continue
 			}
-			wp.KeptAll = fmt.Sprintf("kept backup %s has no valid start (LSN %q, timeline %d)", b.ID, b.StartLSN, b.StartTimeline)
+			wp.KeptAll = fmt.Sprintf("kept backup %s has no valid start (LSN %s, timeline %d)", b.ID, b.StartLSN, b.StartTimeline)
 			break
 		}
 		if running && start == 0 {

@@ -15,7 +15,7 @@ import (
 const segSize = 16 << 20
 
 // lsn is the LSN off bytes into segment n.
-func lsn(n, off uint64) string { return wal.LSN(n*segSize + off).String() }
+func lsn(n, off uint64) wal.LSN { return wal.LSN(n*segSize + off) }
 
 // segName names segment n of timeline tli.
 func segName(tli wal.Timeline, n uint64) string {
@@ -114,7 +114,7 @@ func TestMakePlan(t *testing.T) {
 			order:   []string{"20260101T000000", "20260102T000000"},
 			// Segment 5 holds the oldest kept backup's start.
 			walGone: names(segs(1, 1, 4)),
-			floor:   lsn(5, 40),
+			floor:   lsn(5, 40).String(),
 			checkPlan: func(t *testing.T, p Plan) {
 				assert.Equal(t, "beyond REDUNDANCY 2", p.Delete[0].Reason)
 				assert.Equal(t, int64(4*segSize), p.WAL.DeleteBytes)
@@ -176,7 +176,7 @@ func TestMakePlan(t *testing.T) {
 			keep: map[string]Rule{"20260102T000000": RuleRunning, "20260103T000000": RuleRedundancy,
 				"20260104T000000": RuleRunning},
 			walGone: names(segs(1, 1, 2)),
-			floor:   lsn(3, 40),
+			floor:   lsn(3, 40).String(),
 		},
 		{
 			name: "recovery window: the newest backup that ended before the start is the base",
@@ -238,7 +238,7 @@ func TestMakePlan(t *testing.T) {
 				"20260101T000000": RuleKeep},
 			// The old kept backup holds all WAL from its start.
 			walGone: names(segs(1, 1, 1)),
-			floor:   lsn(2, 40),
+			floor:   lsn(2, 40).String(),
 			checkPlan: func(t *testing.T, p Plan) {
 				assert.Contains(t, p.Keep[0].Reason, "also marked keep")
 				// 20260101T000000 is kept too, and older: the failed one
@@ -290,7 +290,7 @@ func TestMakePlan(t *testing.T) {
 		{
 			name: "a kept backup without a valid start keeps all WAL",
 			in: Input{Policy: redundancy(1, 0), WAL: segs(1, 1, 4), Backups: []catalog.Backup{
-				done("20260101T000000", 1), {ID: "20260102T000000", Status: catalog.StatusDone, StartLSN: "garbage", StartTimeline: 1}}},
+				done("20260101T000000", 1), {ID: "20260102T000000", Status: catalog.StatusDone, StartTimeline: 1}}},
 			deleted: map[string]Rule{"20260101T000000": RuleBeyondRedundancy},
 			keep:    map[string]Rule{"20260102T000000": RuleRedundancy},
 			walGone: []string{},
@@ -437,8 +437,7 @@ func TestMakePlanNeverDeletesWhatAKeptBackupNeeds(t *testing.T) {
 					require.NoError(t, err)
 					end := wal.SegmentStart(n+1, segSize)
 					for _, k := range keptBackups {
-						start, _ := wal.ParseLSN(k.StartLSN)
-						assert.LessOrEqual(t, end, start, "a=%d b=%d red=%d: %s deleted but backup %s starts at %s", a, b, red, f.Name, k.ID, k.StartLSN)
+						assert.LessOrEqual(t, end, k.StartLSN, "a=%d b=%d red=%d: %s deleted but backup %s starts at %s", a, b, red, f.Name, k.ID, k.StartLSN)
 						if tli == 1 && k.StartTimeline == 2 {
 							assert.LessOrEqual(t, end, wal.LSN(5*segSize+0x80), "a=%d b=%d: %s is past the switch", a, b, f.Name)
 						}

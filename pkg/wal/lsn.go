@@ -1,7 +1,9 @@
 package wal
 
 import (
+	"encoding/json"
 	"fmt"
+	"reflect"
 	"strconv"
 	"strings"
 )
@@ -71,4 +73,47 @@ func isHex(s string, upperOnly bool) bool {
 		}
 	}
 	return true
+}
+
+// MarshalText writes l in String's form, so that documents keep PostgreSQL's
+// "0/3000060". InvalidLSN is written as "": in barnacle's documents an empty
+// position means "not known yet" (a running backup has no stop LSN), and no
+// WAL record starts at 0/0.
+func (l LSN) MarshalText() ([]byte, error) {
+	if l == InvalidLSN {
+		return []byte{}, nil
+	}
+	return []byte(l.String()), nil
+}
+
+// UnmarshalText reads what ParseLSN accepts, and "" as InvalidLSN (see
+// MarshalText).
+func (l *LSN) UnmarshalText(text []byte) error {
+	if len(text) == 0 {
+		*l = InvalidLSN
+		return nil
+	}
+	v, err := ParseLSN(string(text))
+	if err != nil {
+		return err
+	}
+	*l = v
+	return nil
+}
+
+// UnmarshalJSON reads a JSON string the way UnmarshalText does. It exists so
+// that a bad position comes back as a *json.UnmarshalTypeError, to which
+// encoding/json adds the name of the field that held it.
+func (l *LSN) UnmarshalJSON(data []byte) error {
+	if string(data) == "null" {
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(data, &s); err != nil {
+		return &json.UnmarshalTypeError{Value: "non-string " + string(data), Type: reflect.TypeFor[LSN]()}
+	}
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return &json.UnmarshalTypeError{Value: fmt.Sprintf("string %q (%v)", s, err), Type: reflect.TypeFor[LSN]()}
+	}
+	return nil
 }

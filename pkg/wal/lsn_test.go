@@ -1,6 +1,7 @@
 package wal
 
 import (
+	"encoding/json"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -82,4 +83,57 @@ func FuzzParseLSN(f *testing.F) {
 			t.Fatalf("round trip of %q: %v != %v", s, back, lsn)
 		}
 	})
+}
+
+func TestLSNText(t *testing.T) {
+	// Every input ParseLSN accepts reads the same through UnmarshalText,
+	// and every one it refuses is refused, except "" (InvalidLSN).
+	for _, in := range []string{"0/0", "16/B374D848", "16/b374d848", "0/05039A28", "FFFFFFFF/FFFFFFFF", "5039A28", "/0", "0/", "0/G", " 0/0", "0x1/0"} {
+		want, wantErr := ParseLSN(in)
+		var got LSN
+		err := got.UnmarshalText([]byte(in))
+		if wantErr != nil {
+			assert.EqualError(t, err, wantErr.Error(), in)
+			continue
+		}
+		require.NoError(t, err, in)
+		assert.Equal(t, want, got, in)
+	}
+	var empty LSN = 7
+	require.NoError(t, empty.UnmarshalText(nil))
+	assert.Equal(t, InvalidLSN, empty)
+
+	for l, want := range map[LSN]string{InvalidLSN: "", 0x3000060: "0/3000060", 0x16B374D848: "16/B374D848"} {
+		got, err := l.MarshalText()
+		require.NoError(t, err)
+		assert.Equal(t, want, string(got))
+	}
+}
+
+func TestLSNJSON(t *testing.T) {
+	type doc struct {
+		Start LSN `json:"startLSN"`
+		Stop  LSN `json:"stopLSN,omitempty"`
+	}
+	b, err := json.Marshal(doc{Start: 0x3000060})
+	require.NoError(t, err)
+	assert.Equal(t, `{"startLSN":"0/3000060"}`, string(b))
+	b, err = json.Marshal(doc{})
+	require.NoError(t, err)
+	assert.Equal(t, `{"startLSN":""}`, string(b))
+
+	var d doc
+	require.NoError(t, json.Unmarshal([]byte(`{"startLSN":"16/b374d848","stopLSN":null}`), &d))
+	assert.Equal(t, doc{Start: 0x16B374D848}, d)
+
+	// A bad position names its field.
+	for in, want := range map[string]string{
+		`{"startLSN":"0/3000060","stopLSN":"3000060"}`: `Go struct field doc.stopLSN of type wal.LSN`,
+		`{"startLSN":"0/G"}`:                           `string "0/G" (parse lsn "0/G": low part`,
+		`{"startLSN":50331744}`:                        `non-string 50331744 into Go struct field doc.startLSN`,
+	} {
+		err := json.Unmarshal([]byte(in), &d)
+		require.Error(t, err, in)
+		assert.Contains(t, err.Error(), want, in)
+	}
 }

@@ -83,7 +83,7 @@ func TestVerifyBackupWAL(t *testing.T) {
 	a.put(t, seg(1, 6)+".partial", segmentData(6)[:4096])
 	doc := catalog.Backup{
 		ID: "b1", Status: catalog.StatusDone, WALSegmentSize: segSize, StartTimeline: 1, StopTimeline: 1,
-		StartLSN: (wal.SegmentStart(3, segSize) + 40).String(), StopLSN: (wal.SegmentStart(6, segSize) + 100).String(),
+		StartLSN: (wal.SegmentStart(3, segSize) + 40), StopLSN: (wal.SegmentStart(6, segSize) + 100),
 	}
 	r, err := walfetch.VerifyBackupWAL(t.Context(), a.b, cluster, doc, nil)
 	require.NoError(t, err)
@@ -97,7 +97,7 @@ func TestVerifyBackupWAL(t *testing.T) {
 	assert.Equal(t, []string{seg(1, 4) + ".zst"}, problemFiles(r))
 
 	// The partial holds less than the backup needs: missing.
-	doc.StopLSN = (wal.SegmentStart(6, segSize) + 5000).String()
+	doc.StopLSN = wal.SegmentStart(6, segSize) + 5000
 	r, err = walfetch.VerifyBackupWAL(t.Context(), a.b, cluster, doc, nil)
 	require.NoError(t, err)
 	assert.Equal(t, []string{seg(1, 4) + ".zst", seg(1, 6)}, problemFiles(r))

@@ -55,7 +55,7 @@ func TestArchiverBadInput(t *testing.T) {
 		require.NoError(t, os.MkdirAll(missing, 0o755))
 		waitFor(t, 40*time.Second, "archiving to start once the directory exists", func() bool {
 			rec = leaderRecord(t, env, a.name)
-			return rec.Streaming && rec.ArchivedLSN != "" || nudgeWAL(t, primary)
+			return rec.Streaming && rec.ArchivedLSN != wal.InvalidLSN || nudgeWAL(t, primary)
 		})
 		stopAgent(t, a)
 	})
@@ -87,7 +87,7 @@ func TestArchiverBadInput(t *testing.T) {
 		require.NoError(t, primary.Exec(ctx, "ALTER ROLE norepl REPLICATION"))
 		waitFor(t, 40*time.Second, "archiving once the role has REPLICATION", func() bool {
 			rec = leaderRecord(t, env, a.name)
-			return rec.Streaming && rec.ArchivedLSN != "" || nudgeWAL(t, primary)
+			return rec.Streaming && rec.ArchivedLSN != wal.InvalidLSN || nudgeWAL(t, primary)
 		})
 		stopAgent(t, a)
 	})

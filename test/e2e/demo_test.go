@@ -221,7 +221,7 @@ func TestDemo(t *testing.T) {
 	recs := &archiveEnv{t: t, etcd: etcd}
 	waitFor(t, 15*time.Second, "the new leader's record to show timeline 2", func() bool {
 		r := leaderRecord(t, recs, second.name)
-		return r.Timeline == 2 && r.ArchivedLSN != ""
+		return r.Timeline == 2 && r.ArchivedLSN != wal.InvalidLSN
 	})
 	fmt.Printf("    restore point %s: %d rows then, %d rows now; archived up to %s\n", restorePoint.UTC().Format(time.RFC3339Nano), expected, total, end)
 	done()

@@ -17,7 +17,6 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
-	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
 // TestTablespaceBackup: a backup through the agents of a database with a
@@ -96,14 +95,11 @@ func TestTablespaceBackup(t *testing.T) {
 	require.NoError(t, json.Unmarshal(manifest, &m))
 	require.Len(t, m.WALRanges, 1)
 	assert.Equal(t, int(doc.StartTimeline), m.WALRanges[0].Timeline)
-	assert.Equal(t, doc.StartLSN, m.WALRanges[0].StartLSN)
-	assert.Equal(t, doc.StopLSN, m.WALRanges[0].EndLSN)
+	assert.Equal(t, doc.StartLSN.String(), m.WALRanges[0].StartLSN)
+	assert.Equal(t, doc.StopLSN.String(), m.WALRanges[0].EndLSN)
 
 	// PostgreSQL's position afterwards is at or past the stop position.
-	stop, err := wal.ParseLSN(doc.StopLSN)
-	require.NoError(t, err)
-	start, err := wal.ParseLSN(doc.StartLSN)
-	require.NoError(t, err)
+	stop, start := doc.StopLSN, doc.StartLSN
 	assert.LessOrEqual(t, start, stop)
 	cur, err := primary.CurrentLSN(ctx)
 	require.NoError(t, err)
