@@ -35,6 +35,7 @@ type Agent struct {
 	etcd     *clientv3.Client
 	coord    *coordinator.Coordinator
 	local    *localPostgres
+	archive  *archiveHandle
 	archiver *archiver
 	standby  *standbySlot
 	backups  *backups
@@ -163,15 +164,16 @@ func build(cfg config.Config, log hclog.Logger, version string, ak *autoKeeper) 
 		_ = cli.Close()
 		return nil, err
 	}
-	arch = newArchiver(cfg, name, log, a.coord, cli, am)
+	a.archive = newArchiveHandle(cfg.ArchiveURL, cfg.ClusterName, log.Named("archiver"), am)
+	arch = newArchiver(cfg, name, log, a.coord, cli, am, a.archive)
 	a.archiver = arch
 	keys := request.Keys{Prefix: a.coord.Keys().Prefix}
 	status := request.NewWriter(cli, log, reg)
-	bk = &backups{cfg: cfg, live: a.live, agent: name, log: log.Named("backups"), coord: a.coord, etcd: cli, keys: keys, arch: arch,
+	bk = &backups{cfg: cfg, live: a.live, agent: name, log: log.Named("backups"), coord: a.coord, etcd: cli, keys: keys, archive: a.archive,
 		queue: request.NewQueue[request.BackupResult](request.QueueOptions{Kind: request.KindBackup, Keys: keys, Client: cli, Agent: name,
 			Writer: status, Logger: log.Named("backups"), SweepHint: "request it again"})}
 	a.backups = bk
-	a.restores = &restores{cfg: cfg, agent: name, log: log.Named("restores"), coord: a.coord, arch: arch,
+	a.restores = &restores{cfg: cfg, agent: name, log: log.Named("restores"), coord: a.coord, archive: a.archive,
 		queue: request.NewQueue[request.RestoreResult](request.QueueOptions{Kind: request.KindRestore, Keys: keys, Client: cli, Agent: name,
 			Writer: status, Logger: log.Named("restores"), SweepHint: restoreSweepHint})}
 	a.standby = &standbySlot{cfg: cfg, log: log.Named("standby-slot"), coord: a.coord, metrics: am,

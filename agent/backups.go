@@ -27,14 +27,14 @@ import (
 // if it does not exist); a backup is done only once the leader has
 // archived the WAL up to its stop position.
 type backups struct {
-	cfg   config.Config
-	agent string
-	log   hclog.Logger
-	coord *coordinator.Coordinator
-	etcd  *clientv3.Client
-	keys  request.Keys
-	arch  *archiver
-	live  *reloadable // backup-schedule and backup-from, as reloaded
+	cfg     config.Config
+	agent   string
+	log     hclog.Logger
+	coord   *coordinator.Coordinator
+	etcd    *clientv3.Client
+	keys    request.Keys
+	archive *archiveHandle
+	live    *reloadable // backup-schedule and backup-from, as reloaded
 
 	mu sync.Mutex // one backup at a time
 
@@ -77,7 +77,7 @@ func (b *backups) markAbandoned(ctx context.Context, term coordinator.Term) {
 	// Their requests too, so that whoever follows them learns the outcome;
 	// first, as this needs etcd only.
 	b.queue.Sweep(ctx, aliveIn(agents), term.Fence())
-	be, err := b.arch.openBackend(ctx)
+	be, err := b.archive.open(ctx)
 	if err != nil {
 		return
 	}
@@ -203,7 +203,7 @@ func (b *backups) standbyAvailable() bool {
 // archived the WAL up to the stop position (the leader publishes what it
 // archived in its agent record).
 func (b *backups) take(ctx context.Context, req request.Backup, progress func(done, total int64)) (catalog.Backup, error) {
-	be, err := b.arch.openBackend(ctx)
+	be, err := b.archive.open(ctx)
 	if err != nil {
 		return catalog.Backup{}, err
 	}
@@ -227,7 +227,7 @@ func (b *backups) take(ctx context.Context, req request.Backup, progress func(do
 	if err != nil {
 		return catalog.Backup{}, err
 	}
-	defer b.arch.metrics.catalog.refreshSoon() // done or failed, the catalog changed
+	defer b.archive.changed() // done or failed, the catalog changed
 	return backup.TakeFrom(ctx, cs, backup.Options{
 		Backend:           be,
 		Cluster:           b.cfg.ClusterName,
@@ -316,11 +316,7 @@ func (b *backups) schedule(ctx context.Context, term coordinator.Term) {
 // backupDue reports whether backup-schedule's next time after the newest
 // backup's start has come, or there is no backup.
 func (b *backups) backupDue(ctx context.Context, sched config.Schedule) (bool, error) {
-	be, err := b.arch.openBackend(ctx)
-	if err != nil {
-		return false, err
-	}
-	list, err := catalog.ListBackups(ctx, be, b.cfg.ClusterName)
+	list, err := b.archive.listBackups(ctx)
 	if err != nil {
 		return false, err
 	}

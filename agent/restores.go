@@ -24,11 +24,11 @@ import (
 // keeper, no agent beside it). Whoever may write requests/ can make an
 // agent write files, so a target must lie under restore-root.
 type restores struct {
-	cfg   config.Config
-	agent string
-	log   hclog.Logger
-	coord *coordinator.Coordinator
-	arch  *archiver
+	cfg     config.Config
+	agent   string
+	log     hclog.Logger
+	coord   *coordinator.Coordinator
+	archive *archiveHandle
 
 	queue *request.Queue[request.RestoreResult] // requests/restore/, status/restore/
 }
@@ -103,7 +103,7 @@ func (r *restores) run(ctx context.Context, job *request.Job[request.RestoreResu
 		r.reject(ctx, job, err)
 		return
 	}
-	be, err := r.arch.openBackend(ctx)
+	be, err := r.archive.open(ctx)
 	if err != nil {
 		job.Fail(ctx, err)
 		return

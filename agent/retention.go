@@ -55,7 +55,7 @@ func (b *backups) retentionLoop(ctx context.Context) error {
 			err := b.applyRetention(ctx, log)
 			// What it deleted, even in a run that failed half way, leaves
 			// the catalog gauges at once.
-			b.arch.metrics.catalog.refreshSoon()
+			b.archive.changed()
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil
@@ -64,7 +64,7 @@ func (b *backups) retentionLoop(ctx context.Context) error {
 				next = time.Now().Add(retentionRetryInterval)
 			} else {
 				lastNewest, next = newest, time.Now().Add(retentionDailyInterval)
-				b.arch.metrics.catalog.retentionSucceeded(time.Now())
+				b.archive.catalog.retentionSucceeded(time.Now())
 			}
 		}
 		if rev == 0 {
@@ -80,11 +80,7 @@ func (b *backups) retentionLoop(ctx context.Context) error {
 
 // newestDoneBackup returns the ID of the newest done backup, "" when none.
 func (b *backups) newestDoneBackup(ctx context.Context) (string, error) {
-	be, err := b.arch.openBackend(ctx)
-	if err != nil {
-		return "", err
-	}
-	list, err := catalog.ListBackups(ctx, be, b.cfg.ClusterName)
+	list, err := b.archive.listBackups(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -99,7 +95,7 @@ func (b *backups) newestDoneBackup(ctx context.Context) (string, error) {
 // applyRetention plans and applies retention-policy once, logging what it
 // deleted and what it left alone.
 func (b *backups) applyRetention(ctx context.Context, log hclog.Logger) error {
-	be, err := b.arch.openBackend(ctx)
+	be, err := b.archive.open(ctx)
 	if err != nil {
 		return err
 	}
