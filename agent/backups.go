@@ -27,14 +27,12 @@ import (
 // if it does not exist); a backup is done only once the leader has
 // archived the WAL up to its stop position.
 type backups struct {
-	cfg     config.Config
-	agent   string
+	opts    backupOptions
 	log     hclog.Logger
 	coord   *coordinator.Coordinator
 	etcd    *clientv3.Client
 	keys    request.Keys
 	archive *archiveHandle
-	live    *reloadable // backup-schedule and backup-from, as reloaded
 
 	mu sync.Mutex // one backup at a time
 
@@ -42,6 +40,23 @@ type backups struct {
 	current string // ID of the backup this agent is taking, if any
 
 	queue *request.Queue[request.BackupResult] // requests/backup/, status/backup/
+}
+
+// backupOptions is what backups take from the configuration; the live
+// keys are functions that read the configuration as last reloaded.
+type backupOptions struct {
+	Agent       string
+	Cluster     string
+	KeeperUID   string // the keeper beside this agent; "" for none
+	Compression string
+	// PG holds the connection settings (pg-*) that pgaddr and
+	// PGConnString read to reach the master or the local standby.
+	PG config.Config
+	// ManifestChecksums returns manifest-checksums.
+	ManifestChecksums func() string
+	// Schedule returns backup-schedule and backup-from, read together so
+	// that a reload never pairs the old one with the new other.
+	Schedule func() (config.Schedule, string)
 }
 
 // leaderDuties is the backups' share of the leader work: mark backups
@@ -84,8 +99,8 @@ func (b *backups) markAbandoned(ctx context.Context, term coordinator.Term) {
 	b.curMu.Lock()
 	current := b.current
 	b.curMu.Unlock()
-	ids, err := catalog.MarkStaleRunning(ctx, be, b.cfg.ClusterName, func(d catalog.Backup) bool {
-		if d.Agent == b.agent {
+	ids, err := catalog.MarkStaleRunning(ctx, be, b.opts.Cluster, func(d catalog.Backup) bool {
+		if d.Agent == b.opts.Agent {
 			return d.ID != current
 		}
 		_, alive := agents[d.Agent]
@@ -175,10 +190,10 @@ func aliveIn(agents map[string]coordinator.AgentStatus) func(string) bool {
 // standby, which may serve requests from a standby.
 func (b *backups) onStandby() bool {
 	st := b.coord.State()
-	if st.Leading || st.ClusterData == nil || b.cfg.KeeperUID == "" {
+	if st.Leading || st.ClusterData == nil || b.opts.KeeperUID == "" {
 		return false
 	}
-	db, ok := st.ClusterData.DBForKeeper(b.cfg.KeeperUID)
+	db, ok := st.ClusterData.DBForKeeper(b.opts.KeeperUID)
 	return ok && db.Spec.Role == stolon.RoleStandby && db.Status.Healthy
 }
 
@@ -190,7 +205,7 @@ func (b *backups) standbyAvailable() bool {
 		return false
 	}
 	for _, a := range st.Agents {
-		if db, ok := st.ClusterData.DBForKeeper(a.KeeperUID); ok && a.Name != b.agent &&
+		if db, ok := st.ClusterData.DBForKeeper(a.KeeperUID); ok && a.Name != b.opts.Agent &&
 			db.Spec.Role == stolon.RoleStandby && db.Status.Healthy {
 			return true
 		}
@@ -213,29 +228,29 @@ func (b *backups) take(ctx context.Context, req request.Backup, progress func(do
 	keeper := ""
 	switch {
 	case req.From == request.FromStandby:
-		if host, port, err = localAddress(b.cfg, st); err != nil {
+		if host, port, err = localAddress(b.opts.PG, st); err != nil {
 			return catalog.Backup{}, err
 		}
-		keeper = b.cfg.KeeperUID
+		keeper = b.opts.KeeperUID
 	case !st.HasMaster:
 		return catalog.Backup{}, errors.New("clusterdata names no master")
 	default:
-		host, port = masterAddress(b.cfg, st)
+		host, port = masterAddress(b.opts.PG, st)
 		keeper = st.Master.KeeperUID
 	}
-	cs, err := b.cfg.PGConnString(host, port, true)
+	cs, err := b.opts.PG.PGConnString(host, port, true)
 	if err != nil {
 		return catalog.Backup{}, err
 	}
 	defer b.archive.changed() // done or failed, the catalog changed
 	return backup.TakeFrom(ctx, cs, backup.Options{
 		Backend:           be,
-		Cluster:           b.cfg.ClusterName,
-		Compression:       b.cfg.Compression,
-		ManifestChecksums: b.live.Config().ManifestChecksums,
+		Cluster:           b.opts.Cluster,
+		Compression:       b.opts.Compression,
+		ManifestChecksums: b.opts.ManifestChecksums(),
 		Label:             req.Label,
 		Fast:              true,
-		Agent:             b.agent,
+		Agent:             b.opts.Agent,
 		KeeperUID:         keeper,
 		Host:              fmt.Sprintf("%s:%d", host, port),
 		From:              req.From,
@@ -276,9 +291,9 @@ func (b *backups) schedule(ctx context.Context, term coordinator.Term) {
 	for {
 		// backup-schedule and backup-from are live (reload.go): read them
 		// afresh each round; without a schedule, look again in a while.
-		cfg := b.live.Config()
+		sched, from := b.opts.Schedule()
 		check := 10 * time.Second
-		if every := cfg.BackupSchedule.Interval(); every > 0 {
+		if every := sched.Interval(); every > 0 {
 			check = min(max(every/10, time.Second), 30*time.Second)
 		}
 		if pending != "" {
@@ -290,17 +305,17 @@ func (b *backups) schedule(ctx context.Context, term coordinator.Term) {
 				}
 			}
 		}
-		if pending == "" && !cfg.BackupSchedule.IsZero() {
-			if due, err := b.backupDue(ctx, cfg.BackupSchedule); err != nil {
+		if pending == "" && !sched.IsZero() {
+			if due, err := b.backupDue(ctx, sched); err != nil {
 				b.log.Warn("checking the backup schedule failed", "error", err)
 			} else if due {
 				id := "scheduled-" + time.Now().UTC().Format("20060102T150405")
 				// Fenced: an agent that no longer leads requests nothing.
-				req := request.Backup{From: cfg.BackupFrom, Label: "scheduled"}
+				req := request.Backup{From: from, Label: "scheduled"}
 				if _, err := request.Submit(ctx, b.etcd, b.keys, id, req, term.Fence()); err != nil {
 					b.log.Warn("requesting a scheduled backup failed", "error", err)
 				} else {
-					b.log.Info("scheduled backup requested", "request", id, "schedule", cfg.BackupSchedule.String())
+					b.log.Info("scheduled backup requested", "request", id, "schedule", sched.String())
 					pending = id
 				}
 			}
