@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -608,16 +607,5 @@ func walPosition(ctx context.Context, cfg config.Config, host string, port int) 
 	if err != nil {
 		return 0, err
 	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	conn, err := pgconn.Connect(cctx, cs)
-	if err != nil {
-		return 0, err
-	}
-	defer conn.Close(context.WithoutCancel(cctx))
-	sys, err := pglogrepl.IdentifySystem(cctx, conn)
-	if err != nil {
-		return 0, err
-	}
-	return wal.LSN(sys.XLogPos), nil
+	return walstream.ServerPosition(ctx, cs, 5*time.Second)
 }
