@@ -220,7 +220,7 @@ func underRoot(root, dir, field string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("restore-root %s: %w", root, err)
 	}
-	resolved, err := resolveExisting(filepath.Clean(dir))
+	resolved, err := restore.ResolveExisting(filepath.Clean(dir))
 	if err != nil {
 		return "", fmt.Errorf("%s %q: %w", field, dir, err)
 	}
@@ -229,23 +229,4 @@ func underRoot(root, dir, field string) (string, error) {
 		return "", fmt.Errorf("%s %q lies outside restore-root %s (symlinks resolved: %s); restore below it", field, dir, root, resolved)
 	}
 	return resolved, nil
-}
-
-// resolveExisting resolves symlinks in the longest existing prefix of path
-// and appends the rest.
-func resolveExisting(path string) (string, error) {
-	rest := ""
-	for p := path; ; p = filepath.Dir(p) {
-		r, err := filepath.EvalSymlinks(p)
-		if err == nil {
-			return filepath.Join(r, rest), nil
-		}
-		if !errors.Is(err, os.ErrNotExist) {
-			return "", err
-		}
-		if p == filepath.Dir(p) {
-			return path, nil
-		}
-		rest = filepath.Join(filepath.Base(p), rest)
-	}
 }
