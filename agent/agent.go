@@ -167,7 +167,7 @@ func build(cfg config.Config, log hclog.Logger, version string, ak *autoKeeper) 
 		return nil, err
 	}
 	a.archive = newArchiveHandle(cfg.ArchiveURL, cfg.ClusterName, log.Named("archiver"), am)
-	arch = newArchiver(archiverOptionsFor(cfg, name), log, a.coord, cli, am, a.archive)
+	arch = newArchiver(cfg, name, log, a.coord, cli, am, a.archive)
 	a.archiver = arch
 	keys := request.Keys{Prefix: a.coord.Keys().Prefix}
 	status := request.NewWriter(cli, log, reg)
