@@ -35,6 +35,7 @@ type Agent struct {
 	etcd     *clientv3.Client
 	coord    *coordinator.Coordinator
 	local    *localPostgres
+	archive  *archiveHandle
 	archiver *archiver
 	standby  *standbySlot
 	backups  *backups
@@ -129,6 +130,8 @@ func build(cfg config.Config, log hclog.Logger, version string, ak *autoKeeper) 
 	var (
 		arch *archiver
 		bk   *backups
+		ret  *retainer
+		exp  *expirer
 	)
 	leaderWork := func(ctx context.Context, term coordinator.Term) error {
 		a.leadStart.Store(time.Now().UnixNano())
@@ -136,9 +139,9 @@ func build(cfg config.Config, log hclog.Logger, version string, ak *autoKeeper) 
 		g.Go(func() error { return arch.run(gctx, term) })
 		g.Go(func() error { return a.refreshCatalogMetrics(gctx) })
 		g.Go(func() error { return bk.leaderDuties(gctx, term) })
-		g.Go(func() error { return bk.retentionLoop(gctx) })
+		g.Go(func() error { return ret.loop(gctx) })
 		g.Go(func() error { return a.restores.leaderDuties(gctx, term) })
-		g.Go(func() error { return a.expireLoop(gctx, term) })
+		g.Go(func() error { return exp.loop(gctx, term) })
 		return g.Wait()
 	}
 	a.coord, err = coordinator.New(coordinator.Options{
@@ -163,17 +166,33 @@ func build(cfg config.Config, log hclog.Logger, version string, ak *autoKeeper) 
 		_ = cli.Close()
 		return nil, err
 	}
-	arch = newArchiver(cfg, name, log, a.coord, cli, am)
+	a.archive = newArchiveHandle(cfg.ArchiveURL, cfg.ClusterName, log.Named("archiver"), am)
+	arch = newArchiver(cfg, name, log, a.coord, cli, am, a.archive)
 	a.archiver = arch
 	keys := request.Keys{Prefix: a.coord.Keys().Prefix}
 	status := request.NewWriter(cli, log, reg)
-	bk = &backups{cfg: cfg, live: a.live, agent: name, log: log.Named("backups"), coord: a.coord, etcd: cli, keys: keys, arch: arch,
+	live := a.live
+	bk = &backups{opts: backupOptions{Agent: name, Cluster: cfg.ClusterName, KeeperUID: cfg.KeeperUID, Compression: cfg.Compression, PG: cfg,
+		ManifestChecksums: func() string { return live.Config().ManifestChecksums },
+		Schedule: func() (config.Schedule, string) {
+			c := live.Config()
+			return c.BackupSchedule, c.BackupFrom
+		}},
+		log: log.Named("backups"), coord: a.coord, etcd: cli, keys: keys, archive: a.archive,
 		queue: request.NewQueue[request.BackupResult](request.QueueOptions{Kind: request.KindBackup, Keys: keys, Client: cli, Agent: name,
 			Writer: status, Logger: log.Named("backups"), SweepHint: "request it again"})}
 	a.backups = bk
-	a.restores = &restores{cfg: cfg, agent: name, log: log.Named("restores"), coord: a.coord, arch: arch,
+	ret = &retainer{log: log.Named("backups").Named("retention"), etcd: cli, keys: keys, archive: a.archive,
+		opts: retentionOptions{Cluster: cfg.ClusterName, Policy: func() (config.RetentionPolicy, int) {
+			c := live.Config()
+			return c.RetentionPolicy, c.MinimumRedundancy
+		}}}
+	a.restores = &restores{opts: restoreOptions{Cluster: cfg.ClusterName, KeeperUID: cfg.KeeperUID, RestoreRoot: cfg.RestoreRoot, ArchiveURL: cfg.ArchiveURL},
+		log: log.Named("restores"), coord: a.coord, archive: a.archive,
 		queue: request.NewQueue[request.RestoreResult](request.QueueOptions{Kind: request.KindRestore, Keys: keys, Client: cli, Agent: name,
 			Writer: status, Logger: log.Named("restores"), SweepHint: restoreSweepHint})}
+	exp = &expirer{log: log.Named("requests"), retention: func() time.Duration { return live.Config().RequestRetention },
+		backups: bk.queue, restores: a.restores.queue}
 	a.standby = &standbySlot{cfg: cfg, log: log.Named("standby-slot"), coord: a.coord, metrics: am,
 		local: &localPostgres{cfg: cfg}}
 	if ak != nil {

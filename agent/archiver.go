@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -19,7 +18,6 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
-	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 	"github.com/barnacle-pg/barnacle/pkg/walstream"
 )
@@ -38,9 +36,10 @@ type archiver struct {
 	metrics *archiverMetrics
 	updates <-chan struct{}
 
-	mu      sync.Mutex
-	backend storage.Backend
-	state   archiverState
+	archive *archiveHandle
+
+	mu    sync.Mutex
+	state archiverState
 }
 
 // archiverState is what the agent record and /status show of the archiver.
@@ -58,8 +57,9 @@ type archiverState struct {
 	Gap string
 }
 
-func newArchiver(cfg config.Config, agentName string, log hclog.Logger, coord *coordinator.Coordinator, cli *clientv3.Client, m *archiverMetrics) *archiver {
+func newArchiver(cfg config.Config, agentName string, log hclog.Logger, coord *coordinator.Coordinator, cli *clientv3.Client, m *archiverMetrics, archive *archiveHandle) *archiver {
 	return &archiver{
+		archive: archive,
 		cfg:     cfg,
 		agent:   agentName,
 		log:     log.Named("archiver"),
@@ -141,7 +141,7 @@ func (a *archiver) run(ctx context.Context, term coordinator.Term) error {
 // streamOnce streams from the current master until the master changes
 // (nil), ctx ends (nil) or the receiver fails.
 func (a *archiver) streamOnce(ctx context.Context, term coordinator.Term) error {
-	b, err := a.openBackend(ctx)
+	b, err := a.archive.open(ctx)
 	if err != nil {
 		return err
 	}
@@ -215,33 +215,6 @@ func (a *archiver) streamOnce(ctx context.Context, term coordinator.Term) error 
 	helpers.Wait()
 	a.metrics.streaming.Set(0)
 	return err
-}
-
-func (a *archiver) openBackend(ctx context.Context) (storage.Backend, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.backend != nil {
-		return a.backend, nil
-	}
-	if a.cfg.ArchiveURL == "" {
-		return nil, errors.New("archive-url is not set: barnacle cannot archive WAL without it")
-	}
-	b, err := backends.Open(ctx, a.cfg.ArchiveURL)
-	if err != nil {
-		return nil, err // names archive-url
-	}
-	b = a.metrics.storage.Wrap(b) // latency and errors per operation
-	if c, ok := b.(storage.Cleaner); ok {
-		if err := c.Cleanup(ctx); err != nil {
-			a.log.Warn("removing temporary files left by a crash failed", "error", err)
-		}
-	}
-	a.backend = b
-	gaps, err := catalog.ReadGaps(ctx, b, a.cfg.ClusterName)
-	if err == nil {
-		a.metrics.setGaps(gaps)
-	}
-	return b, nil
 }
 
 // checkIdentity refuses to mix the WAL of two databases in one archive.
@@ -517,11 +490,10 @@ func unresolvedGap(gaps []catalog.Gap, backups []catalog.Backup) (catalog.Gap, b
 // checkGaps reads gaps.json and the catalog, sets the gap metrics and
 // raises or ends the gap alarm. A failed read changes nothing.
 func (a *archiver) checkGaps(ctx context.Context, b storage.Backend) {
-	gaps, err := catalog.ReadGaps(ctx, b, a.cfg.ClusterName)
+	gaps, err := a.archive.readGaps(ctx, b)
 	if err != nil {
 		return
 	}
-	a.metrics.setGaps(gaps)
 	var list []catalog.Backup
 	if len(gaps) > 0 {
 		if list, err = catalog.ListBackups(ctx, b, a.cfg.ClusterName); err != nil {
@@ -555,7 +527,7 @@ func (a *archiver) watchGaps(ctx context.Context) {
 			sleepCtx(ctx, time.Second)
 			continue
 		}
-		if b, err := a.openBackend(ctx); err == nil {
+		if b, err := a.archive.open(ctx); err == nil {
 			a.checkGaps(ctx, b)
 		}
 		wait := gapRecheck
@@ -634,16 +606,5 @@ func walPosition(ctx context.Context, cfg config.Config, host string, port int) 
 	if err != nil {
 		return 0, err
 	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	conn, err := pgconn.Connect(cctx, cs)
-	if err != nil {
-		return 0, err
-	}
-	defer conn.Close(context.WithoutCancel(cctx))
-	sys, err := pglogrepl.IdentifySystem(cctx, conn)
-	if err != nil {
-		return 0, err
-	}
-	return wal.LSN(sys.XLogPos), nil
+	return walstream.ServerPosition(ctx, cs, 5*time.Second)
 }

@@ -27,14 +27,12 @@ import (
 // if it does not exist); a backup is done only once the leader has
 // archived the WAL up to its stop position.
 type backups struct {
-	cfg   config.Config
-	agent string
-	log   hclog.Logger
-	coord *coordinator.Coordinator
-	etcd  *clientv3.Client
-	keys  request.Keys
-	arch  *archiver
-	live  *reloadable // backup-schedule and backup-from, as reloaded
+	opts    backupOptions
+	log     hclog.Logger
+	coord   *coordinator.Coordinator
+	etcd    *clientv3.Client
+	keys    request.Keys
+	archive *archiveHandle
 
 	mu sync.Mutex // one backup at a time
 
@@ -42,6 +40,23 @@ type backups struct {
 	current string // ID of the backup this agent is taking, if any
 
 	queue *request.Queue[request.BackupResult] // requests/backup/, status/backup/
+}
+
+// backupOptions is what backups take from the configuration; the live
+// keys are functions that read the configuration as last reloaded.
+type backupOptions struct {
+	Agent       string
+	Cluster     string
+	KeeperUID   string // the keeper beside this agent; "" for none
+	Compression string
+	// PG holds the connection settings (pg-*) that pgaddr and
+	// PGConnString read to reach the master or the local standby.
+	PG config.Config
+	// ManifestChecksums returns manifest-checksums.
+	ManifestChecksums func() string
+	// Schedule returns backup-schedule and backup-from, read together so
+	// that a reload never pairs the old one with the new other.
+	Schedule func() (config.Schedule, string)
 }
 
 // leaderDuties is the backups' share of the leader work: mark backups
@@ -77,15 +92,15 @@ func (b *backups) markAbandoned(ctx context.Context, term coordinator.Term) {
 	// Their requests too, so that whoever follows them learns the outcome;
 	// first, as this needs etcd only.
 	b.queue.Sweep(ctx, aliveIn(agents), term.Fence())
-	be, err := b.arch.openBackend(ctx)
+	be, err := b.archive.open(ctx)
 	if err != nil {
 		return
 	}
 	b.curMu.Lock()
 	current := b.current
 	b.curMu.Unlock()
-	ids, err := catalog.MarkStaleRunning(ctx, be, b.cfg.ClusterName, func(d catalog.Backup) bool {
-		if d.Agent == b.agent {
+	ids, err := catalog.MarkStaleRunning(ctx, be, b.opts.Cluster, func(d catalog.Backup) bool {
+		if d.Agent == b.opts.Agent {
 			return d.ID != current
 		}
 		_, alive := agents[d.Agent]
@@ -175,10 +190,10 @@ func aliveIn(agents map[string]coordinator.AgentStatus) func(string) bool {
 // standby, which may serve requests from a standby.
 func (b *backups) onStandby() bool {
 	st := b.coord.State()
-	if st.Leading || st.ClusterData == nil || b.cfg.KeeperUID == "" {
+	if st.Leading || st.ClusterData == nil || b.opts.KeeperUID == "" {
 		return false
 	}
-	db, ok := st.ClusterData.DBForKeeper(b.cfg.KeeperUID)
+	db, ok := st.ClusterData.DBForKeeper(b.opts.KeeperUID)
 	return ok && db.Spec.Role == stolon.RoleStandby && db.Status.Healthy
 }
 
@@ -190,7 +205,7 @@ func (b *backups) standbyAvailable() bool {
 		return false
 	}
 	for _, a := range st.Agents {
-		if db, ok := st.ClusterData.DBForKeeper(a.KeeperUID); ok && a.Name != b.agent &&
+		if db, ok := st.ClusterData.DBForKeeper(a.KeeperUID); ok && a.Name != b.opts.Agent &&
 			db.Spec.Role == stolon.RoleStandby && db.Status.Healthy {
 			return true
 		}
@@ -203,7 +218,7 @@ func (b *backups) standbyAvailable() bool {
 // archived the WAL up to the stop position (the leader publishes what it
 // archived in its agent record).
 func (b *backups) take(ctx context.Context, req request.Backup, progress func(done, total int64)) (catalog.Backup, error) {
-	be, err := b.arch.openBackend(ctx)
+	be, err := b.archive.open(ctx)
 	if err != nil {
 		return catalog.Backup{}, err
 	}
@@ -213,29 +228,29 @@ func (b *backups) take(ctx context.Context, req request.Backup, progress func(do
 	keeper := ""
 	switch {
 	case req.From == request.FromStandby:
-		if host, port, err = localAddress(b.cfg, st); err != nil {
+		if host, port, err = localAddress(b.opts.PG, st); err != nil {
 			return catalog.Backup{}, err
 		}
-		keeper = b.cfg.KeeperUID
+		keeper = b.opts.KeeperUID
 	case !st.HasMaster:
 		return catalog.Backup{}, errors.New("clusterdata names no master")
 	default:
-		host, port = masterAddress(b.cfg, st)
+		host, port = masterAddress(b.opts.PG, st)
 		keeper = st.Master.KeeperUID
 	}
-	cs, err := b.cfg.PGConnString(host, port, true)
+	cs, err := b.opts.PG.PGConnString(host, port, true)
 	if err != nil {
 		return catalog.Backup{}, err
 	}
-	defer b.arch.metrics.catalog.refreshSoon() // done or failed, the catalog changed
+	defer b.archive.changed() // done or failed, the catalog changed
 	return backup.TakeFrom(ctx, cs, backup.Options{
 		Backend:           be,
-		Cluster:           b.cfg.ClusterName,
-		Compression:       b.cfg.Compression,
-		ManifestChecksums: b.live.Config().ManifestChecksums,
+		Cluster:           b.opts.Cluster,
+		Compression:       b.opts.Compression,
+		ManifestChecksums: b.opts.ManifestChecksums(),
 		Label:             req.Label,
 		Fast:              true,
-		Agent:             b.agent,
+		Agent:             b.opts.Agent,
 		KeeperUID:         keeper,
 		Host:              fmt.Sprintf("%s:%d", host, port),
 		From:              req.From,
@@ -274,9 +289,9 @@ func (b *backups) schedule(ctx context.Context, term coordinator.Term) {
 	for {
 		// backup-schedule and backup-from are live (reload.go): read them
 		// afresh each round; without a schedule, look again in a while.
-		cfg := b.live.Config()
+		sched, from := b.opts.Schedule()
 		check := 10 * time.Second
-		if every := cfg.BackupSchedule.Interval(); every > 0 {
+		if every := sched.Interval(); every > 0 {
 			check = min(max(every/10, time.Second), 30*time.Second)
 		}
 		if pending != "" {
@@ -288,17 +303,17 @@ func (b *backups) schedule(ctx context.Context, term coordinator.Term) {
 				}
 			}
 		}
-		if pending == "" && !cfg.BackupSchedule.IsZero() {
-			if due, err := b.backupDue(ctx, cfg.BackupSchedule); err != nil {
+		if pending == "" && !sched.IsZero() {
+			if due, err := b.backupDue(ctx, sched); err != nil {
 				b.log.Warn("checking the backup schedule failed", "error", err)
 			} else if due {
 				id := "scheduled-" + time.Now().UTC().Format("20060102T150405")
 				// Fenced: an agent that no longer leads requests nothing.
-				req := request.Backup{From: cfg.BackupFrom, Label: "scheduled"}
+				req := request.Backup{From: from, Label: "scheduled"}
 				if _, err := request.Submit(ctx, b.etcd, b.keys, id, req, term.Fence()); err != nil {
 					b.log.Warn("requesting a scheduled backup failed", "error", err)
 				} else {
-					b.log.Info("scheduled backup requested", "request", id, "schedule", cfg.BackupSchedule.String())
+					b.log.Info("scheduled backup requested", "request", id, "schedule", sched.String())
 					pending = id
 				}
 			}
@@ -314,11 +329,7 @@ func (b *backups) schedule(ctx context.Context, term coordinator.Term) {
 // backupDue reports whether backup-schedule's next time after the newest
 // backup's start has come, or there is no backup.
 func (b *backups) backupDue(ctx context.Context, sched config.Schedule) (bool, error) {
-	be, err := b.arch.openBackend(ctx)
-	if err != nil {
-		return false, err
-	}
-	list, err := catalog.ListBackups(ctx, be, b.cfg.ClusterName)
+	list, err := b.archive.listBackups(ctx)
 	if err != nil {
 		return false, err
 	}

@@ -16,17 +16,25 @@ import (
 // reading every request every 2 s.
 const expireInterval = time.Minute
 
-// expireLoop runs on the leader until ctx ends: it expires finished
-// requests older than request-retention (read live, so a reload applies),
-// fenced on term (request.Queue.Expire).
-func (a *Agent) expireLoop(ctx context.Context, term coordinator.Term) error {
-	log := a.log.Named("requests")
+// expirer removes finished requests of both kinds from etcd.
+type expirer struct {
+	log hclog.Logger
+	// retention returns request-retention as last reloaded.
+	retention func() time.Duration
+	backups   *request.Queue[request.BackupResult]
+	restores  *request.Queue[request.RestoreResult]
+}
+
+// loop runs on the leader until ctx ends: it expires finished requests
+// older than request-retention (read live, so a reload applies), fenced on
+// term (request.Queue.Expire).
+func (e *expirer) loop(ctx context.Context, term coordinator.Term) error {
 	tk := time.NewTicker(expireInterval)
 	defer tk.Stop()
 	for {
-		if ret := a.liveConfig().RequestRetention; ret > 0 {
-			expire(ctx, a.backups.queue, ret, term, log)
-			expire(ctx, a.restores.queue, ret, term, log)
+		if ret := e.retention(); ret > 0 {
+			expire(ctx, e.backups, ret, term, e.log)
+			expire(ctx, e.restores, ret, term, e.log)
 		}
 		select {
 		case <-ctx.Done():

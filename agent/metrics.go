@@ -33,7 +33,7 @@ type archiverMetrics struct {
 	standbySlotError prometheus.Counter
 
 	// catalog holds the catalog-derived metrics, storage wraps the archive
-	// backend (openBackend) so that every operation is timed.
+	// backend (archiveHandle.open) so that every operation is timed.
 	catalog *catalogMetrics
 	storage *instrument.Metrics
 
@@ -115,15 +115,6 @@ func (m *archiverMetrics) lagSeconds() float64 {
 		return 0
 	}
 	return time.Since(m.caughtUp).Seconds()
-}
-
-func (m *archiverMetrics) setGaps(gaps []catalog.Gap) {
-	var total uint64
-	for _, g := range gaps {
-		total += g.Bytes
-	}
-	m.gapBytes.Set(float64(total))
-	m.gaps.Set(float64(len(gaps)))
 }
 
 // streamingGauge is the streaming gauge, remembering when it last changed,
@@ -274,13 +265,7 @@ func unixSeconds(t time.Time) float64 {
 // catalogRefreshInterval until ctx ends. It never fails; a failed read
 // leaves the previous values and is retried at the next tick.
 func (a *Agent) refreshCatalogMetrics(ctx context.Context) error {
-	a.archiver.metrics.catalog.refreshLoop(ctx, a.log.Named("metrics"), func(ctx context.Context) ([]catalog.Backup, error) {
-		b, err := a.archiver.openBackend(ctx)
-		if err != nil {
-			return nil, err
-		}
-		return catalog.ListBackups(ctx, b, a.cfg.ClusterName)
-	})
+	a.archive.catalog.refreshLoop(ctx, a.log.Named("metrics"), a.archive.listBackups)
 	return nil
 }
 

@@ -20,8 +20,9 @@ import (
 )
 
 // reloadable holds the configuration whose live keys change without a
-// restart (STYLE.md §7). The agent's parts read those keys through Config
-// each time they need them; every other key keeps its start-up value.
+// restart (STYLE.md §7). The agent gives its parts getters (func() T in
+// their options) that read those keys through Config each time they need
+// them; every other key keeps its start-up value.
 // It is safe for concurrent use.
 type reloadable struct {
 	p atomic.Pointer[config.Config]

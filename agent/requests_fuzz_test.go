@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/request"
 )
 
@@ -30,7 +29,7 @@ func FuzzParseRestoreRequest(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	r := &restores{cfg: config.Config{ClusterName: "stolon-cluster", ArchiveURL: "file:///var/lib/barnacle", RestoreRoot: root}}
+	r := &restores{opts: restoreOptions{Cluster: "stolon-cluster", ArchiveURL: "file:///var/lib/barnacle", RestoreRoot: root}}
 	for _, s := range []string{
 		`{"keeper":"keeper1","backup":"latest","targetDir":"ROOT/pitr","target":{"time":"2026-11-24T17:00:00Z"},"targetTimeline":"latest","targetAction":"pause","force":false}`,
 		`{"keeper":"keeper1","targetDir":"ROOT/sub/x","target":{"lsn":"0/3000060"}}`,

@@ -14,7 +14,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/barnacle-pg/barnacle/coordinator"
-	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/restore"
 )
@@ -24,13 +23,21 @@ import (
 // keeper, no agent beside it). Whoever may write requests/ can make an
 // agent write files, so a target must lie under restore-root.
 type restores struct {
-	cfg   config.Config
-	agent string
-	log   hclog.Logger
-	coord *coordinator.Coordinator
-	arch  *archiver
+	opts    restoreOptions
+	log     hclog.Logger
+	coord   *coordinator.Coordinator
+	archive *archiveHandle
 
 	queue *request.Queue[request.RestoreResult] // requests/restore/, status/restore/
+}
+
+// restoreOptions is what restores take from the configuration (all fixed
+// keys: none of them reloads).
+type restoreOptions struct {
+	Cluster     string
+	KeeperUID   string // the keeper beside this agent; "" for none
+	RestoreRoot string // restores write only below it; "" refuses all
+	ArchiveURL  string // for the restore_command of the restored server
 }
 
 // restoreSweepHint ends the error of a restore request swept after its
@@ -63,7 +70,7 @@ func (r *restores) serve(ctx context.Context, id string, value []byte) {
 	}
 	req, rejectErr := request.ParseRestore(value)
 	state := r.coord.State()
-	mine := rejectErr == nil && r.cfg.KeeperUID != "" && req.Keeper == r.cfg.KeeperUID
+	mine := rejectErr == nil && r.opts.KeeperUID != "" && req.Keeper == r.opts.KeeperUID
 	if !mine {
 		if !state.Leading {
 			return
@@ -103,7 +110,7 @@ func (r *restores) run(ctx context.Context, job *request.Job[request.RestoreResu
 		r.reject(ctx, job, err)
 		return
 	}
-	be, err := r.arch.openBackend(ctx)
+	be, err := r.archive.open(ctx)
 	if err != nil {
 		job.Fail(ctx, err)
 		return
@@ -170,10 +177,10 @@ func (r *restores) nobodyRuns(state coordinator.State, keeper string) error {
 func (r *restores) toRequest(req request.Restore) (restore.Request, error) {
 	// Fence: the restore opens restore-root once and writes only through
 	// it; underRoot below is the early check that names the field.
-	out := restore.Request{Cluster: r.cfg.ClusterName, Backup: req.Backup, Action: req.TargetAction, Force: req.Force, DataOnly: req.DataOnly,
-		Fence: r.cfg.RestoreRoot}
+	out := restore.Request{Cluster: r.opts.Cluster, Backup: req.Backup, Action: req.TargetAction, Force: req.Force, DataOnly: req.DataOnly,
+		Fence: r.opts.RestoreRoot}
 	var err error
-	if out.TargetDir, err = underRoot(r.cfg.RestoreRoot, req.TargetDir, "targetDir"); err != nil {
+	if out.TargetDir, err = underRoot(r.opts.RestoreRoot, req.TargetDir, "targetDir"); err != nil {
 		return out, err
 	}
 	spec, err := req.Validate()
@@ -181,7 +188,7 @@ func (r *restores) toRequest(req request.Restore) (restore.Request, error) {
 		return out, err
 	}
 	for oid, dir := range spec.Tablespaces {
-		d, err := underRoot(r.cfg.RestoreRoot, dir, "tablespaceMap")
+		d, err := underRoot(r.opts.RestoreRoot, dir, "tablespaceMap")
 		if err != nil {
 			return out, err
 		}
@@ -195,7 +202,7 @@ func (r *restores) toRequest(req request.Restore) (restore.Request, error) {
 	if err != nil {
 		return out, fmt.Errorf("find the barnacle executable for restore_command: %w", err)
 	}
-	out.RestoreCommand = restore.WALFetchCommand(exe, "", r.cfg.ClusterName, r.cfg.ArchiveURL)
+	out.RestoreCommand = restore.WALFetchCommand(exe, "", r.opts.Cluster, r.opts.ArchiveURL)
 	out.RecoveryEndCommand = restore.RemoveSpoolCommand(exe)
 	return out, nil
 }
@@ -213,7 +220,7 @@ func underRoot(root, dir, field string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("restore-root %s: %w", root, err)
 	}
-	resolved, err := resolveExisting(filepath.Clean(dir))
+	resolved, err := restore.ResolveExisting(filepath.Clean(dir))
 	if err != nil {
 		return "", fmt.Errorf("%s %q: %w", field, dir, err)
 	}
@@ -222,23 +229,4 @@ func underRoot(root, dir, field string) (string, error) {
 		return "", fmt.Errorf("%s %q lies outside restore-root %s (symlinks resolved: %s); restore below it", field, dir, root, resolved)
 	}
 	return resolved, nil
-}
-
-// resolveExisting resolves symlinks in the longest existing prefix of path
-// and appends the rest.
-func resolveExisting(path string) (string, error) {
-	rest := ""
-	for p := path; ; p = filepath.Dir(p) {
-		r, err := filepath.EvalSymlinks(p)
-		if err == nil {
-			return filepath.Join(r, rest), nil
-		}
-		if !errors.Is(err, os.ErrNotExist) {
-			return "", err
-		}
-		if p == filepath.Dir(p) {
-			return path, nil
-		}
-		rest = filepath.Join(filepath.Base(p), rest)
-	}
 }

@@ -8,6 +8,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/retention"
 )
@@ -24,12 +25,29 @@ const (
 	retentionRetryInterval = 15 * time.Minute
 )
 
-// retentionLoop applies retention-policy while this agent leads: when it
+// retainer applies retention-policy while this agent leads.
+type retainer struct {
+	opts    retentionOptions
+	log     hclog.Logger
+	etcd    *clientv3.Client
+	keys    request.Keys
+	archive *archiveHandle
+}
+
+// retentionOptions is what retention takes from the configuration.
+type retentionOptions struct {
+	Cluster string
+	// Policy returns retention-policy and minimum-redundancy as last
+	// reloaded, read together.
+	Policy func() (config.RetentionPolicy, int)
+}
+
+// loop applies retention-policy while this agent leads: when it
 // starts leading, after each new done backup, and daily. It returns nil
 // when ctx ends, at once when no policy is set, and never fails: errors
 // are logged and retried.
-func (b *backups) retentionLoop(ctx context.Context) error {
-	log := b.log.Named("retention")
+func (b *retainer) loop(ctx context.Context) error {
+	log := b.log
 	var (
 		lastNewest string    // newest done backup at the last successful run
 		next       time.Time // when the next run is due regardless
@@ -43,7 +61,8 @@ func (b *backups) retentionLoop(ctx context.Context) error {
 		}
 		// retention-policy is live (reload.go): without one, do nothing
 		// until a reload sets it.
-		noPolicy := b.live.Config().RetentionPolicy.IsZero()
+		policy, _ := b.opts.Policy()
+		noPolicy := policy.IsZero()
 		newest, err := b.newestDoneBackup(ctx)
 		switch {
 		case ctx.Err() != nil:
@@ -55,7 +74,7 @@ func (b *backups) retentionLoop(ctx context.Context) error {
 			err := b.applyRetention(ctx, log)
 			// What it deleted, even in a run that failed half way, leaves
 			// the catalog gauges at once.
-			b.arch.metrics.catalog.refreshSoon()
+			b.archive.changed()
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil
@@ -64,7 +83,7 @@ func (b *backups) retentionLoop(ctx context.Context) error {
 				next = time.Now().Add(retentionRetryInterval)
 			} else {
 				lastNewest, next = newest, time.Now().Add(retentionDailyInterval)
-				b.arch.metrics.catalog.retentionSucceeded(time.Now())
+				b.archive.catalog.retentionSucceeded(time.Now())
 			}
 		}
 		if rev == 0 {
@@ -79,12 +98,8 @@ func (b *backups) retentionLoop(ctx context.Context) error {
 }
 
 // newestDoneBackup returns the ID of the newest done backup, "" when none.
-func (b *backups) newestDoneBackup(ctx context.Context) (string, error) {
-	be, err := b.arch.openBackend(ctx)
-	if err != nil {
-		return "", err
-	}
-	list, err := catalog.ListBackups(ctx, be, b.cfg.ClusterName)
+func (b *retainer) newestDoneBackup(ctx context.Context) (string, error) {
+	list, err := b.archive.listBackups(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -98,20 +113,20 @@ func (b *backups) newestDoneBackup(ctx context.Context) (string, error) {
 
 // applyRetention plans and applies retention-policy once, logging what it
 // deleted and what it left alone.
-func (b *backups) applyRetention(ctx context.Context, log hclog.Logger) error {
-	be, err := b.arch.openBackend(ctx)
+func (b *retainer) applyRetention(ctx context.Context, log hclog.Logger) error {
+	be, err := b.archive.open(ctx)
 	if err != nil {
 		return err
 	}
 	now := time.Now()
-	cfg := b.live.Config() // retention-policy and minimum-redundancy are live
+	policy, minRedundancy := b.opts.Policy() // both are live
 	pol := retention.Policy{
-		Redundancy:        cfg.RetentionPolicy.Redundancy,
-		WindowStart:       cfg.RetentionPolicy.WindowStart(now),
-		MinimumRedundancy: cfg.MinimumRedundancy,
-		Text:              cfg.RetentionPolicy.String(),
+		Redundancy:        policy.Redundancy,
+		WindowStart:       policy.WindowStart(now),
+		MinimumRedundancy: minRedundancy,
+		Text:              policy.String(),
 	}
-	in, err := retention.ReadInput(ctx, be, b.cfg.ClusterName, pol)
+	in, err := retention.ReadInput(ctx, be, b.opts.Cluster, pol)
 	if err != nil {
 		return err
 	}
@@ -119,7 +134,7 @@ func (b *backups) applyRetention(ctx context.Context, log hclog.Logger) error {
 	for _, n := range plan.Notes {
 		log.Warn("retention note", "note", n)
 	}
-	res, err := retention.Apply(ctx, be, b.cfg.ClusterName, plan)
+	res, err := retention.Apply(ctx, be, b.opts.Cluster, plan)
 	for _, d := range res.Deleted {
 		log.Info("backup deleted by retention", "backup", d.ID, "status", d.Status, "reason", d.Reason)
 	}

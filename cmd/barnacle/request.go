@@ -15,6 +15,31 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/request"
 )
 
+// submitted is a request this command wrote to etcd, with the client
+// (the caller closes it) and the keys to follow its status.
+type submitted struct {
+	cli     *clientv3.Client
+	keys    coordinator.Keys
+	rkeys   request.Keys
+	id, key string
+}
+
+// submit connects to etcd and writes req under a fresh ID; ctx bounds the
+// write. The error names the etcd endpoints.
+func submit[T request.Request](ctx context.Context, cfg config.Config, req T) (submitted, error) {
+	cli, err := coordinator.NewClient(coordinator.ClientOptionsFor(cfg))
+	if err != nil {
+		return submitted{}, err
+	}
+	s := submitted{cli: cli, keys: coordinator.NewKeys(cfg.BarnaclePrefix, cfg.ClusterName), id: request.NewID(time.Now())}
+	s.rkeys = request.Keys{Prefix: s.keys.Prefix}
+	if s.key, err = request.Submit(ctx, cli, s.rkeys, s.id, req); err != nil {
+		_ = cli.Close()
+		return submitted{}, fmt.Errorf("write the %s request (is etcd reachable at %s?): %w", req.Kind(), redact.URLs(cfg.StoreEndpoints), err)
+	}
+	return s, nil
+}
+
 // requestBackup writes a backup request for the agents and, with wait,
 // follows its status key to the end (or until timeout, 0 = no limit).
 func requestBackup(cmd *cobra.Command, from, label string, wait, asJSON bool, timeout time.Duration) error {
@@ -33,20 +58,14 @@ func requestBackup(cmd *cobra.Command, from, label string, wait, asJSON bool, ti
 	if timeout < 0 || (timeout > 0 && !wait) {
 		return usageError{errors.New("--timeout goes with --wait and is a positive duration, like 10m")}
 	}
-	cli, err := coordinator.NewClient(coordinator.ClientOptionsFor(cfg))
+	ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+	defer cancel()
+	s, err := submit(ctx, cfg, request.Backup{From: from, Label: label})
 	if err != nil {
 		return err
 	}
-	defer cli.Close()
-	keys := coordinator.NewKeys(cfg.BarnaclePrefix, cfg.ClusterName)
-	rkeys := request.Keys{Prefix: keys.Prefix}
-	id := request.NewID(time.Now())
-	ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
-	defer cancel()
-	key, err := request.Submit(ctx, cli, rkeys, id, request.Backup{From: from, Label: label})
-	if err != nil {
-		return fmt.Errorf("write the backup request (is etcd reachable at %s?): %w", redact.URLs(cfg.StoreEndpoints), err)
-	}
+	defer s.cli.Close()
+	cli, keys, rkeys, id, key := s.cli, s.keys, s.rkeys, s.id, s.key
 	if !wait {
 		fmt.Fprintf(cmd.OutOrStdout(), "backup requested: %s\nfollow it with: etcdctl get %s\n", id, rkeys.Status(request.KindBackup, id))
 		fmt.Fprintln(cmd.ErrOrStderr(), whoRuns(ctx, cli, keys, "", from == config.BackupFromStandby, false))

@@ -12,9 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/pkg/config"
-	"github.com/barnacle-pg/barnacle/pkg/redact"
 	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/restore"
 	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
@@ -269,20 +267,14 @@ func restoreViaEtcd(cmd *cobra.Command, f restoreFlags) error {
 			rr.TablespaceMap[oid] = dir
 		}
 	}
-	cli, err := coordinator.NewClient(coordinator.ClientOptionsFor(cfg))
+	ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+	defer cancel()
+	s, err := submit(ctx, cfg, rr)
 	if err != nil {
 		return err
 	}
-	defer cli.Close()
-	keys := coordinator.NewKeys(cfg.BarnaclePrefix, cfg.ClusterName)
-	rkeys := request.Keys{Prefix: keys.Prefix}
-	id := request.NewID(time.Now())
-	ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
-	defer cancel()
-	key, err := request.Submit(ctx, cli, rkeys, id, rr)
-	if err != nil {
-		return fmt.Errorf("write the restore request (is etcd reachable at %s?): %w", redact.URLs(cfg.StoreEndpoints), err)
-	}
+	defer s.cli.Close()
+	cli, keys, rkeys, id, key := s.cli, s.keys, s.rkeys, s.id, s.key
 	fmt.Fprintf(cmd.ErrOrStderr(), "restore request %s written to %s; %s\n", id, key, whoRuns(ctx, cli, keys, f.keeper, false, true))
 	st, err := followRequest[request.RestoreResult](cmd, cli, requestFollow{kind: request.KindRestore, keys: rkeys, id: id, timeout: f.timeout, quiet: f.asJSON})
 	if err != nil {

@@ -12,7 +12,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/cobra"
 
@@ -24,6 +23,7 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/stolon"
 	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
+	"github.com/barnacle-pg/barnacle/pkg/walstream"
 )
 
 func newStatusCommand() *cobra.Command {
@@ -373,18 +373,7 @@ func masterPosition(ctx context.Context, cfg config.Config, addr pgaddr.Address)
 	if err != nil {
 		return 0, err
 	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	conn, err := pgconn.Connect(cctx, cs)
-	if err != nil {
-		return 0, err
-	}
-	defer conn.Close(context.WithoutCancel(cctx))
-	sys, err := pglogrepl.IdentifySystem(cctx, conn)
-	if err != nil {
-		return 0, err
-	}
-	return wal.LSN(sys.XLogPos), nil
+	return walstream.ServerPosition(ctx, cs, 5*time.Second)
 }
 
 // recoverableWindows is the status view of catalog.RecoverableWindows.

@@ -108,7 +108,7 @@ func (fc *fence) outside(err error, what, given string) error {
 	if err == nil {
 		return nil
 	}
-	if p, rerr := resolveExisting(given); rerr == nil {
+	if p, rerr := ResolveExisting(given); rerr == nil {
 		if _, oerr := fc.rel(p, what, given); oerr != nil {
 			return fmt.Errorf("%w: %s %s now leads to %s, outside %s: %v", ErrRedirected, what, given, p, fc.shown, err)
 		}
@@ -139,7 +139,7 @@ func inspectDir(fc *fence, dir, what string, force bool, tablespace bool) (desti
 	}
 	d := destination{what: what}
 	var err error
-	if d.path, err = resolveExisting(filepath.Clean(dir)); err != nil {
+	if d.path, err = ResolveExisting(filepath.Clean(dir)); err != nil {
 		return d, fmt.Errorf("restore: inspect %s %s: %w", what, dir, err)
 	}
 	if d.rel, err = fc.rel(d.path, what, dir); err != nil {
@@ -185,9 +185,10 @@ func inspectDir(fc *fence, dir, what string, force bool, tablespace bool) (desti
 	return d, nil
 }
 
-// resolveExisting resolves symlinks in the longest existing prefix of path
-// and appends the rest.
-func resolveExisting(path string) (string, error) {
+// ResolveExisting resolves symlinks in the longest existing prefix of path
+// and appends the rest. The agent checks a request's directories against
+// restore-root with it too.
+func ResolveExisting(path string) (string, error) {
 	rest := ""
 	for p := path; ; p = filepath.Dir(p) {
 		r, err := filepath.EvalSymlinks(p)

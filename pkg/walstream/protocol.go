@@ -398,3 +398,21 @@ func sendStatus(ctx context.Context, conn *pgconn.PgConn, pos wal.LSN) error {
 	}
 	return nil
 }
+
+// ServerPosition asks the server at connString (a replication connection)
+// for its end of WAL, giving up after timeout: the agent's archive lag
+// while it does not stream and barnacle status's lag both need it.
+func ServerPosition(ctx context.Context, connString string, timeout time.Duration) (wal.LSN, error) {
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	conn, err := pgconn.Connect(cctx, connString)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(context.WithoutCancel(cctx))
+	sys, err := pglogrepl.IdentifySystem(cctx, conn)
+	if err != nil {
+		return 0, err
+	}
+	return wal.LSN(sys.XLogPos), nil
+}
