@@ -195,12 +195,18 @@ func requireSameAsServer(t *testing.T, b storage.Backend, a archived, node *test
 		if !strings.HasPrefix(name, prefix) || a.segments[name] {
 			continue
 		}
+		// The archive first, then the server: the server may write more
+		// WAL (a running-xacts record, a checkpoint) between the two reads,
+		// and the receiver may archive it. Every byte the archive holds was
+		// flushed by the server before, so a later read of the server's file
+		// holds it too; the other order can catch the archive ahead of an
+		// earlier read of the server's file.
+		got := readObject(t, b, catalog.WALPrefix(cluster)+name+".partial")
 		server, err := os.ReadFile(filepath.Join(node.DataDir, "pg_wal", name))
 		if os.IsNotExist(err) {
 			server, err = os.ReadFile(filepath.Join(node.DataDir, "pg_wal", name+".partial"))
 		}
 		require.NoError(t, err, name)
-		got := readObject(t, b, catalog.WALPrefix(cluster)+name+".partial")
 		require.LessOrEqual(t, len(got), len(server))
 		require.True(t, bytes.Equal(server[:len(got)], got), "archived %s.partial differs from the server's segment", name)
 	}
