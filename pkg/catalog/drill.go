@@ -9,7 +9,7 @@ import (
 )
 
 // Drill is one restore drill's record, drills/<id>.json in the archive
-// (docs/design.md §6): which backup was restored, how far the restored
+// (docs/design.md §2): which backup was restored, how far the restored
 // server got, what was checked and how long each phase took. The archive
 // keeps it so that status, check and the metrics know the last proven
 // point after an agent restarts, without etcd.
