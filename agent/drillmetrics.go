@@ -94,7 +94,7 @@ func (m *drillMetrics) set(all []catalog.Drill) {
 // apply folds one record into the values; called with mu held.
 func (m *drillMetrics) apply(d catalog.Drill) {
 	switch d.Status {
-	case drillDone:
+	case catalog.DrillDone:
 		if d.FinishedAt.Before(m.lastOK) {
 			return
 		}
@@ -102,7 +102,7 @@ func (m *drillMetrics) apply(d catalog.Drill) {
 		m.lastSuccess.Set(unixSeconds(d.FinishedAt))
 		m.reachedTime.Set(unixSeconds(d.ReachedTime))
 		m.reachedLSN.Set(float64(d.Reached.LSN))
-		m.rto.Set(drillRTO(d).Seconds())
+		m.rto.Set(d.Phases.RTO().Seconds())
 	default:
 		m.failures++
 		if d.FinishedAt.After(m.lastBad) {
@@ -110,14 +110,6 @@ func (m *drillMetrics) apply(d catalog.Drill) {
 			m.lastFailure.Set(unixSeconds(d.FinishedAt))
 		}
 	}
-}
-
-// drillDone is the status of a successful drill record.
-const drillDone = "done"
-
-// drillRTO is a drill's measured recovery time: the sum of its phases.
-func drillRTO(d catalog.Drill) time.Duration {
-	return d.Phases.Restore + d.Phases.Replay + d.Phases.Check
 }
 
 // refreshLoop reads the drill records now and every drillRefreshInterval

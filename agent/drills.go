@@ -53,8 +53,8 @@ type drillOptions struct {
 
 // drillSweepHint ends the error of a drill request swept after its agent
 // died: drill.Run removes its scratch directory on every return, but a
-// killed agent never returned.
-const drillSweepHint = "a scratch directory drill-* may be left below its restore-root: remove it, and request the drill again"
+// killed agent never returned; its next drill removes what is left.
+const drillSweepHint = "its scratch directory (barnacle-drill-* below its restore-root) is removed by its next drill; request the drill again"
 
 // record is this agent's share of its etcd record: whether it may run
 // drills, which the leader and barnacle drill read.
@@ -91,6 +91,13 @@ func (d *drills) serve(ctx context.Context, id string, value []byte) {
 		return
 	}
 	req, rejectErr := request.ParseDrill(value)
+	if rejectErr == nil {
+		// The ID names the record drills/<id>.json and the scratch
+		// directory: one that cannot is refused before anything runs.
+		if err := catalog.CheckDrillID(id); err != nil {
+			rejectErr = fmt.Errorf("request key %s: %w; name drill requests like barnacle drill does", d.keys.Request(request.KindDrill, id), err)
+		}
+	}
 	state := d.coord.State()
 	mine := rejectErr == nil && (req.Agent == "" || req.Agent == d.opts.Agent) && d.eligible(state)
 	if !mine {

@@ -176,7 +176,7 @@ func printDrill(w io.Writer, d catalog.Drill) {
 	}
 	fmt.Fprintf(w, "  reached:  %s (the archive promised %s)\n", reached, d.Promised.LSN)
 	p := d.Phases
-	rto := p.Restore + p.Replay + p.Check
+	rto := p.RTO()
 	fmt.Fprintf(w, "  phases:   restore %s, replay %s, check %s\n", p.Restore.Round(time.Millisecond), p.Replay.Round(time.Millisecond), p.Check.Round(time.Millisecond))
 	fmt.Fprintf(w, "  RTO:      %s\n", rto.Round(time.Millisecond))
 	fmt.Fprintf(w, "  checked:  %d relations (pg_amcheck)\n", d.Checked)

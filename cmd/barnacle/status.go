@@ -262,7 +262,7 @@ func summarizeDrills(drills []catalog.Drill, now time.Time) (last, lastOK *drill
 		if l == nil || d.FinishedAt.After(l.FinishedAt) {
 			l = d
 		}
-		if d.Status == "done" && (ok == nil || d.FinishedAt.After(ok.FinishedAt)) {
+		if d.Status == catalog.DrillDone && (ok == nil || d.FinishedAt.After(ok.FinishedAt)) {
 			ok = d
 		}
 	}
@@ -271,7 +271,7 @@ func summarizeDrills(drills []catalog.Drill, now time.Time) (last, lastOK *drill
 			return nil
 		}
 		s := &drillSummary{ID: d.ID, Node: d.Node, Status: d.Status, BackupID: d.BackupID, FinishedAt: d.FinishedAt,
-			Age: now.Sub(d.FinishedAt).Round(time.Second).String(), RTO: (d.Phases.Restore + d.Phases.Replay + d.Phases.Check).Round(time.Millisecond).String(),
+			Age: now.Sub(d.FinishedAt).Round(time.Second).String(), RTO: d.Phases.RTO().Round(time.Millisecond).String(),
 			Error: d.Error}
 		if d.Reached.LSN != wal.InvalidLSN {
 			s.ReachedLSN = d.Reached.LSN.String()
@@ -292,7 +292,7 @@ func printDrillLine(w io.Writer, label string, d *drillSummary) {
 		return
 	}
 	line := fmt.Sprintf("%s %s on %s, %s, %s ago", label, d.ID, d.Node, d.Status, d.Age)
-	if d.Status == "done" {
+	if d.Status == catalog.DrillDone {
 		line += fmt.Sprintf(": backup %s restored to %s", d.BackupID, d.ReachedLSN)
 		if d.ReachedTime != nil {
 			line += " (" + d.ReachedTime.UTC().Format(time.RFC3339) + ")"

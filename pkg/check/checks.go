@@ -282,7 +282,7 @@ func RestoreDrill(drills []catalog.Drill, maxAge time.Duration, now time.Time) R
 		if last == nil || d.FinishedAt.After(last.FinishedAt) {
 			last = d
 		}
-		if d.Status == drillDone && (lastOK == nil || d.FinishedAt.After(lastOK.FinishedAt)) {
+		if d.Status == catalog.DrillDone && (lastOK == nil || d.FinishedAt.After(lastOK.FinishedAt)) {
 			lastOK = d
 		}
 	}
@@ -292,7 +292,7 @@ func RestoreDrill(drills []catalog.Drill, maxAge time.Duration, now time.Time) R
 			now.Sub(lastOK.FinishedAt).Round(time.Second), lastOK.Reached.LSN)
 	}
 	failedSince := ""
-	if last != nil && last.Status != drillDone {
+	if last != nil && last.Status != catalog.DrillDone {
 		failedSince = fmt.Sprintf("; the last drill %s failed: %s", last.ID, last.Error)
 	}
 	if maxAge <= 0 {
@@ -307,6 +307,3 @@ func RestoreDrill(drills []catalog.Drill, maxAge time.Duration, now time.Time) R
 	}
 	return Pass(NameRestoreDrill, describe+failedSince)
 }
-
-// drillDone is the status of a successful drill record.
-const drillDone = "done"
