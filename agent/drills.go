@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -249,7 +250,7 @@ func (d *drills) schedule(ctx context.Context, term coordinator.Term) {
 		if pending != "" && d.finished(ctx, pending) {
 			pending = ""
 		}
-		if pending == "" && !sched.IsZero() {
+		if pending == "" && !sched.IsZero() && !d.busy(ctx) {
 			be, err := d.archive.open(ctx)
 			var list []catalog.Drill
 			if err == nil {
@@ -276,6 +277,36 @@ func (d *drills) schedule(ctx context.Context, term coordinator.Term) {
 		case <-time.After(check):
 		}
 	}
+}
+
+// busy reports whether a drill request is waiting for an agent or
+// running (or etcd cannot say): a drill someone requested is as good as a
+// scheduled one, and the schedule should not queue a second behind it. A
+// request whose status key was deleted after its claim is neither.
+func (d *drills) busy(ctx context.Context) bool {
+	k := d.keys
+	resp, err := d.etcd.Txn(ctx).Then(
+		clientv3.OpGet(k.Requests(request.KindDrill), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+		clientv3.OpGet(k.Statuses(request.KindDrill), clientv3.WithPrefix()),
+		clientv3.OpGet(k.Claims(request.KindDrill), clientv3.WithPrefix(), clientv3.WithKeysOnly())).Commit()
+	if err != nil {
+		return true
+	}
+	done := map[string]bool{} // finished, or claimed without a status
+	for _, kv := range resp.Responses[2].GetResponseRange().Kvs {
+		done[strings.TrimPrefix(string(kv.Key), k.Claims(request.KindDrill))] = true
+	}
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+		var st request.DrillStatus
+		id := strings.TrimPrefix(string(kv.Key), k.Statuses(request.KindDrill))
+		done[id] = json.Unmarshal(kv.Value, &st) == nil && st.State.Final()
+	}
+	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+		if !done[strings.TrimPrefix(string(kv.Key), k.Requests(request.KindDrill))] {
+			return true
+		}
+	}
+	return false
 }
 
 // finished reports whether drill request id has a final status.

@@ -11,8 +11,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/config"
+	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
@@ -121,4 +123,28 @@ func TestDrillOwner(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 999, o.UID)
 	assert.Equal(t, 998, o.GID)
+}
+
+// The schedule queues no drill behind one that waits or runs.
+func TestDrillScheduleBusy(t *testing.T) {
+	ctx := t.Context()
+	cli := testenv.StartEtcd(t).Client(t)
+	keys := request.Keys{Prefix: "barnacle/c/"}
+	d := &drills{etcd: cli, keys: keys}
+	assert.False(t, d.busy(ctx), "nothing requested")
+
+	put := func(key, value string) {
+		_, err := cli.Put(ctx, key, value)
+		require.NoError(t, err)
+	}
+	put(keys.Request(request.KindDrill, "a"), `{}`)
+	assert.True(t, d.busy(ctx), "a request no agent claimed yet")
+	put(keys.Claim(request.KindDrill, "a"), "2026-12-06T15:00:00Z")
+	put(keys.Status(request.KindDrill, "a"), `{"state":"running","agent":"x","startedAt":"2026-12-06T15:00:00Z"}`)
+	assert.True(t, d.busy(ctx), "a running drill")
+	put(keys.Status(request.KindDrill, "a"), `{"state":"done","agent":"x","startedAt":"2026-12-06T15:00:00Z"}`)
+	assert.False(t, d.busy(ctx), "a finished drill")
+	_, err := cli.Delete(ctx, keys.Status(request.KindDrill, "a"))
+	require.NoError(t, err)
+	assert.False(t, d.busy(ctx), "claimed, its status deleted: it never runs again")
 }
