@@ -268,6 +268,26 @@ func TestDrill(t *testing.T) {
 		requireOnlyDrillAdded(t, before, archiveState(t, env.dir), d.ID)
 	})
 
+	t.Run("cancelled during restore", func(t *testing.T) {
+		before := archiveState(t, env.dir)
+		dctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			// Cancel once the restore writes into the data directory.
+			for dctx.Err() == nil {
+				if _, err := os.Stat(filepath.Join(root, "barnacle-drill-cancel-restore", "data", "base")); err == nil {
+					cancel()
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}()
+		d, err := drill.Run(dctx, opts("cancel-restore"))
+		requireFailedRecord(t, env.backend, d, err, "drill cancelled while restoring backup "+backupID)
+		requireEmptyDir(t, root)
+		requireOnlyDrillAdded(t, before, archiveState(t, env.dir), d.ID)
+	})
+
 	t.Run("damaged backup", func(t *testing.T) {
 		// Last: it damages the backup. A byte in the middle of the base
 		// archive: the restore fails half way on its checksum.
@@ -308,4 +328,59 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(b), "\n"))
 	return len(b), nil
+}
+
+// TestDrillPGBench measures a drill's phases on a pgbench database:
+// BARNACLE_DRILL_SCALE=20 (the scale; unset skips it), with
+// BARNACLE_DRILL_SECONDS of pgbench load after the backup (default 20),
+// compressed with zstd as a production agent would.
+func TestDrillPGBench(t *testing.T) {
+	scale := os.Getenv("BARNACLE_DRILL_SCALE")
+	if scale == "" {
+		t.Skip("a measurement: set BARNACLE_DRILL_SCALE (e.g. 20) to run it")
+	}
+	seconds := os.Getenv("BARNACLE_DRILL_SECONDS")
+	if seconds == "" {
+		seconds = "20"
+	}
+	ctx := t.Context()
+	env := newArchiveEnv(t, testenv.ClusterOptions{}, "--compression", "zstd")
+	shareArchiveWithPostgres(t, env.dir)
+	env.startAgents()
+	primary := env.pg.Primary()
+	env.leaderFor(primary)
+	out, err := pgbench(ctx, t, primary, "-i", "-s", scale, "-q")
+	require.NoError(t, err, out)
+	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	bout, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
+	require.Equal(t, 0, code, "backup: %s %s", bout, stderr)
+	out, err = pgbench(ctx, t, primary, "-T", seconds, "-c", "2", "-n")
+	require.NoError(t, err, out)
+	env.waitArchived(primary, 2*time.Minute)
+	for _, a := range env.list() {
+		stopAgent(t, a)
+	}
+	var accounts int64
+	require.NoError(t, primary.QueryRow(ctx, "SELECT count(*) FROM pgbench_accounts").Scan(&accounts))
+
+	root := filepath.Join(t.TempDir(), "restores")
+	require.NoError(t, os.MkdirAll(root, 0o755))
+	testenv.PGOwn(t, root)
+	var owner *restore.Owner
+	if cred := postgresCredential(t); cred != nil {
+		owner = &restore.Owner{UID: int(cred.Uid), GID: int(cred.Gid)}
+	}
+	before := archiveState(t, env.dir)
+	d, err := drill.Run(ctx, drill.Options{
+		ID: "pgbench", Node: "test-node", Backend: env.backend, Cluster: cluster,
+		ArchiveURL: "file://" + env.dir, Executable: binary,
+		ScratchRoot: root, PGBinDir: testenv.PGBinDir(t), Owner: owner,
+		Logger: hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Info, Output: testWriter{t}}),
+	})
+	require.NoError(t, err)
+	assert.True(t, d.Reached.Reached(d.Promised))
+	t.Logf("pgbench scale %s, %d accounts, %ss of load after the backup: restored %d bytes; WAL replayed from the backup's start to %s; checked %d relations; restore %s, replay %s, check %s, RTO %s",
+		scale, accounts, seconds, d.Bytes, d.Reached.LSN, d.Checked, d.Phases.Restore, d.Phases.Replay, d.Phases.Check, d.Phases.RTO())
+	requireEmptyDir(t, root)
+	requireOnlyDrillAdded(t, before, archiveState(t, env.dir), d.ID)
 }
