@@ -42,13 +42,22 @@
 //     accepts connections only once recovery ended and it promoted, which
 //     is what the drill waits for. Options.Settings come after these and
 //     win.
-//  6. It waits (bounded by ReplayTimeout, and by ctx) until the server
-//     accepts connections and pg_is_in_recovery() is false. Reached is the
-//     switch point the promotion wrote in the new timeline's history file
-//     (the end of replay on the timeline it left), ReachedTime the "last
-//     completed transaction was at log time" the server logs at the end of
-//     recovery. A drill whose Reached is before Promised fails: the archive
-//     promised WAL that recovery did not replay.
+//  6. It waits (bounded by ReplayTimeout, and by ctx) until postmaster.pid
+//     says "ready" (as pg_ctl does; connection attempts before would fill
+//     the log), the server accepts a connection and pg_is_in_recovery() is
+//     false. A server that exits first fails the drill with the end of its
+//     log (a FATAL of the restored configuration, or restore_command
+//     refusing a damaged segment). Reached is the switch point the
+//     promotion wrote in the new timeline's history file (the end of
+//     replay on the timeline it left), ReachedTime the "last completed
+//     transaction was at log time" the server logs at the end of recovery.
+//     A drill whose Reached is before Promised (catalog.Position.Reached)
+//     fails: the archive promised WAL that recovery did not replay, e.g.
+//     a stored segment that is not the WAL it is named for. The comparison
+//     is exact: a .partial that ended inside a record when the drill read
+//     the archive, and got no more WAL before replay reached it, fails the
+//     drill too; that takes a cluster that stopped writing in the middle
+//     of a flush, and the next drill passes.
 //  7. It checks every database that accepts connections: a query, and
 //     pg_amcheck --install-missing on its system catalogs (schema
 //     pg_catalog, with their indexes and TOAST) plus a sample of user
@@ -481,6 +490,18 @@ func serverPID(dataDir string) (int, bool) {
 	return pid, err == nil && pid > 0
 }
 
+// serverReady reports whether postmaster.pid says the server accepts
+// connections: its status line (the 8th, PostgreSQL 10 and later) is
+// "ready".
+func serverReady(dataDir string) bool {
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return false
+	}
+	lines := strings.Split(string(b), "\n")
+	return len(lines) >= 8 && strings.TrimSpace(lines[7]) == "ready"
+}
+
 func processAlive(pid int) bool {
 	err := syscall.Kill(pid, 0)
 	return err == nil || errors.Is(err, syscall.EPERM)
@@ -592,7 +613,15 @@ func (r *runner) startAndWait(ctx context.Context, dataDir string) error {
 				s.err, r.logTail(15))
 		default:
 		}
-		promoted, err := r.promoted(wctx, users)
+		// Connect only once the postmaster says it is ready (with
+		// hot_standby off: recovery ended), as pg_ctl does: attempts
+		// before would each log a FATAL that hides the lines that
+		// matter in the log tail of a failure.
+		var promoted bool
+		var err error
+		if serverReady(dataDir) {
+			promoted, err = r.promoted(wctx, users)
+		}
 		if promoted {
 			return nil
 		}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -288,11 +289,56 @@ func TestDrill(t *testing.T) {
 		requireOnlyDrillAdded(t, before, archiveState(t, env.dir), d.ID)
 	})
 
+	// Two complete segments after the backup's stop, with WAL after both.
+	a, err := catalog.ReadArchive(ctx, env.backend, cluster)
+	require.NoError(t, err)
+	doc, err := catalog.ReadBackup(ctx, env.backend, cluster, backupID)
+	require.NoError(t, err)
+	var after []catalog.WALObject
+	for _, o := range a.WAL.Segments() {
+		if !o.Partial && o.Timeline == doc.StopTimeline && o.Segment > wal.SegmentOf(doc.StopLSN, a.SegmentSize) {
+			after = append(after, o)
+		}
+	}
+	require.GreaterOrEqual(t, len(after), 4, "the filler made segments after the backup")
+	missed, damaged := after[0], after[2]
+
+	t.Run("damaged WAL segment", func(t *testing.T) {
+		// wal-fetch refuses the segment (checksum), recovery stops with
+		// a fatal error: the drill fails naming it. The byte is flipped
+		// back afterwards.
+		path := filepath.Join(env.dir, damaged.Key)
+		flipByte(t, path, int(damaged.Size/2))
+		defer flipByte(t, path, int(damaged.Size/2))
+		before := archiveState(t, env.dir)
+		d, err := drill.Run(ctx, opts("damaged-wal"))
+		requireFailedRecord(t, env.backend, d, err, "PostgreSQL exited before recovery ended")
+		assert.Contains(t, d.Error, damaged.Name, "the server log lines name the segment")
+		requireEmptyDir(t, root)
+		requireOnlyDrillAdded(t, before, archiveState(t, env.dir), d.ID)
+	})
+
+	t.Run("archive promised more than replay reached", func(t *testing.T) {
+		// A segment whose stored bytes are not WAL but carry a valid
+		// checksum (what an archiver bug would store): wal-fetch serves
+		// it, PostgreSQL takes it for the end of WAL and promotes short
+		// of the window the archive's listing promises.
+		zeros := make([]byte, a.SegmentSize)
+		require.NoError(t, env.backend.Put(ctx, missed.Key, bytes.NewReader(zeros), storage.PutOptions{}))
+		before := archiveState(t, env.dir)
+		d, err := drill.Run(ctx, opts("short"))
+		requireFailedRecord(t, env.backend, d, err, "but the archive promised "+d.Promised.LSN.String())
+		segStart := wal.LSN(uint64(missed.Segment) * a.SegmentSize)
+		assert.LessOrEqual(t, d.Reached.LSN, segStart, "replay ended before the bad segment")
+		assert.Less(t, d.Reached.LSN, d.Promised.LSN)
+		assert.Contains(t, d.Error, "recovery of backup "+backupID+" ended at "+d.Reached.LSN.String())
+		requireEmptyDir(t, root)
+		requireOnlyDrillAdded(t, before, archiveState(t, env.dir), d.ID)
+	})
+
 	t.Run("damaged backup", func(t *testing.T) {
 		// Last: it damages the backup. A byte in the middle of the base
 		// archive: the restore fails half way on its checksum.
-		doc, err := catalog.ReadBackup(ctx, env.backend, cluster, backupID)
-		require.NoError(t, err)
 		var base string
 		for _, f := range doc.Files {
 			if strings.HasPrefix(f.Name, "base.tar") {
