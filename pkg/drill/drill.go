@@ -17,9 +17,9 @@
 //  3. Before it writes anything it checks the free space of ScratchRoot
 //     against the backup's restored size (the sum of its files) plus a WAL
 //     margin: the WAL between the backup's start and the promised point
-//     (what replay can add to the data files) plus room for pg_wal
-//     (2 × the max_wal_size the drill sets, walRoom). A drill that would
-//     not fit is refused with both figures.
+//     (what replay can add to the data files), counted up to the backup's
+//     size, plus room for pg_wal (2 × the max_wal_size the drill sets,
+//     walRoom). A drill that would not fit is refused with both figures.
 //  4. It restores the backup with pkg/restore into
 //     "<ScratchRoot>/barnacle-drill-<id>/data" (Fence ScratchRoot, so a
 //     tablespace goes to "data.tablespaces/<oid>", inside the scratch
@@ -216,6 +216,14 @@ func Run(ctx context.Context, opts Options) (catalog.Drill, error) {
 	if err := catalog.CheckDrillID(d.ID); err != nil {
 		return d, fmt.Errorf("drill: %w", err)
 	}
+	// An ID already recorded would make the record's write fail after the
+	// whole drill ran; the first record stays.
+	if opts.Backend != nil {
+		name := catalog.DrillObject(opts.Cluster, d.ID)
+		if _, err := opts.Backend.Stat(ctx, name); err == nil {
+			return d, fmt.Errorf("drill: %s already records a drill with ID %s: give a new ID", name, d.ID)
+		}
+	}
 	log = log.With("drill", d.ID)
 	log.Info("drill started")
 	r := &runner{opts: opts, log: log, d: &d}
@@ -375,9 +383,15 @@ func (r *runner) checkSpace(b catalog.Backup) error {
 	for _, f := range b.Files {
 		files += f.Bytes
 	}
+	// Replay can grow the data files by at most the WAL it replays; a
+	// cluster does not usually grow by all its WAL (updates rewrite
+	// pages), so the margin counts at most the backup's size again: an
+	// old backup with much WAL after it is not refused for growth that
+	// will not come, and a drill that does run out of space fails with
+	// PostgreSQL's own message and is cleaned up like any other.
 	var replay int64
 	if r.d.Promised.LSN > b.StartLSN {
-		replay = int64(r.d.Promised.LSN - b.StartLSN) //nolint:gosec // an LSN difference fits
+		replay = min(int64(r.d.Promised.LSN-b.StartLSN), files) //nolint:gosec // an LSN difference fits
 	}
 	margin := replay + walRoom
 	free, err := freeSpace(r.opts.ScratchRoot)

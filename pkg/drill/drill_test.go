@@ -94,4 +94,18 @@ func TestRunRefusesBadOptions(t *testing.T) {
 
 	_, err = Run(context.Background(), Options{ID: "../x", Backend: b, Cluster: "c"})
 	assert.ErrorIs(t, err, catalog.ErrInvalidDrillID)
+
+	// An ID already recorded: refused at once, the record kept.
+	o := base
+	o.ID = "bad-0"
+	_, err = Run(context.Background(), o)
+	assert.ErrorContains(t, err, "c/drills/bad-0.json already records a drill with ID bad-0")
+	drills, err = catalog.ListDrills(context.Background(), b, "c")
+	require.NoError(t, err)
+	assert.Len(t, drills, len(cases))
+	for _, d := range drills {
+		if d.ID == "bad-0" {
+			assert.Contains(t, d.Error, `restore-root "restores"`, "the first record stays")
+		}
+	}
 }
