@@ -54,10 +54,10 @@
 //     A drill whose Reached is before Promised (catalog.Position.Reached)
 //     fails: the archive promised WAL that recovery did not replay, e.g.
 //     a stored segment that is not the WAL it is named for. The comparison
-//     is exact: a .partial that ended inside a record when the drill read
-//     the archive, and got no more WAL before replay reached it, fails the
-//     drill too; that takes a cluster that stopped writing in the middle
-//     of a flush, and the next drill passes.
+//     is exact: a .partial that ends inside a record (streaming stopped
+//     there, the leader agent down while the master wrote) fails the
+//     drill too, although no replayable record is missing; the first drill
+//     after streaming resumed passes.
 //  7. It checks every database that accepts connections: a query, and
 //     pg_amcheck --install-missing on its system catalogs (schema
 //     pg_catalog, with their indexes and TOAST) plus a sample of user
@@ -202,7 +202,8 @@ func NewID(now time.Time) string {
 // The error is nil exactly when the drill succeeded and its record was
 // written. Otherwise it says why the drill failed (the record's Error), or
 // that the record could not be written, or both. Only an ID that cannot
-// name a record (catalog.CheckDrillID) writes nothing at all.
+// name a record (catalog.CheckDrillID) or that is already recorded writes
+// nothing at all.
 func Run(ctx context.Context, opts Options) (catalog.Drill, error) {
 	log := opts.Logger
 	if log == nil {
