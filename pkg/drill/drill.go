@@ -17,9 +17,9 @@
 //  3. Before it writes anything it checks the free space of ScratchRoot
 //     against the backup's restored size (the sum of its files) plus a WAL
 //     margin: the WAL between the backup's start and the promised point
-//     (what replay can add to the data files) plus room for pg_wal
-//     (2 × the max_wal_size the drill sets, walRoom). A drill that would
-//     not fit is refused with both figures.
+//     (what replay can add to the data files), counted up to the backup's
+//     size, plus room for pg_wal (2 × the max_wal_size the drill sets,
+//     walRoom). A drill that would not fit is refused with both figures.
 //  4. It restores the backup with pkg/restore into
 //     "<ScratchRoot>/barnacle-drill-<id>/data" (Fence ScratchRoot, so a
 //     tablespace goes to "data.tablespaces/<oid>", inside the scratch
@@ -42,13 +42,22 @@
 //     accepts connections only once recovery ended and it promoted, which
 //     is what the drill waits for. Options.Settings come after these and
 //     win.
-//  6. It waits (bounded by ReplayTimeout, and by ctx) until the server
-//     accepts connections and pg_is_in_recovery() is false. Reached is the
-//     switch point the promotion wrote in the new timeline's history file
-//     (the end of replay on the timeline it left), ReachedTime the "last
-//     completed transaction was at log time" the server logs at the end of
-//     recovery. A drill whose Reached is before Promised fails: the archive
-//     promised WAL that recovery did not replay.
+//  6. It waits (bounded by ReplayTimeout, and by ctx) until postmaster.pid
+//     says "ready" (as pg_ctl does; connection attempts before would fill
+//     the log), the server accepts a connection and pg_is_in_recovery() is
+//     false. A server that exits first fails the drill with the end of its
+//     log (a FATAL of the restored configuration, or restore_command
+//     refusing a damaged segment). Reached is the switch point the
+//     promotion wrote in the new timeline's history file (the end of
+//     replay on the timeline it left), ReachedTime the "last completed
+//     transaction was at log time" the server logs at the end of recovery.
+//     A drill whose Reached is before Promised (catalog.Position.Reached)
+//     fails: the archive promised WAL that recovery did not replay, e.g.
+//     a stored segment that is not the WAL it is named for. The comparison
+//     is exact: a .partial that ends inside a record (streaming stopped
+//     there, the leader agent down while the master wrote) fails the
+//     drill too, although no replayable record is missing; the first drill
+//     after streaming resumed passes.
 //  7. It checks every database that accepts connections: a query, and
 //     pg_amcheck --install-missing on its system catalogs (schema
 //     pg_catalog, with their indexes and TOAST) plus a sample of user
@@ -193,7 +202,8 @@ func NewID(now time.Time) string {
 // The error is nil exactly when the drill succeeded and its record was
 // written. Otherwise it says why the drill failed (the record's Error), or
 // that the record could not be written, or both. Only an ID that cannot
-// name a record (catalog.CheckDrillID) writes nothing at all.
+// name a record (catalog.CheckDrillID) or that is already recorded writes
+// nothing at all.
 func Run(ctx context.Context, opts Options) (catalog.Drill, error) {
 	log := opts.Logger
 	if log == nil {
@@ -206,6 +216,14 @@ func Run(ctx context.Context, opts Options) (catalog.Drill, error) {
 	}
 	if err := catalog.CheckDrillID(d.ID); err != nil {
 		return d, fmt.Errorf("drill: %w", err)
+	}
+	// An ID already recorded would make the record's write fail after the
+	// whole drill ran; the first record stays.
+	if opts.Backend != nil {
+		name := catalog.DrillObject(opts.Cluster, d.ID)
+		if _, err := opts.Backend.Stat(ctx, name); err == nil {
+			return d, fmt.Errorf("drill: %s already records a drill with ID %s: give a new ID", name, d.ID)
+		}
 	}
 	log = log.With("drill", d.ID)
 	log.Info("drill started")
@@ -366,9 +384,15 @@ func (r *runner) checkSpace(b catalog.Backup) error {
 	for _, f := range b.Files {
 		files += f.Bytes
 	}
+	// Replay can grow the data files by at most the WAL it replays; a
+	// cluster does not usually grow by all its WAL (updates rewrite
+	// pages), so the margin counts at most the backup's size again: an
+	// old backup with much WAL after it is not refused for growth that
+	// will not come, and a drill that does run out of space fails with
+	// PostgreSQL's own message and is cleaned up like any other.
 	var replay int64
 	if r.d.Promised.LSN > b.StartLSN {
-		replay = int64(r.d.Promised.LSN - b.StartLSN) //nolint:gosec // an LSN difference fits
+		replay = min(int64(r.d.Promised.LSN-b.StartLSN), files) //nolint:gosec // an LSN difference fits
 	}
 	margin := replay + walRoom
 	free, err := freeSpace(r.opts.ScratchRoot)
@@ -479,6 +503,18 @@ func serverPID(dataDir string) (int, bool) {
 	line, _, _ := strings.Cut(string(b), "\n")
 	pid, err := strconv.Atoi(strings.TrimSpace(line))
 	return pid, err == nil && pid > 0
+}
+
+// serverReady reports whether postmaster.pid says the server accepts
+// connections: its status line (the 8th, PostgreSQL 10 and later) is
+// "ready".
+func serverReady(dataDir string) bool {
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return false
+	}
+	lines := strings.Split(string(b), "\n")
+	return len(lines) >= 8 && strings.TrimSpace(lines[7]) == "ready"
 }
 
 func processAlive(pid int) bool {
@@ -592,7 +628,15 @@ func (r *runner) startAndWait(ctx context.Context, dataDir string) error {
 				s.err, r.logTail(15))
 		default:
 		}
-		promoted, err := r.promoted(wctx, users)
+		// Connect only once the postmaster says it is ready (with
+		// hot_standby off: recovery ended), as pg_ctl does: attempts
+		// before would each log a FATAL that hides the lines that
+		// matter in the log tail of a failure.
+		var promoted bool
+		var err error
+		if serverReady(dataDir) {
+			promoted, err = r.promoted(wctx, users)
+		}
 		if promoted {
 			return nil
 		}

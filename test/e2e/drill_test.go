@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -268,11 +269,76 @@ func TestDrill(t *testing.T) {
 		requireOnlyDrillAdded(t, before, archiveState(t, env.dir), d.ID)
 	})
 
+	t.Run("cancelled during restore", func(t *testing.T) {
+		before := archiveState(t, env.dir)
+		dctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			// Cancel once the restore writes into the data directory.
+			for dctx.Err() == nil {
+				if _, err := os.Stat(filepath.Join(root, "barnacle-drill-cancel-restore", "data", "base")); err == nil {
+					cancel()
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}()
+		d, err := drill.Run(dctx, opts("cancel-restore"))
+		requireFailedRecord(t, env.backend, d, err, "drill cancelled while restoring backup "+backupID)
+		requireEmptyDir(t, root)
+		requireOnlyDrillAdded(t, before, archiveState(t, env.dir), d.ID)
+	})
+
+	// Two complete segments after the backup's stop, with WAL after both.
+	a, err := catalog.ReadArchive(ctx, env.backend, cluster)
+	require.NoError(t, err)
+	doc, err := catalog.ReadBackup(ctx, env.backend, cluster, backupID)
+	require.NoError(t, err)
+	var after []catalog.WALObject
+	for _, o := range a.WAL.Segments() {
+		if !o.Partial && o.Timeline == doc.StopTimeline && o.Segment > wal.SegmentOf(doc.StopLSN, a.SegmentSize) {
+			after = append(after, o)
+		}
+	}
+	require.GreaterOrEqual(t, len(after), 4, "the filler made segments after the backup")
+	missed, damaged := after[0], after[2]
+
+	t.Run("damaged WAL segment", func(t *testing.T) {
+		// wal-fetch refuses the segment (checksum), recovery stops with
+		// a fatal error: the drill fails naming it. The byte is flipped
+		// back afterwards.
+		path := filepath.Join(env.dir, damaged.Key)
+		flipByte(t, path, int(damaged.Size/2))
+		defer flipByte(t, path, int(damaged.Size/2))
+		before := archiveState(t, env.dir)
+		d, err := drill.Run(ctx, opts("damaged-wal"))
+		requireFailedRecord(t, env.backend, d, err, "PostgreSQL exited before recovery ended")
+		assert.Contains(t, d.Error, damaged.Name, "the server log lines name the segment")
+		requireEmptyDir(t, root)
+		requireOnlyDrillAdded(t, before, archiveState(t, env.dir), d.ID)
+	})
+
+	t.Run("archive promised more than replay reached", func(t *testing.T) {
+		// A segment whose stored bytes are not WAL but carry a valid
+		// checksum (what an archiver bug would store): wal-fetch serves
+		// it, PostgreSQL takes it for the end of WAL and promotes short
+		// of the window the archive's listing promises.
+		zeros := make([]byte, a.SegmentSize)
+		require.NoError(t, env.backend.Put(ctx, missed.Key, bytes.NewReader(zeros), storage.PutOptions{}))
+		before := archiveState(t, env.dir)
+		d, err := drill.Run(ctx, opts("short"))
+		requireFailedRecord(t, env.backend, d, err, "but the archive promised "+d.Promised.LSN.String())
+		segStart := wal.LSN(uint64(missed.Segment) * a.SegmentSize)
+		assert.LessOrEqual(t, d.Reached.LSN, segStart, "replay ended before the bad segment")
+		assert.Less(t, d.Reached.LSN, d.Promised.LSN)
+		assert.Contains(t, d.Error, "recovery of backup "+backupID+" ended at "+d.Reached.LSN.String())
+		requireEmptyDir(t, root)
+		requireOnlyDrillAdded(t, before, archiveState(t, env.dir), d.ID)
+	})
+
 	t.Run("damaged backup", func(t *testing.T) {
 		// Last: it damages the backup. A byte in the middle of the base
 		// archive: the restore fails half way on its checksum.
-		doc, err := catalog.ReadBackup(ctx, env.backend, cluster, backupID)
-		require.NoError(t, err)
 		var base string
 		for _, f := range doc.Files {
 			if strings.HasPrefix(f.Name, "base.tar") {
@@ -308,4 +374,59 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(b), "\n"))
 	return len(b), nil
+}
+
+// TestDrillPGBench measures a drill's phases on a pgbench database:
+// BARNACLE_DRILL_SCALE=20 (the scale; unset skips it), with
+// BARNACLE_DRILL_SECONDS of pgbench load after the backup (default 20),
+// compressed with zstd as a production agent would.
+func TestDrillPGBench(t *testing.T) {
+	scale := os.Getenv("BARNACLE_DRILL_SCALE")
+	if scale == "" {
+		t.Skip("a measurement: set BARNACLE_DRILL_SCALE (e.g. 20) to run it")
+	}
+	seconds := os.Getenv("BARNACLE_DRILL_SECONDS")
+	if seconds == "" {
+		seconds = "20"
+	}
+	ctx := t.Context()
+	env := newArchiveEnv(t, testenv.ClusterOptions{}, "--compression", "zstd")
+	shareArchiveWithPostgres(t, env.dir)
+	env.startAgents()
+	primary := env.pg.Primary()
+	env.leaderFor(primary)
+	out, err := pgbench(ctx, t, primary, "-i", "-s", scale, "-q")
+	require.NoError(t, err, out)
+	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	bout, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
+	require.Equal(t, 0, code, "backup: %s %s", bout, stderr)
+	out, err = pgbench(ctx, t, primary, "-T", seconds, "-c", "2", "-n")
+	require.NoError(t, err, out)
+	env.waitArchived(primary, 2*time.Minute)
+	for _, a := range env.list() {
+		stopAgent(t, a)
+	}
+	var accounts int64
+	require.NoError(t, primary.QueryRow(ctx, "SELECT count(*) FROM pgbench_accounts").Scan(&accounts))
+
+	root := filepath.Join(t.TempDir(), "restores")
+	require.NoError(t, os.MkdirAll(root, 0o755))
+	testenv.PGOwn(t, root)
+	var owner *restore.Owner
+	if cred := postgresCredential(t); cred != nil {
+		owner = &restore.Owner{UID: int(cred.Uid), GID: int(cred.Gid)}
+	}
+	before := archiveState(t, env.dir)
+	d, err := drill.Run(ctx, drill.Options{
+		ID: "pgbench", Node: "test-node", Backend: env.backend, Cluster: cluster,
+		ArchiveURL: "file://" + env.dir, Executable: binary,
+		ScratchRoot: root, PGBinDir: testenv.PGBinDir(t), Owner: owner,
+		Logger: hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Info, Output: testWriter{t}}),
+	})
+	require.NoError(t, err)
+	assert.True(t, d.Reached.Reached(d.Promised))
+	t.Logf("pgbench scale %s, %d accounts, %ss of load after the backup: restored %d bytes; WAL replayed from the backup's start to %s; checked %d relations; restore %s, replay %s, check %s, RTO %s",
+		scale, accounts, seconds, d.Bytes, d.Reached.LSN, d.Checked, d.Phases.Restore, d.Phases.Replay, d.Phases.Check, d.Phases.RTO())
+	requireEmptyDir(t, root)
+	requireOnlyDrillAdded(t, before, archiveState(t, env.dir), d.ID)
 }
