@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -180,4 +182,58 @@ func printDrill(w io.Writer, d catalog.Drill) {
 	fmt.Fprintf(w, "  phases:   restore %s, replay %s, check %s\n", p.Restore.Round(time.Millisecond), p.Replay.Round(time.Millisecond), p.Check.Round(time.Millisecond))
 	fmt.Fprintf(w, "  RTO:      %s\n", rto.Round(time.Millisecond))
 	fmt.Fprintf(w, "  checked:  %d relations (pg_amcheck)\n", d.Checked)
+}
+
+func newListDrillsCommand() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list-drills",
+		Short: "List the restore drills recorded in the archive, newest first",
+		Long: `List the restore drills (barnacle drill, restore-drill-schedule) of cluster-name
+recorded in archive-url (drills/<id>.json), newest first: where each ran, the
+backup it restored, the point it reached, its RTO and why a failed one failed.
+--json prints the records as the archive holds them.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, b, err := openArchiveToRead(cmd)
+			if err != nil {
+				return err
+			}
+			list, err := catalog.ListDrills(cmd.Context(), b, cfg.ClusterName)
+			if err != nil {
+				return err
+			}
+			slices.Reverse(list) // newest first, as list-backups
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), list)
+			}
+			return printDrillList(cmd.OutOrStdout(), list, cfg.ClusterName)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
+	return cmd
+}
+
+// printDrillList prints drills (newest first) as a table.
+func printDrillList(w io.Writer, list []catalog.Drill, cluster string) error {
+	if len(list) == 0 {
+		fmt.Fprintf(w, "No restore drills of %s recorded yet: run one with 'barnacle drill --wait'.\n", cluster)
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATUS\tNODE\tSTARTED\tBACKUP\tREACHED\tLAST COMMIT\tRTO\tCHECKED\tERROR")
+	for _, d := range list {
+		backup, reached, commit, rto, checked := "-", "-", "-", "-", "-"
+		if d.BackupID != "" {
+			backup = d.BackupID
+		}
+		if d.Status == catalog.DrillDone {
+			reached, rto, checked = d.Reached.LSN.String(), d.Phases.RTO().Round(time.Millisecond).String(), fmt.Sprint(d.Checked)
+			if !d.ReachedTime.IsZero() {
+				commit = d.ReachedTime.UTC().Format(time.RFC3339)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Status, d.Node, d.StartedAt.UTC().Format(time.RFC3339),
+			backup, reached, commit, rto, checked, request.BoundText(strings.Join(strings.Fields(d.Error), " "), 120))
+	}
+	return tw.Flush()
 }

@@ -39,6 +39,7 @@ func TestJSONKeysAreCamelCase(t *testing.T) {
 		"backup request (etcd)":        request.Backup{},
 		"restore request (etcd)":       request.Restore{},
 		"drill --wait":                 request.DrillStatus{},
+		"list-drills":                  []catalog.Drill{},
 		"drill request (etcd)":         request.Drill{},
 	}
 	for name, v := range outputs {
