@@ -285,3 +285,69 @@ func TestDrillRequests(t *testing.T) {
 	assert.True(t, recorded, "the cancelled drill %s is recorded as failed", schedID)
 	stopAgent(t, masterAgent)
 }
+
+// TestDrillOnMasterAndBackupHost: the master's agent runs a drill only
+// with restore-drill-on-master; a leader-policy any host without a keeper
+// runs drills too (and then takes them off the master's host); list-drills
+// lists both.
+func TestDrillOnMasterAndBackupHost(t *testing.T) {
+	ctx := t.Context()
+	env := newArchiveEnv(t, testenv.ClusterOptions{})
+	shareArchiveWithPostgres(t, env.dir)
+	primary := env.pg.Primary()
+	keeper := env.stolon.KeeperUID(primary)
+	rootM, rootH := filepath.Join(t.TempDir(), "drills-m"), filepath.Join(t.TempDir(), "drills-h")
+	for _, r := range []string{rootM, rootH} {
+		require.NoError(t, os.MkdirAll(r, 0o755))
+		testenv.PGOwn(t, r)
+	}
+	bin := testenv.PGBinDir(t)
+	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	cli := env.etcd.Client(t)
+	master := startAgent(t, "agent-"+keeper, append([]string{"--keeper-uid", keeper, "--restore-root", rootM, "--pg-bin-dir", bin,
+		"--restore-drill-on-master"}, env.common...)...)
+	env.agents[keeper] = master
+	env.leaderFor(primary)
+	out, stderr, code := barnacle(t, append([]string{"backup", "--wait"}, store...)...)
+	require.Equal(t, 0, code, "backup: %s %s", out, stderr)
+
+	drillOn := func(want string) catalog.Drill {
+		t.Helper()
+		out, stderr, code := runBarnacle(t, 5*time.Minute, append([]string{"drill", "--wait", "--json"}, store...)...)
+		require.Equal(t, 0, code, "drill: %s %s", out, stderr)
+		var st request.DrillStatus
+		require.NoError(t, json.Unmarshal([]byte(out), &st), out)
+		require.NotNil(t, st.Result)
+		assert.Equal(t, want, st.Agent)
+		assert.Equal(t, catalog.DrillDone, st.Result.Status)
+		return *st.Result
+	}
+	first := drillOn(master.name)
+	requireEmptyDir(t, rootM)
+
+	// A backup host joins; the master's agent loses the allowance.
+	host := startAgent(t, "backup-host", append([]string{"--leader-policy", "any", "--restore-root", rootH, "--pg-bin-dir", bin}, env.common...)...)
+	stopAgent(t, master)
+	master = startAgent(t, "agent-"+keeper, append([]string{"--keeper-uid", keeper, "--restore-root", rootM, "--pg-bin-dir", bin}, env.common...)...)
+	env.agents[keeper] = master
+	waitFor(t, 20*time.Second, "both agents' records", func() bool {
+		snap, err := coordinator.ReadSnapshot(ctx, cli, coordinator.NewKeys("barnacle", cluster))
+		if err != nil {
+			return false
+		}
+		h, m := snap.Agents[host.name], snap.Agents[master.name]
+		return h.Drills && m.Drills && !m.DrillsOnMaster && m.MasterKeeperUID == keeper
+	})
+	second := drillOn(host.name)
+	requireEmptyDir(t, rootH)
+	requireEmptyDir(t, rootM)
+
+	out, stderr, code = barnacle(t, append([]string{"list-drills", "--archive-url", "file://" + env.dir}, store...)...)
+	require.Equal(t, 0, code, stderr)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	require.Len(t, lines, 3, out)
+	assert.Regexp(t, `^`+second.ID+`\s+done\s+backup-host\s`, lines[1])
+	assert.Regexp(t, `^`+first.ID+`\s+done\s+`+master.name+`\s`, lines[2])
+	stopAgent(t, host)
+	stopAgent(t, master)
+}
