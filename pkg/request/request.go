@@ -1,6 +1,6 @@
 // Package request is barnacle's etcd request protocol (DESIGN.md §3, §5):
-// the keys of backup and restore requests, of their statuses and of their
-// claim markers, the request types with the one parser each, the status
+// the keys of backup, restore and drill requests, of their statuses and of
+// their claim markers, the request types with the one parser each, the status
 // document, and the queue operations on them: watch (by revision), claim,
 // progress, finish, withdraw, the sweep of requests whose agent died and
 // the expiry of finished ones. The agent daemon serves requests through

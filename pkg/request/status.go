@@ -33,8 +33,8 @@ const (
 // afterwards.
 func (s State) Final() bool { return s == StateDone || s == StateFailed || s == StateRejected }
 
-// Status is the value of status/backup/<id> and status/restore/<id>; R is
-// what a finished request reports.
+// Status is the value of status/<kind>/<id>; R is what a finished request
+// reports.
 type Status[R any] struct {
 	State      State      `json:"state"`
 	Agent      string     `json:"agent"`
