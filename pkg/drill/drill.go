@@ -331,6 +331,7 @@ func (r *runner) run(ctx context.Context) (err error) {
 		}
 		return fmt.Errorf("restore of backup %s failed: %w; the backup cannot be restored as stored: check it with barnacle verify-backup %s and take a new backup", b.ID, err, b.ID)
 	}
+	r.log.Info("backup restored", "backup", b.ID, "bytes", res.Bytes, "files", res.Files, "tablespaces", fmt.Sprint(res.Tablespaces))
 
 	start = time.Now()
 	err = r.startAndWait(ctx, res.TargetDir)

@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -111,6 +113,13 @@ func TestDrill(t *testing.T) {
 	primary := env.pg.Primary()
 	leader := env.leaderFor(primary)
 	require.NoError(t, primary.Exec(ctx, "CREATE TABLE drill (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())"))
+	// A tablespace: a drill restores it below its scratch directory
+	// (restore's fence), never to the location the backup recorded.
+	tsDir := filepath.Join(t.TempDir(), "ts1")
+	require.NoError(t, os.Mkdir(tsDir, 0o700))
+	testenv.PGOwn(t, tsDir)
+	require.NoError(t, primary.Exec(ctx, fmt.Sprintf("CREATE TABLESPACE ts1 LOCATION '%s'", tsDir)))
+	require.NoError(t, primary.Exec(ctx, "CREATE TABLE drill_ts TABLESPACE ts1 AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g"))
 
 	root := filepath.Join(t.TempDir(), "restores")
 	require.NoError(t, os.MkdirAll(root, 0o755))
@@ -120,7 +129,8 @@ func TestDrill(t *testing.T) {
 	if cred != nil {
 		owner = &restore.Owner{UID: int(cred.Uid), GID: int(cred.Gid)}
 	}
-	logger := hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Debug, Output: testWriter{t}})
+	logs := &syncBuffer{}
+	logger := hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Debug, Output: io.MultiWriter(testWriter{t}, logs)})
 	opts := func(id string) drill.Options {
 		return drill.Options{
 			ID: id, Node: "test-node", Backend: env.backend, Cluster: cluster,
@@ -157,6 +167,7 @@ func TestDrill(t *testing.T) {
 
 	// Rows after the backup: only replay of archived WAL brings them back.
 	insertDrillRows(t, primary, 1, 200)
+	require.NoError(t, primary.Exec(ctx, "INSERT INTO drill_ts SELECT g, md5(g::text) FROM generate_series(20001, 30000) g"))
 	var lastLSN string
 	var lastAt time.Time
 	require.NoError(t, primary.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text, max(at) FROM drill").Scan(&lastLSN, &lastAt))
@@ -173,6 +184,7 @@ func TestDrill(t *testing.T) {
 		require.NoError(t, os.WriteFile(filepath.Join(leftover, "postmaster.pid"), []byte("999999999\n"), 0o600))
 
 		before := archiveState(t, env.dir)
+		tsBefore := dirListing(t, tsDir)
 		d, err := drill.Run(ctx, opts("success"))
 		require.NoError(t, err, "drill: %+v", d)
 		assert.Equal(t, catalog.DrillDone, d.Status)
@@ -193,6 +205,8 @@ func TestDrill(t *testing.T) {
 			d.Phases.Restore, d.Phases.Replay, d.Phases.Check)
 		requireEmptyDir(t, root)
 		requireOnlyDrillAdded(t, before, archiveState(t, env.dir), d.ID)
+		assert.Equal(t, tsBefore, dirListing(t, tsDir), "the source's tablespace directory is not touched")
+		assert.Contains(t, logs.String(), filepath.Join(root, "barnacle-drill-success", "data.tablespaces"), "the tablespace went below the scratch directory")
 
 		drills, err := catalog.ListDrills(ctx, env.backend, cluster)
 		require.NoError(t, err)
@@ -366,6 +380,24 @@ func insertDrillRows(t *testing.T, n *testenv.Node, from, to int) {
 	for i := from; i <= to; i++ {
 		require.NoError(t, n.Exec(t.Context(), "INSERT INTO drill (id) VALUES ($1)", i))
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // testWriter sends a logger's lines to the test log.
