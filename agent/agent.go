@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/barnacle-pg/barnacle/coordinator"
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/metrics"
 	"github.com/barnacle-pg/barnacle/pkg/request"
@@ -40,6 +41,7 @@ type Agent struct {
 	standby  *standbySlot
 	backups  *backups
 	restores *restores
+	drills   *drills
 	listener net.Listener
 
 	// live holds the reloadable configuration (reload.go); reloader is
@@ -142,6 +144,7 @@ func build(cfg config.Config, log hclog.Logger, version string, ak *autoKeeper) 
 		g.Go(func() error { return ret.loop(gctx) })
 		g.Go(func() error { return a.restores.leaderDuties(gctx, term) })
 		g.Go(func() error { return exp.loop(gctx, term) })
+		g.Go(func() error { return a.drills.leaderDuties(gctx, term) })
 		return g.Wait()
 	}
 	a.coord, err = coordinator.New(coordinator.Options{
@@ -191,8 +194,14 @@ func build(cfg config.Config, log hclog.Logger, version string, ak *autoKeeper) 
 		log: log.Named("restores"), coord: a.coord, archive: a.archive,
 		queue: request.NewQueue[request.RestoreResult](request.QueueOptions{Kind: request.KindRestore, Keys: keys, Client: cli, Agent: name,
 			Writer: status, Logger: log.Named("restores"), SweepHint: restoreSweepHint})}
+	a.drills = &drills{opts: drillOptions{Agent: name, Cluster: cfg.ClusterName, KeeperUID: cfg.KeeperUID, RestoreRoot: cfg.RestoreRoot,
+		ArchiveURL: cfg.ArchiveURL, PGBinDir: cfg.PGBinDir, OnMaster: cfg.RestoreDrillOnMaster,
+		Schedule: func() config.Schedule { return live.Config().RestoreDrillSchedule }},
+		log: log.Named("drills"), coord: a.coord, etcd: cli, keys: keys, archive: a.archive, metrics: newDrillMetrics(reg),
+		queue: request.NewQueue[catalog.Drill](request.QueueOptions{Kind: request.KindDrill, Keys: keys, Client: cli, Agent: name,
+			Writer: status, Logger: log.Named("drills"), SweepHint: drillSweepHint})}
 	exp = &expirer{log: log.Named("requests"), retention: func() time.Duration { return live.Config().RequestRetention },
-		backups: bk.queue, restores: a.restores.queue}
+		backups: bk.queue, restores: a.restores.queue, drills: a.drills.queue}
 	a.standby = &standbySlot{cfg: cfg, log: log.Named("standby-slot"), coord: a.coord, metrics: am,
 		local: &localPostgres{cfg: cfg}}
 	if ak != nil {
@@ -269,6 +278,8 @@ func (a *Agent) runParts(gctx context.Context, g *errgroup.Group) {
 	g.Go(func() error { return a.standby.run(gctx) })
 	g.Go(func() error { return a.backups.serveRequests(gctx) })
 	g.Go(func() error { return a.restores.serveRequests(gctx) })
+	g.Go(func() error { return a.drills.serveRequests(gctx) })
+	g.Go(func() error { return a.refreshDrillMetrics(gctx) })
 	g.Go(func() error { return a.watchConfig(gctx) })
 }
 

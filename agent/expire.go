@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/barnacle-pg/barnacle/coordinator"
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/request"
 )
 
@@ -16,13 +17,14 @@ import (
 // reading every request every 2 s.
 const expireInterval = time.Minute
 
-// expirer removes finished requests of both kinds from etcd.
+// expirer removes finished requests of every kind from etcd.
 type expirer struct {
 	log hclog.Logger
 	// retention returns request-retention as last reloaded.
 	retention func() time.Duration
 	backups   *request.Queue[request.BackupResult]
 	restores  *request.Queue[request.RestoreResult]
+	drills    *request.Queue[catalog.Drill]
 }
 
 // loop runs on the leader until ctx ends: it expires finished requests
@@ -35,6 +37,7 @@ func (e *expirer) loop(ctx context.Context, term coordinator.Term) error {
 		if ret := e.retention(); ret > 0 {
 			expire(ctx, e.backups, ret, term, e.log)
 			expire(ctx, e.restores, ret, term, e.log)
+			expire(ctx, e.drills, ret, term, e.log)
 		}
 		select {
 		case <-ctx.Done():

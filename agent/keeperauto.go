@@ -266,6 +266,9 @@ func (ak *autoKeeper) delegate(w http.ResponseWriter, r *http.Request) {
 // with keeper-uid auto why the agent serves its keeper or none.
 func (a *Agent) fillRecord(s *coordinator.AgentStatus) {
 	a.fillStatus(s)
+	if a.drills != nil {
+		a.drills.record(s)
+	}
 	if a.keeperAuto != nil {
 		s.KeeperDiscovery = a.keeperAuto.current().Reason
 	}

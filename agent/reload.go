@@ -56,7 +56,8 @@ type reloadKey struct {
 // keeps it complete). The live ones are read through liveConfig:
 // log-level by the logger, backup-schedule and backup-from by the
 // schedule, retention-policy and minimum-redundancy by retention,
-// check-max-lag by /readyz, last-backup-maximum-age by nobody in the agent
+// check-max-lag by /readyz, restore-drill-schedule by the drill schedule,
+// last-backup-maximum-age and restore-drill-max-age by nobody in the agent
 // yet. The files named by pg-password-file and store-cert-file/store-key
 // are re-read when used, so their contents rotate without a reload; their
 // names need a restart.
@@ -104,6 +105,12 @@ var reloadKeys = []reloadKey{
 	live("check-max-lag", func(c *config.Config) any { return c.CheckMaxLag },
 		func(dst, src *config.Config) { dst.CheckMaxLag = src.CheckMaxLag }),
 	fixed("restore-root", func(c *config.Config) any { return c.RestoreRoot }),
+	live("restore-drill-schedule", func(c *config.Config) any { return c.RestoreDrillSchedule.String() },
+		func(dst, src *config.Config) { dst.RestoreDrillSchedule = src.RestoreDrillSchedule }),
+	live("restore-drill-max-age", func(c *config.Config) any { return c.RestoreDrillMaxAge },
+		func(dst, src *config.Config) { dst.RestoreDrillMaxAge = src.RestoreDrillMaxAge }),
+	fixed("restore-drill-on-master", func(c *config.Config) any { return c.RestoreDrillOnMaster }),
+	fixed("pg-bin-dir", func(c *config.Config) any { return c.PGBinDir }),
 	live("request-retention", func(c *config.Config) any { return c.RequestRetention },
 		func(dst, src *config.Config) { dst.RequestRetention = src.RequestRetention }),
 	fixed("metrics-listen-address", func(c *config.Config) any { return c.MetricsListenAddress }),

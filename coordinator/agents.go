@@ -49,6 +49,12 @@ type AgentStatus struct {
 	// KeeperDiscovery is, with keeper-uid auto, why the agent serves its
 	// keeper, or serves none.
 	KeeperDiscovery string `json:"keeperDiscovery,omitempty"`
+
+	// Drills is true when the agent has restore-root and so may run
+	// restore drills; DrillsOnMaster when it may also while its keeper is
+	// the master (restore-drill-on-master). DrillEligible reads them.
+	Drills         bool `json:"drills,omitempty"`
+	DrillsOnMaster bool `json:"drillsOnMaster,omitempty"`
 }
 
 // Keys lays out barnacle's own etcd keys for one cluster (DESIGN.md §3).

@@ -27,7 +27,11 @@ listen addresses in clusterdata; with no keeper or several, it serves none and
 says why in /readyz, /status and its record. The leader streams WAL from the
 master through the slot slot-name into archive-url; followers keep a slot on
 their standby (standby-slots) so that a promoted standby still has what the
-archive lacks. On SIGTERM it resigns, revokes its etcd lease and exits 0.
+archive lacks. With restore-root it runs restore drills (barnacle drill, the
+leader's restore-drill-schedule) while its keeper is not the master, or always
+with restore-drill-on-master. On SIGTERM it cancels its drill (stopping the
+drill's server and removing its scratch directory), resigns, revokes its etcd
+lease and exits 0.
 
 The agent reloads its configuration when the --config file changes and on
 SIGHUP: ` + strings.Join(agent.LiveKeys(), ", ") + ` apply at once;

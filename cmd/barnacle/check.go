@@ -49,6 +49,11 @@ archive-url, and pg-user (with pg-password-file or PGPASSFILE) to reach the
 master found in clusterdata (pg-host/pg-port override it, without keeper-uid or
 when keeper-uid is the master's keeper; see package pgaddr).
 
+The 'restore drill' line fails when the last successful restore drill
+(barnacle drill, restore-drill-schedule) finished longer than
+restore-drill-max-age ago, or none succeeded; without restore-drill-max-age it
+passes and its detail (--json) names the last drill.
+
 Exit code 0 when every check passes, 1 otherwise. With --nagios the output and
 exit codes are a Nagios plugin's, as Barman's: 0 OK, 2 CRITICAL.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -285,6 +290,9 @@ func gatherArchive(ctx context.Context, cfg config.Config) check.Archive {
 	})
 	wg.Go(func() {
 		step(checkListTimeout, func(ctx context.Context) { f.Backups, f.BackupsErr = catalog.ListBackups(ctx, b, cfg.ClusterName) })
+	})
+	wg.Go(func() {
+		step(checkListTimeout, func(ctx context.Context) { f.Drills, f.DrillsErr = catalog.ListDrills(ctx, b, cfg.ClusterName) })
 	})
 	if sr, ok := b.(storage.SpaceReporter); ok {
 		f.Space = true

@@ -38,6 +38,9 @@ func TestJSONKeysAreCamelCase(t *testing.T) {
 		"check":                        []check.Result{},
 		"backup request (etcd)":        request.Backup{},
 		"restore request (etcd)":       request.Restore{},
+		"drill --wait":                 request.DrillStatus{},
+		"list-drills":                  []catalog.Drill{},
+		"drill request (etcd)":         request.Drill{},
 	}
 	for name, v := range outputs {
 		t.Run(name, func(t *testing.T) {

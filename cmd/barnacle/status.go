@@ -182,6 +182,15 @@ func printArchiveStatus(w io.Writer, a archiveStatus) error {
 	} else {
 		fmt.Fprintln(w, "Last backup: none")
 	}
+	switch {
+	case a.DrillsError != "":
+		fmt.Fprintf(w, "Last drill: unknown (%s)\n", a.DrillsError)
+	case a.LastDrill != nil && a.LastSuccessfulDrill != nil && a.LastDrill.ID == a.LastSuccessfulDrill.ID:
+		printDrillLine(w, "Last drill:", a.LastDrill)
+	default:
+		printDrillLine(w, "Last drill:", a.LastDrill)
+		printDrillLine(w, "Last successful drill:", a.LastSuccessfulDrill)
+	}
 	if len(a.Windows) == 0 {
 		fmt.Fprintln(w, "Recoverable: nothing (no done backup with its WAL)")
 	} else {
@@ -216,10 +225,83 @@ type archiveStatus struct {
 	Error      string           `json:"error,omitempty"`
 	Windows    []timelineWindow `json:"recoverableWindows"`
 	LastBackup *lastBackup      `json:"lastBackup,omitempty"`
-	Gaps       []catalog.Gap    `json:"gaps"`
-	Lag        *archiveLag      `json:"lag,omitempty"`
+	// LastDrill is the newest restore drill of any outcome,
+	// LastSuccessfulDrill the newest that succeeded (drills/ in the
+	// archive); DrillsError says why they could not be read.
+	LastDrill           *drillSummary `json:"lastDrill,omitempty"`
+	LastSuccessfulDrill *drillSummary `json:"lastSuccessfulDrill,omitempty"`
+	DrillsError         string        `json:"drillsError,omitempty"`
+	Gaps                []catalog.Gap `json:"gaps"`
+	Lag                 *archiveLag   `json:"lag,omitempty"`
 	// unset: Error only says that archive-url is not set.
 	unset bool
+}
+
+// drillSummary is one restore drill as status shows it.
+type drillSummary struct {
+	ID          string     `json:"id"`
+	Node        string     `json:"node"`
+	Status      string     `json:"status"`
+	BackupID    string     `json:"backupID,omitempty"`
+	ReachedLSN  string     `json:"reachedLSN,omitempty"`
+	ReachedTime *time.Time `json:"reachedTime,omitempty"`
+	FinishedAt  time.Time  `json:"finishedAt"`
+	Age         string     `json:"age"`
+	// RTO is the drill's measured recovery time (restore, replay and
+	// check), as a duration such as 1m30s.
+	RTO   string `json:"rto"`
+	Error string `json:"error,omitempty"`
+}
+
+// summarizeDrills returns the newest drill and the newest successful one
+// (by finish time), nil when there is none.
+func summarizeDrills(drills []catalog.Drill, now time.Time) (last, lastOK *drillSummary) {
+	var l, ok *catalog.Drill
+	for i := range drills {
+		d := &drills[i]
+		if l == nil || d.FinishedAt.After(l.FinishedAt) {
+			l = d
+		}
+		if d.Status == catalog.DrillDone && (ok == nil || d.FinishedAt.After(ok.FinishedAt)) {
+			ok = d
+		}
+	}
+	sum := func(d *catalog.Drill) *drillSummary {
+		if d == nil {
+			return nil
+		}
+		s := &drillSummary{ID: d.ID, Node: d.Node, Status: d.Status, BackupID: d.BackupID, FinishedAt: d.FinishedAt,
+			Age: now.Sub(d.FinishedAt).Round(time.Second).String(), RTO: d.Phases.RTO().Round(time.Millisecond).String(),
+			Error: d.Error}
+		if d.Reached.LSN != wal.InvalidLSN {
+			s.ReachedLSN = d.Reached.LSN.String()
+		}
+		if !d.ReachedTime.IsZero() {
+			t := d.ReachedTime
+			s.ReachedTime = &t
+		}
+		return s
+	}
+	return sum(l), sum(ok)
+}
+
+// printDrillLine prints one drill summary for status's text output.
+func printDrillLine(w io.Writer, label string, d *drillSummary) {
+	if d == nil {
+		fmt.Fprintf(w, "%s none\n", label)
+		return
+	}
+	line := fmt.Sprintf("%s %s on %s, %s, %s ago", label, d.ID, d.Node, d.Status, d.Age)
+	if d.Status == catalog.DrillDone {
+		line += fmt.Sprintf(": backup %s restored to %s", d.BackupID, d.ReachedLSN)
+		if d.ReachedTime != nil {
+			line += " (" + d.ReachedTime.UTC().Format(time.RFC3339) + ")"
+		}
+		line += ", RTO " + d.RTO
+	} else if d.Error != "" {
+		line += ": " + d.Error
+	}
+	fmt.Fprintln(w, line)
 }
 
 // timelineWindow is the range of WAL positions on one timeline that the
@@ -290,6 +372,11 @@ func readArchiveStatus(ctx context.Context, cfg config.Config, r coordinator.Rep
 			at = d.StartTime
 		}
 		st.LastBackup = &lastBackup{ID: d.ID, Status: string(d.Status), Time: at, Age: time.Since(at).Round(time.Second).String()}
+	}
+	if drills, err := catalog.ListDrills(ctx, b, cfg.ClusterName); err != nil {
+		st.DrillsError = err.Error()
+	} else {
+		st.LastDrill, st.LastSuccessfulDrill = summarizeDrills(drills, time.Now())
 	}
 	return st
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,4 +53,38 @@ func TestDescribeMasterError(t *testing.T) {
 
 	got = describeMasterError(errors.New("dial tcp 10.0.0.5:5432: connect: connection refused"), cfg, "10.0.0.5:5432")
 	assert.Contains(t, got, "master at 10.0.0.5:5432 unreachable: dial tcp")
+}
+
+// status shows the newest drill and the newest successful one, each once
+// when they are the same.
+func TestStatusDrills(t *testing.T) {
+	now := time.Date(2026, 11, 24, 17, 0, 0, 0, time.UTC)
+	reached := now.Add(-3 * time.Hour)
+	ok := catalog.Drill{ID: "d1", Node: "a1", Status: "done", BackupID: "b1", FinishedAt: now.Add(-2 * time.Hour),
+		Reached: catalog.Position{Timeline: 1, LSN: 0x3000100}, ReachedTime: reached,
+		Phases: catalog.DrillPhases{Restore: 20 * time.Second, Replay: 30 * time.Second, Check: 10 * time.Second}}
+	bad := catalog.Drill{ID: "d2", Node: "a2", Status: "failed", FinishedAt: now.Add(-time.Hour), Error: "port in use"}
+
+	last, lastOK := summarizeDrills([]catalog.Drill{bad, ok}, now)
+	assert.Equal(t, &drillSummary{ID: "d2", Node: "a2", Status: "failed", FinishedAt: bad.FinishedAt, Age: "1h0m0s", RTO: "0s", Error: "port in use"}, last)
+	assert.Equal(t, &drillSummary{ID: "d1", Node: "a1", Status: "done", BackupID: "b1", ReachedLSN: "0/3000100", ReachedTime: &reached,
+		FinishedAt: ok.FinishedAt, Age: "2h0m0s", RTO: "1m0s"}, lastOK)
+
+	var b strings.Builder
+	assert.NoError(t, printArchiveStatus(&b, archiveStatus{LastDrill: last, LastSuccessfulDrill: lastOK}))
+	assert.Contains(t, b.String(), "Last drill: d2 on a2, failed, 1h0m0s ago: port in use\n")
+	assert.Contains(t, b.String(), "Last successful drill: d1 on a1, done, 2h0m0s ago: backup b1 restored to 0/3000100 (2026-11-24T14:00:00Z), RTO 1m0s\n")
+
+	last, lastOK = summarizeDrills([]catalog.Drill{ok}, now)
+	b.Reset()
+	assert.NoError(t, printArchiveStatus(&b, archiveStatus{LastDrill: last, LastSuccessfulDrill: lastOK}))
+	assert.Contains(t, b.String(), "Last drill: d1 on a1, done")
+	assert.NotContains(t, b.String(), "Last successful drill")
+
+	last, lastOK = summarizeDrills(nil, now)
+	assert.Nil(t, last)
+	assert.Nil(t, lastOK)
+	b.Reset()
+	assert.NoError(t, printArchiveStatus(&b, archiveStatus{}))
+	assert.Contains(t, b.String(), "Last drill: none\nLast successful drill: none\n")
 }

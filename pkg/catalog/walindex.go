@@ -365,8 +365,8 @@ func (ix *WALIndex) Reach(tli wal.Timeline, from wal.LSN) (to wal.LSN, hole stri
 
 // Position is a point in the WAL history: an LSN on a timeline.
 type Position struct {
-	Timeline wal.Timeline
-	LSN      wal.LSN
+	Timeline wal.Timeline `json:"timeline"`
+	LSN      wal.LSN      `json:"lsn"`
 }
 
 // Reached reports whether an archive whose WAL is durable up to p (the

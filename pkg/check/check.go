@@ -34,6 +34,7 @@ const (
 	NameBackupMaximumAge  = "backup maximum age"
 	NameMinimumRedundancy = "minimum redundancy requirements"
 	NameFailedBackups     = "failed backups"
+	NameRestoreDrill      = "restore drill"
 	NameRetention         = "retention policy settings"
 	NameFreeSpace         = "archive free space"
 )

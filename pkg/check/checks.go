@@ -270,3 +270,40 @@ func formatBytes(n int64) string {
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
 }
+
+// RestoreDrill checks that a restore drill (barnacle drill) succeeded
+// within maxAge (restore-drill-max-age) of now: it fails when the last
+// successful drill finished longer ago, or there is none. With maxAge 0 it
+// passes and only reports the last drill.
+func RestoreDrill(drills []catalog.Drill, maxAge time.Duration, now time.Time) Result {
+	var last, lastOK *catalog.Drill
+	for i := range drills {
+		d := &drills[i]
+		if last == nil || d.FinishedAt.After(last.FinishedAt) {
+			last = d
+		}
+		if d.Status == catalog.DrillDone && (lastOK == nil || d.FinishedAt.After(lastOK.FinishedAt)) {
+			lastOK = d
+		}
+	}
+	describe := "no restore drill has run"
+	if lastOK != nil {
+		describe = fmt.Sprintf("the last successful restore drill %s finished %s ago, reaching %s", lastOK.ID,
+			now.Sub(lastOK.FinishedAt).Round(time.Second), lastOK.Reached.LSN)
+	}
+	failedSince := ""
+	if last != nil && last.Status != catalog.DrillDone {
+		failedSince = fmt.Sprintf("; the last drill %s failed: %s", last.ID, last.Error)
+	}
+	if maxAge <= 0 {
+		return Pass(NameRestoreDrill, "restore-drill-max-age not set; "+describe+failedSince)
+	}
+	switch {
+	case lastOK == nil:
+		return Failf(NameRestoreDrill, "no successful restore drill (restore-drill-max-age %s)%s: run barnacle drill --wait, and set restore-drill-schedule", maxAge, failedSince)
+	case now.Sub(lastOK.FinishedAt) > maxAge:
+		return Failf(NameRestoreDrill, "%s (restore-drill-max-age %s)%s: run barnacle drill --wait, and check restore-drill-schedule and the agents' logs",
+			describe, maxAge, failedSince)
+	}
+	return Pass(NameRestoreDrill, describe+failedSince)
+}

@@ -70,6 +70,10 @@ type Archive struct {
 	WAL        catalog.Archive
 	BackupsErr error
 	Backups    []catalog.Backup // newest first
+	// Drills are the archive's restore drill records (catalog.ListDrills:
+	// oldest first); DrillsErr says why they could not be read.
+	Drills    []catalog.Drill
+	DrillsErr error
 	// Space is true when the backend reports free space.
 	Space       bool
 	Free, Total uint64
@@ -78,7 +82,7 @@ type Archive struct {
 
 // Decide turns the gathered facts into one result per check, in the order
 // of the names above, with cfg's thresholds (check-max-lag,
-// last-backup-maximum-age, minimum-redundancy) and settings (slot, slot
+// last-backup-maximum-age, minimum-redundancy, restore-drill-max-age) and settings (slot, slot
 // mode, standby-slots). It is pure: every branch is table-tested.
 func Decide(cfg config.Config, f Facts) []Result {
 	var rs []Result
@@ -190,7 +194,7 @@ func Decide(cfg config.Config, f Facts) []Result {
 	if ar.Err != nil {
 		add(Failf(NameArchive, "%v: check archive-url", ar.Err))
 		for _, n := range []string{NameIdentity, NameWALContinuity, NameBackupMaximumAge,
-			NameMinimumRedundancy, NameFailedBackups} {
+			NameMinimumRedundancy, NameFailedBackups, NameRestoreDrill} {
 			add(Unavailable(n, "archive unreachable"))
 		}
 	} else {
@@ -238,6 +242,11 @@ func Decide(cfg config.Config, f Facts) []Result {
 			add(BackupMaximumAge(ar.Backups, cfg.LastBackupMaximumAge, f.Now))
 			add(MinimumRedundancy(ar.Backups, cfg.MinimumRedundancy))
 			add(FailedBackups(ar.Backups))
+		}
+		if ar.DrillsErr != nil {
+			add(Failf(NameRestoreDrill, "%v: check the archive", ar.DrillsErr))
+		} else {
+			add(RestoreDrill(ar.Drills, cfg.RestoreDrillMaxAge, f.Now))
 		}
 	}
 	retention := "none: every backup is kept"

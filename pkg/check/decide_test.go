@@ -61,7 +61,7 @@ func walPart(files ...string) catalog.Archive {
 
 var allNames = []string{NameEtcd, NameClusterData, NameAgents, NamePostgreSQL, NameReplicationRole, NameWALLevel,
 	NameWALSenders, NameSlotsHeadroom, NameSlot, NameStreaming, NameArchive, NameIdentity, NameWALContinuity,
-	NameBackupMaximumAge, NameMinimumRedundancy, NameFailedBackups, NameRetention, NameFreeSpace}
+	NameBackupMaximumAge, NameMinimumRedundancy, NameFailedBackups, NameRestoreDrill, NameRetention, NameFreeSpace}
 
 func TestDecide(t *testing.T) {
 	boom := errors.New("boom")
@@ -182,7 +182,8 @@ func TestDecide(t *testing.T) {
 		{name: "archive unreachable", change: func(_ *config.Config, f *Facts) { f.Archive = Archive{Err: boom} },
 			names: allNames[:len(allNames)-1],
 			failed: map[string]string{NameArchive: "boom: check archive-url", NameIdentity: "archive unreachable", NameWALContinuity: "archive unreachable",
-				NameBackupMaximumAge: "archive unreachable", NameMinimumRedundancy: "archive unreachable", NameFailedBackups: "archive unreachable"}},
+				NameBackupMaximumAge: "archive unreachable", NameMinimumRedundancy: "archive unreachable", NameFailedBackups: "archive unreachable",
+				NameRestoreDrill: "archive unreachable"}},
 		{name: "archive not writable", change: func(_ *config.Config, f *Facts) { f.Archive.ProbeErr = boom },
 			failed: map[string]string{NameArchive: "boom: check the archive's permissions"}},
 		{name: "identity unreadable", change: func(_ *config.Config, f *Facts) { f.Archive.IdentityErr = boom },
@@ -208,6 +209,30 @@ func TestDecide(t *testing.T) {
 			NameFailedBackups: "the newest backup 20260501T110000 failed: disk full"}},
 		{name: "backup too old", change: func(cfg *config.Config, f *Facts) { cfg.LastBackupMaximumAge = 30 * time.Minute },
 			failed: map[string]string{NameBackupMaximumAge: "is 1h0m0s old"}},
+		{name: "restore-drill-max-age not set: informational", change: func(_ *config.Config, f *Facts) {
+			f.Archive.Drills = []catalog.Drill{{ID: "d1", Status: "failed", FinishedAt: f.Now.Add(-time.Hour), Error: "no space"}}
+		}, detail: map[string]string{NameRestoreDrill: "restore-drill-max-age not set; no restore drill has run; the last drill d1 failed: no space"}},
+		{name: "no drill while restore-drill-max-age is set", change: func(cfg *config.Config, f *Facts) { cfg.RestoreDrillMaxAge = 24 * time.Hour },
+			failed: map[string]string{NameRestoreDrill: "no successful restore drill (restore-drill-max-age 24h0m0s): run barnacle drill --wait, and set restore-drill-schedule"}},
+		{name: "only failed drills", change: func(cfg *config.Config, f *Facts) {
+			cfg.RestoreDrillMaxAge = 24 * time.Hour
+			f.Archive.Drills = []catalog.Drill{{ID: "d1", Status: "failed", FinishedAt: f.Now.Add(-time.Hour), Error: "pg_amcheck found corruption"}}
+		}, failed: map[string]string{NameRestoreDrill: "no successful restore drill (restore-drill-max-age 24h0m0s); the last drill d1 failed: pg_amcheck found corruption"}},
+		{name: "recent successful drill", change: func(cfg *config.Config, f *Facts) {
+			cfg.RestoreDrillMaxAge = 24 * time.Hour
+			f.Archive.Drills = []catalog.Drill{{ID: "d1", Status: "done", FinishedAt: f.Now.Add(-2 * time.Hour), Reached: catalog.Position{Timeline: 1, LSN: 0x3000100}}}
+		}, detail: map[string]string{NameRestoreDrill: "the last successful restore drill d1 finished 2h0m0s ago, reaching 0/3000100"}},
+		{name: "successful drill too old", change: func(cfg *config.Config, f *Facts) {
+			cfg.RestoreDrillMaxAge = time.Hour
+			f.Archive.Drills = []catalog.Drill{{ID: "d1", Status: "done", FinishedAt: f.Now.Add(-2 * time.Hour)}}
+		}, failed: map[string]string{NameRestoreDrill: "the last successful restore drill d1 finished 2h0m0s ago, reaching 0/0 (restore-drill-max-age 1h0m0s): run barnacle drill --wait"}},
+		{name: "a failure after a success within the age passes, and says so", change: func(cfg *config.Config, f *Facts) {
+			cfg.RestoreDrillMaxAge = 24 * time.Hour
+			f.Archive.Drills = []catalog.Drill{{ID: "d1", Status: "done", FinishedAt: f.Now.Add(-3 * time.Hour)},
+				{ID: "d2", Status: "failed", FinishedAt: f.Now.Add(-time.Hour), Error: "port in use"}}
+		}, detail: map[string]string{NameRestoreDrill: "the last successful restore drill d1 finished 3h0m0s ago, reaching 0/0; the last drill d2 failed: port in use"}},
+		{name: "drills unreadable", change: func(_ *config.Config, f *Facts) { f.Archive.DrillsErr = boom },
+			failed: map[string]string{NameRestoreDrill: "boom: check the archive"}},
 		{name: "retention policy", change: func(cfg *config.Config, f *Facts) {
 			p, err := config.ParseRetentionPolicy("RECOVERY WINDOW OF 7 DAYS")
 			require.NoError(t, err)

@@ -64,6 +64,15 @@ type Config struct {
 	CheckMaxLag          int64
 
 	RestoreRoot string
+	// RestoreDrillSchedule is when the leader requests a restore drill;
+	// RestoreDrillMaxAge is how old the last successful one may be before
+	// barnacle check fails (0: not checked); RestoreDrillOnMaster lets
+	// the agent beside the master run drills; PGBinDir holds the server
+	// binaries a drill starts (postgres, pg_ctl, pg_amcheck).
+	RestoreDrillSchedule Schedule
+	RestoreDrillMaxAge   time.Duration
+	RestoreDrillOnMaster bool
+	PGBinDir             string
 	// RequestRetention is how long finished requests stay in etcd; 0
 	// keeps them.
 	RequestRetention time.Duration

@@ -84,6 +84,12 @@ func TestBadConfigFiles(t *testing.T) {
 			`archive-url (file testdata/bad-operations.bad.yaml line 8): invalid S3 URL "s3:///prefix": name the bucket`,
 			`manifest-checksums (file testdata/bad-operations.bad.yaml line 9): invalid value "md5": use one of crc32c, sha224, sha256, sha384, sha512, none`,
 		},
+		"bad-drill.bad.yaml": {
+			`restore-drill-schedule (file testdata/bad-drill.bad.yaml line 2): invalid schedule "weekly": use an interval such as 24h, or a cron expression`,
+			`restore-drill-max-age (file testdata/bad-drill.bad.yaml line 3): invalid duration "8d": use a Go duration`,
+			`restore-drill-on-master (file testdata/bad-drill.bad.yaml line 4): invalid boolean "sometimes": use true or false`,
+			`pg-bin-dir (file testdata/bad-drill.bad.yaml line 5): invalid directory "bin": use an absolute path`,
+		},
 		"redundancy-below-minimum.bad.yaml": {`minimum-redundancy (file testdata/redundancy-below-minimum.bad.yaml line 3): 3 is more than the 2 backups retention-policy "REDUNDANCY 2" keeps`},
 		"bad-slot.bad.yaml":                 {`slot-name (file testdata/bad-slot.bad.yaml line 2): invalid slot name "Barnacle-Slot"`},
 		"many.bad.yaml": {

@@ -330,6 +330,34 @@ var keys = func() []key {
 		c.RestoreRoot = v
 		return nil
 	}, func(c *Config) string { return c.RestoreRoot })
+	add("restore-drill-schedule", "when the leader requests a restore drill (barnacle drill): an interval (168h: when the newest drill started longer ago) or a cron expression in UTC (\"0 4 * * 0\", @weekly); empty: only on request", func(c *Config, v string) error {
+		sc, err := ParseSchedule(v)
+		if err != nil {
+			return err
+		}
+		c.RestoreDrillSchedule = sc
+		return nil
+	}, func(c *Config) string { return c.RestoreDrillSchedule.String() })
+	setAge, getAge := duration(func(c *Config) *time.Duration { return &c.RestoreDrillMaxAge })
+	add("restore-drill-max-age", "barnacle check fails when the last successful restore drill is older than this, or there is none (e.g. 192h); empty: not checked", func(c *Config, v string) error {
+		if err := setAge(c, v); err != nil {
+			return err
+		}
+		if c.RestoreDrillMaxAge < 0 {
+			return fmt.Errorf("invalid duration %q: use a positive duration such as 192h, or leave it empty", v)
+		}
+		return nil
+	}, getAge)
+	bs, bg = boolean(func(c *Config) *bool { return &c.RestoreDrillOnMaster })
+	addBool("restore-drill-on-master", "let this agent run restore drills while its keeper is the master (a drill reads the archive and loads the host's disks and CPU); off: only agents beside standbys and agents without a keeper run them", bs, bg)
+	add("pg-bin-dir", "directory of the PostgreSQL server binaries a restore drill runs (postgres, pg_ctl, pg_amcheck), of the archive's major version; empty: found on PATH", func(c *Config, v string) error {
+		v = strings.TrimSpace(v)
+		if v != "" && !strings.HasPrefix(v, "/") {
+			return fmt.Errorf("invalid directory %q: use an absolute path, such as /usr/lib/postgresql/15/bin", v)
+		}
+		c.PGBinDir = v
+		return nil
+	}, func(c *Config) string { return c.PGBinDir })
 
 	ds, dg = duration(func(c *Config) *time.Duration { return &c.RequestRetention })
 	add("request-retention", "how long finished backup and restore requests (and their status) stay in etcd; the leader logs each result as it deletes them; 0 keeps them forever", ds, dg)

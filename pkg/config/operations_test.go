@@ -80,3 +80,28 @@ func TestParseSize(t *testing.T) {
 	assert.Equal(t, "64MB", FormatSize(64<<20))
 	assert.Equal(t, "1000B", FormatSize(1000))
 }
+
+func TestRestoreDrillKeys(t *testing.T) {
+	c, err := Load(Sources{Env: noEnv, Flags: map[string]string{"cluster-name": "c",
+		"restore-drill-schedule": "@weekly", "restore-drill-max-age": "192h", "restore-drill-on-master": "true",
+		"pg-bin-dir": "/usr/lib/postgresql/15/bin"}}, Needs{})
+	require.NoError(t, err)
+	assert.Equal(t, "@weekly", c.RestoreDrillSchedule.String())
+	assert.Equal(t, 192*time.Hour, c.RestoreDrillMaxAge)
+	assert.True(t, c.RestoreDrillOnMaster)
+	assert.Equal(t, "/usr/lib/postgresql/15/bin", c.PGBinDir)
+
+	// Off by default: no schedule, no age check, not on the master.
+	d, err := Load(Sources{Env: noEnv, Flags: map[string]string{"cluster-name": "c"}}, Needs{})
+	require.NoError(t, err)
+	assert.True(t, d.RestoreDrillSchedule.IsZero())
+	assert.Zero(t, d.RestoreDrillMaxAge)
+	assert.False(t, d.RestoreDrillOnMaster)
+
+	for key, bad := range map[string]string{"restore-drill-schedule": "500ms", "restore-drill-max-age": "-1h", "pg-bin-dir": "bin"} {
+		_, err := Load(Sources{Env: noEnv, Flags: map[string]string{"cluster-name": "c", key: bad}}, Needs{})
+		require.Error(t, err, key)
+		assert.Contains(t, err.Error(), key)
+		assert.True(t, IsConfigError(err))
+	}
+}

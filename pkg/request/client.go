@@ -16,9 +16,9 @@ import (
 // happen because the writer no longer leads.
 var ErrFenced = errors.New("request: not leader any more")
 
-// Request is a backup or a restore request.
+// Request is a backup, restore or drill request.
 type Request interface {
-	Backup | Restore
+	Backup | Restore | Drill
 	Kind() Kind
 }
 

@@ -1,6 +1,6 @@
 // Package request is barnacle's etcd request protocol (DESIGN.md §3, §5):
-// the keys of backup and restore requests, of their statuses and of their
-// claim markers, the request types with the one parser each, the status
+// the keys of backup, restore and drill requests, of their statuses and of
+// their claim markers, the request types with the one parser each, the status
 // document, and the queue operations on them: watch (by revision), claim,
 // progress, finish, withdraw, the sweep of requests whose agent died and
 // the expiry of finished ones. The agent daemon serves requests through
@@ -31,6 +31,7 @@ type Kind string
 const (
 	KindBackup  Kind = "backup"
 	KindRestore Kind = "restore"
+	KindDrill   Kind = "drill"
 )
 
 // Keys lays out the request keys of one cluster.
@@ -120,6 +121,45 @@ func GapBackup(agent, label string, now time.Time) Backup {
 // digits>.
 func GapID(now time.Time) string {
 	return fmt.Sprintf("gap-%s-%04x", now.UTC().Format("20060102T150405"), rand.N(1<<16))
+}
+
+// Drill is the value of requests/drill/<id>: run a restore drill
+// (package drill) on an agent that may (DrillEligible), and record it in
+// the archive. barnacle drill and the leader's restore-drill-schedule
+// write it; ParseDrill is its one reader.
+type Drill struct {
+	// Agent, when set, names the agent that must run the drill; "" lets
+	// any eligible agent claim it.
+	Agent string `json:"agent,omitempty"`
+	// RequestedBy and RequestedAt say who asked (a user's host, or the
+	// leader for a scheduled drill) and when.
+	RequestedBy string    `json:"requestedBy,omitempty"`
+	RequestedAt time.Time `json:"requestedAt,omitzero"`
+}
+
+// Kind is KindDrill.
+func (Drill) Kind() Kind { return KindDrill }
+
+// ParseDrill reads a drill request, refusing unknown fields and anything
+// after the one JSON object, and checks its fields, naming the one at
+// fault.
+func ParseDrill(value []byte) (Drill, error) {
+	var req Drill
+	if err := decodeStrict(value, &req, `{"agent":"keeper1","requestedBy":"ops"}`); err != nil {
+		return req, err
+	}
+	return req, req.Validate()
+}
+
+// Validate checks the fields of a drill request.
+func (r Drill) Validate() error {
+	if r.Agent != "" && (strings.TrimSpace(r.Agent) != r.Agent || strings.ContainsAny(r.Agent, "/\x00")) {
+		return fmt.Errorf(`agent %q: name an agent as barnacle status lists it, or leave it out to let any eligible agent run the drill`, r.Agent)
+	}
+	if len(r.RequestedBy) > 256 {
+		return fmt.Errorf("requestedBy is %d bytes long: use at most 256", len(r.RequestedBy))
+	}
+	return nil
 }
 
 // Restore is the value of requests/restore/<id> (DESIGN.md §5).

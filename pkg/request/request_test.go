@@ -169,3 +169,36 @@ func FuzzParseBackup(f *testing.F) {
 		}
 	})
 }
+
+func TestParseDrill(t *testing.T) {
+	for _, tc := range []struct {
+		name, value string
+		want        Drill
+		err         string // "" = accepted
+	}{
+		{"any agent", `{}`, Drill{}, ""},
+		{"named agent", `{"agent":"keeper1","requestedBy":"ops@host","requestedAt":"2026-11-25T10:00:00Z"}`,
+			Drill{Agent: "keeper1", RequestedBy: "ops@host", RequestedAt: time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)}, ""},
+		{"unknown field", `{"agent":"a","node":"b"}`, Drill{}, `malformed request: json: unknown field "node"`},
+		{"agent with a slash", `{"agent":"a/b"}`, Drill{}, `agent "a/b": name an agent as barnacle status lists it`},
+		{"agent with blanks", `{"agent":" a"}`, Drill{}, `agent " a": name an agent`},
+		{"requestedBy too long", `{"requestedBy":"` + strings.Repeat("x", 300) + `"}`, Drill{}, "requestedBy is 300 bytes long: use at most 256"},
+		{"wrong type", `{"agent":1}`, Drill{}, "malformed request"},
+		{"two objects", `{} {}`, Drill{}, "trailing data"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ParseDrill([]byte(tc.value))
+			if tc.err != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tc.err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
+	}
+	k := Keys{Prefix: "barnacle/c/"}
+	assert.Equal(t, "barnacle/c/requests/drill/x", k.Request(KindDrill, "x"))
+	assert.Equal(t, "barnacle/c/status/drill/x", k.Status(KindDrill, "x"))
+	assert.Equal(t, "barnacle/c/claimed/drill/x", k.Claim(KindDrill, "x"))
+}

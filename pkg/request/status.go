@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/metrics"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
@@ -32,8 +33,8 @@ const (
 // afterwards.
 func (s State) Final() bool { return s == StateDone || s == StateFailed || s == StateRejected }
 
-// Status is the value of status/backup/<id> and status/restore/<id>; R is
-// what a finished request reports.
+// Status is the value of status/<kind>/<id>; R is what a finished request
+// reports.
 type Status[R any] struct {
 	State      State      `json:"state"`
 	Agent      string     `json:"agent"`
@@ -53,6 +54,11 @@ type BackupStatus = Status[BackupResult]
 
 // RestoreStatus is the value of status/restore/<id>.
 type RestoreStatus = Status[RestoreResult]
+
+// DrillStatus is the value of status/drill/<id>: its result is the
+// drill's record, as drills/<id>.json in the archive holds it (set on a
+// failed drill too, when the drill began).
+type DrillStatus = Status[catalog.Drill]
 
 // Progress is bytes done of total (0 when unknown).
 type Progress struct {
