@@ -8,6 +8,9 @@
 // follow them through it. It knows nothing about leadership: a write that
 // only the leader may make takes the leader's fence as a comparison.
 //
+// Queue.Claim (queue.go) is the one place a request is claimed: one etcd
+// transaction per claim, so that a request is claimed exactly once.
+//
 // Other modules may import this package, but its API is not stable.
 package request
 
