@@ -480,25 +480,11 @@ func gapAlarm(g catalog.Gap) string {
 }
 
 // unresolvedGap returns the newest recorded gap that no done backup
-// follows: a backup that starts at or after the gap's end makes the points
-// after the gap recoverable.
+// follows (catalog.Gap.ResolvedBy): a backup that starts at or after the
+// gap's end makes the points after the gap recoverable.
 func unresolvedGap(gaps []catalog.Gap, backups []catalog.Backup) (catalog.Gap, bool) {
-	for i := len(gaps) - 1; i >= 0; i-- {
-		g := gaps[i]
-		end := g.EndLSN
-		if end == wal.InvalidLSN {
-			return g, true // unreadable: keep the alarm
-		}
-		resolved := false
-		for _, d := range backups {
-			if d.StartLSN != wal.InvalidLSN && d.Status == catalog.StatusDone && d.StartTimeline >= g.Timeline && d.StartLSN >= end {
-				resolved = true
-				break
-			}
-		}
-		if !resolved {
-			return g, true
-		}
+	if u := catalog.UnresolvedGaps(gaps, backups); len(u) > 0 {
+		return u[len(u)-1], true
 	}
 	return catalog.Gap{}, false
 }
@@ -506,15 +492,9 @@ func unresolvedGap(gaps []catalog.Gap, backups []catalog.Backup) (catalog.Gap, b
 // checkGaps reads gaps.json and the catalog, sets the gap metrics and
 // raises or ends the gap alarm. A failed read changes nothing.
 func (a *archiver) checkGaps(ctx context.Context, b storage.Backend) {
-	gaps, err := a.archive.readGaps(ctx, b)
+	gaps, list, err := a.archive.readGaps(ctx, b)
 	if err != nil {
 		return
-	}
-	var list []catalog.Backup
-	if len(gaps) > 0 {
-		if list, err = catalog.ListBackups(ctx, b, a.opts.Cluster); err != nil {
-			return
-		}
 	}
 	alarm := ""
 	if g, ok := unresolvedGap(gaps, list); ok {
