@@ -123,6 +123,8 @@ func TestDesignEtcdKeys(t *testing.T) {
 		rel(ck.Election()) + "/…",
 		rel(ck.Agent("<agent-name>")),
 	}
+	// Every request kind: pkg/request does not list them, so a new kind
+	// is added here as well as to the table.
 	for _, kind := range []request.Kind{request.KindBackup, request.KindRestore} {
 		want = append(want,
 			rel(rk.Request(kind, "<id>")),
@@ -147,7 +149,7 @@ func TestDesignEtcdKeys(t *testing.T) {
 	}
 	for _, k := range listed {
 		if !slices.Contains(want, k) {
-			t.Errorf("the key table of docs/design.md §3 lists %s, which barnacle does not write", k)
+			t.Errorf("the key table of docs/design.md §3 lists %s, which barnacle does not write (a new request kind? add it to this test's kinds)", k)
 		}
 	}
 }
