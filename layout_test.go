@@ -43,7 +43,7 @@ func listPackages(t *testing.T) []goPackage {
 // (cmd -> agent -> coordinator -> pkg/*), and the leaves import nothing of
 // ours.
 func TestLayout(t *testing.T) {
-	leaves := []string{"pkg/wal", "pkg/stolon", "pkg/config", "pkg/metrics", "pkg/storage", "pkg/compress", "pkg/redact", "pkg/durable"}
+	leaves := []string{"pkg/wal", "pkg/stolon", "pkg/config", "pkg/metrics", "pkg/storage", "pkg/compress", "pkg/redact", "pkg/durable", "pkg/pgversion"}
 	// Sideways edges between siblings above the catalog: what they shared
 	// (the archive's WAL index, the recoverable windows, the verified
 	// segment reader) lives in pkg/catalog.

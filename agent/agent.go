@@ -170,7 +170,9 @@ func build(cfg config.Config, log hclog.Logger, version string, ak *autoKeeper) 
 		return nil, err
 	}
 	a.archive = newArchiveHandle(cfg.ArchiveURL, cfg.ClusterName, log.Named("archiver"), am)
-	arch = newArchiver(cfg, name, log, a.coord, cli, am, a.archive)
+	arch = newArchiver(archiverOptions{Agent: name, Cluster: cfg.ClusterName, Slot: cfg.SlotName, StreamSlot: cfg.StreamingSlotName(),
+		CreateSlot: cfg.SlotMode == config.SlotModeOwn, DropStandbySlot: cfg.SlotMode == config.SlotModeStolon && cfg.StandbySlots,
+		Compression: cfg.Compression, Synchronous: cfg.Synchronous, PG: cfg}, log, a.coord, cli, am, a.archive)
 	a.archiver = arch
 	keys := request.Keys{Prefix: a.coord.Keys().Prefix}
 	status := request.NewWriter(cli, log, reg)
@@ -202,7 +204,8 @@ func build(cfg config.Config, log hclog.Logger, version string, ak *autoKeeper) 
 			Writer: status, Logger: log.Named("drills"), SweepHint: drillSweepHint})}
 	exp = &expirer{log: log.Named("requests"), retention: func() time.Duration { return live.Config().RequestRetention },
 		backups: bk.queue, restores: a.restores.queue, drills: a.drills.queue}
-	a.standby = &standbySlot{cfg: cfg, log: log.Named("standby-slot"), coord: a.coord, metrics: am,
+	a.standby = &standbySlot{opts: standbySlotOptions{Enabled: cfg.StandbySlots, KeeperUID: cfg.KeeperUID, Slot: cfg.SlotName},
+		log: log.Named("standby-slot"), coord: a.coord, metrics: am,
 		local: &localPostgres{cfg: cfg}}
 	if ak != nil {
 		return a, nil

@@ -58,30 +58,38 @@ func (h *archiveHandle) open(ctx context.Context) (storage.Backend, error) {
 		}
 	}
 	h.backend = b
-	if gaps, err := catalog.ReadGaps(ctx, b, h.cluster); err == nil {
-		h.setGaps(gaps)
-	}
+	_, _, _ = h.readGaps(ctx, b) // the gauges; a failed read leaves them
 	return b, nil
 }
 
-// readGaps reads gaps.json and sets the gap gauges from it.
-func (h *archiveHandle) readGaps(ctx context.Context, b storage.Backend) ([]catalog.Gap, error) {
+// readGaps reads gaps.json and, when it records a gap, the backups, and
+// sets the gap gauges from the gaps that no done backup resolves yet
+// (catalog.UnresolvedGaps): a resolved gap stays in gaps.json as history
+// but needs nothing more. A failed read changes no gauge.
+func (h *archiveHandle) readGaps(ctx context.Context, b storage.Backend) ([]catalog.Gap, []catalog.Backup, error) {
 	gaps, err := catalog.ReadGaps(ctx, b, h.cluster)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	h.setGaps(gaps)
-	return gaps, nil
+	var backups []catalog.Backup
+	if len(gaps) > 0 {
+		if backups, err = catalog.ListBackups(ctx, b, h.cluster); err != nil {
+			return nil, nil, err
+		}
+	}
+	h.setGaps(catalog.UnresolvedGaps(gaps, backups))
+	return gaps, backups, nil
 }
 
-// setGaps sets the gap gauges: how many gaps, and how much WAL they miss.
-func (h *archiveHandle) setGaps(gaps []catalog.Gap) {
+// setGaps sets the gap gauges: how many unresolved gaps, and how much WAL
+// they miss.
+func (h *archiveHandle) setGaps(unresolved []catalog.Gap) {
 	var total uint64
-	for _, g := range gaps {
+	for _, g := range unresolved {
 		total += g.Bytes
 	}
 	h.gapSize.Set(float64(total))
-	h.gaps.Set(float64(len(gaps)))
+	h.gaps.Set(float64(len(unresolved)))
 }
 
 // listBackups lists the catalog's backups, newest first.

@@ -27,8 +27,7 @@ import (
 // when the master changes, retries failures with backoff, records WAL gaps
 // and asks for a base backup after one.
 type archiver struct {
-	cfg     config.Config
-	agent   string
+	opts    archiverOptions
 	log     hclog.Logger
 	coord   *coordinator.Coordinator
 	etcd    *clientv3.Client
@@ -40,6 +39,24 @@ type archiver struct {
 
 	mu    sync.Mutex
 	state archiverState
+}
+
+// archiverOptions is what the archiver takes from the configuration. All
+// are fixed keys (none of them reloads), so it has no getters.
+type archiverOptions struct {
+	Agent      string
+	Cluster    string
+	Slot       string // slot-name: the slot a follower keeps on its standby
+	StreamSlot string // the slot the stream uses (config.StreamingSlotName)
+	CreateSlot bool   // slot-mode own: the receiver creates StreamSlot
+	// DropStandbySlot (slot-mode stolon with standby-slots) drops Slot on
+	// a promoted master once Stolon's slot protects the stream.
+	DropStandbySlot bool
+	Compression     string
+	Synchronous     bool
+	// PG holds the connection settings (pg-*) that pgaddr and
+	// PGConnString read to reach the master and the other keepers.
+	PG config.Config
 }
 
 // archiverState is what the agent record and /status show of the archiver.
@@ -57,11 +74,10 @@ type archiverState struct {
 	Gap string
 }
 
-func newArchiver(cfg config.Config, agentName string, log hclog.Logger, coord *coordinator.Coordinator, cli *clientv3.Client, m *archiverMetrics, archive *archiveHandle) *archiver {
+func newArchiver(opts archiverOptions, log hclog.Logger, coord *coordinator.Coordinator, cli *clientv3.Client, m *archiverMetrics, archive *archiveHandle) *archiver {
 	return &archiver{
 		archive: archive,
-		cfg:     cfg,
-		agent:   agentName,
+		opts:    opts,
 		log:     log.Named("archiver"),
 		coord:   coord,
 		etcd:    cli,
@@ -109,7 +125,7 @@ func (a *archiver) run(ctx context.Context, term coordinator.Term) error {
 			return nil
 		}
 		if err != nil {
-			if h := hint(err, a.cfg); h != "" {
+			if h := hint(err, a.opts.PG); h != "" {
 				err = fmt.Errorf("%w; %s", err, h)
 			}
 		}
@@ -155,19 +171,19 @@ func (a *archiver) streamOnce(ctx context.Context, term coordinator.Term) error 
 		}
 		return errors.New("clusterdata names no master yet")
 	}
-	host, port := masterAddress(a.cfg, st)
-	conn, err := a.cfg.PGConnString(host, port, true)
+	host, port := masterAddress(a.opts.PG, st)
+	conn, err := a.opts.PG.PGConnString(host, port, true)
 	if err != nil {
 		return err
 	}
 	r, err := walstream.New(walstream.Options{
 		ConnString:  conn,
-		Slot:        a.cfg.StreamingSlotName(),
-		CreateSlot:  a.cfg.SlotMode == config.SlotModeOwn,
+		Slot:        a.opts.StreamSlot,
+		CreateSlot:  a.opts.CreateSlot,
 		Backend:     b,
-		Prefix:      catalog.WALPrefix(a.cfg.ClusterName),
-		Compression: a.cfg.Compression,
-		Synchronous: a.cfg.Synchronous,
+		Prefix:      catalog.WALPrefix(a.opts.Cluster),
+		Compression: a.opts.Compression,
+		Synchronous: a.opts.Synchronous,
 		Logger:      a.log,
 		OnConnect:   a.checkIdentity(b),
 		OnGap:       a.recordGap(b, term),
@@ -198,7 +214,7 @@ func (a *archiver) streamOnce(ctx context.Context, term coordinator.Term) error 
 			}
 		}
 	})
-	if a.cfg.SlotMode == config.SlotModeStolon && a.cfg.StandbySlots {
+	if a.opts.DropStandbySlot {
 		// The promoted standby may still have the slot its agent kept as
 		// a follower (slot-name, without Stolon's prefix, because the
 		// keeper drops stolon_ slots on standbys). Once Stolon's slot
@@ -209,7 +225,7 @@ func (a *archiver) streamOnce(ctx context.Context, term coordinator.Term) error 
 	a.state.Streaming = true
 	a.mu.Unlock()
 	a.metrics.streaming.Set(1)
-	a.log.Info("streaming from the master", "keeper", st.Master.KeeperUID, "address", fmt.Sprintf("%s:%d", host, port), "slot", a.cfg.StreamingSlotName())
+	a.log.Info("streaming from the master", "keeper", st.Master.KeeperUID, "address", fmt.Sprintf("%s:%d", host, port), "slot", a.opts.StreamSlot)
 	err = r.Run(rctx)
 	cancel()
 	helpers.Wait()
@@ -221,7 +237,7 @@ func (a *archiver) streamOnce(ctx context.Context, term coordinator.Term) error 
 func (a *archiver) checkIdentity(b storage.Backend) func(context.Context, walstream.ServerInfo) error {
 	return func(ctx context.Context, info walstream.ServerInfo) error {
 		_, err := catalog.EnsureIdentity(ctx, b, catalog.Identity{
-			Cluster: a.cfg.ClusterName, SystemID: info.SystemID, WALSegmentSize: info.SegmentSize,
+			Cluster: a.opts.Cluster, SystemID: info.SystemID, WALSegmentSize: info.SegmentSize,
 		})
 		return err
 	}
@@ -246,7 +262,7 @@ func (a *archiver) recordGap(b storage.Backend, term coordinator.Term) func(cont
 			EndLSN:   g.ResumeAt,
 			Reason:   fmt.Sprintf("the master no longer had this WAL when barnacle asked for it (timeline %d, resumed on timeline %d): %v", g.Timeline, g.ResumeTimeline, g.Err),
 		}
-		if err := catalog.RecordGap(ctx, b, a.cfg.ClusterName, gap); err != nil {
+		if err := catalog.RecordGap(ctx, b, a.opts.Cluster, gap); err != nil {
 			return err
 		}
 		a.log.Error("wal gap: the archive cannot recover points in this range; requesting a new base backup",
@@ -264,7 +280,7 @@ func (a *archiver) recordGap(b storage.Backend, term coordinator.Term) func(cont
 // in gaps.json and raises the alarm itself).
 func (a *archiver) requestBackup(ctx context.Context, term coordinator.Term, label string) error {
 	now := time.Now().UTC()
-	key, err := request.Submit(ctx, a.etcd, a.keys, request.GapID(now), request.GapBackup(a.agent, label, now), term.Fence())
+	key, err := request.Submit(ctx, a.etcd, a.keys, request.GapID(now), request.GapBackup(a.opts.Agent, label, now), term.Fence())
 	if err != nil {
 		return fmt.Errorf("request a base backup at %s: %w", key, err)
 	}
@@ -308,7 +324,7 @@ func (a *archiver) dropStandbySlotOnMaster(ctx context.Context, host string, por
 		}
 		done, err := a.tryDropStandbySlot(ctx, host, port)
 		if err != nil && ctx.Err() == nil {
-			a.log.Debug("dropping the standby slot on the master failed; retrying", "slot", a.cfg.SlotName, "error", err)
+			a.log.Debug("dropping the standby slot on the master failed; retrying", "slot", a.opts.Slot, "error", err)
 		}
 		if done {
 			return
@@ -319,7 +335,7 @@ func (a *archiver) dropStandbySlotOnMaster(ctx context.Context, host string, por
 func (a *archiver) tryDropStandbySlot(ctx context.Context, host string, port int) (bool, error) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	conn, err := connect(cctx, a.cfg, host, port)
+	conn, err := connect(cctx, a.opts.PG, host, port)
 	if err != nil {
 		return false, err
 	}
@@ -332,16 +348,16 @@ func (a *archiver) tryDropStandbySlot(ctx context.Context, host string, port int
 		from pg_replication_slots old, pg_replication_slots stream
 		where old.slot_name = $1 and not old.active
 		  and stream.slot_name = $2 and stream.active and stream.restart_lsn is not null`,
-		a.cfg.SlotName, a.cfg.StreamingSlotName())
+		a.opts.Slot, a.opts.StreamSlot)
 	if err != nil {
 		return false, err
 	}
 	if tag.RowsAffected() > 0 {
-		a.log.Info("dropped the standby slot on the new master; Stolon's slot protects the stream now", "slot", a.cfg.SlotName)
+		a.log.Info("dropped the standby slot on the new master; Stolon's slot protects the stream now", "slot", a.opts.Slot)
 		return true, nil
 	}
 	var exists bool
-	if err := conn.QueryRow(cctx, `select exists (select 1 from pg_replication_slots where slot_name = $1)`, a.cfg.SlotName).Scan(&exists); err != nil {
+	if err := conn.QueryRow(cctx, `select exists (select 1 from pg_replication_slots where slot_name = $1)`, a.opts.Slot).Scan(&exists); err != nil {
 		return false, err
 	}
 	return !exists, nil
@@ -394,7 +410,7 @@ func (a *archiver) fillFromOtherKeepers(ctx context.Context, b storage.Backend, 
 		log := a.log.With("source_keeper", uid)
 		log.Info("the master lacks wal the archive needs; trying another keeper", "timeline", g.Timeline, "from", g.From.String(),
 			"until_timeline", g.ResumeTimeline, "until", g.ResumeAt.String())
-		conn, err := a.cfg.PGConnString(host, port, true)
+		conn, err := a.opts.PG.PGConnString(host, port, true)
 		if err != nil {
 			return false
 		}
@@ -408,8 +424,8 @@ func (a *archiver) fillFromOtherKeepers(ctx context.Context, b storage.Backend, 
 		r, err := walstream.New(walstream.Options{
 			ConnString:  conn,
 			Backend:     b,
-			Prefix:      catalog.WALPrefix(a.cfg.ClusterName),
-			Compression: a.cfg.Compression,
+			Prefix:      catalog.WALPrefix(a.opts.Cluster),
+			Compression: a.opts.Compression,
 			Logger:      log,
 			OnConnect:   a.checkIdentity(b),
 			OnProgress: func(p walstream.Progress) {
@@ -464,25 +480,11 @@ func gapAlarm(g catalog.Gap) string {
 }
 
 // unresolvedGap returns the newest recorded gap that no done backup
-// follows: a backup that starts at or after the gap's end makes the points
-// after the gap recoverable.
+// follows (catalog.Gap.ResolvedBy): a backup that starts at or after the
+// gap's end makes the points after the gap recoverable.
 func unresolvedGap(gaps []catalog.Gap, backups []catalog.Backup) (catalog.Gap, bool) {
-	for i := len(gaps) - 1; i >= 0; i-- {
-		g := gaps[i]
-		end := g.EndLSN
-		if end == wal.InvalidLSN {
-			return g, true // unreadable: keep the alarm
-		}
-		resolved := false
-		for _, d := range backups {
-			if d.StartLSN != wal.InvalidLSN && d.Status == catalog.StatusDone && d.StartTimeline >= g.Timeline && d.StartLSN >= end {
-				resolved = true
-				break
-			}
-		}
-		if !resolved {
-			return g, true
-		}
+	if u := catalog.UnresolvedGaps(gaps, backups); len(u) > 0 {
+		return u[len(u)-1], true
 	}
 	return catalog.Gap{}, false
 }
@@ -490,15 +492,9 @@ func unresolvedGap(gaps []catalog.Gap, backups []catalog.Backup) (catalog.Gap, b
 // checkGaps reads gaps.json and the catalog, sets the gap metrics and
 // raises or ends the gap alarm. A failed read changes nothing.
 func (a *archiver) checkGaps(ctx context.Context, b storage.Backend) {
-	gaps, err := a.archive.readGaps(ctx, b)
+	gaps, list, err := a.archive.readGaps(ctx, b)
 	if err != nil {
 		return
-	}
-	var list []catalog.Backup
-	if len(gaps) > 0 {
-		if list, err = catalog.ListBackups(ctx, b, a.cfg.ClusterName); err != nil {
-			return
-		}
 	}
 	alarm := ""
 	if g, ok := unresolvedGap(gaps, list); ok {
@@ -582,8 +578,8 @@ func (a *archiver) trackMasterWhileDown(ctx context.Context) {
 		if !st.HasMaster || flushed == 0 {
 			continue // no known archived position: the lag is unknown
 		}
-		host, port := masterAddress(a.cfg, st)
-		pos, err := walPosition(ctx, a.cfg, host, port)
+		host, port := masterAddress(a.opts.PG, st)
+		pos, err := walPosition(ctx, a.opts.PG, host, port)
 		if err != nil {
 			a.log.Debug("asking the master for its wal position failed", "error", err)
 			continue

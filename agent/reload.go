@@ -53,12 +53,14 @@ type reloadKey struct {
 }
 
 // reloadKeys lists every configuration key (TestReloadKeysCoverConfig
-// keeps it complete). The live ones are read through liveConfig:
-// log-level by the logger, backup-schedule and backup-from by the
-// schedule, retention-policy and minimum-redundancy by retention,
-// check-max-lag by /readyz, restore-drill-schedule by the drill schedule,
-// last-backup-maximum-age and restore-drill-max-age by nobody in the agent
-// yet. The files named by pg-password-file and store-cert-file/store-key
+// keeps it complete). The live ones are read through the getters that
+// build (agent.go) puts in each part's options, or through liveConfig:
+// log-level by the logger, backup-schedule, backup-from and
+// manifest-checksums by backups, retention-policy and minimum-redundancy
+// by retention, request-retention by the request expirer, check-max-lag
+// by /readyz, restore-drill-schedule by the drill schedule,
+// last-backup-maximum-age and restore-drill-max-age by nobody in the agent yet. The
+// archiver and the standby slot keeper take fixed keys only. The files named by pg-password-file and store-cert-file/store-key
 // are re-read when used, so their contents rotate without a reload; their
 // names need a restart.
 var reloadKeys = []reloadKey{

@@ -10,7 +10,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/barnacle-pg/barnacle/coordinator"
-	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/stolon"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
@@ -31,20 +30,31 @@ const standbySlotInterval = 2 * time.Second
 // keep the WAL a slot needs, and pg_replication_slot_advance moves a physical
 // slot up to the replay position.
 type standbySlot struct {
-	cfg     config.Config
+	opts    standbySlotOptions
 	log     hclog.Logger
 	coord   *coordinator.Coordinator
 	metrics *archiverMetrics
 	local   *localPostgres
 }
 
-// name is the slot on standbys. With slot-mode stolon it is slot-name
-// without Stolon's prefix: the keeper drops every stolon_ slot on a
-// standby.
-func (s *standbySlot) name() string { return s.cfg.SlotName }
+// standbySlotOptions is what the standby slot keeper takes from the
+// configuration (all fixed keys: none of them reloads). The connection
+// settings (pg-*) reach it through its localPostgres.
+type standbySlotOptions struct {
+	// Enabled is standby-slots.
+	Enabled bool
+	// KeeperUID is the keeper beside this agent; "" for none.
+	KeeperUID string
+	// Slot is the slot on standbys: slot-name. With slot-mode stolon it
+	// is slot-name without Stolon's prefix: the keeper drops every
+	// stolon_ slot on a standby.
+	Slot string
+}
+
+func (s *standbySlot) name() string { return s.opts.Slot }
 
 func (s *standbySlot) run(ctx context.Context) error {
-	if !s.cfg.StandbySlots || s.cfg.KeeperUID == "" {
+	if !s.opts.Enabled || s.opts.KeeperUID == "" {
 		return nil
 	}
 	defer s.local.close()
@@ -68,7 +78,7 @@ func (s *standbySlot) step(ctx context.Context) error {
 	if st.Leading || st.ClusterData == nil {
 		return nil
 	}
-	db, ok := st.ClusterData.DBForKeeper(s.cfg.KeeperUID)
+	db, ok := st.ClusterData.DBForKeeper(s.opts.KeeperUID)
 	if !ok || db.Spec.Role != stolon.RoleStandby {
 		return nil
 	}

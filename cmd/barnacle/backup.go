@@ -81,7 +81,7 @@ in use by another process fails the backup at once. Either way a backup is
 	cmd.Flags().BoolVar(&wait, "wait", false, "follow the request until it is done, failed or rejected")
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "with --wait: give up after this long (0 = no limit); an unclaimed request is then withdrawn")
 	cmd.Flags().StringVar(&from, "from", "", "where the backup runs: master, standby or any (default: backup-from)")
-	cmd.Flags().BoolVar(&fast, "fast", false, "ask for an immediate checkpoint instead of a spread one")
+	cmd.Flags().BoolVar(&fast, "fast", false, "with --local: ask for an immediate checkpoint instead of a spread one (an agent's backup always does)")
 	cmd.Flags().StringVar(&label, "label", "", "backup label")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the backup document as JSON")
 	return cmd

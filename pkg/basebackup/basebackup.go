@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/barnacle-pg/barnacle/pkg/pgversion"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
@@ -149,7 +150,7 @@ func Run(ctx context.Context, conn *pgconn.PgConn, opts Options, c Consumer) (Re
 // run is Run with a tap that sees every CopyData payload, for capturing
 // test data.
 func run(ctx context.Context, conn *pgconn.PgConn, opts Options, c Consumer, tap func([]byte)) (Result, error) {
-	version, err := serverMajorVersion(conn.ParameterStatus("server_version"))
+	version, err := pgversion.Major(conn.ParameterStatus("server_version"))
 	if err != nil {
 		return Result{}, fmt.Errorf("base backup: %w", err)
 	}
@@ -554,18 +555,4 @@ func parseTablespace(row [][]byte) (Tablespace, error) {
 		ts.Size = kb * 1024
 	}
 	return ts, nil
-}
-
-// serverMajorVersion returns the major version from the server_version
-// parameter ("15.8 (Debian 15.8-1)", "16beta1"; "9.6.24" is 9).
-func serverMajorVersion(v string) (int, error) {
-	end := strings.IndexFunc(v, func(r rune) bool { return r < '0' || r > '9' })
-	if end < 0 {
-		end = len(v)
-	}
-	major, err := strconv.Atoi(v[:end])
-	if err != nil || major <= 0 {
-		return 0, fmt.Errorf("parse server version %q", v)
-	}
-	return major, nil
 }

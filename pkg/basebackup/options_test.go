@@ -84,32 +84,6 @@ func TestOptionsSQLOldVersionIsSentinel(t *testing.T) {
 	assert.True(t, errors.Is(err, ErrUnsupportedVersion))
 }
 
-func TestServerMajorVersion(t *testing.T) {
-	tests := []struct {
-		in      string
-		want    int
-		wantErr bool
-	}{
-		{in: "15.8 (Debian 15.8-1.pgdg120+1)", want: 15},
-		{in: "16beta1", want: 16},
-		{in: "9.6.24", want: 9},
-		{in: "17", want: 17},
-		{in: "", wantErr: true},
-		{in: "x15", wantErr: true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			got, err := serverMajorVersion(tt.in)
-			if tt.wantErr {
-				require.Error(t, err)
-				return
-			}
-			require.NoError(t, err)
-			assert.Equal(t, tt.want, got)
-		})
-	}
-}
-
 func TestParsePosition(t *testing.T) {
 	tests := []struct {
 		name    string

@@ -10,6 +10,7 @@ import (
 
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
+	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
 func newBackend(t *testing.T) storage.Backend {
@@ -75,4 +76,36 @@ func TestRecordGap(t *testing.T) {
 
 	require.Error(t, RecordGap(ctx, b, "c", Gap{StartLSN: 0x2, EndLSN: 0x1}), "an empty range is refused")
 	require.Error(t, RecordGap(ctx, b, "c", Gap{EndLSN: 0x1}), "a gap without a start is refused")
+}
+
+func TestGapResolvedBy(t *testing.T) {
+	gap := Gap{Timeline: 1, StartLSN: 0x3000000, EndLSN: 0x9000000}
+	backup := func(id string, status BackupStatus, tli wal.Timeline, start wal.LSN) Backup {
+		return Backup{ID: id, Status: status, StartTimeline: tli, StartLSN: start}
+	}
+	for _, tc := range []struct {
+		name    string
+		gap     Gap
+		backups []Backup
+		want    string // the resolving backup's ID; "" for none
+	}{
+		{"no backup", gap, nil, ""},
+		{"only a backup before the gap", gap, []Backup{backup("a", StatusDone, 1, 0x2000028)}, ""},
+		{"a backup after the gap still running", gap, []Backup{backup("a", StatusRunning, 1, 0xA000028)}, ""},
+		{"a backup after the gap failed", gap, []Backup{backup("a", StatusFailed, 1, 0xA000028)}, ""},
+		{"a backup starting inside the gap", gap, []Backup{backup("a", StatusDone, 1, 0x8000028)}, ""},
+		{"a done backup starting at the gap's end", gap, []Backup{backup("a", StatusDone, 1, 0x9000000)}, "a"},
+		{"a done backup on the next timeline", gap, []Backup{backup("a", StatusDone, 2, 0x9000028)}, "a"},
+		{"a done backup on an older timeline", Gap{Timeline: 2, StartLSN: 0x3000000, EndLSN: 0x9000000},
+			[]Backup{backup("a", StatusDone, 1, 0xA000028)}, ""},
+		{"the oldest of two, newest first", gap, []Backup{backup("b", StatusDone, 1, 0xB000028), backup("a", StatusDone, 1, 0xA000028)}, "a"},
+		{"unknown end: never resolved", Gap{Timeline: 1, StartLSN: 0x3000000}, []Backup{backup("a", StatusDone, 1, 0xA000028)}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, ok := tc.gap.ResolvedBy(tc.backups)
+			assert.Equal(t, tc.want != "", ok)
+			assert.Equal(t, tc.want, d.ID)
+			assert.Len(t, UnresolvedGaps([]Gap{tc.gap}, tc.backups), map[bool]int{true: 0, false: 1}[ok])
+		})
+	}
 }

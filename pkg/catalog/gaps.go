@@ -81,3 +81,38 @@ func RecordGap(ctx context.Context, b storage.Backend, cluster string, g Gap) er
 	}
 	return nil
 }
+
+// ResolvedBy returns the oldest done backup that starts at or after the
+// gap's end, on its timeline or a later one: from that backup on, the
+// points after the gap are recoverable, and the gap is history (it stays
+// in gaps.json; only the points inside it are lost). backups may be in any
+// order. A gap whose end is unknown is never resolved.
+func (g Gap) ResolvedBy(backups []Backup) (Backup, bool) {
+	var found Backup
+	ok := false
+	if g.EndLSN == wal.InvalidLSN {
+		return found, false
+	}
+	for _, d := range backups {
+		if d.Status != StatusDone || d.StartLSN == wal.InvalidLSN || d.StartTimeline < g.Timeline || d.StartLSN < g.EndLSN {
+			continue
+		}
+		if !ok || d.StartTimeline < found.StartTimeline || (d.StartTimeline == found.StartTimeline && d.StartLSN < found.StartLSN) {
+			found, ok = d, true
+		}
+	}
+	return found, ok
+}
+
+// UnresolvedGaps returns the gaps, oldest first, that no done backup
+// resolves yet (Gap.ResolvedBy): the ones that still need a new base
+// backup. The gap gauges and the leader's alarm count these.
+func UnresolvedGaps(gaps []Gap, backups []Backup) []Gap {
+	var out []Gap
+	for _, g := range gaps {
+		if _, ok := g.ResolvedBy(backups); !ok {
+			out = append(out, g)
+		}
+	}
+	return out
+}

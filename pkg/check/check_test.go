@@ -67,6 +67,7 @@ type walSpec struct {
 	Files         []string
 	Histories     map[wal.Timeline][]byte
 	Gaps          []catalog.Gap
+	Backups       []catalog.Backup
 	StartTimeline wal.Timeline
 	StartLSN      wal.LSN
 }
@@ -77,7 +78,7 @@ func (s walSpec) archive() WALArchive {
 		objs = append(objs, storage.ObjectInfo{Name: f})
 	}
 	a := WALArchive{WAL: catalog.IndexWAL(objs, "", segSize), Histories: map[wal.Timeline][]wal.HistoryEntry{},
-		HistoryErrors: map[wal.Timeline]error{}, Gaps: s.Gaps, StartTimeline: s.StartTimeline, StartLSN: s.StartLSN}
+		HistoryErrors: map[wal.Timeline]error{}, Gaps: s.Gaps, Backups: s.Backups, StartTimeline: s.StartTimeline, StartLSN: s.StartLSN}
 	for tli, data := range s.Histories {
 		h, err := wal.ParseHistory(data)
 		if err != nil {
@@ -106,12 +107,13 @@ func TestCheckContinuity(t *testing.T) {
 		return out
 	}
 	for _, tc := range []struct {
-		name    string
-		archive walSpec
-		missing []string
-		ranges  []TimelineRange
-		gaps    int
-		unread  int
+		name     string
+		archive  walSpec
+		missing  []string
+		ranges   []TimelineRange
+		gaps     int
+		resolved int
+		unread   int
 	}{
 		{
 			name: "one timeline, contiguous, ending in a partial",
@@ -202,6 +204,58 @@ func TestCheckContinuity(t *testing.T) {
 			ranges: []TimelineRange{{1, seg(1, 3), seg(1, 4)}},
 		},
 		{
+			// The archive ended in segment 5; the master had WAL again from
+			// segment 8; a done backup starts there.
+			name: "a gap that a later done backup resolves is history: its segments are not missing",
+			archive: walSpec{Files: []string{seg(1, 3), seg(1, 4), seg(1, 5) + ".partial", seg(1, 8), seg(1, 9)}, StartTimeline: 1, StartLSN: 0x3000028,
+				Gaps: []catalog.Gap{{Timeline: 1, StartLSN: 0x5100000, EndLSN: 0x8000000}},
+				Backups: []catalog.Backup{
+					{ID: "new", Status: catalog.StatusDone, StartTimeline: 1, StartLSN: 0x8000028},
+					{ID: "old", Status: catalog.StatusDone, StartTimeline: 1, StartLSN: 0x3000028},
+				}},
+			resolved: 1,
+			ranges:   []TimelineRange{{1, seg(1, 3), seg(1, 9)}},
+		},
+		{
+			name: "a gap whose backup after it is still running stays a problem",
+			archive: walSpec{Files: []string{seg(1, 3), seg(1, 4), seg(1, 5) + ".partial", seg(1, 8), seg(1, 9)}, StartTimeline: 1, StartLSN: 0x3000028,
+				Gaps: []catalog.Gap{{Timeline: 1, StartLSN: 0x5100000, EndLSN: 0x8000000}},
+				Backups: []catalog.Backup{
+					{ID: "new", Status: catalog.StatusRunning, StartTimeline: 1, StartLSN: 0x8000028},
+					{ID: "old", Status: catalog.StatusDone, StartTimeline: 1, StartLSN: 0x3000028},
+				}},
+			gaps:    1,
+			missing: []string{seg(1, 5), seg(1, 6), seg(1, 7)},
+			ranges:  []TimelineRange{{1, seg(1, 3), seg(1, 9)}},
+		},
+		{
+			// Recorded on timeline 1, where the archive ended; the master
+			// had WAL again only at 0/7800000 on timeline 2. A backup on
+			// timeline 2 that starts inside the gap cannot replay it.
+			name: "a gap recorded on timeline 1 that runs into timeline 2 counts for a backup on timeline 2",
+			archive: walSpec{Files: []string{seg(1, 4), seg(1, 5) + ".partial", "00000002.history", seg(2, 8), seg(2, 9)},
+				Histories: map[wal.Timeline][]byte{2: hist2}, StartTimeline: 2, StartLSN: 0x7000028,
+				Gaps: []catalog.Gap{{Timeline: 1, StartLSN: 0x5100000, EndLSN: 0x7800000}}},
+			gaps:    1,
+			missing: []string{seg(2, 7)},
+			ranges:  []TimelineRange{{2, seg(2, 7), seg(2, 9)}},
+		},
+		{
+			name: "a gap on timeline 1 that ends before timeline 2's backup starts does not count",
+			archive: walSpec{Files: []string{"00000002.history", seg(2, 8), seg(2, 9)},
+				Histories: map[wal.Timeline][]byte{2: hist2}, StartTimeline: 2, StartLSN: 0x8000028,
+				Gaps: []catalog.Gap{{Timeline: 1, StartLSN: 0x5100000, EndLSN: 0x7800000}}},
+			ranges: []TimelineRange{{2, seg(2, 8), seg(2, 9)}},
+		},
+		{
+			// Timeline 3 branched from timeline 1: timeline 2 is a sibling.
+			name: "a gap on a sibling timeline does not count",
+			archive: walSpec{Files: []string{"00000003.history", seg(3, 9), seg(3, 10)},
+				Histories: map[wal.Timeline][]byte{3: history(wal.HistoryEntry{Timeline: 1, SwitchPoint: 0x8000000})}, StartTimeline: 3, StartLSN: 0x9000028,
+				Gaps: []catalog.Gap{{Timeline: 2, StartLSN: 0x8100000, EndLSN: 0xA000000}}},
+			ranges: []TimelineRange{{3, seg(3, 9), seg(3, 10)}},
+		},
+		{
 			name:    "no backup: from the first segment on",
 			archive: walSpec{Files: []string{seg(1, 9), seg(1, 10), seg(1, 12)}},
 			missing: []string{seg(1, 11)},
@@ -216,6 +270,7 @@ func TestCheckContinuity(t *testing.T) {
 			assert.Equal(t, tc.missing, c.Missing)
 			assert.Equal(t, tc.ranges, c.Ranges)
 			assert.Len(t, c.Gaps, tc.gaps)
+			assert.Len(t, c.Resolved, tc.resolved)
 			assert.Len(t, c.Unreadable, tc.unread)
 			r := WALContinuity(c, "20260101T000000")
 			assert.Equal(t, c.OK(), r.OK)

@@ -22,6 +22,9 @@ type WALArchive struct {
 	HistoryErrors map[wal.Timeline]error
 	// Gaps are the recorded gaps.
 	Gaps []catalog.Gap
+	// Backups are the catalog's backups, in any order: a done one that
+	// starts at or after a gap's end resolves it (catalog.Gap.ResolvedBy).
+	Backups []catalog.Backup
 	// StartTimeline and StartLSN are the oldest done backup's start. With a
 	// zero StartTimeline (no done backup) the check starts at the first
 	// segment of the lowest timeline in the archive.
@@ -38,8 +41,18 @@ type Continuity struct {
 	Missing []string
 	// Unreadable describes history files that could not be parsed.
 	Unreadable []string
-	// Gaps are the recorded gaps that end after the start.
+	// Gaps are the recorded gaps that end after the start and that no
+	// done backup resolves yet.
 	Gaps []catalog.Gap
+	// Resolved are the recorded gaps that end after the start and that a
+	// done backup after them resolves: history, not a problem.
+	Resolved []ResolvedGap
+}
+
+// ResolvedGap is a recorded gap and the done backup that starts after it.
+type ResolvedGap struct {
+	Gap    catalog.Gap
+	Backup string
 }
 
 // TimelineRange is the segments of one timeline that recovery from the
@@ -68,7 +81,16 @@ func (c Continuity) OK() bool {
 //     stored on T. Whether a segment is stored is catalog.WALIndex.Stored:
 //     a .partial counts only as the last segment of a timeline without
 //     children, in the middle it means missing bytes;
-//   - no recorded gap ends after the start.
+//   - no recorded gap that ends after the start is unresolved.
+//
+// A recorded gap is resolved once a done backup starts at or after its end
+// (catalog.Gap.ResolvedBy): points after it are recoverable from that
+// backup, points before it from the older ones, so the gap stays in
+// gaps.json as history and is reported in Resolved; the segments it
+// covers are not missing. A gap recorded on an older timeline counts when
+// the start's timeline descends from it and the gap ends after the start:
+// a gap is recorded on the timeline where the archive ended, and may run
+// into the next one.
 //
 // A timeline that branched off before the start, or from a timeline the
 // backup is not on, is not needed and not checked.
@@ -187,6 +209,31 @@ func CheckContinuity(a WALArchive) Continuity {
 		leaf(tli, begin)
 	}
 
+	// The recorded gaps that matter: those that end after the start, on
+	// its timeline's line. Resolved ones excuse the segments they cover.
+	var resolved []catalog.Gap
+	for _, g := range a.Gaps {
+		if !gapAfter(g, startTLI, startLSN, a.Histories) {
+			continue
+		}
+		if d, ok := g.ResolvedBy(a.Backups); ok {
+			c.Resolved = append(c.Resolved, ResolvedGap{Gap: g, Backup: d.ID})
+			resolved = append(resolved, g)
+			continue
+		}
+		c.Gaps = append(c.Gaps, g)
+	}
+	inResolvedGap := func(tli wal.Timeline, seg wal.SegmentNo) bool {
+		from := wal.SegmentStart(seg, segSize)
+		to := from + wal.LSN(segSize)
+		for _, g := range resolved {
+			if g.StartLSN < to && g.EndLSN > from && onLine(g.Timeline, tli, a.Histories) {
+				return true
+			}
+		}
+		return false
+	}
+
 	var missingHist []wal.Timeline
 	for tli := range missingHistory {
 		missingHist = append(missingHist, tli)
@@ -225,19 +272,48 @@ func CheckContinuity(a WALArchive) Continuity {
 			// A timeline with a child is read from the child at the
 			// switch segment: before it, a .partial is a hole even where
 			// it is the last thing stored on the timeline.
-			if _, ok := f.Complete(tli, seg); ok || (!s.hasChild && f.Stored(tli, seg)) {
+			if _, ok := f.Complete(tli, seg); ok || (!s.hasChild && f.Stored(tli, seg)) || inResolvedGap(tli, seg) {
 				continue
 			}
 			c.Missing = append(c.Missing, wal.SegmentFileName(tli, seg, segSize))
 		}
 	}
+	return c
+}
 
-	for _, g := range a.Gaps {
-		if g.EndLSN == wal.InvalidLSN || (g.Timeline >= startTLI && g.EndLSN > startLSN) {
-			c.Gaps = append(c.Gaps, g)
+// gapAfter reports whether gap g ends after the start (startTLI,
+// startLSN) on a timeline recovery from the start may replay: the start's
+// own or a later one, or an older one the start's timeline descends from
+// (a gap recorded there may run past the switch into the start's). An
+// unknown end, or an unknown descent, counts.
+func gapAfter(g catalog.Gap, startTLI wal.Timeline, startLSN wal.LSN, histories map[wal.Timeline][]wal.HistoryEntry) bool {
+	if g.EndLSN == wal.InvalidLSN {
+		return true
+	}
+	if g.EndLSN <= startLSN {
+		return false
+	}
+	if g.Timeline >= startTLI {
+		return true
+	}
+	if _, ok := histories[startTLI]; !ok {
+		return true
+	}
+	return onLine(g.Timeline, startTLI, histories)
+}
+
+// onLine reports whether timeline tli is anc or descends from it, by tli's
+// history.
+func onLine(anc, tli wal.Timeline, histories map[wal.Timeline][]wal.HistoryEntry) bool {
+	if anc == tli {
+		return true
+	}
+	for _, e := range histories[tli] {
+		if e.Timeline == anc {
+			return true
 		}
 	}
-	return c
+	return false
 }
 
 // WALContinuity turns a Continuity into the check's result. backupID names
@@ -251,6 +327,10 @@ func WALContinuity(c Continuity, backupID string) Result {
 		var parts []string
 		for _, r := range c.Ranges {
 			parts = append(parts, fmt.Sprintf("timeline %d: %s..%s", r.Timeline, r.First, r.Last))
+		}
+		for _, r := range c.Resolved {
+			parts = append(parts, fmt.Sprintf("recorded WAL gap on timeline %d from %s to %s is history (points in it are lost; backup %s after it is done)",
+				r.Gap.Timeline, r.Gap.StartLSN, r.Gap.EndLSN, r.Backup))
 		}
 		return Pass(NameWALContinuity, "from "+from+"; "+strings.Join(parts, ", "))
 	}
@@ -271,6 +351,11 @@ func WALContinuity(c Continuity, backupID string) Result {
 	}
 	for _, g := range c.Gaps {
 		problems = append(problems, fmt.Sprintf("recorded WAL gap on timeline %d from %s to %s", g.Timeline, g.StartLSN, g.EndLSN))
+	}
+	if len(c.Missing) == 0 && len(c.Unreadable) == 0 {
+		// Only recorded gaps: a backup after them is all it takes.
+		return Failf(NameWALContinuity, "%s after %s: recovery cannot replay past it; take a new base backup "+
+			"(barnacle backup): once it is done, the points after the gap are recoverable", strings.Join(problems, "; "), from)
 	}
 	return Failf(NameWALContinuity, "%s after %s: recovery cannot replay past it; take a new base backup "+
 		"(barnacle backup), and delete the backups older than the hole once it is done (barnacle delete)",

@@ -225,7 +225,7 @@ func Decide(cfg config.Config, f Facts) []Result {
 		case ar.BackupsErr != nil:
 			add(Unavailable(NameWALContinuity, "backups unreadable"))
 		default:
-			in := WALArchive{WAL: ar.WAL.WAL, Histories: ar.WAL.Histories, HistoryErrors: ar.WAL.HistoryErrors, Gaps: ar.WAL.Gaps}
+			in := WALArchive{WAL: ar.WAL.WAL, Histories: ar.WAL.Histories, HistoryErrors: ar.WAL.HistoryErrors, Gaps: ar.WAL.Gaps, Backups: ar.Backups}
 			var id string
 			if b, ok := oldestDone(ar.Backups); ok {
 				if b.StartLSN != wal.InvalidLSN {

@@ -202,6 +202,14 @@ func TestDecide(t *testing.T) {
 		{name: "recorded gap after the backup", change: func(_ *config.Config, f *Facts) {
 			f.Archive.WAL.Gaps = []catalog.Gap{{Timeline: 1, StartLSN: 0x4000000, EndLSN: 0x5000000}}
 		}, failed: map[string]string{NameWALContinuity: "recorded WAL gap on timeline 1"}},
+		{name: "a recorded gap that a later done backup resolves is history", change: func(_ *config.Config, f *Facts) {
+			// The archive lacks segments 4 and 5 for good; the backup
+			// after them makes every later point recoverable again.
+			f.Archive.WAL = walPart(seg(1, 3), seg(1, 6))
+			f.Archive.WAL.Gaps = []catalog.Gap{{Timeline: 1, StartLSN: 0x4000000, EndLSN: 0x6000000}}
+			f.Archive.Backups = append([]catalog.Backup{{ID: "20260501T113000", Status: catalog.StatusDone, StartTimeline: 1,
+				StartLSN: 0x6000028, StopTime: f.Now.Add(-30 * time.Minute)}}, f.Archive.Backups...)
+		}},
 		{name: "no done backup", change: func(cfg *config.Config, f *Facts) {
 			cfg.LastBackupMaximumAge = time.Hour
 			f.Archive.Backups[0].Status, f.Archive.Backups[0].Error = catalog.StatusFailed, "disk full"

@@ -8,6 +8,9 @@
 // follow them through it. It knows nothing about leadership: a write that
 // only the leader may make takes the leader's fence as a comparison.
 //
+// Queue.Claim (queue.go) is the one place a request is claimed: one etcd
+// transaction per claim, so that a request is claimed exactly once.
+//
 // Other modules may import this package, but its API is not stable.
 package request
 
@@ -33,6 +36,9 @@ const (
 	KindRestore Kind = "restore"
 	KindDrill   Kind = "drill"
 )
+
+// Kinds lists every kind of request, for whoever must cover them all.
+var Kinds = []Kind{KindBackup, KindRestore, KindDrill}
 
 // Keys lays out the request keys of one cluster.
 type Keys struct {

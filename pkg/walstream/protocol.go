@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/barnacle-pg/barnacle/pkg/pgversion"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
@@ -147,21 +148,6 @@ func parseByteSize(s string) (uint64, error) {
 	return n * mult, nil
 }
 
-// serverMajorVersion returns the major version from the server_version
-// parameter ("15.8 (Debian 15.8-1)", "16beta1", "9.6.24"; for 9.x the
-// major version is reported as 9).
-func serverMajorVersion(v string) (int, error) {
-	end := strings.IndexFunc(v, func(r rune) bool { return r < '0' || r > '9' })
-	if end < 0 {
-		end = len(v)
-	}
-	major, err := strconv.Atoi(v[:end])
-	if err != nil || major <= 0 {
-		return 0, fmt.Errorf("parse server version %q", v)
-	}
-	return major, nil
-}
-
 // slotInfo is what READ_REPLICATION_SLOT says about a slot.
 type slotInfo struct {
 	Exists   bool
@@ -182,7 +168,7 @@ func quoteIdent(s string) string {
 // readSlot runs READ_REPLICATION_SLOT (PostgreSQL 15+).
 func readSlot(ctx context.Context, conn *pgconn.PgConn, slot string) (slotInfo, error) {
 	if v := conn.ParameterStatus("server_version"); v != "" {
-		major, err := serverMajorVersion(v)
+		major, err := pgversion.Major(v)
 		if err != nil {
 			return slotInfo{}, fmt.Errorf("read replication slot %s: %w", slot, err)
 		}

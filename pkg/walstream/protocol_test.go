@@ -55,32 +55,6 @@ func FuzzParseByteSize(f *testing.F) {
 	})
 }
 
-func TestServerMajorVersion(t *testing.T) {
-	for _, tc := range []struct {
-		in      string
-		want    int
-		wantErr bool
-	}{
-		{in: "15.8 (Debian 15.8-1.pgdg120+1)", want: 15},
-		{in: "16beta1", want: 16},
-		{in: "9.6.24", want: 9},
-		{in: "14", want: 14},
-		{in: "", wantErr: true},
-		{in: "devel", wantErr: true},
-		{in: "0.1", wantErr: true},
-	} {
-		t.Run(tc.in, func(t *testing.T) {
-			got, err := serverMajorVersion(tc.in)
-			if tc.wantErr {
-				assert.Error(t, err)
-				return
-			}
-			require.NoError(t, err)
-			assert.Equal(t, tc.want, got)
-		})
-	}
-}
-
 func TestParseReadReplicationSlot(t *testing.T) {
 	b := func(s string) []byte { return []byte(s) }
 	for _, tc := range []struct {

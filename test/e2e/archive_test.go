@@ -21,6 +21,7 @@ import (
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
+	"github.com/barnacle-pg/barnacle/pkg/check"
 	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
@@ -451,6 +452,17 @@ func TestForcedGap(t *testing.T) {
 			env.leaderFor(primary)
 			require.NoError(t, primary.Exec(ctx, "CREATE TABLE walgen (id int, v text)"))
 			require.NoError(t, primary.Exec(ctx, "INSERT INTO walgen SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g"))
+			if tc.wantGap {
+				// A done backup before the gap: WAL continuity from it
+				// fails until the backup after the gap is done, then
+				// passes with the gap as history.
+				store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+				_, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--label", "before-gap"}, store...)...)
+				require.Equal(t, 0, code, "backup --wait: %s", stderr)
+				// Only the leader's request after the gap is looked for below.
+				_, err := env.etcd.Client(t).Delete(ctx, coordinator.NewKeys("barnacle", cluster).Prefix+"requests/backup/", clientv3.WithPrefix())
+				require.NoError(t, err)
+			}
 			end := env.waitArchived(primary, 20*time.Second)
 			if tc.standbySlots {
 				waitFor(t, 15*time.Second, "the standby slot to follow the archive", func() bool {
@@ -545,6 +557,29 @@ func TestForcedGap(t *testing.T) {
 			sawRecord, sawReadyz := alarm.Stop()
 			assert.True(t, sawRecord, "while streaming after the gap, the leader's lastError named it")
 			assert.True(t, sawReadyz, "while streaming after the gap, /readyz answered 503 naming it")
+			// Resolved: gaps.json keeps the gap as history, the gauges
+			// count it no more, and WAL continuity from the backup before
+			// the gap passes, naming it.
+			waitFor(t, 20*time.Second, "the gap gauges to drop to 0", func() bool {
+				m := scrape(t, env.agents[env.stolon.KeeperUID(standby)])
+				return strings.Contains(m, "barnacle_wal_gap_bytes 0\n") && strings.Contains(m, "barnacle_wal_gaps 0\n")
+			})
+			gaps, err = catalog.ReadGaps(ctx, env.backend, cluster)
+			require.NoError(t, err)
+			assert.Len(t, gaps, 1, "gaps.json keeps the gap")
+			js, _ := runCheck(t, env, "--json")
+			var results []check.Result
+			require.NoError(t, json.Unmarshal([]byte(js), &results), js)
+			var continuity *check.Result
+			for i := range results {
+				if results[i].Name == check.NameWALContinuity {
+					continuity = &results[i]
+				}
+			}
+			require.NotNil(t, continuity, js)
+			assert.True(t, continuity.OK, "WAL continuity after the backup after the gap: %s", continuity.Hint)
+			assert.Contains(t, continuity.Detail, "is history")
+			t.Logf("WAL continuity: %s", continuity.Detail)
 			t.Logf("backup %s after the gap: start %s, gap end %s", doc.ID, doc.StartLSN, g.EndLSN)
 		})
 	}
