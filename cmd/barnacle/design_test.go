@@ -123,8 +123,7 @@ func TestDesignEtcdKeys(t *testing.T) {
 		rel(ck.Election()) + "/…",
 		rel(ck.Agent("<agent-name>")),
 	}
-	// Every request kind: pkg/request does not list them, so a new kind
-	// is added here as well as to the table.
+	// Every request kind has its three keys in the table.
 	for _, kind := range request.Kinds {
 		want = append(want,
 			rel(rk.Request(kind, "<id>")),
