@@ -160,9 +160,12 @@ type Options struct {
 	Logger      hclog.Logger
 
 	// Superuser is the role the drill connects as (trust, over the
-	// drill's own socket). "" tries the OS user the server runs as
-	// (initdb's and Stolon's keeper's default superuser name), then
-	// "postgres".
+	// drill's own socket): the agent's restore-drill-superuser, which
+	// names Stolon's keeper --pg-su-username when that is not the OS
+	// user the keeper runs as. "" tries the OS user the server runs as
+	// (initdb's and the keeper's default superuser name), then
+	// "postgres". A role that does not exist, or is not a superuser,
+	// fails the drill with a reason naming restore-drill-superuser.
 	Superuser string
 	// Settings are extra server settings, "name=value", given after the
 	// drill's own (so they win).
@@ -695,11 +698,26 @@ func (r *runner) candidateUsers() []string {
 }
 
 // missingRoleError means the server accepts connections but none of the
-// candidate roles exists.
-type missingRoleError struct{ users []string }
+// candidate roles exists, or the one that does is not a superuser
+// (pg_amcheck and the sample's queries need one).
+type missingRoleError struct {
+	users        []string
+	named        bool   // users is Options.Superuser (restore-drill-superuser)
+	notSuperuser string // the role that connected but is no superuser
+}
+
+// superuserHint is what to change: the drill cannot guess a superuser
+// name that Stolon's keeper was told with --pg-su-username.
+const superuserHint = "set restore-drill-superuser to the cluster's superuser name (Stolon's keeper --pg-su-username)"
 
 func (e *missingRoleError) Error() string {
-	return fmt.Sprintf("the restored server runs, but none of the roles %s exists in it: give the drill the cluster's superuser name (Stolon's --pg-su-username)", strings.Join(e.users, ", "))
+	switch {
+	case e.notSuperuser != "":
+		return fmt.Sprintf("the restored server runs, but role %s is not a superuser, and the drill's checks need one: %s", e.notSuperuser, superuserHint)
+	case e.named:
+		return fmt.Sprintf("the restored server runs, but role %s (restore-drill-superuser) does not exist in it: %s", strings.Join(e.users, ", "), superuserHint)
+	}
+	return fmt.Sprintf("the restored server runs, but none of the roles %s exists in it: %s", strings.Join(e.users, ", "), superuserHint)
 }
 
 // promoted reports whether the server accepts connections and is out of
@@ -709,7 +727,10 @@ func (r *runner) promoted(ctx context.Context, users []string) (bool, error) {
 	if r.user != "" {
 		try = []string{r.user}
 	}
-	var err error
+	var (
+		err      error
+		notSuper string
+	)
 	for _, u := range try {
 		var conn *pgx.Conn
 		conn, err = r.connect(ctx, u, "template1")
@@ -720,13 +741,23 @@ func (r *runner) promoted(ctx context.Context, users []string) (bool, error) {
 			}
 			return false, err
 		}
-		r.user = u
-		var in bool
-		err = conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&in)
+		var in, super bool
+		err = conn.QueryRow(ctx, "SELECT pg_is_in_recovery(), rolsuper FROM pg_roles WHERE rolname = current_user").Scan(&in, &super)
 		_ = conn.Close(context.WithoutCancel(ctx))
-		return err == nil && !in, err
+		if err != nil {
+			return false, err
+		}
+		if !super {
+			notSuper = u // an OS user's own role may exist without being the superuser: try the next
+			continue
+		}
+		r.user = u
+		return !in, nil
 	}
-	return false, &missingRoleError{users: try}
+	if notSuper != "" {
+		return false, &missingRoleError{notSuperuser: notSuper}
+	}
+	return false, &missingRoleError{users: try, named: r.opts.Superuser != ""}
 }
 
 func (r *runner) dsn(db string) string {
