@@ -17,8 +17,16 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$VERSION" \
     -o /out/barnacle ./cmd/barnacle
 
 FROM debian:bookworm-slim
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates wget \
+# PostgreSQL's server binaries (postgres, pg_ctl, pg_amcheck and the amcheck extension) for
+# restore drills, which start a restored copy of the archive: pg-bin-dir
+# /usr/lib/postgresql/15/bin. They must be of the archive's major version; bookworm ships
+# 15, the version of the Stolon images beside it. For another major version, add the PGDG
+# apt repository (apt.postgresql.org) and set PG_MAJOR. The package creates no cluster.
+ARG PG_MAJOR=15
+RUN mkdir -p /etc/postgresql-common/createcluster.d \
+    && echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/barnacle.conf \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates wget postgresql-$PG_MAJOR \
     && rm -rf /var/lib/apt/lists/*
 # A fixed UID/GID, so that volumes and secrets can be given to it. /archive and /restores
 # are created owned by it: Docker copies that ownership into a new named volume mounted

@@ -51,7 +51,7 @@ tidy-check: ## Fail if go mod tidy would change go.mod or go.sum
 cover: ## Test with coverage and print the total
 	$(GO) test -count=1 -coverprofile=coverage.out ./... && $(GO) tool cover -func=coverage.out | tail -1
 
-demo: ## Start a local etcd, a primary and two standbys with agents, fail over, show status
+demo: ## Start a local etcd, a primary and two standbys with agents, back up, drill, fail over, restore
 	scripts/demo.sh
 
 clean: ## Remove build output

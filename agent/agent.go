@@ -197,7 +197,7 @@ func build(cfg config.Config, log hclog.Logger, version string, ak *autoKeeper) 
 		queue: request.NewQueue[request.RestoreResult](request.QueueOptions{Kind: request.KindRestore, Keys: keys, Client: cli, Agent: name,
 			Writer: status, Logger: log.Named("restores"), SweepHint: restoreSweepHint})}
 	a.drills = &drills{opts: drillOptions{Agent: name, Cluster: cfg.ClusterName, KeeperUID: cfg.KeeperUID, RestoreRoot: cfg.RestoreRoot,
-		ArchiveURL: cfg.ArchiveURL, PGBinDir: cfg.PGBinDir, OnMaster: cfg.RestoreDrillOnMaster,
+		ArchiveURL: cfg.ArchiveURL, PGBinDir: cfg.PGBinDir, Superuser: cfg.RestoreDrillSuperuser, OnMaster: cfg.RestoreDrillOnMaster,
 		Schedule: func() config.Schedule { return live.Config().RestoreDrillSchedule }},
 		log: log.Named("drills"), coord: a.coord, etcd: cli, keys: keys, archive: a.archive, metrics: newDrillMetrics(reg),
 		queue: request.NewQueue[catalog.Drill](request.QueueOptions{Kind: request.KindDrill, Keys: keys, Client: cli, Agent: name,

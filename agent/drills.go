@@ -48,7 +48,8 @@ type drillOptions struct {
 	RestoreRoot string // drills work below it; "" runs none
 	ArchiveURL  string // for the restored server's restore_command
 	PGBinDir    string
-	OnMaster    bool // restore-drill-on-master
+	Superuser   string // restore-drill-superuser
+	OnMaster    bool   // restore-drill-on-master
 	Schedule    func() config.Schedule
 }
 
@@ -190,6 +191,7 @@ func (d *drills) runDrill(ctx context.Context, id string) (catalog.Drill, error)
 		Executable:  exe,
 		ScratchRoot: d.opts.RestoreRoot,
 		PGBinDir:    d.opts.PGBinDir,
+		Superuser:   d.opts.Superuser,
 		Owner:       owner,
 		Logger:      d.log,
 	})

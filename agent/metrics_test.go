@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -75,14 +76,7 @@ barnacle_retention_last_success_timestamp_seconds 1.7955576e+09
 // Every metric the agent registers, with its type and labels: a renamed or
 // dropped series breaks dashboards and alerts, so it must be deliberate.
 func TestAgentMetricNames(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	newArchiverMetrics(reg)
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	got := map[string]string{}
-	for _, mf := range mfs {
-		got[mf.GetName()] = mf.GetType().String()
-	}
+	got := agentMetricTypes(t)
 	want := map[string]string{
 		"barnacle_wal_streaming":                                     "GAUGE",
 		"barnacle_wal_received_position_bytes":                       "GAUGE",
@@ -105,8 +99,48 @@ func TestAgentMetricNames(t *testing.T) {
 		"barnacle_catalog_last_backup_duration_seconds":              "GAUGE",
 		"barnacle_catalog_last_refresh_timestamp_seconds":            "GAUGE",
 		"barnacle_retention_last_success_timestamp_seconds":          "GAUGE",
+		"barnacle_restore_drill_last_success_timestamp_seconds":      "GAUGE",
+		"barnacle_restore_drill_reached_timestamp_seconds":           "GAUGE",
+		"barnacle_restore_drill_reached_position_bytes":              "GAUGE",
+		"barnacle_restore_drill_rto_seconds":                         "GAUGE",
+		"barnacle_restore_drill_last_failure_timestamp_seconds":      "GAUGE",
+		"barnacle_restore_drill_last_refresh_timestamp_seconds":      "GAUGE",
+		"barnacle_restore_drill_failures_total":                      "COUNTER",
 	}
 	assert.Equal(t, want, got)
+}
+
+// agentMetricTypes registers the agent's own metrics (as build does) and
+// returns each series name with its type.
+func agentMetricTypes(t *testing.T) map[string]string {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	newArchiverMetrics(reg)
+	newDrillMetrics(reg)
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	got := map[string]string{}
+	for _, mf := range mfs {
+		got[mf.GetName()] = mf.GetType().String()
+	}
+	return got
+}
+
+// TestAgentMetricsDocumented: the README names every series the agent
+// exports, spelled as exported, so that an operator can find what a
+// dashboard shows; the drill series are also in docs/integration.md's
+// table of metrics to watch.
+func TestAgentMetricsDocumented(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	require.NoError(t, err)
+	integration, err := os.ReadFile("../docs/integration.md")
+	require.NoError(t, err)
+	for name := range agentMetricTypes(t) {
+		assert.True(t, strings.Contains(string(readme), "`"+name), "README.md does not name %s", name)
+		if strings.HasPrefix(name, "barnacle_restore_drill_") && !strings.HasSuffix(name, "_last_refresh_timestamp_seconds") {
+			assert.True(t, strings.Contains(string(integration), "`"+name+"`"), "docs/integration.md's metrics table does not name %s", name)
+		}
+	}
 }
 
 func TestStreamingGaugeRemembersChanges(t *testing.T) {

@@ -113,6 +113,7 @@ var reloadKeys = []reloadKey{
 		func(dst, src *config.Config) { dst.RestoreDrillMaxAge = src.RestoreDrillMaxAge }),
 	fixed("restore-drill-on-master", func(c *config.Config) any { return c.RestoreDrillOnMaster }),
 	fixed("pg-bin-dir", func(c *config.Config) any { return c.PGBinDir }),
+	fixed("restore-drill-superuser", func(c *config.Config) any { return c.RestoreDrillSuperuser }),
 	live("request-retention", func(c *config.Config) any { return c.RequestRetention },
 		func(dst, src *config.Config) { dst.RequestRetention = src.RequestRetention }),
 	fixed("metrics-listen-address", func(c *config.Config) any { return c.MetricsListenAddress }),

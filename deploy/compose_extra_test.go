@@ -1,6 +1,7 @@
 package deploy_test
 
 import (
+	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -108,6 +109,12 @@ func TestS3Override(t *testing.T) {
 		e[config.EnvName("pg-password-file")] = c.hostPath(t, s, e[config.EnvName("pg-password-file")])
 		cfg, err := config.Load(config.Sources{Env: func(k string) (string, bool) { v, ok := e[k]; return v, ok }}, config.Needs{Keys: agentRequired, Agent: true})
 		require.NoError(t, err, "sidecar %s with the S3 override", s)
+		// Drills still run: the override keeps the drill settings, and the restored
+		// server's wal-fetch reads the same credentials file as the agent (it runs
+		// as the same user, from the agent's environment).
+		keeper := c.keeperOf(t, s)
+		su, _ := flagValue(argv(c.services[keeper]), "pg-su-username")
+		checkDrillConfig(t, "sidecar "+s+" with the S3 override", cfg, stolonPGMajor(t, fmt.Sprint(c.services[keeper]["image"])), []string{su})
 		u, err := url.Parse(cfg.ArchiveURL)
 		require.NoError(t, err)
 		require.Equal(t, "s3", u.Scheme)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # make demo: runs the demo scenario (test/e2e TestDemo) on the embedded
 # default — a local etcd, a primary and two standbys, an agent beside each —
-# then a base backup, a write load, a failover under load and a point-in-time
-# restore that is started and counted, and prints what happens and a summary.
+# then a base backup, a restore drill (barnacle drill --wait), a write load, a
+# failover under load and a point-in-time restore that is started and counted,
+# and prints what happens and a summary.
 # Everything runs on 127.0.0.1 in temporary directories, removed at the end.
 # Installs PostgreSQL 15 first when it is missing.
 set -euo pipefail

@@ -68,11 +68,15 @@ type Config struct {
 	// RestoreDrillMaxAge is how old the last successful one may be before
 	// barnacle check fails (0: not checked); RestoreDrillOnMaster lets
 	// the agent beside the master run drills; PGBinDir holds the server
-	// binaries a drill starts (postgres, pg_ctl, pg_amcheck).
-	RestoreDrillSchedule Schedule
-	RestoreDrillMaxAge   time.Duration
-	RestoreDrillOnMaster bool
-	PGBinDir             string
+	// binaries a drill starts (postgres, pg_ctl, pg_amcheck);
+	// RestoreDrillSuperuser is the superuser role a drill connects to its
+	// restored server as ("": the OS user the server runs as, then
+	// postgres).
+	RestoreDrillSchedule  Schedule
+	RestoreDrillMaxAge    time.Duration
+	RestoreDrillOnMaster  bool
+	PGBinDir              string
+	RestoreDrillSuperuser string
 	// RequestRetention is how long finished requests stay in etcd; 0
 	// keeps them.
 	RequestRetention time.Duration

@@ -89,6 +89,7 @@ func TestBadConfigFiles(t *testing.T) {
 			`restore-drill-max-age (file testdata/bad-drill.bad.yaml line 3): invalid duration "8d": use a Go duration`,
 			`restore-drill-on-master (file testdata/bad-drill.bad.yaml line 4): invalid boolean "sometimes": use true or false`,
 			`pg-bin-dir (file testdata/bad-drill.bad.yaml line 5): invalid directory "bin": use an absolute path`,
+			`restore-drill-superuser (file testdata/bad-drill.bad.yaml line 6): invalid role name "su\x00": use the cluster's superuser name`,
 		},
 		"redundancy-below-minimum.bad.yaml": {`minimum-redundancy (file testdata/redundancy-below-minimum.bad.yaml line 3): 3 is more than the 2 backups retention-policy "REDUNDANCY 2" keeps`},
 		"bad-slot.bad.yaml":                 {`slot-name (file testdata/bad-slot.bad.yaml line 2): invalid slot name "Barnacle-Slot"`},

@@ -358,6 +358,16 @@ var keys = func() []key {
 		c.PGBinDir = v
 		return nil
 	}, func(c *Config) string { return c.PGBinDir })
+	add("restore-drill-superuser", "the superuser role a restore drill connects to its restored server as (Stolon's keeper --pg-su-username); empty: the OS user the server runs as, then postgres", func(c *Config, v string) error {
+		v = strings.TrimSpace(v)
+		// PostgreSQL truncates identifiers to NAMEDATALEN-1 bytes; a
+		// longer name would connect as another role.
+		if len(v) > 63 || strings.ContainsRune(v, 0) {
+			return fmt.Errorf("invalid role name %q: use the cluster's superuser name (at most 63 bytes), such as postgres", v)
+		}
+		c.RestoreDrillSuperuser = v
+		return nil
+	}, func(c *Config) string { return c.RestoreDrillSuperuser })
 
 	ds, dg = duration(func(c *Config) *time.Duration { return &c.RequestRetention })
 	add("request-retention", "how long finished backup and restore requests (and their status) stay in etcd; the leader logs each result as it deletes them; 0 keeps them forever", ds, dg)

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -84,8 +85,9 @@ func TestParseSize(t *testing.T) {
 func TestRestoreDrillKeys(t *testing.T) {
 	c, err := Load(Sources{Env: noEnv, Flags: map[string]string{"cluster-name": "c",
 		"restore-drill-schedule": "@weekly", "restore-drill-max-age": "192h", "restore-drill-on-master": "true",
-		"pg-bin-dir": "/usr/lib/postgresql/15/bin"}}, Needs{})
+		"pg-bin-dir": "/usr/lib/postgresql/15/bin", "restore-drill-superuser": "stolon"}}, Needs{})
 	require.NoError(t, err)
+	assert.Equal(t, "stolon", c.RestoreDrillSuperuser)
 	assert.Equal(t, "@weekly", c.RestoreDrillSchedule.String())
 	assert.Equal(t, 192*time.Hour, c.RestoreDrillMaxAge)
 	assert.True(t, c.RestoreDrillOnMaster)
@@ -97,8 +99,10 @@ func TestRestoreDrillKeys(t *testing.T) {
 	assert.True(t, d.RestoreDrillSchedule.IsZero())
 	assert.Zero(t, d.RestoreDrillMaxAge)
 	assert.False(t, d.RestoreDrillOnMaster)
+	assert.Empty(t, d.RestoreDrillSuperuser, "empty: the drill tries the server's OS user, then postgres")
 
-	for key, bad := range map[string]string{"restore-drill-schedule": "500ms", "restore-drill-max-age": "-1h", "pg-bin-dir": "bin"} {
+	for key, bad := range map[string]string{"restore-drill-schedule": "500ms", "restore-drill-max-age": "-1h", "pg-bin-dir": "bin",
+		"restore-drill-superuser": strings.Repeat("s", 64)} {
 		_, err := Load(Sources{Env: noEnv, Flags: map[string]string{"cluster-name": "c", key: bad}}, Needs{})
 		require.Error(t, err, key)
 		assert.Contains(t, err.Error(), key)

@@ -9,7 +9,11 @@
 //
 //  1. It removes what earlier drills left under ScratchRoot
 //     ("barnacle-drill-*" directories no drill holds locked and whose
-//     server is not running: an agent killed in the middle of one).
+//     server is not running: an agent killed in the middle of one), and
+//     their socket directories in the system's temporary directory
+//     ("barnacle-drill-socket-*", made when ScratchRoot is too deep for a
+//     socket path) under the same rules, when its users own them and they
+//     are older than a minute.
 //  2. It reads the archive (catalog.ReadArchive): the newest done backup is
 //     restored, and the end of the newest recoverable window
 //     (catalog.RecoverableWindows) is Promised: what the archive says a
@@ -32,7 +36,9 @@
 //     ports, replication and archiving): listen_addresses is empty, so the
 //     server has no TCP socket at all and nothing from outside can connect,
 //     and no port can be "in use"; its only socket is in the scratch
-//     directory (mode 0700, owned by the server's user), and its own
+//     directory (mode 0700, owned by the server's user; a directory of
+//     its own in the temporary directory, locked like the scratch
+//     directory, when the path would be too long), and its own
 //     hba_file admits only local socket connections. archive_mode is off
 //     and replication is off (max_wal_senders 0, no primary_conninfo, no
 //     synchronous standbys), so the restored server never writes to the
@@ -140,7 +146,19 @@ const (
 	// maxSocketPath is what a unix socket path may hold (sun_path less
 	// its NUL).
 	maxSocketPath = 107
+	// socketPrefix names the socket directory a drill makes in the
+	// system's temporary directory when restore-root is too deep.
+	socketPrefix = dirPrefix + "socket-"
+	// socketSweepAge is how old a socket directory must be before a
+	// sweep may take it for a leftover: a drill in another process locks
+	// its new directory a moment after creating it, and no drill is
+	// younger than this when its server has written the lock file.
+	socketSweepAge = time.Minute
 )
+
+// socketTempDir is where socket directories go (os.TempDir); tests point
+// it elsewhere.
+var socketTempDir = os.TempDir
 
 // Options configures Run.
 type Options struct {
@@ -160,9 +178,12 @@ type Options struct {
 	Logger      hclog.Logger
 
 	// Superuser is the role the drill connects as (trust, over the
-	// drill's own socket). "" tries the OS user the server runs as
-	// (initdb's and Stolon's keeper's default superuser name), then
-	// "postgres".
+	// drill's own socket): the agent's restore-drill-superuser, which
+	// names Stolon's keeper --pg-su-username when that is not the OS
+	// user the keeper runs as. "" tries the OS user the server runs as
+	// (initdb's and the keeper's default superuser name), then
+	// "postgres". A role that does not exist, or is not a superuser,
+	// fails the drill with a reason naming restore-drill-superuser.
 	Superuser string
 	// Settings are extra server settings, "name=value", given after the
 	// drill's own (so they win).
@@ -255,12 +276,13 @@ type runner struct {
 	log  hclog.Logger
 	d    *catalog.Drill
 
-	scratch   string   // <ScratchRoot>/barnacle-drill-<id>
-	lock      *os.File // the scratch directory, flocked while the drill runs
-	socketDir string
-	logPath   string
-	server    *server
-	user      string // the role the drill connects as
+	scratch    string   // <ScratchRoot>/barnacle-drill-<id>
+	lock       *os.File // the scratch directory, flocked while the drill runs
+	socketDir  string
+	socketLock *os.File // a socket directory of its own, flocked likewise
+	logPath    string
+	server     *server
+	user       string // the role the drill connects as
 }
 
 // run does the drill; the caller records the outcome.
@@ -433,12 +455,24 @@ func (r *runner) makeScratch() error {
 	r.socketDir = r.scratch
 	if len(filepath.Join(r.socketDir, fmt.Sprintf(".s.PGSQL.%d", port))) > maxSocketPath {
 		// A deep restore-root: the socket goes to a private directory
-		// of its own, removed with the scratch directory.
-		d, err := os.MkdirTemp("", dirPrefix+"socket-")
+		// of its own, removed with the scratch directory, and locked
+		// like it so that another drill's sweep leaves it alone.
+		d, err := os.MkdirTemp(socketTempDir(), socketPrefix)
 		if err != nil {
 			return fmt.Errorf("drill: create a socket directory: %w", err)
 		}
 		r.socketDir = d
+		sf, err := os.Open(d)
+		if err == nil {
+			err = unix.Flock(int(sf.Fd()), unix.LOCK_EX|unix.LOCK_NB) //nolint:gosec // a file descriptor fits in int
+			if err != nil {
+				_ = sf.Close()
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("drill: lock the socket directory %s: %w", d, err)
+		}
+		r.socketLock = sf
 		if err := r.chown(d); err != nil {
 			return err
 		}
@@ -468,8 +502,8 @@ func (r *runner) removeLeftovers() {
 		return
 	}
 	for _, e := range entries {
-		if !e.IsDir() || !strings.HasPrefix(e.Name(), dirPrefix) {
-			continue
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), dirPrefix) || strings.HasPrefix(e.Name(), socketPrefix) {
+			continue // socket directories: removeSocketLeftovers, with its own rules
 		}
 		dir := filepath.Join(r.opts.ScratchRoot, e.Name())
 		f, err := os.Open(dir)
@@ -493,11 +527,70 @@ func (r *runner) removeLeftovers() {
 		}
 		r.log.Info("removed leftover drill directory", "directory", dir)
 	}
+	r.removeSocketLeftovers()
+}
+
+// removeSocketLeftovers removes the socket directories (barnacle-drill-
+// socket-* in the system's temporary directory) that killed drills left:
+// like removeLeftovers, only one no drill holds locked and whose server
+// lock file (.s.PGSQL.<port>.lock, the postmaster's PID first) names no
+// live process; and, as that directory is shared, only one this drill's
+// users own, older than socketSweepAge.
+func (r *runner) removeSocketLeftovers() {
+	tmp := socketTempDir()
+	entries, err := os.ReadDir(tmp)
+	if err != nil {
+		r.log.Warn("could not list the temporary directory for leftover drill sockets", "directory", tmp, "error", err)
+		return
+	}
+	owners := []int{os.Geteuid()}
+	if r.opts.Owner != nil {
+		owners = append(owners, r.opts.Owner.UID)
+	}
+	for _, e := range entries {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), socketPrefix) {
+			continue
+		}
+		dir := filepath.Join(tmp, e.Name())
+		fi, err := os.Lstat(dir)
+		if err != nil || !fi.IsDir() || time.Since(fi.ModTime()) < socketSweepAge {
+			continue
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); !ok || !slices.Contains(owners, int(st.Uid)) {
+			continue // someone else's
+		}
+		f, err := os.Open(dir)
+		if err != nil {
+			continue
+		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil { //nolint:gosec // a file descriptor fits in int
+			_ = f.Close()
+			continue // a drill runs with it
+		}
+		if pid, ok := lockFilePID(filepath.Join(dir, fmt.Sprintf(".s.PGSQL.%d.lock", port))); ok && processAlive(pid) {
+			_ = f.Close()
+			r.log.Warn("leftover drill socket directory has a running server; left alone", "directory", dir, "pid", pid)
+			continue
+		}
+		err = os.RemoveAll(dir)
+		_ = f.Close()
+		if err != nil {
+			r.log.Warn("could not remove a leftover drill socket directory", "directory", dir, "error", err)
+			continue
+		}
+		r.log.Info("removed leftover drill socket directory", "directory", dir)
+	}
 }
 
 // serverPID reads the postmaster PID of a data directory.
 func serverPID(dataDir string) (int, bool) {
-	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	return lockFilePID(filepath.Join(dataDir, "postmaster.pid"))
+}
+
+// lockFilePID reads the PID on the first line of a postmaster lock file
+// (postmaster.pid, or a socket's .s.PGSQL.<port>.lock).
+func lockFilePID(path string) (int, bool) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0, false
 	}
@@ -695,11 +788,26 @@ func (r *runner) candidateUsers() []string {
 }
 
 // missingRoleError means the server accepts connections but none of the
-// candidate roles exists.
-type missingRoleError struct{ users []string }
+// candidate roles exists, or the one that does is not a superuser
+// (pg_amcheck and the sample's queries need one).
+type missingRoleError struct {
+	users        []string
+	named        bool   // users is Options.Superuser (restore-drill-superuser)
+	notSuperuser string // the role that connected but is no superuser
+}
+
+// superuserHint is what to change: the drill cannot guess a superuser
+// name that Stolon's keeper was told with --pg-su-username.
+const superuserHint = "set restore-drill-superuser to the cluster's superuser name (Stolon's keeper --pg-su-username)"
 
 func (e *missingRoleError) Error() string {
-	return fmt.Sprintf("the restored server runs, but none of the roles %s exists in it: give the drill the cluster's superuser name (Stolon's --pg-su-username)", strings.Join(e.users, ", "))
+	switch {
+	case e.notSuperuser != "":
+		return fmt.Sprintf("the restored server runs, but role %s is not a superuser, and the drill's checks need one: %s", e.notSuperuser, superuserHint)
+	case e.named:
+		return fmt.Sprintf("the restored server runs, but role %s (restore-drill-superuser) does not exist in it: %s", strings.Join(e.users, ", "), superuserHint)
+	}
+	return fmt.Sprintf("the restored server runs, but none of the roles %s exists in it: %s", strings.Join(e.users, ", "), superuserHint)
 }
 
 // promoted reports whether the server accepts connections and is out of
@@ -709,7 +817,10 @@ func (r *runner) promoted(ctx context.Context, users []string) (bool, error) {
 	if r.user != "" {
 		try = []string{r.user}
 	}
-	var err error
+	var (
+		err      error
+		notSuper string
+	)
 	for _, u := range try {
 		var conn *pgx.Conn
 		conn, err = r.connect(ctx, u, "template1")
@@ -720,13 +831,23 @@ func (r *runner) promoted(ctx context.Context, users []string) (bool, error) {
 			}
 			return false, err
 		}
-		r.user = u
-		var in bool
-		err = conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&in)
+		var in, super bool
+		err = conn.QueryRow(ctx, "SELECT pg_is_in_recovery(), rolsuper FROM pg_roles WHERE rolname = current_user").Scan(&in, &super)
 		_ = conn.Close(context.WithoutCancel(ctx))
-		return err == nil && !in, err
+		if err != nil {
+			return false, err
+		}
+		if !super {
+			notSuper = u // an OS user's own role may exist without being the superuser: try the next
+			continue
+		}
+		r.user = u
+		return !in, nil
 	}
-	return false, &missingRoleError{users: try}
+	if notSuper != "" {
+		return false, &missingRoleError{notSuperuser: notSuper}
+	}
+	return false, &missingRoleError{users: try, named: r.opts.Superuser != ""}
 }
 
 func (r *runner) dsn(db string) string {
@@ -843,6 +964,9 @@ func (r *runner) cleanup(ctx context.Context) error {
 	}
 	if r.lock != nil {
 		_ = r.lock.Close()
+	}
+	if r.socketLock != nil {
+		_ = r.socketLock.Close()
 	}
 	return errors.Join(errs...)
 }

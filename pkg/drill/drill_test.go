@@ -6,7 +6,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
@@ -50,6 +52,65 @@ func TestRemoveLeftovers(t *testing.T) {
 	assert.DirExists(t, live, "a directory with a running server is left alone")
 	assert.DirExists(t, locked, "a directory a drill holds is left alone")
 	assert.DirExists(t, other)
+}
+
+// TestRemoveSocketLeftovers: a socket directory a killed drill left in the
+// temporary directory (a deep restore-root) is removed at the next drill's
+// start; one a running drill holds locked, one whose server lock file
+// names a live process, a new one (another process may be about to lock
+// it), and anything not named like one are left alone.
+func TestRemoveSocketLeftovers(t *testing.T) {
+	tmp := t.TempDir()
+	old := socketTempDir
+	socketTempDir = func() string { return tmp }
+	t.Cleanup(func() { socketTempDir = old })
+	past := time.Now().Add(-2 * socketSweepAge)
+	mk := func(name, pid string, mtime time.Time) string {
+		dir := filepath.Join(tmp, name)
+		require.NoError(t, os.Mkdir(dir, 0o700))
+		if pid != "" {
+			require.NoError(t, os.WriteFile(filepath.Join(dir, ".s.PGSQL.5432.lock"), []byte(pid+"\n/x\n"), 0o600))
+		}
+		require.NoError(t, os.Chtimes(dir, mtime, mtime))
+		return dir
+	}
+	cmd := exec.Command("true")
+	require.NoError(t, cmd.Run())
+	dead := mk(socketPrefix+"dead", strconv.Itoa(cmd.Process.Pid), past)
+	noLock := mk(socketPrefix+"nolock", "", past)
+	live := mk(socketPrefix+"live", strconv.Itoa(os.Getpid()), past)
+	young := mk(socketPrefix+"young", "", time.Now())
+	locked := mk(socketPrefix+"locked", "", past)
+	other := mk("barnacle-something-else", "", past)
+	f, err := os.Open(locked)
+	require.NoError(t, err)
+	defer f.Close()
+	require.NoError(t, unix.Flock(int(f.Fd()), unix.LOCK_EX))
+
+	// The sweep runs with the scratch leftovers', at a drill's start.
+	r := &runner{opts: Options{ScratchRoot: t.TempDir()}, log: hclog.NewNullLogger()}
+	r.removeLeftovers()
+	assert.NoDirExists(t, dead)
+	assert.NoDirExists(t, noLock)
+	assert.DirExists(t, live, "a socket directory with a running server is left alone")
+	assert.DirExists(t, young, "a new socket directory may be about to be locked")
+	assert.DirExists(t, locked, "a socket directory a drill holds is left alone")
+	assert.DirExists(t, other)
+
+	// A drill's own socket directory is locked from its creation to its
+	// removal, so that a sweep elsewhere leaves it alone.
+	deep := filepath.Join(t.TempDir(), strings.Repeat("d", maxSocketPath))
+	require.NoError(t, os.Mkdir(deep, 0o700))
+	own := &runner{opts: Options{ScratchRoot: deep}, log: hclog.NewNullLogger(), d: &catalog.Drill{ID: "own"}}
+	require.NoError(t, own.makeScratch())
+	require.NotEqual(t, own.scratch, own.socketDir, "a deep restore-root puts the socket elsewhere")
+	require.Equal(t, tmp, filepath.Dir(own.socketDir))
+	require.NoError(t, os.Chtimes(own.socketDir, past, past))
+	r.removeLeftovers()
+	assert.DirExists(t, own.socketDir, "a running drill's socket directory is left alone")
+	require.NoError(t, own.cleanup(t.Context()))
+	assert.NoDirExists(t, own.socketDir)
+	assert.NoDirExists(t, own.scratch)
 }
 
 // TestRunRefusesBadOptions: options a drill cannot run with give a failed

@@ -42,7 +42,8 @@ type demoStep struct {
 
 // TestDemo is what `make demo` runs: the main job on the embedded default
 // (a local etcd, a primary and two standbys, an agent beside each), then a
-// base backup, a write load, a failover under that load, and a
+// base backup, a restore drill of it (barnacle drill --wait, run by an
+// agent beside a standby), a write load, a failover under that load, and a
 // point-in-time restore to a moment before the last writes, started and
 // counted; told step by step on stdout, with a summary at the end. It is
 // also an ordinary e2e test: every step is checked.
@@ -95,7 +96,13 @@ func TestDemo(t *testing.T) {
 	var all []*agentProc
 	for _, n := range pg.Nodes {
 		keeper := st.KeeperUID(n)
-		a := startAgent(t, "agent-"+keeper, append([]string{"--keeper-uid", keeper}, common...)...)
+		// restore-root: where restore drills work (the agents beside the
+		// standbys run them); it belongs to the postgres OS user, who runs
+		// the drill's server when the agent runs as root.
+		drills := filepath.Join(t.TempDir(), "drills")
+		require.NoError(t, os.MkdirAll(drills, 0o755))
+		testenv.PGOwn(t, drills)
+		a := startAgent(t, "agent-"+keeper, append([]string{"--keeper-uid", keeper, "--restore-root", drills, "--pg-bin-dir", testenv.PGBinDir(t)}, common...)...)
 		fmt.Printf("    agent-%s: metrics on http://%s/metrics, log %s\n", keeper, a.metrics, a.logPath)
 		agents[keeper] = a
 		all = append(all, a)
@@ -148,9 +155,21 @@ func TestDemo(t *testing.T) {
 	fmt.Printf("    backup %s, taken by %s\n", backupID, bst.Agent)
 	done()
 
+	done = step("restore drill: barnacle drill --wait (an agent beside a standby restores, starts and checks a scratch copy)")
+	out, stderr, code = runBarnacle(t, 2*time.Minute, append([]string{"drill", "--wait"}, store...)...)
+	require.Equal(t, 0, code, "drill: %s %s", out, stderr)
+	fmt.Println("    $ barnacle drill --wait")
+	for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+		fmt.Println("    " + line)
+	}
+	require.Contains(t, out, "backup "+backupID)
+	require.NotContains(t, out, " on "+first.name+":", "the master's agent does not drill")
+	drillLine, _, _ := strings.Cut(out, "\n")
+	done()
+
 	// barnacle check with the agents' own settings: every check OK
-	// (docs/integration.md shows this output).
-	check := append([]string{"check"}, common...)
+	// (docs/integration.md shows this output), the drill's included.
+	check := append([]string{"check", "--restore-drill-max-age", "1h"}, common...)
 	var checkOut string
 	waitFor(t, 20*time.Second, "barnacle check to pass", func() bool {
 		out, _, code := barnacle(t, check...)
@@ -254,6 +273,7 @@ func TestDemo(t *testing.T) {
 	fmt.Println()
 	fmt.Println("==> summary")
 	fmt.Printf("    base backup            %s\n", backupID)
+	fmt.Printf("    restore drill          %s\n", drillLine)
 	fmt.Printf("    rows committed         %d on the old master before it was killed under load\n", committed)
 	fmt.Printf("    WAL lag under load     leader's barnacle_wal_archive_lag_bytes at most %.0f B, %.0f B just before the kill\n", maxLagBytes, lastLagBytes)
 	fmt.Printf("    RPO at the kill        the archive held %d of the %d committed rows (WAL to %s; %d bytes short of the old timeline's end %s)\n",

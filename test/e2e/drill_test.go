@@ -167,6 +167,8 @@ func TestDrill(t *testing.T) {
 
 	// Rows after the backup: only replay of archived WAL brings them back.
 	insertDrillRows(t, primary, 1, 200)
+	// A role that is no superuser, for the restore-drill-superuser case.
+	require.NoError(t, primary.Exec(ctx, "CREATE ROLE drill_plain LOGIN"))
 	require.NoError(t, primary.Exec(ctx, "INSERT INTO drill_ts SELECT g, md5(g::text) FROM generate_series(20001, 30000) g"))
 	var lastLSN string
 	var lastAt time.Time
@@ -214,6 +216,19 @@ func TestDrill(t *testing.T) {
 		require.True(t, ok)
 		assert.Equal(t, "success", lastOK.ID)
 		assert.Equal(t, d.Reached, lastOK.Reached)
+	})
+
+	t.Run("superuser is not a superuser", func(t *testing.T) {
+		// restore-drill-superuser names a role that exists in the
+		// restored cluster but cannot run the checks.
+		before := archiveState(t, env.dir)
+		o := opts("not-superuser")
+		o.Superuser = "drill_plain"
+		d, err := drill.Run(ctx, o)
+		requireFailedRecord(t, env.backend, d, err, "the restored server runs, but role drill_plain is not a superuser, and the drill's checks need one: "+
+			"set restore-drill-superuser to the cluster's superuser name (Stolon's keeper --pg-su-username)")
+		requireEmptyDir(t, root)
+		requireOnlyDrillAdded(t, before, archiveState(t, env.dir), d.ID)
 	})
 
 	t.Run("no space", func(t *testing.T) {

@@ -348,6 +348,30 @@ func TestDrillOnMasterAndBackupHost(t *testing.T) {
 	require.Len(t, lines, 3, out)
 	assert.Regexp(t, `^`+second.ID+`\s+done\s+backup-host\s`, lines[1])
 	assert.Regexp(t, `^`+first.ID+`\s+done\s+`+master.name+`\s`, lines[2])
+
+	// Stolon's keeper may name its superuser otherwise (--pg-su-username):
+	// restore-drill-superuser reaches the drill, and a role the restored
+	// cluster lacks fails it with a reason naming the key.
 	stopAgent(t, host)
+	host = startAgent(t, "backup-host", append([]string{"--leader-policy", "any", "--restore-root", rootH, "--pg-bin-dir", bin,
+		"--restore-drill-superuser", "stolon_su"}, env.common...)...)
 	stopAgent(t, master)
+	waitFor(t, 20*time.Second, "only the backup host may drill", func() bool {
+		snap, err := coordinator.ReadSnapshot(ctx, cli, coordinator.NewKeys("barnacle", cluster))
+		if err != nil {
+			return false
+		}
+		_, masterUp := snap.Agents[master.name]
+		return snap.Agents[host.name].Drills && !masterUp
+	})
+	out, stderr, code = runBarnacle(t, 5*time.Minute, append([]string{"drill", "--wait", "--json"}, store...)...)
+	require.NotEqual(t, 0, code, "drill as a role that does not exist: %s %s", out, stderr)
+	var st request.DrillStatus
+	require.NoError(t, json.Unmarshal([]byte(out), &st), out)
+	assert.Equal(t, host.name, st.Agent)
+	require.NotNil(t, st.Result, out)
+	assert.Equal(t, catalog.DrillFailed, st.Result.Status)
+	assert.Contains(t, st.Error, "role stolon_su (restore-drill-superuser) does not exist in it: set restore-drill-superuser to the cluster's superuser name (Stolon's keeper --pg-su-username)")
+	requireEmptyDir(t, rootH)
+	stopAgent(t, host)
 }
