@@ -115,20 +115,7 @@ func (m *drillMetrics) apply(d catalog.Drill) {
 // refreshLoop reads the drill records now and every drillRefreshInterval
 // until ctx ends; a failed read keeps the previous values.
 func (m *drillMetrics) refreshLoop(ctx context.Context, log hclog.Logger, list func(context.Context) ([]catalog.Drill, error)) {
-	for {
-		drills, err := list(ctx)
-		switch {
-		case err == nil:
-			m.observe(drills, time.Now())
-		case ctx.Err() == nil:
-			log.Debug("reading the drill records for metrics failed", "error", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(drillRefreshInterval):
-		}
-	}
+	refreshEvery(ctx, log, "the drill records", drillRefreshInterval, nil, list, m.observe)
 }
 
 // refreshDrillMetrics runs on every agent: read the drill records now and

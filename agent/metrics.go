@@ -272,19 +272,27 @@ func (a *Agent) refreshCatalogMetrics(ctx context.Context) error {
 // refreshLoop observes list's answer now, then every
 // catalogRefreshInterval and whenever refreshSoon asks, until ctx ends.
 func (m *catalogMetrics) refreshLoop(ctx context.Context, log hclog.Logger, list func(context.Context) ([]catalog.Backup, error)) {
+	refreshEvery(ctx, log, "the catalog", catalogRefreshInterval, m.refresh, list, m.observeCatalog)
+}
+
+// refreshEvery observes list's answer now, then every interval and
+// whenever soon delivers (a nil soon never does), until ctx ends. A failed
+// read keeps the previous values until the next tick.
+func refreshEvery[T any](ctx context.Context, log hclog.Logger, what string, interval time.Duration, soon <-chan struct{},
+	list func(context.Context) (T, error), observe func(T, time.Time)) {
 	for {
-		backups, err := list(ctx)
+		v, err := list(ctx)
 		switch {
 		case err == nil:
-			m.observeCatalog(backups, time.Now())
+			observe(v, time.Now())
 		case ctx.Err() == nil:
-			log.Debug("reading the catalog for metrics failed", "error", err)
+			log.Debug("reading the archive for metrics failed", "what", what, "error", err)
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-m.refresh:
-		case <-time.After(catalogRefreshInterval):
+		case <-soon:
+		case <-time.After(interval):
 		}
 	}
 }
