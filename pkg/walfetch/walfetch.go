@@ -322,7 +322,7 @@ func (f *fetcher) segment(ctx context.Context, file, dest string) error {
 		f.log.Debug("partial segment not served", "object", partial.Key, "reason", "complete segments only")
 		return fmt.Errorf("%s%s: only %s exists, and complete segments only are served: %w", f.prefix, file, partial.Key, ErrNotFound)
 	}
-	// Before the whole listing below, which a standby at the archive's end
+	// Before the listing below, which a standby at the archive's end
 	// would otherwise make at every retry: "not found" is right whether or
 	// not the .partial may still be served, as pg_wal holds the bytes
 	// PostgreSQL already had, and a new timeline is found through its
@@ -331,14 +331,15 @@ func (f *fetcher) segment(ctx context.Context, file, dest string) error {
 		f.log.Debug("partial segment unchanged since served; the server holds it", "object", partial.Key, "size", partial.Size)
 		return fmt.Errorf("%s%s: %s is unchanged since it was served, and pg_wal holds that copy: %w", f.prefix, file, partial.Key, ErrNotFound)
 	}
-	// Whether a .partial is served depends on the whole archive (see
-	// catalog.WALIndex): list it, once per recovery (or per retry in
-	// standby mode), at the archive's end only.
-	all, err := f.b.List(ctx, f.prefix)
+	// Whether a .partial is served depends on what follows it in the
+	// archive (see catalog.WALIndex): ServeSegment reads a page of the
+	// names after it, not the whole WAL prefix, which a standby at the
+	// archive's end would otherwise list at every retry once the .partial
+	// has grown.
+	p, ok, why, err := catalog.ServeSegment(ctx, f.b, f.prefix, objs, file, segSize)
 	if err != nil {
-		return fmt.Errorf("list %s: %w", f.prefix, err)
+		return err
 	}
-	p, ok, why := catalog.IndexWAL(all, f.prefix, segSize).Serve(tli, seg)
 	if !ok {
 		f.log.Debug("partial segment not served", "object", partial.Key, "reason", why)
 		return fmt.Errorf("%s%s: only %s exists, and %s: %w", f.prefix, file, partial.Key, why, ErrNotFound)
