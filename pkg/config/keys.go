@@ -360,7 +360,7 @@ var keys = func() []key {
 	}, func(c *Config) string { return c.PGBinDir })
 
 	ds, dg = duration(func(c *Config) *time.Duration { return &c.RequestRetention })
-	add("request-retention", "how long finished backup and restore requests (and their status) stay in etcd; the leader logs each result as it deletes them; 0 keeps them forever", ds, dg)
+	add("request-retention", "how long finished backup, restore and drill requests (and their status) stay in etcd, and claimed ones whose status was deleted, counted from the claim; the leader logs each result as it deletes them; 0 keeps them forever", ds, dg)
 
 	add("metrics-listen-address", "address of /metrics, /healthz, /readyz and /status (host:port; GET and HEAD only, no authentication); the default :9187 is every interface: use 127.0.0.1:9187 or the pod IP where only Prometheus should reach it", func(c *Config, v string) error {
 		v = strings.TrimSpace(v)
