@@ -201,8 +201,8 @@ var keys = func() []key {
 	add("leader-takeover-delay", "how long no agent beside the master may lead before another agent takes over", ds, dg)
 
 	s, g = str(func(c *Config) *string { return &c.PGHost })
-	add("pg-host", "PostgreSQL host of this agent's keeper, or the master's without keeper-uid (default: the address in clusterdata)", s, g)
-	add("pg-port", "PostgreSQL port of this agent's keeper, or the master's without keeper-uid (default: the port in clusterdata, else 5432)", func(c *Config, v string) error {
+	add("pg-host", "PostgreSQL host of this agent's keeper, or the master's without keeper-uid; ignored while keeper-uid auto serves no keeper (default: the address in clusterdata)", s, g)
+	add("pg-port", "PostgreSQL port of this agent's keeper, or the master's without keeper-uid; ignored while keeper-uid auto serves no keeper (default: the port in clusterdata, else 5432)", func(c *Config, v string) error {
 		n, err := strconv.Atoi(strings.TrimSpace(v))
 		if err != nil || n < 1 || n > 65535 {
 			return fmt.Errorf("invalid port %q: use a number from 1 to 65535", v)
