@@ -209,10 +209,10 @@ file" and ends recovery there, and anything above 125 as fatal):
        Before that, a failure to open, list or read the archive (and its
        identity, archive.json, missing: an unmounted volume) is retried
        with backoff for up to --retry-for (default ` + defaultRetryFor.String() + `), so that
-       a passing outage costs a pause, not a stopped recovery; a checksum
-       mismatch is read once more (a torn read), then fails. "Not found" is
-       only ever the answer of an archive that was read, never the outcome
-       of a retry.
+       a passing outage costs a pause, not a stopped recovery; a damaged
+       object (checksum, decompression) is read once more (a torn read),
+       then fails. "Not found" is only ever the answer of an archive that
+       was read, never the outcome of a retry.
   128+N  interrupted by signal N (SIGINT, SIGTERM), as a shell reports it:
        PostgreSQL takes 143 (SIGTERM) for its own shutdown, any other for a
        fatal error, never for "no such file".
@@ -461,7 +461,10 @@ const (
 //     and the listing agree), an object without a checksum or with an
 //     invalid name (foreign, stays so), or the end of the command's
 //     context (PostgreSQL's shutdown).
-//   - Once for a checksum mismatch. The archive's objects are written once
+//   - Once for a checksum mismatch, or an object that read fine but does
+//     not decompress or has the wrong length (walfetch.ErrDamaged): when
+//     its checksum matched, it is damage that no retry mends, but only
+//     the second read can tell. The archive's objects are written once
 //     and replaced only by rename, so a mismatch is almost always damage
 //     that a second read finds again, and then costs one more read of a
 //     segment; but a read torn by a network filesystem (a client cache
@@ -481,7 +484,7 @@ func retryPolicy(err error) retryKind {
 			return retryNever
 		}
 	}
-	if errors.Is(err, storage.ErrChecksum) {
+	if errors.Is(err, storage.ErrChecksum) || errors.Is(err, walfetch.ErrDamaged) {
 		return retryOnce
 	}
 	return retryTransient

@@ -213,6 +213,7 @@ func TestRetryPolicy(t *testing.T) {
 		// An unmounted volume or a renamed directory: archive.json is gone.
 		{"no identity", fmt.Errorf("read: %w", storage.ErrNotExist), retryTransient},
 		{"damaged", &storage.ChecksumError{Name: "x"}, retryOnce},
+		{"does not decompress", fmt.Errorf("x: %w: zstd: corrupt", walfetch.ErrDamaged), retryOnce},
 		{"no checksum", storage.ErrNoChecksum, retryNever},
 		{"invalid name", storage.ErrInvalidName, retryNever},
 		{"cancelled", fmt.Errorf("get: %w", context.Canceled), retryNever},

@@ -187,8 +187,8 @@ func TestFetchFailures(t *testing.T) {
 		wantIs error // nil: any error but ErrNotFound
 	}{
 		{name: "damaged plain segment", object: seg(1, 5), at: 1000, fetch: seg(1, 5), wantIs: storage.ErrChecksum},
-		{name: "damaged zstd segment", object: seg(1, 5) + ".zst", at: 40, fetch: seg(1, 5)},
-		{name: "damaged lz4 segment", object: seg(1, 5) + ".lz4", at: 40, fetch: seg(1, 5)},
+		{name: "damaged zstd segment", object: seg(1, 5) + ".zst", at: 40, fetch: seg(1, 5), wantIs: walfetch.ErrDamaged},
+		{name: "damaged lz4 segment", object: seg(1, 5) + ".lz4", at: 40, fetch: seg(1, 5), wantIs: walfetch.ErrDamaged},
 		{name: "damaged history", object: "00000002.history", at: 0, fetch: "00000002.history", wantIs: storage.ErrChecksum},
 		{name: "damaged highest partial", object: seg(1, 5) + ".partial", at: 10, fetch: seg(1, 5), wantIs: storage.ErrChecksum},
 		{name: "backup label name", fetch: "000000010000000000000005.00000028.backup"},
