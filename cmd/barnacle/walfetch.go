@@ -313,10 +313,8 @@ func fetchWAL(cmd *cobra.Command, name, dest, spoolDir string, prefetch int, wor
 	if err != nil {
 		return err
 	}
-	// A malformed archive-url stays malformed: no retry for it.
-	if err := backends.Check(cfg.ArchiveURL); err != nil {
-		return fmt.Errorf("wal-fetch %s: %w", name, err)
-	}
+	// loadConfig checked archive-url's form (backends.Check): what fails
+	// below is the archive itself, which may come back.
 	log := newLogger(cfg, cmd.ErrOrStderr()).Named("wal-fetch")
 	if spoolDir == "" {
 		spoolDir = filepath.Join(filepath.Dir(dest), defaultSpoolName)
@@ -461,10 +459,10 @@ const (
 //     and the listing agree), an object without a checksum or with an
 //     invalid name (foreign, stays so), or the end of the command's
 //     context (PostgreSQL's shutdown).
-//   - Once for a checksum mismatch, or an object that read fine but does
-//     not decompress or has the wrong length (walfetch.ErrDamaged): when
-//     its checksum matched, it is damage that no retry mends, but only
-//     the second read can tell. The archive's objects are written once
+//   - Once for a checksum mismatch, or an object that does not
+//     decompress or has the wrong length (walfetch.ErrDamaged: the read
+//     stopped before the object's end, where its checksum is checked, so
+//     it may be the same torn read). The archive's objects are written once
 //     and replaced only by rename, so a mismatch is almost always damage
 //     that a second read finds again, and then costs one more read of a
 //     segment; but a read torn by a network filesystem (a client cache
