@@ -13,11 +13,12 @@ import (
 )
 
 // expireInterval is how often the leader looks for expired requests: one
-// read of the status keys a minute, on one agent, instead of every agent
-// reading every request every 2 s.
+// read of the status keys and one of the claim markers a minute, per kind,
+// on one agent, instead of every agent reading every request every 2 s.
 const expireInterval = time.Minute
 
-// expirer removes finished requests of every kind from etcd.
+// expirer removes finished requests of every kind from etcd, and claimed
+// ones whose status was deleted (request.Queue.Expire).
 type expirer struct {
 	log hclog.Logger
 	// retention returns request-retention as last reloaded.

@@ -15,6 +15,7 @@ import (
 	"github.com/barnacle-pg/barnacle/coordinator"
 	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/kubekeeper"
+	"github.com/barnacle-pg/barnacle/pkg/pgaddr"
 	"github.com/barnacle-pg/barnacle/pkg/stolon"
 )
 
@@ -216,8 +217,8 @@ func (ak *autoKeeper) current() KeeperDiscovery {
 // newInner builds the agent for uid ("" for none). Its reload loads the
 // file as the outer agent's does, with the keeper it serves.
 func (ak *autoKeeper) newInner(uid string) (*Agent, error) {
-	cfg := ak.cfg
-	cfg.KeeperUID = uid
+	// With none, pg-host is not the master's address (package pgaddr).
+	cfg := pgaddr.ForKeeper(ak.cfg, uid)
 	in, err := build(cfg, ak.outer.log, ak.version, ak)
 	if err != nil {
 		return nil, err
@@ -228,7 +229,8 @@ func (ak *autoKeeper) newInner(uid string) (*Agent, error) {
 		in.reloader = &reloader{sighup: r.sighup, fileSum: r.fileSum, opts: ReloadOptions{File: r.opts.File,
 			Load: func() (config.Config, error) {
 				c, err := load()
-				c.KeeperUID, c.AgentName = uid, name
+				c = pgaddr.ForKeeper(c, uid)
+				c.AgentName = name
 				return c, err
 			}}}
 	}

@@ -33,6 +33,7 @@ import (
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/kubekeeper"
+	"github.com/barnacle-pg/barnacle/pkg/pgaddr"
 	"github.com/barnacle-pg/barnacle/pkg/stolon"
 )
 
@@ -83,19 +84,24 @@ func autoEnv(t *testing.T, cluster string) *testenv.Etcd {
 	return etcd
 }
 
-// startAuto runs an agent with keeper-uid auto on node n1 against pods.
-func startAuto(t *testing.T, etcd *testenv.Etcd, cluster string, pods corev1client.PodsGetter) (*Agent, *syncBuffer) {
+// startAuto runs an agent with keeper-uid auto on node n1 against pods;
+// extra are more flags, name then value.
+func startAuto(t *testing.T, etcd *testenv.Etcd, cluster string, pods corev1client.PodsGetter, extra ...string) (*Agent, *syncBuffer) {
 	t.Helper()
 	if pods != nil {
 		old := inCluster
 		inCluster = func() (kubekeeper.PodClient, string, error) { return fakePods{pods}, autoNS, nil }
 		t.Cleanup(func() { inCluster = old })
 	}
-	cfg, err := config.Load(config.Sources{Env: func(string) (string, bool) { return "", false }, Flags: map[string]string{
+	flags := map[string]string{
 		"cluster-name": cluster, "store-endpoints": etcd.Endpoints()[0], "keeper-uid": "auto", "node-name": "n1",
 		"agent-name": "barnacle-abcde", "archive-url": "file://" + t.TempDir(), "metrics-listen-address": "127.0.0.1:0",
 		"lease-ttl": "3s", "standby-slots": "false",
-	}}, config.Needs{Agent: true})
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		flags[extra[i]] = extra[i+1]
+	}
+	cfg, err := config.Load(config.Sources{Env: func(string) (string, bool) { return "", false }, Flags: flags}, config.Needs{Agent: true})
 	require.NoError(t, err)
 	var out syncBuffer
 	a, err := New(cfg, hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: &out}), "test")
@@ -204,7 +210,9 @@ func TestKeeperUIDAuto(t *testing.T) {
 }
 
 // TestKeeperUIDAutoForbidden: without RBAC the agent runs, serves no
-// keeper, and names the missing verb and resource everywhere.
+// keeper, and names the missing verb and resource everywhere. Its pg-host
+// and pg-port (this node's keeper's PostgreSQL) are not taken for the
+// master's address, as they would be for an agent without a keeper-uid.
 func TestKeeperUIDAutoForbidden(t *testing.T) {
 	const cluster = "autoforbidden"
 	etcd := autoEnv(t, cluster)
@@ -213,7 +221,7 @@ func TestKeeperUIDAutoForbidden(t *testing.T) {
 		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "",
 			errors.New(`User "system:serviceaccount:stolon:barnacle" cannot list resource "pods" in API group "" in the namespace "stolon"`))
 	})
-	a, _ := startAuto(t, etcd, cluster, cs.CoreV1())
+	a, _ := startAuto(t, etcd, cluster, cs.CoreV1(), "pg-host", "127.0.0.99", "pg-port", "7000")
 	want := "kubernetes API forbids the agent to list pods in namespace stolon: give its service account the verbs list and watch on pods there"
 	waitUntil(t, 30*time.Second, "the record to say why", func() bool {
 		return strings.HasPrefix(agentRecord(t, etcd, cluster, a.Name()).KeeperDiscovery, want)
@@ -225,6 +233,13 @@ func TestKeeperUIDAutoForbidden(t *testing.T) {
 	assert.Empty(t, s.KeeperUID)
 	require.NotNil(t, s.KeeperDiscovery)
 	assert.Contains(t, s.KeeperDiscovery.Reason, want)
+	in := a.auto.inner.Load()
+	require.NotNil(t, in)
+	assert.Empty(t, in.cfg.KeeperUID)
+	m := &stolon.Master{KeeperUID: "keeper1", Host: "127.0.0.11", Port: 5432}
+	addr, err := pgaddr.Master(in.cfg, m)
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.11:5432", addr.String(), "the master from clusterdata, not pg-host")
 }
 
 // TestKeeperUIDAutoRealAPIServer runs keeper-uid auto against a real

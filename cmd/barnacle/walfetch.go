@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
+	"github.com/barnacle-pg/barnacle/internal/retry"
 	"github.com/barnacle-pg/barnacle/pkg/config"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
@@ -119,11 +120,18 @@ const (
 	// prefetchWorkerTimeout bounds the detached prefetcher, so that one
 	// stuck on the archive does not outlive recovery by long.
 	prefetchWorkerTimeout = 5 * time.Minute
-	// fetchAttempts and fetchRetryDelay: a failure that PostgreSQL takes
-	// for the end of the archive may end recovery early, so transient
-	// failures are retried a few times first.
-	fetchAttempts   = 3
-	fetchRetryDelay = time.Second
+	// defaultRetryFor is --retry-for's default: how long wal-fetch goes on
+	// retrying an archive that cannot be opened, listed or read before it
+	// exits 255 and recovery stops, which only an operator restarting the
+	// server resumes. Long enough to ride out an NFS server failing over
+	// or an object store restarting (minio-go's own retries of one request
+	// last about 5 s of it), short enough that PostgreSQL's startup
+	// process, blocked meanwhile, does not look hung.
+	defaultRetryFor = 30 * time.Second
+	// retryBase and retryMax bound the backoff between attempts
+	// (retry.Backoff: doubled per attempt, jittered).
+	retryBase = 250 * time.Millisecond
+	retryMax  = 4 * time.Second
 )
 
 // startPrefetcher starts `barnacle <args>` detached (own session, no
@@ -150,6 +158,7 @@ func newWALFetchCommand() *cobra.Command {
 		worker         bool
 		removeSpool    bool
 		standbyPartial bool
+		retryFor       time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "wal-fetch WALNAME DEST",
@@ -191,20 +200,27 @@ file" and ends recovery there, and anything above 125 as fatal):
   0    the file was written to DEST.
   1    the archive was read and holds no such file (quiet unless log-level is
        debug: PostgreSQL asks for files past the end on purpose).
-  255  any other failure, after ` + fmt.Sprint(fetchAttempts) + ` attempts where retrying can help: the
-       archive cannot be opened (volume not mounted, directory missing, no
-       permission, S3 unreachable), listed or read, an object is damaged
-       (checksum, decompression, length), bad configuration or usage, an
-       internal error. A message on stderr (the server log) names the cause;
-       PostgreSQL stops recovery instead of promoting short of the data. Fix
-       the cause and start the server again: recovery resumes.
+  255  any other failure: the archive cannot be opened (volume not mounted,
+       directory missing, no permission, S3 unreachable), listed or read, an
+       object is damaged (checksum, decompression, length), bad configuration
+       or usage, an internal error. A message on stderr (the server log) names
+       the cause; PostgreSQL stops recovery instead of promoting short of the
+       data. Fix the cause and start the server again: recovery resumes.
+       Before that, a failure to open, list or read the archive (and its
+       identity, archive.json, missing: an unmounted volume) is retried
+       with backoff for up to --retry-for (default ` + defaultRetryFor.String() + `), so that
+       a passing outage costs a pause, not a stopped recovery; a damaged
+       object (checksum, decompression) is read once more (a torn read),
+       then fails. "Not found" is only ever the answer of an archive that
+       was read, never the outcome of a retry.
   128+N  interrupted by signal N (SIGINT, SIGTERM), as a shell reports it:
        PostgreSQL takes 143 (SIGTERM) for its own shutdown, any other for a
        fatal error, never for "no such file".
 On a standby (standby.signal in the working directory, which is the data
-directory when PostgreSQL runs it) a failure exits 1 instead of 255: a standby
-never promotes on its own; it retries later and streams meanwhile. A panic
-dies by SIGABRT, which PostgreSQL also takes as fatal.
+directory when PostgreSQL runs it) a failure exits 1 instead of 255, and at
+once (no --retry-for wait unless given): a standby never promotes on its own;
+it retries later and streams meanwhile. A panic dies by SIGABRT, which
+PostgreSQL also takes as fatal.
 
 A standby fed by the archive alone (standby.signal, restore_command, no
 primary_conninfo) asks for the segment after the archive's end every
@@ -245,12 +261,16 @@ pg_wal/.barnacle-served-partial), so an idle source costs no downloads.
 					err = walFetchError(err, interruptSignal(cmd.Context(), sigs))
 				}
 			}()
-			return fetchWAL(cmd, args[0], args[1], spoolDir, prefetch, worker, standbyPartial)
+			if retryFor < 0 {
+				return usageError{fmt.Errorf("--retry-for %s: must be 0 or more", retryFor)}
+			}
+			return fetchWAL(cmd, args[0], args[1], spoolDir, prefetch, worker, standbyPartial, retryFor)
 		},
 	}
 	cmd.Flags().StringVar(&spoolDir, "spool-dir", "", "prefetch spool directory, private to this server (default: "+defaultSpoolName+" in DEST's directory)")
 	cmd.Flags().IntVar(&prefetch, "prefetch", defaultPrefetch, "how many segments after WALNAME to download in the background (0: none)")
 	cmd.Flags().BoolVar(&standbyPartial, "standby-partial", true, "on a standby (standby.signal), serve the newest timeline's .partial padded with zeros, as in archive recovery; false: complete segments only (archive recovery always gets the .partial)")
+	cmd.Flags().DurationVar(&retryFor, "retry-for", defaultRetryFor, "how long to go on retrying an archive that cannot be opened, listed or read before exiting 255 (0: no retry)")
 	cmd.Flags().BoolVar(&worker, "prefetch-worker", false, "run as the prefetcher that wal-fetch starts")
 	_ = cmd.Flags().MarkHidden("prefetch-worker")
 	cmd.Flags().BoolVar(&removeSpool, "remove-spool", false, "remove the prefetch spool and exit, as recovery_end_command (no WALNAME, DEST; default spool: pg_wal/"+defaultSpoolName+" in the working directory)")
@@ -281,8 +301,8 @@ var walFetchHook func()
 
 // fetchWAL is wal-fetch's work; its errors are mapped to exit codes by
 // walFetchError.
-// standbyPartial is --standby-partial.
-func fetchWAL(cmd *cobra.Command, name, dest, spoolDir string, prefetch int, worker, standbyPartial bool) error {
+// standbyPartial is --standby-partial, retryFor --retry-for.
+func fetchWAL(cmd *cobra.Command, name, dest, spoolDir string, prefetch int, worker, standbyPartial bool, retryFor time.Duration) error {
 	if err := walfetch.CheckName(name); err != nil {
 		return usageError{err}
 	}
@@ -293,17 +313,19 @@ func fetchWAL(cmd *cobra.Command, name, dest, spoolDir string, prefetch int, wor
 	if err != nil {
 		return err
 	}
+	// loadConfig checked archive-url's form (backends.Check): what fails
+	// below is the archive itself, which may come back.
 	log := newLogger(cfg, cmd.ErrOrStderr()).Named("wal-fetch")
-	// Read-only: restore_command runs as the PostgreSQL OS user, who may
-	// only read the archive.
-	b, err := backends.OpenReadOnly(cmd.Context(), cfg.ArchiveURL)
-	if err != nil {
-		return fmt.Errorf("wal-fetch %s: %w", name, err) // names archive-url
-	}
 	if spoolDir == "" {
 		spoolDir = filepath.Join(filepath.Dir(dest), defaultSpoolName)
 	}
 	standby := inStandbyMode()
+	if standby && !cmd.Flags().Changed("retry-for") {
+		// A standby's failure exits 1 and PostgreSQL tries again after
+		// wal_retrieve_retry_interval (and streams meanwhile): waiting
+		// out the budget here would only hold it up.
+		retryFor = 0
+	}
 	var servedPartial bool
 	opts := walfetch.Options{
 		Prefetch: prefetch, Logger: log, ServedPartial: &servedPartial,
@@ -316,6 +338,12 @@ func fetchWAL(cmd *cobra.Command, name, dest, spoolDir string, prefetch int, wor
 		opts.SpoolDir = spoolDir
 	}
 	if worker {
+		// Best effort, no retry: a segment it misses is fetched by the
+		// wal-fetch that needs it.
+		b, err := backends.OpenReadOnly(cmd.Context(), cfg.ArchiveURL)
+		if err != nil {
+			return fmt.Errorf("wal-fetch %s: %w", name, err)
+		}
 		ctx, cancel := context.WithTimeout(cmd.Context(), prefetchWorkerTimeout)
 		defer cancel()
 		return walfetch.Prefetch(ctx, b, cfg.ClusterName, name, opts)
@@ -323,12 +351,27 @@ func fetchWAL(cmd *cobra.Command, name, dest, spoolDir string, prefetch int, wor
 	if walFetchHook != nil {
 		walFetchHook()
 	}
-	err = fetchWithRetry(cmd.Context(), log, func(ctx context.Context) error {
+	// Opening is retried with the fetch: an unmounted volume or an
+	// unreadable directory makes the file backend fail to open.
+	var b storage.Backend
+	err = fetchWithRetry(cmd.Context(), log, retryFor, func(ctx context.Context) error {
+		if b == nil {
+			// Read-only: restore_command runs as the PostgreSQL OS
+			// user, who may only read the archive.
+			ob, err := backends.OpenReadOnly(ctx, cfg.ArchiveURL)
+			if err != nil {
+				return err
+			}
+			b = ob
+		}
 		return walfetch.Fetch(ctx, b, cfg.ClusterName, name, dest, opts)
 	})
 	if errors.Is(err, walfetch.ErrNotFound) {
 		log.Debug("not in the archive", "file", name, "archive", b.URL(), "cluster", cfg.ClusterName)
 		return err
+	}
+	if err != nil && b == nil {
+		return fmt.Errorf("wal-fetch %s: %w", name, err) // names archive-url
 	}
 	if err != nil {
 		return fmt.Errorf("wal-fetch %s from %s (cluster %s): %w", name, b.URL(), cfg.ClusterName, err)
@@ -358,36 +401,89 @@ func prefetcherArgs(cmd *cobra.Command, name, dest string) []string {
 	return append(args, "--", name, dest)
 }
 
-// fetchWithRetry runs fetch until it succeeds, fails for good, or has
-// been tried fetchAttempts times.
-func fetchWithRetry(ctx context.Context, log hclog.Logger, fetch func(ctx context.Context) error) error {
+// walFetchRetryHook, when set by a test, runs before each retry's wait
+// with the attempt that failed and its error.
+var walFetchRetryHook func(attempt int, err error)
+
+// fetchWithRetry runs fetch until it succeeds, fails for good (see
+// retryPolicy), or the next attempt would start more than budget after
+// the first; it returns fetch's last error, never one of its own, so that
+// a retry can neither make "not found" out of a failure nor hide one. An
+// end of ctx during a wait returns the last error at once.
+func fetchWithRetry(ctx context.Context, log hclog.Logger, budget time.Duration, fetch func(ctx context.Context) error) error {
+	start := time.Now()
+	reread := false
 	for attempt := 1; ; attempt++ {
 		err := fetch(ctx)
-		if err == nil || attempt == fetchAttempts || !retryable(err) {
+		if err == nil {
+			return nil
+		}
+		switch retryPolicy(err) {
+		case retryNever:
+			return err
+		case retryOnce:
+			if reread {
+				return err
+			}
+			reread = true
+		}
+		d := retry.Backoff(attempt, retryBase, retryMax)
+		if time.Since(start)+d > budget {
 			return err
 		}
-		log.Warn("wal-fetch failed; retrying", "attempt", attempt, "error", err)
-		t := time.NewTimer(time.Duration(attempt) * fetchRetryDelay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		log.Warn("reading the archive failed; retrying", "attempt", attempt, "retry_in", d, "error", err)
+		if walFetchRetryHook != nil {
+			walFetchRetryHook(attempt, err)
+		}
+		retry.Sleep(ctx, d)
+		if ctx.Err() != nil {
 			return err
-		case <-t.C:
 		}
 	}
 }
 
-// retryable reports whether trying a failed fetch again may succeed: not
-// for a missing file or archive identity, damaged or foreign objects, or
-// the end of the command's context.
-func retryable(err error) bool {
+type retryKind int
+
+const (
+	// retryNever: the answer is final.
+	retryNever retryKind = iota
+	// retryOnce: read once more, no more.
+	retryOnce
+	// retryTransient: retry within the budget.
+	retryTransient
+)
+
+// retryPolicy says whether trying a failed fetch again may succeed.
+//
+//   - Never for the answer "not found" (the archive was read: its identity
+//     and the listing agree), an object without a checksum or with an
+//     invalid name (foreign, stays so), or the end of the command's
+//     context (PostgreSQL's shutdown).
+//   - Once for a checksum mismatch, or an object that does not
+//     decompress or has the wrong length (walfetch.ErrDamaged: the read
+//     stopped before the object's end, where its checksum is checked, so
+//     it may be the same torn read). The archive's objects are written once
+//     and replaced only by rename, so a mismatch is almost always damage
+//     that a second read finds again, and then costs one more read of a
+//     segment; but a read torn by a network filesystem (a client cache
+//     serving pages of a .partial rewritten from its start by a restarted
+//     receiver) or corrupted on the wire reads right the second time, and
+//     stopping recovery for it would need an operator. The second read is
+//     verified like the first, so it can never serve bad bytes.
+//   - Otherwise, within the budget: the archive could not be opened,
+//     listed or read, including its identity (archive.json) being missing,
+//     which is what an unmounted volume or a renamed directory looks like.
+func retryPolicy(err error) retryKind {
 	for _, permanent := range []error{
-		walfetch.ErrNotFound, storage.ErrNotExist, storage.ErrChecksum, storage.ErrNoChecksum,
-		storage.ErrInvalidName, context.Canceled, context.DeadlineExceeded,
+		walfetch.ErrNotFound, storage.ErrNoChecksum, storage.ErrInvalidName,
+		context.Canceled, context.DeadlineExceeded,
 	} {
 		if errors.Is(err, permanent) {
-			return false
+			return retryNever
 		}
 	}
-	return true
+	if errors.Is(err, storage.ErrChecksum) || errors.Is(err, walfetch.ErrDamaged) {
+		return retryOnce
+	}
+	return retryTransient
 }

@@ -10,12 +10,15 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
+	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
 	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
 	"github.com/barnacle-pg/barnacle/pkg/walfetch"
 )
@@ -140,7 +143,7 @@ func TestWALFetchErrors(t *testing.T) {
 			code: exitAbortRecovery, contains: []string{"000000010000000000000002", "file://" + root, "checksum"}},
 		{name: "damaged segment on a standby", args: []string{"--cluster-name=c1", archive, "000000010000000000000002"},
 			code: exitFailure, contains: []string{"checksum"}},
-		{name: "wrong cluster", args: []string{"--cluster-name=nope", archive, "000000010000000000000001"},
+		{name: "wrong cluster", args: []string{"--cluster-name=nope", archive, "--retry-for=0", "000000010000000000000001"},
 			code: exitAbortRecovery, contains: []string{"000000010000000000000001", "file://" + root, "nope/archive.json"}},
 		// Exit 2, every other command's usage code, would read "no such
 		// file" to PostgreSQL.
@@ -153,12 +156,13 @@ func TestWALFetchErrors(t *testing.T) {
 		{name: "bad config file", args: []string{"--config=/nonexistent/barnacle.yaml", "--cluster-name=c1", archive, "000000010000000000000001"}, code: exitAbortRecovery, contains: []string{"/nonexistent/barnacle.yaml"}},
 		// The archive cannot be opened: it was never there, or went away
 		// (unmounted, renamed). It used to exit 1, and PostgreSQL promoted.
-		{name: "archive directory missing", args: []string{"--cluster-name=c1", "--archive-url=file://" + root + "-gone", "000000010000000000000003"},
+		{name: "archive directory missing", args: []string{"--cluster-name=c1", "--archive-url=file://" + root + "-gone", "--retry-for=0", "000000010000000000000003"},
 			code: exitAbortRecovery, contains: []string{root + "-gone", "does not exist", "000000010000000000000003"}},
-		{name: "archive directory missing, history file", args: []string{"--cluster-name=c1", "--archive-url=file://" + root + "-gone", "00000002.history"},
+		{name: "archive directory missing, history file", args: []string{"--cluster-name=c1", "--archive-url=file://" + root + "-gone", "--retry-for=0", "00000002.history"},
 			code: exitAbortRecovery, contains: []string{root + "-gone", "00000002.history"}},
-		{name: "archive directory is a file", args: []string{"--cluster-name=c1", "--archive-url=file://" + root + "/c1/archive.json", "00000002.history"},
+		{name: "archive directory is a file", args: []string{"--cluster-name=c1", "--archive-url=file://" + root + "/c1/archive.json", "--retry-for=0", "00000002.history"},
 			code: exitAbortRecovery, contains: []string{"not a directory"}},
+		// No --retry-for: a standby does not wait (PostgreSQL retries).
 		{name: "archive directory missing on a standby", args: []string{"--cluster-name=c1", "--archive-url=file://" + root + "-gone", "000000010000000000000003"},
 			code: exitFailure, contains: []string{"does not exist"}},
 		{name: "unsupported archive-url", args: []string{"--cluster-name=c1", "--archive-url=ftp://host/x", "000000010000000000000001"},
@@ -199,24 +203,211 @@ func TestWALFetchHelpShowsRestoreCommand(t *testing.T) {
 	assert.NotContains(t, stdout, "prefetch-worker")
 }
 
-func TestRetryable(t *testing.T) {
+func TestRetryPolicy(t *testing.T) {
 	tests := []struct {
 		name string
 		err  error
-		want bool
+		want retryKind
 	}{
-		{"not found", fmt.Errorf("x: %w", walfetch.ErrNotFound), false},
-		{"no identity", fmt.Errorf("read: %w", storage.ErrNotExist), false},
-		{"damaged", &storage.ChecksumError{Name: "x"}, false},
-		{"no checksum", storage.ErrNoChecksum, false},
-		{"cancelled", fmt.Errorf("get: %w", context.Canceled), false},
-		{"network", errors.New("dial tcp: connection refused"), true},
+		{"not found", fmt.Errorf("x: %w", walfetch.ErrNotFound), retryNever},
+		// An unmounted volume or a renamed directory: archive.json is gone.
+		{"no identity", fmt.Errorf("read: %w", storage.ErrNotExist), retryTransient},
+		{"damaged", &storage.ChecksumError{Name: "x"}, retryOnce},
+		{"does not decompress", fmt.Errorf("x: %w: zstd: corrupt", walfetch.ErrDamaged), retryOnce},
+		{"no checksum", storage.ErrNoChecksum, retryNever},
+		{"invalid name", storage.ErrInvalidName, retryNever},
+		{"cancelled", fmt.Errorf("get: %w", context.Canceled), retryNever},
+		{"network", errors.New("dial tcp: connection refused"), retryTransient},
+		{"not readable", fmt.Errorf("open archive-url: %w", os.ErrPermission), retryTransient},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			assert.Equal(t, tt.want, retryable(tt.err))
+			assert.Equal(t, tt.want, retryPolicy(tt.err))
 		})
 	}
+}
+
+// walFetchRetries installs walFetchRetryHook for the test: each retry's
+// failure is sent on the returned channel, and the retry waits until the
+// test has received it (and done what it does in response).
+func walFetchRetries(t *testing.T) <-chan error {
+	t.Helper()
+	failures := make(chan error)
+	walFetchRetryHook = func(_ int, err error) { failures <- err }
+	t.Cleanup(func() { walFetchRetryHook = nil })
+	return failures
+}
+
+type walFetchResult struct {
+	code           int
+	stdout, stderr string
+}
+
+// startWALFetch runs wal-fetch with args in a goroutine; its result comes
+// on the returned channel.
+func startWALFetch(t *testing.T, args ...string) <-chan walFetchResult {
+	t.Helper()
+	done := make(chan walFetchResult, 1)
+	go func() {
+		var out, errOut bytes.Buffer
+		code := run(t.Context(), args, &out, &errOut)
+		done <- walFetchResult{code, out.String(), errOut.String()}
+	}()
+	return done
+}
+
+// nextRetry waits for wal-fetch's next retry and returns its failure, or
+// fails the test with wal-fetch's result if it ends instead.
+func nextRetry(t *testing.T, failures <-chan error, done <-chan walFetchResult) error {
+	t.Helper()
+	select {
+	case err := <-failures:
+		return err
+	case r := <-done:
+		t.Fatalf("wal-fetch ended (exit %d) instead of retrying: %s", r.code, r.stderr)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("wal-fetch neither retried nor ended within 2 minutes")
+	}
+	return nil
+}
+
+// TestWALFetchRetriesArchiveOutage: an archive that cannot be opened or
+// read for a moment (an NFS volume remounted, a directory renamed away and
+// back) is retried until it is back, and the segment is served; it used to
+// stop recovery at once (exit 255), for good until a server restart.
+func TestWALFetchRetriesArchiveOutage(t *testing.T) {
+	for _, tt := range []struct{ name, away string }{
+		// The file backend cannot open the archive directory.
+		{"archive directory gone", ""},
+		// It opens, but archive.json is missing: what an empty mount
+		// point looks like. Never "not found".
+		{"cluster directory gone", "c1"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			root, first := walFetchArchive(t)
+			noPrefetcher(t)
+			failures := walFetchRetries(t)
+			dir := filepath.Join(root, tt.away)
+			require.NoError(t, os.Rename(dir, dir+"-away"))
+			dest := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+			done := startWALFetch(t, "wal-fetch", "--cluster-name=c1", "--archive-url=file://"+root,
+				"--retry-for=10m", "000000010000000000000001", dest)
+
+			// Twice, so that a second failure is retried too.
+			for range 2 {
+				err := nextRetry(t, failures, done)
+				require.NotErrorIs(t, err, walfetch.ErrNotFound)
+			}
+			require.NoFileExists(t, dest)
+			require.NoError(t, os.Rename(dir+"-away", dir))
+			r := <-done
+			require.Equal(t, 0, r.code, r.stderr)
+			assert.Contains(t, r.stderr, "retrying")
+			got, err := os.ReadFile(dest)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(first, got))
+		})
+	}
+}
+
+// TestWALFetchRetriesS3Outage: the object store stopped for a moment
+// (versitygw stopped, then started again on the same port and data) is
+// retried until it answers, and the segment is served; with a retry
+// budget of a few seconds in all, an outage longer than minio-go's own
+// retries of one request used to stop recovery.
+func TestWALFetchRetriesS3Outage(t *testing.T) {
+	srv := testenv.StartS3(t)
+	srv.SetEnv(t)
+	url := srv.URL("arch", "")
+	b, err := backends.Open(t.Context(), url)
+	require.NoError(t, err)
+	_, err = catalog.EnsureIdentity(t.Context(), b, catalog.Identity{Cluster: "c1", SystemID: "7000000000000000001", WALSegmentSize: walFetchSegSize})
+	require.NoError(t, err)
+	data := bytes.Repeat([]byte{7}, walFetchSegSize)
+	_, err = storage.PutOnce(t.Context(), b, "c1/wals/000000010000000000000007", data)
+	require.NoError(t, err)
+	noPrefetcher(t)
+	failures := walFetchRetries(t)
+
+	srv.Stop()
+	dest := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+	done := startWALFetch(t, "wal-fetch", "--cluster-name=c1", "--archive-url="+url,
+		"--retry-for=10m", "000000010000000000000007", dest)
+	for range 2 {
+		err := nextRetry(t, failures, done)
+		require.NotErrorIs(t, err, walfetch.ErrNotFound)
+	}
+	require.NoFileExists(t, dest)
+	require.NoError(t, srv.Start())
+	r := <-done
+	require.Equal(t, 0, r.code, r.stderr)
+	got, err := os.ReadFile(dest)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(data, got))
+}
+
+// TestWALFetchRetryBudget: an archive that stays away exits 255 once
+// --retry-for has passed, and never 1.
+func TestWALFetchRetryBudget(t *testing.T) {
+	root, _ := walFetchArchive(t)
+	noPrefetcher(t)
+	require.NoError(t, os.Rename(filepath.Join(root, "c1"), filepath.Join(root, "c1-away")))
+	dest := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+	var retries int
+	walFetchRetryHook = func(int, error) { retries++ }
+	t.Cleanup(func() { walFetchRetryHook = nil })
+	start := time.Now()
+	code, _, stderr := runWALFetch(t, "wal-fetch", "--cluster-name=c1", "--archive-url=file://"+root,
+		"--retry-for=2s", "000000010000000000000001", dest)
+	require.Equal(t, exitAbortRecovery, code, stderr)
+	assert.Contains(t, stderr, "c1/archive.json")
+	assert.GreaterOrEqual(t, retries, 2, stderr)
+	assert.Less(t, time.Since(start), 2*time.Second+retryMax+time.Minute, "bounded by the budget")
+	require.NoFileExists(t, dest)
+}
+
+// TestWALFetchChecksumRereadOnce: a checksum mismatch is read once more
+// (a torn read serves right the second time), and a second mismatch stops
+// recovery.
+func TestWALFetchChecksumRereadOnce(t *testing.T) {
+	root, first := walFetchArchive(t)
+	noPrefetcher(t)
+	p := filepath.Join(root, "c1/wals/000000010000000000000001")
+	damage := func(b byte) {
+		t.Helper()
+		f, err := os.OpenFile(p, os.O_RDWR, 0)
+		require.NoError(t, err)
+		_, err = f.WriteAt([]byte{b}, 100)
+		require.NoError(t, err)
+		require.NoError(t, f.Close())
+	}
+	args := []string{"wal-fetch", "--cluster-name=c1", "--archive-url=file://" + root, "--retry-for=10m", "000000010000000000000001"}
+
+	t.Run("torn once", func(t *testing.T) {
+		failures := walFetchRetries(t)
+		damage(0xFF)
+		dest := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+		done := startWALFetch(t, append(args, dest)...)
+		require.ErrorIs(t, nextRetry(t, failures, done), storage.ErrChecksum)
+		damage(first[100])
+		r := <-done
+		require.Equal(t, 0, r.code, r.stderr)
+		got, err := os.ReadFile(dest)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(first, got))
+	})
+	t.Run("damaged", func(t *testing.T) {
+		var retries int
+		walFetchRetryHook = func(int, error) { retries++ }
+		t.Cleanup(func() { walFetchRetryHook = nil })
+		damage(0xFF)
+		dest := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+		code, _, stderr := runWALFetch(t, append(args, dest)...)
+		require.Equal(t, exitAbortRecovery, code, stderr)
+		assert.Contains(t, stderr, "checksum")
+		assert.Equal(t, 1, retries, "read twice, not more, although --retry-for allows more")
+		require.NoFileExists(t, dest)
+	})
 }
 
 func TestWALFetchExitCode(t *testing.T) {

@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -53,6 +54,13 @@ type WALObject struct {
 //     stored on its timeline means missing bytes, so the segment counts as
 //     missing; the final .partial of a timeline ends it, served or not, and
 //     is not a hole.
+//     What decides it sorts after the .partial: the segment's own names,
+//     and whether anything of a higher timeline (its names, history files
+//     included, sort after every name of a lower one) or a later segment
+//     of T is stored, which is the first WAL file after X in name order.
+//     So ServeSegment answers Serve for one segment from the segment's
+//     own names and a page of what follows them, whatever the archive's
+//     size, with this same rule.
 //   - A backup's last segment (CheckBackupWAL): its .partial counts when it
 //     holds the bytes the backup needs and it ends its timeline; if it is
 //     not served, recovery to the newer timeline reads those bytes from
@@ -377,4 +385,73 @@ type Position struct {
 // to its end (the switch point) before it streams the new one.
 func (p Position) Reached(target Position) bool {
 	return p.Timeline > target.Timeline || (p.Timeline == target.Timeline && p.LSN >= target.LSN)
+}
+
+// servePage is how many names ServeSegment reads at a time from the
+// segment's own on: normally the first page holds the deciding name or the
+// archive's end. Small, because an object store whose listings carry no
+// metadata costs a HEAD per name listed (pkg/storage/s3). A variable so
+// that tests can make it smaller.
+var servePage = 8
+
+// ServeSegment returns what Serve(tli, seg) returns on the index of the
+// whole WAL prefix (IndexWAL of a List of prefix), for segment file of
+// tli and seg, without reading the whole prefix when b is a
+// storage.DirLister (else it lists it, as before). named is a listing of
+// prefix+file: the segment's every compression and its .partial. Only
+// when those hold a .partial and no complete copy does the answer depend
+// on other names (see the type's documentation): then it pages through
+// the names after file until the first segment, .partial or history file
+// (any one decides: it is a later segment of tli or of a higher
+// timeline), or the end. The cost is the same for an archive of 100
+// segments and of 100,000. The result is built by IndexWAL and Serve, so
+// the rule stays in one place.
+func ServeSegment(ctx context.Context, b storage.Backend, prefix string, named []storage.ObjectInfo, file string, segSize uint64) (WALObject, bool, string, error) {
+	tli, seg, err := wal.ParseSegmentFileName(file, segSize)
+	if err != nil {
+		return WALObject{}, false, "", err
+	}
+	ix := IndexWAL(named, prefix, segSize)
+	_, complete := ix.Complete(tli, seg)
+	_, partial := ix.Partial(tli, seg)
+	if complete || !partial {
+		o, ok, why := ix.Serve(tli, seg)
+		return o, ok, why, nil
+	}
+	dl, ok := b.(storage.DirLister)
+	if !ok || !strings.HasSuffix(prefix, "/") {
+		all, err := b.List(ctx, prefix)
+		if err != nil {
+			return WALObject{}, false, "", fmt.Errorf("list %s: %w", prefix, err)
+		}
+		o, ok, why := IndexWAL(all, prefix, segSize).Serve(tli, seg)
+		return o, ok, why, nil
+	}
+	dir := strings.TrimSuffix(prefix, "/")
+	objs := slices.Clone(named)
+	after := file
+	for {
+		page, err := dl.ListAfter(ctx, dir, after, servePage)
+		if err != nil {
+			return WALObject{}, false, "", fmt.Errorf("list %s after %s: %w", prefix, after, err)
+		}
+		decided := false
+		for _, o := range page {
+			rel := strings.TrimPrefix(o.Name, prefix)
+			after = rel
+			if strings.HasPrefix(rel, file) {
+				continue // the segment's own names, in named
+			}
+			objs = append(objs, o)
+			if one := IndexWAL([]storage.ObjectInfo{o}, prefix, segSize); len(one.segments) > 0 || len(one.histories) > 0 {
+				decided = true
+				break
+			}
+		}
+		if decided || len(page) < servePage {
+			break
+		}
+	}
+	o, ok, why := IndexWAL(objs, prefix, segSize).Serve(tli, seg)
+	return o, ok, why, nil
 }

@@ -1,6 +1,7 @@
 package catalog
 
 import (
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"testing"
@@ -220,4 +221,73 @@ func FuzzIndexWAL(f *testing.F) {
 			_, _ = ix.Reach(o.Timeline, wal.SegmentStart(o.Segment, segSize))
 		}
 	})
+}
+
+// TestServeSegmentAgreesWithWholeIndex: ServeSegment, which reads the
+// segment's names and a page of what follows, answers what Serve answers
+// on the index of the whole WAL prefix, on random archives (complete
+// segments in every compression, .partial files, superseded ones, history
+// files, conflict copies and foreign names over three timelines), with
+// pages of two names so that paging is exercised.
+func TestServeSegmentAgreesWithWholeIndex(t *testing.T) {
+	old := servePage
+	servePage = 2
+	t.Cleanup(func() { servePage = old })
+	const prefix = "c/wals/"
+	rng := rand.New(rand.NewPCG(1, 2))
+	var servedPartials, refusedPartials int
+	for round := range 40 {
+		b := newBackend(t)
+		put := func(name string) {
+			t.Helper()
+			require.NoError(t, b.Put(t.Context(), prefix+name, strings.NewReader(name), storage.PutOptions{}))
+		}
+		for tli := wal.Timeline(1); tli <= 3; tli++ {
+			if tli > 1 && rng.IntN(3) > 0 {
+				put(wal.HistoryFileName(tli))
+			}
+			for s := wal.SegmentNo(1); s <= 6; s++ {
+				switch rng.IntN(8) {
+				case 1, 2:
+					put(seg(tli, s))
+				case 3:
+					put(seg(tli, s) + ".zst")
+				case 4:
+					put(seg(tli, s) + ".partial")
+				case 5:
+					put(seg(tli, s) + ".partial")
+					put(seg(tli, s) + ".lz4")
+				case 6:
+					put(seg(tli, s) + ".conflict-20261206T160000Z")
+				}
+			}
+		}
+		put("notes.txt")
+		put("ZZZZ")
+		all, err := b.List(t.Context(), prefix)
+		require.NoError(t, err)
+		whole := IndexWAL(all, prefix, segSize)
+		for tli := wal.Timeline(1); tli <= 3; tli++ {
+			for s := wal.SegmentNo(1); s <= 7; s++ {
+				file := seg(tli, s)
+				named, err := b.List(t.Context(), prefix+file)
+				require.NoError(t, err)
+				got, ok, why, err := ServeSegment(t.Context(), b, prefix, named, file, segSize)
+				require.NoError(t, err)
+				want, wantOK, wantWhy := whole.Serve(tli, s)
+				require.Equal(t, wantOK, ok, "round %d, %s: whole index says %q, ServeSegment %q", round, file, wantWhy, why)
+				require.Equal(t, want.Key, got.Key, "round %d, %s", round, file)
+				if _, complete := whole.Complete(tli, s); !complete {
+					if _, partial := whole.Partial(tli, s); partial && ok {
+						servedPartials++
+					} else if partial {
+						refusedPartials++
+					}
+				}
+			}
+		}
+	}
+	t.Logf("%d .partial files served, %d refused", servedPartials, refusedPartials)
+	require.Positive(t, servedPartials)
+	require.Positive(t, refusedPartials)
 }

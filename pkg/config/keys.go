@@ -201,8 +201,8 @@ var keys = func() []key {
 	add("leader-takeover-delay", "how long no agent beside the master may lead before another agent takes over", ds, dg)
 
 	s, g = str(func(c *Config) *string { return &c.PGHost })
-	add("pg-host", "PostgreSQL host of this agent's keeper, or the master's without keeper-uid (default: the address in clusterdata)", s, g)
-	add("pg-port", "PostgreSQL port of this agent's keeper, or the master's without keeper-uid (default: the port in clusterdata, else 5432)", func(c *Config, v string) error {
+	add("pg-host", "PostgreSQL host of this agent's keeper, or the master's without keeper-uid; ignored while keeper-uid auto serves no keeper (default: the address in clusterdata)", s, g)
+	add("pg-port", "PostgreSQL port of this agent's keeper, or the master's without keeper-uid; ignored while keeper-uid auto serves no keeper (default: the port in clusterdata, else 5432)", func(c *Config, v string) error {
 		n, err := strconv.Atoi(strings.TrimSpace(v))
 		if err != nil || n < 1 || n > 65535 {
 			return fmt.Errorf("invalid port %q: use a number from 1 to 65535", v)
@@ -370,7 +370,7 @@ var keys = func() []key {
 	}, func(c *Config) string { return c.RestoreDrillSuperuser })
 
 	ds, dg = duration(func(c *Config) *time.Duration { return &c.RequestRetention })
-	add("request-retention", "how long finished backup and restore requests (and their status) stay in etcd; the leader logs each result as it deletes them; 0 keeps them forever", ds, dg)
+	add("request-retention", "how long finished backup, restore and drill requests (and their status) stay in etcd, and claimed ones whose status was deleted, counted from the claim; the leader logs each result as it deletes them; 0 keeps them forever", ds, dg)
 
 	add("metrics-listen-address", "address of /metrics, /healthz, /readyz and /status (host:port; GET and HEAD only, no authentication); the default :9187 is every interface: use 127.0.0.1:9187 or the pod IP where only Prometheus should reach it", func(c *Config, v string) error {
 		v = strings.TrimSpace(v)

@@ -6,7 +6,10 @@
 //
 // The rule: pg-host and pg-port name the PostgreSQL of this process's
 // keeper (keeper-uid). For a process without a keeper-uid (a command run
-// from an operator's shell) they name the master instead. Each of the two
+// from an operator's shell) they name the master instead. An agent with
+// keeper-uid auto that serves no keeper is neither: it has a keeper-uid,
+// only no keeper found, and its pg-host and pg-port name nothing
+// (ForKeeper), never the master. Each of the two
 // overrides on its own; what they leave unset comes from clusterdata, and
 // where no clusterdata is read (backup --local) the port is libpq's
 // default, 5432.
@@ -46,6 +49,22 @@ func override(cfg config.Config, a Address) Address {
 		a.Port = cfg.PGPort
 	}
 	return a
+}
+
+// ForKeeper returns cfg for an agent that serves keeper uid, the choice
+// of keeper-uid auto ("" when it found none). With none, pg-host and
+// pg-port are cleared: they name the PostgreSQL beside this agent's
+// keeper, and there is none, so they must not be read as the master's
+// address, which is what they mean without a keeper-uid. The agent then
+// works over the network, as a takeover candidate, with the master's
+// address from clusterdata, and Local reports that no local PostgreSQL is
+// known.
+func ForKeeper(cfg config.Config, uid string) config.Config {
+	cfg.KeeperUID = uid
+	if uid == "" {
+		cfg.PGHost, cfg.PGPort = "", 0
+	}
+	return cfg
 }
 
 // Master returns where the master's PostgreSQL listens. m is the master

@@ -92,3 +92,43 @@ func TestLocal(t *testing.T) {
 		})
 	}
 }
+
+// TestForKeeper: an agent with keeper-uid auto that found no keeper runs
+// with an empty keeper-uid, which alone would make its pg-host the
+// master's address (the rule for an operator's shell): a takeover leader
+// would then stream from, and back up, whatever pg-host names on its own
+// node. ForKeeper clears pg-host and pg-port for it, so the master comes
+// from clusterdata and no local PostgreSQL is claimed; an agent that
+// found its keeper keeps them for that keeper's PostgreSQL.
+func TestForKeeper(t *testing.T) {
+	m := &stolon.Master{KeeperUID: "keeper0", Host: "10.0.0.1", Port: 5433}
+	auto := cfgWith(config.KeeperUIDAuto, "127.0.0.1", 7000)
+	tests := []struct {
+		name            string
+		uid             string
+		master          *stolon.Master
+		want, wantErr   string
+		local, localErr string
+	}{
+		{"none found: the master from clusterdata, never pg-host", "", m, "10.0.0.1:5433", "", "", "address of the local PostgreSQL is unknown"},
+		{"none found, no master: unknown, never pg-host", "", nil, "", "master's address is unknown", "", "address of the local PostgreSQL is unknown"},
+		{"found the master's keeper: pg-host and pg-port", "keeper0", m, "127.0.0.1:7000", "", "127.0.0.1:7000", ""},
+		{"found another keeper: pg-host is its own", "keeper1", m, "10.0.0.1:5433", "", "127.0.0.1:7000", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := ForKeeper(auto, tt.uid)
+			assert.Equal(t, tt.uid, cfg.KeeperUID)
+			a, err := Master(cfg, tt.master)
+			checkAddress(t, a, err, tt.want, tt.wantErr)
+			a, err = Local(cfg, nil)
+			checkAddress(t, a, err, tt.local, tt.localErr)
+		})
+	}
+	// What the agent ran with before: keeper-uid emptied, pg-host kept.
+	before := auto
+	before.KeeperUID = ""
+	a, err := Master(before, m)
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.1:7000", a.String(), "without a keeper-uid, Master reads pg-host as the master's address: why the agent serving none goes through ForKeeper")
+}

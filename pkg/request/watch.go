@@ -175,10 +175,75 @@ func (w *watch) recordClaim(ctx context.Context, id string) {
 // marker of every request of the queue's kind that finished more than
 // retention before now, after logging its result (the log keeps it; the
 // archive keeps a backup's catalog entry). A status changed meanwhile is
-// left for the next pass. Only the leader expires: fence is the comparison
-// that holds while it leads, checked in each transaction; once it fails,
-// Expire stops with ErrFenced. It returns how many requests it expired.
+// left for the next pass. It also deletes the request and claim marker of
+// a request whose status is gone (deleted by hand: the marker keeps it
+// from ever running again, so nothing else would remove them) once the
+// claim is older than retention (see expireOrphanClaims). Only the leader
+// expires: fence is the comparison that holds while it leads, checked in
+// each transaction; once it fails, Expire stops with ErrFenced. It returns
+// how many requests it expired.
 func (q *Queue[R]) Expire(ctx context.Context, retention time.Duration, now time.Time, fence clientv3.Cmp) (int, error) {
+	n, err := q.expireFinished(ctx, retention, now, fence)
+	if err != nil {
+		return n, err
+	}
+	m, err := q.expireOrphanClaims(ctx, retention, now, fence)
+	return n + m, err
+}
+
+// expireOrphanClaims deletes the request and claim marker of every
+// request of the queue's kind that has a claim marker but no status, once
+// the claim (the time the marker holds) is more than retention before now:
+// the rule for finished requests, with the claim's time standing for the
+// finish that the deleted status no longer tells. A request still running
+// after retention (7 days by default) whose status was deleted loses only
+// its request key: its agent goes on and writes its status again, which
+// the first pass expires in turn. A marker whose value is no time was not
+// written by barnacle (Claim and recordClaim write the time), so its age
+// is unknown, and it goes at once with its status gone. Status, marker
+// and fence are checked in the transaction: a status written meanwhile
+// (a claim being recorded, a job's progress) keeps both.
+func (q *Queue[R]) expireOrphanClaims(ctx context.Context, retention time.Duration, now time.Time, fence clientv3.Cmp) (int, error) {
+	k, kind := q.opts.Keys, q.opts.Kind
+	claims := k.Claims(kind)
+	resp, err := q.opts.Client.Get(ctx, claims, clientv3.WithPrefix())
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, kv := range resp.Kvs {
+		key := string(kv.Key)
+		id := strings.TrimPrefix(key, claims)
+		at, perr := time.Parse(time.RFC3339, string(kv.Value))
+		if perr == nil && now.Sub(at) <= retention {
+			continue
+		}
+		status := k.Status(kind, id)
+		tr, err := q.opts.Client.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision),
+				clientv3.Compare(clientv3.CreateRevision(status), "=", 0), fence).
+			Then(clientv3.OpDelete(k.Request(kind, id)), clientv3.OpDelete(key)).
+			Else(clientv3.OpGet(key, clientv3.WithKeysOnly()), clientv3.OpGet(status, clientv3.WithKeysOnly())).Commit()
+		if err != nil {
+			return n, err
+		}
+		if !tr.Succeeded {
+			// Marker unchanged and still no status: the fence failed.
+			marker, st := tr.Responses[0].GetResponseRange().Kvs, tr.Responses[1].GetResponseRange().Kvs
+			if len(marker) == 1 && marker[0].ModRevision == kv.ModRevision && len(st) == 0 {
+				return n, ErrFenced
+			}
+			continue // it has a status (the first pass's business) or changed
+		}
+		n++
+		q.log.Info("claimed request without a status expired from etcd", "kind", string(kind), "request", id,
+			"claimed_at", string(kv.Value))
+	}
+	return n, nil
+}
+
+// expireFinished is Expire's pass over the statuses.
+func (q *Queue[R]) expireFinished(ctx context.Context, retention time.Duration, now time.Time, fence clientv3.Cmp) (int, error) {
 	k, kind := q.opts.Keys, q.opts.Kind
 	statuses := k.Statuses(kind)
 	resp, err := q.opts.Client.Get(ctx, statuses, clientv3.WithPrefix())

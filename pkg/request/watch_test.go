@@ -260,3 +260,83 @@ func TestExpireRequests(t *testing.T) {
 	assert.Contains(t, logBuf.String(), "finished request expired from etcd")
 	assert.Contains(t, logBuf.String(), `result="{\"id\":\"20261117T000000\"}"`)
 }
+
+// TestExpireClaimWithoutStatus: a request whose status key was deleted by
+// hand keeps its claim marker (so that it never runs again) and used to
+// keep it, and the request, in etcd for good. The leader's expiry removes
+// both once the claim is older than request-retention; a recent one, one
+// whose status is back, and an unclaimed request stay.
+func TestExpireClaimWithoutStatus(t *testing.T) {
+	ctx := t.Context()
+	cli := testenv.StartEtcd(t).Client(t)
+	keys := Keys{Prefix: "barnacle/c1/"}
+	now := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	const retention = 7 * 24 * time.Hour
+	put := func(key, v string) {
+		t.Helper()
+		_, err := cli.Put(ctx, key, v)
+		require.NoError(t, err)
+	}
+	claims := map[string]string{
+		"old":        claimValue(now.Add(-8 * 24 * time.Hour)),
+		"old-marker": claimValue(now.Add(-9 * 24 * time.Hour)), // its request is gone too
+		"recent":     claimValue(now.Add(-24 * time.Hour)),
+		"not-a-time": "x", // written by hand: age unknown, goes with its status
+		"has-status": claimValue(now.Add(-30 * 24 * time.Hour)),
+	}
+	for id, v := range claims {
+		put(keys.Claim(KindRestore, id), v)
+		if id != "old-marker" {
+			put(keys.Request(KindRestore, id), `{}`)
+		}
+	}
+	put(keys.Status(KindRestore, "has-status"), `{"state":"running","agent":"a"}`)
+	put(keys.Request(KindRestore, "unclaimed"), `{}`)
+	// Another kind's old orphan is that queue's business.
+	put(keys.Claim(KindBackup, "old"), claimValue(now.Add(-8*24*time.Hour)))
+	put(keys.Request(KindBackup, "old"), `{}`)
+
+	var logBuf bytes.Buffer
+	q := NewQueue[RestoreResult](QueueOptions{Kind: KindRestore, Keys: keys, Client: cli, Agent: "a",
+		Writer: NewWriter(cli, nil, prometheus.NewRegistry()), Logger: hclog.New(&hclog.LoggerOptions{Output: &logBuf})})
+	e, fence := campaign(t, cli, keys.Prefix+"leader", "a")
+	count := func(key string) int64 {
+		t.Helper()
+		resp, err := cli.Get(ctx, key, clientv3.WithCountOnly())
+		require.NoError(t, err)
+		return resp.Count
+	}
+
+	stale := clientv3.Compare(clientv3.CreateRevision(e.Key()), "=", e.Rev()+1000)
+	n, err := q.Expire(ctx, retention, now, stale)
+	require.ErrorIs(t, err, ErrFenced)
+	assert.Zero(t, n)
+	assert.Equal(t, int64(1), count(keys.Claim(KindRestore, "old")), "expired by an agent whose term ended")
+
+	n, err = q.Expire(ctx, retention, now, fence)
+	require.NoError(t, err)
+	assert.Equal(t, 3, n)
+	for _, id := range []string{"old", "old-marker", "not-a-time"} {
+		assert.Zero(t, count(keys.Claim(KindRestore, id)), id)
+		assert.Zero(t, count(keys.Request(KindRestore, id)), id)
+	}
+	for _, id := range []string{"recent", "has-status"} {
+		assert.Equal(t, int64(1), count(keys.Claim(KindRestore, id)), id)
+		assert.Equal(t, int64(1), count(keys.Request(KindRestore, id)), id)
+	}
+	assert.Equal(t, int64(1), count(keys.Status(KindRestore, "has-status")))
+	assert.Equal(t, int64(1), count(keys.Request(KindRestore, "unclaimed")))
+	assert.Equal(t, int64(1), count(keys.Claim(KindBackup, "old")))
+	assert.Equal(t, int64(1), count(keys.Request(KindBackup, "old")))
+	assert.Contains(t, logBuf.String(), "claimed request without a status expired from etcd")
+
+	// The recent one goes once it is old enough; nothing is left to do
+	// after that.
+	n, err = q.Expire(ctx, retention, now.Add(7*24*time.Hour), fence)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	assert.Zero(t, count(keys.Claim(KindRestore, "recent")))
+	n, err = q.Expire(ctx, retention, now.Add(7*24*time.Hour), fence)
+	require.NoError(t, err)
+	assert.Zero(t, n)
+}

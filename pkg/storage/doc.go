@@ -5,7 +5,7 @@
 // Implementations live in subpackages (fs, and later s3); backends maps an
 // archive URL to one of them; storagetest is the conformance suite every
 // implementation must pass. Optional features (SpaceReporter, Cleaner,
-// Appender) are one-method interfaces that callers find by type assertion,
+// Appender, DirLister) are one-method interfaces that callers find by type assertion,
 // so the shared contract stays small.
 //
 // Object names are slash-separated and relative to the backend's root, for

@@ -142,6 +142,24 @@ type Appender interface {
 	Append(ctx context.Context, name string, offset int64, data []byte, checksum string) error
 }
 
+// DirLister is implemented by backends that can list one directory from a
+// point in name order, a page at a time, so that a reader looking for what
+// follows one name in a large directory (wal-fetch deciding whether a
+// .partial ends the archive, among 100,000 segments) reads a page instead
+// of the whole directory. Callers find it by type assertion and fall back
+// to List.
+//
+// ListAfter returns the objects directly in directory dir (named
+// dir + "/" + base, base without "/"; sub-directories and what they hold
+// are left out) whose base sorts after after in byte order, sorted by
+// name, at most limit of them (limit > 0): fewer than limit means there
+// are no more. dir must be a valid name (see CheckName); a directory that
+// does not exist gives an empty list and no error. Like List, it never
+// returns the backend's internal files.
+type DirLister interface {
+	ListAfter(ctx context.Context, dir, after string, limit int) ([]ObjectInfo, error)
+}
+
 var (
 	// ErrNotExist means the object does not exist.
 	ErrNotExist = errors.New("storage: object does not exist")

@@ -64,6 +64,13 @@ import (
 // failure to report.
 var ErrNotFound = errors.New("walfetch: wal file not in the archive")
 
+// ErrDamaged means the archive was read, but what it holds is not a WAL
+// file Fetch may serve: compressed data that does not decompress, a
+// segment of the wrong length, a .partial longer than a segment. Damaged
+// stored bytes are reported with storage.ErrChecksum instead. Either one
+// stops recovery; neither is ErrNotFound.
+var ErrDamaged = errors.New("walfetch: damaged wal file")
+
 // DefaultSpoolWait is how long Fetch waits, when Options.SpoolWait is 0,
 // for a prefetcher that is downloading the requested segment before it
 // downloads the segment itself.
@@ -322,7 +329,7 @@ func (f *fetcher) segment(ctx context.Context, file, dest string) error {
 		f.log.Debug("partial segment not served", "object", partial.Key, "reason", "complete segments only")
 		return fmt.Errorf("%s%s: only %s exists, and complete segments only are served: %w", f.prefix, file, partial.Key, ErrNotFound)
 	}
-	// Before the whole listing below, which a standby at the archive's end
+	// Before the listing below, which a standby at the archive's end
 	// would otherwise make at every retry: "not found" is right whether or
 	// not the .partial may still be served, as pg_wal holds the bytes
 	// PostgreSQL already had, and a new timeline is found through its
@@ -331,14 +338,15 @@ func (f *fetcher) segment(ctx context.Context, file, dest string) error {
 		f.log.Debug("partial segment unchanged since served; the server holds it", "object", partial.Key, "size", partial.Size)
 		return fmt.Errorf("%s%s: %s is unchanged since it was served, and pg_wal holds that copy: %w", f.prefix, file, partial.Key, ErrNotFound)
 	}
-	// Whether a .partial is served depends on the whole archive (see
-	// catalog.WALIndex): list it, once per recovery (or per retry in
-	// standby mode), at the archive's end only.
-	all, err := f.b.List(ctx, f.prefix)
+	// Whether a .partial is served depends on what follows it in the
+	// archive (see catalog.WALIndex): ServeSegment reads a page of the
+	// names after it, not the whole WAL prefix, which a standby at the
+	// archive's end would otherwise list at every retry once the .partial
+	// has grown.
+	p, ok, why, err := catalog.ServeSegment(ctx, f.b, f.prefix, objs, file, segSize)
 	if err != nil {
-		return fmt.Errorf("list %s: %w", f.prefix, err)
+		return err
 	}
-	p, ok, why := catalog.IndexWAL(all, f.prefix, segSize).Serve(tli, seg)
 	if !ok {
 		f.log.Debug("partial segment not served", "object", partial.Key, "reason", why)
 		return fmt.Errorf("%s%s: only %s exists, and %s: %w", f.prefix, file, partial.Key, why, ErrNotFound)
@@ -436,19 +444,45 @@ func copySegment(ctx context.Context, b storage.Backend, name string, segSize ui
 		return err
 	}
 	defer rc.Close()
+	ww := &writeErr{w: w}
 	// One byte more than a segment tells an overlong object from an exact one.
-	n, err := io.Copy(w, io.LimitReader(rc, int64(segSize)+1))
+	n, err := io.Copy(ww, io.LimitReader(rc, int64(segSize)+1))
 	if err != nil {
-		return err
+		return damaged(rc, ww, err)
 	}
 	if uint64(n) != segSize {
-		return fmt.Errorf("segment %s holds %d bytes once decompressed, want the segment size %d", name, n, segSize)
+		return fmt.Errorf("segment %s holds %d bytes once decompressed, want the segment size %d: %w", name, n, segSize, ErrDamaged)
 	}
 	// The limit stopped short of the verifying reader's end.
 	if _, err := io.Copy(io.Discard, rc); err != nil {
-		return err
+		return damaged(rc, nil, err)
 	}
 	return nil
+}
+
+// damaged returns err, the failure of copying from rc to w, marked with
+// ErrDamaged when it is neither the backend's (storage failures and
+// checksum mismatches say so themselves) nor the destination's: the
+// object read fine and did not decompress.
+func damaged(rc *catalog.SegmentReader, w *writeErr, err error) error {
+	if rc.StorageErr() != nil || (w != nil && w.err != nil) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrDamaged, err)
+}
+
+// writeErr remembers the error of the writer it wraps.
+type writeErr struct {
+	w   io.Writer
+	err error
+}
+
+func (e *writeErr) Write(p []byte) (int, error) {
+	n, err := e.w.Write(p)
+	if err != nil && e.err == nil {
+		e.err = err
+	}
+	return n, err
 }
 
 // copyPadded writes the .partial object name, verified, then zeros up to
@@ -464,7 +498,7 @@ func copyPadded(ctx context.Context, b storage.Backend, name string, segSize uin
 		return 0, fmt.Errorf("read %s: %w", name, err)
 	}
 	if uint64(n) > segSize {
-		return 0, fmt.Errorf("partial segment %s is longer than the segment size %d", name, segSize)
+		return 0, fmt.Errorf("partial segment %s is longer than the segment size %d: %w", name, segSize, ErrDamaged)
 	}
 	if _, err := io.Copy(w, io.LimitReader(zeros{}, int64(segSize)-n)); err != nil {
 		return 0, err

@@ -187,8 +187,8 @@ func TestFetchFailures(t *testing.T) {
 		wantIs error // nil: any error but ErrNotFound
 	}{
 		{name: "damaged plain segment", object: seg(1, 5), at: 1000, fetch: seg(1, 5), wantIs: storage.ErrChecksum},
-		{name: "damaged zstd segment", object: seg(1, 5) + ".zst", at: 40, fetch: seg(1, 5)},
-		{name: "damaged lz4 segment", object: seg(1, 5) + ".lz4", at: 40, fetch: seg(1, 5)},
+		{name: "damaged zstd segment", object: seg(1, 5) + ".zst", at: 40, fetch: seg(1, 5), wantIs: walfetch.ErrDamaged},
+		{name: "damaged lz4 segment", object: seg(1, 5) + ".lz4", at: 40, fetch: seg(1, 5), wantIs: walfetch.ErrDamaged},
 		{name: "damaged history", object: "00000002.history", at: 0, fetch: "00000002.history", wantIs: storage.ErrChecksum},
 		{name: "damaged highest partial", object: seg(1, 5) + ".partial", at: 10, fetch: seg(1, 5), wantIs: storage.ErrChecksum},
 		{name: "backup label name", fetch: "000000010000000000000005.00000028.backup"},
@@ -599,8 +599,10 @@ type countingBackend struct {
 	hold    func(name string)
 
 	gets, lists, stats atomic.Int64
-	mu                 sync.Mutex
-	perName            map[string]int64
+	// listed counts the objects List and ListAfter returned.
+	listed  atomic.Int64
+	mu      sync.Mutex
+	perName map[string]int64
 }
 
 func (c *countingBackend) wait(ctx context.Context) error {
@@ -639,7 +641,20 @@ func (c *countingBackend) List(ctx context.Context, prefix string) ([]storage.Ob
 	if err := c.wait(ctx); err != nil {
 		return nil, err
 	}
-	return c.Backend.List(ctx, prefix)
+	objs, err := c.Backend.List(ctx, prefix)
+	c.listed.Add(int64(len(objs)))
+	return objs, err
+}
+
+// ListAfter forwards storage.DirLister (the fs backend has it).
+func (c *countingBackend) ListAfter(ctx context.Context, dir, after string, limit int) ([]storage.ObjectInfo, error) {
+	c.lists.Add(1)
+	if err := c.wait(ctx); err != nil {
+		return nil, err
+	}
+	objs, err := c.Backend.(storage.DirLister).ListAfter(ctx, dir, after, limit)
+	c.listed.Add(int64(len(objs)))
+	return objs, err
 }
 
 func (c *countingBackend) Stat(ctx context.Context, name string) (storage.ObjectInfo, error) {
@@ -683,4 +698,54 @@ func TestRemoveSpoolKeepsPrefetchersOut(t *testing.T) {
 	require.Error(t, err, "a late prefetcher finds no spool")
 	require.NoDirExists(t, opts.SpoolDir)
 	require.NoError(t, walfetch.RemoveSpool(opts.SpoolDir), "removing a removed spool is no error")
+}
+
+// TestFetchPartialListsWhatFollowsOnly: deciding whether to serve a
+// .partial reads the segment's names and a page of what follows it, not
+// the whole WAL prefix, so its cost does not grow with the archive (it
+// used to list every segment: on S3 a LIST per 1,000 names and, without
+// metadata in listings, a HEAD per name, at every retry of a standby once
+// the .partial had grown).
+func TestFetchPartialListsWhatFollowsOnly(t *testing.T) {
+	// filler stores n tiny objects under segment names, never read.
+	filler := func(t *testing.T, a *archive, tli wal.Timeline, from, n int) {
+		t.Helper()
+		for i := from; i < from+n; i++ {
+			name := prefix + seg(tli, wal.SegmentNo(i))
+			require.NoError(t, a.fs.Put(t.Context(), name, strings.NewReader(name), storage.PutOptions{}))
+		}
+	}
+	listed := func(t *testing.T, segments int) (served, refused int64) {
+		t.Helper()
+		a := newArchive(t)
+		filler(t, a, 1, 1, segments)
+		end := wal.SegmentNo(segments + 1)
+		a.put(t, seg(1, end)+".partial", segmentData(uint64(end))[:1000])
+
+		// The newest timeline's end: served.
+		before := a.b.listed.Load()
+		dest, err := fetch(t, a.b, seg(1, end), walfetch.Options{})
+		require.NoError(t, err)
+		got, err := os.ReadFile(dest)
+		require.NoError(t, err)
+		require.Equal(t, segmentData(uint64(end))[:1000], got[:1000])
+		served = a.b.listed.Load() - before
+
+		// A failover: timeline 2 follows with as many segments. Timeline
+		// 1's .partial is no longer served.
+		a.put(t, "00000002.history", []byte("1\t0/5000000\tno recovery target specified\n"))
+		filler(t, a, 2, int(end), segments)
+		before = a.b.listed.Load()
+		_, err = fetch(t, a.b, seg(1, end), walfetch.Options{})
+		require.ErrorIs(t, err, walfetch.ErrNotFound)
+		require.ErrorContains(t, err, "timeline 1 is not the newest")
+		return served, a.b.listed.Load() - before
+	}
+	smallServed, smallRefused := listed(t, 10)
+	largeServed, largeRefused := listed(t, 1500)
+	t.Logf("objects listed to serve the .partial: %d with 10 segments, %d with 1500; to refuse it: %d and %d",
+		smallServed, largeServed, smallRefused, largeRefused)
+	require.Equal(t, smallServed, largeServed, "the cost of serving a .partial does not depend on the archive's size")
+	require.Equal(t, smallRefused, largeRefused, "nor that of refusing one")
+	require.Less(t, largeServed, int64(10))
 }

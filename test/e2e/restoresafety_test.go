@@ -146,6 +146,16 @@ func TestRestoreArchiveVanishes(t *testing.T) {
 		dir := filepath.Join(parent, "pgdata")
 		out, stderr, code := barnacleAsPostgres(t, append([]string{"restore", "--target-dir", dir}, archiveArgs...)...)
 		require.Equal(t, 0, code, "restore:\n%s\n%s", out, stderr)
+		// The archive stays away longer than wal-fetch's retries: a short
+		// --retry-for keeps the server's stop well inside the harness'
+		// start timeout (TestWALFetchRetriesArchiveOutage covers an
+		// archive that comes back in time).
+		auto := filepath.Join(dir, "postgresql.auto.conf")
+		conf, err := os.ReadFile(auto)
+		require.NoError(t, err)
+		require.Contains(t, string(conf), " wal-fetch ")
+		conf = []byte(strings.Replace(string(conf), " wal-fetch ", " wal-fetch --retry-for=1s ", 1))
+		require.NoError(t, os.WriteFile(auto, conf, 0o600))
 		return dir
 	}
 	gone := env.dir + ".gone"
@@ -209,7 +219,7 @@ if [ "$1" = %q ] && [ ! -e %q ]; then
 	i=0
 	while [ ! -e %q ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
 fi
-exec %q wal-fetch --cluster-name %q --archive-url %q "$1" "$2"
+exec %q wal-fetch --retry-for=1s --cluster-name %q --archive-url %q "$1" "$2"
 `, vanishAt, marks+"/seen", marks+"/seen", marks+"/gone", binary, cluster, "file://"+env.dir)), 0o755))
 		testenv.PGOwn(t, script)
 		f, err := os.OpenFile(filepath.Join(dir, "postgresql.auto.conf"), os.O_APPEND|os.O_WRONLY, 0)

@@ -682,6 +682,58 @@ func (b *Backend) List(ctx context.Context, prefix string) ([]storage.ObjectInfo
 	return out, nil
 }
 
+var _ storage.DirLister = (*Backend)(nil)
+
+// ListAfter implements storage.DirLister: one read of dir's entries
+// (names and types, no per-file stat) and a stat of each object returned
+// only, where List stats, and reads the checksum attribute of, every file
+// under the prefix (a round trip each on NFS).
+func (b *Backend) ListAfter(ctx context.Context, dir, after string, limit int) ([]storage.ObjectInfo, error) {
+	if err := storage.CheckName(dir); err != nil {
+		return nil, fmt.Errorf("list %s after %q: %w", dir, after, err)
+	}
+	if limit <= 0 {
+		return nil, fmt.Errorf("list %s after %q: limit %d is not positive", dir, after, limit)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("list %s after %q: %w", dir, after, err)
+	}
+	entries, err := os.ReadDir(b.path(dir)) // sorted by name
+	if errors.Is(err, iofs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list %s after %q: %w", dir, after, err)
+	}
+	i, _ := slices.BinarySearchFunc(entries, after, func(e os.DirEntry, after string) int {
+		return strings.Compare(e.Name(), after)
+	})
+	var out []storage.ObjectInfo
+	for _, e := range entries[i:] {
+		if len(out) == limit {
+			break
+		}
+		// Hidden names are temporary files; only regular files are
+		// objects, as for List.
+		if e.Name() <= after || strings.HasPrefix(e.Name(), ".") || !e.Type().IsRegular() {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("list %s after %q: %w", dir, after, err)
+		}
+		name := dir + "/" + e.Name()
+		info, err := statObject(b.path(name), name)
+		if errors.Is(err, storage.ErrNotExist) {
+			continue // deleted since the directory was read
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list %s after %q: %w", dir, after, err)
+		}
+		out = append(out, info)
+	}
+	return out, nil
+}
+
 // Delete implements storage.Backend. It also removes the object's
 // directories that it leaves empty (never the root), so that deleting old
 // backups does not leave a trail of empty directories.

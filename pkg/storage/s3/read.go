@@ -141,7 +141,7 @@ func (b *Backend) List(ctx context.Context, prefix string) ([]storage.ObjectInfo
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("list %s: %w", prefix, err)
 	}
-	infos, err := b.list(ctx, prefix)
+	infos, err := b.list(ctx, minio.ListObjectsOptions{Prefix: b.key(prefix), Recursive: true}, 0)
 	if err != nil {
 		b.stats.listErrors.Add(1)
 		return nil, fmt.Errorf("list %s: %w", prefix, ctxErr(ctx, err))
@@ -149,16 +149,43 @@ func (b *Backend) List(ctx context.Context, prefix string) ([]storage.ObjectInfo
 	return infos, nil
 }
 
-func (b *Backend) list(ctx context.Context, prefix string) ([]storage.ObjectInfo, error) {
+var _ storage.DirLister = (*Backend)(nil)
+
+// ListAfter implements storage.DirLister with one LIST request (StartAfter,
+// MaxKeys, delimited at "/") and, where the listing lacks digests, a HEAD
+// per object returned: a page costs the same whatever the directory holds.
+func (b *Backend) ListAfter(ctx context.Context, dir, after string, limit int) ([]storage.ObjectInfo, error) {
+	b.stats.lists.Add(1)
+	if err := storage.CheckName(dir); err != nil {
+		return nil, fmt.Errorf("list %s after %q: %w", dir, after, err)
+	}
+	if limit <= 0 {
+		return nil, fmt.Errorf("list %s after %q: limit %d is not positive", dir, after, limit)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("list %s after %q: %w", dir, after, err)
+	}
+	infos, err := b.list(ctx, minio.ListObjectsOptions{
+		Prefix:     b.key(dir + "/"),
+		StartAfter: b.key(dir + "/" + after),
+		MaxKeys:    limit,
+	}, limit)
+	if err != nil {
+		b.stats.listErrors.Add(1)
+		return nil, fmt.Errorf("list %s after %q: %w", dir, after, ctxErr(ctx, err))
+	}
+	return infos, nil
+}
+
+// list lists what opts selects (WithMetadata is set here), with each
+// object's digest; limit > 0 stops after that many objects.
+func (b *Backend) list(ctx context.Context, opts minio.ListObjectsOptions, limit int) ([]storage.ObjectInfo, error) {
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel() // stops the listing goroutine on an early return
 	var infos []storage.ObjectInfo
 	var missing []int // indexes of infos whose digest the listing lacks
-	for oi := range b.client.ListObjects(lctx, b.bucket, minio.ListObjectsOptions{
-		Prefix:       b.key(prefix),
-		Recursive:    true,
-		WithMetadata: b.listMetadata,
-	}) {
+	opts.WithMetadata = b.listMetadata
+	for oi := range b.client.ListObjects(lctx, b.bucket, opts) {
 		if oi.Err != nil {
 			if isNotExist(oi.Err) {
 				continue
@@ -166,9 +193,10 @@ func (b *Backend) list(ctx context.Context, prefix string) ([]storage.ObjectInfo
 			return nil, oi.Err
 		}
 		name := strings.TrimPrefix(oi.Key, b.prefix)
-		// Temporary objects, "directory" markers and anything else that is
-		// not a valid object name are not barnacle's objects.
-		if storage.CheckName(name) != nil {
+		// Temporary objects, "directory" markers, the common prefixes of
+		// a delimited listing and anything else that is not a valid
+		// object name are not barnacle's objects.
+		if strings.HasSuffix(oi.Key, "/") || storage.CheckName(name) != nil {
 			continue
 		}
 		info := storage.ObjectInfo{Name: name, Size: oi.Size, ModTime: oi.LastModified}
@@ -177,6 +205,9 @@ func (b *Backend) list(ctx context.Context, prefix string) ([]storage.ObjectInfo
 			missing = append(missing, len(infos))
 		}
 		infos = append(infos, info)
+		if limit > 0 && len(infos) == limit {
+			break // before minio-go asks for the next page
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err

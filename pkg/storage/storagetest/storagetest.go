@@ -46,6 +46,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 		{"PutOnce", testPutOnce},
 		{"PutOnceConcurrent", testPutOnceConcurrent},
 		{"List", testList},
+		{"ListAfter", testListAfter},
 		{"NestedNames", testNestedNames},
 		{"Delete", testDelete},
 		{"ConcurrentPutAndDelete", testConcurrentPutAndDelete},
@@ -384,6 +385,48 @@ func testList(t *testing.T, b storage.Backend) {
 			}
 		})
 	}
+}
+
+// testListAfter checks storage.DirLister, for backends that have it.
+func testListAfter(t *testing.T, b storage.Backend) {
+	dl, ok := b.(storage.DirLister)
+	if !ok {
+		t.Skip("the backend does not implement storage.DirLister")
+	}
+	ctx := t.Context()
+	all := []string{"dir/a", "dir/b.1", "dir/b", "dir/c/sub", "dir/d", "dir/e", "dirx/f", "other"}
+	for i, n := range all {
+		put(t, b, n, []byte(strings.Repeat("x", i)))
+	}
+	cases := []struct {
+		dir, after string
+		limit      int
+		want       []string
+	}{
+		{"dir", "", 10, []string{"dir/a", "dir/b", "dir/b.1", "dir/d", "dir/e"}},
+		{"dir", "a", 10, []string{"dir/b", "dir/b.1", "dir/d", "dir/e"}},
+		{"dir", "b", 2, []string{"dir/b.1", "dir/d"}}, // "dir/c" is a directory
+		{"dir", "b.1", 1, []string{"dir/d"}},
+		{"dir", "bz", 10, []string{"dir/d", "dir/e"}},
+		{"dir", "e", 10, nil},
+		{"dir/c", "", 10, []string{"dir/c/sub"}},
+		{"missing", "", 10, nil},
+		{"dir/a", "", 10, nil}, // an object, not a directory
+	}
+	for _, tc := range cases {
+		t.Run(fmt.Sprintf("%s after %q limit %d", tc.dir, tc.after, tc.limit), func(t *testing.T) {
+			infos, err := dl.ListAfter(ctx, tc.dir, tc.after, tc.limit)
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, nilIfEmpty(names(infos)))
+			for _, info := range infos {
+				data := []byte(strings.Repeat("x", indexOf(all, info.Name)))
+				assert.Equal(t, int64(len(data)), info.Size, info.Name)
+				assert.Equal(t, sum(data), info.Checksum, info.Name)
+			}
+		})
+	}
+	_, err := dl.ListAfter(ctx, "../x", "", 1)
+	require.ErrorIs(t, err, storage.ErrInvalidName)
 }
 
 func nilIfEmpty(s []string) []string {
