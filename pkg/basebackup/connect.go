@@ -13,8 +13,8 @@ import (
 // reads at once. pgx reads through an 8 KiB buffer, sized after what a
 // server sends per message in ordinary queries; a backup stream arrives as
 // fast as the walsender can read files, and with 8 KiB reads a 1.6 GB
-// backup took 210,000 read(2) calls, a third of the client's CPU on a
-// cluster of 120,000 small files (issue 21). With 256 KiB reads it takes
+// backup took 210,000 read(2) calls, over a quarter of the client's CPU
+// on a cluster of 120,000 small files (issue 21). With 256 KiB reads it takes
 // a few thousand; the bytes are then copied once more, from this buffer
 // into pgx's, which costs far less than the calls.
 const readBufferSize = 256 << 10
