@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what barnacle's tests and demo need when it is missing:
-# PostgreSQL 15 server binaries (initdb, pg_ctl, pg_basebackup, pgbench, ...).
+# PostgreSQL 15 server binaries (initdb, pg_ctl, pg_basebackup, pgbench, ...)
+# and strace.
 # Go itself must already be installed (https://go.dev/doc/install).
 set -euo pipefail
 pg_bindir=/usr/lib/postgresql/15/bin
@@ -13,6 +14,18 @@ if [ ! -x "$pg_bindir/initdb" ] && ! command -v initdb >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q postgresql-15
+fi
+# strace: pkg/restore's TestRestoreSystemCallsPerFile counts a restore's
+# system calls with it (and fails without it).
+if ! command -v strace >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "strace is missing; run as root: apt-get update && apt-get install -y strace" >&2
+    exit 1
+  fi
+  echo "installing strace"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q strace
 fi
 # As root the tests run PostgreSQL as the postgres OS user, which the package
 # creates; make sure it exists even where PostgreSQL came from elsewhere.

@@ -60,7 +60,14 @@ in use by another process fails the backup at once. Either way a backup is
 			bar := newProgressBar(cmd, "backup", !asJSON)
 			bar.Waiting(checkpointWait(fast))
 			bar.AtEnd("waiting for the WAL up to the stop position to be archived")
-			doc, err := takeLocalBackup(cmd.Context(), cfg, b, log, label, fast, bar.Update)
+			// With no bar drawn nothing reads the progress, and without a
+			// reader the server is not asked for its size estimate (a stat
+			// of every file before the first byte; backup.Options.OnProgress).
+			var progress func(done, total int64)
+			if bar.on {
+				progress = bar.Update
+			}
+			doc, err := takeLocalBackup(cmd.Context(), cfg, b, log, label, fast, progress)
 			bar.Done()
 			if err != nil {
 				if doc.ID != "" {

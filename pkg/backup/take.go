@@ -83,7 +83,8 @@ type Options struct {
 	// sends anything (the sum of its tablespaces' sizes), so done may end a
 	// little above it when files grow meanwhile; it is -1 if the server
 	// sent no estimate, and done at the last call. It must return quickly:
-	// the backup waits for it.
+	// the backup waits for it. Without it the server is not asked for the
+	// estimate, which costs it a stat of every file before the first byte.
 	OnProgress func(done, total int64)
 	// OnCreate, if set, is called with the backup's ID once its running
 	// document is written, so that the caller knows which running backup
@@ -232,15 +233,18 @@ func (t *taker) run(ctx context.Context, conn *pgconn.PgConn) error {
 	// "waiting for checkpoint" too).
 	t.log.Info("waiting for checkpoint", "fast", t.opts.Fast)
 	// PROGRESS costs the server one pass of stat calls over the data
-	// directory before it sends anything, no reads: small beside the
-	// backup, and it gives the progress bar and status key their total.
+	// directory before it sends anything, no reads: it gives the
+	// progress bar and status key their total, and is asked for only
+	// when something reads it (OnProgress). Small beside a backup of
+	// large files, it took 0.7-1.3 s before the first byte on a cluster
+	// of 121,000 small files, a sixth of the backup (issue 21).
 	res, err := basebackup.Run(ctx, conn, basebackup.Options{
 		Label:             t.doc.Label,
 		Fast:              t.opts.Fast,
 		Manifest:          true,
 		ManifestChecksums: t.opts.ManifestChecksums,
 		MaxRate:           t.opts.MaxRate,
-		Progress:          true,
+		Progress:          t.opts.OnProgress != nil,
 	}, t)
 	if err != nil {
 		return err

@@ -185,10 +185,45 @@ func TestTake(t *testing.T) {
 	}
 	t.Run("StoredObjectDamaged", func(t *testing.T) { testStoredObjectDamaged(t, env, taken["zstd"]) })
 	t.Run("FileInTarDamaged", func(t *testing.T) { testFileInTarDamaged(t, env, taken["none"]) })
+	t.Run("NoEstimateWithoutProgress", func(t *testing.T) { testNoEstimate(t, env) })
 	t.Run("WALNotArchived", func(t *testing.T) { testWALNotArchived(t, env) })
 	t.Run("WALTimeout", func(t *testing.T) { testWALTimeout(t, env) })
 	for _, alg := range []string{"zstd", "lz4"} {
 		t.Run("Cancelled/"+alg, func(t *testing.T) { testCancelled(t, env, alg) })
+	}
+}
+
+// testNoEstimate: without OnProgress the server is not asked for its size
+// estimate (PROGRESS), which costs it a stat of every file before it sends
+// the first byte (issue 21): the tablespaces come without sizes.
+func testNoEstimate(t *testing.T, env *testEnv) {
+	for _, withProgress := range []bool{false, true} {
+		var logs bytes.Buffer // written by Take's goroutine only, read after it returns
+		opts := Options{
+			Logger:  hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Debug}),
+			Backend: env.main.b,
+			Cluster: testCluster,
+			Fast:    true,
+			WaitWAL: env.wal.wait,
+		}
+		if withProgress {
+			opts.OnProgress = func(int64, int64) {}
+		}
+		doc, err := Take(t.Context(), env.replConn(t), opts)
+		require.NoError(t, err)
+		assert.Equal(t, catalog.StatusDone, doc.Status)
+		line := ""
+		for l := range strings.SplitSeq(logs.String(), "\n") {
+			if strings.Contains(l, "tablespaces:") {
+				line = l
+			}
+		}
+		if withProgress {
+			assert.NotContains(t, line, "estimated_bytes=-1", "with OnProgress the server estimates the size")
+			assert.Contains(t, line, "estimated_bytes=")
+		} else {
+			assert.Contains(t, line, "estimated_bytes=-1", "without OnProgress no estimate is asked for")
+		}
 	}
 }
 

@@ -6,8 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/barnacle-pg/barnacle/pkg/basebackup"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
@@ -46,7 +44,7 @@ func WaitArchived(archived func() (catalog.Position, error), wake <-chan struct{
 // TakeFrom opens a replication connection with connString, runs Take over
 // it and closes it.
 func TakeFrom(ctx context.Context, connString string, opts Options) (catalog.Backup, error) {
-	conn, err := pgconn.Connect(ctx, connString)
+	conn, err := basebackup.Connect(ctx, connString)
 	if err != nil {
 		return catalog.Backup{}, fmt.Errorf("connect to %s for the base backup: %w", opts.Host, err)
 	}

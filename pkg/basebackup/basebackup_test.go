@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -176,6 +177,66 @@ func TestRun(t *testing.T) {
 	t.Run("ServerError", func(t *testing.T) { testServerError(t, tc) })
 	t.Run("Cancel", func(t *testing.T) { testCancel(t, tc) })
 	t.Run("ConsumerError", func(t *testing.T) { testConsumerError(t, tc) })
+	t.Run("ConnectReadsLargeBuffers", func(t *testing.T) { testConnectReads(t, tc) })
+}
+
+// readSizes is a net.Conn that records how many bytes each Read offers
+// to the kernel.
+type readSizes struct {
+	net.Conn
+	mu    sync.Mutex
+	sizes []int
+}
+
+func (c *readSizes) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	c.sizes = append(c.sizes, len(p))
+	c.mu.Unlock()
+	return c.Conn.Read(p)
+}
+
+// testConnectReads takes a backup over a connection made by Connect and
+// checks that every read of the socket offered readBufferSize bytes or
+// more: pgx alone reads 8 KiB at a time, which took a read(2) per 8 KiB
+// of backup (issue 21).
+func testConnectReads(t *testing.T, tc *testCluster) {
+	ctx := t.Context()
+	cfg, err := pgconn.ParseConfig(tc.node.ReplConnString())
+	require.NoError(t, err)
+	var rec *readSizes
+	dial := cfg.DialFunc
+	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		rec = &readSizes{Conn: c}
+		return rec, nil
+	}
+	conn, err := connectConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	require.NotNil(t, rec)
+	rec.mu.Lock()
+	rec.sizes = nil // the start-up exchange
+	rec.mu.Unlock()
+	c := &dirConsumer{dir: t.TempDir()}
+	res, err := Run(ctx, conn, Options{Fast: true, Manifest: true}, c)
+	require.NoError(t, err)
+	var total int64
+	for _, a := range res.Archives {
+		total += a.Bytes
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	small := 0
+	for _, n := range rec.sizes {
+		if n < readBufferSize {
+			small++
+		}
+	}
+	t.Logf("%d bytes of archives in %d reads", total, len(rec.sizes))
+	assert.Zero(t, small, "reads offering less than %d bytes, of %d", readBufferSize, len(rec.sizes))
 }
 
 func testVerifiedBackup(t *testing.T, tc *testCluster) {

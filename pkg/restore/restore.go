@@ -346,6 +346,9 @@ func Restore(ctx context.Context, opts Options) (Result, error) {
 		defer u.close()
 		u.limit = a.file.Bytes
 		u.sizes = sizes
+		// The manifest lists every file: with as many as one syncfs is
+		// for, no small file's writeback is started on its own.
+		u.manyFiles = syncer != nil && len(sizes) >= syncfsMinFiles
 		if a.tablespace != 0 {
 			u.sizesPrefix = "pg_tblspc/" + strconv.FormatUint(uint64(a.tablespace), 10) + "/"
 		}
