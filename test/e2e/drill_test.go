@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -129,7 +128,7 @@ func TestDrill(t *testing.T) {
 	if cred != nil {
 		owner = &restore.Owner{UID: int(cred.Uid), GID: int(cred.Gid)}
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	logger := hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Debug, Output: io.MultiWriter(testWriter{t}, logs)})
 	opts := func(id string) drill.Options {
 		return drill.Options{
@@ -395,24 +394,6 @@ func insertDrillRows(t *testing.T, n *testenv.Node, from, to int) {
 	for i := from; i <= to; i++ {
 		require.NoError(t, n.Exec(t.Context(), "INSERT INTO drill (id) VALUES ($1)", i))
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // testWriter sends a logger's lines to the test log.
