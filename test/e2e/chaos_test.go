@@ -730,27 +730,6 @@ func TestChaos(t *testing.T) {
 		maxLeading, max(senders, records), time.Since(began).Round(time.Second))
 }
 
-// newAgentProc is startAgent without the start, for agents the isolation
-// starts inside their network namespace.
-func newAgentProc(t *testing.T, name string, args ...string) *agentProc {
-	t.Helper()
-	a := &agentProc{
-		name:    name,
-		metrics: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
-		logPath: filepath.Join(t.TempDir(), name+".log"),
-	}
-	a.args = append([]string{"agent", "--agent-name", name, "--metrics-listen-address", a.metrics}, args...)
-	t.Cleanup(func() {
-		a.signal(syscall.SIGKILL)
-		a.wait(5 * time.Second)
-		if t.Failed() {
-			b, _ := os.ReadFile(a.logPath)
-			t.Logf("--- log of agent %s ---\n%s", name, tail(string(b), 60))
-		}
-	})
-	return a
-}
-
 // isolation runs every agent in its own network namespace that has only a
 // loopback interface; the test process forwards the agent's connections to
 // etcd and to the PostgreSQL nodes (listening on the same 127.0.0.1 ports

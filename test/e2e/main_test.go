@@ -67,13 +67,21 @@ type agentProc struct {
 
 func startAgent(t *testing.T, name string, args ...string) *agentProc {
 	t.Helper()
+	a := newAgentProc(t, name, args...)
+	a.start(t)
+	return a
+}
+
+// newAgentProc prepares an agent and its cleanup without starting it: the
+// chaos isolation starts its agents inside their network namespaces.
+func newAgentProc(t *testing.T, name string, args ...string) *agentProc {
+	t.Helper()
 	a := &agentProc{
 		name:    name,
 		metrics: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 		logPath: filepath.Join(t.TempDir(), name+".log"),
 	}
 	a.args = append([]string{"agent", "--agent-name", name, "--metrics-listen-address", a.metrics}, args...)
-	a.start(t)
 	t.Cleanup(func() {
 		a.signal(syscall.SIGKILL)
 		a.wait(5 * time.Second)
