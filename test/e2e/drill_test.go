@@ -70,13 +70,7 @@ func requireOnlyDrillAdded(t *testing.T, before, after map[string]string, id str
 // requireEmptyDir checks that a drill left nothing under restore-root.
 func requireEmptyDir(t *testing.T, dir string) {
 	t.Helper()
-	entries, err := os.ReadDir(dir)
-	require.NoError(t, err)
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	assert.Empty(t, names, "left under %s", dir)
+	assert.Empty(t, dirListing(t, dir), "left under %s", dir)
 }
 
 // requireFailedRecord checks a failed drill's outcome and its record.
