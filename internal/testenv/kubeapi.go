@@ -109,7 +109,7 @@ func StartKubeAPIServer(t testing.TB, etcd *Etcd) *KubeAPIServer {
 		_ = logf.Close()
 		if t.Failed() {
 			data, _ := os.ReadFile(logPath)
-			t.Logf("kube-apiserver log (tail):\n%s", tail(string(data), 40))
+			t.Logf("kube-apiserver log (tail):\n%s", Tail(string(data), 40))
 		}
 	})
 	// Ready: /readyz answers ok to the admin (it also waits for the
@@ -120,7 +120,7 @@ func StartKubeAPIServer(t testing.TB, etcd *Etcd) *KubeAPIServer {
 		select {
 		case <-exited:
 			data, _ := os.ReadFile(logPath)
-			t.Fatalf("kube-apiserver exited at start:\n%s", tail(string(data), 40))
+			t.Fatalf("kube-apiserver exited at start:\n%s", Tail(string(data), 40))
 		default:
 		}
 		req, _ := http.NewRequest(http.MethodGet, s.URL+"/readyz", nil)
@@ -133,7 +133,7 @@ func StartKubeAPIServer(t testing.TB, etcd *Etcd) *KubeAPIServer {
 		}
 		if time.Now().After(deadline) {
 			data, _ := os.ReadFile(logPath)
-			t.Fatalf("kube-apiserver not ready within 90s:\n%s", tail(string(data), 40))
+			t.Fatalf("kube-apiserver not ready within 90s:\n%s", Tail(string(data), 40))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

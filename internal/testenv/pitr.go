@@ -135,7 +135,7 @@ func (s *Stolon) InitPITR(ctx context.Context, node *Node, initJSON string, time
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		_ = os.RemoveAll(node.DataDir)
-		return fmt.Errorf("keeper: dataRestoreCommand %q: %w\n%s", cmdline, err, tail(string(out), 30))
+		return fmt.Errorf("keeper: dataRestoreCommand %q: %w\n%s", cmdline, err, Tail(string(out), 30))
 	}
 
 	// 4. recovery.signal and the recovery parameters, unescaped like the

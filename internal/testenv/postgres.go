@@ -604,7 +604,7 @@ func (n *Node) LogTail(lines int) string {
 	if err != nil {
 		return fmt.Sprintf("(no log: %v)", err)
 	}
-	return tail(string(b), lines)
+	return Tail(string(b), lines)
 }
 
 // LogPath is the server log file (stderr of the postmaster).

@@ -192,7 +192,7 @@ func (s *S3Server) logTail() string {
 	if err != nil {
 		return "(no log)"
 	}
-	return tail(string(b), 20)
+	return Tail(string(b), 20)
 }
 
 var bucketUnsafe = regexp.MustCompile(`[^a-z0-9-]+`)

@@ -87,7 +87,7 @@ func newAgentProc(t *testing.T, name string, args ...string) *agentProc {
 		a.wait(5 * time.Second)
 		if t.Failed() {
 			b, _ := os.ReadFile(a.logPath)
-			t.Logf("--- log of agent %s ---\n%s", name, tail(string(b), 60))
+			t.Logf("--- log of agent %s ---\n%s", name, testenv.Tail(string(b), 60))
 		}
 	})
 	return a
@@ -204,12 +204,4 @@ func archiveDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return dir
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
