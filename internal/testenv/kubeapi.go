@@ -27,14 +27,7 @@ const KubeAPIServerVersion = "v1.37.2"
 // env BARNACLE_KUBE_APISERVER, else <user cache
 // dir>/barnacle/kube-apiserver-<version>/kube-apiserver.
 func KubeAPIServerPath() string {
-	if p := os.Getenv("BARNACLE_KUBE_APISERVER"); p != "" {
-		return p
-	}
-	dir, err := os.UserCacheDir()
-	if err != nil {
-		dir = filepath.Join(os.TempDir(), "barnacle-cache")
-	}
-	return filepath.Join(dir, "barnacle", "kube-apiserver-"+KubeAPIServerVersion, "kube-apiserver")
+	return cachedBinary("BARNACLE_KUBE_APISERVER", "kube-apiserver", KubeAPIServerVersion)
 }
 
 // KubeAPIServer is a real kube-apiserver on a free 127.0.0.1 port that
