@@ -105,9 +105,7 @@ func (s *Stolon) InitPITR(ctx context.Context, node *Node, initJSON string, time
 		cd.Cluster.ChangeTime = now
 		cd.Cluster.Status.Phase = "initializing"
 		cd.Cluster.Status.Master = newUID
-		cd.Proxy.Spec.MasterDBUID = ""
-		cd.Proxy.Generation++
-		cd.Proxy.ChangeTime = now
+		cd.proxyTo("", now)
 		cd.ChangeTime = now
 		return nil
 	})
