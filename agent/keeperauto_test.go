@@ -106,21 +106,7 @@ func startAuto(t *testing.T, etcd *testenv.Etcd, cluster string, pods corev1clie
 	var out testenv.SyncBuffer
 	a, err := New(cfg, hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: &out}), "test")
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			assert.NoError(t, err)
-		case <-time.After(20 * time.Second):
-			t.Error("agent did not stop")
-		}
-		if t.Failed() {
-			t.Logf("agent log:\n%s", out.String())
-		}
-	})
+	runAgent(t, a, &out)
 	return a, &out
 }
 

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -98,23 +97,7 @@ func TestLiveReload(t *testing.T) {
 	a, err := New(cfg, log, "test")
 	require.NoError(t, err)
 	a.EnableReload(ReloadOptions{File: file, Load: load})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			assert.NoError(t, err)
-		case <-time.After(15 * time.Second):
-			t.Error("agent did not stop")
-		}
-	})
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("agent log:\n%s", out.String())
-		}
-	})
+	runAgent(t, a, &out)
 	testenv.WaitUntil(t, 20*time.Second, "the agent to lead", func() bool { return a.coord.State().Leading })
 	assert.NotContains(t, out.String(), "[DEBUG]")
 
