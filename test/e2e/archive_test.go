@@ -657,3 +657,16 @@ func scrape(t *testing.T, a *agentProc) string {
 	require.NoError(t, err)
 	return b.String()
 }
+
+// backupWait runs `barnacle backup --wait --json` with args (the store
+// flags, and more) and returns the status it prints, that of a done backup.
+func backupWait(t *testing.T, args ...string) request.BackupStatus {
+	t.Helper()
+	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, args...)...)
+	require.Equal(t, 0, code, "backup --wait: %s %s", out, stderr)
+	var st request.BackupStatus
+	require.NoError(t, json.Unmarshal([]byte(out), &st), out)
+	require.Equal(t, request.StateDone, st.State, st.Error)
+	require.NotNil(t, st.Result, out)
+	return st
+}

@@ -145,10 +145,7 @@ func TestBackupRequests(t *testing.T) {
 	}
 
 	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
-	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json", "--label", "by-request"}, store...)...)
-	require.Equal(t, 0, code, "backup --wait: %s %s", out, stderr)
-	var st request.BackupStatus
-	require.NoError(t, json.Unmarshal([]byte(out), &st), out)
+	st := backupWait(t, append([]string{"--label", "by-request"}, store...)...)
 	assert.Equal(t, request.StateDone, st.State)
 	assert.Equal(t, leader.name, st.Agent, "the leader ran it")
 	require.NotNil(t, st.Result)

@@ -31,7 +31,6 @@ import (
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/check"
-	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
@@ -615,11 +614,7 @@ func TestChaos(t *testing.T) {
 	sort.Strings(r.corruptible)
 	require.NotEmpty(t, r.corruptible)
 	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
-	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
-	require.Equal(t, 0, code, "backup: %s %s", out, stderr)
-	var bst request.BackupStatus
-	require.NoError(t, json.Unmarshal([]byte(out), &bst), out)
-	require.NotNil(t, bst.Result)
+	bst := backupWait(t, store...)
 	t.Logf("base backup %s from %s; corruptible segments %v", bst.Result.ID, bst.Result.StartLSN, r.corruptible)
 
 	w := startChaosWriter(t, r.currentMaster)
@@ -686,7 +681,7 @@ func TestChaos(t *testing.T) {
 	for _, name := range r.corrupted {
 		r.requireFetchRefused(name)
 	}
-	out, _ = waitCheck(t, env, 60*time.Second, "the cluster healthy again", func(l map[string]string) bool {
+	out, _ := waitCheck(t, env, 60*time.Second, "the cluster healthy again", func(l map[string]string) bool {
 		for _, name := range []string{check.NameStreaming, check.NameWALContinuity, check.NameFreeSpace, check.NameAgents,
 			check.NameArchive, check.NameSlot, check.NameStandbySlots} {
 			if l[name] != name+": OK" {
@@ -699,7 +694,7 @@ func TestChaos(t *testing.T) {
 
 	// Restore the newest point and count.
 	dir := filepath.Join(t.TempDir(), "restored")
-	out, stderr, code = barnacle(t, "restore", "--target-dir", dir, "--target-action", "promote",
+	out, stderr, code := barnacle(t, "restore", "--target-dir", dir, "--target-action", "promote",
 		"--cluster-name", cluster, "--archive-url", "file://"+env.dir)
 	require.Equal(t, 0, code, "restore:\n%s\n%s", out, stderr)
 	restored := testenv.StartRestored(t, dir)

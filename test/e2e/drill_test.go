@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"io/fs"
@@ -23,7 +22,6 @@ import (
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/drill"
-	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/restore"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
@@ -151,11 +149,7 @@ func TestDrill(t *testing.T) {
 	env.startAgents()
 	leader = env.leaderFor(primary)
 	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
-	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
-	require.Equal(t, 0, code, "backup: %s %s", out, stderr)
-	var bst request.BackupStatus
-	require.NoError(t, json.Unmarshal([]byte(out), &bst), out)
-	require.NotNil(t, bst.Result)
+	bst := backupWait(t, store...)
 	backupID := bst.Result.ID
 
 	// Rows after the backup: only replay of archived WAL brings them back.

@@ -148,11 +148,7 @@ func TestDrillRequests(t *testing.T) {
 	assert.Contains(t, stderr, "then run barnacle drill again")
 	requireEmptyDir(t, rootS)
 
-	out, stderr, code = barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
-	require.Equal(t, 0, code, "backup: %s %s", out, stderr)
-	var bst request.BackupStatus
-	require.NoError(t, json.Unmarshal([]byte(out), &bst), out)
-	require.NotNil(t, bst.Result)
+	bst := backupWait(t, store...)
 	// Rows after the backup: only replay of archived WAL brings them back.
 	insertDrillRows(t, primary, 101, 200)
 	var lastText string

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -45,11 +44,7 @@ func TestRestoreRequestTablespaceFence(t *testing.T) {
 	keeper := env.stolon.KeeperUID(primary)
 	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
 
-	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
-	require.Equal(t, 0, code, "backup --wait: %s %s", out, stderr)
-	var bst request.BackupStatus
-	require.NoError(t, json.Unmarshal([]byte(out), &bst), out)
-	require.Equal(t, request.StateDone, bst.State, bst.Error)
+	bst := backupWait(t, store...)
 	backupID := bst.Result.ID
 
 	// The recorded location becomes free: what made a restore write
