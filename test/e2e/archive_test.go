@@ -53,8 +53,7 @@ func newArchiveEnv(t *testing.T, opts testenv.ClusterOptions, extraArgs ...strin
 	b, err := fs.New(e.dir, fs.Options{})
 	require.NoError(t, err)
 	e.backend = b
-	pw := filepath.Join(t.TempDir(), "replpw")
-	require.NoError(t, os.WriteFile(pw, []byte(e.pg.ReplPassword()+"\n"), 0o600))
+	pw := e.pg.ReplPasswordFile(t)
 	e.common = append([]string{
 		"--cluster-name", cluster,
 		"--store-endpoints", strings.Join(e.etcd.Endpoints(), ","),

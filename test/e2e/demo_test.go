@@ -82,8 +82,7 @@ func TestDemo(t *testing.T) {
 	// The restored server's restore_command (barnacle wal-fetch) runs as
 	// the postgres OS user and reads the archive the agents write.
 	shareArchiveWithPostgres(t, archive)
-	pw := filepath.Join(t.TempDir(), "replpw")
-	require.NoError(t, os.WriteFile(pw, []byte(pg.ReplPassword()+"\n"), 0o600))
+	pw := pg.ReplPasswordFile(t)
 	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(etcd.Endpoints(), ",")}
 	common := append([]string{
 		"--pg-user", testenv.ReplUser, "--pg-password-file", pw,

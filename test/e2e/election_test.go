@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -104,8 +102,7 @@ func TestAgentsFollowTheMaster(t *testing.T) {
 	cluster := testenv.NewCluster(t, testenv.ClusterOptions{Standbys: 2})
 	st := testenv.NewStolon(t, etcd, cluster, testenv.StolonOptions{})
 
-	pw := filepath.Join(t.TempDir(), "replpw")
-	require.NoError(t, os.WriteFile(pw, []byte(cluster.ReplPassword()+"\n"), 0o600))
+	pw := cluster.ReplPasswordFile(t)
 	const leaseTTL, takeover = 3 * time.Second, 3 * time.Second
 	common := []string{
 		"--cluster-name", "stolon-cluster",

@@ -31,8 +31,7 @@ func newS3ArchiveEnv(t *testing.T, srv *testenv.S3Server, opts testenv.ClusterOp
 	b, err := backends.Open(t.Context(), url)
 	require.NoError(t, err)
 	e.backend = b
-	pw := filepath.Join(t.TempDir(), "replpw")
-	require.NoError(t, os.WriteFile(pw, []byte(e.pg.ReplPassword()+"\n"), 0o600))
+	pw := e.pg.ReplPasswordFile(t)
 	e.common = []string{
 		"--cluster-name", cluster,
 		"--store-endpoints", strings.Join(e.etcd.Endpoints(), ","),
