@@ -81,10 +81,7 @@ func TestLiveReload(t *testing.T) {
 		"archive-url: file://" + archive + "\nmetrics-listen-address: 127.0.0.1:0\nlease-ttl: 3s\n"
 	write := func(extra string) {
 		t.Helper()
-		// Replace by rename, as editors and ConfigMaps do.
-		tmp := file + ".tmp"
-		require.NoError(t, os.WriteFile(tmp, []byte(base+extra), 0o600))
-		require.NoError(t, os.Rename(tmp, file))
+		testenv.ReplaceFile(t, file, base+extra)
 	}
 	write("log-level: info\n")
 	load := func() (config.Config, error) {

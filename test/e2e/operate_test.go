@@ -129,9 +129,7 @@ func TestReloadProcess(t *testing.T) {
 		"\npg-user: " + testenv.ReplUser + "\npg-password-file: " + pw + "\nlease-ttl: 3s\narchive-url: file://" + env.dir + "\n"
 	write := func(extra string) {
 		t.Helper()
-		tmp := file + ".tmp"
-		require.NoError(t, os.WriteFile(tmp, []byte(base+extra), 0o600))
-		require.NoError(t, os.Rename(tmp, file))
+		testenv.ReplaceFile(t, file, base+extra)
 	}
 	write("log-level: info\n")
 	a := startAgent(t, "agent-reload", "--config", file, "--keeper-uid", keeper)
