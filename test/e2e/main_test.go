@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -175,25 +176,39 @@ func barnacleEnv(t *testing.T, env []string, args ...string) (string, string, in
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	cmd := barnacleCmd(ctx, args...)
+	cmd.Env = append(cmd.Env, env...)
+	return runToExit(t, ctx, cmd)
+}
+
+// barnacleCmd is the binary with args in the test's environment, without
+// the test's own BARNACLE_* variables (a scenario sets those it means).
+func barnacleCmd(ctx context.Context, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, binary, args...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "BARNACLE_") {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	cmd.Env = append(cmd.Env, env...)
+	return cmd
+}
+
+// runToExit runs cmd to completion and returns stdout, stderr and the exit
+// code; a command that does not start, or that ctx ends, fails the test.
+func runToExit(t *testing.T, ctx context.Context, cmd *exec.Cmd) (string, string, int) {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
-	code := 0
-	if err != nil {
-		ee, ok := err.(*exec.ExitError)
-		if !ok {
-			t.Fatalf("run barnacle %v: %v", args, err)
-		}
-		code = ee.ExitCode()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return stdout.String(), stderr.String(), 0
+	case errors.As(err, &ee) && ctx.Err() == nil:
+		return stdout.String(), stderr.String(), ee.ExitCode()
 	}
-	return stdout.String(), stderr.String(), code
+	t.Fatalf("barnacle %v: %v (stderr: %s)", cmd.Args[1:], err, stderr.String())
+	return "", "", 0
 }
 
 // archiveDir makes an empty directory for a file:// archive.
