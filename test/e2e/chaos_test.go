@@ -192,8 +192,7 @@ func (w *chaosWriter) Stop() {
 type streamSampler struct {
 	env    *archiveEnv
 	master func() *testenv.Node
-	stop   chan struct{}
-	done   chan struct{}
+	stop   func()
 
 	mu          sync.Mutex
 	samples     int
@@ -203,49 +202,39 @@ type streamSampler struct {
 }
 
 func sampleStreams(env *archiveEnv, master func() *testenv.Node) *streamSampler {
-	s := &streamSampler{env: env, master: master, stop: make(chan struct{}), done: make(chan struct{})}
+	s := &streamSampler{env: env, master: master}
 	cli := env.etcd.Client(env.t)
 	keys := coordinator.NewKeys("barnacle", cluster).Agents()
-	go func() {
-		defer close(s.done)
-		tk := time.NewTicker(100 * time.Millisecond)
-		defer tk.Stop()
-		for {
-			select {
-			case <-s.stop:
-				return
-			case <-tk.C:
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-			senders, err := s.master().QueryInt64(ctx,
-				"SELECT count(*) FROM pg_stat_replication WHERE application_name = 'barnacle' AND state IN ('streaming', 'catchup')")
-			if err != nil {
-				senders = -1
-			}
-			var streaming []string
-			resp, rerr := cli.Get(ctx, keys, clientv3.WithPrefix())
-			cancel()
-			if rerr == nil {
-				for _, kv := range resp.Kvs {
-					var rec struct {
-						Name      string `json:"name"`
-						Role      string `json:"role"`
-						Streaming bool   `json:"streaming"`
-					}
-					if json.Unmarshal(kv.Value, &rec) == nil && rec.Role == "leader" && rec.Streaming {
-						streaming = append(streaming, rec.Name)
-					}
+	s.stop = everyTick(100*time.Millisecond, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		senders, err := s.master().QueryInt64(ctx,
+			"SELECT count(*) FROM pg_stat_replication WHERE application_name = 'barnacle' AND state IN ('streaming', 'catchup')")
+		if err != nil {
+			senders = -1
+		}
+		var streaming []string
+		resp, rerr := cli.Get(ctx, keys, clientv3.WithPrefix())
+		cancel()
+		if rerr == nil {
+			for _, kv := range resp.Kvs {
+				var rec struct {
+					Name      string `json:"name"`
+					Role      string `json:"role"`
+					Streaming bool   `json:"streaming"`
+				}
+				if json.Unmarshal(kv.Value, &rec) == nil && rec.Role == "leader" && rec.Streaming {
+					streaming = append(streaming, rec.Name)
 				}
 			}
-			s.mu.Lock()
-			s.samples++
-			s.maxSenders = max(s.maxSenders, int(senders))
-			if len(streaming) > s.maxRecords {
-				s.maxRecords, s.worstRecord = len(streaming), strings.Join(streaming, ",")
-			}
-			s.mu.Unlock()
 		}
-	}()
+		s.mu.Lock()
+		s.samples++
+		s.maxSenders = max(s.maxSenders, int(senders))
+		if len(streaming) > s.maxRecords {
+			s.maxRecords, s.worstRecord = len(streaming), strings.Join(streaming, ",")
+		}
+		s.mu.Unlock()
+	})
 	return s
 }
 
@@ -253,8 +242,7 @@ func sampleStreams(env *archiveEnv, master func() *testenv.Node) *streamSampler 
 // walsenders seen on the master at once, and the most agent records that
 // said they lead and stream at once (with their names).
 func (s *streamSampler) Stop() (samples, senders, records int, worst string) {
-	close(s.stop)
-	<-s.done
+	s.stop()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.samples, s.maxSenders, s.maxRecords, s.worstRecord
