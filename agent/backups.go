@@ -71,8 +71,18 @@ func (b *backups) leaderDuties(ctx context.Context, term coordinator.Term) error
 		defer close(done)
 		b.schedule(ctx, term)
 	}()
+	return everyStaleCheck(ctx, func() { b.markAbandoned(ctx, term) })
+}
+
+// staleCheckInterval is how often the leader looks for backups whose agent
+// died while taking them.
+const staleCheckInterval = 10 * time.Second
+
+// everyStaleCheck runs check now and then every staleCheckInterval until
+// ctx ends; the leader's sweeps of work abandoned by dead agents run so.
+func everyStaleCheck(ctx context.Context, check func()) error {
 	for {
-		b.markAbandoned(ctx, term)
+		check()
 		select {
 		case <-ctx.Done():
 			return nil
@@ -80,10 +90,6 @@ func (b *backups) leaderDuties(ctx context.Context, term coordinator.Term) error
 		}
 	}
 }
-
-// staleCheckInterval is how often the leader looks for backups whose agent
-// died while taking them.
-const staleCheckInterval = 10 * time.Second
 
 // markAbandoned marks failed every running backup whose agent is gone, or
 // that this agent's own earlier life left behind.

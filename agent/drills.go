@@ -225,14 +225,7 @@ func (d *drills) leaderDuties(ctx context.Context, term coordinator.Term) error 
 		defer close(done)
 		d.schedule(ctx, term)
 	}()
-	for {
-		d.queue.Sweep(ctx, aliveIn(d.coord.State().Agents), term.Fence())
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(staleCheckInterval):
-		}
-	}
+	return everyStaleCheck(ctx, func() { d.queue.Sweep(ctx, aliveIn(d.coord.State().Agents), term.Fence()) })
 }
 
 // schedule requests a drill whenever restore-drill-schedule says one is

@@ -86,7 +86,7 @@ func autoEnv(t *testing.T, cluster string) *testenv.Etcd {
 
 // startAuto runs an agent with keeper-uid auto on node n1 against pods;
 // extra are more flags, name then value.
-func startAuto(t *testing.T, etcd *testenv.Etcd, cluster string, pods corev1client.PodsGetter, extra ...string) (*Agent, *syncBuffer) {
+func startAuto(t *testing.T, etcd *testenv.Etcd, cluster string, pods corev1client.PodsGetter, extra ...string) (*Agent, *testenv.SyncBuffer) {
 	t.Helper()
 	if pods != nil {
 		old := inCluster
@@ -103,24 +103,10 @@ func startAuto(t *testing.T, etcd *testenv.Etcd, cluster string, pods corev1clie
 	}
 	cfg, err := config.Load(config.Sources{Env: func(string) (string, bool) { return "", false }, Flags: flags}, config.Needs{Agent: true})
 	require.NoError(t, err)
-	var out syncBuffer
+	var out testenv.SyncBuffer
 	a, err := New(cfg, hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: &out}), "test")
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			assert.NoError(t, err)
-		case <-time.After(20 * time.Second):
-			t.Error("agent did not stop")
-		}
-		if t.Failed() {
-			t.Logf("agent log:\n%s", out.String())
-		}
-	})
+	runAgent(t, a, &out)
 	return a, &out
 }
 
@@ -163,7 +149,7 @@ func TestKeeperUIDAuto(t *testing.T) {
 	a, out := startAuto(t, etcd, cluster, cs.CoreV1())
 	name := a.Name()
 
-	waitUntil(t, 30*time.Second, "the agent to serve keeper0", func() bool {
+	testenv.WaitUntil(t, 30*time.Second, "the agent to serve keeper0", func() bool {
 		s := agentStatus(t, a)
 		return s.KeeperUID == "keeper0" && agentRecord(t, etcd, cluster, name).KeeperUID == "keeper0"
 	})
@@ -172,7 +158,7 @@ func TestKeeperUIDAuto(t *testing.T) {
 	assert.Equal(t, "stolon-keeper-0", s.KeeperDiscovery.Pod)
 	assert.Equal(t, "pod stolon-keeper-0 on node n1 has IP 127.0.0.10, the listen address of keeper keeper0 (db 662fe529) in clusterdata", s.KeeperDiscovery.Reason)
 	assert.Contains(t, out.String(), "serving keeper: keeper=keeper0 pod=stolon-keeper-0 ip=127.0.0.10")
-	waitUntil(t, 20*time.Second, "/readyz", func() bool { code, _ := httpGet(t, a, "/readyz"); return code == http.StatusOK })
+	testenv.WaitUntil(t, 20*time.Second, "/readyz", func() bool { code, _ := httpGet(t, a, "/readyz"); return code == http.StatusOK })
 	code, _ := httpGet(t, a, "/metrics")
 	assert.Equal(t, http.StatusOK, code)
 
@@ -180,7 +166,7 @@ func TestKeeperUIDAuto(t *testing.T) {
 	pods := cs.CoreV1().Pods(autoNS)
 	require.NoError(t, pods.Delete(t.Context(), "stolon-keeper-0", metav1.DeleteOptions{}))
 	noPod := `no running pod on node n1 matches the label selector "component=stolon-keeper" (keeper-pod-selector)`
-	waitUntil(t, 30*time.Second, "the agent to serve none", func() bool {
+	testenv.WaitUntil(t, 30*time.Second, "the agent to serve none", func() bool {
 		r := agentRecord(t, etcd, cluster, name)
 		return agentStatus(t, a).KeeperUID == "" && r.Name == name && r.KeeperUID == "" && r.KeeperDiscovery == noPod
 	})
@@ -197,14 +183,14 @@ func TestKeeperUIDAuto(t *testing.T) {
 	require.NoError(t, err)
 	_, err = pods.Create(t.Context(), autoPod("stolon-keeper-1", "127.0.0.11"), metav1.CreateOptions{})
 	require.NoError(t, err)
-	waitUntil(t, 30*time.Second, "several keepers to be reported", func() bool {
+	testenv.WaitUntil(t, 30*time.Second, "several keepers to be reported", func() bool {
 		return strings.HasPrefix(agentRecord(t, etcd, cluster, name).KeeperDiscovery, "several keepers on node n1")
 	})
 	assert.Equal(t, "", agentStatus(t, a).KeeperUID)
 
 	// keeper1 leaves: keeper0 alone again.
 	require.NoError(t, pods.Delete(t.Context(), "stolon-keeper-1", metav1.DeleteOptions{}))
-	waitUntil(t, 30*time.Second, "the agent to serve keeper0 again", func() bool {
+	testenv.WaitUntil(t, 30*time.Second, "the agent to serve keeper0 again", func() bool {
 		return agentRecord(t, etcd, cluster, name).KeeperUID == "keeper0"
 	})
 }
@@ -223,7 +209,7 @@ func TestKeeperUIDAutoForbidden(t *testing.T) {
 	})
 	a, _ := startAuto(t, etcd, cluster, cs.CoreV1(), "pg-host", "127.0.0.99", "pg-port", "7000")
 	want := "kubernetes API forbids the agent to list pods in namespace stolon: give its service account the verbs list and watch on pods there"
-	waitUntil(t, 30*time.Second, "the record to say why", func() bool {
+	testenv.WaitUntil(t, 30*time.Second, "the record to say why", func() bool {
 		return strings.HasPrefix(agentRecord(t, etcd, cluster, a.Name()).KeeperDiscovery, want)
 	})
 	code, body := httpGet(t, a, "/readyz")
@@ -298,11 +284,11 @@ func TestKeeperUIDAutoRealAPIServer(t *testing.T) {
 	inCluster = func() (kubekeeper.PodClient, string, error) { return pods, autoNS, nil }
 	t.Cleanup(func() { inCluster = old })
 	a, _ := startAuto(t, etcd, cluster, nil)
-	waitUntil(t, 30*time.Second, "the agent to serve keeper0", func() bool {
+	testenv.WaitUntil(t, 30*time.Second, "the agent to serve keeper0", func() bool {
 		return agentRecord(t, etcd, cluster, a.Name()).KeeperUID == "keeper0"
 	})
 	require.NoError(t, admin.CoreV1().Pods(autoNS).Delete(ctx, "stolon-keeper-0", metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))}))
-	waitUntil(t, 30*time.Second, "the agent to serve none", func() bool {
+	testenv.WaitUntil(t, 30*time.Second, "the agent to serve none", func() bool {
 		r := agentRecord(t, etcd, cluster, a.Name())
 		return r.Name != "" && r.KeeperUID == "" && strings.HasPrefix(r.KeeperDiscovery, "no running pod on node n1")
 	})

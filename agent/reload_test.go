@@ -1,12 +1,9 @@
 package agent
 
 import (
-	"bytes"
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -71,35 +68,6 @@ func TestDiffConfig(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink the test reads while the agent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // TestLiveReload runs an agent (leader-policy any, so it leads without
 // PostgreSQL) with a config file, then changes the file: the new log level
 // and backup-schedule apply without a restart, a restart key is only
@@ -113,10 +81,7 @@ func TestLiveReload(t *testing.T) {
 		"archive-url: file://" + archive + "\nmetrics-listen-address: 127.0.0.1:0\nlease-ttl: 3s\n"
 	write := func(extra string) {
 		t.Helper()
-		// Replace by rename, as editors and ConfigMaps do.
-		tmp := file + ".tmp"
-		require.NoError(t, os.WriteFile(tmp, []byte(base+extra), 0o600))
-		require.NoError(t, os.Rename(tmp, file))
+		testenv.ReplaceFile(t, file, base+extra)
 	}
 	write("log-level: info\n")
 	load := func() (config.Config, error) {
@@ -124,29 +89,13 @@ func TestLiveReload(t *testing.T) {
 	}
 	cfg, err := load()
 	require.NoError(t, err)
-	var out syncBuffer
+	var out testenv.SyncBuffer
 	log := hclog.New(&hclog.LoggerOptions{Level: hclog.LevelFromString(cfg.LogLevel), Output: &out})
 	a, err := New(cfg, log, "test")
 	require.NoError(t, err)
 	a.EnableReload(ReloadOptions{File: file, Load: load})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			assert.NoError(t, err)
-		case <-time.After(15 * time.Second):
-			t.Error("agent did not stop")
-		}
-	})
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("agent log:\n%s", out.String())
-		}
-	})
-	waitUntil(t, 20*time.Second, "the agent to lead", func() bool { return a.coord.State().Leading })
+	runAgent(t, a, &out)
+	testenv.WaitUntil(t, 20*time.Second, "the agent to lead", func() bool { return a.coord.State().Leading })
 	assert.NotContains(t, out.String(), "[DEBUG]")
 
 	cli := etcd.Client(t)
@@ -160,8 +109,8 @@ func TestLiveReload(t *testing.T) {
 	write("log-level: debug\nbackup-schedule: 5s\nslot-name: other\n")
 	// Without a schedule the loop looks again every 10 s: the new one is
 	// seen at the next look, which may come a full 10 s after the change.
-	waitUntil(t, 25*time.Second, "the new schedule to request a backup", func() bool { return requests() > 0 })
-	waitUntil(t, 10*time.Second, "debug lines", func() bool { return strings.Contains(out.String(), "[DEBUG]") })
+	testenv.WaitUntil(t, 25*time.Second, "the new schedule to request a backup", func() bool { return requests() > 0 })
+	testenv.WaitUntil(t, 10*time.Second, "debug lines", func() bool { return strings.Contains(out.String(), "[DEBUG]") })
 	logs := out.String()
 	assert.Contains(t, logs, `configuration key changed: key=log-level from=info to=debug`)
 	assert.Contains(t, logs, `key=backup-schedule from="" to=5s`)
@@ -170,7 +119,7 @@ func TestLiveReload(t *testing.T) {
 	assert.Equal(t, "barnacle", a.liveConfig().SlotName)
 
 	write("log-level: debug\nbackup-schedule: every day\n")
-	waitUntil(t, 10*time.Second, "the broken file to be reported", func() bool {
+	testenv.WaitUntil(t, 10*time.Second, "the broken file to be reported", func() bool {
 		return strings.Contains(out.String(), "reloading the configuration failed")
 	})
 	assert.Contains(t, out.String(), "backup-schedule")
@@ -180,6 +129,6 @@ func TestLiveReload(t *testing.T) {
 	// a previous version would be skipped by the watcher, not by SIGHUP).
 	require.NoError(t, os.WriteFile(file, []byte(base+"log-level: warn\nbackup-schedule: 5s\n"), 0o600))
 	require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGHUP))
-	waitUntil(t, 10*time.Second, "log-level warn", func() bool { return a.liveConfig().LogLevel == "warn" })
+	testenv.WaitUntil(t, 10*time.Second, "log-level warn", func() bool { return a.liveConfig().LogLevel == "warn" })
 	assert.False(t, a.log.IsInfo(), "the logger follows log-level")
 }

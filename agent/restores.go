@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -53,14 +52,7 @@ func (r *restores) serveRequests(ctx context.Context) error {
 // leaderDuties marks failed, while this agent leads, the restore requests
 // whose agent died before finishing them, every staleCheckInterval.
 func (r *restores) leaderDuties(ctx context.Context, term coordinator.Term) error {
-	for {
-		r.queue.Sweep(ctx, aliveIn(r.coord.State().Agents), term.Fence())
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(staleCheckInterval):
-		}
-	}
+	return everyStaleCheck(ctx, func() { r.queue.Sweep(ctx, aliveIn(r.coord.State().Agents), term.Fence()) })
 }
 
 // serve claims and runs (or rejects) one request if it is this agent's.

@@ -5,16 +5,11 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/barnacle-pg/barnacle/internal/testenv"
-	"github.com/barnacle-pg/barnacle/pkg/catalog"
-	"github.com/barnacle-pg/barnacle/pkg/storage"
-	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
-	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
 // testArchive is a file:// archive of cluster c1 with two backups:
@@ -22,26 +17,10 @@ import (
 // 20261102T000000 done but its WAL (segments 5 and 6) missing.
 func testArchive(t *testing.T) string {
 	t.Helper()
-	ctx := t.Context()
-	root := t.TempDir()
-	b, err := fs.New(root, fs.Options{})
-	require.NoError(t, err)
-	const seg = 16 << 20
-	_, err = catalog.EnsureIdentity(ctx, b, catalog.Identity{Cluster: "c1", SystemID: "7711797878400204491", WALSegmentSize: seg})
-	require.NoError(t, err)
-	for id, startSeg := range map[string]uint64{"20261101T000000": 2, "20261102T000000": 5} {
-		start, _, err := catalog.ParseBackupID(id)
-		require.NoError(t, err)
-		d := catalog.Backup{ID: id, Status: catalog.StatusDone, StartLSN: wal.LSN(startSeg*seg + 40),
-			StopLSN: wal.LSN((startSeg+1)*seg + 0x100), StartTimeline: 1, StopTimeline: 1,
-			StartTime: start, StopTime: start.Add(time.Minute), WALSegmentSize: seg}
-		require.NoError(t, b.Put(ctx, catalog.BackupPrefix("c1", id)+"base.tar", strings.NewReader(id), storage.PutOptions{}))
-		require.NoError(t, catalog.PutBackup(ctx, b, "c1", d))
-	}
-	for _, n := range []wal.SegmentNo{2, 3} {
-		name := wal.SegmentFileName(1, n, seg)
-		require.NoError(t, b.Put(ctx, catalog.WALPrefix("c1")+name, strings.NewReader(name), storage.PutOptions{}))
-	}
+	root, b := newTestArchive(t)
+	putTestBackup(t, b, "20261101T000000", 2)
+	putTestBackup(t, b, "20261102T000000", 5)
+	putTestWAL(t, b, 2, 3)
 	return root
 }
 

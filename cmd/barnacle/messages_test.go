@@ -8,15 +8,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
-	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
-	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
 // tarArchive is a file:// archive of cluster c1 with one done backup,
@@ -25,12 +22,7 @@ import (
 func tarArchive(t *testing.T) (root, baseTar string) {
 	t.Helper()
 	ctx := t.Context()
-	root = t.TempDir()
-	b, err := fs.New(root, fs.Options{})
-	require.NoError(t, err)
-	const seg = 16 << 20
-	_, err = catalog.EnsureIdentity(ctx, b, catalog.Identity{Cluster: "c1", SystemID: "7711797878400204491", WALSegmentSize: seg})
-	require.NoError(t, err)
+	root, b := newTestArchive(t)
 	var tb bytes.Buffer
 	tw := tar.NewWriter(&tb)
 	for _, f := range []struct{ name, body string }{{"PG_VERSION", "15\n"}, {"base/1/1234", strings.Repeat("x", 64<<10)}, {"global/pg_control", "ctl"}} {
@@ -42,16 +34,11 @@ func tarArchive(t *testing.T) (root, baseTar string) {
 	require.NoError(t, b.Put(ctx, catalog.BackupPrefix("c1", id)+"base.tar", bytes.NewReader(tb.Bytes()), storage.PutOptions{}))
 	info, err := b.Stat(ctx, catalog.BackupPrefix("c1", id)+"base.tar")
 	require.NoError(t, err)
-	start, _, _ := catalog.ParseBackupID(id)
-	d := catalog.Backup{ID: id, Status: catalog.StatusDone, StartLSN: wal.LSN(2*seg + 40),
-		StopLSN: wal.LSN(3*seg + 0x100), StartTimeline: 1, StopTimeline: 1, PGVersion: 150000,
-		StartTime: start, StopTime: start.Add(time.Minute), WALSegmentSize: seg,
-		Files: []catalog.BackupFile{{Name: "base.tar", Bytes: int64(tb.Len()), StoredBytes: info.Size, Checksum: info.Checksum}}}
+	d := testBackup(t, id, 2)
+	d.PGVersion = 150000
+	d.Files = []catalog.BackupFile{{Name: "base.tar", Bytes: int64(tb.Len()), StoredBytes: info.Size, Checksum: info.Checksum}}
 	require.NoError(t, catalog.PutBackup(ctx, b, "c1", d))
-	for _, n := range []wal.SegmentNo{2, 3} {
-		name := wal.SegmentFileName(1, n, seg)
-		require.NoError(t, b.Put(ctx, catalog.WALPrefix("c1")+name, strings.NewReader(name), storage.PutOptions{}))
-	}
+	putTestWAL(t, b, 2, 3)
 	return root, filepath.Join(root, "c1", "backups", id, "base.tar")
 }
 

@@ -4,15 +4,11 @@ import (
 	"bytes"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
-	"github.com/barnacle-pg/barnacle/pkg/storage"
-	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
-	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
 // TestRetentionCommand runs barnacle retention on a file:// archive with
@@ -21,27 +17,10 @@ import (
 // those, and a missing policy is a configuration error.
 func TestRetentionCommand(t *testing.T) {
 	ctx := t.Context()
-	root := t.TempDir()
-	b, err := fs.New(root, fs.Options{})
-	require.NoError(t, err)
-	const seg = 16 << 20
-	_, err = catalog.EnsureIdentity(ctx, b, catalog.Identity{Cluster: "c1", SystemID: "7711797878400204491", WALSegmentSize: seg})
-	require.NoError(t, err)
-	backup := func(id string, startSeg uint64) {
-		start, _, err := catalog.ParseBackupID(id)
-		require.NoError(t, err)
-		d := catalog.Backup{ID: id, Status: catalog.StatusDone, StartLSN: wal.LSN(startSeg*seg + 40),
-			StopLSN: wal.LSN((startSeg+1)*seg + 0x100), StartTimeline: 1, StopTimeline: 1,
-			StartTime: start, StopTime: start.Add(time.Minute), WALSegmentSize: seg}
-		require.NoError(t, b.Put(ctx, catalog.BackupPrefix("c1", id)+"base.tar", strings.NewReader(id), storage.PutOptions{}))
-		require.NoError(t, catalog.PutBackup(ctx, b, "c1", d))
-	}
-	backup("20261101T000000", 2)
-	backup("20261102T000000", 5)
-	for n := uint64(2); n <= 7; n++ {
-		name := wal.SegmentFileName(1, wal.SegmentNo(n), seg)
-		require.NoError(t, b.Put(ctx, catalog.WALPrefix("c1")+name, bytes.NewReader([]byte(name)), storage.PutOptions{}))
-	}
+	root, b := newTestArchive(t)
+	putTestBackup(t, b, "20261101T000000", 2)
+	putTestBackup(t, b, "20261102T000000", 5)
+	putTestWAL(t, b, 2, 7)
 	args := func(extra ...string) []string {
 		return append([]string{"retention", "--cluster-name", "c1", "--archive-url", "file://" + root}, extra...)
 	}

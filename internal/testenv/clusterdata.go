@@ -246,6 +246,15 @@ func cloneJSON[T any](v *T) *T {
 	return &out
 }
 
+// proxyTo points the proxies at the master DB uid, or closes them with ""
+// (as the sentinel does while a new master converges), in a new proxy
+// generation.
+func (cd *cdData) proxyTo(uid string, now time.Time) {
+	cd.Proxy.Spec.MasterDBUID = uid
+	cd.Proxy.Generation++
+	cd.Proxy.ChangeTime = now
+}
+
 // findDB returns the DB assigned to keeperUID, like Stolon's FindDB.
 func (cd *cdData) findDB(keeperUID string) *cdDB {
 	for _, db := range cd.DBs {

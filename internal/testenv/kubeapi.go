@@ -27,14 +27,7 @@ const KubeAPIServerVersion = "v1.37.2"
 // env BARNACLE_KUBE_APISERVER, else <user cache
 // dir>/barnacle/kube-apiserver-<version>/kube-apiserver.
 func KubeAPIServerPath() string {
-	if p := os.Getenv("BARNACLE_KUBE_APISERVER"); p != "" {
-		return p
-	}
-	dir, err := os.UserCacheDir()
-	if err != nil {
-		dir = filepath.Join(os.TempDir(), "barnacle-cache")
-	}
-	return filepath.Join(dir, "barnacle", "kube-apiserver-"+KubeAPIServerVersion, "kube-apiserver")
+	return cachedBinary("BARNACLE_KUBE_APISERVER", "kube-apiserver", KubeAPIServerVersion)
 }
 
 // KubeAPIServer is a real kube-apiserver on a free 127.0.0.1 port that
@@ -109,7 +102,7 @@ func StartKubeAPIServer(t testing.TB, etcd *Etcd) *KubeAPIServer {
 		_ = logf.Close()
 		if t.Failed() {
 			data, _ := os.ReadFile(logPath)
-			t.Logf("kube-apiserver log (tail):\n%s", tail(string(data), 40))
+			t.Logf("kube-apiserver log (tail):\n%s", Tail(string(data), 40))
 		}
 	})
 	// Ready: /readyz answers ok to the admin (it also waits for the
@@ -120,7 +113,7 @@ func StartKubeAPIServer(t testing.TB, etcd *Etcd) *KubeAPIServer {
 		select {
 		case <-exited:
 			data, _ := os.ReadFile(logPath)
-			t.Fatalf("kube-apiserver exited at start:\n%s", tail(string(data), 40))
+			t.Fatalf("kube-apiserver exited at start:\n%s", Tail(string(data), 40))
 		default:
 		}
 		req, _ := http.NewRequest(http.MethodGet, s.URL+"/readyz", nil)
@@ -133,7 +126,7 @@ func StartKubeAPIServer(t testing.TB, etcd *Etcd) *KubeAPIServer {
 		}
 		if time.Now().After(deadline) {
 			data, _ := os.ReadFile(logPath)
-			t.Fatalf("kube-apiserver not ready within 90s:\n%s", tail(string(data), 40))
+			t.Fatalf("kube-apiserver not ready within 90s:\n%s", Tail(string(data), 40))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -105,9 +105,7 @@ func (s *Stolon) InitPITR(ctx context.Context, node *Node, initJSON string, time
 		cd.Cluster.ChangeTime = now
 		cd.Cluster.Status.Phase = "initializing"
 		cd.Cluster.Status.Master = newUID
-		cd.Proxy.Spec.MasterDBUID = ""
-		cd.Proxy.Generation++
-		cd.Proxy.ChangeTime = now
+		cd.proxyTo("", now)
 		cd.ChangeTime = now
 		return nil
 	})
@@ -135,7 +133,7 @@ func (s *Stolon) InitPITR(ctx context.Context, node *Node, initJSON string, time
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		_ = os.RemoveAll(node.DataDir)
-		return fmt.Errorf("keeper: dataRestoreCommand %q: %w\n%s", cmdline, err, tail(string(out), 30))
+		return fmt.Errorf("keeper: dataRestoreCommand %q: %w\n%s", cmdline, err, Tail(string(out), 30))
 	}
 
 	// 4. recovery.signal and the recovery parameters, unescaped like the

@@ -199,6 +199,18 @@ func (c *Cluster) Standbys() []*Node {
 // ReplPassword returns the replication role's password.
 func (c *Cluster) ReplPassword() string { return c.replPassword }
 
+// ReplPasswordFile writes the replication role's password, with the
+// trailing newline an editor leaves, to a file of its own (mode 0600) and
+// returns its path, for pg-password-file.
+func (c *Cluster) ReplPasswordFile(t testing.TB) string {
+	t.Helper()
+	pw := filepath.Join(t.TempDir(), "replpw")
+	if err := os.WriteFile(pw, []byte(c.replPassword+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return pw
+}
+
 // Rejoin turns node into a standby of newPrimary the way Stolon resyncs a
 // failed old master: it stops node if it still runs, wipes its data
 // directory, takes a pg_basebackup from newPrimary, starts it and waits
@@ -604,7 +616,7 @@ func (n *Node) LogTail(lines int) string {
 	if err != nil {
 		return fmt.Sprintf("(no log: %v)", err)
 	}
-	return tail(string(b), lines)
+	return Tail(string(b), lines)
 }
 
 // LogPath is the server log file (stderr of the postmaster).

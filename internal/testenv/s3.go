@@ -36,14 +36,21 @@ const S3Region = "us-east-1"
 // BARNACLE_VERSITYGW, else <user cache dir>/barnacle/versitygw-<version>/versitygw
 // (~/.cache/... unless XDG_CACHE_HOME is set), where `make versitygw` puts it.
 func VersitygwPath() string {
-	if p := os.Getenv("BARNACLE_VERSITYGW"); p != "" {
+	return cachedBinary("BARNACLE_VERSITYGW", "versitygw", VersitygwVersion)
+}
+
+// cachedBinary is where a server binary the harness runs is looked for:
+// env, else <user cache dir>/barnacle/<name>-<version>/<name>, where the
+// Makefile's scripts build it (~/.cache/... unless XDG_CACHE_HOME is set).
+func cachedBinary(env, name, version string) string {
+	if p := os.Getenv(env); p != "" {
 		return p
 	}
 	dir, err := os.UserCacheDir()
 	if err != nil {
 		dir = filepath.Join(os.TempDir(), "barnacle-cache")
 	}
-	return filepath.Join(dir, "barnacle", "versitygw-"+VersitygwVersion, "versitygw")
+	return filepath.Join(dir, "barnacle", name+"-"+version, name)
 }
 
 // S3Server is a real S3-compatible server, versitygw with its posix backend
@@ -192,7 +199,7 @@ func (s *S3Server) logTail() string {
 	if err != nil {
 		return "(no log)"
 	}
-	return tail(string(b), 20)
+	return Tail(string(b), 20)
 }
 
 var bucketUnsafe = regexp.MustCompile(`[^a-z0-9-]+`)

@@ -676,9 +676,7 @@ func (s *Stolon) Failover(ctx context.Context, newMaster *Node) error {
 		newDB.Generation++
 		newDB.ChangeTime = now
 		cd.Cluster.Status.Master = newUID
-		cd.Proxy.Spec.MasterDBUID = ""
-		cd.Proxy.Generation++
-		cd.Proxy.ChangeTime = now
+		cd.proxyTo("", now)
 		cd.ChangeTime = now
 		return nil
 	})
@@ -724,9 +722,7 @@ func (s *Stolon) Failover(ctx context.Context, newMaster *Node) error {
 		if db := cd.DBs[newUID]; db == nil || !db.Status.Healthy || db.Status.CurrentGeneration != db.Generation {
 			return fmt.Errorf("new master %s did not converge", keeper)
 		}
-		cd.Proxy.Spec.MasterDBUID = newUID
-		cd.Proxy.Generation++
-		cd.Proxy.ChangeTime = now
+		cd.proxyTo(newUID, now)
 		return nil
 	})
 	if err != nil {

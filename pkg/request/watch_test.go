@@ -65,18 +65,6 @@ func (s *servedCounter) callsWithPrefix(prefix string) int {
 	return n
 }
 
-// waitUntil polls cond until it holds or within has passed.
-func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestRequestWatch: finished requests are never read or served again (200
 // of them cost an idle agent a re-read of every key every 2 s before), a
 // deleted status key does not run its request again, not even after a
@@ -121,7 +109,7 @@ func TestRequestWatch(t *testing.T) {
 	}
 	served := func(id string, n int) {
 		t.Helper()
-		waitUntil(t, 20*time.Second, id+" served", func() bool { return sc.calls(id) >= n })
+		testenv.WaitUntil(t, 20*time.Second, id+" served", func() bool { return sc.calls(id) >= n })
 	}
 	rawOld := func() int {
 		rawMu.Lock()
@@ -139,7 +127,7 @@ func TestRequestWatch(t *testing.T) {
 	put(keys.Request(KindBackup, "new-1"), `{}`)
 	served("new-1", 1)
 	assert.Zero(t, rawOld(), "finished requests are not served")
-	waitUntil(t, 20*time.Second, "every claim recorded", func() bool {
+	testenv.WaitUntil(t, 20*time.Second, "every claim recorded", func() bool {
 		resp, err := cli.Get(ctx, keys.Claims(KindBackup), clientv3.WithPrefix(), clientv3.WithCountOnly())
 		return err == nil && resp.Count == 201
 	})
@@ -169,7 +157,7 @@ func TestRequestWatch(t *testing.T) {
 	put(keys.Request(KindBackup, "pending-2"), `{}`)
 	served("pending-1", 2)
 	put(keys.Status(KindBackup, "pending-1"), finished)
-	waitUntil(t, 20*time.Second, "the claim of pending-1 recorded", func() bool {
+	testenv.WaitUntil(t, 20*time.Second, "the claim of pending-1 recorded", func() bool {
 		resp, err := cli.Get(ctx, keys.Claim(KindBackup, "pending-1"), clientv3.WithCountOnly())
 		return err == nil && resp.Count == 1
 	})

@@ -271,3 +271,19 @@ func CheckPut(ctx context.Context, name string, opts PutOptions) (want string, e
 	}
 	return want, nil
 }
+
+// CheckListAfter is what every backend's ListAfter checks before it lists:
+// a valid dir, a positive limit and a live ctx. Its errors name the
+// listing.
+func CheckListAfter(ctx context.Context, dir, after string, limit int) error {
+	if err := CheckName(dir); err != nil {
+		return fmt.Errorf("list %s after %q: %w", dir, after, err)
+	}
+	if limit <= 0 {
+		return fmt.Errorf("list %s after %q: limit %d is not positive", dir, after, limit)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("list %s after %q: %w", dir, after, err)
+	}
+	return nil
+}

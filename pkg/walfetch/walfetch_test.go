@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/barnacle-pg/barnacle/internal/retry"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/compress"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
@@ -609,14 +610,8 @@ func (c *countingBackend) wait(ctx context.Context) error {
 	if c.latency == 0 {
 		return nil
 	}
-	t := time.NewTimer(c.latency)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	retry.Sleep(ctx, c.latency)
+	return ctx.Err()
 }
 
 func (c *countingBackend) Get(ctx context.Context, name string) (io.ReadCloser, error) {

@@ -209,7 +209,7 @@ func (r *running) wait(t *testing.T, timeout time.Duration) error {
 // be archived, so a test that waits for archived WAL writes it afterwards.
 func waitStreaming(t *testing.T, rec *running, n *testenv.Node) {
 	t.Helper()
-	waitUntil(t, 30*time.Second, "the receiver to stream from "+n.Name, func() bool {
+	testenv.WaitUntil(t, 30*time.Second, "the receiver to stream from "+n.Name, func() bool {
 		c, err := n.QueryInt64(t.Context(),
 			"SELECT count(*) FROM pg_stat_replication WHERE application_name = 'barnacle' AND state = 'streaming'")
 		return err == nil && c > 0
@@ -228,17 +228,6 @@ func (r *running) progress() walstream.Progress {
 	return r.last
 }
 
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func flushLSN(t *testing.T, n *testenv.Node) wal.LSN {
 	t.Helper()
 	s, err := n.QueryString(t.Context(), "SELECT pg_current_wal_flush_lsn()::text")
@@ -253,7 +242,7 @@ func flushLSN(t *testing.T, n *testenv.Node) wal.LSN {
 func waitArchived(t *testing.T, rec *running, n *testenv.Node) wal.LSN {
 	t.Helper()
 	end := flushLSN(t, n)
-	waitUntil(t, 30*time.Second, "archive to reach "+end.String(), func() bool { return rec.progress().Flushed >= end })
+	testenv.WaitUntil(t, 30*time.Second, "archive to reach "+end.String(), func() bool { return rec.progress().Flushed >= end })
 	return end
 }
 
@@ -594,7 +583,7 @@ func TestTimelineSwitch(t *testing.T) {
 					require.NoError(t, primary.Exec(t.Context(), insert1MB))
 				}
 				end := flushLSN(t, primary)
-				waitUntil(t, 30*time.Second, "standby to receive "+end.String(), func() bool {
+				testenv.WaitUntil(t, 30*time.Second, "standby to receive "+end.String(), func() bool {
 					lsn, err := standby.CurrentLSN(t.Context())
 					return err == nil && wal.LSN(lsn) >= end
 				})
@@ -812,7 +801,7 @@ func TestGapAndStartErrors(t *testing.T) {
 		rec := startReceiver(t, walstream.Options{ConnString: p.ReplConnString(), Backend: b,
 			OnGap: func(_ context.Context, g walstream.Gap) error { gaps = append(gaps, g); return nil }})
 		require.NoError(t, p.Exec(ctx, insert1MB))
-		waitUntil(t, 20*time.Second, "streaming after the gap", func() bool { return rec.progress().Flushed > wal.SegmentStart(oldestSeg, segSize) })
+		testenv.WaitUntil(t, 20*time.Second, "streaming after the gap", func() bool { return rec.progress().Flushed > wal.SegmentStart(oldestSeg, segSize) })
 		require.NoError(t, rec.stop())
 		require.Len(t, gaps, 1, "OnGap is called once")
 		g := gaps[0]

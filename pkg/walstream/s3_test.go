@@ -178,18 +178,18 @@ func TestS3Outage(t *testing.T) {
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 	end := flushLSN(t, p)
-	waitUntil(t, 30*time.Second, "archive to reach "+end.String(), func() bool { return flushed() >= end })
+	testenv.WaitUntil(t, 30*time.Second, "archive to reach "+end.String(), func() bool { return flushed() >= end })
 
 	srv.Stop()
 	for range 6 {
 		require.NoError(t, p.Exec(ctx, insert1MB))
 	}
-	waitUntil(t, 30*time.Second, "a storage error", func() bool { mu.Lock(); defer mu.Unlock(); return len(errs) > 0 })
+	testenv.WaitUntil(t, 30*time.Second, "a storage error", func() bool { mu.Lock(); defer mu.Unlock(); return len(errs) > 0 })
 	require.NoError(t, p.Exec(ctx, insert16MB))
 	stoppedFor := time.Now()
 	require.NoError(t, srv.Start())
 	end = flushLSN(t, p)
-	waitUntil(t, 60*time.Second, "archive to reach "+end.String(), func() bool { return flushed() >= end })
+	testenv.WaitUntil(t, 60*time.Second, "archive to reach "+end.String(), func() bool { return flushed() >= end })
 	t.Logf("archive caught up %s after the server came back", time.Since(stoppedFor))
 	cancel()
 	<-done

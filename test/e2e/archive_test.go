@@ -53,8 +53,7 @@ func newArchiveEnv(t *testing.T, opts testenv.ClusterOptions, extraArgs ...strin
 	b, err := fs.New(e.dir, fs.Options{})
 	require.NoError(t, err)
 	e.backend = b
-	pw := filepath.Join(t.TempDir(), "replpw")
-	require.NoError(t, os.WriteFile(pw, []byte(e.pg.ReplPassword()+"\n"), 0o600))
+	pw := e.pg.ReplPasswordFile(t)
 	e.common = append([]string{
 		"--cluster-name", cluster,
 		"--store-endpoints", strings.Join(e.etcd.Endpoints(), ","),
@@ -656,4 +655,17 @@ func scrape(t *testing.T, a *agentProc) string {
 	_, err = b.ReadFrom(resp.Body)
 	require.NoError(t, err)
 	return b.String()
+}
+
+// backupWait runs `barnacle backup --wait --json` with args (the store
+// flags, and more) and returns the status it prints, that of a done backup.
+func backupWait(t *testing.T, args ...string) request.BackupStatus {
+	t.Helper()
+	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, args...)...)
+	require.Equal(t, 0, code, "backup --wait: %s %s", out, stderr)
+	var st request.BackupStatus
+	require.NoError(t, json.Unmarshal([]byte(out), &st), out)
+	require.Equal(t, request.StateDone, st.State, st.Error)
+	require.NotNil(t, st.Result, out)
+	return st
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -90,12 +89,7 @@ func TestBackfillFromStandby(t *testing.T) {
 	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
 	bctx, bcancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer bcancel()
-	backupCmd := exec.CommandContext(bctx, binary, append([]string{"backup", "--wait", "--json", "--label", "during-backfill"}, store...)...)
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "BARNACLE_") {
-			backupCmd.Env = append(backupCmd.Env, kv)
-		}
-	}
+	backupCmd := barnacleCmd(bctx, append([]string{"backup", "--wait", "--json", "--label", "during-backfill"}, store...)...)
 	var backupOut, backupErr bytes.Buffer
 	backupCmd.Stdout, backupCmd.Stderr = &backupOut, &backupErr
 	require.NoError(t, backupCmd.Start())

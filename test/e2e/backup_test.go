@@ -29,8 +29,7 @@ func TestLocalBackupCatalog(t *testing.T) {
 	primary := pg.Primary()
 	require.NoError(t, primary.Exec(ctx, "CREATE TABLE t (id int, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 100000) g"))
 	archive := archiveDir(t)
-	pw := filepath.Join(t.TempDir(), "pw")
-	require.NoError(t, os.WriteFile(pw, []byte(pg.ReplPassword()), 0o600))
+	pw := pg.ReplPasswordFile(t)
 	args := func(extra ...string) []string {
 		return append(extra, "--cluster-name", cluster, "--archive-url", "file://"+archive,
 			"--pg-host", "127.0.0.1", "--pg-port", fmt.Sprint(primary.Port),
@@ -145,10 +144,7 @@ func TestBackupRequests(t *testing.T) {
 	}
 
 	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
-	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json", "--label", "by-request"}, store...)...)
-	require.Equal(t, 0, code, "backup --wait: %s %s", out, stderr)
-	var st request.BackupStatus
-	require.NoError(t, json.Unmarshal([]byte(out), &st), out)
+	st := backupWait(t, append([]string{"--label", "by-request"}, store...)...)
 	assert.Equal(t, request.StateDone, st.State)
 	assert.Equal(t, leader.name, st.Agent, "the leader ran it")
 	require.NotNil(t, st.Result)

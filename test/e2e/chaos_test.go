@@ -31,7 +31,6 @@ import (
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/check"
-	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
@@ -193,8 +192,7 @@ func (w *chaosWriter) Stop() {
 type streamSampler struct {
 	env    *archiveEnv
 	master func() *testenv.Node
-	stop   chan struct{}
-	done   chan struct{}
+	stop   func()
 
 	mu          sync.Mutex
 	samples     int
@@ -204,49 +202,39 @@ type streamSampler struct {
 }
 
 func sampleStreams(env *archiveEnv, master func() *testenv.Node) *streamSampler {
-	s := &streamSampler{env: env, master: master, stop: make(chan struct{}), done: make(chan struct{})}
+	s := &streamSampler{env: env, master: master}
 	cli := env.etcd.Client(env.t)
 	keys := coordinator.NewKeys("barnacle", cluster).Agents()
-	go func() {
-		defer close(s.done)
-		tk := time.NewTicker(100 * time.Millisecond)
-		defer tk.Stop()
-		for {
-			select {
-			case <-s.stop:
-				return
-			case <-tk.C:
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-			senders, err := s.master().QueryInt64(ctx,
-				"SELECT count(*) FROM pg_stat_replication WHERE application_name = 'barnacle' AND state IN ('streaming', 'catchup')")
-			if err != nil {
-				senders = -1
-			}
-			var streaming []string
-			resp, rerr := cli.Get(ctx, keys, clientv3.WithPrefix())
-			cancel()
-			if rerr == nil {
-				for _, kv := range resp.Kvs {
-					var rec struct {
-						Name      string `json:"name"`
-						Role      string `json:"role"`
-						Streaming bool   `json:"streaming"`
-					}
-					if json.Unmarshal(kv.Value, &rec) == nil && rec.Role == "leader" && rec.Streaming {
-						streaming = append(streaming, rec.Name)
-					}
+	s.stop = everyTick(100*time.Millisecond, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		senders, err := s.master().QueryInt64(ctx,
+			"SELECT count(*) FROM pg_stat_replication WHERE application_name = 'barnacle' AND state IN ('streaming', 'catchup')")
+		if err != nil {
+			senders = -1
+		}
+		var streaming []string
+		resp, rerr := cli.Get(ctx, keys, clientv3.WithPrefix())
+		cancel()
+		if rerr == nil {
+			for _, kv := range resp.Kvs {
+				var rec struct {
+					Name      string `json:"name"`
+					Role      string `json:"role"`
+					Streaming bool   `json:"streaming"`
+				}
+				if json.Unmarshal(kv.Value, &rec) == nil && rec.Role == "leader" && rec.Streaming {
+					streaming = append(streaming, rec.Name)
 				}
 			}
-			s.mu.Lock()
-			s.samples++
-			s.maxSenders = max(s.maxSenders, int(senders))
-			if len(streaming) > s.maxRecords {
-				s.maxRecords, s.worstRecord = len(streaming), strings.Join(streaming, ",")
-			}
-			s.mu.Unlock()
 		}
-	}()
+		s.mu.Lock()
+		s.samples++
+		s.maxSenders = max(s.maxSenders, int(senders))
+		if len(streaming) > s.maxRecords {
+			s.maxRecords, s.worstRecord = len(streaming), strings.Join(streaming, ",")
+		}
+		s.mu.Unlock()
+	})
 	return s
 }
 
@@ -254,8 +242,7 @@ func sampleStreams(env *archiveEnv, master func() *testenv.Node) *streamSampler 
 // walsenders seen on the master at once, and the most agent records that
 // said they lead and stream at once (with their names).
 func (s *streamSampler) Stop() (samples, senders, records int, worst string) {
-	close(s.stop)
-	<-s.done
+	s.stop()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.samples, s.maxSenders, s.maxRecords, s.worstRecord
@@ -615,11 +602,7 @@ func TestChaos(t *testing.T) {
 	sort.Strings(r.corruptible)
 	require.NotEmpty(t, r.corruptible)
 	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
-	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
-	require.Equal(t, 0, code, "backup: %s %s", out, stderr)
-	var bst request.BackupStatus
-	require.NoError(t, json.Unmarshal([]byte(out), &bst), out)
-	require.NotNil(t, bst.Result)
+	bst := backupWait(t, store...)
 	t.Logf("base backup %s from %s; corruptible segments %v", bst.Result.ID, bst.Result.StartLSN, r.corruptible)
 
 	w := startChaosWriter(t, r.currentMaster)
@@ -686,7 +669,7 @@ func TestChaos(t *testing.T) {
 	for _, name := range r.corrupted {
 		r.requireFetchRefused(name)
 	}
-	out, _ = waitCheck(t, env, 60*time.Second, "the cluster healthy again", func(l map[string]string) bool {
+	out, _ := waitCheck(t, env, 60*time.Second, "the cluster healthy again", func(l map[string]string) bool {
 		for _, name := range []string{check.NameStreaming, check.NameWALContinuity, check.NameFreeSpace, check.NameAgents,
 			check.NameArchive, check.NameSlot, check.NameStandbySlots} {
 			if l[name] != name+": OK" {
@@ -699,7 +682,7 @@ func TestChaos(t *testing.T) {
 
 	// Restore the newest point and count.
 	dir := filepath.Join(t.TempDir(), "restored")
-	out, stderr, code = barnacle(t, "restore", "--target-dir", dir, "--target-action", "promote",
+	out, stderr, code := barnacle(t, "restore", "--target-dir", dir, "--target-action", "promote",
 		"--cluster-name", cluster, "--archive-url", "file://"+env.dir)
 	require.Equal(t, 0, code, "restore:\n%s\n%s", out, stderr)
 	restored := testenv.StartRestored(t, dir)
@@ -728,27 +711,6 @@ func TestChaos(t *testing.T) {
 	t.Logf("CHAOS SUMMARY seed=%d duration=%s faults=%d (%s) rows_written=%d rows_acknowledged=%d rows_restored=%d rows_lost=%d rows_discarded_by_failover=%d gaps=%d samples=%d max_leaders=%d max_streaming=%d test_time=%s",
 		seed, duration, len(schedule), strings.Join(kinds, " "), written, acked, total, lost, rolledBack, len(gaps), samples,
 		maxLeading, max(senders, records), time.Since(began).Round(time.Second))
-}
-
-// newAgentProc is startAgent without the start, for agents the isolation
-// starts inside their network namespace.
-func newAgentProc(t *testing.T, name string, args ...string) *agentProc {
-	t.Helper()
-	a := &agentProc{
-		name:    name,
-		metrics: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
-		logPath: filepath.Join(t.TempDir(), name+".log"),
-	}
-	a.args = append([]string{"agent", "--agent-name", name, "--metrics-listen-address", a.metrics}, args...)
-	t.Cleanup(func() {
-		a.signal(syscall.SIGKILL)
-		a.wait(5 * time.Second)
-		if t.Failed() {
-			b, _ := os.ReadFile(a.logPath)
-			t.Logf("--- log of agent %s ---\n%s", name, tail(string(b), 60))
-		}
-	})
-	return a
 }
 
 // isolation runs every agent in its own network namespace that has only a

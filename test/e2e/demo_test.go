@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,7 +12,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/barnacle-pg/barnacle/internal/testenv"
-	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/storage/fs"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
@@ -84,8 +82,7 @@ func TestDemo(t *testing.T) {
 	// The restored server's restore_command (barnacle wal-fetch) runs as
 	// the postgres OS user and reads the archive the agents write.
 	shareArchiveWithPostgres(t, archive)
-	pw := filepath.Join(t.TempDir(), "replpw")
-	require.NoError(t, os.WriteFile(pw, []byte(pg.ReplPassword()+"\n"), 0o600))
+	pw := pg.ReplPasswordFile(t)
 	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(etcd.Endpoints(), ",")}
 	common := append([]string{
 		"--pg-user", testenv.ReplUser, "--pg-password-file", pw,
@@ -146,17 +143,13 @@ func TestDemo(t *testing.T) {
 	primary := pg.Primary()
 	require.NoError(t, primary.Exec(ctx, demoTable))
 	done = step("base backup: barnacle backup --wait (the leader takes it over the replication protocol)")
-	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json", "--label", "demo"}, store...)...)
-	require.Equal(t, 0, code, "backup: %s %s", out, stderr)
-	var bst request.BackupStatus
-	require.NoError(t, json.Unmarshal([]byte(out), &bst), out)
-	require.NotNil(t, bst.Result, out)
+	bst := backupWait(t, append([]string{"--label", "demo"}, store...)...)
 	backupID := bst.Result.ID
 	fmt.Printf("    backup %s, taken by %s\n", backupID, bst.Agent)
 	done()
 
 	done = step("restore drill: barnacle drill --wait (an agent beside a standby restores, starts and checks a scratch copy)")
-	out, stderr, code = runBarnacle(t, 2*time.Minute, append([]string{"drill", "--wait"}, store...)...)
+	out, stderr, code := runBarnacle(t, 2*time.Minute, append([]string{"drill", "--wait"}, store...)...)
 	require.Equal(t, 0, code, "drill: %s %s", out, stderr)
 	fmt.Println("    $ barnacle drill --wait")
 	for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"io/fs"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,7 +22,6 @@ import (
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/drill"
-	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/restore"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
@@ -71,13 +68,7 @@ func requireOnlyDrillAdded(t *testing.T, before, after map[string]string, id str
 // requireEmptyDir checks that a drill left nothing under restore-root.
 func requireEmptyDir(t *testing.T, dir string) {
 	t.Helper()
-	entries, err := os.ReadDir(dir)
-	require.NoError(t, err)
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	assert.Empty(t, names, "left under %s", dir)
+	assert.Empty(t, dirListing(t, dir), "left under %s", dir)
 }
 
 // requireFailedRecord checks a failed drill's outcome and its record.
@@ -129,7 +120,7 @@ func TestDrill(t *testing.T) {
 	if cred != nil {
 		owner = &restore.Owner{UID: int(cred.Uid), GID: int(cred.Gid)}
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	logger := hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Debug, Output: io.MultiWriter(testWriter{t}, logs)})
 	opts := func(id string) drill.Options {
 		return drill.Options{
@@ -158,11 +149,7 @@ func TestDrill(t *testing.T) {
 	env.startAgents()
 	leader = env.leaderFor(primary)
 	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
-	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
-	require.Equal(t, 0, code, "backup: %s %s", out, stderr)
-	var bst request.BackupStatus
-	require.NoError(t, json.Unmarshal([]byte(out), &bst), out)
-	require.NotNil(t, bst.Result)
+	bst := backupWait(t, store...)
 	backupID := bst.Result.ID
 
 	// Rows after the backup: only replay of archived WAL brings them back.
@@ -395,24 +382,6 @@ func insertDrillRows(t *testing.T, n *testenv.Node, from, to int) {
 	for i := from; i <= to; i++ {
 		require.NoError(t, n.Exec(t.Context(), "INSERT INTO drill (id) VALUES ($1)", i))
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // testWriter sends a logger's lines to the test log.

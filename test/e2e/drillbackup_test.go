@@ -44,17 +44,13 @@ func TestDrillDoesNotBlockBackup(t *testing.T) {
 	cli := env.etcd.Client(t)
 	keys := request.Keys{Prefix: coordinator.NewKeys("barnacle", cluster).Prefix}
 
-	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
-	require.Equal(t, 0, code, "backup: %s %s", out, stderr)
-	var first request.BackupStatus
-	require.NoError(t, json.Unmarshal([]byte(out), &first), out)
-	require.NotNil(t, first.Result)
+	first := backupWait(t, store...)
 	// WAL after the backup, so that recovery is still running when the
 	// server is stopped (the stop comes within milliseconds of its start).
 	require.NoError(t, primary.Exec(ctx, "CREATE TABLE filler AS SELECT g AS id, repeat('x', 500) AS pad FROM generate_series(1, 200000) g"))
 	env.waitArchived(primary, 2*time.Minute)
 
-	out, stderr, code = barnacle(t, append([]string{"drill"}, store...)...)
+	out, stderr, code := barnacle(t, append([]string{"drill"}, store...)...)
 	require.Equal(t, 0, code, "drill: %s %s", out, stderr)
 	m := regexp.MustCompile(`drill requested: (\S+)`).FindStringSubmatch(out)
 	require.NotNil(t, m, out)

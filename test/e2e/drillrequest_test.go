@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -29,24 +27,7 @@ func runBarnacle(t *testing.T, d time.Duration, args ...string) (string, string,
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), d)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, args...)
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "BARNACLE_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return stdout.String(), stderr.String(), 0
-	case errors.As(err, &ee) && ctx.Err() == nil:
-		return stdout.String(), stderr.String(), ee.ExitCode()
-	}
-	t.Fatalf("barnacle %v: %v (stderr: %s)", args, err, stderr.String())
-	return "", "", 0
+	return runToExit(t, ctx, barnacleCmd(ctx, args...))
 }
 
 // drillMetric is metricValue with presence: false when the series is
@@ -148,11 +129,7 @@ func TestDrillRequests(t *testing.T) {
 	assert.Contains(t, stderr, "then run barnacle drill again")
 	requireEmptyDir(t, rootS)
 
-	out, stderr, code = barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
-	require.Equal(t, 0, code, "backup: %s %s", out, stderr)
-	var bst request.BackupStatus
-	require.NoError(t, json.Unmarshal([]byte(out), &bst), out)
-	require.NotNil(t, bst.Result)
+	bst := backupWait(t, store...)
 	// Rows after the backup: only replay of archived WAL brings them back.
 	insertDrillRows(t, primary, 101, 200)
 	var lastText string

@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,41 +23,52 @@ type leaderSampler struct {
 	mu     sync.Mutex
 	max    int
 	worst  string
-	stop   chan struct{}
-	done   chan struct{}
+	stop   func()
 }
 
 func sampleLeaders(agents []*agentProc) *leaderSampler {
-	s := &leaderSampler{agents: agents, stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(s.done)
-		tk := time.NewTicker(100 * time.Millisecond)
-		defer tk.Stop()
-		for {
-			select {
-			case <-s.stop:
-				return
-			case <-tk.C:
+	s := &leaderSampler{agents: agents}
+	s.stop = everyTick(100*time.Millisecond, func() {
+		var leading []string
+		for _, a := range s.agents {
+			if st, ok := a.status(); ok && st.Leading {
+				leading = append(leading, a.name)
 			}
-			var leading []string
-			for _, a := range s.agents {
-				if st, ok := a.status(); ok && st.Leading {
-					leading = append(leading, a.name)
-				}
-			}
-			s.mu.Lock()
-			if len(leading) > s.max {
-				s.max, s.worst = len(leading), strings.Join(leading, ",")
-			}
-			s.mu.Unlock()
 		}
-	}()
+		s.mu.Lock()
+		if len(leading) > s.max {
+			s.max, s.worst = len(leading), strings.Join(leading, ",")
+		}
+		s.mu.Unlock()
+	})
 	return s
 }
 
+// everyTick calls sample every period in a goroutine of its own until
+// stop is called; stop returns once that goroutine has ended.
+func everyTick(period time.Duration, sample func()) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		tk := time.NewTicker(period)
+		defer tk.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-tk.C:
+			}
+			sample()
+		}
+	}()
+	return func() {
+		close(quit)
+		<-done
+	}
+}
+
 func (s *leaderSampler) Stop() (int, string) {
-	close(s.stop)
-	<-s.done
+	s.stop()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.max, s.worst
@@ -104,8 +113,7 @@ func TestAgentsFollowTheMaster(t *testing.T) {
 	cluster := testenv.NewCluster(t, testenv.ClusterOptions{Standbys: 2})
 	st := testenv.NewStolon(t, etcd, cluster, testenv.StolonOptions{})
 
-	pw := filepath.Join(t.TempDir(), "replpw")
-	require.NoError(t, os.WriteFile(pw, []byte(cluster.ReplPassword()+"\n"), 0o600))
+	pw := cluster.ReplPasswordFile(t)
 	const leaseTTL, takeover = 3 * time.Second, 3 * time.Second
 	common := []string{
 		"--cluster-name", "stolon-cluster",

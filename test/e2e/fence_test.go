@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -33,23 +32,14 @@ func TestRestoreRequestTablespaceFence(t *testing.T) {
 	env := newArchiveEnv(t, testenv.ClusterOptions{}, "--restore-root", restoreRoot)
 	shareArchiveWithPostgres(t, env.dir)
 	primary := env.pg.Primary()
-	tsDir := filepath.Join(t.TempDir(), "ts1")
-	require.NoError(t, os.Mkdir(tsDir, 0o700))
-	testenv.PGOwn(t, tsDir)
-	require.NoError(t, primary.Exec(ctx, fmt.Sprintf("CREATE TABLESPACE ts1 LOCATION '%s'", tsDir)))
-	oid, err := primary.QueryInt64(ctx, "SELECT oid::bigint FROM pg_tablespace WHERE spcname = 'ts1'")
-	require.NoError(t, err)
+	tsDir, oid := createTablespace(t, primary, "ts1")
 	require.NoError(t, primary.Exec(ctx, "CREATE TABLE ts_data TABLESPACE ts1 AS SELECT g AS id FROM generate_series(1, 5000) g"))
 	env.startAgents()
 	env.leaderFor(primary)
 	keeper := env.stolon.KeeperUID(primary)
 	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
 
-	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
-	require.Equal(t, 0, code, "backup --wait: %s %s", out, stderr)
-	var bst request.BackupStatus
-	require.NoError(t, json.Unmarshal([]byte(out), &bst), out)
-	require.Equal(t, request.StateDone, bst.State, bst.Error)
+	bst := backupWait(t, store...)
 	backupID := bst.Result.ID
 
 	// The recorded location becomes free: what made a restore write

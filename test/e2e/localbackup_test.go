@@ -3,8 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -30,8 +28,7 @@ func TestLocalBackupSlots(t *testing.T) {
 	primary := pg.Primary()
 	require.NoError(t, primary.Exec(ctx, "CREATE TABLE t (id int, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 200000) g"))
 	archive := archiveDir(t)
-	pw := filepath.Join(t.TempDir(), "pw")
-	require.NoError(t, os.WriteFile(pw, []byte(pg.ReplPassword()), 0o600))
+	pw := pg.ReplPasswordFile(t)
 	args := func(extra ...string) []string {
 		return append(extra, "--cluster-name", cluster, "--archive-url", "file://"+archive,
 			"--pg-host", "127.0.0.1", "--pg-port", fmt.Sprint(primary.Port),

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -67,19 +68,27 @@ type agentProc struct {
 
 func startAgent(t *testing.T, name string, args ...string) *agentProc {
 	t.Helper()
+	a := newAgentProc(t, name, args...)
+	a.start(t)
+	return a
+}
+
+// newAgentProc prepares an agent and its cleanup without starting it: the
+// chaos isolation starts its agents inside their network namespaces.
+func newAgentProc(t *testing.T, name string, args ...string) *agentProc {
+	t.Helper()
 	a := &agentProc{
 		name:    name,
 		metrics: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 		logPath: filepath.Join(t.TempDir(), name+".log"),
 	}
 	a.args = append([]string{"agent", "--agent-name", name, "--metrics-listen-address", a.metrics}, args...)
-	a.start(t)
 	t.Cleanup(func() {
 		a.signal(syscall.SIGKILL)
 		a.wait(5 * time.Second)
 		if t.Failed() {
 			b, _ := os.ReadFile(a.logPath)
-			t.Logf("--- log of agent %s ---\n%s", name, tail(string(b), 60))
+			t.Logf("--- log of agent %s ---\n%s", name, testenv.Tail(string(b), 60))
 		}
 	})
 	return a
@@ -167,25 +176,39 @@ func barnacleEnv(t *testing.T, env []string, args ...string) (string, string, in
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	cmd := barnacleCmd(ctx, args...)
+	cmd.Env = append(cmd.Env, env...)
+	return runToExit(t, ctx, cmd)
+}
+
+// barnacleCmd is the binary with args in the test's environment, without
+// the test's own BARNACLE_* variables (a scenario sets those it means).
+func barnacleCmd(ctx context.Context, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, binary, args...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "BARNACLE_") {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	cmd.Env = append(cmd.Env, env...)
+	return cmd
+}
+
+// runToExit runs cmd to completion and returns stdout, stderr and the exit
+// code; a command that does not start, or that ctx ends, fails the test.
+func runToExit(t *testing.T, ctx context.Context, cmd *exec.Cmd) (string, string, int) {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
-	code := 0
-	if err != nil {
-		ee, ok := err.(*exec.ExitError)
-		if !ok {
-			t.Fatalf("run barnacle %v: %v", args, err)
-		}
-		code = ee.ExitCode()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return stdout.String(), stderr.String(), 0
+	case errors.As(err, &ee) && ctx.Err() == nil:
+		return stdout.String(), stderr.String(), ee.ExitCode()
 	}
-	return stdout.String(), stderr.String(), code
+	t.Fatalf("barnacle %v: %v (stderr: %s)", cmd.Args[1:], err, stderr.String())
+	return "", "", 0
 }
 
 // archiveDir makes an empty directory for a file:// archive.
@@ -196,12 +219,4 @@ func archiveDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return dir
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -123,16 +123,13 @@ func TestOperateMetricsAndStatus(t *testing.T) {
 func TestReloadProcess(t *testing.T) {
 	env := newArchiveEnv(t, testenv.ClusterOptions{})
 	keeper := env.stolon.KeeperUID(env.pg.Primary())
-	pw := filepath.Join(t.TempDir(), "replpw")
-	require.NoError(t, os.WriteFile(pw, []byte(env.pg.ReplPassword()+"\n"), 0o600))
+	pw := env.pg.ReplPasswordFile(t)
 	file := filepath.Join(t.TempDir(), "barnacle.yaml")
 	base := "cluster-name: " + cluster + "\nstore-endpoints: " + strings.Join(env.etcd.Endpoints(), ",") +
 		"\npg-user: " + testenv.ReplUser + "\npg-password-file: " + pw + "\nlease-ttl: 3s\narchive-url: file://" + env.dir + "\n"
 	write := func(extra string) {
 		t.Helper()
-		tmp := file + ".tmp"
-		require.NoError(t, os.WriteFile(tmp, []byte(base+extra), 0o600))
-		require.NoError(t, os.Rename(tmp, file))
+		testenv.ReplaceFile(t, file, base+extra)
 	}
 	write("log-level: info\n")
 	a := startAgent(t, "agent-reload", "--config", file, "--keeper-uid", keeper)

@@ -1,14 +1,12 @@
 package e2e
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -283,46 +281,21 @@ func TestWaitWithoutLeader(t *testing.T) {
 
 // barnacleProc is a barnacle command running in the background.
 type barnacleProc struct {
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	errb bytes.Buffer
-	outb bytes.Buffer
-	done chan error
+	cmd        *exec.Cmd
+	outb, errb testenv.SyncBuffer
+	done       chan error
 }
 
-// stdoutWriter collects the command's stdout.
-type stdoutWriter struct{ p *barnacleProc }
+func (p *barnacleProc) stdout() string { return p.outb.String() }
 
-func (w stdoutWriter) Write(b []byte) (int, error) {
-	w.p.mu.Lock()
-	defer w.p.mu.Unlock()
-	return w.p.outb.Write(b)
-}
-
-func (p *barnacleProc) stdout() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.outb.String()
-}
-
-func (p *barnacleProc) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.errb.Write(b)
-}
-
-func (p *barnacleProc) stderr() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.errb.String()
-}
+func (p *barnacleProc) stderr() string { return p.errb.String() }
 
 // startBarnacle starts the binary with args; it is killed at the end of
 // the test if still running.
 func startBarnacle(t *testing.T, args ...string) *barnacleProc {
 	t.Helper()
 	p := &barnacleProc{cmd: exec.Command(binary, args...), done: make(chan error, 1)}
-	p.cmd.Stderr, p.cmd.Stdout = p, stdoutWriter{p}
+	p.cmd.Stderr, p.cmd.Stdout = &p.errb, &p.outb
 	require.NoError(t, p.cmd.Start())
 	go func() { p.done <- p.cmd.Wait() }()
 	t.Cleanup(func() {

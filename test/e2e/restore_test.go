@@ -82,11 +82,7 @@ func TestRestorePITR(t *testing.T) {
 	var h pitrHistory
 	insertRows(t, primary, 1, 50)
 	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
-	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
-	require.Equal(t, 0, code, "backup: %s %s", out, stderr)
-	var bst request.BackupStatus
-	require.NoError(t, json.Unmarshal([]byte(out), &bst), out)
-	require.NotNil(t, bst.Result)
+	bst := backupWait(t, store...)
 	h.backupID = bst.Result.ID
 
 	insertRows(t, primary, 51, 100)

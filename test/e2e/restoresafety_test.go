@@ -1,12 +1,10 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -43,24 +41,10 @@ func barnacleAsPostgres(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd := barnacleCmd(ctx, args...)
 	cmd.Dir = "/"
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "BARNACLE_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: postgresCredential(t)}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if err != nil {
-		ee, ok := err.(*exec.ExitError)
-		require.True(t, ok, "run barnacle %v: %v", args, err)
-		code = ee.ExitCode()
-	}
-	return stdout.String(), stderr.String(), code
+	return runToExit(t, ctx, cmd)
 }
 
 // readOnlyForPostgres makes the archive dir readable but not writable for

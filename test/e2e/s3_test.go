@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
-	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
@@ -33,8 +31,7 @@ func newS3ArchiveEnv(t *testing.T, srv *testenv.S3Server, opts testenv.ClusterOp
 	b, err := backends.Open(t.Context(), url)
 	require.NoError(t, err)
 	e.backend = b
-	pw := filepath.Join(t.TempDir(), "replpw")
-	require.NoError(t, os.WriteFile(pw, []byte(e.pg.ReplPassword()+"\n"), 0o600))
+	pw := e.pg.ReplPasswordFile(t)
 	e.common = []string{
 		"--cluster-name", cluster,
 		"--store-endpoints", strings.Join(e.etcd.Endpoints(), ","),
@@ -98,12 +95,8 @@ func TestS3Archive(t *testing.T) {
 	require.Greater(t, compared, 2)
 
 	// A base backup through the agents, verified from S3.
-	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
-	require.Equal(t, 0, code, "backup --wait: %s %s", out, stderr)
-	var st request.BackupStatus
-	require.NoError(t, json.Unmarshal([]byte(out), &st), out)
-	require.Equal(t, request.StateDone, st.State, st.Error)
-	out, stderr, code = barnacle(t, "verify-backup", "latest", "--cluster-name", cluster, "--archive-url", url)
+	st := backupWait(t, store...)
+	out, stderr, code := barnacle(t, "verify-backup", "latest", "--cluster-name", cluster, "--archive-url", url)
 	require.Equal(t, 0, code, "verify-backup: %s %s", out, stderr)
 	doc, err := catalog.ReadBackup(ctx, env.backend, cluster, st.Result.ID)
 	require.NoError(t, err)

@@ -29,13 +29,7 @@ func TestTablespaceBackup(t *testing.T) {
 	env := newArchiveEnv(t, testenv.ClusterOptions{})
 	primary := env.pg.Primary()
 
-	// Outside the data directory, owned by the server's OS user.
-	tsDir := filepath.Join(t.TempDir(), "ts1")
-	require.NoError(t, os.Mkdir(tsDir, 0o700))
-	testenv.PGOwn(t, tsDir)
-	require.NoError(t, primary.Exec(ctx, fmt.Sprintf("CREATE TABLESPACE ts1 LOCATION '%s'", tsDir)))
-	oid, err := primary.QueryInt64(ctx, "SELECT oid::bigint FROM pg_tablespace WHERE spcname = 'ts1'")
-	require.NoError(t, err)
+	tsDir, oid := createTablespace(t, primary, "ts1")
 	// The load's table, in the tablespace (StartLoad keeps an existing one).
 	require.NoError(t, primary.Exec(ctx, `CREATE TABLE ts_load (id bigserial PRIMARY KEY, v int NOT NULL,
 		at timestamptz NOT NULL DEFAULT clock_timestamp()) TABLESPACE ts1`))
@@ -104,4 +98,18 @@ func TestTablespaceBackup(t *testing.T) {
 	cur, err := primary.CurrentLSN(ctx)
 	require.NoError(t, err)
 	assert.LessOrEqual(t, uint64(stop), cur)
+}
+
+// createTablespace creates tablespace name on n in a directory of its own
+// outside the data directory, owned by the server's OS user, and returns
+// the directory and the tablespace's OID.
+func createTablespace(t *testing.T, n *testenv.Node, name string) (string, int64) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), name)
+	require.NoError(t, os.Mkdir(dir, 0o700))
+	testenv.PGOwn(t, dir)
+	require.NoError(t, n.Exec(t.Context(), fmt.Sprintf("CREATE TABLESPACE %s LOCATION '%s'", name, dir)))
+	oid, err := n.QueryInt64(t.Context(), "SELECT oid::bigint FROM pg_tablespace WHERE spcname = $1", name)
+	require.NoError(t, err)
+	return dir, oid
 }

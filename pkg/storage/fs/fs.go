@@ -689,14 +689,8 @@ var _ storage.DirLister = (*Backend)(nil)
 // only, where List stats, and reads the checksum attribute of, every file
 // under the prefix (a round trip each on NFS).
 func (b *Backend) ListAfter(ctx context.Context, dir, after string, limit int) ([]storage.ObjectInfo, error) {
-	if err := storage.CheckName(dir); err != nil {
-		return nil, fmt.Errorf("list %s after %q: %w", dir, after, err)
-	}
-	if limit <= 0 {
-		return nil, fmt.Errorf("list %s after %q: limit %d is not positive", dir, after, limit)
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("list %s after %q: %w", dir, after, err)
+	if err := storage.CheckListAfter(ctx, dir, after, limit); err != nil {
+		return nil, err
 	}
 	entries, err := os.ReadDir(b.path(dir)) // sorted by name
 	if errors.Is(err, iofs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {

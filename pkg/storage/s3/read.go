@@ -156,14 +156,8 @@ var _ storage.DirLister = (*Backend)(nil)
 // per object returned: a page costs the same whatever the directory holds.
 func (b *Backend) ListAfter(ctx context.Context, dir, after string, limit int) ([]storage.ObjectInfo, error) {
 	b.stats.lists.Add(1)
-	if err := storage.CheckName(dir); err != nil {
-		return nil, fmt.Errorf("list %s after %q: %w", dir, after, err)
-	}
-	if limit <= 0 {
-		return nil, fmt.Errorf("list %s after %q: limit %d is not positive", dir, after, limit)
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("list %s after %q: %w", dir, after, err)
+	if err := storage.CheckListAfter(ctx, dir, after, limit); err != nil {
+		return nil, err
 	}
 	infos, err := b.list(ctx, minio.ListObjectsOptions{
 		Prefix:     b.key(dir + "/"),
