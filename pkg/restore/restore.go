@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -680,21 +681,7 @@ func (e *memberErr) Error() string { return fmt.Sprintf("member %q: %v", e.name,
 func (e *memberErr) Unwrap() error { return e.err }
 
 func writeManifest(ctx context.Context, root *os.Root, r io.Reader, owner *Owner) error {
-	f, err := root.OpenFile(manifestName, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(f, ctxReader{ctx, r})
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil && owner != nil {
-		err = root.Lchown(manifestName, owner.UID, owner.GID)
-	}
-	return err
+	return createSync(root, manifestName, ctxReader{ctx, r}, owner)
 }
 
 // writeRecovery writes recovery.signal and appends the settings to
@@ -744,11 +731,17 @@ func writeRecovery(root *os.Root, r Recovery, backupID string, now time.Time, ow
 
 func writeFileSync(root *os.Root, name string, data []byte, owner *Owner) error {
 	_ = root.Remove(name)
+	return createSync(root, name, bytes.NewReader(data), owner)
+}
+
+// createSync creates name under root (it must not exist), copies r into
+// it, fsyncs it and gives it to owner.
+func createSync(root *os.Root, name string, r io.Reader, owner *Owner) error {
 	f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(data)
+	_, err = io.Copy(f, r)
 	if err == nil {
 		err = f.Sync()
 	}

@@ -353,15 +353,24 @@ func makeReady(fc *fence, d destination, now time.Time, owner *Owner) (string, e
 // syncDir fsyncs directory name under root so that entries created or
 // renamed in it are durable.
 func syncDir(root *os.Root, name string) error {
-	f, err := root.Open(name)
-	if err != nil {
-		return fmt.Errorf("restore: sync directory %s: %w", name, err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
+	if err := syncAt(root, name); err != nil {
 		return fmt.Errorf("restore: sync directory %s: %w", name, err)
 	}
 	return nil
+}
+
+// syncAt fsyncs the file or directory name under root, through the root
+// so that the fence holds (durable.SyncDir goes by path).
+func syncAt(root *os.Root, name string) error {
+	f, err := root.Open(name)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // ErrNoSpace means a destination's filesystem has less free space than the

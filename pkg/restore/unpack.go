@@ -731,15 +731,7 @@ func (u *unpacker) finish() error {
 	g.SetLimit(syncWorkers)
 	for _, name := range u.unsynced {
 		g.Go(func() error {
-			f, err := u.root.Open(name)
-			if err != nil {
-				return fmt.Errorf("sync %s: %w", name, err)
-			}
-			err = f.Sync()
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
+			if err := syncAt(u.root, name); err != nil {
 				return fmt.Errorf("sync %s: %w", name, err)
 			}
 			return nil
@@ -749,15 +741,7 @@ func (u *unpacker) finish() error {
 		return err
 	}
 	for _, d := range names {
-		f, err := u.root.Open(d)
-		if err != nil {
-			return fmt.Errorf("sync %s: %w", d, err)
-		}
-		err = f.Sync()
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
+		if err := syncAt(u.root, d); err != nil {
 			return fmt.Errorf("sync %s: %w", d, err)
 		}
 	}
