@@ -53,3 +53,33 @@ func ReplaceFile(t testing.TB, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+// FlipByte inverts one byte of the file at path, as damage on disk would:
+// the byte at off modulo the file's size, or the middle one when off < 0.
+func FlipByte(t testing.TB, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() == 0 {
+		t.Fatalf("flip a byte of %s: the file is empty", path)
+	}
+	at := st.Size() / 2
+	if off >= 0 {
+		at = off % st.Size()
+	}
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+}

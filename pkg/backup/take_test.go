@@ -368,7 +368,7 @@ func testDone(t *testing.T, env *testEnv, alg, manifestChecksums string) catalog
 func testStoredObjectDamaged(t *testing.T, env *testEnv, doc catalog.Backup) {
 	require.NotEmpty(t, doc.ID, "the zstd backup failed")
 	p := filepath.Join(env.main.root, catalog.BackupPrefix(testCluster, doc.ID), "base.tar.zst")
-	flipByte(t, p)
+	testenv.FlipByte(t, p, -1)
 
 	rep, err := Verify(t.Context(), env.main.b, testCluster, doc, nil)
 	require.ErrorIs(t, err, ErrVerifyFailed)
@@ -382,22 +382,6 @@ func testStoredObjectDamaged(t *testing.T, env *testEnv, doc catalog.Backup) {
 		assert.True(t, strings.HasPrefix(p, "base.tar.zst: "), p)
 	}
 	assert.Contains(t, err.Error(), rep.Problems[0])
-}
-
-func flipByte(t *testing.T, path string) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	require.NoError(t, err)
-	defer f.Close()
-	st, err := f.Stat()
-	require.NoError(t, err)
-	b := make([]byte, 1)
-	off := st.Size() / 2
-	_, err = f.ReadAt(b, off)
-	require.NoError(t, err)
-	b[0] ^= 0x40
-	_, err = f.WriteAt(b, off)
-	require.NoError(t, err)
 }
 
 // testFileInTarDamaged stores a base.tar whose pg_control differs from the

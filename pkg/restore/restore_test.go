@@ -497,7 +497,7 @@ func TestRestore(t *testing.T) {
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				p := filepath.Join(env.root, catalog.BackupPrefix(testCluster, tc.doc.ID), tc.name)
-				flipByte(t, p)
+				testenv.FlipByte(t, p, -1)
 				target := filepath.Join(t.TempDir(), "data")
 				_, err := Restore(t.Context(), Options{
 					Backend: env.b, Cluster: testCluster, Backup: tc.doc, TargetDir: target,
@@ -513,21 +513,4 @@ func TestRestore(t *testing.T) {
 			})
 		}
 	})
-}
-
-// flipByte inverts one byte in the middle of a stored object.
-func flipByte(t *testing.T, path string) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	require.NoError(t, err)
-	defer f.Close()
-	st, err := f.Stat()
-	require.NoError(t, err)
-	off := st.Size() / 2
-	b := make([]byte, 1)
-	_, err = f.ReadAt(b, off)
-	require.NoError(t, err)
-	b[0] ^= 0xff
-	_, err = f.WriteAt(b, off)
-	require.NoError(t, err)
 }

@@ -388,7 +388,7 @@ func (r *chaosRun) inject(kind string) bool {
 		off := r.draw(1 << 20)
 		path := r.objectPath(name)
 		t.Logf("chaos: flip a byte of archived %s at offset %d", filepath.Base(path), off)
-		flipByte(t, path, off)
+		testenv.FlipByte(t, path, int64(off))
 		r.corrupted = append(r.corrupted, name)
 		r.requireFetchRefused(name)
 	case faultIsolate:
@@ -500,23 +500,6 @@ func fillDisk(path string) error {
 		}
 	}
 	return nil
-}
-
-func flipByte(t *testing.T, path string, off int) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	require.NoError(t, err)
-	defer f.Close()
-	st, err := f.Stat()
-	require.NoError(t, err)
-	require.Positive(t, st.Size())
-	at := int64(off) % st.Size()
-	b := make([]byte, 1)
-	_, err = f.ReadAt(b, at)
-	require.NoError(t, err)
-	b[0] ^= 0x5a
-	_, err = f.WriteAt(b, at)
-	require.NoError(t, err)
 }
 
 // mountArchiveTmpfs puts the archive on a small tmpfs, so that it can run

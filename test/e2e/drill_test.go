@@ -324,8 +324,8 @@ func TestDrill(t *testing.T) {
 		// a fatal error: the drill fails naming it. The byte is flipped
 		// back afterwards.
 		path := filepath.Join(env.dir, damaged.Key)
-		flipByte(t, path, int(damaged.Size/2))
-		defer flipByte(t, path, int(damaged.Size/2))
+		testenv.FlipByte(t, path, damaged.Size/2)
+		defer testenv.FlipByte(t, path, damaged.Size/2)
 		before := archiveState(t, env.dir)
 		d, err := drill.Run(ctx, opts("damaged-wal"))
 		requireFailedRecord(t, env.backend, d, err, "PostgreSQL exited before recovery ended")
@@ -362,9 +362,7 @@ func TestDrill(t *testing.T) {
 			}
 		}
 		require.NotEmpty(t, base)
-		st, err := os.Stat(base)
-		require.NoError(t, err)
-		flipByte(t, base, int(st.Size()/2))
+		testenv.FlipByte(t, base, -1)
 
 		before := archiveState(t, env.dir)
 		d, err := drill.Run(ctx, opts("damaged"))
