@@ -44,7 +44,15 @@
 //     synchronous standbys), so the restored server never writes to the
 //     archive nor waits for a standby; memory is small (serverSettings);
 //     shared_preload_libraries is emptied (a library of the source host
-//     is not needed to replay or check). hot_standby is off: the server
+//     is not needed to replay or check), and so are the session and
+//     local preload libraries. Paths of the source host the restored
+//     configuration may name are overridden (data_directory, ident_file,
+//     external_pid_file; the log goes to stderr, ssl is off), its
+//     archive_cleanup_command is emptied (it would delete WAL at each
+//     restartpoint), its statement and lock timeouts are off, and an
+//     include, include_if_exists or include_dir naming a path outside the
+//     restored data directory is commented out with a warning
+//     (dropOutsideIncludes). hot_standby is off: the server
 //     accepts connections only once recovery ended and it promoted, which
 //     is what the drill waits for. Options.Settings come after these and
 //     win.

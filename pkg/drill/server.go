@@ -26,9 +26,29 @@ import (
 
 // serverSettings are the settings the drill gives on the command line;
 // they override the restored configuration files.
-func (r *runner) serverSettings() []string {
+func (r *runner) serverSettings(dataDir string) []string {
 	hba := filepath.Join(r.scratch, "pg_hba.conf")
 	return []string{
+		// Files of the source host the restored configuration may name:
+		// the server reads and writes only below the scratch directory
+		// (a data_directory there would even point it at a live one).
+		"data_directory=" + dataDir,
+		"ident_file=" + filepath.Join(r.scratch, "pg_ident.conf"),
+		"external_pid_file=",
+		// Never runs a command of the source host's on the archive: an
+		// archive_cleanup_command (pg_archivecleanup) would delete WAL
+		// at each restartpoint of the replay.
+		"archive_cleanup_command=",
+		// A library of the source host is not needed to replay or
+		// check, and one missing here fails every connection.
+		"session_preload_libraries=",
+		"local_preload_libraries=",
+		// The source's timeouts would cancel pg_amcheck on a large
+		// table; the drill bounds its own work.
+		"statement_timeout=0",
+		"lock_timeout=0",
+		"idle_in_transaction_session_timeout=0",
+		"idle_session_timeout=0",
 		// Reachable only through the drill's own socket.
 		"listen_addresses=",
 		"port=" + strconv.Itoa(port),
@@ -88,13 +108,27 @@ func (r *runner) startAndWait(ctx context.Context, dataDir string) error {
 	if err := r.chown(hbaPath); err != nil {
 		return err
 	}
+	identPath := filepath.Join(r.scratch, "pg_ident.conf")
+	if err := os.WriteFile(identPath, nil, 0o600); err != nil {
+		return fmt.Errorf("drill: write %s: %w", identPath, err)
+	}
+	if err := r.chown(identPath); err != nil {
+		return err
+	}
+	dropped, err := dropOutsideIncludes(dataDir)
+	if err != nil {
+		return err
+	}
+	for _, line := range dropped {
+		r.log.Warn("include of the restored configuration ignored: it names a path outside the restored data directory", "directive", line)
+	}
 	logf, err := os.OpenFile(r.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("drill: create the server log: %w", err)
 	}
 	defer logf.Close()
 	args := []string{"-D", dataDir}
-	for _, s := range append(r.serverSettings(), r.opts.Settings...) {
+	for _, s := range append(r.serverSettings(dataDir), r.opts.Settings...) {
 		args = append(args, "-c", s)
 	}
 	cmd := exec.Command(filepath.Join(r.opts.PGBinDir, "postgres"), args...)
