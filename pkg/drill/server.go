@@ -181,6 +181,10 @@ func (r *runner) startAndWait(ctx context.Context, dataDir string) error {
 			if errors.As(err, &missing) {
 				return err
 			}
+			if refused(err) {
+				return fmt.Errorf("the restored server ended recovery but refuses the drill's connections (%v); last lines of its log:\n%s\nfix what the log names (a setting of the restored configuration or the drill's settings)",
+					err, r.logTail(10))
+			}
 			last = err
 		}
 		select {
@@ -208,6 +212,16 @@ func serverEnv() []string {
 		env = append(env, kv)
 	}
 	return env
+}
+
+// refused reports whether err is the server's FATAL refusal of a
+// connection for a reason that does not pass by itself (a preload
+// library missing on this host, a bad setting), once the postmaster said
+// it is ready: waiting would only end at the replay timeout, hours later.
+// "Starting up" (57P03) and "too many connections" (53300) pass.
+func refused(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Severity == "FATAL" && pe.Code != "57P03" && pe.Code != "53300"
 }
 
 // candidateUsers are the roles the drill tries to connect as.

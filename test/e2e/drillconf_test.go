@@ -93,13 +93,16 @@ func TestDrillHostConfig(t *testing.T) {
 	}
 	logs := &syncBuffer{}
 	before := archiveState(t, env.dir)
-	d, err := drill.Run(ctx, drill.Options{
-		ID: "hostconf", Node: "test-node", Backend: env.backend, Cluster: cluster,
-		ArchiveURL: "file://" + env.dir, Executable: binary,
-		ScratchRoot: root, PGBinDir: testenv.PGBinDir(t), Owner: owner,
-		Logger:   hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Debug, Output: io.MultiWriter(testWriter{t}, logs)}),
-		Settings: []string{"max_wal_size=32MB"},
-	})
+	opts := func(id string, settings ...string) drill.Options {
+		return drill.Options{
+			ID: id, Node: "test-node", Backend: env.backend, Cluster: cluster,
+			ArchiveURL: "file://" + env.dir, Executable: binary,
+			ScratchRoot: root, PGBinDir: testenv.PGBinDir(t), Owner: owner,
+			Logger:   hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Debug, Output: io.MultiWriter(testWriter{t}, logs)}),
+			Settings: settings,
+		}
+	}
+	d, err := drill.Run(ctx, opts("hostconf", "max_wal_size=32MB"))
 	require.NoError(t, err, "drill: %+v", d)
 	assert.Equal(t, catalog.DrillDone, d.Status)
 	assert.Positive(t, d.Checked)
@@ -108,4 +111,21 @@ func TestDrillHostConfig(t *testing.T) {
 	requireOnlyDrillAdded(t, before, archiveState(t, env.dir), d.ID)
 	assert.Contains(t, logs.String(), "include of the restored configuration ignored")
 	assert.Contains(t, logs.String(), outside+"/etc/postgresql/common.conf")
+
+	t.Run("connections refused", func(t *testing.T) {
+		// A server that ended recovery but refuses every connection (here
+		// a preload library this host lacks, given as a drill setting)
+		// fails the drill at once with its log, not at the replay
+		// timeout.
+		before := archiveState(t, env.dir)
+		o := opts("refused", "session_preload_libraries=barnacle_no_such_library")
+		o.ReplayTimeout = 5 * time.Minute
+		start := time.Now()
+		d, err := drill.Run(ctx, o)
+		requireFailedRecord(t, env.backend, d, err, "the restored server ended recovery but refuses the drill's connections")
+		assert.Contains(t, d.Error, "barnacle_no_such_library")
+		assert.Less(t, time.Since(start), 2*time.Minute, "failed without waiting for the replay timeout")
+		requireEmptyDir(t, root)
+		requireOnlyDrillAdded(t, before, archiveState(t, env.dir), d.ID)
+	})
 }
