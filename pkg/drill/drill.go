@@ -15,9 +15,9 @@
 //     socket path) under the same rules, when its users own them and they
 //     are older than a minute.
 //  2. It reads the archive (catalog.ReadArchive): the newest done backup is
-//     restored, and the end of the newest recoverable window
-//     (catalog.RecoverableWindows) is Promised: what the archive says a
-//     restore reaches.
+//     restored, and the end of the newest recoverable window from it
+//     (catalog.RecoverableWindows of that backup alone) is Promised: what
+//     the archive says a restore reaches.
 //  3. Before it writes anything it checks the free space of ScratchRoot
 //     against the backup's restored size (the sum of its files) plus a WAL
 //     margin: the WAL between the backup's start and the promised point
@@ -304,7 +304,13 @@ func (r *runner) run(ctx context.Context) (err error) {
 		return errors.New("no done backup to restore: take a backup (barnacle backup) before a drill")
 	}
 	r.d.BackupID = b.ID
-	windows := catalog.RecoverableWindows(a)
+	// The windows of the backup restored, not of the oldest one (what
+	// RecoverableWindows measures from): a gap between an older backup
+	// and this one would otherwise cut the promised point short, before
+	// this backup even starts, and the Reached check would prove nothing.
+	own := a
+	own.Backups = []catalog.Backup{*b}
+	windows := catalog.RecoverableWindows(own)
 	if len(windows) == 0 {
 		return fmt.Errorf("the archive has no recoverable window from backup %s: its WAL is missing (barnacle status shows the archive; take a new backup once streaming works)", b.ID)
 	}
