@@ -351,7 +351,7 @@ func (r *runner) run(ctx context.Context) (err error) {
 	r.d.Bytes = res.Bytes
 	if err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("drill cancelled while restoring backup %s (the agent is stopping or the drill was withdrawn): %w", b.ID, ctx.Err())
+			return fmt.Errorf("drill cancelled while restoring backup %s: %w", b.ID, cancelled(ctx))
 		}
 		return fmt.Errorf("restore of backup %s failed: %w; the backup cannot be restored as stored: check it with barnacle verify-backup %s and take a new backup", b.ID, err, b.ID)
 	}
@@ -375,6 +375,16 @@ func (r *runner) run(ctx context.Context) (err error) {
 	err = r.check(ctx)
 	r.d.Phases.Check = time.Since(start)
 	return err
+}
+
+// cancelled says why ctx ended: the cause its canceller gave (the agent's
+// keeper became the master), or that the agent is stopping or the drill
+// was withdrawn.
+func cancelled(ctx context.Context) error {
+	if c := context.Cause(ctx); c != nil && c != ctx.Err() {
+		return c
+	}
+	return fmt.Errorf("the agent is stopping or the drill was withdrawn: %w", ctx.Err())
 }
 
 // checkOptions refuses options a drill cannot run with, naming them.

@@ -190,7 +190,7 @@ func (r *runner) startAndWait(ctx context.Context, dataDir string) error {
 		select {
 		case <-wctx.Done():
 			if ctx.Err() != nil {
-				return fmt.Errorf("drill cancelled during replay (the agent is stopping or the drill was withdrawn): %w", ctx.Err())
+				return fmt.Errorf("drill cancelled during replay: %w", cancelled(ctx))
 			}
 			return fmt.Errorf("recovery did not end within %s (last: %v); last lines of the server log:\n%s\nallow more time (the drill's replay timeout) or take backups more often so that less WAL must be replayed",
 				timeout, last, r.logTail(10))
