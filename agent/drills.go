@@ -154,7 +154,15 @@ func (d *drills) nobodyRuns(state coordinator.State, req request.Drill) error {
 func (d *drills) run(ctx context.Context, job *request.Job[catalog.Drill]) {
 	job.Running(ctx)
 	d.log.Info("drill request claimed", "request", job.ID)
-	rec, err := d.runDrill(ctx, job.ID)
+	dctx, cancel := context.WithCancelCause(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		d.stopBesideMaster(dctx, cancel)
+	}()
+	rec, err := d.runDrill(dctx, job.ID)
+	cancel(nil)
+	<-watched
 	if rec.ID != "" {
 		d.metrics.observeOwn(rec)
 		job.Status.Result = &rec
@@ -166,6 +174,32 @@ func (d *drills) run(ctx context.Context, job *request.Job[catalog.Drill]) {
 	}
 	d.log.Info("drill request finished", "request", job.ID, "state", string(job.Status.State), "backup", rec.BackupID,
 		"reached", rec.Reached.LSN.String(), "error", job.Status.Error)
+}
+
+// errBesideMaster ends a drill whose agent's keeper became the master
+// while it ran (a failover): eligibility is decided when the drill is
+// claimed, and the drill's load must not stay on the new master's host.
+var errBesideMaster = errors.New("this agent's keeper became the master during the drill (a failover), and restore-drill-on-master is not set: the drill stopped to keep its load off the master's host; request the drill again (barnacle drill): an agent beside a standby takes it")
+
+// stopBesideMaster cancels the drill with errBesideMaster when this agent
+// is no longer eligible because its keeper became the master; it returns
+// when ctx ends.
+func (d *drills) stopBesideMaster(ctx context.Context, cancel context.CancelCauseFunc) {
+	if d.opts.KeeperUID == "" || d.opts.OnMaster {
+		return // never beside a master, or allowed to be
+	}
+	for {
+		if masterKeeper(d.coord.State()) == d.opts.KeeperUID {
+			d.log.Warn("keeper became the master during a drill: stopping the drill", "keeper", d.opts.KeeperUID)
+			cancel(errBesideMaster)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // runDrill opens the archive and runs drill.Run.

@@ -140,7 +140,7 @@ func (r *runner) amcheck(ctx context.Context, db string, sample []string) (int, 
 		return n, nil
 	}
 	if ctx.Err() != nil {
-		return n, fmt.Errorf("drill cancelled while checking (the agent is stopping or the drill was withdrawn): %w", ctx.Err())
+		return n, fmt.Errorf("drill cancelled while checking: %w", cancelled(ctx))
 	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.ExitCode() == 2 {

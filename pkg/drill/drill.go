@@ -15,9 +15,9 @@
 //     socket path) under the same rules, when its users own them and they
 //     are older than a minute.
 //  2. It reads the archive (catalog.ReadArchive): the newest done backup is
-//     restored, and the end of the newest recoverable window
-//     (catalog.RecoverableWindows) is Promised: what the archive says a
-//     restore reaches.
+//     restored, and the end of the newest recoverable window from it
+//     (catalog.RecoverableWindows of that backup alone) is Promised: what
+//     the archive says a restore reaches.
 //  3. Before it writes anything it checks the free space of ScratchRoot
 //     against the backup's restored size (the sum of its files) plus a WAL
 //     margin: the WAL between the backup's start and the promised point
@@ -44,7 +44,15 @@
 //     synchronous standbys), so the restored server never writes to the
 //     archive nor waits for a standby; memory is small (serverSettings);
 //     shared_preload_libraries is emptied (a library of the source host
-//     is not needed to replay or check). hot_standby is off: the server
+//     is not needed to replay or check), and so are the session and
+//     local preload libraries. Paths of the source host the restored
+//     configuration may name are overridden (data_directory, ident_file,
+//     external_pid_file; the log goes to stderr, ssl is off), its
+//     archive_cleanup_command is emptied (it would delete WAL at each
+//     restartpoint), its statement and lock timeouts are off, and an
+//     include, include_if_exists or include_dir naming a path outside the
+//     restored data directory is commented out with a warning
+//     (dropOutsideIncludes). hot_standby is off: the server
 //     accepts connections only once recovery ended and it promoted, which
 //     is what the drill waits for. Options.Settings come after these and
 //     win.
@@ -296,7 +304,13 @@ func (r *runner) run(ctx context.Context) (err error) {
 		return errors.New("no done backup to restore: take a backup (barnacle backup) before a drill")
 	}
 	r.d.BackupID = b.ID
-	windows := catalog.RecoverableWindows(a)
+	// The windows of the backup restored, not of the oldest one (what
+	// RecoverableWindows measures from): a gap between an older backup
+	// and this one would otherwise cut the promised point short, before
+	// this backup even starts, and the Reached check would prove nothing.
+	own := a
+	own.Backups = []catalog.Backup{*b}
+	windows := catalog.RecoverableWindows(own)
 	if len(windows) == 0 {
 		return fmt.Errorf("the archive has no recoverable window from backup %s: its WAL is missing (barnacle status shows the archive; take a new backup once streaming works)", b.ID)
 	}
@@ -337,7 +351,7 @@ func (r *runner) run(ctx context.Context) (err error) {
 	r.d.Bytes = res.Bytes
 	if err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("drill cancelled while restoring backup %s (the agent is stopping or the drill was withdrawn): %w", b.ID, ctx.Err())
+			return fmt.Errorf("drill cancelled while restoring backup %s: %w", b.ID, cancelled(ctx))
 		}
 		return fmt.Errorf("restore of backup %s failed: %w; the backup cannot be restored as stored: check it with barnacle verify-backup %s and take a new backup", b.ID, err, b.ID)
 	}
@@ -361,6 +375,16 @@ func (r *runner) run(ctx context.Context) (err error) {
 	err = r.check(ctx)
 	r.d.Phases.Check = time.Since(start)
 	return err
+}
+
+// cancelled says why ctx ended: the cause its canceller gave (the agent's
+// keeper became the master), or that the agent is stopping or the drill
+// was withdrawn.
+func cancelled(ctx context.Context) error {
+	if c := context.Cause(ctx); c != nil && c != ctx.Err() {
+		return c
+	}
+	return fmt.Errorf("the agent is stopping or the drill was withdrawn: %w", ctx.Err())
 }
 
 // checkOptions refuses options a drill cannot run with, naming them.

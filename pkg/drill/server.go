@@ -26,9 +26,29 @@ import (
 
 // serverSettings are the settings the drill gives on the command line;
 // they override the restored configuration files.
-func (r *runner) serverSettings() []string {
+func (r *runner) serverSettings(dataDir string) []string {
 	hba := filepath.Join(r.scratch, "pg_hba.conf")
 	return []string{
+		// Files of the source host the restored configuration may name:
+		// the server reads and writes only below the scratch directory
+		// (a data_directory there would even point it at a live one).
+		"data_directory=" + dataDir,
+		"ident_file=" + filepath.Join(r.scratch, "pg_ident.conf"),
+		"external_pid_file=",
+		// Never runs a command of the source host's on the archive: an
+		// archive_cleanup_command (pg_archivecleanup) would delete WAL
+		// at each restartpoint of the replay.
+		"archive_cleanup_command=",
+		// A library of the source host is not needed to replay or
+		// check, and one missing here fails every connection.
+		"session_preload_libraries=",
+		"local_preload_libraries=",
+		// The source's timeouts would cancel pg_amcheck on a large
+		// table; the drill bounds its own work.
+		"statement_timeout=0",
+		"lock_timeout=0",
+		"idle_in_transaction_session_timeout=0",
+		"idle_session_timeout=0",
 		// Reachable only through the drill's own socket.
 		"listen_addresses=",
 		"port=" + strconv.Itoa(port),
@@ -88,13 +108,27 @@ func (r *runner) startAndWait(ctx context.Context, dataDir string) error {
 	if err := r.chown(hbaPath); err != nil {
 		return err
 	}
+	identPath := filepath.Join(r.scratch, "pg_ident.conf")
+	if err := os.WriteFile(identPath, nil, 0o600); err != nil {
+		return fmt.Errorf("drill: write %s: %w", identPath, err)
+	}
+	if err := r.chown(identPath); err != nil {
+		return err
+	}
+	dropped, err := dropOutsideIncludes(dataDir)
+	if err != nil {
+		return err
+	}
+	for _, line := range dropped {
+		r.log.Warn("include of the restored configuration ignored: it names a path outside the restored data directory", "directive", line)
+	}
 	logf, err := os.OpenFile(r.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("drill: create the server log: %w", err)
 	}
 	defer logf.Close()
 	args := []string{"-D", dataDir}
-	for _, s := range append(r.serverSettings(), r.opts.Settings...) {
+	for _, s := range append(r.serverSettings(dataDir), r.opts.Settings...) {
 		args = append(args, "-c", s)
 	}
 	cmd := exec.Command(filepath.Join(r.opts.PGBinDir, "postgres"), args...)
@@ -147,12 +181,16 @@ func (r *runner) startAndWait(ctx context.Context, dataDir string) error {
 			if errors.As(err, &missing) {
 				return err
 			}
+			if refused(err) {
+				return fmt.Errorf("the restored server ended recovery but refuses the drill's connections (%v); last lines of its log:\n%s\nfix what the log names (a setting of the restored configuration or the drill's settings)",
+					err, r.logTail(10))
+			}
 			last = err
 		}
 		select {
 		case <-wctx.Done():
 			if ctx.Err() != nil {
-				return fmt.Errorf("drill cancelled during replay (the agent is stopping or the drill was withdrawn): %w", ctx.Err())
+				return fmt.Errorf("drill cancelled during replay: %w", cancelled(ctx))
 			}
 			return fmt.Errorf("recovery did not end within %s (last: %v); last lines of the server log:\n%s\nallow more time (the drill's replay timeout) or take backups more often so that less WAL must be replayed",
 				timeout, last, r.logTail(10))
@@ -174,6 +212,16 @@ func serverEnv() []string {
 		env = append(env, kv)
 	}
 	return env
+}
+
+// refused reports whether err is the server's FATAL refusal of a
+// connection for a reason that does not pass by itself (a preload
+// library missing on this host, a bad setting), once the postmaster said
+// it is ready: waiting would only end at the replay timeout, hours later.
+// "Starting up" (57P03) and "too many connections" (53300) pass.
+func refused(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Severity == "FATAL" && pe.Code != "57P03" && pe.Code != "53300"
 }
 
 // candidateUsers are the roles the drill tries to connect as.
