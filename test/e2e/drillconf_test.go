@@ -91,7 +91,7 @@ func TestDrillHostConfig(t *testing.T) {
 	if cred := postgresCredential(t); cred != nil {
 		owner = &restore.Owner{UID: int(cred.Uid), GID: int(cred.Gid)}
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	before := archiveState(t, env.dir)
 	opts := func(id string, settings ...string) drill.Options {
 		return drill.Options{
