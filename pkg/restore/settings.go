@@ -115,6 +115,11 @@ func RenderRecoverySettings(r Recovery) (string, error) {
 	if r.Inclusive != nil {
 		line("recovery_target_inclusive", fmt.Sprintf("%t", *r.Inclusive))
 	}
+	// The source's archive_cleanup_command (a standby's pg_archivecleanup)
+	// would run at every restartpoint of the restored server and delete
+	// WAL from an archive it names; barnacle's archive keeps its own
+	// retention, so a restored server never cleans any.
+	line("archive_cleanup_command", "")
 	return b.String(), nil
 }
 

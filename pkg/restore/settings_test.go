@@ -87,7 +87,8 @@ func TestRenderRecoverySettings(t *testing.T) {
 				return
 			}
 			require.NoError(t, err)
-			assert.Equal(t, tc.want, got)
+			// Every block ends by emptying the source's cleanup command.
+			assert.Equal(t, tc.want+"archive_cleanup_command = ''\n", got)
 		})
 	}
 }
