@@ -1,13 +1,9 @@
 package e2e
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -44,40 +40,11 @@ func TestDrillStopsOnFailover(t *testing.T) {
 	cli := env.etcd.Client(t)
 	keys := request.Keys{Prefix: coordinator.NewKeys("barnacle", cluster).Prefix}
 
-	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
-	require.Equal(t, 0, code, "backup: %s %s", out, stderr)
+	backupWait(t, store...)
 	require.NoError(t, primary.Exec(ctx, "CREATE TABLE filler AS SELECT g AS id, repeat('x', 500) AS pad FROM generate_series(1, 200000) g"))
 	env.waitArchived(primary, 2*time.Minute)
 
-	out, stderr, code = barnacle(t, append([]string{"drill"}, store...)...)
-	require.Equal(t, 0, code, "drill: %s %s", out, stderr)
-	m := regexp.MustCompile(`drill requested: (\S+)`).FindStringSubmatch(out)
-	require.NotNil(t, m, out)
-	id := m[1]
-	drillState := func() (request.DrillStatus, bool) {
-		resp, err := cli.Get(ctx, keys.Status(request.KindDrill, id))
-		if err != nil || len(resp.Kvs) == 0 {
-			return request.DrillStatus{}, false
-		}
-		var st request.DrillStatus
-		return st, json.Unmarshal(resp.Kvs[0].Value, &st) == nil
-	}
-
-	pidFile := filepath.Join(root, "barnacle-drill-"+id, "data", "postmaster.pid")
-	var pid int
-	deadline := time.Now().Add(2 * time.Minute)
-	for pid == 0 {
-		require.False(t, time.Now().After(deadline), "the drill's server did not start")
-		if b, err := os.ReadFile(pidFile); err == nil {
-			if p, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0])); err == nil && p > 0 {
-				pid = p
-				break
-			}
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	require.NoError(t, syscall.Kill(-pid, syscall.SIGSTOP))
-	t.Cleanup(func() { _ = syscall.Kill(-pid, syscall.SIGCONT) })
+	drillState := requestHeldDrill(t, cli, keys, store, root).status
 	st, ok := drillState()
 	require.True(t, ok)
 	require.Equal(t, request.StateRunning, st.State)

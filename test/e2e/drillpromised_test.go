@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
@@ -33,14 +32,7 @@ func TestDrillPromisedFromNewestBackup(t *testing.T) {
 	primary := env.pg.Primary()
 	env.leaderFor(primary)
 	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
-	backup := func() request.BackupResult {
-		out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
-		require.Equal(t, 0, code, "backup: %s %s", out, stderr)
-		var st request.BackupStatus
-		require.NoError(t, json.Unmarshal([]byte(out), &st), out)
-		require.NotNil(t, st.Result)
-		return *st.Result
-	}
+	backup := func() request.BackupResult { return *backupWait(t, store...).Result }
 	lsn := func() wal.LSN {
 		s, err := primary.QueryString(ctx, "SELECT pg_current_wal_lsn()::text")
 		require.NoError(t, err)
