@@ -91,28 +91,32 @@ func (r *runner) removeLeftovers() {
 			continue // socket directories: removeSocketLeftovers, with its own rules
 		}
 		dir := filepath.Join(r.opts.ScratchRoot, e.Name())
-		f, err := os.Open(dir)
-		if err != nil {
-			continue
-		}
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil { //nolint:gosec // a file descriptor fits in int
-			_ = f.Close()
-			continue // a drill runs there
-		}
-		if pid, ok := serverPID(filepath.Join(dir, "data")); ok && processAlive(pid) {
-			_ = f.Close()
-			r.log.Warn("leftover drill directory has a running server; left alone", "directory", dir, "pid", pid)
-			continue
-		}
-		err = os.RemoveAll(dir)
-		_ = f.Close()
-		if err != nil {
-			r.log.Warn("could not remove a leftover drill directory", "directory", dir, "error", err)
-			continue
-		}
-		r.log.Info("removed leftover drill directory", "directory", dir)
+		r.removeAbandoned(dir, "drill directory", func() (int, bool) { return serverPID(filepath.Join(dir, "data")) })
 	}
 	r.removeSocketLeftovers()
+}
+
+// removeAbandoned removes dir (what: how logs name it) unless a drill
+// holds it locked or the PID serverPID reads is a live process: the PID
+// may be reused, but removing a live server's files is worse.
+func (r *runner) removeAbandoned(dir, what string, serverPID func() (int, bool)) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil { //nolint:gosec // a file descriptor fits in int
+		return // a drill runs with it
+	}
+	if pid, ok := serverPID(); ok && processAlive(pid) {
+		r.log.Warn("leftover "+what+" has a running server; left alone", "directory", dir, "pid", pid)
+		return
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		r.log.Warn("could not remove a leftover "+what, "directory", dir, "error", err)
+		return
+	}
+	r.log.Info("removed leftover "+what, "directory", dir)
 }
 
 // removeSocketLeftovers removes the socket directories (barnacle-drill-
@@ -144,26 +148,9 @@ func (r *runner) removeSocketLeftovers() {
 		if st, ok := fi.Sys().(*syscall.Stat_t); !ok || !slices.Contains(owners, int(st.Uid)) {
 			continue // someone else's
 		}
-		f, err := os.Open(dir)
-		if err != nil {
-			continue
-		}
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil { //nolint:gosec // a file descriptor fits in int
-			_ = f.Close()
-			continue // a drill runs with it
-		}
-		if pid, ok := lockFilePID(filepath.Join(dir, fmt.Sprintf(".s.PGSQL.%d.lock", port))); ok && processAlive(pid) {
-			_ = f.Close()
-			r.log.Warn("leftover drill socket directory has a running server; left alone", "directory", dir, "pid", pid)
-			continue
-		}
-		err = os.RemoveAll(dir)
-		_ = f.Close()
-		if err != nil {
-			r.log.Warn("could not remove a leftover drill socket directory", "directory", dir, "error", err)
-			continue
-		}
-		r.log.Info("removed leftover drill socket directory", "directory", dir)
+		r.removeAbandoned(dir, "drill socket directory", func() (int, bool) {
+			return lockFilePID(filepath.Join(dir, fmt.Sprintf(".s.PGSQL.%d.lock", port)))
+		})
 	}
 }
 
