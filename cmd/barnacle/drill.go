@@ -34,8 +34,8 @@ func newDrillCommand() *cobra.Command {
 it (an agent with restore-root whose keeper is not the master, unless it sets
 restore-drill-on-master; agents beside standbys and leader-policy any hosts
 are eligible), restores the newest backup and all archived WAL into a scratch
-directory below its restore-root, starts PostgreSQL on it (a free local port,
-no connections from outside, no archiving), waits until it has replayed to the
+directory below its restore-root, starts PostgreSQL on it (its own unix socket,
+no TCP listener, no archiving), waits until it has replayed to the
 end and promoted, checks it (pg_amcheck on the catalogs and a sample, and that
 it reached the LSN the archive promised), then stops it and removes the
 directory, always. The result goes to status/drill/<id>, to drills/<id>.json in
