@@ -5,27 +5,24 @@
 # Go itself must already be installed (https://go.dev/doc/install).
 set -euo pipefail
 pg_bindir=/usr/lib/postgresql/15/bin
+missing=()
 if [ ! -x "$pg_bindir/initdb" ] && ! command -v initdb >/dev/null 2>&1; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "PostgreSQL 15 is missing; run as root: apt-get update && apt-get install -y postgresql-15" >&2
-    exit 1
-  fi
-  echo "installing postgresql-15"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q postgresql-15
+  missing+=(postgresql-15)
 fi
 # strace: pkg/restore's TestRestoreSystemCallsPerFile counts a restore's
 # system calls with it (and fails without it).
 if ! command -v strace >/dev/null 2>&1; then
+  missing+=(strace)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
-    echo "strace is missing; run as root: apt-get update && apt-get install -y strace" >&2
+    echo "missing: ${missing[*]}; run as root: apt-get update && apt-get install -y ${missing[*]}" >&2
     exit 1
   fi
-  echo "installing strace"
+  echo "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
-  apt-get install -y -q strace
+  apt-get install -y -q "${missing[@]}"
 fi
 # As root the tests run PostgreSQL as the postgres OS user, which the package
 # creates; make sure it exists even where PostgreSQL came from elsewhere.
