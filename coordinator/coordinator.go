@@ -133,6 +133,13 @@ type Coordinator struct {
 	cdErr       string
 	snap        Snapshot
 	subscribers []chan struct{}
+
+	// The lease clock's shared fields (lease.go): the generation of the
+	// session they belong to, when its lease was last renewed (zero: no
+	// lease), and the cancellation of the leader work started on it.
+	leaseGen      uint64
+	leaseRenewed  time.Time
+	stopFreshWork context.CancelCauseFunc
 }
 
 // New validates opts. It starts nothing.
@@ -276,9 +283,22 @@ func (c *Coordinator) kick() {
 	}
 }
 
-func (c *Coordinator) publish(st State) {
+// publish makes st the current State and tells the subscribers. It
+// returns st as published: Leading is never published for a lease that is
+// not fresh at this moment, whatever the caller computed before.
+func (c *Coordinator) publish(st State) State {
 	c.mu.Lock()
+	if st.Leading && !c.leaseFreshLocked(time.Now()) {
+		st.Leading, st.LeadReason = false, ""
+	}
 	c.state = st
+	c.mu.Unlock()
+	c.notify()
+	return st
+}
+
+func (c *Coordinator) notify() {
+	c.mu.Lock()
 	subs := c.subscribers
 	c.mu.Unlock()
 	for _, ch := range subs {

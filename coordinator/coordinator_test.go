@@ -93,7 +93,14 @@ func (h *harness) putClusterData(fixture string) {
 
 func (h *harness) start(keeper string) {
 	h.t.Helper()
-	c, err := New(Options{
+	h.startWith(keeper, func(*Options) {})
+}
+
+// startWith starts a member with the harness's options as changed by
+// change.
+func (h *harness) startWith(keeper string, change func(*Options)) {
+	h.t.Helper()
+	opts := Options{
 		Client:        h.etcd.Client(h.t),
 		ClusterName:   "stolon-cluster",
 		AgentName:     keeper,
@@ -112,7 +119,9 @@ func (h *harness) start(keeper string) {
 			return nil
 		},
 		Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr}),
-	})
+	}
+	change(&opts)
+	c, err := New(opts)
 	require.NoError(h.t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &member{c: c, cancel: cancel, done: make(chan error, 1)}

@@ -31,21 +31,21 @@ const (
 
 // leaderWork is a running LeaderWork call.
 type leaderWork struct {
-	cancel context.CancelFunc
+	ctx    context.Context
+	cancel context.CancelCauseFunc
 	done   chan error
 }
 
 // role is the role loop's own state. Only roleLoop touches it.
 type role struct {
-	sess     *concurrency.Session
-	ka       <-chan *clientv3.LeaseKeepAliveResponse
-	kaCancel context.CancelFunc
-	election *concurrency.Election
-	// lastRenew is when the lease was last renewed. A leader whose lease
-	// was not renewed for half its TTL stops its work: etcd may expire the
+	sess *concurrency.Session
+	// kaCancel ends the second keep-alive listener of the session's lease,
+	// which feeds the lease clock (lease.go): a leader whose lease was not
+	// renewed for half its TTL stops its work, since etcd may expire the
 	// lease before this agent's keep-alive notices, and another agent must
 	// never lead while this one still works.
-	lastRenew time.Time
+	kaCancel context.CancelFunc
+	election *concurrency.Election
 
 	campaignReason leadReason
 	campaignCancel context.CancelFunc
@@ -104,18 +104,13 @@ func (c *Coordinator) roleLoop(ctx context.Context) error {
 		case <-ticker.C:
 		case err := <-r.campaignDone:
 			c.campaignFinished(r, err)
-		case resp, ok := <-r.ka:
-			if !ok {
-				r.ka = nil
-			} else if resp != nil {
-				r.lastRenew = time.Now()
-			}
 		case <-sessDone:
 			c.log.Warn("etcd session lost; leadership, if any, ends here")
 			c.dropSession(r)
 		case err := <-workDone:
+			lapsed := errors.Is(context.Cause(r.work.ctx), errLeaseLapsed)
 			r.work = nil
-			if ctx.Err() == nil && err != nil {
+			if ctx.Err() == nil && err != nil && !lapsed {
 				r.workFailures++
 				r.workRetryAt = time.Now().Add(backoff(r.workFailures + 3))
 				c.log.Error("leader work failed; restarting it while still leader", "error", err)
@@ -132,8 +127,8 @@ func (c *Coordinator) startSession(ctx context.Context, r *role) error {
 	if err != nil {
 		return err
 	}
-	// A second listener on the lease's keep-alives tells the role loop when
-	// the lease was last renewed (see role.lastRenew).
+	// A second listener on the lease's keep-alives feeds the lease clock
+	// (see role.kaCancel).
 	kctx, kcancel := context.WithCancel(ctx)
 	ka, err := c.cli.KeepAlive(kctx, s.Lease())
 	if err != nil {
@@ -141,9 +136,9 @@ func (c *Coordinator) startSession(ctx context.Context, r *role) error {
 		_ = s.Close()
 		return err
 	}
-	r.sess, r.ka, r.kaCancel = s, ka, kcancel
+	r.sess, r.kaCancel = s, kcancel
 	r.election = concurrency.NewElection(s, c.keys.Election())
-	r.lastRenew = time.Now()
+	c.beginLease(ka)
 	r.lastRecord = AgentStatus{}
 	c.log.Debug("etcd session started", "lease", int64(s.Lease()))
 	return nil
@@ -180,7 +175,8 @@ func (c *Coordinator) dropSession(r *role) {
 	if r.won {
 		c.metrics.leaderChanges.Inc()
 	}
-	r.sess, r.ka, r.kaCancel, r.election = nil, nil, nil, nil
+	c.endLease()
+	r.sess, r.kaCancel, r.election = nil, nil, nil
 	r.won, r.reason = false, notLeading
 	r.campaignDone, r.campaignCancel = nil, nil
 }
@@ -248,14 +244,13 @@ func (c *Coordinator) step(ctx context.Context, r *role) {
 		r.campaignCancel = nil
 	}
 
-	fresh := r.won && now.Sub(r.lastRenew) < c.opts.LeaseTTL/2
+	// The lease clock has already cancelled the work of a lease that went
+	// stale (lease.go); here the loop waits for it to end.
+	fresh := r.won && c.leaseFresh()
 	switch {
 	case fresh && r.work == nil && now.After(r.workRetryAt):
 		c.startWork(ctx, r)
 	case !fresh && r.work != nil:
-		if r.won {
-			c.log.Warn("lease not renewed for half its TTL; stopping leader work until it is", "since_renewal", now.Sub(r.lastRenew).String())
-		}
 		c.stopWork(r)
 	}
 
@@ -263,6 +258,7 @@ func (c *Coordinator) step(ctx context.Context, r *role) {
 	if fresh {
 		st.LeadReason = r.reason.String()
 	}
+	st = c.publish(st)
 	if st.Leading != r.publishedLead {
 		r.publishedLead = st.Leading
 		if st.Leading {
@@ -271,7 +267,6 @@ func (c *Coordinator) step(ctx context.Context, r *role) {
 			c.metrics.isLeader.Set(0)
 		}
 	}
-	c.publish(st)
 	c.publishRecord(ctx, r, st, in.mineIsMaster && r.localPrimary)
 }
 
@@ -330,19 +325,22 @@ func (c *Coordinator) resign(ctx context.Context, r *role, why string) {
 }
 
 func (c *Coordinator) startWork(ctx context.Context, r *role) {
+	wctx, cancel, ok := c.freshWorkContext(r.sess.Ctx())
+	if !ok {
+		return // the lease went stale since step looked; the next step sees it
+	}
 	if c.opts.LeaderWork == nil {
-		r.work = &leaderWork{cancel: func() {}, done: make(chan error)}
+		r.work = &leaderWork{ctx: wctx, cancel: cancel, done: make(chan error)}
 		return
 	}
-	wctx, cancel := context.WithCancel(r.sess.Ctx())
-	stop := context.AfterFunc(ctx, cancel)
+	stop := context.AfterFunc(ctx, func() { cancel(ctx.Err()) })
 	done := make(chan error, 1)
 	term := r.term
 	go func() {
 		defer stop()
 		done <- c.opts.LeaderWork(wctx, term)
 	}()
-	r.work = &leaderWork{cancel: cancel, done: done}
+	r.work = &leaderWork{ctx: wctx, cancel: cancel, done: done}
 }
 
 // stopWork ends the leader work and waits for it, so that leadership is
@@ -351,9 +349,15 @@ func (c *Coordinator) stopWork(r *role) {
 	if r.work == nil {
 		return
 	}
-	r.work.cancel()
+	r.work.cancel(context.Canceled)
 	if c.opts.LeaderWork != nil {
+		began := time.Now()
 		<-r.work.done
+		if took := time.Since(began); took > c.opts.LeaseTTL/2 {
+			// Past the lease's expiry plus the takeover delay another agent
+			// may lead while this work still runs.
+			c.log.Warn("leader work was slow to stop", "took", took.Round(time.Millisecond).String())
+		}
 	}
 	r.work = nil
 	if r.publishedLead {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -715,7 +714,7 @@ type isolation struct {
 type nsAgent struct {
 	nsName string
 	ns     *os.File
-	etcd   *gate
+	etcd   *testenv.Gate
 	ports  map[int]bool // forwarded PostgreSQL ports
 }
 
@@ -797,15 +796,15 @@ func (iso *isolation) setup(t *testing.T, a *agentProc) *nsAgent {
 	ns, err := os.Open("/run/netns/" + name)
 	require.NoError(t, err)
 	t.Cleanup(func() { ns.Close() })
-	na := &nsAgent{nsName: name, ns: ns, etcd: newGate(), ports: map[int]bool{}}
+	na := &nsAgent{nsName: name, ns: ns, etcd: testenv.NewGate(), ports: map[int]bool{}}
 	addr := fmt.Sprintf("127.0.0.1:%d", iso.etcd)
 	iso.forwardIn(t, na, addr, na.etcd)
 	// /status and /metrics: from the host into the namespace.
 	ln, err := net.Listen("tcp", a.metrics)
 	require.NoError(t, err)
 	t.Cleanup(func() { ln.Close() })
-	open := newGate()
-	go serveProxy(ln, open, func() (net.Conn, error) {
+	open := testenv.NewGate()
+	go testenv.ServeGated(ln, open, func() (net.Conn, error) {
 		var c net.Conn
 		err := iso.inNS(ns, func() error {
 			var err error
@@ -823,7 +822,7 @@ func (iso *isolation) forwardPG(t *testing.T, na *nsAgent) {
 	t.Helper()
 	for _, n := range iso.pg.Nodes {
 		if !na.ports[n.Port] {
-			iso.forwardIn(t, na, fmt.Sprintf("127.0.0.1:%d", n.Port), newGate())
+			iso.forwardIn(t, na, fmt.Sprintf("127.0.0.1:%d", n.Port), testenv.NewGate())
 			na.ports[n.Port] = true
 		}
 	}
@@ -841,7 +840,7 @@ func (iso *isolation) refresh(t *testing.T) {
 
 // forwardIn listens on addr inside the namespace and forwards to addr in
 // the host namespace.
-func (iso *isolation) forwardIn(t *testing.T, na *nsAgent, addr string, g *gate) {
+func (iso *isolation) forwardIn(t *testing.T, na *nsAgent, addr string, g *testenv.Gate) {
 	t.Helper()
 	var ln net.Listener
 	require.NoError(t, iso.inNS(na.ns, func() error {
@@ -850,7 +849,7 @@ func (iso *isolation) forwardIn(t *testing.T, na *nsAgent, addr string, g *gate)
 		return err
 	}))
 	t.Cleanup(func() { ln.Close() })
-	go serveProxy(ln, g, func() (net.Conn, error) { return net.DialTimeout("tcp", addr, time.Second) })
+	go testenv.ServeGated(ln, g, func() (net.Conn, error) { return net.DialTimeout("tcp", addr, time.Second) })
 }
 
 // cut cuts (or restores) agent name's link to etcd.
@@ -859,80 +858,6 @@ func (iso *isolation) cut(name string, down bool) {
 	na := iso.agents[name]
 	iso.mu.Unlock()
 	if na != nil {
-		na.etcd.set(down)
-	}
-}
-
-// gate drops the bytes of its connections while it is cut, and closes
-// the connections that lived through a cut when it is restored (their
-// streams lost bytes).
-type gate struct {
-	mu     sync.Mutex
-	down   bool
-	doomed []net.Conn
-}
-
-func newGate() *gate { return &gate{} }
-
-func (g *gate) set(down bool) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.down = down
-	if !down {
-		for _, c := range g.doomed {
-			c.Close()
-		}
-		g.doomed = nil
-	}
-}
-
-func (g *gate) isDown(c ...net.Conn) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.down {
-		g.doomed = append(g.doomed, c...)
-	}
-	return g.down
-}
-
-func serveProxy(ln net.Listener, g *gate, dial func() (net.Conn, error)) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			if g.isDown(c) {
-				// Hold the connection without a byte until the link is back.
-				_, _ = io.Copy(io.Discard, c)
-				c.Close()
-				return
-			}
-			u, err := dial()
-			if err != nil {
-				c.Close()
-				return
-			}
-			go pipeGated(u, c, g)
-			pipeGated(c, u, g)
-		}()
-	}
-}
-
-// pipeGated copies src to dst, dropping what it reads while g is cut.
-func pipeGated(dst, src net.Conn, g *gate) {
-	defer dst.Close()
-	defer src.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 && !g.isDown(src, dst) {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
+		na.etcd.Set(down)
 	}
 }

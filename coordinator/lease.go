@@ -1,0 +1,148 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// errLeaseLapsed is the cause of a leader work context cancelled because
+// the lease went unrenewed for half its TTL: leadership may be ending, the
+// work did not fail.
+var errLeaseLapsed = errors.New("lease not renewed for half its TTL")
+
+// The lease clock lives beside the role loop, not in it. etcd expires a
+// lease TTL after its last renewal, and after the takeover delay another
+// agent may lead; this agent must have stopped believing it leads, and
+// stopped its work, before then. The role loop cannot promise that: one of
+// its steps can be held up for seconds (an agent record write timing out
+// while etcd is unreachable, a slow pg_is_in_recovery() answer). So a
+// goroutine of each session takes the lease's keep-alives and, at half the
+// TTL without one, ends the leadership belief and the work itself.
+//
+// The fields it shares with the role loop are in Coordinator under mu:
+// leaseGen (the session they belong to), leaseRenewed and stopFreshWork.
+
+// beginLease starts the lease clock of a new session and returns its
+// generation.
+func (c *Coordinator) beginLease(ka <-chan *clientv3.LeaseKeepAliveResponse) {
+	c.mu.Lock()
+	c.leaseGen++
+	gen := c.leaseGen
+	c.leaseRenewed = time.Now()
+	c.mu.Unlock()
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		c.watchLease(gen, ka)
+	}()
+}
+
+// endLease forgets the current session's lease: nothing is fresh until the
+// next session starts.
+func (c *Coordinator) endLease() {
+	c.mu.Lock()
+	c.leaseGen++
+	c.leaseRenewed = time.Time{}
+	c.mu.Unlock()
+}
+
+// watchLease records the renewals of session gen's lease until its
+// keep-alive channel closes or the coordinator shuts down, and lapses the
+// leadership when half the TTL passes without one.
+func (c *Coordinator) watchLease(gen uint64, ka <-chan *clientv3.LeaseKeepAliveResponse) {
+	half := c.opts.LeaseTTL / 2
+	timer := time.NewTimer(half)
+	defer timer.Stop()
+	for {
+		select {
+		case <-c.bgCtx.Done():
+			return
+		case resp, ok := <-ka:
+			if !ok {
+				// The client gave up keeping the lease alive: it expired, was
+				// revoked, or the session ended.
+				c.lapseLease(gen, true)
+				return
+			}
+			if resp == nil {
+				continue
+			}
+			c.mu.Lock()
+			if c.leaseGen == gen {
+				c.leaseRenewed = time.Now()
+			}
+			c.mu.Unlock()
+			timer.Reset(half)
+		case <-timer.C:
+			c.lapseLease(gen, false)
+		}
+	}
+}
+
+// lapseLease ends the leadership belief and the leader work of session gen
+// when its lease is not fresh (gone: it will not be renewed again).
+func (c *Coordinator) lapseLease(gen uint64, gone bool) {
+	c.mu.Lock()
+	if c.leaseGen != gen {
+		c.mu.Unlock()
+		return
+	}
+	if gone {
+		c.leaseRenewed = time.Time{}
+	}
+	if c.leaseFreshLocked(time.Now()) {
+		c.mu.Unlock()
+		return
+	}
+	since := time.Since(c.leaseRenewed)
+	stop := c.stopFreshWork
+	c.stopFreshWork = nil
+	wasLeading := c.state.Leading
+	if wasLeading {
+		c.state.Leading, c.state.LeadReason = false, ""
+	}
+	c.mu.Unlock()
+
+	if stop != nil {
+		stop(errLeaseLapsed)
+	}
+	if wasLeading {
+		c.metrics.isLeader.Set(0)
+		if gone {
+			c.log.Warn("lease lost; stopping leader work")
+		} else {
+			c.log.Warn("lease not renewed for half its TTL; stopping leader work until it is", "since_renewal", since.Round(time.Millisecond).String())
+		}
+		c.notify()
+	}
+	c.kick()
+}
+
+// leaseFresh reports whether the current session's lease was renewed less
+// than half its TTL ago.
+func (c *Coordinator) leaseFresh() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.leaseFreshLocked(time.Now())
+}
+
+func (c *Coordinator) leaseFreshLocked(now time.Time) bool {
+	return !c.leaseRenewed.IsZero() && now.Sub(c.leaseRenewed) < c.opts.LeaseTTL/2
+}
+
+// freshWorkContext derives the leader work's context from parent, to be
+// cancelled by a lapse of the lease as well; ok is false (and nothing is
+// started) when the lease is not fresh now.
+func (c *Coordinator) freshWorkContext(parent context.Context) (ctx context.Context, cancel context.CancelCauseFunc, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.leaseFreshLocked(time.Now()) {
+		return nil, nil, false
+	}
+	ctx, cancel = context.WithCancelCause(parent)
+	c.stopFreshWork = cancel
+	return ctx, cancel, true
+}
