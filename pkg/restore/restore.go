@@ -521,18 +521,18 @@ func planRestore(opts Options) (restorePlan, error) {
 // by its path in the data directory (tablespace files under
 // pg_tblspc/<oid>/).
 func manifestSizes(data []byte) (map[string]int64, error) {
-	var m struct {
-		Files []struct {
-			Path        string `json:"Path"`
-			EncodedPath string `json:"Encoded-Path"`
-			Size        int64  `json:"Size"`
-		} `json:"Files"`
+	files, ok := scanManifest(data)
+	if !ok {
+		var m struct {
+			Files []manifestFile `json:"Files"`
+		}
+		if err := json.Unmarshal(data, &m); err != nil {
+			return nil, fmt.Errorf("parse %s: %w", manifestName, err)
+		}
+		files = m.Files
 	}
-	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, fmt.Errorf("parse %s: %w", manifestName, err)
-	}
-	sizes := make(map[string]int64, len(m.Files))
-	for _, f := range m.Files {
+	sizes := make(map[string]int64, len(files))
+	for _, f := range files {
 		p := f.Path
 		if f.EncodedPath != "" {
 			raw, err := hex.DecodeString(f.EncodedPath)
