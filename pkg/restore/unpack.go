@@ -277,7 +277,7 @@ func (u *unpacker) dirFD() (int, bool) {
 // unpack reads the tar stream r to its end-of-archive marker and writes
 // every member. Errors name the member.
 func (u *unpacker) unpack(ctx context.Context, r io.Reader) error {
-	tr := tar.NewReader(r)
+	tr := newTarReader(r)
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
