@@ -788,6 +788,45 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// chunkReader lends its own buffer instead of copying into the caller's
+// (compress.FrameReader): Next returns the next bytes, at most n, valid
+// until the next call.
+type chunkReader interface {
+	Next(n int) ([]byte, error)
+}
+
+// chunks returns c as a chunkReader when the reader under it is one, nil
+// otherwise.
+func (c *countingReader) chunks() chunkReader {
+	if _, ok := c.r.(chunkReader); ok {
+		return c
+	}
+	return nil
+}
+
+// Next is Read without the copy, counted and bounded the same way; only
+// for a countingReader whose chunks is not nil.
+func (c *countingReader) Next(n int) ([]byte, error) {
+	if c.limit > 0 {
+		if c.n > c.limit {
+			return nil, errTooLarge
+		}
+		if rem := c.limit - c.n + 1; int64(n) > rem {
+			n = int(rem)
+		}
+	}
+	b, err := c.r.(chunkReader).Next(n) //nolint:forcetypeassert // chunks checked it
+	c.n += int64(len(b))
+	if c.limit > 0 && c.n > c.limit {
+		b = b[:len(b)-int(c.n-c.limit)]
+		err = errTooLarge
+	}
+	if c.onRead != nil && len(b) > 0 {
+		c.onRead(int64(len(b)))
+	}
+	return b, err
+}
+
 // progress sums the bytes of all workers and calls the callback about
 // every MiB, one call at a time.
 type progress struct {

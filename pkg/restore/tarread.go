@@ -3,6 +3,7 @@ package restore
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -31,6 +32,9 @@ type tarReader struct {
 	// member; slowNB is the content that member has in the stream.
 	slow   *tar.Reader
 	slowNB int64
+	// chunks, when not nil, is r lending its buffers: writeTo writes
+	// content from them without a copy.
+	chunks chunkReader
 	// stuck is set after a member whose extent archive/tar alone knows
 	// (a sparse one): reading on is refused.
 	stuck bool
@@ -39,7 +43,54 @@ type tarReader struct {
 
 const blockSize = 512
 
-func newTarReader(r io.Reader) *tarReader { return &tarReader{r: r} }
+func newTarReader(r io.Reader) *tarReader {
+	t := &tarReader{r: r}
+	if c, ok := r.(interface{ chunks() chunkReader }); ok {
+		t.chunks = c.chunks()
+	}
+	return t
+}
+
+// lends reports whether writeTo writes the current member's content
+// without copying it.
+func (t *tarReader) lends() bool { return t.chunks != nil && t.slow == nil && t.err == nil }
+
+// writeTo writes the rest of the current member's content to w straight
+// from the stream's buffers, checking ctx between pieces, with the
+// result io.Copy(w, t) would have; only when lends.
+func (t *tarReader) writeTo(ctx context.Context, w io.Writer) (int64, error) {
+	var written int64
+	for t.nb > 0 {
+		if err := ctx.Err(); err != nil {
+			return written, err
+		}
+		b, err := t.chunks.Next(int(min(t.nb, 1<<30)))
+		t.nb -= int64(len(b))
+		if len(b) > 0 {
+			n, werr := w.Write(b)
+			written += int64(n)
+			if werr == nil && n < len(b) {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				return written, werr
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF // t.nb > 0: the stream ends inside the member
+				if t.nb == 0 {
+					err = nil
+				}
+			}
+			if err != nil {
+				t.err = err
+				return written, err
+			}
+		}
+	}
+	return written, nil
+}
 
 // Next skips the rest of the current member and its padding, and reads
 // the next member's header; io.EOF at the end of the archive.
@@ -146,9 +197,8 @@ func blockPadding(n int64) int64 { return -n & (blockSize - 1) }
 
 // parsePlainHeader parses a POSIX ustar header of a regular file,
 // directory, symbolic or hard link, with octal numbers and a right
-// checksum, into what archive/tar's Reader would return for it (the
-// fields restore reads, and the others that are plain to fill). ok is
-// false for any other block.
+// checksum, into what archive/tar's Reader would return for it (every
+// field but Uname, Gname and Format). ok is false for any other block.
 func parsePlainHeader(b *[blockSize]byte) (*tar.Header, bool) {
 	switch b[156] {
 	case tar.TypeReg, tar.TypeDir, tar.TypeSymlink, tar.TypeLink:
@@ -182,8 +232,9 @@ func parsePlainHeader(b *[blockSize]byte) (*tar.Header, bool) {
 		Gid:      int(nums[2]),
 		Size:     nums[3],
 		ModTime:  time.Unix(nums[4], 0),
-		Uname:    cString(b[265:297]),
-		Gname:    cString(b[297:329]),
+		// Uname and Gname are left empty: restore does not read them
+		// (owners come from Options.Owner), and they were two strings
+		// to allocate per file.
 		Devmajor: nums[5],
 		Devminor: nums[6],
 	}

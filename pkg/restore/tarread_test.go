@@ -3,6 +3,7 @@ package restore
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -42,7 +43,11 @@ func tarSteps(data []byte, partial int, open func(io.Reader) (func() (*tar.Heade
 			return append(steps, s)
 		}
 		var content []byte
-		if i%2 == 1 {
+		if tr, ok := r.(*tarReader); ok && tr.lends() && i%2 == 0 {
+			var buf bytes.Buffer
+			_, err = tr.writeTo(context.Background(), &buf)
+			content = buf.Bytes()
+		} else if i%2 == 1 {
 			content, err = io.ReadAll(io.LimitReader(r, int64(partial)))
 			s.stopEarly = true
 		} else {
@@ -67,12 +72,48 @@ func ownTar(r io.Reader) (func() (*tar.Header, error), io.Reader) {
 	return tr.Next, tr
 }
 
+// lendingReader lends pieces of at most chunk bytes of its data, as
+// compress.FrameReader lends its frames.
+type lendingReader struct {
+	rest  []byte
+	chunk int
+}
+
+func (l *lendingReader) Read(p []byte) (int, error) {
+	b, err := l.Next(len(p))
+	return copy(p, b), err
+}
+
+func (l *lendingReader) Next(n int) ([]byte, error) {
+	if len(l.rest) == 0 {
+		return nil, io.EOF
+	}
+	k := min(n, l.chunk, len(l.rest))
+	b := l.rest[:k:k]
+	l.rest = l.rest[k:]
+	return b, nil
+}
+
+func (l *lendingReader) chunks() chunkReader { return l }
+
 // checkTarAgrees fails when tarReader reads data differently from
-// archive/tar.
+// archive/tar, from a plain reader or from one that lends its buffers.
 func checkTarAgrees(t *testing.T, data []byte, partial int) {
 	t.Helper()
 	want := tarSteps(data, partial, stdTar)
-	got := tarSteps(data, partial, ownTar)
+	compareTarSteps(t, tarSteps(data, partial, ownTar), want)
+	compareTarSteps(t, tarSteps(data, partial, func(r io.Reader) (func() (*tar.Header, error), io.Reader) {
+		all, _ := io.ReadAll(r)
+		tr := newTarReader(&lendingReader{rest: all, chunk: 1 + partial%700})
+		if !tr.lends() {
+			t.Fatal("a lending reader is not used as one")
+		}
+		return tr.Next, tr
+	}), want)
+}
+
+func compareTarSteps(t *testing.T, got, want []tarStep) {
+	t.Helper()
 	if len(got) != len(want) {
 		t.Fatalf("tarReader read %d steps, archive/tar %d:\n%+v\n%+v", len(got), len(want), got, want)
 	}

@@ -327,10 +327,17 @@ func cleanName(name string) (string, error) {
 	if strings.HasPrefix(name, "/") {
 		return "", errors.New("absolute name")
 	}
-	for _, part := range strings.Split(name, "/") {
+	// Each part between slashes; without strings.Split, which allocated
+	// a slice per archive member.
+	for rest := name; ; {
+		part, after, more := strings.Cut(rest, "/")
 		if part == ".." {
 			return "", errors.New("name contains ..")
 		}
+		if !more {
+			break
+		}
+		rest = after
 	}
 	c := path.Clean(name)
 	if c == "." {
@@ -561,9 +568,15 @@ func (u *unpacker) regular(ctx context.Context, name string, hdr *tar.Header, r 
 		wb = durable.NewWriter(nf.file())
 		w = wb
 	}
-	if hdr.Size >= pipelineMinSize {
+	tr, lends := r.(*tarReader)
+	lends = lends && tr.lends()
+	switch {
+	case hdr.Size >= pipelineMinSize:
 		_, err = copyPipelined(w, ctxReader{ctx, r})
-	} else {
+	case lends:
+		// Written from the decompressor's buffers: no copy.
+		_, err = tr.writeTo(ctx, w)
+	default:
 		buf := copyBuffers.Get().(*[]byte) //nolint:forcetypeassert // the pool holds nothing else
 		_, err = io.CopyBuffer(w, ctxReader{ctx, r}, *buf)
 		copyBuffers.Put(buf)
