@@ -50,8 +50,33 @@ func TestScanManifest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sizes["base/1/16384"] != 1<<30 || sizes["base/1/\xff"] != 0 || len(sizes) != 4 {
-		t.Fatalf("sizes %v", sizes)
+	next := 0
+	for _, tc := range []struct {
+		prefix, name string
+		size         int64
+		next         int
+	}{
+		{"", "backup_label", 226, 1},       // in order
+		{"", "global/pg_control", 8192, 4}, // out of order
+		{"base/", "1/16384", 1 << 30, 3},
+		{"", "base/1/\xff", 0, 2},
+	} {
+		size, ok := sizes.size(tc.prefix, tc.name, &next)
+		if !ok || size != tc.size || next != tc.next {
+			t.Fatalf("size of %s%s: %d, %v, next %d; want %d, next %d", tc.prefix, tc.name, size, ok, next, tc.size, tc.next)
+		}
+	}
+	if _, ok := sizes.size("", "base/1/1", &next); ok || sizes.files() != 4 {
+		t.Fatalf("a file the manifest does not list has a size, or %d files", sizes.files())
+	}
+	// A path listed twice: the last listing counts, in order or not.
+	dup, err := manifestSizes([]byte(`{"Files": [{"Path": "a", "Size": 1}, {"Path": "a", "Size": 2}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	next = 0
+	if size, _ := dup.size("", "a", &next); size != 2 {
+		t.Fatalf("a path listed twice has the size of its first listing, %d", size)
 	}
 
 	// What scanManifest leaves to encoding/json: the result must still

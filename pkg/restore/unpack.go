@@ -98,8 +98,10 @@ type unpacker struct {
 	// (manifestSizes), by data-directory path; this archive's member names
 	// get sizesPrefix in front. A member larger than its listed size is
 	// refused before it is written.
-	sizes       map[string]int64
+	sizes       *manifestIndex
 	sizesPrefix string
+	// sizesNext is where in sizes the next member is looked up first.
+	sizesNext int
 
 	mu sync.Mutex
 	// dirs are the directories created or written into, with the mtime
@@ -512,7 +514,7 @@ func (u *unpacker) regular(ctx context.Context, name string, hdr *tar.Header, r 
 	if over {
 		return fmt.Errorf("its %d bytes would make the archive write more than the %d bytes backup.json records for it", hdr.Size, u.limit)
 	}
-	if want, ok := u.sizes[u.sizesPrefix+name]; ok && hdr.Size > want {
+	if want, ok := u.sizes.size(u.sizesPrefix, name, &u.sizesNext); ok && hdr.Size > want {
 		return fmt.Errorf("it holds %d bytes, but %s lists %d", hdr.Size, manifestName, want)
 	}
 	if err := u.parent(name); err != nil {
