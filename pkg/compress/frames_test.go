@@ -300,3 +300,50 @@ func TestFrameReaderCloseEarly(t *testing.T) {
 }
 
 func bufioReader(b []byte) *bufio.Reader { return bufio.NewReaderSize(bytes.NewReader(b), 64<<10) }
+
+// TestFrameReaderNext: Next returns the stream's bytes in its own buffer,
+// never more than asked nor past a frame, interleaved with Read as one
+// stream, and Read's errors.
+func TestFrameReaderNext(t *testing.T) {
+	data := frameInput(3*FrameSize + 777)
+	compressed := frameCompress(t, data, 1<<20)
+	r := mustFrameReader(t, compressed).(*FrameReader) //nolint:forcetypeassert // FrameWriter's output
+	var got []byte
+	sizes := []int{1, 8192, 24576, FrameSize, 3 * FrameSize}
+	for i := 0; ; i++ {
+		n := sizes[i%len(sizes)]
+		if i%3 == 2 {
+			buf := make([]byte, n)
+			k, err := r.Read(buf)
+			got = append(got, buf[:k]...)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			require.NoError(t, err)
+			continue
+		}
+		b, err := r.Next(n)
+		if errors.Is(err, io.EOF) {
+			require.Empty(t, b)
+			break
+		}
+		require.NoError(t, err)
+		require.NotEmpty(t, b)
+		require.LessOrEqual(t, len(b), min(n, FrameSize))
+		require.Equal(t, len(b), cap(b), "the caller cannot append into the next bytes")
+		got = append(got, b...)
+	}
+	assert.Equal(t, data, got)
+	_, err := r.Next(1)
+	require.ErrorIs(t, err, io.EOF)
+
+	// A damaged stream fails Next as it fails Read.
+	bad := bytes.Clone(compressed)
+	bad[firstFrameLen(t, compressed)] ^= 0xff
+	r = mustFrameReader(t, bad).(*FrameReader) //nolint:forcetypeassert // FrameWriter's output
+	var err2 error
+	for err2 == nil {
+		_, err2 = r.Next(1 << 20)
+	}
+	assert.ErrorContains(t, err2, "compress: zstd")
+}

@@ -310,7 +310,7 @@ func Restore(ctx context.Context, opts Options) (Result, error) {
 	// The manifest first: the sizes it lists bound each file the
 	// archives may write (it is verified against its checksum like every
 	// object).
-	var sizes map[string]int64
+	var sizes *manifestIndex
 	for _, a := range plan.archives {
 		if a.file.Name != manifestName {
 			continue
@@ -349,7 +349,7 @@ func Restore(ctx context.Context, opts Options) (Result, error) {
 		u.sizes = sizes
 		// The manifest lists every file: with as many as one syncfs is
 		// for, no small file's writeback is started on its own.
-		u.manyFiles = syncer != nil && len(sizes) >= syncfsMinFiles
+		u.manyFiles = syncer != nil && sizes.files() >= syncfsMinFiles
 		if a.tablespace != 0 {
 			u.sizesPrefix = "pg_tblspc/" + strconv.FormatUint(uint64(a.tablespace), 10) + "/"
 		}
@@ -520,19 +520,20 @@ func planRestore(opts Options) (restorePlan, error) {
 // manifestSizes reads the size of every file a backup manifest lists,
 // by its path in the data directory (tablespace files under
 // pg_tblspc/<oid>/).
-func manifestSizes(data []byte) (map[string]int64, error) {
-	var m struct {
-		Files []struct {
-			Path        string `json:"Path"`
-			EncodedPath string `json:"Encoded-Path"`
-			Size        int64  `json:"Size"`
-		} `json:"Files"`
+func manifestSizes(data []byte) (*manifestIndex, error) {
+	files, ok := scanManifest(data)
+	if !ok {
+		var m struct {
+			Files []manifestFile `json:"Files"`
+		}
+		if err := json.Unmarshal(data, &m); err != nil {
+			return nil, fmt.Errorf("parse %s: %w", manifestName, err)
+		}
+		files = m.Files
 	}
-	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, fmt.Errorf("parse %s: %w", manifestName, err)
-	}
-	sizes := make(map[string]int64, len(m.Files))
-	for _, f := range m.Files {
+	idx := &manifestIndex{paths: make([]string, len(files)), sizes: make([]int64, len(files)),
+		at: make(map[string]int, len(files)), inOrder: true}
+	for i, f := range files {
 		p := f.Path
 		if f.EncodedPath != "" {
 			raw, err := hex.DecodeString(f.EncodedPath)
@@ -544,9 +545,54 @@ func manifestSizes(data []byte) (map[string]int64, error) {
 		if f.Size < 0 || f.Size > maxArchiveBytes {
 			return nil, fmt.Errorf("%s: %s has size %d", manifestName, p, f.Size)
 		}
-		sizes[p] = f.Size
+		if _, dup := idx.at[p]; dup {
+			idx.inOrder = false // the last listing counts, as it always did
+		}
+		idx.paths[i], idx.sizes[i], idx.at[p] = p, f.Size, i
 	}
-	return sizes, nil
+	return idx, nil
+}
+
+// manifestIndex is the sizes a backup manifest lists, in its order and
+// by path. PostgreSQL lists the files in the order it sends them, so an
+// archive's members are looked up by position first (next), and by path
+// (a map lookup, a tenth of the unpacking goroutine's CPU on 121,000
+// relation files) only when the member is not the next one listed.
+type manifestIndex struct {
+	paths []string
+	sizes []int64
+	at    map[string]int // index of each path in paths
+	// inOrder is false when a path is listed twice: lookups then go by
+	// path only, so that the last listing counts.
+	inOrder bool
+}
+
+// files is how many files the manifest lists.
+func (m *manifestIndex) files() int {
+	if m == nil {
+		return 0
+	}
+	return len(m.at)
+}
+
+// size returns the size the manifest lists for prefix+name; *next is the
+// position to try first, updated to the one after the file found.
+func (m *manifestIndex) size(prefix, name string, next *int) (int64, bool) {
+	if m == nil {
+		return 0, false
+	}
+	if i := *next; m.inOrder && i < len(m.paths) {
+		if p := m.paths[i]; len(p) == len(prefix)+len(name) && strings.HasPrefix(p, prefix) && p[len(prefix):] == name {
+			*next = i + 1
+			return m.sizes[i], true
+		}
+	}
+	i, ok := m.at[prefix+name]
+	if !ok {
+		return 0, false
+	}
+	*next = i + 1
+	return m.sizes[i], true
 }
 
 // splitArchiveName returns the name without its compression suffix and
@@ -786,6 +832,45 @@ func (c *countingReader) Read(p []byte) (int, error) {
 		c.onRead(int64(n))
 	}
 	return n, err
+}
+
+// chunkReader lends its own buffer instead of copying into the caller's
+// (compress.FrameReader): Next returns the next bytes, at most n, valid
+// until the next call.
+type chunkReader interface {
+	Next(n int) ([]byte, error)
+}
+
+// chunks returns c as a chunkReader when the reader under it is one, nil
+// otherwise.
+func (c *countingReader) chunks() chunkReader {
+	if _, ok := c.r.(chunkReader); ok {
+		return c
+	}
+	return nil
+}
+
+// Next is Read without the copy, counted and bounded the same way; only
+// for a countingReader whose chunks is not nil.
+func (c *countingReader) Next(n int) ([]byte, error) {
+	if c.limit > 0 {
+		if c.n > c.limit {
+			return nil, errTooLarge
+		}
+		if rem := c.limit - c.n + 1; int64(n) > rem {
+			n = int(rem)
+		}
+	}
+	b, err := c.r.(chunkReader).Next(n) //nolint:forcetypeassert // chunks checked it
+	c.n += int64(len(b))
+	if c.limit > 0 && c.n > c.limit {
+		b = b[:len(b)-int(c.n-c.limit)]
+		err = errTooLarge
+	}
+	if c.onRead != nil && len(b) > 0 {
+		c.onRead(int64(len(b)))
+	}
+	return b, err
 }
 
 // progress sums the bytes of all workers and calls the callback about

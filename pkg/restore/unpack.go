@@ -98,8 +98,10 @@ type unpacker struct {
 	// (manifestSizes), by data-directory path; this archive's member names
 	// get sizesPrefix in front. A member larger than its listed size is
 	// refused before it is written.
-	sizes       map[string]int64
+	sizes       *manifestIndex
 	sizesPrefix string
+	// sizesNext is where in sizes the next member is looked up first.
+	sizesNext int
 
 	mu sync.Mutex
 	// dirs are the directories created or written into, with the mtime
@@ -277,7 +279,7 @@ func (u *unpacker) dirFD() (int, bool) {
 // unpack reads the tar stream r to its end-of-archive marker and writes
 // every member. Errors name the member.
 func (u *unpacker) unpack(ctx context.Context, r io.Reader) error {
-	tr := tar.NewReader(r)
+	tr := newTarReader(r)
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -327,10 +329,17 @@ func cleanName(name string) (string, error) {
 	if strings.HasPrefix(name, "/") {
 		return "", errors.New("absolute name")
 	}
-	for _, part := range strings.Split(name, "/") {
+	// Each part between slashes; without strings.Split, which allocated
+	// a slice per archive member.
+	for rest := name; ; {
+		part, after, more := strings.Cut(rest, "/")
 		if part == ".." {
 			return "", errors.New("name contains ..")
 		}
+		if !more {
+			break
+		}
+		rest = after
 	}
 	c := path.Clean(name)
 	if c == "." {
@@ -505,7 +514,7 @@ func (u *unpacker) regular(ctx context.Context, name string, hdr *tar.Header, r 
 	if over {
 		return fmt.Errorf("its %d bytes would make the archive write more than the %d bytes backup.json records for it", hdr.Size, u.limit)
 	}
-	if want, ok := u.sizes[u.sizesPrefix+name]; ok && hdr.Size > want {
+	if want, ok := u.sizes.size(u.sizesPrefix, name, &u.sizesNext); ok && hdr.Size > want {
 		return fmt.Errorf("it holds %d bytes, but %s lists %d", hdr.Size, manifestName, want)
 	}
 	if err := u.parent(name); err != nil {
@@ -561,9 +570,15 @@ func (u *unpacker) regular(ctx context.Context, name string, hdr *tar.Header, r 
 		wb = durable.NewWriter(nf.file())
 		w = wb
 	}
-	if hdr.Size >= pipelineMinSize {
+	tr, lends := r.(*tarReader)
+	lends = lends && tr.lends()
+	switch {
+	case hdr.Size >= pipelineMinSize:
 		_, err = copyPipelined(w, ctxReader{ctx, r})
-	} else {
+	case lends:
+		// Written from the decompressor's buffers: no copy.
+		_, err = tr.writeTo(ctx, w)
+	default:
 		buf := copyBuffers.Get().(*[]byte) //nolint:forcetypeassert // the pool holds nothing else
 		_, err = io.CopyBuffer(w, ctxReader{ctx, r}, *buf)
 		copyBuffers.Put(buf)

@@ -255,3 +255,17 @@ func FuzzUnpack(f *testing.F) {
 		}
 	})
 }
+
+func TestCleanName(t *testing.T) {
+	for name, want := range map[string]string{
+		"base/1/16384": "base/1/16384", "./base/": "base", "./": "", "a/..b/c..": "a/..b/c..", "a//b": "a/b",
+	} {
+		got, err := cleanName(name)
+		require.NoError(t, err, name)
+		assert.Equal(t, want, got, name)
+	}
+	for _, name := range []string{"", "..", "../x", "a/../b", "a/..", "/etc/passwd", "a\x00b", "a/b/../../.."} {
+		_, err := cleanName(name)
+		assert.Error(t, err, "%q", name)
+	}
+}
