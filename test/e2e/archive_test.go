@@ -41,6 +41,7 @@ type archiveEnv struct {
 	backend storage.Backend
 	agents  map[string]*agentProc // by keeper UID
 	common  []string
+	env     []string // for the agents: the S3 credentials of an s3:// archive
 }
 
 func newArchiveEnv(t *testing.T, opts testenv.ClusterOptions, extraArgs ...string) *archiveEnv {
@@ -76,7 +77,9 @@ func (e *archiveEnv) startAgent(keeper string) *agentProc {
 		a.start(e.t)
 		return a
 	}
-	a := startAgent(e.t, "agent-"+keeper, append([]string{"--keeper-uid", keeper}, e.common...)...)
+	a := newAgentProc(e.t, "agent-"+keeper, append([]string{"--keeper-uid", keeper}, e.common...)...)
+	a.env = e.env
+	a.start(e.t)
 	e.agents[keeper] = a
 	return a
 }

@@ -93,9 +93,11 @@ func TestDrillS3(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "drills")
 	require.NoError(t, os.MkdirAll(root, 0o755))
 	testenv.PGOwn(t, root)
-	env.agents[masterKeeper] = startAgent(t, "agent-"+masterKeeper, append([]string{"--keeper-uid", masterKeeper}, env.common...)...)
-	driller := startAgent(t, "agent-"+standbyKeeper, append([]string{"--keeper-uid", standbyKeeper,
+	env.startAgent(masterKeeper)
+	driller := newAgentProc(t, "agent-"+standbyKeeper, append([]string{"--keeper-uid", standbyKeeper,
 		"--restore-root", root, "--pg-bin-dir", testenv.PGBinDir(t)}, env.common...)...)
+	driller.env = env.env
+	driller.start(t)
 	env.agents[standbyKeeper] = driller
 	env.leaderFor(primary)
 	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}

@@ -60,6 +60,10 @@ type agentProc struct {
 	args    []string
 	metrics string // host:port of /status
 	logPath string
+	// env is added to the test's environment: the credentials of the
+	// test's own S3 server, which the processes of parallel tests cannot
+	// share through the test process's environment.
+	env []string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -101,6 +105,7 @@ func (a *agentProc) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(binary, a.args...)
+	cmd.Env = append(os.Environ(), a.env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start agent %s: %v", a.name, err)

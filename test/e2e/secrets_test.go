@@ -102,7 +102,7 @@ func TestNoSecretInOutputs(t *testing.T) {
 	var outputs []string
 	collect := func(what, s string) { outputs = append(outputs, what+":\n"+s) }
 	run := func(args ...string) {
-		stdout, stderr, _ := barnacle(t, args...)
+		stdout, stderr, _ := barnacleEnv(t, env.env, args...)
 		collect("barnacle "+strings.Join(args, " "), stdout+stderr)
 	}
 	// One look each, so a loaded machine gets more time than the polling
