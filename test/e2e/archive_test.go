@@ -336,6 +336,7 @@ func requireArchivedAcrossSwitch(t *testing.T, b storage.Backend, newMaster *tes
 // processes archive under a write load, survive a kill -9 of the leader,
 // and follow a failover across the timeline switch.
 func TestArchiveAcrossFailover(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: 2, WALKeepSize: "2GB"})
 	env.startAgents()
@@ -432,6 +433,7 @@ func TestArchiveAcrossFailover(t *testing.T) {
 // standby slots the promoted standby still has it; without them the gap is
 // recorded, alarmed, a base backup is requested, and archiving goes on.
 func TestForcedGap(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name         string
 		standbySlots bool

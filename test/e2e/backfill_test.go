@@ -29,6 +29,7 @@ import (
 // the backfill counts in the metrics and the agent record, and a
 // `backup --wait` requested meanwhile finishes. No gap is recorded.
 func TestBackfillFromStandby(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: 1, WALKeepSize: "0",
 		Params: map[string]string{"min_wal_size": "'32MB'", "max_wal_size": "'64MB'"}})

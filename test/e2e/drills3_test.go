@@ -83,6 +83,7 @@ func (w *drillWatch) finish() {
 // output, the restored server's postgresql.auto.conf or log, nor on any
 // process's command line while the drill runs.
 func TestDrillS3(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	srv := testenv.StartS3(t)
 	env, url := newS3ArchiveEnv(t, srv, testenv.ClusterOptions{Standbys: 1})

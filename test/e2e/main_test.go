@@ -8,12 +8,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,7 +29,26 @@ import (
 // binary is the barnacle binary built once for all scenarios.
 var binary string
 
+// defaultParallel is how many scenarios marked t.Parallel run at once when
+// go test is given no -parallel. Its own default, GOMAXPROCS (2 on CI),
+// suits CPU-bound tests; these mostly wait for PostgreSQL, etcd leases and
+// the agents' polling, so more of them fit on 2 cores. The scenarios that
+// judge lease timing (TestChaos: never two leaders at once;
+// TestAgentsFollowTheMaster: takeover and follow delays) and the
+// measurement TestDrillPGBench do not call t.Parallel: go test runs them
+// first, one at a time, on a quiet machine.
+const defaultParallel = 4
+
 func TestMain(m *testing.M) {
+	flag.Parse()
+	parallelGiven := false
+	flag.Visit(func(f *flag.Flag) { parallelGiven = parallelGiven || f.Name == "test.parallel" })
+	if !parallelGiven {
+		if err := flag.Set("test.parallel", strconv.Itoa(defaultParallel)); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
 	dir, err := os.MkdirTemp("", "barnacle-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

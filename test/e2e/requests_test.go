@@ -28,6 +28,7 @@ import (
 // anything is written end rejected; a failed forced restore says where the
 // old contents went.
 func TestRequestsServedWhileBusy(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	restoreRoot := filepath.Join(t.TempDir(), "restores")
 	require.NoError(t, os.MkdirAll(restoreRoot, 0o755))
@@ -208,6 +209,7 @@ func readStatus[R any](t *testing.T, cli *clientv3.Client, key string) request.S
 // Ctrl-C), so that a leader elected later does not run it; a request an
 // agent claimed meanwhile is left to run.
 func TestWaitWithoutLeader(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	etcd := testenv.StartEtcd(t)
 	cli := etcd.Client(t)

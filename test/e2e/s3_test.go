@@ -53,6 +53,7 @@ func newS3ArchiveEnv(t *testing.T, srv *testenv.S3Server, opts testenv.ClusterOp
 // base backup through the agents that verifies, wal-fetch from S3, and a
 // failover across the timeline switch.
 func TestS3Archive(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	srv := testenv.StartS3(t)
 	env, url := newS3ArchiveEnv(t, srv, testenv.ClusterOptions{Standbys: 1, WALKeepSize: "64MB"})

@@ -33,6 +33,7 @@ import (
 // lag under load with and without the .partial served, and follows the
 // source cluster across a failover to timeline 2.
 func TestStandbyFromArchive(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: 1})
 	shareArchiveWithPostgres(t, env.dir)
