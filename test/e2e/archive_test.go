@@ -92,9 +92,13 @@ func (e *archiveEnv) list() []*agentProc {
 	return out
 }
 
+// leaderFor waits until node's agent leads. The deadline only stops a
+// hang: on a machine loaded by parallel scenarios an election after a
+// failover (lease TTL, takeover delay, the agents' polling) can take
+// several times its quiet length.
 func (e *archiveEnv) leaderFor(node *testenv.Node) *agentProc {
 	a := e.agents[e.stolon.KeeperUID(node)]
-	waitFor(e.t, 20*time.Second, a.name+" to lead", func() bool { return leaderIs(e.list(), a.name) })
+	waitFor(e.t, 60*time.Second, a.name+" to lead", func() bool { return leaderIs(e.list(), a.name) })
 	return a
 }
 
