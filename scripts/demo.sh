@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 export PATH="$PATH:/usr/local/go/bin"
 # -v shows the narrative; the filter drops go test's own bookkeeping lines.
-go test -count=1 -timeout 5m -run '^TestDemo$' -v ./test/e2e/ | grep -v -E '^(=== RUN|--- PASS|PASS$|ok )' || {
+go test -count=1 -timeout 5m -run '^TestDemo$' -v ./test/e2e/ | grep -v -E '^(=== (RUN|PAUSE|CONT)|--- PASS|PASS$|ok )' || {
   echo "demo failed; run 'go test -run TestDemo -v ./test/e2e/' for the full log" >&2
   exit 1
 }

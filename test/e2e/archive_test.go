@@ -41,6 +41,7 @@ type archiveEnv struct {
 	backend storage.Backend
 	agents  map[string]*agentProc // by keeper UID
 	common  []string
+	env     []string // for the agents: the S3 credentials of an s3:// archive
 }
 
 func newArchiveEnv(t *testing.T, opts testenv.ClusterOptions, extraArgs ...string) *archiveEnv {
@@ -76,7 +77,9 @@ func (e *archiveEnv) startAgent(keeper string) *agentProc {
 		a.start(e.t)
 		return a
 	}
-	a := startAgent(e.t, "agent-"+keeper, append([]string{"--keeper-uid", keeper}, e.common...)...)
+	a := newAgentProc(e.t, "agent-"+keeper, append([]string{"--keeper-uid", keeper}, e.common...)...)
+	a.env = e.env
+	a.start(e.t)
 	e.agents[keeper] = a
 	return a
 }
@@ -89,9 +92,13 @@ func (e *archiveEnv) list() []*agentProc {
 	return out
 }
 
+// leaderFor waits until node's agent leads. The deadline only stops a
+// hang: on a machine loaded by parallel scenarios an election after a
+// failover (lease TTL, takeover delay, the agents' polling) can take
+// several times its quiet length.
 func (e *archiveEnv) leaderFor(node *testenv.Node) *agentProc {
 	a := e.agents[e.stolon.KeeperUID(node)]
-	waitFor(e.t, 20*time.Second, a.name+" to lead", func() bool { return leaderIs(e.list(), a.name) })
+	waitFor(e.t, 60*time.Second, a.name+" to lead", func() bool { return leaderIs(e.list(), a.name) })
 	return a
 }
 
@@ -333,6 +340,7 @@ func requireArchivedAcrossSwitch(t *testing.T, b storage.Backend, newMaster *tes
 // processes archive under a write load, survive a kill -9 of the leader,
 // and follow a failover across the timeline switch.
 func TestArchiveAcrossFailover(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: 2, WALKeepSize: "2GB"})
 	env.startAgents()
@@ -341,10 +349,10 @@ func TestArchiveAcrossFailover(t *testing.T) {
 
 	load := testenv.StartLoad(t, primary, testenv.LoadOptions{Interval: 5 * time.Millisecond})
 	gen := generateWAL(t, primary)
-	loadFor := 30 * time.Second
-	if testing.Short() {
-		loadFor = 10 * time.Second
-	}
+	// 10 s of load fill far more than the segments compared below (the
+	// switches after it close six more in any case); a longer load proves
+	// nothing more and costs CPU the parallel scenarios share.
+	loadFor := 10 * time.Second
 	// Half way, kill -9 the leader mid-segment and start it again.
 	time.Sleep(loadFor / 2)
 	leader.signal(syscall.SIGKILL)
@@ -429,6 +437,7 @@ func TestArchiveAcrossFailover(t *testing.T) {
 // standby slots the promoted standby still has it; without them the gap is
 // recorded, alarmed, a base backup is requested, and archiving goes on.
 func TestForcedGap(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name         string
 		standbySlots bool

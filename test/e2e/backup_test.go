@@ -24,6 +24,7 @@ import (
 // show-backup, verify-backup (clean, then with one byte flipped on disk),
 // keep, delete.
 func TestLocalBackupCatalog(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	pg := testenv.NewCluster(t, testenv.ClusterOptions{})
 	primary := pg.Primary()
@@ -110,6 +111,7 @@ func TestLocalBackupCatalog(t *testing.T) {
 // the leader and run from the master; bad ones are rejected with what to
 // change; barnacle backup --wait follows one to the end.
 func TestBackupRequests(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: 1}, "--compression", "lz4")
 	env.startAgents()
@@ -184,6 +186,7 @@ func TestBackupRequests(t *testing.T) {
 // TestScheduledBackups: the leader requests a backup whenever the newest
 // one is older than backup-schedule.
 func TestScheduledBackups(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{}, "--backup-schedule", "5s")
 	env.startAgents()
@@ -223,6 +226,7 @@ func TestScheduledBackups(t *testing.T) {
 // TestBackupAgentKilled: kill -9 of the agent mid-backup; the backup and
 // its request end failed, and the next one succeeds.
 func TestBackupAgentKilled(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{})
 	env.startAgents()

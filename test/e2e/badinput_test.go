@@ -35,6 +35,7 @@ func leaderRecord(t *testing.T, env *archiveEnv, name string) coordinator.AgentS
 // agent's record and log, the agent keeps running, and it recovers by
 // itself once the cause is fixed.
 func TestArchiverBadInput(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{})
 	primary := env.pg.Primary()
@@ -98,6 +99,7 @@ func TestArchiverBadInput(t *testing.T) {
 // barnacle_wal_archive_lag_bytes follows the master's position instead of
 // keeping its last streamed value.
 func TestLagWhileNotStreaming(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{})
 	primary := env.pg.Primary()

@@ -60,6 +60,7 @@ func waitCheck(t *testing.T, env *archiveEnv, within time.Duration, what string,
 // after a failover with its history file deleted from the archive, with the
 // agents stopped, and with the slot dropped on the master.
 func TestCheck(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: 1})
 	env.startAgents()

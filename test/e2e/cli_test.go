@@ -11,6 +11,7 @@ import (
 )
 
 func TestCLIUsageAndConfigErrors(t *testing.T) {
+	t.Parallel()
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
 	require.NoError(t, os.WriteFile(bad, []byte("cluster_name: x\nlease-ttl: soon\n"), 0o600))
 	cases := []struct {
@@ -50,6 +51,7 @@ func TestCLIUsageAndConfigErrors(t *testing.T) {
 }
 
 func TestHelpListsWorkingCommandsAndKeys(t *testing.T) {
+	t.Parallel()
 	stdout, _, code := barnacle(t, "--help")
 	require.Equal(t, 0, code)
 	for _, want := range []string{"agent", "status", "version", "--cluster-name", "--store-endpoints", "--leader-takeover-delay"} {

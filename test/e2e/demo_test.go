@@ -46,6 +46,7 @@ type demoStep struct {
 // counted; told step by step on stdout, with a summary at the end. It is
 // also an ordinary e2e test: every step is checked.
 func TestDemo(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	began := time.Now()

@@ -97,6 +97,7 @@ func requireFailedRecord(t *testing.T, b storage.Backend, d catalog.Drill, err e
 // start, cancellation during replay, a damaged backup. Each leaves nothing
 // under restore-root and changes the archive only by its record.
 func TestDrill(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{})
 	shareArchiveWithPostgres(t, env.dir)
@@ -394,6 +395,8 @@ func (w testWriter) Write(b []byte) (int, error) {
 // BARNACLE_DRILL_SCALE=20 (the scale; unset skips it), with
 // BARNACLE_DRILL_SECONDS of pgbench load after the backup (default 20),
 // compressed with zstd as a production agent would.
+//
+// It is a measurement, so it does not run in parallel with other scenarios.
 func TestDrillPGBench(t *testing.T) {
 	scale := os.Getenv("BARNACLE_DRILL_SCALE")
 	if scale == "" {

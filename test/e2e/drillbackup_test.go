@@ -29,6 +29,7 @@ import (
 // while the backup request is claimed, run and done; the server then
 // continues and the drill ends done, with nothing left behind.
 func TestDrillDoesNotBlockBackup(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{})
 	shareArchiveWithPostgres(t, env.dir)

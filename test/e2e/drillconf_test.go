@@ -29,6 +29,7 @@ import (
 // drill succeeds, writes nothing outside its scratch directory, and says
 // which includes it ignored.
 func TestDrillHostConfig(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{})
 	shareArchiveWithPostgres(t, env.dir)

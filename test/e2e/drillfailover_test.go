@@ -21,6 +21,7 @@ import (
 // with SIGSTOP, so it is in replay for certain). The drill stops at once,
 // failed with a reason that says what to do, and leaves nothing behind.
 func TestDrillStopsOnFailover(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: 1})
 	shareArchiveWithPostgres(t, env.dir)

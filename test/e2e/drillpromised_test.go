@@ -25,6 +25,7 @@ import (
 // promised the end of the WAL after the newest backup, not the start of
 // the gap that ends the older backup's window.
 func TestDrillPromisedFromNewestBackup(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{})
 	shareArchiveWithPostgres(t, env.dir)

@@ -75,6 +75,7 @@ func requireDrillOnlyAdded(t *testing.T, before, after map[string]string, id str
 //     stopping the agent running it cancels it: failed, recorded, nothing
 //     left behind.
 func TestDrillRequests(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: 1})
 	shareArchiveWithPostgres(t, env.dir)
@@ -268,6 +269,7 @@ func TestDrillRequests(t *testing.T) {
 // runs drills too (and then takes them off the master's host); list-drills
 // lists both.
 func TestDrillOnMasterAndBackupHost(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{})
 	shareArchiveWithPostgres(t, env.dir)

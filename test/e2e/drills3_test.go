@@ -83,6 +83,7 @@ func (w *drillWatch) finish() {
 // output, the restored server's postgresql.auto.conf or log, nor on any
 // process's command line while the drill runs.
 func TestDrillS3(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	srv := testenv.StartS3(t)
 	env, url := newS3ArchiveEnv(t, srv, testenv.ClusterOptions{Standbys: 1})
@@ -93,9 +94,11 @@ func TestDrillS3(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "drills")
 	require.NoError(t, os.MkdirAll(root, 0o755))
 	testenv.PGOwn(t, root)
-	env.agents[masterKeeper] = startAgent(t, "agent-"+masterKeeper, append([]string{"--keeper-uid", masterKeeper}, env.common...)...)
-	driller := startAgent(t, "agent-"+standbyKeeper, append([]string{"--keeper-uid", standbyKeeper,
+	env.startAgent(masterKeeper)
+	driller := newAgentProc(t, "agent-"+standbyKeeper, append([]string{"--keeper-uid", standbyKeeper,
 		"--restore-root", root, "--pg-bin-dir", testenv.PGBinDir(t)}, env.common...)...)
+	driller.env = env.env
+	driller.start(t)
 	env.agents[standbyKeeper] = driller
 	env.leaderFor(primary)
 	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}

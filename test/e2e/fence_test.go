@@ -26,6 +26,7 @@ import (
 // edited; a map outside restore-root is rejected. Before, the first two
 // restores ended done and wrote into the recorded (or edited) location.
 func TestRestoreRequestTablespaceFence(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	restoreRoot := filepath.Join(t.TempDir(), "restores")
 	require.NoError(t, os.MkdirAll(restoreRoot, 0o755))

@@ -21,6 +21,7 @@ import (
 // slot is left to pin WAL; a configured slot that another process holds
 // fails the backup before anything is copied.
 func TestLocalBackupSlots(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	// No WAL kept beyond what slots hold, so that WAL the archive lacks
 	// can be made to disappear from the server (the gap case below).

@@ -8,12 +8,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,7 +29,26 @@ import (
 // binary is the barnacle binary built once for all scenarios.
 var binary string
 
+// defaultParallel is how many scenarios marked t.Parallel run at once when
+// go test is given no -parallel. Its own default, GOMAXPROCS (2 on CI),
+// suits CPU-bound tests; these mostly wait for PostgreSQL, etcd leases and
+// the agents' polling, so more of them fit on 2 cores. The scenarios that
+// judge lease timing (TestChaos: never two leaders at once;
+// TestAgentsFollowTheMaster: takeover and follow delays) and the
+// measurement TestDrillPGBench do not call t.Parallel: go test runs them
+// first, one at a time, on a quiet machine.
+const defaultParallel = 4
+
 func TestMain(m *testing.M) {
+	flag.Parse()
+	parallelGiven := false
+	flag.Visit(func(f *flag.Flag) { parallelGiven = parallelGiven || f.Name == "test.parallel" })
+	if !parallelGiven {
+		if err := flag.Set("test.parallel", strconv.Itoa(defaultParallel)); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
 	dir, err := os.MkdirTemp("", "barnacle-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -60,6 +81,10 @@ type agentProc struct {
 	args    []string
 	metrics string // host:port of /status
 	logPath string
+	// env is added to the test's environment: the credentials of the
+	// test's own S3 server, which the processes of parallel tests cannot
+	// share through the test process's environment.
+	env []string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -101,6 +126,7 @@ func (a *agentProc) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(binary, a.args...)
+	cmd.Env = append(os.Environ(), a.env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start agent %s: %v", a.name, err)

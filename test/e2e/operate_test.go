@@ -38,6 +38,7 @@ func metricValue(exposition, series string) float64 {
 // barnacle status --json shows the recoverable window, the last backup and
 // the lag.
 func TestOperateMetricsAndStatus(t *testing.T) {
+	t.Parallel()
 	env := newArchiveEnv(t, testenv.ClusterOptions{})
 	env.startAgents()
 	leader := env.leaderFor(env.pg.Primary())
@@ -121,6 +122,7 @@ func TestOperateMetricsAndStatus(t *testing.T) {
 // config file, keeps its configuration when the file breaks, and reloads
 // on SIGHUP.
 func TestReloadProcess(t *testing.T) {
+	t.Parallel()
 	env := newArchiveEnv(t, testenv.ClusterOptions{})
 	keeper := env.stolon.KeeperUID(env.pg.Primary())
 	pw := env.pg.ReplPasswordFile(t)

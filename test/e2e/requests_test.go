@@ -28,6 +28,7 @@ import (
 // anything is written end rejected; a failed forced restore says where the
 // old contents went.
 func TestRequestsServedWhileBusy(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	restoreRoot := filepath.Join(t.TempDir(), "restores")
 	require.NoError(t, os.MkdirAll(restoreRoot, 0o755))
@@ -208,6 +209,7 @@ func readStatus[R any](t *testing.T, cli *clientv3.Client, key string) request.S
 // Ctrl-C), so that a leader elected later does not run it; a request an
 // agent claimed meanwhile is left to run.
 func TestWaitWithoutLeader(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	etcd := testenv.StartEtcd(t)
 	cli := etcd.Client(t)
@@ -248,8 +250,10 @@ func TestWaitWithoutLeader(t *testing.T) {
 
 	t.Run("claimed meanwhile", func(t *testing.T) {
 		// An agent claims the request (writes its status key) while the
-		// command waits: the timeout must not withdraw it.
-		p := startBarnacle(t, append([]string{"backup", "--wait", "--timeout", "4s"}, store...)...)
+		// command waits: the timeout must not withdraw it. The claim must
+		// land before the timeout, which a loaded machine may delay by
+		// seconds: 10 s leave room.
+		p := startBarnacle(t, append([]string{"backup", "--wait", "--timeout", "10s"}, store...)...)
 		var reqKey string
 		waitFor(t, 20*time.Second, "the request to be written", func() bool {
 			r := requests("backup")
@@ -265,7 +269,7 @@ func TestWaitWithoutLeader(t *testing.T) {
 		require.NoError(t, err)
 		code := p.wait(t, 30*time.Second)
 		assert.Equal(t, 1, code, p.stderr())
-		assert.Contains(t, p.stderr(), "timed out after 4s; agent agent-elsewhere claimed it and goes on")
+		assert.Contains(t, p.stderr(), "timed out after 10s; agent agent-elsewhere claimed it and goes on")
 		assert.Equal(t, []string{reqKey}, requests("backup"), "the claimed request stays")
 	})
 

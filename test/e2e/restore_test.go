@@ -68,6 +68,7 @@ func countRows(t *testing.T, n *testenv.Node) (count, maxID int64) {
 // through Stolon's PITR init, each started and queried; and the requests
 // that must be refused, refused with the target untouched.
 func TestRestorePITR(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	restoreRoot := filepath.Join(t.TempDir(), "restores")
 	require.NoError(t, os.MkdirAll(restoreRoot, 0o755))

@@ -77,6 +77,7 @@ func readOnlyForPostgres(t *testing.T, dir string) {
 // archive is back, starting the server again recovers every row. After
 // the promotion the prefetch spool is gone.
 func TestRestoreArchiveVanishes(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{WALSegmentSizeMB: 1}, "--compression", "zstd")
 	readOnlyForPostgres(t, env.dir)

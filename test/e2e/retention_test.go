@@ -12,6 +12,7 @@ import (
 // TestRetentionAfterBackup: with retention-policy set, the leader applies
 // it as soon as a backup is done, not at its next periodic check.
 func TestRetentionAfterBackup(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{}, "--retention-policy", "REDUNDANCY 1")
 	env.startAgents()

@@ -8,27 +8,32 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
-	"github.com/barnacle-pg/barnacle/pkg/storage/backends"
+	"github.com/barnacle-pg/barnacle/pkg/storage/s3"
 	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
 // newS3ArchiveEnv is newArchiveEnv with an s3:// archive on srv. The
-// credentials reach the agents and the CLI through the environment
-// (S3Server.SetEnv; the processes inherit it), never through flags, so the
-// test must not run in parallel.
+// credentials reach the agents and the CLI through their environment
+// (srv.Env(), given to each process: not the test process's own, which
+// parallel tests share), never through flags.
 func newS3ArchiveEnv(t *testing.T, srv *testenv.S3Server, opts testenv.ClusterOptions) (*archiveEnv, string) {
 	t.Helper()
-	srv.SetEnv(t)
 	url := srv.URL("archive", "")
-	e := &archiveEnv{t: t, etcd: testenv.StartEtcd(t), agents: map[string]*agentProc{}}
+	e := &archiveEnv{t: t, etcd: testenv.StartEtcd(t), agents: map[string]*agentProc{}, env: srv.Env()}
 	e.pg = testenv.NewCluster(t, opts)
 	e.stolon = testenv.NewStolon(t, e.etcd, e.pg, testenv.StolonOptions{})
-	b, err := backends.Open(t.Context(), url)
+	// The same bucket and prefix as url, with srv's credentials given
+	// directly rather than through the environment.
+	b, err := s3.New(t.Context(), s3.Options{
+		Endpoint: srv.Endpoint, Bucket: srv.Bucket, Prefix: "archive", Region: testenv.S3Region, PathStyle: true,
+		Credentials: credentials.NewStaticV4(srv.AccessKey, srv.SecretKey, ""),
+	})
 	require.NoError(t, err)
 	e.backend = b
 	pw := e.pg.ReplPasswordFile(t)
@@ -48,6 +53,7 @@ func newS3ArchiveEnv(t *testing.T, srv *testenv.S3Server, opts testenv.ClusterOp
 // base backup through the agents that verifies, wal-fetch from S3, and a
 // failover across the timeline switch.
 func TestS3Archive(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	srv := testenv.StartS3(t)
 	env, url := newS3ArchiveEnv(t, srv, testenv.ClusterOptions{Standbys: 1, WALKeepSize: "64MB"})
@@ -96,7 +102,7 @@ func TestS3Archive(t *testing.T) {
 
 	// A base backup through the agents, verified from S3.
 	st := backupWait(t, store...)
-	out, stderr, code := barnacle(t, "verify-backup", "latest", "--cluster-name", cluster, "--archive-url", url)
+	out, stderr, code := barnacleEnv(t, env.env, "verify-backup", "latest", "--cluster-name", cluster, "--archive-url", url)
 	require.Equal(t, 0, code, "verify-backup: %s %s", out, stderr)
 	doc, err := catalog.ReadBackup(ctx, env.backend, cluster, st.Result.ID)
 	require.NoError(t, err)
@@ -111,7 +117,7 @@ func TestS3Archive(t *testing.T) {
 	}
 	require.NotEmpty(t, seg, "an archived segment still in pg_wal")
 	dest := filepath.Join(t.TempDir(), "RECOVERYXLOG")
-	out, stderr, code = barnacle(t, "wal-fetch", "--cluster-name", cluster, "--archive-url", url, seg, dest)
+	out, stderr, code = barnacleEnv(t, env.env, "wal-fetch", "--cluster-name", cluster, "--archive-url", url, seg, dest)
 	require.Equal(t, 0, code, "wal-fetch %s: %s %s", seg, out, stderr)
 	got, err := os.ReadFile(dest)
 	require.NoError(t, err)
@@ -144,7 +150,7 @@ func TestS3Archive(t *testing.T) {
 	require.NoError(t, err)
 	env.waitArchived(standby, 30*time.Second)
 	dir := filepath.Join(t.TempDir(), "restored")
-	out, stderr, code = barnacle(t, "restore", "--target-dir", dir, "--cluster-name", cluster, "--archive-url", url)
+	out, stderr, code = barnacleEnv(t, env.env, "restore", "--target-dir", dir, "--cluster-name", cluster, "--archive-url", url)
 	require.Equal(t, 0, code, "restore from s3: %s %s", out, stderr)
 	auto := filepath.Join(dir, "postgresql.auto.conf")
 	conf, err := os.ReadFile(auto)

@@ -23,6 +23,7 @@ import (
 // repeats the secret. Before, the agent started and printed the URL in its
 // start-up line, and the commands printed it in their errors.
 func TestSecretsRefusedInURLs(t *testing.T) {
+	t.Parallel()
 	const planted = "plantedSECRET4711"
 	dir := t.TempDir()
 	base := map[string]string{
@@ -85,6 +86,7 @@ func TestSecretsRefusedInURLs(t *testing.T) {
 // lastError, request statuses), and the --json outputs and errors of the
 // commands, during an S3 outage and after a backup.
 func TestNoSecretInOutputs(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	srv := testenv.StartS3(t)
 	env, url := newS3ArchiveEnv(t, srv, testenv.ClusterOptions{Standbys: 1})
@@ -102,7 +104,7 @@ func TestNoSecretInOutputs(t *testing.T) {
 	var outputs []string
 	collect := func(what, s string) { outputs = append(outputs, what+":\n"+s) }
 	run := func(args ...string) {
-		stdout, stderr, _ := barnacle(t, args...)
+		stdout, stderr, _ := barnacleEnv(t, env.env, args...)
 		collect("barnacle "+strings.Join(args, " "), stdout+stderr)
 	}
 	// One look each, so a loaded machine gets more time than the polling

@@ -29,6 +29,7 @@ func slotState(t *testing.T, n *testenv.Node, slot string) (exists, active bool)
 // additionalMasterReplicationSlots (without reserved WAL), waiting for it,
 // and follows a failover to the slot Stolon recreates on the new master.
 func TestStolonSlotMode(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: 1}, "--slot-mode", "stolon", "--compression", "zstd")
 	env.startAgents()
@@ -90,6 +91,7 @@ func TestStolonSlotMode(t *testing.T) {
 // at once, so the master can list it (application_name barnacle) in
 // synchronous_standby_names and commits wait for the archive.
 func TestSynchronousMode(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{}, "--synchronous")
 	primary := env.pg.Primary()

@@ -25,6 +25,7 @@ import (
 // manifest's WAL range is backup.json's start and stop LSN; and the stop
 // LSN is not past the server's position afterwards.
 func TestTablespaceBackup(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	env := newArchiveEnv(t, testenv.ClusterOptions{})
 	primary := env.pg.Primary()
