@@ -126,13 +126,16 @@ type Coordinator struct {
 	bgCtx    context.Context
 	bgCancel context.CancelFunc
 
-	mu          sync.Mutex
-	state       State
-	cd          *stolon.ClusterData
-	cdRev       int64
-	cdErr       string
-	snap        Snapshot
-	subscribers []chan struct{}
+	mu    sync.Mutex
+	state State
+	cd    *stolon.ClusterData
+	cdRev int64
+	cdErr string
+	snap  Snapshot
+	// electionKeys is every key in the election's queue at snap's
+	// revision (see removeLeftoverCandidacy).
+	electionKeys map[string]bool
+	subscribers  []chan struct{}
 
 	// The lease clock's shared fields (lease.go): the generation of the
 	// session they belong to, when its lease was last renewed (zero: no
@@ -254,6 +257,7 @@ func (c *Coordinator) loadClusterData(resp *clientv3.GetResponse) {
 
 func (c *Coordinator) loadSnapshot(resp *clientv3.GetResponse) {
 	s := Snapshot{Revision: resp.Header.Revision, Agents: map[string]AgentStatus{}}
+	electionKeys := map[string]bool{}
 	var leaderRev int64
 	for _, kv := range resp.Kvs {
 		k := string(kv.Key)
@@ -267,10 +271,12 @@ func (c *Coordinator) loadSnapshot(resp *clientv3.GetResponse) {
 			if leaderRev == 0 || kv.CreateRevision < leaderRev {
 				leaderRev, s.Leader = kv.CreateRevision, string(kv.Value)
 			}
+			electionKeys[k] = true
 		}
 	}
 	c.mu.Lock()
 	c.snap = s
+	c.electionKeys = electionKeys
 	c.mu.Unlock()
 	c.kick()
 }

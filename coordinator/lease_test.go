@@ -2,12 +2,14 @@ package coordinator
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // TestBusyLeaderCutOffStops: a leader cut off from etcd while its role loop
@@ -91,4 +93,45 @@ func TestBusyLeaderCutOffStops(t *testing.T) {
 	releaseOne.Do(func() { close(release) })
 	gate.Set(false)
 	h.waitLeader("keeper1", 20*time.Second)
+}
+
+// TestLeftoverCandidacyRemoved: a follower's key left in the election queue
+// (a campaign withdrawn while its put was on its way to etcd: the client
+// gave up, etcd applied it) is removed by that follower, so the master's
+// agent, queued behind it, is elected. Before, the master's agent waited
+// for ever: the follower neither campaigned (the master's agent was a
+// candidate) nor removed a key it did not know it had.
+func TestLeftoverCandidacyRemoved(t *testing.T) {
+	h := newHarness(t)
+	h.putClusterData("clusterdata-initial.raw.json") // master: keeper1
+	h.primary.Store("keeper1")
+	h.start("keeper1")
+	h.start("keeper2")
+	h.waitLeader("keeper1", 10*time.Second)
+
+	// keeper2's lease, from its record, and a key of its session queued
+	// behind keeper1's, as its withdrawn campaign would have left it.
+	cli := h.etcd.Client(t)
+	keys := NewKeys("barnacle", "stolon-cluster")
+	var lease clientv3.LeaseID
+	require.Eventually(t, func() bool {
+		resp, err := cli.Get(t.Context(), keys.Agent("keeper2"))
+		if err != nil || len(resp.Kvs) == 0 {
+			return false
+		}
+		lease = clientv3.LeaseID(resp.Kvs[0].Lease)
+		return lease != 0
+	}, 10*time.Second, 20*time.Millisecond)
+	leftover := fmt.Sprintf("%s/%x", keys.Election(), lease)
+
+	// keeper1 restarts; while it is away keeper2's leftover key appears,
+	// so keeper1's new key queues behind it.
+	h.stop("keeper1")
+	_, err := cli.Put(t.Context(), leftover, "keeper2", clientv3.WithLease(lease))
+	require.NoError(t, err)
+	h.start("keeper1")
+	h.waitLeader("keeper1", 15*time.Second)
+	resp, err := cli.Get(t.Context(), leftover)
+	require.NoError(t, err)
+	require.Empty(t, resp.Kvs, "keeper2's leftover candidacy is still queued")
 }

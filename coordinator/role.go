@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -228,6 +229,7 @@ func (c *Coordinator) step(ctx context.Context, r *role) {
 	if d.resign && r.won {
 		c.resign(ctx, r, "policy")
 	}
+	c.removeLeftoverCandidacy(ctx, r)
 	switch {
 	case d.campaign != notLeading && r.won:
 		if r.reason != d.campaign {
@@ -268,6 +270,35 @@ func (c *Coordinator) step(ctx context.Context, r *role) {
 		}
 	}
 	c.publishRecord(ctx, r, st, in.mineIsMaster && r.localPrimary)
+}
+
+// removeLeftoverCandidacy deletes this session's key from the election's
+// queue when no campaign of ours runs and we do not lead. Such a key is
+// left by a campaign withdrawn while its put was on its way: the client
+// gave up, etcd applied it. It would queue ahead of every later candidate
+// for as long as our session lives, and this agent, not campaigning, would
+// never win and resign; the master's agent would wait behind it for ever.
+func (c *Coordinator) removeLeftoverCandidacy(ctx context.Context, r *role) {
+	if r.won || r.campaignDone != nil || r.sess == nil {
+		return
+	}
+	key := fmt.Sprintf("%s/%x", c.keys.Election(), r.sess.Lease())
+	c.mu.Lock()
+	left := c.electionKeys[key]
+	c.mu.Unlock()
+	if !left {
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := c.cli.Delete(dctx, key); err != nil {
+		c.etcdError("withdraw", err) // the next step tries again
+		return
+	}
+	c.mu.Lock()
+	delete(c.electionKeys, key) // until the watch shows the deletion
+	c.mu.Unlock()
+	c.log.Warn("removed a candidacy of ours left in the election queue", "key", key)
 }
 
 func (c *Coordinator) startCampaign(ctx context.Context, r *role, reason leadReason) {
