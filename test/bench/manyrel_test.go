@@ -32,11 +32,12 @@ import (
 // six files, so 120,000 files at the default), backed up by pg_basebackup
 // -Ft --compress=client-zstd:1 and `barnacle backup --local --compression
 // zstd`, then restored by `zstd -d | tar -x` followed by `sync -f` and by
-// `barnacle restore`, BENCH_ROUNDS times (default 3) one after the other.
+// `barnacle restore`, BENCH_ROUNDS times (default 3), each restore into a
+// fresh directory, the order turned every round (see the restore loop).
 // Each run prints its wall time, system time (the process and the
 // children it waited for) and peak RSS; the summary gives each one's
-// median and range, and barnacle's speed-up over the run just before it
-// in every round. BENCH_BARNACLE_ALT adds restores by another binary, to
+// median and range, and barnacle's speed-up over the comparison run of
+// the same round. BENCH_BARNACLE_ALT adds restores by another binary, to
 // compare a change with the code before it in the same period.
 //
 // Then the catalog at BENCH_SEGMENTS_ARCHIVED archived segments (default
@@ -117,10 +118,23 @@ func BenchmarkManyRelations(b *testing.B) {
 	if alt != "" {
 		tools = append(tools, restorer{"barnacle restore (alt)", alt})
 	}
-	dest := filepath.Join(root, "restored")
+	// Every restore goes into a directory of its own, nothing restored is
+	// deleted before the last one ran, and the order turns every round:
+	// ext4 without a journal (these machines' root filesystem) does not
+	// reuse an inode freed in the last minute, or five more while its
+	// inode table block is dirty, and reads each candidate's block to
+	// know, so creating 100,000 files within minutes of deleting 100,000
+	// cost 2-5x the system time, whichever tool ran into it.
+	need := int64(rounds*len(tools)) * dbSize * 11 / 10
+	if free := freeBytes(b, root); free < need {
+		b.Fatalf("%s has %.1f GB free; %d rounds of %d restores of %.1f GB need %.1f GB: lower BENCH_ROUNDS or BENCH_RELATIONS",
+			root, float64(free)/1e9, rounds, len(tools), float64(dbSize)/1e9, float64(need)/1e9)
+	}
 	for round := range rounds {
-		for _, t := range tools {
-			coolDown(b, dest)
+		for j := range tools {
+			i := (j + round) % len(tools)
+			t := tools[i]
+			dest := filepath.Join(root, fmt.Sprintf("restored-%d-%d", round, i))
 			var run mrRun
 			if t.bin == "" {
 				run = mrShell(ctx, b, dest, fmt.Sprintf("zstd -dcq %s | tar -xf - -C %s", filepath.Join(pgDir, "base.tar.zst"), dest))
@@ -134,7 +148,6 @@ func BenchmarkManyRelations(b *testing.B) {
 				run.elapsed.Seconds(), run.sys.Seconds(), float64(run.rss)/mb)
 		}
 	}
-	coolDown(b, dest)
 
 	var out bytes.Buffer
 	fmt.Fprintf(&out, "\nMany relations: %d tables, %d files, %.0f MB; %d round(s) (%s in all); load average at the end: %s\n",
@@ -169,21 +182,15 @@ func init() {
 	}
 }
 
-// coolDown removes dest, syncs, and waits until 31 s have passed since:
-// ext4 without a journal (these machines' root filesystem) does not reuse
-// an inode freed in the last 30 s and reads each candidate's inode block
-// to know, so creating 100,000 files just after deleting 100,000 costs
-// several times the system time, whichever tool does it.
-func coolDown(b *testing.B, dest string) {
+// freeBytes is what an unprivileged writer may still use on dir's
+// filesystem.
+func freeBytes(b *testing.B, dir string) int64 {
 	b.Helper()
-	if _, err := os.Stat(dest); err != nil {
-		return
-	}
-	if err := os.RemoveAll(dest); err != nil {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
 		b.Fatal(err)
 	}
-	syscall.Sync()
-	time.Sleep(31 * time.Second) //nolint:forbidigo // the kernel's inode reuse rule counts wall time
+	return int64(st.Bavail) * int64(st.Bsize)
 }
 
 // mrShell runs script (into dest, created first) and `sync -f dest` in one
@@ -219,7 +226,7 @@ func countFiles(b *testing.B, dir string) int {
 
 // writeManyRel prints each tool's median, fastest and slowest time,
 // system time and peak RSS per operation, and barnacle's speed-up over
-// the comparison run just before it in each round.
+// the comparison run of the same round.
 func writeManyRel(w *bytes.Buffer, runs []mrRun) {
 	fmt.Fprintf(w, "| operation | tool | time median (min-max) | system time median (min-max) | peak RSS max |\n|---|---|---|---|---|\n")
 	type key struct{ op, tool string }
