@@ -160,6 +160,17 @@ func NewCluster(t testing.TB, opts ClusterOptions) *Cluster {
 	}
 	c.primary = primary
 
+	// The standbys' base backups run at once, and a base backup holds no
+	// WAL until its streaming connection made its temporary slot: one
+	// backup's checkpoint could remove the segment another one starts in
+	// (wal_keep_size 0 in the gap tests). A slot reserved before any of
+	// them holds that WAL until all stream.
+	const holdSlot = "testenv_standby_setup"
+	if len(c.Nodes) > 2 {
+		if err := primary.Exec(ctx, "SELECT pg_create_physical_replication_slot($1, true)", holdSlot); err != nil {
+			t.Fatalf("create standbys: reserve WAL: %v", err)
+		}
+	}
 	errs := make([]error, len(c.Nodes))
 	var wg sync.WaitGroup
 	for i, n := range c.Nodes[1:] {
@@ -170,6 +181,9 @@ func NewCluster(t testing.TB, opts ClusterOptions) *Cluster {
 		}()
 	}
 	wg.Wait()
+	if len(c.Nodes) > 2 {
+		errs = append(errs, primary.Exec(ctx, "SELECT pg_drop_replication_slot($1)", holdSlot))
+	}
 	if err := errors.Join(errs...); err != nil {
 		t.Fatalf("create standbys: %v", err)
 	}
