@@ -74,7 +74,9 @@ func TestS3Archive(t *testing.T) {
 	srv.Stop()
 	stopped := time.Now()
 	var outageErr string
-	waitFor(t, 20*time.Second, "the leader to report a storage error", func() bool {
+	// The bound only stops a hang: on a loaded machine the leader's
+	// lease can lapse and its work restart before the error shows.
+	waitFor(t, 60*time.Second, "the leader to report a storage error", func() bool {
 		outageErr = leaderRecord(t, env, leader.name).LastError
 		return outageErr != ""
 	})
