@@ -814,15 +814,30 @@ type countingReader struct {
 var errTooLarge = errors.New("the archive holds more data than backup.json records for it; stopped before writing more")
 
 func (c *countingReader) Read(p []byte) (int, error) {
+	k, err := c.allow(len(p))
+	if err != nil {
+		return 0, err
+	}
+	return c.account(c.r.Read(p[:k]))
+}
+
+// allow returns how many of want bytes may be read next: all, or up to
+// one past the limit (to see that it is passed), or errTooLarge.
+func (c *countingReader) allow(want int) (int, error) {
 	if c.limit > 0 {
 		if c.n > c.limit {
 			return 0, errTooLarge
 		}
-		if rem := c.limit - c.n + 1; int64(len(p)) > rem {
-			p = p[:rem]
+		if rem := c.limit - c.n + 1; int64(want) > rem {
+			want = int(rem)
 		}
 	}
-	n, err := c.r.Read(p)
+	return want, nil
+}
+
+// account counts n bytes just read (with err) and reports them: it
+// returns how many are within the limit, and errTooLarge past it.
+func (c *countingReader) account(n int, err error) (int, error) {
 	c.n += int64(n)
 	if c.limit > 0 && c.n > c.limit {
 		n -= int(c.n - c.limit)
@@ -853,24 +868,13 @@ func (c *countingReader) chunks() chunkReader {
 // Next is Read without the copy, counted and bounded the same way; only
 // for a countingReader whose chunks is not nil.
 func (c *countingReader) Next(n int) ([]byte, error) {
-	if c.limit > 0 {
-		if c.n > c.limit {
-			return nil, errTooLarge
-		}
-		if rem := c.limit - c.n + 1; int64(n) > rem {
-			n = int(rem)
-		}
+	k, err := c.allow(n)
+	if err != nil {
+		return nil, err
 	}
-	b, err := c.r.(chunkReader).Next(n) //nolint:forcetypeassert // chunks checked it
-	c.n += int64(len(b))
-	if c.limit > 0 && c.n > c.limit {
-		b = b[:len(b)-int(c.n-c.limit)]
-		err = errTooLarge
-	}
-	if c.onRead != nil && len(b) > 0 {
-		c.onRead(int64(len(b)))
-	}
-	return b, err
+	b, err := c.r.(chunkReader).Next(k) //nolint:forcetypeassert // chunks checked it
+	m, err := c.account(len(b), err)
+	return b[:m], err
 }
 
 // progress sums the bytes of all workers and calls the callback about
