@@ -560,15 +560,19 @@ const lagPollInterval = 5 * time.Second
 // trackMasterWhileDown is leader work: while streaming is down, it asks
 // the master for its end of WAL (IDENTIFY_SYSTEM over a replication
 // connection, as the stream connects) and sets the lag from the archived
-// position the archiver last knew.
+// position the archiver last knew. It asks at once when the leader work
+// starts too: a new leader whose stream cannot start shows the lag from its
+// first second, not from its first tick.
 func (a *archiver) trackMasterWhileDown(ctx context.Context) {
 	tk := time.NewTicker(lagPollInterval)
 	defer tk.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tk.C:
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tk.C:
+			}
 		}
 		if up, _ := a.metrics.streaming.state(); up {
 			continue

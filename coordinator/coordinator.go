@@ -80,7 +80,7 @@ type Term struct {
 // concurrency.Election.Proclaim does, so that an agent whose leadership
 // ended without its knowing (its lease expired while etcd was out of reach,
 // and another agent was elected) writes nothing. Stopping the leader work
-// at half the lease TTL narrows that window; the fence closes it.
+// before the lease can expire (leaseFreshFor) narrows that window; the fence closes it.
 func (t Term) Fence() clientv3.Cmp {
 	return clientv3.Compare(clientv3.CreateRevision(t.Key), "=", t.Rev)
 }

@@ -9,9 +9,33 @@ import (
 )
 
 // errLeaseLapsed is the cause of a leader work context cancelled because
-// the lease went unrenewed for half its TTL: leadership may be ending, the
-// work did not fail.
-var errLeaseLapsed = errors.New("lease not renewed for half its TTL")
+// the lease went unrenewed for longer than a healthy renewal takes
+// (leaseFreshFor): leadership may be ending, the work did not fail.
+var errLeaseLapsed = errors.New("lease not renewed in time")
+
+// keepAliveWait bounds how late etcd's client sends a keep-alive past its
+// due time: it looks for due ones every 500 ms (clientv3's retryConnWait).
+const keepAliveWait = 500 * time.Millisecond
+
+// leaseFreshFor is how long after a renewal the lease still counts as ours.
+// A healthy renewal arrives at the latest a third of the TTL after the last
+// one (when etcd's client sends the next keep-alive), plus keepAliveWait,
+// plus a round trip. etcd expires the lease TTL after the server renewed
+// it, which is before this agent hears of it. The lease counts as fresh up
+// to midway between the two: equal slack for a slow round trip and for
+// noticing the lapse and stopping before another agent can be elected
+// (0.75 s each for the tests' 3 s TTL, 3.1 s for the default 10 s). At half
+// the TTL, as before, the slack for the round trip was 0 to 0.5 s, and a
+// busy machine lapsed a lone healthy leader every few seconds.
+func leaseFreshFor(ttl time.Duration) time.Duration {
+	return (ttl/3 + keepAliveWait + ttl) / 2
+}
+
+// leaseLapseMargin is the time between a lapse and the earliest expiry
+// of the lease on the server.
+func leaseLapseMargin(ttl time.Duration) time.Duration {
+	return ttl - leaseFreshFor(ttl)
+}
 
 // The lease clock lives beside the role loop, not in it. etcd expires a
 // lease TTL after its last renewal, and after the takeover delay another
@@ -19,8 +43,9 @@ var errLeaseLapsed = errors.New("lease not renewed for half its TTL")
 // stopped its work, before then. The role loop cannot promise that: one of
 // its steps can be held up for seconds (an agent record write timing out
 // while etcd is unreachable, a slow pg_is_in_recovery() answer). So a
-// goroutine of each session takes the lease's keep-alives and, at half the
-// TTL without one, ends the leadership belief and the work itself.
+// goroutine of each session takes the lease's keep-alives and, when
+// leaseFreshFor passes without one, ends the leadership belief and the work
+// itself.
 //
 // The fields it shares with the role loop are in Coordinator under mu:
 // leaseGen (the session they belong to), leaseRenewed and stopFreshWork.
@@ -51,10 +76,10 @@ func (c *Coordinator) endLease() {
 
 // watchLease records the renewals of session gen's lease until its
 // keep-alive channel closes or the coordinator shuts down, and lapses the
-// leadership when half the TTL passes without one.
+// leadership when leaseFreshFor passes without one.
 func (c *Coordinator) watchLease(gen uint64, ka <-chan *clientv3.LeaseKeepAliveResponse) {
-	half := c.opts.LeaseTTL / 2
-	timer := time.NewTimer(half)
+	fresh := leaseFreshFor(c.opts.LeaseTTL)
+	timer := time.NewTimer(fresh)
 	defer timer.Stop()
 	for {
 		select {
@@ -75,7 +100,7 @@ func (c *Coordinator) watchLease(gen uint64, ka <-chan *clientv3.LeaseKeepAliveR
 				c.leaseRenewed = time.Now()
 			}
 			c.mu.Unlock()
-			timer.Reset(half)
+			timer.Reset(fresh)
 		case <-timer.C:
 			c.lapseLease(gen, false)
 		}
@@ -114,7 +139,7 @@ func (c *Coordinator) lapseLease(gen uint64, gone bool) {
 		if gone {
 			c.log.Warn("lease lost; stopping leader work")
 		} else {
-			c.log.Warn("lease not renewed for half its TTL; stopping leader work until it is", "since_renewal", since.Round(time.Millisecond).String())
+			c.log.Warn("lease not renewed in time; stopping leader work until it is", "since_renewal", since.Round(time.Millisecond).String())
 		}
 		c.notify()
 	}
@@ -122,7 +147,7 @@ func (c *Coordinator) lapseLease(gen uint64, gone bool) {
 }
 
 // leaseFresh reports whether the current session's lease was renewed less
-// than half its TTL ago.
+// than leaseFreshFor ago.
 func (c *Coordinator) leaseFresh() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -130,7 +155,7 @@ func (c *Coordinator) leaseFresh() bool {
 }
 
 func (c *Coordinator) leaseFreshLocked(now time.Time) bool {
-	return !c.leaseRenewed.IsZero() && now.Sub(c.leaseRenewed) < c.opts.LeaseTTL/2
+	return !c.leaseRenewed.IsZero() && now.Sub(c.leaseRenewed) < leaseFreshFor(c.opts.LeaseTTL)
 }
 
 // freshWorkContext derives the leader work's context from parent, to be

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -134,4 +135,44 @@ func TestLeftoverCandidacyRemoved(t *testing.T) {
 	resp, err := cli.Get(t.Context(), leftover)
 	require.NoError(t, err)
 	require.Empty(t, resp.Kvs, "keeper2's leftover candidacy is still queued")
+}
+
+// TestLoneLeaderKeepsItsLease: a healthy leader whose keep-alives take a
+// slow round trip (100 ms, as on a busy machine) keeps leading. etcd's
+// client renews a third of the TTL after a renewal, on a 500 ms poll, so a
+// renewal can take TTL/3 + 0.5 s + the round trip: 1.27 s of the harness's
+// 2 s TTL. The lease clock used to lapse at half the TTL (1 s), and this
+// leader stopped and restarted its work every few seconds.
+func TestLoneLeaderKeepsItsLease(t *testing.T) {
+	h := newHarness(t)
+	h.putClusterData("clusterdata-initial.raw.json") // master: keeper1
+	h.primary.Store("keeper1")
+
+	var starts, lapses atomic.Int32
+	cli, gate := h.etcd.GatedClient(t)
+	gate.SetDelay(50 * time.Millisecond)
+	h.startWith("keeper1", func(o *Options) {
+		o.Client = cli
+		o.LeaderWork = func(ctx context.Context, _ Term) error {
+			starts.Add(1)
+			<-ctx.Done()
+			if errors.Is(context.Cause(ctx), errLeaseLapsed) {
+				lapses.Add(1)
+			}
+			return nil
+		}
+	})
+	h.waitLeader("keeper1", 10*time.Second)
+
+	// Ten keep-alive cycles; at half the TTL a lapse in one of them was
+	// all but certain (each cycle lapsed with a chance of about one half).
+	observe := 10 * (2 * time.Second / 3)
+	for end := time.Now().Add(observe); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		h.mu.Lock()
+		st := h.members["keeper1"].c.State()
+		h.mu.Unlock()
+		require.True(t, st.Leading, "the lone leader stopped leading (lease lapses so far: %d)", lapses.Load())
+	}
+	require.Zero(t, lapses.Load(), "the lone leader's lease lapsed")
+	require.EqualValues(t, 1, starts.Load(), "the leader work restarted")
 }

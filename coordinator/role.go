@@ -42,7 +42,7 @@ type role struct {
 	sess *concurrency.Session
 	// kaCancel ends the second keep-alive listener of the session's lease,
 	// which feeds the lease clock (lease.go): a leader whose lease was not
-	// renewed for half its TTL stops its work, since etcd may expire the
+	// renewed in time (leaseFreshFor) stops its work, since etcd may expire the
 	// lease before this agent's keep-alive notices, and another agent must
 	// never lead while this one still works.
 	kaCancel context.CancelFunc
@@ -384,9 +384,10 @@ func (c *Coordinator) stopWork(r *role) {
 	if c.opts.LeaderWork != nil {
 		began := time.Now()
 		<-r.work.done
-		if took := time.Since(began); took > c.opts.LeaseTTL/2 {
-			// Past the lease's expiry plus the takeover delay another agent
-			// may lead while this work still runs.
+		if took := time.Since(began); took > leaseLapseMargin(c.opts.LeaseTTL) {
+			// Longer than the margin between a lapse and the lease's expiry:
+			// after that and an election another agent may lead while this
+			// work still runs.
 			c.log.Warn("leader work was slow to stop", "took", took.Round(time.Millisecond).String())
 		}
 	}

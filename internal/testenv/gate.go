@@ -12,10 +12,12 @@ import (
 
 // Gate drops the bytes of its connections while it is cut, and closes
 // the connections that lived through a cut when it is restored (their
-// streams lost bytes).
+// streams lost bytes). While open it may hold every byte for a delay in
+// each direction, as a slow network or a busy machine does.
 type Gate struct {
 	mu     sync.Mutex
 	down   bool
+	delay  time.Duration
 	doomed []net.Conn
 }
 
@@ -33,6 +35,19 @@ func (g *Gate) Set(down bool) {
 		}
 		g.doomed = nil
 	}
+}
+
+// SetDelay holds the bytes that pass from now on for d in each direction.
+func (g *Gate) SetDelay(d time.Duration) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.delay = d
+}
+
+func (g *Gate) currentDelay() time.Duration {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.delay
 }
 
 func (g *Gate) isDown(c ...net.Conn) bool {
@@ -70,22 +85,41 @@ func ServeGated(ln net.Listener, g *Gate, dial func() (net.Conn, error)) {
 	}
 }
 
-// pipeGated copies src to dst, dropping what it reads while g is cut.
+// pipeGated copies src to dst, dropping what it reads while g is cut and
+// holding what it passes for g's delay, in order.
 func pipeGated(dst, src net.Conn, g *Gate) {
-	defer dst.Close()
-	defer src.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 && !g.isDown(src, dst) {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+	type held struct {
+		due   time.Time
+		bytes []byte
+	}
+	line := make(chan held, 256)
+	written := make(chan struct{})
+	go func() {
+		defer close(written)
+		for h := range line {
+			time.Sleep(time.Until(h.due))
+			if _, err := dst.Write(h.bytes); err != nil {
+				src.Close() // ends the reader below
+				for range line {
+				}
 				return
 			}
 		}
+	}()
+	for {
+		buf := make([]byte, 32<<10)
+		n, err := src.Read(buf)
+		if n > 0 && !g.isDown(src, dst) {
+			line <- held{due: time.Now().Add(g.currentDelay()), bytes: buf[:n]}
+		}
 		if err != nil {
-			return
+			break
 		}
 	}
+	close(line)
+	<-written
+	dst.Close()
+	src.Close()
 }
 
 // GatedClient returns a client of the server whose connections pass
