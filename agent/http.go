@@ -10,16 +10,19 @@ import (
 // Status is what GET /status returns: this agent's own view, for people and
 // for tests that sample who believes it leads.
 type Status struct {
-	Agent               string `json:"agent"`
-	KeeperUID           string `json:"keeperUID,omitempty"`
-	Leading             bool   `json:"leading"`
-	LeadReason          string `json:"leadReason,omitempty"`
-	Leader              string `json:"leader"`
-	MasterKeeperUID     string `json:"masterKeeperUID,omitempty"`
-	MasterDBUID         string `json:"masterDBUID,omitempty"`
-	LocalPrimary        bool   `json:"localPrimary"`
-	ClusterDataRevision int64  `json:"clusterdataRevision"`
-	ClusterDataError    string `json:"clusterdataError,omitempty"`
+	Agent      string `json:"agent"`
+	KeeperUID  string `json:"keeperUID,omitempty"`
+	Leading    bool   `json:"leading"`
+	LeadReason string `json:"leadReason,omitempty"`
+	// LeadingSince is when this agent began to say it leads, without a
+	// break since; absent while it does not.
+	LeadingSince        *time.Time `json:"leadingSince,omitempty"`
+	Leader              string     `json:"leader"`
+	MasterKeeperUID     string     `json:"masterKeeperUID,omitempty"`
+	MasterDBUID         string     `json:"masterDBUID,omitempty"`
+	LocalPrimary        bool       `json:"localPrimary"`
+	ClusterDataRevision int64      `json:"clusterdataRevision"`
+	ClusterDataError    string     `json:"clusterdataError,omitempty"`
 	// KeeperDiscovery is set with keeper-uid auto.
 	KeeperDiscovery *KeeperDiscovery `json:"keeperDiscovery,omitempty"`
 }
@@ -38,6 +41,10 @@ func (a *Agent) currentStatus() Status {
 	}
 	if st.HasMaster {
 		s.MasterKeeperUID, s.MasterDBUID = st.Master.KeeperUID, st.Master.DBUID
+	}
+	if st.Leading {
+		since := st.LeadingSince.UTC()
+		s.LeadingSince = &since
 	}
 	if a.keeperAuto != nil {
 		d := a.keeperAuto.current()

@@ -105,6 +105,9 @@ type State struct {
 	// Leading: this agent leads and its lease is fresh.
 	Leading    bool
 	LeadReason string
+	// LeadingSince is when this agent last began to say it leads, while
+	// it still does (zero otherwise): it said so without a break since.
+	LeadingSince time.Time
 	Agents     map[string]AgentStatus
 }
 
@@ -294,8 +297,17 @@ func (c *Coordinator) kick() {
 // not fresh at this moment, whatever the caller computed before.
 func (c *Coordinator) publish(st State) State {
 	c.mu.Lock()
-	if st.Leading && !c.leaseFreshLocked(time.Now()) {
+	now := time.Now()
+	if st.Leading && !c.leaseFreshLocked(now) {
 		st.Leading, st.LeadReason = false, ""
+	}
+	switch {
+	case !st.Leading:
+		st.LeadingSince = time.Time{}
+	case c.state.Leading:
+		st.LeadingSince = c.state.LeadingSince
+	default:
+		st.LeadingSince = now
 	}
 	c.state = st
 	c.mu.Unlock()

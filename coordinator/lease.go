@@ -127,7 +127,7 @@ func (c *Coordinator) lapseLease(gen uint64, gone bool) {
 	c.stopFreshWork = nil
 	wasLeading := c.state.Leading
 	if wasLeading {
-		c.state.Leading, c.state.LeadReason = false, ""
+		c.state.Leading, c.state.LeadReason, c.state.LeadingSince = false, "", time.Time{}
 	}
 	c.mu.Unlock()
 

@@ -86,6 +86,7 @@ func TestBusyLeaderCutOffStops(t *testing.T) {
 	cutOff := h.members["keeper1"].c.State()
 	h.mu.Unlock()
 	require.False(t, cutOff.Leading, "the cut-off leader still says it leads beside the new leader")
+	require.True(t, cutOff.LeadingSince.IsZero(), "the cut-off leader still has a LeadingSince")
 	t.Logf("cut-off leader's work ended %s after the cut, the new leader's began %s after it",
 		ended.Sub(cutAt).Round(time.Millisecond), began.Sub(cutAt).Round(time.Millisecond))
 
@@ -167,11 +168,17 @@ func TestLoneLeaderKeepsItsLease(t *testing.T) {
 	// Ten keep-alive cycles; at half the TTL a lapse in one of them was
 	// all but certain (each cycle lapsed with a chance of about one half).
 	observe := 10 * (2 * time.Second / 3)
-	for end := time.Now().Add(observe); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+	state := func() State {
 		h.mu.Lock()
-		st := h.members["keeper1"].c.State()
-		h.mu.Unlock()
+		defer h.mu.Unlock()
+		return h.members["keeper1"].c.State()
+	}
+	since := state().LeadingSince
+	require.False(t, since.IsZero(), "a leader's State has no LeadingSince")
+	for end := time.Now().Add(observe); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		st := state()
 		require.True(t, st.Leading, "the lone leader stopped leading (lease lapses so far: %d)", lapses.Load())
+		require.Equal(t, since, st.LeadingSince, "LeadingSince moved while the leader led without a break")
 	}
 	require.Zero(t, lapses.Load(), "the lone leader's lease lapsed")
 	require.EqualValues(t, 1, starts.Load(), "the leader work restarted")

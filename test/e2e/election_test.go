@@ -17,7 +17,13 @@ import (
 )
 
 // leaderSampler asks every running agent every 100 ms whether it believes
-// it leads, and remembers the worst moment.
+// it leads, and remembers the worst moment. The agents are asked one after
+// another, so two "leading" answers of one round are not proof of an
+// overlap: the first may have stopped before the second began, and on a
+// busy machine a status call can take longer than a handover. An overlap
+// counts when an agent answered later that it had been leading without a
+// break since before the earlier agent was asked (/status's leadingSince;
+// both read this machine's clock).
 type leaderSampler struct {
 	agents []*agentProc
 	mu     sync.Mutex
@@ -26,22 +32,54 @@ type leaderSampler struct {
 	stop   func()
 }
 
+// leadingAnswer is one agent's "I lead" of a sampling round: asked at
+// asked, leading without a break since since.
+type leadingAnswer struct {
+	name         string
+	asked, since time.Time
+}
+
 func sampleLeaders(agents []*agentProc) *leaderSampler {
 	s := &leaderSampler{agents: agents}
 	s.stop = everyTick(100*time.Millisecond, func() {
-		var leading []string
+		var round []leadingAnswer
 		for _, a := range s.agents {
+			asked := time.Now()
 			if st, ok := a.status(); ok && st.Leading {
-				leading = append(leading, a.name)
+				ans := leadingAnswer{name: a.name, asked: asked}
+				if st.LeadingSince != nil {
+					ans.since = *st.LeadingSince
+				}
+				round = append(round, ans)
 			}
 		}
+		n, names := concurrentLeaders(round)
 		s.mu.Lock()
-		if len(leading) > s.max {
-			s.max, s.worst = len(leading), strings.Join(leading, ",")
+		if n > s.max {
+			s.max, s.worst = n, names
 		}
 		s.mu.Unlock()
 	})
 	return s
+}
+
+// concurrentLeaders returns the largest number of agents of one round
+// that certainly led at one moment, and their names: an earlier answer's
+// agent and every later one that had led since before it was asked.
+func concurrentLeaders(round []leadingAnswer) (int, string) {
+	most, names := 0, ""
+	for i, first := range round {
+		at := []string{first.name}
+		for _, later := range round[i+1:] {
+			if !later.since.After(first.asked) {
+				at = append(at, later.name)
+			}
+		}
+		if len(at) > most {
+			most, names = len(at), strings.Join(at, ",")
+		}
+	}
+	return most, names
 }
 
 // everyTick calls sample every period in a goroutine of its own until
@@ -233,4 +271,27 @@ func TestAgentsFollowTheMaster(t *testing.T) {
 		return len(left) == 0
 	})
 	t.Logf("agent records and election keys gone %s after the last exit", gone.Round(10*time.Millisecond))
+}
+
+// TestConcurrentLeaders: the sampler counts an overlap only when a later
+// answer's leadership began before the earlier agent was asked.
+func TestConcurrentLeaders(t *testing.T) {
+	t.Parallel()
+	at := func(ms int) time.Time { return time.Unix(1000, 0).Add(time.Duration(ms) * time.Millisecond) }
+	for _, tc := range []struct {
+		name  string
+		round []leadingAnswer
+		want  int
+		names string
+	}{
+		{"none", nil, 0, ""},
+		{"one", []leadingAnswer{{"a", at(100), at(0)}}, 1, "a"},
+		{"handover between the two calls", []leadingAnswer{{"a", at(100), at(0)}, {"b", at(900), at(500)}}, 1, "a"},
+		{"later one led before the first was asked", []leadingAnswer{{"a", at(100), at(0)}, {"b", at(900), at(50)}}, 2, "a,b"},
+		{"three, two of them at once", []leadingAnswer{{"a", at(100), at(0)}, {"b", at(200), at(150)}, {"c", at(300), at(120)}}, 2, "b,c"},
+	} {
+		n, names := concurrentLeaders(tc.round)
+		require.Equal(t, tc.want, n, tc.name)
+		require.Equal(t, tc.names, names, tc.name)
+	}
 }
