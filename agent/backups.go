@@ -184,11 +184,15 @@ func (b *backups) run(ctx context.Context, job *request.Job[request.BackupResult
 	b.log.Info("backup request finished", "request", job.ID, "state", string(job.Status.State), "backup", doc.ID, "error", job.Status.Error)
 }
 
-// aliveIn says whether an agent has a record in agents.
-func aliveIn(agents map[string]coordinator.AgentStatus) func(string) bool {
-	return func(name string) bool {
-		_, ok := agents[name]
-		return ok
+// aliveIn says whether the life of an agent that claimed a request at
+// claimedAt still runs: the agent has a record in agents, begun no later.
+func aliveIn(agents map[string]coordinator.AgentStatus) func(string, time.Time) bool {
+	return func(name string, claimedAt time.Time) bool {
+		a, ok := agents[name]
+		// A life that began after the claim is a restart under the same
+		// name: the life that claimed is gone. Both times are that agent's
+		// own clock.
+		return ok && !a.StartedAt.After(claimedAt)
 	}
 }
 

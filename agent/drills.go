@@ -19,6 +19,7 @@ import (
 	"github.com/barnacle-pg/barnacle/pkg/drill"
 	"github.com/barnacle-pg/barnacle/pkg/request"
 	"github.com/barnacle-pg/barnacle/pkg/restore"
+	"github.com/barnacle-pg/barnacle/pkg/storage"
 )
 
 // drills serves restore drill requests: an eligible agent
@@ -259,7 +260,37 @@ func (d *drills) leaderDuties(ctx context.Context, term coordinator.Term) error 
 		defer close(done)
 		d.schedule(ctx, term)
 	}()
-	return everyStaleCheck(ctx, func() { d.queue.Sweep(ctx, aliveIn(d.coord.State().Agents), term.Fence()) })
+	return everyStaleCheck(ctx, func() {
+		for _, s := range d.queue.Sweep(ctx, aliveIn(d.coord.State().Agents), term.Fence()) {
+			d.recordAbandoned(ctx, s)
+		}
+	})
+}
+
+// recordAbandoned writes drills/<id>.json for a drill whose agent died
+// while it ran (Sweep marked its status failed), so that status, check,
+// list-drills and the metrics see the failure, as they see one the agent
+// recorded itself. A record the agent wrote before it died stays.
+func (d *drills) recordAbandoned(ctx context.Context, s request.Swept) {
+	rec := catalog.Drill{ID: s.ID, Node: s.Status.Agent, StartedAt: s.Status.StartedAt}
+	if s.Status.Result != nil {
+		_ = json.Unmarshal(*s.Status.Result, &rec) // what the agent had recorded of it, if anything
+	}
+	rec.ID, rec.Status, rec.Error = s.ID, catalog.DrillFailed, s.Status.Error
+	if s.Status.FinishedAt != nil {
+		rec.FinishedAt = *s.Status.FinishedAt
+	}
+	be, err := d.archive.open(ctx)
+	if err == nil {
+		err = catalog.WriteDrill(ctx, be, d.opts.Cluster, rec)
+	}
+	switch {
+	case errors.Is(err, storage.ErrExist):
+	case err != nil:
+		d.log.Warn("recording a drill abandoned by a dead agent failed", "request", s.ID, "error", err)
+	default:
+		d.log.Warn("drill abandoned by a dead agent recorded as failed", "request", s.ID, "agent", s.Status.Agent)
+	}
 }
 
 // schedule requests a drill whenever restore-drill-schedule says one is

@@ -108,7 +108,7 @@ type State struct {
 	// LeadingSince is when this agent last began to say it leads, while
 	// it still does (zero otherwise): it said so without a break since.
 	LeadingSince time.Time
-	Agents     map[string]AgentStatus
+	Agents       map[string]AgentStatus
 }
 
 // Coordinator watches clusterdata and the agents, campaigns for leadership

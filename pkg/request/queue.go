@@ -218,12 +218,14 @@ func (j *Job[R]) finish(ctx context.Context, state State, msg string) {
 // script) would wait forever. A status is swept only when two sweeps in a
 // row find it unchanged and its agent gone (see abandoned), so an agent
 // that claims before the leader has seen its record is not swept by
-// mistake. alive says whether an agent is alive. Only the leader sweeps:
-// fence is the comparison that holds while it leads (the election key's
-// create revision), checked in the same transaction as the write; a sweep
-// by an agent that lost leadership writes nothing. It returns the keys it
-// marked failed.
-func (q *Queue[R]) Sweep(ctx context.Context, alive func(agent string) bool, fence clientv3.Cmp) []string {
+// mistake. alive says whether the life of an agent that claimed a request
+// at claimedAt still runs: an agent restarted under the same name (kill -9
+// and a supervisor's restart within a sweep) is alive, but not the life
+// that ran the request. Only the leader sweeps: fence is the comparison
+// that holds while it leads (the election key's create revision), checked
+// in the same transaction as the write; a sweep by an agent that lost
+// leadership writes nothing. It returns the statuses it marked failed.
+func (q *Queue[R]) Sweep(ctx context.Context, alive func(agent string, claimedAt time.Time) bool, fence clientv3.Cmp) []Swept {
 	q.sweepMu.Lock()
 	defer q.sweepMu.Unlock()
 	prefix := q.opts.Keys.Statuses(q.opts.Kind)
@@ -233,7 +235,7 @@ func (q *Queue[R]) Sweep(ctx context.Context, alive func(agent string) bool, fen
 	}
 	current := q.current()
 	seen := map[string]int64{}
-	var swept []string
+	var swept []Swept
 	for _, kv := range resp.Kvs {
 		key := string(kv.Key)
 		// The result stays as written; only the state and error change.
@@ -264,7 +266,7 @@ func (q *Queue[R]) Sweep(ctx context.Context, alive func(agent string) bool, fen
 		case err != nil:
 			q.opts.Writer.failed(key, st.State, err)
 		case tr.Succeeded:
-			swept = append(swept, key)
+			swept = append(swept, Swept{Key: key, ID: strings.TrimPrefix(key, prefix), Status: st})
 			q.log.Warn("request abandoned by a dead agent marked failed", "kind", string(q.opts.Kind), "key", key, "agent", st.Agent)
 		}
 	}
@@ -272,16 +274,22 @@ func (q *Queue[R]) Sweep(ctx context.Context, alive func(agent string) bool, fen
 	return swept
 }
 
+// Swept is a status Sweep marked failed, as it wrote it.
+type Swept struct {
+	Key, ID string
+	Status  Status[json.RawMessage]
+}
+
 // abandoned decides whether the status of request id looks abandoned: it
-// is claimed or running, and its agent is gone, or is this agent (self),
-// which does not run it now (current): then it is from an earlier life of
-// the same name.
-func abandoned[R any](st Status[R], id, self, current string, alive func(string) bool) bool {
+// is claimed or running, and the life of its agent that claimed it is
+// gone, or its agent is this agent (self), which does not run it now
+// (current): then it is from an earlier life of the same name.
+func abandoned[R any](st Status[R], id, self, current string, alive func(string, time.Time) bool) bool {
 	if st.State != StateClaimed && st.State != StateRunning {
 		return false
 	}
 	if st.Agent == self {
 		return id != current
 	}
-	return !alive(st.Agent)
+	return !alive(st.Agent, st.StartedAt)
 }

@@ -29,26 +29,30 @@ func TestMain(m *testing.M) {
 // TestAbandoned is the sweep rule: only a live state of a gone agent, or of
 // this agent's own earlier life, is abandoned.
 func TestAbandoned(t *testing.T) {
-	alive := func(a string) bool { return a == "other" }
+	otherStarted := time.Unix(1000, 0)
+	alive := func(a string, claimedAt time.Time) bool { return a == "other" && !otherStarted.After(claimedAt) }
+	later, earlier := otherStarted.Add(time.Minute), otherStarted.Add(-time.Minute)
 	for _, tc := range []struct {
 		name    string
 		state   State
 		agent   string
+		claimed time.Time
 		current string
 		want    bool
 	}{
-		{"claimed by a dead agent", StateClaimed, "dead", "", true},
-		{"running on a dead agent", StateRunning, "dead", "", true},
-		{"running on a live agent", StateRunning, "other", "", false},
-		{"done by a dead agent", StateDone, "dead", "", false},
-		{"failed on a dead agent", StateFailed, "dead", "", false},
-		{"rejected by a dead agent", StateRejected, "dead", "", false},
-		{"ours and running now", StateRunning, "self", "req", false},
-		{"ours from an earlier life", StateRunning, "self", "", true},
-		{"ours, while we run another", StateClaimed, "self", "other-req", true},
+		{"claimed by a dead agent", StateClaimed, "dead", later, "", true},
+		{"running on a dead agent", StateRunning, "dead", later, "", true},
+		{"running on a live agent", StateRunning, "other", later, "", false},
+		{"running on an earlier life of a live agent", StateRunning, "other", earlier, "", true},
+		{"done by a dead agent", StateDone, "dead", later, "", false},
+		{"failed on a dead agent", StateFailed, "dead", later, "", false},
+		{"rejected by a dead agent", StateRejected, "dead", later, "", false},
+		{"ours and running now", StateRunning, "self", later, "req", false},
+		{"ours from an earlier life", StateRunning, "self", later, "", true},
+		{"ours, while we run another", StateClaimed, "self", later, "other-req", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			st := Status[json.RawMessage]{State: tc.state, Agent: tc.agent}
+			st := Status[json.RawMessage]{State: tc.state, Agent: tc.agent, StartedAt: tc.claimed}
 			assert.Equal(t, tc.want, abandoned(st, "req", "self", tc.current, alive))
 		})
 	}
@@ -238,7 +242,7 @@ func TestSweep(t *testing.T) {
 		_, err = cli.Put(ctx, keys.Status(KindRestore, id), string(v))
 		require.NoError(t, err)
 	}
-	alive := func(a string) bool { return a == "live" }
+	alive := func(a string, _ time.Time) bool { return a == "live" }
 	result := RestoreResult{BackupID: "b1", MovedAside: map[string]string{"/r/x": "/r/x.old"}}
 	putStatus("dead", RestoreStatus{State: StateRunning, Agent: "gone", Result: &result})
 	putStatus("live", RestoreStatus{State: StateRunning, Agent: "live"})
@@ -255,7 +259,10 @@ func TestSweep(t *testing.T) {
 	assert.Empty(t, q.Sweep(ctx, alive, fence), "swept on the first look")
 	putStatus("changes", RestoreStatus{State: StateRunning, Agent: "gone"})
 	swept := q.Sweep(ctx, alive, fence)
-	assert.Equal(t, []string{keys.Status(KindRestore, "dead")}, swept)
+	require.Len(t, swept, 1)
+	assert.Equal(t, keys.Status(KindRestore, "dead"), swept[0].Key)
+	assert.Equal(t, "dead", swept[0].ID)
+	assert.Equal(t, StateFailed, swept[0].Status.State, "Sweep returns the status as it wrote it")
 	st, _ := readStatus[RestoreResult](t, cli, keys.Status(KindRestore, "dead"))
 	assert.Equal(t, StateFailed, st.State)
 	assert.Equal(t, "agent gone stopped before the restore finished; remove it and ask again", st.Error)

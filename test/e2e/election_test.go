@@ -197,7 +197,7 @@ func TestAgentsFollowTheMaster(t *testing.T) {
 	}
 
 	// 2. Failover: the master dies, Stolon elects a standby; its agent
-	// leads within 2 s of the promotion.
+	// leads without waiting for a lease to expire.
 	oldPrimary := cluster.Primary()
 	newPrimary := cluster.Standbys()[0]
 	require.NoError(t, oldPrimary.Kill())
@@ -217,7 +217,11 @@ func TestAgentsFollowTheMaster(t *testing.T) {
 	led := time.Now()
 	promotedAt := <-promoted
 	t.Logf("new master's agent leads %s after promotion", led.Sub(promotedAt).Round(10*time.Millisecond))
-	require.Less(t, led.Sub(promotedAt), 2*time.Second+200*time.Millisecond, "lead within 2 s of promotion (plus one sampling period)")
+	// The old leader hands back as soon as it sees the new master's agent
+	// a candidate (about 1 s here on a quiet machine, logged above). The
+	// bound tells that apart from a handover that waited for a lease to
+	// expire and the takeover delay, not how fast the machine is.
+	require.Less(t, led.Sub(promotedAt), takeover+leaseTTL, "the new master's agent led only after a lease expiry and the takeover delay: the old leader did not hand back")
 
 	// 3. kill -9 of the leader: another agent leads within takeover + TTL;
 	// the master's agent takes back over when it is restarted.
@@ -234,7 +238,10 @@ func TestAgentsFollowTheMaster(t *testing.T) {
 		return false
 	})
 	t.Logf("takeover %s after kill -9 of the leader (takeover delay %s, lease TTL %s)", time.Since(killed).Round(10*time.Millisecond), takeover, leaseTTL)
-	require.Less(t, took, takeover+leaseTTL+2*time.Second)
+	// The slack is for a busy machine's election round trips, not part
+	// of the design: a takeover that waited for a second lease expiry or
+	// takeover delay would exceed it.
+	require.Less(t, took, takeover+leaseTTL+min(takeover, leaseTTL)-500*time.Millisecond, "the takeover waited for more than one lease expiry and takeover delay")
 	leader.start(t)
 	waitFor(t, 20*time.Second, "the restarted master's agent to take back over", func() bool { return leaderIs(agents, "agent-"+second) })
 
