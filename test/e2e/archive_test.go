@@ -464,7 +464,7 @@ func TestForcedGap(t *testing.T) {
 				// A done backup before the gap: WAL continuity from it
 				// fails until the backup after the gap is done, then
 				// passes with the gap as history.
-				store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+				store := env.store()
 				_, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--label", "before-gap"}, store...)...)
 				require.Equal(t, 0, code, "backup --wait: %s", stderr)
 				// Only the leader's request after the gap is looked for below.
@@ -677,4 +677,20 @@ func backupWait(t *testing.T, args ...string) request.BackupStatus {
 	require.Equal(t, request.StateDone, st.State, st.Error)
 	require.NotNil(t, st.Result, out)
 	return st
+}
+
+// store is the flags that name the cluster and its etcd, for the CLI's
+// request commands.
+func (e *archiveEnv) store() []string {
+	return []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(e.etcd.Endpoints(), ",")}
+}
+
+// scratchRoot makes an empty directory for restores or drills (name),
+// owned by the OS user PostgreSQL runs as, as restore-root must be.
+func scratchRoot(t *testing.T, name string) string {
+	t.Helper()
+	root := filepath.Join(t.TempDir(), name)
+	require.NoError(t, os.MkdirAll(root, 0o755))
+	testenv.PGOwn(t, root)
+	return root
 }

@@ -87,7 +87,7 @@ func TestBackfillFromStandby(t *testing.T) {
 
 	// A backup requested now waits for the agents, then for WAL archived
 	// after the backfill.
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 	bctx, bcancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer bcancel()
 	backupCmd := barnacleCmd(bctx, append([]string{"backup", "--wait", "--json", "--label", "during-backfill"}, store...)...)

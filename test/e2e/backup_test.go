@@ -145,7 +145,7 @@ func TestBackupRequests(t *testing.T) {
 		assert.Contains(t, st.Error, tc.want, tc.id)
 	}
 
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 	st := backupWait(t, append([]string{"--label", "by-request"}, store...)...)
 	assert.Equal(t, request.StateDone, st.State)
 	assert.Equal(t, leader.name, st.Agent, "the leader ran it")

@@ -583,7 +583,7 @@ func TestChaos(t *testing.T) {
 	}
 	sort.Strings(r.corruptible)
 	require.NotEmpty(t, r.corruptible)
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 	bst := backupWait(t, store...)
 	t.Logf("base backup %s from %s; corruptible segments %v", bst.Result.ID, bst.Result.StartLSN, r.corruptible)
 

@@ -66,7 +66,7 @@ func TestCheck(t *testing.T) {
 	env.startAgents()
 	primary, standby := env.pg.Primary(), env.pg.Standbys()[0]
 	env.leaderFor(primary)
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 	_, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--label", "check"}, store...)...)
 	require.Equal(t, 0, code, "backup --wait: %s", stderr)
 

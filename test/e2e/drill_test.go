@@ -113,9 +113,7 @@ func TestDrill(t *testing.T) {
 	require.NoError(t, primary.Exec(ctx, fmt.Sprintf("CREATE TABLESPACE ts1 LOCATION '%s'", tsDir)))
 	require.NoError(t, primary.Exec(ctx, "CREATE TABLE drill_ts TABLESPACE ts1 AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g"))
 
-	root := filepath.Join(t.TempDir(), "restores")
-	require.NoError(t, os.MkdirAll(root, 0o755))
-	testenv.PGOwn(t, root)
+	root := scratchRoot(t, "restores")
 	cred := postgresCredential(t)
 	var owner *restore.Owner
 	if cred != nil {
@@ -149,7 +147,7 @@ func TestDrill(t *testing.T) {
 
 	env.startAgents()
 	leader = env.leaderFor(primary)
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 	bst := backupWait(t, store...)
 	backupID := bst.Result.ID
 
@@ -414,7 +412,7 @@ func TestDrillPGBench(t *testing.T) {
 	env.leaderFor(primary)
 	out, err := pgbench(ctx, t, primary, "-i", "-s", scale, "-q")
 	require.NoError(t, err, out)
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 	bout, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
 	require.Equal(t, 0, code, "backup: %s %s", bout, stderr)
 	out, err = pgbench(ctx, t, primary, "-T", seconds, "-c", "2", "-n")
@@ -426,9 +424,7 @@ func TestDrillPGBench(t *testing.T) {
 	var accounts int64
 	require.NoError(t, primary.QueryRow(ctx, "SELECT count(*) FROM pgbench_accounts").Scan(&accounts))
 
-	root := filepath.Join(t.TempDir(), "restores")
-	require.NoError(t, os.MkdirAll(root, 0o755))
-	testenv.PGOwn(t, root)
+	root := scratchRoot(t, "restores")
 	var owner *restore.Owner
 	if cred := postgresCredential(t); cred != nil {
 		owner = &restore.Owner{UID: int(cred.Uid), GID: int(cred.Gid)}

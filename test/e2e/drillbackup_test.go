@@ -35,14 +35,12 @@ func TestDrillDoesNotBlockBackup(t *testing.T) {
 	shareArchiveWithPostgres(t, env.dir)
 	primary := env.pg.Primary()
 	keeper := env.stolon.KeeperUID(primary)
-	root := filepath.Join(t.TempDir(), "drills")
-	require.NoError(t, os.MkdirAll(root, 0o755))
-	testenv.PGOwn(t, root)
+	root := scratchRoot(t, "drills")
 	leader := startAgent(t, "agent-"+keeper, append([]string{"--keeper-uid", keeper, "--restore-root", root,
 		"--pg-bin-dir", testenv.PGBinDir(t), "--restore-drill-on-master"}, env.common...)...)
 	env.agents[keeper] = leader
 	env.leaderFor(primary)
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 	cli := env.etcd.Client(t)
 	keys := request.Keys{Prefix: coordinator.NewKeys("barnacle", cluster).Prefix}
 

@@ -66,7 +66,7 @@ func TestDrillHostConfig(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, f.Close())
 
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 	out, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--json"}, store...)...)
 	require.Equal(t, 0, code, "backup: %s %s", out, stderr)
 	var bst request.BackupStatus
@@ -85,9 +85,7 @@ func TestDrillHostConfig(t *testing.T) {
 		stopAgent(t, a)
 	}
 
-	root := filepath.Join(t.TempDir(), "restores")
-	require.NoError(t, os.MkdirAll(root, 0o755))
-	testenv.PGOwn(t, root)
+	root := scratchRoot(t, "restores")
 	var owner *restore.Owner
 	if cred := postgresCredential(t); cred != nil {
 		owner = &restore.Owner{UID: int(cred.Uid), GID: int(cred.Gid)}

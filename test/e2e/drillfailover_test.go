@@ -1,9 +1,6 @@
 package e2e
 
 import (
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -29,15 +26,13 @@ func TestDrillStopsOnFailover(t *testing.T) {
 	standby := env.pg.Nodes[1]
 	require.NotEqual(t, primary, standby)
 	env.startAgent(env.stolon.KeeperUID(primary))
-	root := filepath.Join(t.TempDir(), "drills")
-	require.NoError(t, os.MkdirAll(root, 0o755))
-	testenv.PGOwn(t, root)
+	root := scratchRoot(t, "drills")
 	sk := env.stolon.KeeperUID(standby)
 	drillAgent := startAgent(t, "agent-"+sk, append([]string{"--keeper-uid", sk, "--restore-root", root,
 		"--pg-bin-dir", testenv.PGBinDir(t)}, env.common...)...)
 	env.agents[sk] = drillAgent
 	env.leaderFor(primary)
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 	cli := env.etcd.Client(t)
 	keys := request.Keys{Prefix: coordinator.NewKeys("barnacle", cluster).Prefix}
 

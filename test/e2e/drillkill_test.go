@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -37,15 +36,13 @@ func TestDrillAgentKilledAndRestarted(t *testing.T) {
 	shareArchiveWithPostgres(t, env.dir)
 	primary, standby := env.pg.Primary(), env.pg.Standbys()[0]
 	masterKeeper, standbyKeeper := env.stolon.KeeperUID(primary), env.stolon.KeeperUID(standby)
-	root := filepath.Join(t.TempDir(), "drills")
-	require.NoError(t, os.MkdirAll(root, 0o755))
-	testenv.PGOwn(t, root)
+	root := scratchRoot(t, "drills")
 	drillArgs := []string{"--keeper-uid", standbyKeeper, "--restore-root", root, "--pg-bin-dir", testenv.PGBinDir(t)}
 	env.startAgent(masterKeeper)
 	drillAgent := startAgent(t, "agent-"+standbyKeeper, append(drillArgs, env.common...)...)
 	env.agents[standbyKeeper] = drillAgent
 	env.leaderFor(primary)
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 	cli := env.etcd.Client(t)
 	rkeys := request.Keys{Prefix: coordinator.NewKeys("barnacle", cluster).Prefix}
 	backupWait(t, store...)

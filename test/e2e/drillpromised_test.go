@@ -2,9 +2,6 @@ package e2e
 
 import (
 	"io"
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -32,7 +29,7 @@ func TestDrillPromisedFromNewestBackup(t *testing.T) {
 	env.startAgents()
 	primary := env.pg.Primary()
 	env.leaderFor(primary)
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 	backup := func() request.BackupResult { return *backupWait(t, store...).Result }
 	lsn := func() wal.LSN {
 		s, err := primary.QueryString(ctx, "SELECT pg_current_wal_lsn()::text")
@@ -62,9 +59,7 @@ func TestDrillPromisedFromNewestBackup(t *testing.T) {
 		stopAgent(t, a)
 	}
 
-	root := filepath.Join(t.TempDir(), "restores")
-	require.NoError(t, os.MkdirAll(root, 0o755))
-	testenv.PGOwn(t, root)
+	root := scratchRoot(t, "restores")
 	var owner *restore.Owner
 	if cred := postgresCredential(t); cred != nil {
 		owner = &restore.Owner{UID: int(cred.Uid), GID: int(cred.Gid)}

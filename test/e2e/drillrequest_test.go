@@ -95,7 +95,7 @@ func TestDrillRequests(t *testing.T) {
 	masterAgent := startWith(masterKeeper, "--restore-root", rootM, "--pg-bin-dir", bin)
 	standbyAgent := startWith(standbyKeeper)
 	env.leaderFor(primary)
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 	cli := env.etcd.Client(t)
 	rkeys := request.Keys{Prefix: coordinator.NewKeys("barnacle", cluster).Prefix}
 
@@ -281,7 +281,7 @@ func TestDrillOnMasterAndBackupHost(t *testing.T) {
 		testenv.PGOwn(t, r)
 	}
 	bin := testenv.PGBinDir(t)
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 	cli := env.etcd.Client(t)
 	master := startAgent(t, "agent-"+keeper, append([]string{"--keeper-uid", keeper, "--restore-root", rootM, "--pg-bin-dir", bin,
 		"--restore-drill-on-master"}, env.common...)...)

@@ -91,9 +91,7 @@ func TestDrillS3(t *testing.T) {
 	require.GreaterOrEqual(t, len(secret), 8, "a secret long enough not to appear by chance")
 	primary, standby := env.pg.Primary(), env.pg.Standbys()[0]
 	masterKeeper, standbyKeeper := env.stolon.KeeperUID(primary), env.stolon.KeeperUID(standby)
-	root := filepath.Join(t.TempDir(), "drills")
-	require.NoError(t, os.MkdirAll(root, 0o755))
-	testenv.PGOwn(t, root)
+	root := scratchRoot(t, "drills")
 	env.startAgent(masterKeeper)
 	driller := newAgentProc(t, "agent-"+standbyKeeper, append([]string{"--keeper-uid", standbyKeeper,
 		"--restore-root", root, "--pg-bin-dir", testenv.PGBinDir(t)}, env.common...)...)
@@ -101,7 +99,7 @@ func TestDrillS3(t *testing.T) {
 	driller.start(t)
 	env.agents[standbyKeeper] = driller
 	env.leaderFor(primary)
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 
 	out, stderr, code := barnacle(t, append([]string{"backup", "--wait"}, store...)...)
 	require.Equal(t, 0, code, "backup: %s %s", out, stderr)

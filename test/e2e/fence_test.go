@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -38,7 +37,7 @@ func TestRestoreRequestTablespaceFence(t *testing.T) {
 	env.startAgents()
 	env.leaderFor(primary)
 	keeper := env.stolon.KeeperUID(primary)
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 
 	bst := backupWait(t, store...)
 	backupID := bst.Result.ID

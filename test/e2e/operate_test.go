@@ -42,7 +42,7 @@ func TestOperateMetricsAndStatus(t *testing.T) {
 	env := newArchiveEnv(t, testenv.ClusterOptions{})
 	env.startAgents()
 	leader := env.leaderFor(env.pg.Primary())
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 	_, stderr, code := barnacle(t, append([]string{"backup", "--wait", "--label", "operate"}, store...)...)
 	require.Equal(t, 0, code, "backup --wait: %s", stderr)
 	env.waitArchived(env.pg.Primary(), 30*time.Second)

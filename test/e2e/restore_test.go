@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -82,7 +81,7 @@ func TestRestorePITR(t *testing.T) {
 
 	var h pitrHistory
 	insertRows(t, primary, 1, 50)
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 	bst := backupWait(t, store...)
 	h.backupID = bst.Result.ID
 

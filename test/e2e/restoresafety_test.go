@@ -86,7 +86,7 @@ func TestRestoreArchiveVanishes(t *testing.T) {
 	env.leaderFor(primary)
 	require.NoError(t, primary.Exec(ctx, "CREATE TABLE safety (id int PRIMARY KEY, pad text NOT NULL)"))
 	require.NoError(t, primary.Exec(ctx, "INSERT INTO safety SELECT g, repeat('x', 200) FROM generate_series(1, 1000) g"))
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 	out, stderr, code := barnacle(t, append([]string{"backup", "--wait"}, store...)...)
 	require.Equal(t, 0, code, "backup: %s %s", out, stderr)
 

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"strings"
 	"testing"
 	"time"
 
@@ -17,7 +16,7 @@ func TestRetentionAfterBackup(t *testing.T) {
 	env := newArchiveEnv(t, testenv.ClusterOptions{}, "--retention-policy", "REDUNDANCY 1")
 	env.startAgents()
 	env.leaderFor(env.pg.Primary())
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 	first := backupWait(t, store...)
 	second := backupWait(t, store...)
 	took := waitFor(t, 20*time.Second, "retention to delete the first backup", func() bool {

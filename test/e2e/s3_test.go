@@ -60,7 +60,7 @@ func TestS3Archive(t *testing.T) {
 	env.startAgents()
 	primary := env.pg.Primary()
 	leader := env.leaderFor(primary)
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 
 	load := testenv.StartLoad(t, primary, testenv.LoadOptions{Interval: 5 * time.Millisecond})
 	gen := generateWAL(t, primary)

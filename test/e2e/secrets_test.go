@@ -98,7 +98,7 @@ func TestNoSecretInOutputs(t *testing.T) {
 	primary := env.pg.Primary()
 	leader := env.leaderFor(primary)
 	env.waitArchived(primary, 30*time.Second)
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 	archive := []string{"--cluster-name", cluster, "--archive-url", url}
 
 	var outputs []string

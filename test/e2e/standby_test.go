@@ -46,7 +46,7 @@ func TestStandbyFromArchive(t *testing.T) {
 	// go into the backup, so that the standby does not replay their load.
 	out, err := pgbench(ctx, t, primary, "-i", "-s", "10", "-q")
 	require.NoError(t, err, out)
-	store := []string{"--cluster-name", cluster, "--store-endpoints", strings.Join(env.etcd.Endpoints(), ",")}
+	store := env.store()
 	out, stderr, code := barnacle(t, append([]string{"backup", "--wait"}, store...)...)
 	require.Equal(t, 0, code, "backup: %s %s", out, stderr)
 
