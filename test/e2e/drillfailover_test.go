@@ -8,7 +8,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/barnacle-pg/barnacle/coordinator"
-	"github.com/barnacle-pg/barnacle/internal/testenv"
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/request"
 )
@@ -20,18 +19,8 @@ import (
 func TestDrillStopsOnFailover(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: 1})
-	shareArchiveWithPostgres(t, env.dir)
-	primary := env.pg.Primary()
-	standby := env.pg.Nodes[1]
-	require.NotEqual(t, primary, standby)
-	env.startAgent(env.stolon.KeeperUID(primary))
-	root := scratchRoot(t, "drills")
-	sk := env.stolon.KeeperUID(standby)
-	drillAgent := startAgent(t, "agent-"+sk, append([]string{"--keeper-uid", sk, "--restore-root", root,
-		"--pg-bin-dir", testenv.PGBinDir(t)}, env.common...)...)
-	env.agents[sk] = drillAgent
-	env.leaderFor(primary)
+	env := newDrillEnv(t)
+	primary, standby, root := env.pg.Primary(), env.pg.Standbys()[0], env.root
 	store := env.store()
 	cli := env.etcd.Client(t)
 	keys := request.Keys{Prefix: coordinator.NewKeys("barnacle", cluster).Prefix}

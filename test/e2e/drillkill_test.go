@@ -32,16 +32,8 @@ import (
 func TestDrillAgentKilledAndRestarted(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: 1})
-	shareArchiveWithPostgres(t, env.dir)
-	primary, standby := env.pg.Primary(), env.pg.Standbys()[0]
-	masterKeeper, standbyKeeper := env.stolon.KeeperUID(primary), env.stolon.KeeperUID(standby)
-	root := scratchRoot(t, "drills")
-	drillArgs := []string{"--keeper-uid", standbyKeeper, "--restore-root", root, "--pg-bin-dir", testenv.PGBinDir(t)}
-	env.startAgent(masterKeeper)
-	drillAgent := startAgent(t, "agent-"+standbyKeeper, append(drillArgs, env.common...)...)
-	env.agents[standbyKeeper] = drillAgent
-	env.leaderFor(primary)
+	env := newDrillEnv(t)
+	drillAgent, root := env.drillAgent, env.root
 	store := env.store()
 	cli := env.etcd.Client(t)
 	rkeys := request.Keys{Prefix: coordinator.NewKeys("barnacle", cluster).Prefix}
@@ -62,8 +54,7 @@ func TestDrillAgentKilledAndRestarted(t *testing.T) {
 	drillAgent.signal(syscall.SIGKILL)
 	_, _ = drillAgent.wait(10 * time.Second)
 	killed := time.Now()
-	drillAgent = startAgent(t, "agent-"+standbyKeeper, append(drillArgs, env.common...)...)
-	env.agents[standbyKeeper] = drillAgent
+	drillAgent = env.restartDrillAgent()
 
 	var st request.DrillStatus
 	waitFor(t, 90*time.Second, "the leader to mark the killed drill failed", func() bool {
@@ -103,4 +94,35 @@ func TestDrillAgentKilledAndRestarted(t *testing.T) {
 	require.NotNil(t, next.Result, out)
 	assert.Equal(t, catalog.DrillDone, next.Result.Status)
 	requireEmptyDir(t, root)
+}
+
+// drillEnv is an archive environment of a master and a standby, each with
+// an agent, where the standby's agent may run restore drills (restore-root
+// root) and the master's agent leads.
+type drillEnv struct {
+	*archiveEnv
+	root        string
+	drillKeeper string // the standby's keeper, beside which the drill agent runs
+	drillAgent  *agentProc
+	drillArgs   []string // the drill agent's own flags, to start it again alike
+}
+
+func newDrillEnv(t *testing.T) *drillEnv {
+	t.Helper()
+	env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: 1})
+	shareArchiveWithPostgres(t, env.dir)
+	primary, standby := env.pg.Primary(), env.pg.Standbys()[0]
+	d := &drillEnv{archiveEnv: env, root: scratchRoot(t, "drills"), drillKeeper: env.stolon.KeeperUID(standby)}
+	d.drillArgs = []string{"--keeper-uid", d.drillKeeper, "--restore-root", d.root, "--pg-bin-dir", testenv.PGBinDir(t)}
+	env.startAgent(env.stolon.KeeperUID(primary))
+	d.restartDrillAgent()
+	env.leaderFor(primary)
+	return d
+}
+
+// restartDrillAgent starts the drill agent (again, after it stopped).
+func (d *drillEnv) restartDrillAgent() *agentProc {
+	d.drillAgent = startAgent(d.t, "agent-"+d.drillKeeper, append(d.drillArgs, d.common...)...)
+	d.agents[d.drillKeeper] = d.drillAgent
+	return d.drillAgent
 }
