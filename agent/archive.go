@@ -58,14 +58,14 @@ func (h *archiveHandle) open(ctx context.Context) (storage.Backend, error) {
 		}
 	}
 	h.backend = b
-	_, _, _ = h.readGaps(ctx, b) // the gauges; a failed read leaves them
 	return b, nil
 }
 
 // readGaps reads gaps.json and, when it records a gap, the backups, and
 // sets the gap gauges from the gaps that no done backup resolves yet
 // (catalog.UnresolvedGaps): a resolved gap stays in gaps.json as history
-// but needs nothing more. A failed read changes no gauge.
+// but needs nothing more. A failed read changes no gauge. Only the
+// leader's archiver calls it: on other agents the gauges stay 0.
 func (h *archiveHandle) readGaps(ctx context.Context, b storage.Backend) ([]catalog.Gap, []catalog.Backup, error) {
 	gaps, err := catalog.ReadGaps(ctx, b, h.cluster)
 	if err != nil {

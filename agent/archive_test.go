@@ -20,12 +20,13 @@ import (
 
 // TestArchiveHandleOpensOnce: the handle every part shares opens the
 // archive once, removes a crashed writer's temporary file on that open,
-// sets the gap gauges from gaps.json, and times the operations.
+// sets no gap gauge (only the leader's archiver does), and times the
+// operations.
 func TestArchiveHandleOpensOnce(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	url := "file://" + dir
-	// A gap recorded by an earlier leader, written through a plain backend.
+	// A gap recorded by the leader, written through a plain backend.
 	plain, err := backends.Open(ctx, url)
 	require.NoError(t, err)
 	require.NoError(t, catalog.RecordGap(ctx, plain, "c1", catalog.Gap{Timeline: 1, StartLSN: 0x3000000, EndLSN: 0x5000000, Reason: "test"}))
@@ -45,8 +46,8 @@ func TestArchiveHandleOpensOnce(t *testing.T) {
 	require.NoError(t, err, "one backend for every part: opened once")
 	assert.Equal(t, b1, b2)
 	assert.NoFileExists(t, stale, "the first open cleans up temporary files")
-	assert.Equal(t, float64(1), testutil.ToFloat64(m.gaps))
-	assert.Equal(t, float64(0x2000000), testutil.ToFloat64(m.gapBytes))
+	assert.Equal(t, float64(0), testutil.ToFloat64(m.gaps), "a follower opening the archive reports no gap")
+	assert.Equal(t, float64(0), testutil.ToFloat64(m.gapBytes))
 
 	list, err := h.listBackups(ctx)
 	require.NoError(t, err)
@@ -79,6 +80,9 @@ func TestGapGaugesCountUnresolvedGaps(t *testing.T) {
 	m := newArchiverMetrics(prometheus.NewRegistry())
 	h := newArchiveHandle(url, "c1", hclog.NewNullLogger(), m)
 	b, err := h.open(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, float64(0), testutil.ToFloat64(m.gaps), "opening the archive (a follower's restore or drill) sets no gap gauge: only the leader's archiver does")
+	_, _, err = h.readGaps(ctx, b)
 	require.NoError(t, err)
 	assert.Equal(t, float64(1), testutil.ToFloat64(m.gaps), "the first gap is resolved")
 	assert.Equal(t, float64(0x1000000), testutil.ToFloat64(m.gapBytes))

@@ -87,6 +87,18 @@ func newArchiver(opts archiverOptions, log hclog.Logger, coord *coordinator.Coor
 	}
 }
 
+// endLeaderView zeroes, when leader work ends, what only the leader
+// knows: the archive lag and the WAL gap gauges and alarm. A former
+// leader's values would stay as they were when its term ended, and an
+// alert on any agent above 0 would fire for ever; the leader reports them.
+func (a *archiver) endLeaderView() {
+	a.mu.Lock()
+	a.state.Gap = ""
+	a.mu.Unlock()
+	a.metrics.observeLag(0, 0, time.Now())
+	a.archive.setGaps(nil)
+}
+
 func (a *archiver) snapshot() archiverState {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -107,6 +119,7 @@ func (a *archiver) setError(err error) {
 // run is the leader work: stream until ctx ends (leadership is over).
 func (a *archiver) run(ctx context.Context, term coordinator.Term) error {
 	a.log.Info("archiving starts", "lead_reason", term.Reason)
+	defer a.endLeaderView() // last: after the goroutines below have ended
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { a.watchGaps(ctx) })

@@ -252,12 +252,9 @@ func (b *backups) take(ctx context.Context, req request.Backup, progress func(do
 	if err != nil {
 		return catalog.Backup{}, err
 	}
-	defer func() {
-		b.archive.changed() // done or failed, the catalog changed
-		// A done backup may resolve a gap; on a follower nothing else
-		// would update the gap gauges its archive handle set on open.
-		_, _, _ = b.archive.readGaps(ctx, be)
-	}()
+	// Done or failed, the catalog changed. A done backup may resolve a
+	// gap: the leader's archiver sees the request finish (watchGaps).
+	defer b.archive.changed()
 	return backup.TakeFrom(ctx, cs, backup.Options{
 		Backend:           be,
 		Cluster:           b.opts.Cluster,

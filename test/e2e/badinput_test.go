@@ -97,13 +97,17 @@ func TestArchiverBadInput(t *testing.T) {
 // TestLagWhileNotStreaming: while the leader cannot stream (another
 // connection holds its slot) the master writes on, and
 // barnacle_wal_archive_lag_bytes follows the master's position instead of
-// keeping its last streamed value.
+// keeping its last streamed value. When a failover moves the leadership,
+// the former leader's lag and gap gauges drop to 0: only the leader knows
+// them, and frozen at its last value an alert on any agent would fire for
+// ever (as it did).
 func TestLagWhileNotStreaming(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	env := newArchiveEnv(t, testenv.ClusterOptions{})
-	primary := env.pg.Primary()
+	env := newArchiveEnv(t, testenv.ClusterOptions{Standbys: 1})
+	primary, standby := env.pg.Primary(), env.pg.Standbys()[0]
 	a := env.startAgent(env.stolon.KeeperUID(primary))
+	env.startAgent(env.stolon.KeeperUID(standby))
 	env.leaderFor(primary)
 	env.waitArchived(primary, 20*time.Second)
 
@@ -145,6 +149,14 @@ func TestLagWhileNotStreaming(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Logf("not streaming: master at %s, archived %s, lag %.0f bytes", wal.LSN(cur), archived, lag)
+
+	require.NoError(t, env.stolon.Failover(ctx, standby))
+	env.leaderFor(standby)
+	waitFor(t, 20*time.Second, "the former leader's lag and gap gauges to drop to 0", func() bool {
+		m := scrape(t, a)
+		return metricValue(m, "barnacle_wal_archive_lag_bytes") == 0 && metricValue(m, "barnacle_wal_archive_lag_seconds") == 0 &&
+			metricValue(m, "barnacle_wal_gaps") == 0 && metricValue(m, "barnacle_wal_gap_bytes") == 0
+	})
 }
 
 // nudgeWAL makes the WAL a test waits to see archived: an idle server may
