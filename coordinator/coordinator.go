@@ -191,6 +191,10 @@ func New(opts Options) (*Coordinator, error) {
 		log:      opts.Logger.Named("coordinator").With("agent", opts.AgentName),
 		metrics:  m,
 		wake:     make(chan struct{}, 1),
+		// Before any request of this life can be claimed: the leader's
+		// sweep takes a claim older than its agent's start for one of an
+		// earlier life (request.Queue.Sweep).
+		started: time.Now(),
 	}, nil
 }
 
@@ -219,7 +223,6 @@ func (c *Coordinator) Subscribe() <-chan struct{} {
 // key vanish at once), bounded by a few seconds. It returns nil on
 // cancellation.
 func (c *Coordinator) Run(ctx context.Context) error {
-	c.started = time.Now()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		key := stolon.ClusterDataKey(c.opts.StorePrefix, c.opts.ClusterName)
