@@ -136,6 +136,7 @@ func (c *Coordinator) lapseLease(gen uint64, gone bool) {
 	}
 	if wasLeading {
 		c.metrics.isLeader.Set(0)
+		c.metrics.leaseLapses.Inc()
 		if gone {
 			c.log.Warn("lease lost; stopping leader work")
 		} else {

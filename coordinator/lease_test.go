@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -87,6 +88,10 @@ func TestBusyLeaderCutOffStops(t *testing.T) {
 	h.mu.Unlock()
 	require.False(t, cutOff.Leading, "the cut-off leader still says it leads beside the new leader")
 	require.True(t, cutOff.LeadingSince.IsZero(), "the cut-off leader still has a LeadingSince")
+	h.mu.Lock()
+	lapses := testutil.ToFloat64(h.members["keeper1"].c.metrics.leaseLapses)
+	h.mu.Unlock()
+	require.GreaterOrEqual(t, lapses, float64(1), "the lapse is not counted in barnacle_coordinator_lease_lapses_total")
 	t.Logf("cut-off leader's work ended %s after the cut, the new leader's began %s after it",
 		ended.Sub(cutAt).Round(time.Millisecond), began.Sub(cutAt).Round(time.Millisecond))
 
@@ -181,5 +186,9 @@ func TestLoneLeaderKeepsItsLease(t *testing.T) {
 		require.Equal(t, since, st.LeadingSince, "LeadingSince moved while the leader led without a break")
 	}
 	require.Zero(t, lapses.Load(), "the lone leader's lease lapsed")
+	h.mu.Lock()
+	counted := testutil.ToFloat64(h.members["keeper1"].c.metrics.leaseLapses)
+	h.mu.Unlock()
+	require.Zero(t, counted, "barnacle_coordinator_lease_lapses_total counts lapses of a healthy leader")
 	require.EqualValues(t, 1, starts.Load(), "the leader work restarted")
 }

@@ -12,6 +12,7 @@ type metrics struct {
 	isLeader            prometheus.Gauge
 	clusterDataRevision prometheus.Gauge
 	leaderChanges       prometheus.Counter
+	leaseLapses         prometheus.Counter
 	etcdErrors          *prometheus.CounterVec
 }
 
@@ -29,12 +30,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: barnaclemetrics.Namespace, Subsystem: "coordinator", Name: "leadership_changes_total",
 			Help: "Times this agent became leader or stopped leading.",
 		}),
+		leaseLapses: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: barnaclemetrics.Namespace, Subsystem: "coordinator", Name: "lease_lapses_total",
+			Help: "Times this agent stopped leading because its etcd lease was not renewed in time (etcd slow or out of reach); rising on a healthy cluster means etcd answers too slowly for lease-ttl.",
+		}),
 		etcdErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: barnaclemetrics.Namespace, Subsystem: "coordinator", Name: "etcd_errors_total",
 			Help: "Failed etcd requests, by operation.",
 		}, []string{"op"}),
 	}
-	for _, c := range []prometheus.Collector{m.isLeader, m.clusterDataRevision, m.leaderChanges, m.etcdErrors} {
+	for _, c := range []prometheus.Collector{m.isLeader, m.clusterDataRevision, m.leaderChanges, m.leaseLapses, m.etcdErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register coordinator metrics: %w", err)
 		}
