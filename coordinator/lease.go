@@ -25,8 +25,8 @@ const keepAliveWait = 500 * time.Millisecond
 // to midway between the two: equal slack for a slow round trip and for
 // noticing the lapse and stopping before another agent can be elected
 // (0.75 s each for the tests' 3 s TTL, 3.1 s for the default 10 s). At half
-// the TTL, as before, the slack for the round trip was 0 to 0.5 s, and a
-// busy machine lapsed a lone healthy leader every few seconds.
+// the TTL the slack for the round trip was 0 to 0.5 s, and a busy machine
+// lapsed a lone healthy leader every few seconds.
 func leaseFreshFor(ttl time.Duration) time.Duration {
 	return (ttl/3 + keepAliveWait + ttl) / 2
 }
