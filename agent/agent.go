@@ -198,7 +198,8 @@ func build(cfg config.Config, log hclog.Logger, version string, ak *autoKeeper) 
 			Writer: status, Logger: log.Named("restores"), SweepHint: restoreSweepHint})}
 	a.drills = &drills{opts: drillOptions{Agent: name, Cluster: cfg.ClusterName, KeeperUID: cfg.KeeperUID, RestoreRoot: cfg.RestoreRoot,
 		ArchiveURL: cfg.ArchiveURL, PGBinDir: cfg.PGBinDir, Superuser: cfg.RestoreDrillSuperuser, OnMaster: cfg.RestoreDrillOnMaster,
-		Schedule: func() config.Schedule { return live.Config().RestoreDrillSchedule }},
+		Schedule:      func() config.Schedule { return live.Config().RestoreDrillSchedule },
+		ReplayTimeout: func() time.Duration { return live.Config().RestoreDrillReplayTimeout }},
 		log: log.Named("drills"), coord: a.coord, etcd: cli, keys: keys, archive: a.archive, metrics: newDrillMetrics(reg),
 		queue: request.NewQueue[catalog.Drill](request.QueueOptions{Kind: request.KindDrill, Keys: keys, Client: cli, Agent: name,
 			Writer: status, Logger: log.Named("drills"), SweepHint: drillSweepHint})}

@@ -52,6 +52,9 @@ type drillOptions struct {
 	Superuser   string // restore-drill-superuser
 	OnMaster    bool   // restore-drill-on-master
 	Schedule    func() config.Schedule
+	// ReplayTimeout is the live restore-drill-replay-timeout (0: the
+	// drill's default).
+	ReplayTimeout func() time.Duration
 }
 
 // drillSweepHint ends the error of a drill request swept after its agent
@@ -218,18 +221,28 @@ func (d *drills) runDrill(ctx context.Context, id string) (catalog.Drill, error)
 		return catalog.Drill{}, err
 	}
 	return drill.Run(ctx, drill.Options{
-		ID:          id,
-		Node:        d.opts.Agent,
-		Backend:     be,
-		Cluster:     d.opts.Cluster,
-		ArchiveURL:  d.opts.ArchiveURL,
-		Executable:  exe,
-		ScratchRoot: d.opts.RestoreRoot,
-		PGBinDir:    d.opts.PGBinDir,
-		Superuser:   d.opts.Superuser,
-		Owner:       owner,
-		Logger:      d.log,
+		ID:            id,
+		Node:          d.opts.Agent,
+		Backend:       be,
+		Cluster:       d.opts.Cluster,
+		ArchiveURL:    d.opts.ArchiveURL,
+		Executable:    exe,
+		ScratchRoot:   d.opts.RestoreRoot,
+		PGBinDir:      d.opts.PGBinDir,
+		Superuser:     d.opts.Superuser,
+		Owner:         owner,
+		ReplayTimeout: d.replayTimeout(),
+		Logger:        d.log,
 	})
+}
+
+// replayTimeout is restore-drill-replay-timeout, read as a drill starts:
+// a reload applies to the next drill.
+func (d *drills) replayTimeout() time.Duration {
+	if d.opts.ReplayTimeout == nil {
+		return 0 // the drill's default
+	}
+	return d.opts.ReplayTimeout()
 }
 
 // drillOwner is the OS user the drill's server runs as: PostgreSQL refuses

@@ -59,6 +59,7 @@ type reloadKey struct {
 // manifest-checksums by backups, retention-policy and minimum-redundancy
 // by retention, request-retention by the request expirer, check-max-lag
 // by /readyz, restore-drill-schedule by the drill schedule,
+// restore-drill-replay-timeout by each drill as it starts,
 // last-backup-maximum-age and restore-drill-max-age by nobody in the agent yet. The
 // archiver and the standby slot keeper take fixed keys only. The files named by pg-password-file and store-cert-file/store-key
 // are re-read when used, so their contents rotate without a reload; their
@@ -114,6 +115,8 @@ var reloadKeys = []reloadKey{
 	fixed("restore-drill-on-master", func(c *config.Config) any { return c.RestoreDrillOnMaster }),
 	fixed("pg-bin-dir", func(c *config.Config) any { return c.PGBinDir }),
 	fixed("restore-drill-superuser", func(c *config.Config) any { return c.RestoreDrillSuperuser }),
+	live("restore-drill-replay-timeout", func(c *config.Config) any { return c.RestoreDrillReplayTimeout },
+		func(dst, src *config.Config) { dst.RestoreDrillReplayTimeout = src.RestoreDrillReplayTimeout }),
 	live("request-retention", func(c *config.Config) any { return c.RequestRetention },
 		func(dst, src *config.Config) { dst.RequestRetention = src.RequestRetention }),
 	fixed("metrics-listen-address", func(c *config.Config) any { return c.MetricsListenAddress }),

@@ -71,12 +71,14 @@ type Config struct {
 	// binaries a drill starts (postgres, pg_ctl, pg_amcheck);
 	// RestoreDrillSuperuser is the superuser role a drill connects to its
 	// restored server as ("": the OS user the server runs as, then
-	// postgres).
-	RestoreDrillSchedule  Schedule
-	RestoreDrillMaxAge    time.Duration
-	RestoreDrillOnMaster  bool
-	PGBinDir              string
-	RestoreDrillSuperuser string
+	// postgres); RestoreDrillReplayTimeout bounds a drill's replay (0: the
+	// drill's default, drill.DefaultReplayTimeout).
+	RestoreDrillSchedule      Schedule
+	RestoreDrillMaxAge        time.Duration
+	RestoreDrillOnMaster      bool
+	PGBinDir                  string
+	RestoreDrillSuperuser     string
+	RestoreDrillReplayTimeout time.Duration
 	// RequestRetention is how long finished requests stay in etcd; 0
 	// keeps them.
 	RequestRetention time.Duration

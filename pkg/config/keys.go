@@ -369,6 +369,17 @@ var keys = func() []key {
 		return nil
 	}, func(c *Config) string { return c.RestoreDrillSuperuser })
 
+	setReplay, getReplay := duration(func(c *Config) *time.Duration { return &c.RestoreDrillReplayTimeout })
+	add("restore-drill-replay-timeout", "how long a restore drill may take from starting its restored server to the end of recovery (replaying the archived WAL) before it fails; empty: 2h", func(c *Config, v string) error {
+		if err := setReplay(c, v); err != nil {
+			return err
+		}
+		if c.RestoreDrillReplayTimeout < 0 {
+			return fmt.Errorf("invalid duration %q: use a positive duration such as 6h, or leave it empty for 2h", v)
+		}
+		return nil
+	}, getReplay)
+
 	ds, dg = duration(func(c *Config) *time.Duration { return &c.RequestRetention })
 	add("request-retention", "how long finished backup, restore and drill requests (and their status) stay in etcd, and claimed ones whose status was deleted, counted from the claim; the leader logs each result as it deletes them; 0 keeps them forever", ds, dg)
 

@@ -192,7 +192,7 @@ func (r *runner) startAndWait(ctx context.Context, dataDir string) error {
 			if ctx.Err() != nil {
 				return fmt.Errorf("drill cancelled during replay: %w", cancelled(ctx))
 			}
-			return fmt.Errorf("recovery did not end within %s (last: %v); last lines of the server log:\n%s\nallow more time (the drill's replay timeout) or take backups more often so that less WAL must be replayed",
+			return fmt.Errorf("recovery did not end within %s (last: %v); last lines of the server log:\n%s\nallow more time (restore-drill-replay-timeout) or take backups more often so that less WAL must be replayed",
 				timeout, last, r.logTail(10))
 		case <-s.exited:
 		case <-time.After(pollInterval):

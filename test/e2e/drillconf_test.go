@@ -111,6 +111,19 @@ func TestDrillHostConfig(t *testing.T) {
 	assert.Contains(t, logs.String(), "include of the restored configuration ignored")
 	assert.Contains(t, logs.String(), outside+"/etc/postgresql/common.conf")
 
+	t.Run("replay timeout", func(t *testing.T) {
+		// Past its replay timeout the drill fails, naming the key that
+		// allows more, and leaves nothing behind.
+		before := archiveState(t, env.dir)
+		o := opts("timeout")
+		o.ReplayTimeout = time.Nanosecond
+		d, err := drill.Run(ctx, o)
+		requireFailedRecord(t, env.backend, d, err, "recovery did not end within 1ns")
+		assert.Contains(t, d.Error, "allow more time (restore-drill-replay-timeout)")
+		requireEmptyDir(t, root)
+		requireOnlyDrillAdded(t, before, archiveState(t, env.dir), d.ID)
+	})
+
 	t.Run("connections refused", func(t *testing.T) {
 		// A server that ended recovery but refuses every connection (here
 		// a preload library this host lacks, given as a drill setting)
