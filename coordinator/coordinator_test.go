@@ -202,8 +202,12 @@ func TestElectionFollowsMaster(t *testing.T) {
 	h.mu.Unlock()
 	require.Empty(t, early, "agents lead before the new master is promoted")
 	h.primary.Store("keeper2")
-	took := h.waitLeader("keeper2", 5*time.Second)
-	require.Less(t, took, 2*time.Second, "the new master's agent must lead within 2s of promotion")
+	took := h.waitLeader("keeper2", 10*time.Second)
+	t.Logf("the new master's agent leads %s after its promotion", took.Round(10*time.Millisecond))
+	// Well under a second on a quiet machine. The bound tells a hand-back
+	// from a leadership that waited for keeper1's lease to expire and the
+	// takeover delay (2 s + 2 s here), not how busy the machine is.
+	require.Less(t, took, 4*time.Second, "the new master's agent led only after a lease expiry and the takeover delay")
 
 	// The master's agent goes away: after the takeover delay another
 	// agent leads, and the master's agent takes back over when it returns.
