@@ -25,6 +25,8 @@ type generated struct {
 	points           map[string]wal.LSN // restore point name -> pg_create_restore_point's LSN
 	committed        uint32
 	aborted          uint32
+	prepCommitted    uint32 // COMMIT PREPARED
+	prepAborted      uint32 // ROLLBACK PREPARED
 	relfilenode      uint32
 	bigStart         wal.LSN // insert position before the big message
 }
@@ -36,7 +38,7 @@ func generateWAL(t *testing.T) generated {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c := testenv.NewCluster(t, testenv.ClusterOptions{WALSegmentSizeMB: 1})
+	c := testenv.NewCluster(t, testenv.ClusterOptions{WALSegmentSizeMB: 1, Params: map[string]string{"max_prepared_transactions": "4"}})
 	pg := c.Primary()
 	conn, err := pg.Connect(ctx)
 	if err != nil {
@@ -83,6 +85,16 @@ func generateWAL(t *testing.T) generated {
 	g.aborted = xid()
 	exec("INSERT INTO t VALUES (-2, 'aborted')")
 	exec("ROLLBACK")
+	exec("BEGIN")
+	g.prepCommitted = xid()
+	exec("INSERT INTO t VALUES (-3, 'prepared, committed')")
+	exec("PREPARE TRANSACTION 'p1'")
+	exec("COMMIT PREPARED 'p1'")
+	exec("BEGIN")
+	g.prepAborted = xid()
+	exec("INSERT INTO t VALUES (-4, 'prepared, rolled back')")
+	exec("PREPARE TRANSACTION 'p2'")
+	exec("ROLLBACK PREPARED 'p2'")
 
 	// A record of 2.5 MB crosses pages and segments (1 MB segments).
 	g.bigStart = lsn("SELECT pg_current_wal_insert_lsn()::text")
@@ -134,7 +146,8 @@ func TestReaderPostgresWAL(t *testing.T) {
 	g := generateWAL(t)
 	r := newReader(t, g.segs, g.start)
 	points := map[string]walrecord.Record{}
-	var commit, abort, big *walrecord.Record
+	var big *walrecord.Record
+	ends := map[uint32][]bool{} // xid -> committed, per commit or abort record
 	var prev wal.LSN
 	var switchRec wal.LSN
 	images, crossPage, n := 0, 0, 0
@@ -160,15 +173,8 @@ func TestReaderPostgresWAL(t *testing.T) {
 		if name, _, ok := rec.RestorePoint(); ok {
 			points[name] = rec
 		}
-		if rec.RMID == walrecord.RMXact {
-			c := rec
-			c.MainData, c.Blocks = nil, nil
-			switch {
-			case rec.XID == g.committed && rec.Info&0x70 == 0x00:
-				commit = &c
-			case rec.XID == g.aborted && rec.Info&0x70 == 0x20:
-				abort = &c
-			}
+		if xid, committed, ok := rec.XactEnd(); ok {
+			ends[xid] = append(ends[xid], committed)
 		}
 		if rec.LSN/walrecord.PageSize != (rec.End-1)/walrecord.PageSize {
 			crossPage++
@@ -208,11 +214,17 @@ func TestReaderPostgresWAL(t *testing.T) {
 	if len(points) != len(g.points) {
 		t.Errorf("restore points found: %v", points)
 	}
-	if commit == nil {
-		t.Errorf("no commit record of xid %d", g.committed)
-	}
-	if abort == nil {
-		t.Errorf("no abort record of xid %d", g.aborted)
+	for _, c := range []struct {
+		what   string
+		xid    uint32
+		commit bool
+	}{
+		{"commit", g.committed, true}, {"abort", g.aborted, false},
+		{"commit prepared", g.prepCommitted, true}, {"rollback prepared", g.prepAborted, false},
+	} {
+		if got := ends[c.xid]; len(got) != 1 || got[0] != c.commit {
+			t.Errorf("%s of xid %d: transaction end records %v, want one with committed=%v", c.what, c.xid, got, c.commit)
+		}
 	}
 	if big == nil || big.LSN < g.bigStart {
 		t.Errorf("no record of the 2.5 MB message across segments found after %s", g.bigStart)
