@@ -117,7 +117,7 @@ func (r *restores) run(ctx context.Context, job *request.Job[request.RestoreResu
 		return
 	}
 	job.Running(ctx)
-	r.log.Info("restore request claimed", "request", job.ID, "backup", p.Backup.ID, "target", rreq.Target.String(), "dir", rreq.TargetDir)
+	r.log.Info("restore request claimed", "request", job.ID, "backup", p.Backup.ID, "target", rreq.Target.String(), "target_record", p.TargetRecord.String(), "dir", rreq.TargetDir)
 	res, err := p.Run(ctx, be, r.log, func(done, total int64) { job.Progress(ctx, done, total) })
 	switch {
 	case err != nil && restore.IsRejected(err):

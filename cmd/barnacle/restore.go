@@ -143,6 +143,9 @@ commits at it is kept); --target-exclusive stops just before it.`,
 			for oid, dir := range res.Tablespaces {
 				fmt.Fprintf(w, "  tablespace %d in %s\n", oid, dir)
 			}
+			if p.TargetRecord != 0 {
+				fmt.Fprintf(w, "  note: the record of %s starts at %s in the archived WAL, after backup %s stopped at %s\n", req.Target, p.TargetRecord, res.BackupID, p.Backup.StopLSN)
+			}
 			for _, n := range res.Notes {
 				fmt.Fprintf(w, "  note: %s\n", n)
 			}

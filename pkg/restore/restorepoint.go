@@ -32,11 +32,11 @@ type NotInWALError struct {
 func (e *NotInWALError) Error() string {
 	searched := fmt.Sprintf("searched %s to %s along timeline %d", e.From, e.To, e.Timeline)
 	if e.Target.Kind == TargetXID {
-		return fmt.Sprintf("restore: target xid %s (--target-xid): no commit or abort of that transaction in the archived WAL after a backup (%s); "+
+		return fmt.Sprintf("restore: target xid %s (--target-xid; target.xid in a restore request): no commit or abort of that transaction in the archived WAL after a backup (%s); "+
 			"it may not have ended before the end of the archived WAL, or it ended before the oldest backup: check the xid, "+
 			"or give --backup ID with a backup taken before it ended", e.Target.XID, searched)
 	}
-	return fmt.Sprintf("restore: target name %q (--target-name): no restore point of that name in the archived WAL after a backup (%s); "+
+	return fmt.Sprintf("restore: target name %q (--target-name; target.name in a restore request): no restore point of that name in the archived WAL after a backup (%s); "+
 		"restore points are only in WAL: check the spelling, "+
 		"or give --backup ID with a backup taken before the restore point was created", e.Target.Name, searched)
 }

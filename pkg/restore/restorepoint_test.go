@@ -82,7 +82,7 @@ func TestLocateRestorePoint(t *testing.T) {
 	assert.True(t, commit > start && commit < found, "commit of xid %s at %s", xid, commit)
 	_, _, err = locateTarget(ctx, b, archive(), Target{Kind: TargetXID, XID: "4000000000"}, TimelineTarget{})
 	require.ErrorIs(t, err, ErrNotInWAL)
-	assert.Contains(t, err.Error(), "target xid 4000000000 (--target-xid): no commit or abort of that transaction")
+	assert.Contains(t, err.Error(), "target xid 4000000000 (--target-xid; target.xid in a restore request): no commit or abort of that transaction")
 
 	began = time.Now()
 	_, _, err = locateTarget(ctx, b, archive(), Target{Kind: TargetName, Name: "before_upgrad"}, TimelineTarget{})
@@ -92,7 +92,7 @@ func TestLocateRestorePoint(t *testing.T) {
 	assert.True(t, IsRejected(err))
 	assert.Equal(t, start, nr.From)
 	assert.Equal(t, wal.SegmentStart(last+1, segSize), nr.To)
-	assert.Contains(t, err.Error(), `target name "before_upgrad" (--target-name)`)
+	assert.Contains(t, err.Error(), `target name "before_upgrad" (--target-name; target.name in a restore request)`)
 	t.Logf("%v", err)
 	t.Logf("scanned %.1f MB of WAL from a file archive in %s: %.0f MB/s", float64(stored)/1e6, took, float64(stored)/1e6/took.Seconds())
 

@@ -93,10 +93,18 @@ func TestRestoreChoosesBackupForRestorePoint(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "unknown")
 		out, stderr, code := barnacle(t, append(append([]string{"restore", "--target-dir", dir}, archiveArgs...), "--target-name", "before_secnod")...)
 		assert.Equal(t, 1, code, out)
-		assert.Contains(t, stderr, `target name "before_secnod" (--target-name): no restore point of that name in the archived WAL`)
+		assert.Contains(t, stderr, `target name "before_secnod" (--target-name; target.name in a restore request): no restore point of that name in the archived WAL`)
 		assert.Contains(t, stderr, "check the spelling, or give --backup ID")
 		_, err := os.Stat(dir)
 		assert.True(t, os.IsNotExist(err), "nothing is written: %v", err)
+	})
+	t.Run("text output says where the record is", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "text")
+		out, stderr, code := barnacle(t, append(append([]string{"restore", "--target-dir", dir}, archiveArgs...), "--target-name", "before_second")...)
+		require.Equal(t, 0, code, "%s\n%s", out, stderr)
+		assert.Contains(t, out, "restored backup "+first)
+		assert.Contains(t, out, `note: the record of restore point "before_second" starts at `)
+		assert.Contains(t, out, "after backup "+first+" stopped at ")
 	})
 	t.Run("named backup is not second-guessed", func(t *testing.T) {
 		// The user chose: no scan, and an unknown name is PostgreSQL's to
