@@ -79,9 +79,9 @@ type Prepared struct {
 // backups, newest first, to find the target's record (the restore point;
 // the transaction's commit or abort) and choose the newest backup that
 // stopped before it; a target not found there is refused (*NotInWALError),
-// and WAL that cannot be read fails the request (doubt stops recovery). A refusal is a *RejectedError
-// whose message lists what the archive can recover to; storage failures are
-// plain errors.
+// and WAL that cannot be read fails the request (doubt stops recovery). A
+// refusal is a *RejectedError whose message lists what the archive can
+// recover to; storage failures are plain errors.
 func Prepare(ctx context.Context, b storage.Backend, req Request) (Prepared, error) {
 	p := Prepared{Request: req}
 	reject := func(err error) (Prepared, error) { return p, &RejectedError{Err: err} }
