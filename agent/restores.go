@@ -117,7 +117,11 @@ func (r *restores) run(ctx context.Context, job *request.Job[request.RestoreResu
 		return
 	}
 	job.Running(ctx)
-	r.log.Info("restore request claimed", "request", job.ID, "backup", p.Backup.ID, "target", rreq.Target.String(), "dir", rreq.TargetDir)
+	kv := []any{"request", job.ID, "backup", p.Backup.ID, "target", rreq.Target.String(), "dir", rreq.TargetDir}
+	if p.TargetRecord != 0 {
+		kv = append(kv, "target_record", p.TargetRecord.String())
+	}
+	r.log.Info("restore request claimed", kv...)
 	res, err := p.Run(ctx, be, r.log, func(done, total int64) { job.Progress(ctx, done, total) })
 	switch {
 	case err != nil && restore.IsRejected(err):

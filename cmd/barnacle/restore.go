@@ -44,7 +44,12 @@ the target (no target: to the end of the archived WAL, including the newest
 .partial segment).
 
 Without --backup the newest done backup that precedes the target on a timeline
-leading to --target-timeline is chosen. A time or LSN target outside the
+leading to --target-timeline is chosen. For --target-name and --target-xid the
+archived WAL is read (after the newest backup first) to find the restore point
+or the transaction's commit or abort, and the newest backup that stopped before
+it is chosen; a target that is not in the archived WAL is refused before
+anything is written (restore points exist only in WAL: check the spelling, or
+give --backup with a backup taken before it). A time or LSN target outside the
 recoverable window is refused with the window of each timeline. The checksums
 of every stored object are verified while it is unpacked; nothing in a backup
 can write outside the target directories.
@@ -137,6 +142,9 @@ commits at it is kept); --target-exclusive stops just before it.`,
 			}
 			for oid, dir := range res.Tablespaces {
 				fmt.Fprintf(w, "  tablespace %d in %s\n", oid, dir)
+			}
+			if p.TargetRecord != 0 {
+				fmt.Fprintf(w, "  note: the record of %s starts at %s in the archived WAL, after backup %s stopped at %s\n", req.Target, p.TargetRecord, res.BackupID, p.Backup.StopLSN)
 			}
 			for _, n := range res.Notes {
 				fmt.Fprintf(w, "  note: %s\n", n)

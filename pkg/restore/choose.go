@@ -66,9 +66,9 @@ func (e *NoBackupError) Is(target error) bool { return target == catalog.ErrNoBa
 //
 //   - stopped before the target: StopTime before a time target, StopLSN at
 //     or before an LSN target. An xid or restore-point target cannot be
-//     compared with a backup, so the newest backup is taken; a caller that
-//     knows better names the backup itself. Immediate and end-of-WAL take
-//     the newest;
+//     compared with a backup by itself, so the newest backup is taken
+//     (ChooseBackupAt compares it with the target's record, found in the
+//     WAL). Immediate and end-of-WAL take the newest;
 //   - is on the target timeline or on an ancestor of it that the target
 //     timeline branched off after the backup's stop LSN, according to
 //     histories (each timeline's parsed .history file, as in the archive).
@@ -78,6 +78,15 @@ func (e *NoBackupError) Is(target error) bool { return target == catalog.ErrNoBa
 // It is pure. When no backup fits it returns a *NoBackupError listing the
 // candidates and why each was rejected; an invalid target is an error too.
 func ChooseBackup(backups []catalog.Backup, histories map[wal.Timeline][]wal.HistoryEntry, target Target, tt TimelineTarget) (catalog.Backup, error) {
+	return ChooseBackupAt(backups, histories, target, tt, wal.InvalidLSN)
+}
+
+// ChooseBackupAt is ChooseBackup for a restore-point or xid target whose
+// record the caller found in the WAL starting at record (InvalidLSN: not
+// known): a backup must also have stopped at or before record, since
+// PostgreSQL stops there only once it is past the backup's consistency
+// point (its stop LSN). It is pure, like ChooseBackup.
+func ChooseBackupAt(backups []catalog.Backup, histories map[wal.Timeline][]wal.HistoryEntry, target Target, tt TimelineTarget, record wal.LSN) (catalog.Backup, error) {
 	if err := target.Validate(); err != nil {
 		return catalog.Backup{}, err
 	}
@@ -103,7 +112,7 @@ func ChooseBackup(backups []catalog.Backup, histories map[wal.Timeline][]wal.His
 	}
 	nb := &NoBackupError{Target: target, Timeline: tliName, Backups: len(backups)}
 	for _, b := range done {
-		reason := rejectBackup(b, histories, target, timeline, targetTLI)
+		reason := rejectBackup(b, histories, target, timeline, targetTLI, record)
 		if reason == "" {
 			return b, nil
 		}
@@ -130,7 +139,7 @@ func latestTimeline(done []catalog.Backup, histories map[wal.Timeline][]wal.Hist
 
 // rejectBackup returns why b cannot serve target on the target timeline,
 // or "" when it can.
-func rejectBackup(b catalog.Backup, histories map[wal.Timeline][]wal.HistoryEntry, target Target, mode TimelineMode, tli wal.Timeline) string {
+func rejectBackup(b catalog.Backup, histories map[wal.Timeline][]wal.HistoryEntry, target Target, mode TimelineMode, tli wal.Timeline, record wal.LSN) string {
 	stop := b.StopLSN
 	if stop == wal.InvalidLSN {
 		return "its stop LSN is not recorded"
@@ -146,6 +155,10 @@ func rejectBackup(b catalog.Backup, histories map[wal.Timeline][]wal.HistoryEntr
 	case TargetLSN:
 		if stop > target.LSN {
 			return "it stopped after the target LSN"
+		}
+	case TargetName, TargetXID:
+		if record != wal.InvalidLSN && stop > record {
+			return fmt.Sprintf("it stopped after the target's record at %s", record)
 		}
 	}
 	if mode == TimelineCurrent || b.StopTimeline == tli {

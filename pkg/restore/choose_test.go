@@ -265,3 +265,46 @@ func TestParseTimelineTarget(t *testing.T) {
 		assert.Error(t, err, bad)
 	}
 }
+
+// TestChooseBackupAtRecord: a restore-point or xid target whose record
+// was found in the WAL is compared with each backup's stop LSN; without
+// the record the newest backup is taken, as before.
+func TestChooseBackupAtRecord(t *testing.T) {
+	bk := func(id, stop string) catalog.Backup {
+		return catalog.Backup{ID: id, Status: catalog.StatusDone, StopLSN: lsn(stop), StopTimeline: 1, StopTime: at("08:00")}
+	}
+	backups := []catalog.Backup{bk("20261125T020000", "0/9000100"), bk("20261124T020000", "0/3000100")}
+	name := Target{Kind: TargetName, Name: "before_upgrade"}
+	for _, tc := range []struct {
+		record wal.LSN
+		want   string
+	}{
+		{wal.InvalidLSN, "20261125T020000"},
+		{lsn("0/5000000"), "20261124T020000"},
+		{lsn("0/3000100"), "20261124T020000"}, // the record starts at the stop: consistent by then
+		{lsn("0/9000100"), "20261125T020000"},
+	} {
+		b, err := ChooseBackupAt(backups, nil, name, TimelineTarget{}, tc.record)
+		require.NoError(t, err, tc.record)
+		assert.Equal(t, tc.want, b.ID, "record at %s", tc.record)
+	}
+	_, err := ChooseBackupAt(backups, nil, name, TimelineTarget{}, lsn("0/2000000"))
+	var nb *NoBackupError
+	require.ErrorAs(t, err, &nb)
+	assert.Contains(t, err.Error(), "it stopped after the target's record at 0/2000000")
+}
+
+// TestScanRanges: the WAL after each backup is searched newest backup
+// first, each range ending where the next newer backup stopped.
+func TestScanRanges(t *testing.T) {
+	a := catalog.Archive{Backups: []catalog.Backup{
+		{ID: "20261124T020000", Status: catalog.StatusDone, StopLSN: lsn("0/3000100"), StopTimeline: 1},
+		{ID: "20261125T020000", Status: catalog.StatusDone, StopLSN: lsn("0/9000100"), StopTimeline: 2},
+		{ID: "20261125T030000", Status: catalog.StatusFailed, StopLSN: lsn("0/A000100"), StopTimeline: 2},
+	}, Histories: map[wal.Timeline][]wal.HistoryEntry{2: {{Timeline: 1, SwitchPoint: lsn("0/8000000")}}}}
+	r := scanRanges(a, TimelineTarget{})
+	require.Len(t, r, 2)
+	assert.Equal(t, scanRange{backup: a.Backups[1], tli: 2, from: lsn("0/9000100")}, r[0])
+	assert.Equal(t, scanRange{backup: a.Backups[0], tli: 2, from: lsn("0/3000100"), to: lsn("0/9000100")}, r[1])
+	assert.Equal(t, []pathEntry{{tli: 2, begin: lsn("0/8000000")}, {tli: 1}}, timelinePath(a.Histories[2], 2))
+}

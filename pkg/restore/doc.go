@@ -4,9 +4,10 @@
 // It has three parts:
 //
 //   - pure decisions, table-tested: which backup a recovery target needs
-//     (ChooseBackup), whether a target lies in the archive's recoverable
-//     window (CheckTarget), and the recovery settings PostgreSQL reads
-//     (RenderRecoverySettings);
+//     (ChooseBackup; ChooseBackupAt for a restore point whose record
+//     Prepare found in the archived WAL with pkg/walrecord), whether a
+//     target lies in the archive's recoverable window (CheckTarget), and
+//     the recovery settings PostgreSQL reads (RenderRecoverySettings);
 //   - Restore, which streams a backup's stored tar archives from a
 //     storage.Backend, checks them against their checksums while it unpacks
 //     them into the data directory and the tablespace directories, and makes

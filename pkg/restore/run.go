@@ -10,6 +10,7 @@ import (
 
 	"github.com/barnacle-pg/barnacle/pkg/catalog"
 	"github.com/barnacle-pg/barnacle/pkg/storage"
+	"github.com/barnacle-pg/barnacle/pkg/wal"
 )
 
 // Request is one restore as `barnacle restore` and a restore request in
@@ -64,14 +65,23 @@ type Prepared struct {
 	Request
 	Backup  catalog.Backup
 	Windows []catalog.Window
+	// TargetRecord is where the record of a restore-point or xid target
+	// starts in the archived WAL, when the backup was chosen by it;
+	// InvalidLSN otherwise.
+	TargetRecord wal.LSN
 }
 
 // Prepare checks a request against the archive before anything is
 // written: the target is valid, the named backup exists and is done (or
 // one precedes the target on a timeline that leads to it), and a time or
-// LSN target lies in a recoverable window. A refusal is a *RejectedError
-// whose message lists what the archive can recover to; storage failures are
-// plain errors.
+// LSN target lies in a recoverable window. For a restore-point or xid
+// target without a named backup it reads the archived WAL after the
+// backups, newest first, to find the target's record (the restore point;
+// the transaction's commit or abort) and choose the newest backup that
+// stopped before it; a target not found there is refused (*NotInWALError),
+// and WAL that cannot be read fails the request (doubt stops recovery). A
+// refusal is a *RejectedError whose message lists what the archive can
+// recover to; storage failures are plain errors.
 func Prepare(ctx context.Context, b storage.Backend, req Request) (Prepared, error) {
 	p := Prepared{Request: req}
 	reject := func(err error) (Prepared, error) { return p, &RejectedError{Err: err} }
@@ -108,7 +118,18 @@ func Prepare(ctx context.Context, b storage.Backend, req Request) (Prepared, err
 		}
 		p.Backup = doc
 	} else {
-		doc, err := ChooseBackup(a.Backups, a.Histories, req.Target, req.Timeline)
+		// A restore point or xid is compared with the backups by its
+		// record's place in the WAL; without it the newest backup would
+		// be taken, and PostgreSQL would fail at start-up when the record
+		// lies before that backup's stop.
+		at, ok, err := locateTarget(ctx, b, a, req.Target, req.Timeline)
+		if err != nil {
+			return p, err
+		}
+		if ok {
+			p.TargetRecord = at
+		}
+		doc, err := ChooseBackupAt(a.Backups, a.Histories, req.Target, req.Timeline, at)
 		if err != nil {
 			// A time or LSN target before the first backup (or past the
 			// archive) is answered with the recoverable windows, which

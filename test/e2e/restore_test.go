@@ -225,6 +225,7 @@ func TestRestorePITR(t *testing.T) {
 			{"unknown-backup", `{"keeper":"` + keeper + `","backup":"20200101T000000","targetDir":"` + restoreRoot + `/y"}`, "20200101T000000"},
 			{"malformed", `{"keeper":`, "malformed request"},
 			{"time-without-zone", `{"keeper":"` + keeper + `","targetDir":"` + restoreRoot + `/z","target":{"time":"2026-11-25 10:00:00"}}`, `target.time "2026-11-25 10:00:00": use RFC 3339 or PostgreSQL's form, with a zone`},
+			{"unknown-restore-point", `{"keeper":"` + keeper + `","targetDir":"` + restoreRoot + `/z","target":{"name":"after_10O"}}`, `target name "after_10O" (--target-name; target.name in a restore request): no restore point of that name in the archived WAL`},
 			{"exclusive-restore-point", `{"keeper":"` + keeper + `","targetDir":"` + restoreRoot + `/z","target":{"name":"after_100"},"targetExclusive":true}`, "targetExclusive applies to a time, LSN or xid target"},
 		} {
 			_, err := cli.Put(ctx, reqKeys(keys).Request(request.KindRestore, tc.id), tc.value)
