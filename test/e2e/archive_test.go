@@ -694,3 +694,15 @@ func scratchRoot(t *testing.T, name string) string {
 	testenv.PGOwn(t, root)
 	return root
 }
+
+// newPostgresReadableEnv is an archive environment of one primary whose
+// archive PostgreSQL's user can read (for a restored server's
+// restore_command), with its agent leading.
+func newPostgresReadableEnv(t *testing.T) (env *archiveEnv, leader *agentProc, primary *testenv.Node) {
+	t.Helper()
+	env = newArchiveEnv(t, testenv.ClusterOptions{})
+	shareArchiveWithPostgres(t, env.dir)
+	env.startAgents()
+	primary = env.pg.Primary()
+	return env, env.leaderFor(primary), primary
+}

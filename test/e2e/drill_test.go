@@ -99,11 +99,7 @@ func requireFailedRecord(t *testing.T, b storage.Backend, d catalog.Drill, err e
 func TestDrill(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	env := newArchiveEnv(t, testenv.ClusterOptions{})
-	shareArchiveWithPostgres(t, env.dir)
-	env.startAgents()
-	primary := env.pg.Primary()
-	leader := env.leaderFor(primary)
+	env, leader, primary := newPostgresReadableEnv(t)
 	require.NoError(t, primary.Exec(ctx, "CREATE TABLE drill (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())"))
 	// A tablespace: a drill restores it below its scratch directory
 	// (restore's fence), never to the location the backup recorded.

@@ -31,11 +31,7 @@ import (
 func TestDrillHostConfig(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	env := newArchiveEnv(t, testenv.ClusterOptions{})
-	shareArchiveWithPostgres(t, env.dir)
-	env.startAgents()
-	primary := env.pg.Primary()
-	env.leaderFor(primary)
+	env, _, primary := newPostgresReadableEnv(t)
 	require.NoError(t, primary.Exec(ctx, "CREATE TABLE hostconf (id int PRIMARY KEY, v text)"))
 
 	// What the restored server must not write to: owned by postgres, so

@@ -24,11 +24,7 @@ import (
 func TestDrillPromisedFromNewestBackup(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	env := newArchiveEnv(t, testenv.ClusterOptions{})
-	shareArchiveWithPostgres(t, env.dir)
-	env.startAgents()
-	primary := env.pg.Primary()
-	env.leaderFor(primary)
+	env, _, primary := newPostgresReadableEnv(t)
 	store := env.store()
 	backup := func() request.BackupResult { return *backupWait(t, store...).Result }
 	lsn := func() wal.LSN {

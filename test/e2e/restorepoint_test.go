@@ -23,11 +23,7 @@ import (
 func TestRestoreChoosesBackupForRestorePoint(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	env := newArchiveEnv(t, testenv.ClusterOptions{})
-	shareArchiveWithPostgres(t, env.dir)
-	env.startAgents()
-	primary := env.pg.Primary()
-	env.leaderFor(primary)
+	env, _, primary := newPostgresReadableEnv(t)
 	require.NoError(t, primary.Exec(ctx, "CREATE TABLE pitr (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())"))
 
 	insertRows(t, primary, 1, 50)
