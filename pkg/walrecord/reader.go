@@ -362,26 +362,8 @@ func maxAlign(l wal.LSN) wal.LSN { return (l + 7) &^ 7 }
 // page, skipping a continuation.
 func (r *Reader) sync() error {
 	p := r.start &^ (PageSize - 1)
-	h, why, err := r.page(p)
-	if err != nil {
-		return err
-	}
-	if why != "" {
-		return r.endAt(p, why)
-	}
-	r.pos = p + wal.LSN(h.size)
-	if h.info&xlpFirstIsContrecord == 0 {
-		return nil
-	}
-	rem := uint64(h.remLen)
-	for {
-		avail := uint64(PageSize) - wal.SegmentOffset(r.pos, r.opt.SegmentSize)%PageSize
-		if rem <= avail {
-			r.pos = maxAlign(r.pos + wal.LSN(rem))
-			return nil
-		}
-		rem -= avail
-		p += PageSize
+	var rem uint64 // what is left of the continued record
+	for first := true; ; first = false {
 		h, why, err := r.page(p)
 		if err != nil {
 			return err
@@ -390,12 +372,23 @@ func (r *Reader) sync() error {
 			return r.endAt(p, why)
 		}
 		r.pos = p + wal.LSN(h.size)
-		if h.info&xlpFirstIsOverwriteContrecord != 0 {
+		switch {
+		case first && h.info&xlpFirstIsContrecord == 0:
 			return nil
-		}
-		if h.info&xlpFirstIsContrecord == 0 || uint64(h.remLen) != rem {
+		case first:
+			rem = uint64(h.remLen)
+		case h.info&xlpFirstIsOverwriteContrecord != 0:
+			return nil
+		case h.info&xlpFirstIsContrecord == 0 || uint64(h.remLen) != rem:
 			return r.corrupt(p, "the continued record does not continue here (remaining length %d, page says %d)", rem, h.remLen)
 		}
+		avail := uint64(PageSize) - wal.SegmentOffset(r.pos, r.opt.SegmentSize)%PageSize
+		if rem <= avail {
+			r.pos = maxAlign(r.pos + wal.LSN(rem))
+			return nil
+		}
+		rem -= avail
+		p += PageSize
 	}
 }
 
