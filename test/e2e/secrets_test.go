@@ -131,10 +131,12 @@ func TestNoSecretInOutputs(t *testing.T) {
 	run(append([]string{"list-backups", "--json"}, archive...)...)
 	run(append([]string{"show-backup", "latest", "--json"}, archive...)...)
 
-	// An S3 outage puts the storage error into lastError and the log.
+	// An S3 outage puts the storage error into lastError and the log,
+	// once the archiver has WAL to write: an idle server may write none
+	// for minutes.
 	srv.Stop()
 	waitFor(t, 60*time.Second, "the leader to report a storage error", func() bool {
-		return leaderRecord(t, env, leader.name).LastError != ""
+		return leaderRecord(t, env, leader.name).LastError != "" || nudgeWAL(t, primary)
 	})
 	require.NoError(t, primary.Exec(ctx, "SELECT pg_switch_wal()"))
 	for _, a := range env.list() {
