@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -48,9 +47,6 @@ type Agent struct {
 	// set by EnableReload.
 	live     *reloadable
 	reloader *reloader
-	// leadStart is when the current or last term began (UnixNano), for
-	// /readyz's grace period.
-	leadStart atomic.Int64
 
 	// auto is set on the agent New returns for keeper-uid auto: its Run
 	// runs an agent for the keeper it finds (keeperauto.go). keeperAuto is
@@ -136,7 +132,6 @@ func build(cfg config.Config, log hclog.Logger, version string, ak *autoKeeper) 
 		exp  *expirer
 	)
 	leaderWork := func(ctx context.Context, term coordinator.Term) error {
-		a.leadStart.Store(time.Now().UnixNano())
 		g, gctx := errgroup.WithContext(ctx)
 		g.Go(func() error { return arch.run(gctx, term) })
 		g.Go(func() error { return a.refreshCatalogMetrics(gctx) })

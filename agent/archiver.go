@@ -579,38 +579,41 @@ const lagPollInterval = 5 * time.Second
 func (a *archiver) trackMasterWhileDown(ctx context.Context) {
 	tk := time.NewTicker(lagPollInterval)
 	defer tk.Stop()
-	for first := true; ; first = false {
-		if !first {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tk.C:
-			}
+	for {
+		a.lagFromMaster(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tk.C:
 		}
-		if up, _ := a.metrics.streaming.state(); up {
-			continue
-		}
-		st := a.coord.State()
-		flushed := a.snapshot().Flushed
-		if !st.HasMaster || flushed == 0 {
-			continue // no known archived position: the lag is unknown
-		}
-		host, port := masterAddress(a.opts.PG, st)
-		pos, err := walPosition(ctx, a.opts.PG, host, port)
-		if err != nil {
-			a.log.Debug("asking the master for its wal position failed", "error", err)
-			continue
-		}
-		a.mu.Lock()
-		if a.state.Streaming {
-			a.mu.Unlock()
-			continue // streaming resumed meanwhile: its reports are fresher
-		}
-		a.state.ServerEnd = max(a.state.ServerEnd, pos)
-		serverEnd, flushed := a.state.ServerEnd, a.state.Flushed
-		a.mu.Unlock()
-		a.metrics.observeLag(serverEnd, flushed, time.Now())
 	}
+}
+
+// lagFromMaster sets the lag from the master's end of WAL once, unless
+// the stream runs (its reports are fresher) or the lag is unknown.
+func (a *archiver) lagFromMaster(ctx context.Context) {
+	if up, _ := a.metrics.streaming.state(); up {
+		return
+	}
+	st := a.coord.State()
+	if !st.HasMaster || a.snapshot().Flushed == 0 {
+		return // no known archived position: the lag is unknown
+	}
+	host, port := masterAddress(a.opts.PG, st)
+	pos, err := walPosition(ctx, a.opts.PG, host, port)
+	if err != nil {
+		a.log.Debug("asking the master for its wal position failed", "error", err)
+		return
+	}
+	a.mu.Lock()
+	if a.state.Streaming {
+		a.mu.Unlock()
+		return // streaming resumed meanwhile: its reports are fresher
+	}
+	a.state.ServerEnd = max(a.state.ServerEnd, pos)
+	serverEnd, flushed := a.state.ServerEnd, a.state.Flushed
+	a.mu.Unlock()
+	a.metrics.observeLag(serverEnd, flushed, time.Now())
 }
 
 // walPosition asks the server at host:port for its end of WAL.

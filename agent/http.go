@@ -122,10 +122,8 @@ func (a *Agent) readyz(w http.ResponseWriter, _ *http.Request) {
 		clusterDataRevision: st.ClusterDataRevision,
 		clusterDataErr:      st.ClusterDataErr,
 		leading:             st.Leading,
+		leadingSince:        st.LeadingSince,
 		maxLag:              a.liveConfig().CheckMaxLag,
-	}
-	if ns := a.leadStart.Load(); ns != 0 {
-		r.leadingSince = time.Unix(0, ns)
 	}
 	if a.archiver != nil {
 		r.streaming, r.streamingSince = a.archiver.metrics.streaming.state()
